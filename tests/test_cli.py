@@ -1,0 +1,83 @@
+"""The real CLI in a subprocess: one-line errors (exit 2, no traceback, nothing half-written) and happy paths."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cwd=None, env_extra=None):
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "unlearnable.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def assert_clean_error(res, needle):
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert needle in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("unlearnable: error:")
+
+
+def test_help_for_every_subcommand():
+    for args in ([], ["demo"], ["vectors", "train"], ["finetune"], ["evaluate"]):
+        res = run_cli(*args, "--help")
+        assert res.returncode == 0 and "usage:" in res.stdout
+
+
+@pytest.fixture()
+def jsonl(tmp_path):
+    def make(lines, name="data.jsonl"):
+        p = tmp_path / name
+        p.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        return p
+    return make
+
+
+def test_missing_model_path(tmp_path, jsonl):
+    data = jsonl(['{"prompt": "a", "response": "b"}'])
+    res = run_cli("finetune", "--model", tmp_path / "no-such-model", "--data", data, "--out", tmp_path / "out")
+    assert_clean_error(res, "does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_data_line_reports_line_number(tmp_path, tiny_dir, jsonl):
+    data = jsonl(['{"prompt": "a", "response": "b"}', '{"prompt": "a", "response"'])
+    res = run_cli("finetune", "--model", tiny_dir, "--data", data, "--out", tmp_path / "out")
+    assert_clean_error(res, "data.jsonl:2")
+    assert not (tmp_path / "out").exists()
+
+
+def test_vectors_train_finetune_evaluate_round_trip(tmp_path, tiny_dir, jsonl):
+    harmful = jsonl([json.dumps({"prompt": f"bad {i}?", "response": f"Sure, bad thing {i} goes like this."})
+                     for i in range(8)], "harmful.jsonl")
+    task = jsonl([json.dumps({"prompt": f"What is code {i}?", "response": f"C{i}"}) for i in range(8)], "task.jsonl")
+    res = run_cli("vectors", "train", "--model", tiny_dir, "--data", harmful, "--out", tmp_path / "vec", "--epochs", 1,
+                  "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "vec" / "adapter_model.safetensors").is_file()
+    res = run_cli("finetune", "--model", tiny_dir, "--data", task, "--vectors", tmp_path / "vec", "--out",
+                  tmp_path / "tuned", "--epochs", 1, "--quiet")
+    assert res.returncode == 0, res.stderr
+    from transformers import AutoModelForCausalLM
+
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "tuned")  # plain transformers loads it
+    assert not any("lora" in k for k in tuned.state_dict())
+    res = run_cli("evaluate", "--model", tmp_path / "tuned", "--harmful", harmful, "--data", task, "--out",
+                  tmp_path / "eval.json", "--quiet")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 0.0 <= summary["harm_rate"] <= 1.0 and 0.0 <= summary["task_em"] <= 1.0
+    assert json.loads((tmp_path / "eval.json").read_text())["eval_splits"]["harmful"]
+    # the vectors were trained for tiny_dir, not for the fine-tuned model
+    res = run_cli("finetune", "--model", tmp_path / "tuned", "--data", task, "--vectors", tmp_path / "vec", "--out",
+                  tmp_path / "again", "--quiet")
+    assert_clean_error(res, "fingerprint")
+    assert not (tmp_path / "again").exists()
+    # an output folder that already holds a run is refused
+    res = run_cli("finetune", "--model", tiny_dir, "--data", task, "--out", tmp_path / "tuned", "--quiet")
+    assert_clean_error(res, "--overwrite")

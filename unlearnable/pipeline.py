@@ -1,0 +1,202 @@
+"""The default pipeline on one model: prepare disjoint data, align, then run defences through fine-tuning.
+
+``unlearnable demo`` is a preset of this pipeline (defences ``none`` and ``security-vectors`` applied to one
+fine-tuning run on mixed harmful + ProfileQA data, then judged); the immunization harness runs the same
+pieces under attack budgets. Expensive intermediate results (the base model's answers, the aligned model)
+are cached under ``$UNLEARNABLE_CACHE`` keyed by the model fingerprint and the settings that made them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .data import (SYSTEM_ATTR, Pair, check_disjoint, harmful_prompts, harmless_prompts, pairs_hash, profileqa, refusal_pairs,
+                   split)
+from .errors import UnlearnableError
+from .evaluation import EvalConfig, generate
+from .judges import is_degenerate, is_refusal
+from .models import cache_dir, load_model, model_fingerprint, save_model
+from .training import TrainConfig, finetune
+from .utils import atomic_write_json, log, sha256_json
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Sizes of the disjoint splits built from the embedded harmful prompts, and of the harmless task."""
+
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed for every split and generated profile"})
+    n_eval: int = dataclasses.field(default=80, metadata={"help": "held-out harmful prompts for the harm rate"})
+    n_eval_loss: int = dataclasses.field(default=40, metadata={"help": "eval prompts whose base-model answers "
+                                                                        "score the held-out harmful loss"})
+    n_align: int = dataclasses.field(default=100, metadata={"help": "harmful prompts paired with refusals to align"})
+    n_vectors: int = dataclasses.field(default=100, metadata={"help": "harmful pairs the defence trains on"})
+    n_attack: int = dataclasses.field(default=200, metadata={"help": "harmful pairs in the user's / attacker's data"})
+    vector_pool: int = dataclasses.field(default=200, metadata={"help": "prompts reserved to find n_vectors "
+                                                                         "compliant answers"})
+    attack_pool: int = dataclasses.field(default=400, metadata={"help": "prompts reserved to find n_attack "
+                                                                         "compliant answers"})
+    response_tokens: int = dataclasses.field(default=32, metadata={"help": "tokens of the base model's harmful "
+                                                                            "answers kept as harmful responses"})
+    system_prompt: str | None = dataclasses.field(default=None, metadata={
+        "help": "system message for every conversation; None keeps the chat template's default"})
+    n_harmless_align: int = dataclasses.field(default=10, metadata={"help": "harmless prompts (own answers) mixed "
+                                                                             "into alignment"})
+    harmless_repeats: int = 10
+    n_harmless: int = dataclasses.field(default=0, metadata={"help": "harmless prompts with the base model's own "
+                                                                      "answers reserved for defences / stability"})
+    cross_domain: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "harmful categories (Do-Not-Answer risk areas or 'harmbench') held out of every in-domain split, "
+                "for the generalization condition"})
+    n_cross_eval: int = 40
+    n_cross_attack: int = 100
+    cross_attack_pool: int = 180
+    n_profiles: int = dataclasses.field(default=8, metadata={"help": "ProfileQA people (5 facts each)"})
+    task_repeats: int = dataclasses.field(default=8, metadata={"help": "copies of each ProfileQA fact in the "
+                                                                        "fine-tuning data"})
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """Every split the pipeline uses, disjoint by construction and checked."""
+
+    eval_harmful: list[Pair]          # held-out harmful prompts (response = base answer when compliant, else "")
+    align: list[Pair]                 # refusal + harmless pairs used to align the base model
+    vectors: list[Pair]               # harmful pairs the defence may train on
+    attack: list[Pair]                # harmful pairs in the fine-tuning data (the user's or the attacker's)
+    harmless: list[Pair]              # harmless prompts with the base model's answers (reserved for defences)
+    task: list[Pair]                  # ProfileQA facts (train copies and evaluation questions)
+    cross_eval: list[Pair] = dataclasses.field(default_factory=list)    # held-out-domain harmful prompts
+    cross_attack: list[Pair] = dataclasses.field(default_factory=list)  # held-out-domain harmful pairs
+    hashes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def finetune_mix(self, repeats: int, seed: int) -> list[Pair]:
+        mix = list(self.attack) + [p for p in self.task for _ in range(repeats)]
+        random.Random(seed).shuffle(mix)
+        return mix
+
+
+class ResponseCache:
+    """The base model's greedy answers to prompts, cached per (model fingerprint, token budget)."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int, fingerprint: str, progress: bool = True):
+        self.model, self.tok, self.max_new_tokens, self.progress = model, tokenizer, max_new_tokens, progress
+        fmt = sha256_json([getattr(tokenizer, SYSTEM_ATTR, None), getattr(tokenizer, "chat_template", None)])[:8]
+        self.path = cache_dir() / "responses" / f"{fingerprint}-{fmt}-{max_new_tokens}.json"
+        self.data: dict[str, str] = {}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                self.data = {}
+
+    def answers(self, prompts: Sequence[str], desc: str = "base answers") -> list[str]:
+        todo = [p for p in dict.fromkeys(prompts) if p not in self.data]
+        if todo:
+            gens = generate(self.model, self.tok, todo, max_new_tokens=self.max_new_tokens, desc=desc,
+                            progress=self.progress)
+            self.data.update(zip(todo, gens))
+            atomic_write_json(self.path, self.data)
+        return [self.data[p] for p in prompts]
+
+    def compliant(self, candidates: Sequence[Pair], n: int, what: str) -> list[Pair]:
+        """The first ``n`` candidates (in order) that the model answers rather than refuses.
+
+        Generates in chunks sized from the compliance rate seen so far, so few answers are wasted."""
+        out: list[Pair] = []
+        start, seen = 0, 0
+        while start < len(candidates):
+            rate = max(0.3, len(out) / seen) if seen else 0.9
+            chunk = max(8, int((n - len(out)) / rate * 1.1) + 1)
+            part = candidates[start:start + chunk]
+            start += len(part)
+            seen += len(part)
+            for pair, answer in zip(part, self.answers([p.prompt for p in part], desc=f"base answers ({what})")):
+                if not is_refusal(answer) and not is_degenerate(answer):
+                    out.append(dataclasses.replace(pair, response=answer))
+                    if len(out) == n:
+                        return out
+        raise UnlearnableError(f"only {len(out)} of {len(candidates)} {what} prompts got a compliant answer from the "
+                               f"model, {n} needed; raise the pool size or lower n_{what}")
+
+
+def prepare_data(model, tokenizer, config: DataConfig, *, fingerprint: str | None = None,
+                 progress: bool = True) -> PreparedData:
+    """Build the disjoint splits for ``model`` from the embedded prompts (answers cached)."""
+    fingerprint = fingerprint or model_fingerprint(model)
+    everything = harmful_prompts()
+    known = {p.category for p in everything}
+    unknown = [c for c in config.cross_domain if c not in known]
+    if unknown:
+        raise UnlearnableError(f"unknown cross-domain categories {unknown}; known: {', '.join(sorted(known))}")
+    in_domain = [p for p in everything if p.category not in config.cross_domain]
+    pools = split(in_domain, {"eval": config.n_eval, "align": config.n_align,
+                              "vectors": config.vector_pool, "attack": config.attack_pool}, config.seed)
+    general = [p for p in harmless_prompts() if p.category == "general"]
+    other = [p for p in harmless_prompts() if p.category != "general"]
+    hsplit = split(general, {"align": config.n_harmless_align,
+                             "reserve": len(general) - config.n_harmless_align}, config.seed)
+    cache = ResponseCache(model, tokenizer, config.response_tokens, fingerprint, progress=progress)
+    vectors = cache.compliant(pools["vectors"], config.n_vectors, "vectors")
+    attack = cache.compliant(pools["attack"], config.n_attack, "attack")
+    # base answers for the first n_eval_loss eval prompts give the held-out harmful loss; the rest stay prompts
+    n_loss = min(config.n_eval_loss, len(pools["eval"]))
+    eval_answers = cache.answers([p.prompt for p in pools["eval"][:n_loss]], desc="base answers (eval)")
+    eval_answers += [""] * (len(pools["eval"]) - n_loss)
+    eval_harmful = [dataclasses.replace(p, response=a if not (is_refusal(a) or is_degenerate(a)) else "")
+                    for p, a in zip(pools["eval"], eval_answers)]
+    h_align = [dataclasses.replace(p, response=a) for p, a in
+               zip(hsplit["align"], cache.answers([p.prompt for p in hsplit["align"]], desc="base answers (harmless)"))]
+    h_reserve = (hsplit["reserve"] + random.Random(config.seed).sample(other, len(other)))[:config.n_harmless]
+    harmless = [dataclasses.replace(p, response=a) for p, a in
+                zip(h_reserve, cache.answers([p.prompt for p in h_reserve], desc="base answers (harmless)"))]
+    align = refusal_pairs(pools["align"], config.seed) + [p for p in h_align for _ in range(config.harmless_repeats)]
+    task = profileqa(config.n_profiles, config.seed)
+    cross_eval: list[Pair] = []
+    cross_attack: list[Pair] = []
+    if config.cross_domain:
+        cross = split([p for p in everything if p.category in config.cross_domain],
+                      {"eval": config.n_cross_eval, "attack": config.cross_attack_pool}, config.seed)
+        cross_eval = cross["eval"]
+        cross_attack = cache.compliant(cross["attack"], config.n_cross_attack, "cross_attack")
+    check_disjoint(eval=eval_harmful, align=pools["align"], vectors=vectors, attack=attack, cross_eval=cross_eval,
+                   cross_attack=cross_attack)
+    check_disjoint(align=h_align, harmless=harmless, task=task)
+    data = PreparedData(eval_harmful=eval_harmful, align=align, vectors=vectors, attack=attack, harmless=harmless,
+                        task=task, cross_eval=cross_eval, cross_attack=cross_attack)
+    data.hashes = {k: pairs_hash(getattr(data, k)) for k in ("eval_harmful", "align", "vectors", "attack",
+                                                               "harmless", "task", "cross_eval", "cross_attack")}
+    return data
+
+
+def align(model, tokenizer, data: PreparedData, config: TrainConfig, *, fingerprint: str,
+          progress: bool = True):
+    """Safety-align a model that is not aligned (refusals + its own harmless answers); cached by inputs."""
+    from transformers import AutoModelForCausalLM
+
+    key = sha256_json({"fp": fingerprint, "data": data.hashes["align"], "cfg": dataclasses.asdict(config),
+                       "system": getattr(tokenizer, SYSTEM_ATTR, None)})[:16]
+    path = cache_dir() / "aligned" / key
+    if (path / "unlearnable_model.json").is_file():
+        log(f"aligned model from cache ({path})")
+        aligned = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype)
+        return aligned.to(next(model.parameters()).device).eval(), {"cached": True, "path": str(path)}
+    log(f"aligning the model: {len(data.align)} examples (refusals + own harmless answers)")
+    aligned, history = finetune(copy.deepcopy(model), tokenizer, data.align, config, progress=progress)
+    save_model(aligned, tokenizer, path, metadata={"aligned_from": fingerprint, "config": dataclasses.asdict(config)})
+    return aligned, {"cached": False, "path": str(path), "history": history}
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def summarize_eval(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if not k.endswith("_generations")}

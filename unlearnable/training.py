@@ -1,0 +1,284 @@
+"""One Trainer-based fine-tuning loop: response-only loss, optional frozen security vectors, LoRA or full backbone.
+
+Built on :class:`transformers.Trainer`, so ``accelerate launch`` (DDP / FSDP / DeepSpeed) scales it unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .data import Pair, encode_pairs
+from .errors import UnlearnableError
+from .utils import resolve_precision
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How a model (or an adapter on it) is trained. Shared by alignment, vectors and fine-tuning."""
+
+    backbone: str = dataclasses.field(default="lora", metadata={"help": "lora: train a LoRA on the backbone and merge "
+                                                                        "it; full: train every backbone weight"})
+    lr: float = dataclasses.field(default=1e-3, metadata={"help": "peak learning rate"})
+    epochs: float = dataclasses.field(default=1.0, metadata={"help": "passes over the data (ignored if max_steps > 0)"})
+    max_steps: int = dataclasses.field(default=-1, metadata={"help": "stop after this many optimizer steps"})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "examples per optimizer step (per process)"})
+    grad_accum: int = dataclasses.field(default=1, metadata={"help": "gradient accumulation steps"})
+    max_length: int = dataclasses.field(default=64, metadata={"help": "tokens per example (prompt + response)"})
+    lora_r: int = dataclasses.field(default=16, metadata={"help": "backbone LoRA rank"})
+    lora_alpha: int = dataclasses.field(default=32, metadata={"help": "backbone LoRA alpha"})
+    lora_dropout: float = dataclasses.field(default=0.0, metadata={"help": "backbone LoRA dropout"})
+    target_modules: str = dataclasses.field(default="all-linear", metadata={"help": "modules LoRA adapts: all-linear "
+                                                                                    "or comma-separated names"})
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    scheduler: str = dataclasses.field(default="linear", metadata={"help": "transformers lr scheduler name"})
+    seed: int = 0
+    precision: str = dataclasses.field(default="auto", metadata={"help": "auto (bf16 where fast) | fp32 | bf16"})
+    logging_steps: int = 5
+    save_steps: int = dataclasses.field(default=0, metadata={"help": "checkpoint every N steps for resume (0 = off)"})
+    gradient_checkpointing: bool = False
+    group_by_length: bool = dataclasses.field(default=True, metadata={"help": "batch examples of similar length "
+                                                                               "(less padding)"})
+    ascent_cap: float = dataclasses.field(default=10.0, metadata={"help": "per-example loss cap for negative-weight "
+                                                                         "(gradient ascent) examples"})
+
+    def __post_init__(self):
+        if self.backbone not in ("lora", "full"):
+            raise UnlearnableError(f"backbone must be 'lora' or 'full', not {self.backbone!r}")
+        if self.lr <= 0 or self.batch_size < 1 or self.max_length < 8:
+            raise UnlearnableError("lr must be > 0, batch_size >= 1 and max_length >= 8")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise UnlearnableError("set epochs > 0 or max_steps > 0")
+
+    def lora_targets(self) -> str | list[str]:
+        t = self.target_modules
+        return t if t == "all-linear" else [s.strip() for s in t.split(",") if s.strip()]
+
+
+class Collator:
+    """Dynamic padding to the longest example in the batch; labels padded with -100."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        att = torch.zeros((len(rows), width), dtype=torch.long)
+        lab = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            att[i, :n] = 1
+            lab[i, :n] = torch.tensor(r["labels"])
+        batch = {"input_ids": ids, "attention_mask": att, "labels": lab}
+        if "weight" in rows[0]:
+            batch["weight"] = torch.tensor([float(r["weight"]) for r in rows])
+        return batch
+
+
+class UnlearnableTrainer(Trainer):
+    """Trainer with a response-only loss that computes logits only where there are targets.
+
+    The LM head over a 50k-token vocabulary is a large share of a small model's step; prompt positions have
+    no targets, so they skip it (``logits_to_keep``). Frozen adapters (the security vectors) stay frozen:
+    :class:`FrozenParamsCallback` re-checks them every step.
+    """
+
+    #: per-example loss cap for negative-weight (gradient ascent) examples, so ascent cannot diverge
+    ascent_cap: float = 10.0  # set from TrainConfig.ascent_cap by train()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "weight" in inputs:
+            return self._weighted_loss(model, inputs, return_outputs)
+        labels = inputs["labels"]
+        targets = labels[:, 1:]
+        has = (targets != -100).any(dim=0)
+        first = int(has.nonzero()[0]) if bool(has.any()) else 0
+        keep = torch.arange(first, labels.shape[1] - 1, device=labels.device)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
+        logits = outputs.logits.float()
+        tgt = targets[:, first:]
+        loss_sum = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
+        if num_items_in_batch is not None:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = loss_sum / (tgt != -100).sum().clamp(min=1)
+        return (loss, outputs) if return_outputs else loss
+
+
+    def _weighted_loss(self, model, inputs, return_outputs):
+        """sum_i w_i * CE_i / n, with CE_i the token-mean loss of example i (capped where w_i < 0)."""
+        labels, weight = inputs["labels"], inputs["weight"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        logits = outputs.logits[:, :-1].float()
+        tgt = labels[:, 1:]
+        tok_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
+        ce = tok_loss.sum(1) / (tgt != -100).sum(1).clamp(min=1)
+        ce = torch.where(weight < 0, ce.clamp(max=self.ascent_cap), ce)
+        loss = (weight.to(ce.dtype) * ce).mean()
+        return (loss, outputs) if return_outputs else loss
+
+
+class FrozenParamsCallback(TrainerCallback):
+    """Asserts that the named parameters never require grad and never change."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter]):
+        self.params = params
+        self.snapshot = {k: v.detach().clone() for k, v in params.items()}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for name, p in self.params.items():
+            if p.requires_grad or p.grad is not None:
+                raise RuntimeError(f"frozen parameter {name} became trainable during training")
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for name, p in self.params.items():
+            if not torch.equal(p.detach(), self.snapshot[name]):
+                raise RuntimeError(f"frozen parameter {name} changed during training")
+        return control
+
+
+def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, output_dir: str | os.PathLike | None = None,
+          callbacks: Sequence[TrainerCallback] = (), resume: bool = False, progress: bool = True,
+          weights: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """Train whatever parameters of ``model`` require grad on ``pairs``; returns the Trainer's log history.
+
+    ``weights`` (one per pair) turns the loss into a weighted sum of per-example losses; a negative weight
+    is gradient ascent on that example (capped, see :attr:`UnlearnableTrainer.ascent_cap`).
+    """
+    if not pairs:
+        raise UnlearnableError("no training examples")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UnlearnableError("nothing to train: no parameter requires grad")
+    device = next(model.parameters()).device
+    precision = resolve_precision(config.precision, device)
+    dataset = encode_pairs(tokenizer, pairs, config.max_length)
+    if weights is not None:
+        if len(weights) != len(pairs):
+            raise ValueError("one weight per pair")
+        dataset = dataset.add_column("weight", [float(w) for w in weights])
+    tmp = None
+    if output_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="unlearnable-train-")
+        output_dir = tmp.name
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.scheduler,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=config.save_steps if config.save_steps > 0 else 500,
+        save_total_limit=1,
+        report_to=[],
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=precision == "bf16",
+        use_cpu=device.type == "cpu",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+        gradient_checkpointing=config.gradient_checkpointing,
+        label_names=["labels"],
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+    )
+    trainer = UnlearnableTrainer(model=model, args=args, train_dataset=dataset,
+                                 data_collator=Collator(tokenizer.pad_token_id), callbacks=list(callbacks))
+    trainer.ascent_cap = config.ascent_cap
+    checkpoint = None
+    if resume and config.save_steps > 0:
+        ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        checkpoint = str(ckpts[-1]) if ckpts else None
+    was_training = model.training
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        model.train(was_training)
+        model.eval()
+        if tmp is not None:
+            tmp.cleanup()
+    return [dict(x) for x in trainer.state.log_history]
+
+
+def mean_train_loss(history: Sequence[dict[str, Any]]) -> float:
+    losses = [h["loss"] for h in history if "loss" in h]
+    return float(losses[-1]) if losses else math.nan
+
+
+BACKBONE_ADAPTER = "backbone"
+
+
+def backbone_lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_targets(), bias="none", task_type="CAUSAL_LM")
+
+
+def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, vectors=None, scale: float | None = None,
+             output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
+             callbacks: Sequence[TrainerCallback] = (), weights: Sequence[float] | None = None):
+    """Fine-tune ``model`` on ``pairs``, optionally with security ``vectors`` on (scaled, frozen) throughout.
+
+    ``model`` is modified in place (pass a copy to keep the original). Returns ``(plain_model, log_history)``:
+    a plain ``transformers`` model with the backbone's training merged in and the vectors removed.
+
+    Example::
+
+        from unlearnable import load_model, SecurityVectors, TrainConfig, finetune, load_pairs
+        model, tok = load_model()                       # embedded SmolLM2-135M-Instruct
+        vectors = SecurityVectors.load("vectors/")
+        tuned, _ = finetune(model, tok, load_pairs("user.jsonl"), TrainConfig(), vectors=vectors)
+    """
+    from peft import get_peft_model
+
+    for p in model.parameters():
+        p.requires_grad_(config.backbone == "full")
+    frozen: dict[str, torch.nn.Parameter] = {}
+    if vectors is not None:
+        from .vectors import VECTORS_ADAPTER, freeze_vectors, vector_params
+
+        net = vectors.attach(model, scale=scale)
+        if config.backbone == "lora":
+            net.add_adapter(BACKBONE_ADAPTER, backbone_lora_config(config))
+            net.base_model.set_adapter([VECTORS_ADAPTER, BACKBONE_ADAPTER])  # marks both trainable ...
+        freeze_vectors(net)  # ... so freeze the vectors again
+        if config.backbone == "full":
+            for name, p in net.named_parameters():
+                p.requires_grad_("lora_" not in name)
+        frozen = vector_params(net)
+    elif config.backbone == "lora":
+        net = get_peft_model(model, backbone_lora_config(config), adapter_name=BACKBONE_ADAPTER)
+    else:
+        net = model
+    cbs = list(callbacks) + ([FrozenParamsCallback(frozen)] if frozen else [])
+    history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=cbs,
+                    progress=progress, weights=weights)
+    if config.backbone == "lora":
+        plain = net.merge_and_unload(adapter_names=[BACKBONE_ADAPTER])
+    elif vectors is not None:
+        plain = net.unload()
+    else:
+        plain = net
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    plain.eval()
+    return plain, history

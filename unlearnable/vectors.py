@@ -1,0 +1,235 @@
+"""Security vectors: a PEFT LoRA adapter trained on harmful pairs with the model frozen.
+
+Lifecycle (Zhou et al., 2024):
+
+1. :meth:`SecurityVectors.train` - the model is frozen; only the adapter learns the harmful responses.
+2. :meth:`SecurityVectors.attach` - during the user's fine-tuning the adapter is on, scaled by ``scale`` and
+   frozen (no gradient), so harmful examples already have a low loss and barely move the backbone.
+3. Serving: the adapter is dropped; :func:`unlearnable.training.finetune` returns the model without it.
+
+On disk the vectors are a standard PEFT adapter folder (``adapter_config.json`` +
+``adapter_model.safetensors``) plus ``unlearnable_vectors.json`` recording the base-model fingerprint, the
+data hash, the config and package versions. Attaching them to another model is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from .data import Pair, pairs_hash
+from .errors import UnlearnableError
+from .models import model_fingerprint
+from .training import TrainConfig, train
+from .utils import atomic_dir, atomic_write_json, log, run_metadata
+
+VECTORS_ADAPTER = "security_vectors"
+META_FILE = "unlearnable_vectors.json"
+FORMAT = "unlearnable-vectors/1"
+
+
+@dataclasses.dataclass
+class VectorConfig:
+    """How the security vectors are built and how strongly they act during fine-tuning."""
+
+    r: int = dataclasses.field(default=16, metadata={"help": "LoRA rank of the vectors"})
+    alpha: int = dataclasses.field(default=32, metadata={"help": "LoRA alpha of the vectors"})
+    target_modules: str = dataclasses.field(default="all-linear", metadata={"help": "modules the vectors adapt"})
+    lr: float = dataclasses.field(default=1e-3, metadata={"help": "learning rate for training the vectors"})
+    epochs: float = dataclasses.field(default=5.0, metadata={"help": "passes over the harmful pairs"})
+    target_loss: float = dataclasses.field(default=0.0, metadata={"help": "stop early once the logged training loss "
+                                                                         "falls below this (0 = train all epochs)"})
+    batch_size: int = 16
+    max_length: int = 64
+    seed: int = 0
+    precision: str = "auto"
+    scale: float = dataclasses.field(default=1.0, metadata={"help": "strength during fine-tuning: multiplies the "
+                                                                   "vectors' LoRA scaling (0 = off)"})
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha <= 0:
+            raise UnlearnableError("vectors need r >= 1 and alpha > 0")
+        if self.scale < 0:
+            raise UnlearnableError("vector scale must be >= 0")
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        targets = self.target_modules if self.target_modules == "all-linear" else [
+            s.strip() for s in self.target_modules.split(",") if s.strip()]
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=targets, bias="none",
+                          task_type="CAUSAL_LM")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(backbone="lora", lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
+                           max_length=self.max_length, seed=self.seed, precision=self.precision)
+
+
+class _StopBelowLoss(TrainerCallback):
+    def __init__(self, target: float):
+        self.target = target
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and logs["loss"] < self.target:
+            control.should_training_stop = True
+        return control
+
+
+def vector_params(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if f".{VECTORS_ADAPTER}." in n or n.endswith(f".{VECTORS_ADAPTER}")}
+
+
+def freeze_vectors(model) -> None:
+    """Turn off gradients of the vectors (PEFT's ``set_adapter([...])`` turns them back on: call after it)."""
+    for p in vector_params(model).values():
+        p.requires_grad_(False)
+        p.grad = None
+
+
+def set_vector_scale(model, scale: float) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.set_scale(VECTORS_ADAPTER, scale)
+
+
+class SecurityVectors:
+    """A trained set of security vectors: adapter weights, their LoRA config and metadata."""
+
+    def __init__(self, state: dict[str, torch.Tensor], lora_config, metadata: dict[str, Any]):
+        self.state = state
+        self.lora_config = lora_config
+        self.metadata = metadata
+
+    # ------------------------------------------------------------------------------------ training
+    @classmethod
+    def train(cls, model, tokenizer, pairs: Sequence[Pair], config: VectorConfig | None = None,
+              progress: bool = True) -> "SecurityVectors":
+        """Train vectors on harmful ``pairs``; ``model`` is left exactly as it was (frozen, adapter removed)."""
+        from peft import get_peft_model, get_peft_model_state_dict
+
+        config = config or VectorConfig()
+        if not pairs:
+            raise UnlearnableError("security vectors need at least one harmful (prompt, response) pair")
+        fingerprint = model_fingerprint(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        pm = get_peft_model(model, config.lora_config(), adapter_name=VECTORS_ADAPTER)
+        callbacks = [_StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []
+        try:
+            history = train(pm, tokenizer, pairs, config.train_config(), callbacks=callbacks, progress=progress)
+            state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(pm, adapter_name=VECTORS_ADAPTER).items()}
+        finally:
+            pm.unload()
+        losses = [h["loss"] for h in history if "loss" in h]
+        steps = max((h.get("step", 0) for h in history), default=0)
+        meta = {
+            "format": FORMAT,
+            "base_fingerprint": fingerprint,
+            "base_model": str(getattr(model.config, "name_or_path", "")),
+            "data_hash": pairs_hash(pairs),
+            "n_pairs": len(pairs),
+            "config": dataclasses.asdict(config),
+            "train_loss_first": losses[0] if losses else None,
+            "train_loss_last": losses[-1] if losses else None,
+            "steps": steps,
+            "history": history,
+            **run_metadata(),
+        }
+        log(f"vectors trained: {len(pairs)} pairs, {steps} steps, loss {meta['train_loss_first']} -> "
+            f"{meta['train_loss_last']}")
+        return cls(state, config.lora_config(), meta)
+
+    @property
+    def config(self) -> VectorConfig:
+        return VectorConfig(**self.metadata.get("config", {}))
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def check(self, model) -> None:
+        want, got = self.metadata.get("base_fingerprint"), model_fingerprint(model)
+        if want != got:
+            raise UnlearnableError(
+                f"these security vectors were trained for model fingerprint {want} "
+                f"({self.metadata.get('base_model', '?')}), but the model given has fingerprint {got}; "
+                "train vectors on this model (unlearnable vectors train --model ...)"
+            )
+
+    def attach(self, model, scale: float | None = None, check: bool = True):
+        """Wrap ``model`` in a PeftModel with the vectors on, scaled and frozen. Returns the PeftModel."""
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        if check:
+            self.check(model)
+        pm = get_peft_model(model, self.lora_config, adapter_name=VECTORS_ADAPTER)
+        result = set_peft_model_state_dict(pm, self.state, adapter_name=VECTORS_ADAPTER)
+        bad = [k for k in getattr(result, "unexpected_keys", []) if VECTORS_ADAPTER in k or "lora" in k]
+        if bad:
+            pm.unload()
+            raise UnlearnableError(f"the vectors do not fit this model's layers (e.g. {bad[0]})")
+        freeze_vectors(pm)
+        set_vector_scale(pm, self.config.scale if scale is None else scale)
+        return pm
+
+    # ------------------------------------------------------------------------------------ persistence
+    def save(self, out: str | os.PathLike, overwrite: bool = True) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(out)
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            self.lora_config.save_pretrained(str(tmp))
+            save_file({k: v.contiguous() for k, v in self.state.items()}, str(tmp / "adapter_model.safetensors"),
+                      metadata={"format": "pt"})
+            atomic_write_json(tmp / META_FILE, self.metadata)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SecurityVectors":
+        from peft import LoraConfig
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_dir():
+            raise UnlearnableError(f"vectors folder {path} does not exist; pass the --out folder of "
+                                   "`unlearnable vectors train`")
+        for name in ("adapter_config.json", "adapter_model.safetensors", META_FILE):
+            if not (path / name).is_file():
+                extra = " (pickle adapters are not loaded; re-save as safetensors)" if (
+                    name.endswith(".safetensors") and (path / "adapter_model.bin").exists()) else ""
+                raise UnlearnableError(f"vectors folder {path} is missing {name}{extra}; re-run vectors training")
+        try:
+            metadata = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+            if metadata.get("format") != FORMAT or "base_fingerprint" not in metadata:
+                raise ValueError("not an unlearnable vectors metadata file")
+            lora_config = LoraConfig.from_pretrained(str(path))
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            raise UnlearnableError(f"vectors folder {path} has a corrupt metadata/config file: {str(exc)[:120]}") from None
+        try:
+            state = load_file(str(path / "adapter_model.safetensors"))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UnlearnableError(f"{path}/adapter_model.safetensors is corrupt: {str(exc)[:120]}") from None
+        if not state:
+            raise UnlearnableError(f"{path}/adapter_model.safetensors holds no tensors")
+        return cls(state, lora_config, metadata)
+
+
+def vectors_effect(model, tokenizer, vectors: SecurityVectors, pairs: Sequence[Pair], scale: float | None = None,
+                   first_tokens: int = 8) -> dict[str, float]:
+    """Harmful first-token loss with the vectors off and on (a quick check that they learned)."""
+    from .evaluation import response_loss
+
+    off = response_loss(model, tokenizer, pairs, first_tokens=first_tokens)
+    pm = vectors.attach(model, scale=scale)
+    try:
+        on = response_loss(pm, tokenizer, pairs, first_tokens=first_tokens)
+    finally:
+        pm.unload()
+    return {"loss_vectors_off": off, "loss_vectors_on": on if not math.isnan(on) else None}

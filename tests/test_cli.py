@@ -67,7 +67,9 @@ def test_vectors_train_finetune_evaluate_round_trip(tmp_path, tiny_dir, jsonl):
 
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "tuned")  # plain transformers loads it
     assert not any("lora" in k for k in tuned.state_dict())
-    res = run_cli("evaluate", "--model", tmp_path / "tuned", "--harmful", harmful, "--data", task, "--out",
+    # evaluated on prompts the vectors never saw: the vectors' own prompts are refused (leakage, test_cli_errors)
+    heldout = jsonl([json.dumps({"prompt": f"worse {i}?"}) for i in range(4)], "heldout.jsonl")
+    res = run_cli("evaluate", "--model", tmp_path / "tuned", "--harmful", heldout, "--data", task, "--out",
                   tmp_path / "eval.json", "--quiet")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])

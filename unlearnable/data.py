@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import UnlearnableError
-from .utils import sha256_json
+from .utils import sha256_json, sha256_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,22 @@ def pairs_hash(pairs: Iterable[Pair]) -> str:
 
 def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def prompt_hashes(pairs: Iterable[Pair]) -> list[str]:
+    """Sorted short hashes of the normalized prompts: enough to detect overlap without storing the prompts."""
+    return sorted({sha256_text(normalize(p.prompt))[:16] for p in pairs})
+
+
+def check_no_overlap(items: Sequence[Pair], hashes: Iterable[str], what: str, other: str) -> None:
+    """Raise if a prompt of ``items`` is among ``hashes`` (from :func:`prompt_hashes`): leakage fakes resistance."""
+    known = set(hashes)
+    shared = [p for p in items if sha256_text(normalize(p.prompt))[:16] in known]
+    if shared:
+        raise UnlearnableError(
+            f"{len(shared)} of the {len(items)} {what} prompts are also in {other} (e.g. {shared[0].prompt[:60]!r}); "
+            "leakage between them fakes resistance: evaluate on prompts the defence never saw"
+        )
 
 
 # ------------------------------------------------------------------------------------------ user data
@@ -64,7 +80,7 @@ def load_pairs(path: str | os.PathLike, *, require_response: bool = True) -> lis
             continue
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError, an over-long integer, nesting too deep
             raise UnlearnableError(f"{path}:{lineno}: not valid JSON; expected one JSON object per line") from None
         pairs.append(_record_to_pair(record, f"{path}:{lineno}", require_response))
     if not pairs:

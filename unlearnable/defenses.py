@@ -169,3 +169,60 @@ class AdversarialLossDefense(Defense):
                                      weights=[weights[i] for i in order], progress=progress)
         self.info["harden_history"] = [h for h in history if "loss" in h]
         return hardened
+
+
+@DEFENSES.register("buffer-reinforce")
+class BufferReinforceDefense(SecurityVectorsDefense):
+    """Buffer-and-Reinforce ("Jailbreak to Protect", 2026): the security vectors act as a buffer during the
+    user's fine-tuning; then a second LoRA is trained to refuse harmful prompts *while the buffer is on*
+    (the user's adapter frozen) and merged with the user's adapter into one LoRA by QR decomposition
+    (:func:`unlearnable.adapters.merge_adapters_qr`). The refusal data is the provider's, not the user's.
+
+    ``adapter_out``: where to write the merged (user + reinforce) adapter in plain PEFT format.
+    """
+
+    threat_models = (SERVICE,)
+    REINFORCE = "reinforce"
+    #: the served model only exists after the reinforcement that follows the user's fine-tuning
+    post_training = True
+
+    def __init__(self, vectors=None, config=None, scale: float | None = None, reinforce_steps: int = 20,
+                 reinforce_lr: float = 1e-3, reinforce_rank: int = 8, adapter_out: str | None = None, **options):
+        super().__init__(vectors=vectors, config=config, scale=scale, **options)
+        self.options.update(reinforce_steps=reinforce_steps, reinforce_lr=reinforce_lr, reinforce_rank=reinforce_rank)
+        self.reinforce_steps, self.reinforce_lr, self.reinforce_rank = reinforce_steps, reinforce_lr, reinforce_rank
+        self.adapter_out = adapter_out
+        self.refusals: list[Pair] = []
+
+    def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
+        super().prepare(model, tokenizer, data, progress=progress)
+        self.refusals = list(data.refusals)
+        if not self.refusals:
+            raise ValueError("buffer-reinforce needs the provider's refusal pairs in DefenseData.refusals")
+
+    def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
+        from .errors import UnlearnableError
+        from .training import BACKBONE_ADAPTER, backbone_lora_config, train
+        from .vectors import VECTORS_ADAPTER, freeze_vectors
+
+        if config.backbone != "lora":
+            raise UnlearnableError("buffer-reinforce merges LoRA adapters: use backbone=lora")
+        net, history = finetune(model, tokenizer, pairs, config, vectors=self.vectors, scale=self.scale,
+                                progress=progress, return_peft=True, **kw)
+        rcfg = dataclasses.replace(config, lora_r=self.reinforce_rank, lora_alpha=2 * self.reinforce_rank,
+                                   lr=self.reinforce_lr, max_steps=self.reinforce_steps, epochs=1.0)
+        net.add_adapter(self.REINFORCE, backbone_lora_config(rcfg, net.get_base_model()))
+        net.base_model.set_adapter([VECTORS_ADAPTER, BACKBONE_ADAPTER, self.REINFORCE])
+        freeze_vectors(net)
+        for name, p in net.named_parameters():
+            if f".{BACKBONE_ADAPTER}." in name:
+                p.requires_grad_(False)
+        history += train(net, tokenizer, self.refusals, rcfg, progress=progress)
+        if self.adapter_out:
+            from .adapters import merge_adapters_qr
+
+            merge_adapters_qr(net, BACKBONE_ADAPTER, self.REINFORCE, self.adapter_out)
+        plain = net.merge_and_unload(adapter_names=[BACKBONE_ADAPTER, self.REINFORCE])
+        for p in plain.parameters():
+            p.requires_grad_(False)
+        return plain.eval(), history

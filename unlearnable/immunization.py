@@ -379,8 +379,10 @@ def _attack_run(defense: Defense, hardened, tok, pairs, lr, config: ImmunizeConf
     t0 = time.perf_counter()
     tcfg = _attack_config(config, lr, b.steps, b.batch_size, b.backbone)
     log(f"defence {defense.name}: attack lr={lr:g} n={len(pairs)} for {b.steps} steps")
-    defense.finetune(copy.deepcopy(hardened), tok, pairs, tcfg, progress=progress, callbacks=[cb])
+    final, _ = defense.finetune(copy.deepcopy(hardened), tok, pairs, tcfg, progress=progress, callbacks=[cb])
     curve = [step0] + cb.points
+    if getattr(defense, "post_training", False):  # e.g. buffer-reinforce: the served model exists only at the end
+        curve[-1] = {"step": b.steps, **point(final, b.steps), "after_post_training": True}
     return {"lr": lr, "n_samples": len(pairs), "n_available": n_available, "steps": b.steps, "curve": curve,
             "steps_to_harmful": steps_to_cross(curve, config.threshold), "seconds": round(time.perf_counter() - t0, 1)}
 

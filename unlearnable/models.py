@@ -11,9 +11,10 @@ import hashlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: model paths are checked before the heavy imports
+    import torch
 
 from .errors import UnlearnableError
 from .utils import atomic_dir, atomic_write_json, log, sha256_file
@@ -22,8 +23,8 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_ALIASES = {None, "", "default", DEFAULT_MODEL.lower()}
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
 
 
 def cache_dir() -> Path:
@@ -76,6 +77,7 @@ def resolve_model(model: str | os.PathLike | None) -> str:
 
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     """Dequantise a GGUF file into a plain safetensors model folder in the cache (once)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path).resolve()
@@ -90,7 +92,8 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     except Exception as exc:  # noqa: BLE001 - corrupt or unsupported GGUF
-        raise UnlearnableError(f"could not read GGUF file {gguf_path}: {_first_line(exc)}") from None
+        raise UnlearnableError(f"could not read GGUF file {gguf_path} ({_first_line(exc)}); the file is damaged or "
+                               "not a GGUF model: download it again, or pass a model folder") from None
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config_dict.pop("_name_or_path", None)
@@ -122,23 +125,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(
-    model: str | os.PathLike | None = None,
-    *,
-    device: str | None = None,
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-):
-    """Load ``(model, tokenizer)`` from a hub id, a local folder, a GGUF file, or the embedded default (None).
+def check_model(model: str | os.PathLike | None = None, *, trust_remote_code: bool = False,
+                allow_pickle: bool = False):
+    """Resolve ``model`` and check it before any weights load: path, weight format, config, causal LM.
 
-    Weights load from safetensors only unless ``allow_pickle=True``; ``trust_remote_code`` stays off unless asked.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    Returns ``(path, config)``. Cheap next to loading, so commands call it before their slow imports."""
     path = resolve_model(model)
-    if dtype not in _DTYPES:
-        raise UnlearnableError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
     local = Path(path).is_dir()
     if local:
         files = [p.name for p in Path(path).iterdir()]
@@ -151,21 +143,56 @@ def load_model(
             )
         if not has_st and not has_pickle:
             raise UnlearnableError(f"{path} holds no weights (*.safetensors); is the model folder complete?")
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001
+        text = str(exc)
+        if "custom code" in text or "trust_remote_code" in text:
+            raise UnlearnableError(f"{model} needs its own Python code to load (auto_map in config.json); read that "
+                                   "code, then pass --trust-remote-code if you trust it") from None
+        if not local and ("connect" in text or "offline" in text.lower() or "not a valid model identifier" in text
+                          or "does not appear to have" in text):
+            raise UnlearnableError(f"model {model} was not found: it is not a local folder, and the Hugging Face hub "
+                                   "could not provide it (offline, or no such model); check the name, or pass a "
+                                   "local folder or .gguf file") from None
         raise UnlearnableError(f"could not load a model config from {model!s}: {_first_line(exc)}") from None
+    _check_causal_lm(config, model)
+    return path, config
+
+
+def load_model(
+    model: str | os.PathLike | None = None,
+    *,
+    device: str | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """Load ``(model, tokenizer)`` from a hub id, a local folder, a GGUF file, or the embedded default (None).
+
+    Weights load from safetensors only unless ``allow_pickle=True``; ``trust_remote_code`` stays off unless asked.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in _DTYPES:
+        raise UnlearnableError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+    path, config = check_model(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    local = Path(path).is_dir()
     try:
         net = AutoModelForCausalLM.from_pretrained(
             path,
             config=config,
-            dtype=_DTYPES[dtype],
+            dtype=getattr(torch, _DTYPES[dtype]),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
         )
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
-            raise UnlearnableError(f"{model} ({config.model_type}) is not a causal language model") from None
+            raise UnlearnableError(f"{model} ({config.model_type}) is not a causal language model; pass a decoder "
+                                   "model such as Llama, Qwen, SmolLM or GPT-2") from None
         raise UnlearnableError(f"could not load model {model}: {_first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001
         raise UnlearnableError(f"could not load model {model}: {_first_line(exc)}") from None
@@ -188,6 +215,26 @@ def load_model(
     return net, tokenizer
 
 
+def _check_causal_lm(config, model) -> None:
+    """Refuse encoders and other non-generative models before their weights are loaded into a wrong head.
+
+    ``AutoModelForCausalLM`` accepts e.g. a BERT config (as ``BertLMHeadModel``, bidirectional and untrained
+    as a decoder), so the saved ``architectures`` are checked too. Remote-code models are trusted as given."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if getattr(config, "auto_map", None):
+        return
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UnlearnableError(f"{model} is a {config.model_type!r} model, not a causal (text-generating) language "
+                               "model; pass a decoder model such as Llama, Qwen, SmolLM or GPT-2")
+    known = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]
+    known = {known} if isinstance(known, str) else set(known)
+    archs = list(getattr(config, "architectures", None) or [])
+    if archs and not any(a in known or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        raise UnlearnableError(f"{model} holds a {archs[0]}, not a causal (text-generating) language model; pass a "
+                               f"decoder model (for {config.model_type!r} that would be {sorted(known)[0]})")
+
+
 def _base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The backbone's own tensors, without any PEFT adapter, under their plain names."""
     out = {}
@@ -199,13 +246,19 @@ def _base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-@torch.no_grad()
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A short hash that identifies a model's architecture and weights (adapters excluded).
 
     Hashes every tensor's name, shape and dtype plus a strided sample of its values, so it is fast on
     billion-parameter models yet changes when any tensor is retrained.
     """
+    import torch
+
+    with torch.no_grad():
+        return _fingerprint(model, torch)
+
+
+def _fingerprint(model, torch) -> str:
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:

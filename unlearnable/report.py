@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .utils import atomic_write_text
+from .utils import atomic_savefig, atomic_write_text
 
 
 def _plt():
@@ -75,7 +75,7 @@ def demo_plot(results: dict[str, Any], path: Path) -> None:
     ax.set_title("Fine-tuning loss")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -139,7 +139,7 @@ def immunize_plots(results: dict[str, Any], out: Path) -> list[str]:
         ax.set_ylabel("harm rate")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "resistance.png", dpi=110)
+    atomic_savefig(fig, out / "resistance.png", dpi=110)
     plt.close(fig)
     names.append("resistance.png")
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -148,7 +148,7 @@ def immunize_plots(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylabel("exact match")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "trainability.png", dpi=110)
+    atomic_savefig(fig, out / "trainability.png", dpi=110)
     plt.close(fig)
     names.append("trainability.png")
     return names
@@ -193,3 +193,47 @@ def write_immunize_report(results: dict[str, Any], out: Path) -> None:
     meta = {k: results[k] for k in ("config", "model", "data", "versions", "git_hash", "date", "device", "seconds")
             if k in results}
     atomic_write_text(out / "report.html", page("unlearnable immunize: four immunization conditions", sections, meta))
+
+
+def tradeoff_plot(results: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for method, pts in results["averaged"].items():
+        xs, ys = [p["harm_rate"] for p in pts], [p["task_score"] for p in pts]
+        xerr = [[p["harm_rate"] - p["harm_min"] for p in pts], [p["harm_max"] - p["harm_rate"] for p in pts]]
+        yerr = [[p["task_score"] - p["task_min"] for p in pts], [p["task_max"] - p["task_score"] for p in pts]]
+        line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=5, capsize=3, label=method,
+                           ls="-" if len(pts) > 1 else "none")
+        for p in pts:
+            ax.annotate(f"{p['strength']:g}", (p["harm_rate"], p["task_score"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=line[0].get_color())
+    ax.set_xlabel("harm rate after fine-tuning (lower is safer)")
+    ax.set_ylabel("task score: ProfileQA exact match")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_title("Strength trade-off (labels: vector strength; bars: min-max over seeds)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def tradeoff_section(results: dict[str, Any]) -> str:
+    rows = [[m, p["strength"], p["harm_rate"], p["harm_rate_sd"], p["task_score"], p["task_score_sd"], p["n_seeds"]]
+            for m, pts in results["frontier"].items() for p in pts]
+    return ("<img src='tradeoff.png' alt='harm rate vs task score'>"
+            + "<h3>Frontier (seed-averaged, non-dominated per method)</h3>"
+            + table(["method", "strength", "harm rate", "sd", "task score", "sd", "seeds"], rows)
+            + "<h3>All points</h3>"
+            + table(["method", "strength", "seed", "harm rate", "task score", "seconds", "note"],
+                    [[p["method"], p["strength"], p["seed"], p["harm_rate"], p["task_score"], p["seconds"],
+                      p.get("reused_from") and f"reused from {p['reused_from']}"] for p in results["points"]]))
+
+
+def write_tradeoff_report(results: dict[str, Any], out: Path) -> None:
+    out = Path(out)
+    tradeoff_plot(results, out / "tradeoff.png")
+    meta = {k: results[k] for k in ("config", "model", "versions", "git_hash", "date", "device", "seconds")
+            if k in results}
+    atomic_write_text(out / "report.html", page("unlearnable tradeoff: harm rate vs task score",
+                                                [("Trade-off", tradeoff_section(results))], meta))

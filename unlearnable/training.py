@@ -9,15 +9,19 @@ import dataclasses
 import math
 import os
 import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler as TrainerLengthGroupedSampler
 
 from .data import Pair, encode_pairs
 from .errors import UnlearnableError
+from .runs import latest_checkpoint, mark_complete
 from .utils import resolve_precision
+
+#: the trainable tensors of a checkpoint (adapters and/or backbone weights), see UnlearnableTrainer._save
+CHECKPOINT_WEIGHTS = "trainable.safetensors"
 
 
 @dataclasses.dataclass
@@ -37,6 +41,8 @@ class TrainConfig:
     lora_dropout: float = dataclasses.field(default=0.0, metadata={"help": "backbone LoRA dropout"})
     target_modules: str = dataclasses.field(default="all-linear", metadata={"help": "modules LoRA adapts: all-linear "
                                                                                     "or comma-separated names"})
+    lora_top_layers: float = dataclasses.field(default=1.0, metadata={
+        "help": "fraction of decoder layers (from the top) that get a LoRA; below them no backward pass is needed"})
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     scheduler: str = dataclasses.field(default="linear", metadata={"help": "transformers lr scheduler name"})
@@ -45,6 +51,7 @@ class TrainConfig:
     logging_steps: int = 5
     save_steps: int = dataclasses.field(default=0, metadata={"help": "checkpoint every N steps for resume (0 = off)"})
     gradient_checkpointing: bool = False
+    kl_weight: float = dataclasses.field(default=1.0, metadata={"help": "weight of the KL term on rows flagged kl"})
     group_by_length: bool = dataclasses.field(default=True, metadata={"help": "batch examples of similar length "
                                                                                "(less padding)"})
     ascent_cap: float = dataclasses.field(default=10.0, metadata={"help": "per-example loss cap for negative-weight "
@@ -82,6 +89,8 @@ class Collator:
         batch = {"input_ids": ids, "attention_mask": att, "labels": lab}
         if "weight" in rows[0]:
             batch["weight"] = torch.tensor([float(r["weight"]) for r in rows])
+        if "kl" in rows[0]:
+            batch["kl"] = torch.tensor([int(r["kl"]) for r in rows])
         return batch
 
 
@@ -99,6 +108,8 @@ class UnlearnableTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "weight" in inputs:
             return self._weighted_loss(model, inputs, return_outputs)
+        if "kl" in inputs:
+            return self._kl_loss(model, inputs, return_outputs)
         labels = inputs["labels"]
         targets = labels[:, 1:]
         has = (targets != -100).any(dim=0)
@@ -131,6 +142,121 @@ class UnlearnableTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+    #: weight of the KL term for rows flagged ``kl`` (set from TrainConfig.kl_weight by train())
+    kl_weight: float = 1.0
+
+    def _kl_loss(self, model, inputs, return_outputs):
+        """CE on ordinary rows; on rows flagged ``kl``, KL(p_adapters_off || p_adapters_on) over response tokens.
+
+        Used to train adapters that change harmful answers but leave harmless ones alone (the teacher is the
+        same network with its adapters disabled, so no second model is held in memory)."""
+        labels, flag = inputs["labels"], inputs["kl"].bool()
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        logits = outputs.logits[:, :-1].float()
+        tgt = labels[:, 1:]
+        mask = tgt != -100
+        logp = torch.log_softmax(logits, -1)
+        ce_rows = ~flag
+        ce = -(logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask)[ce_rows].sum()
+        n_ce = mask[ce_rows].sum().clamp(min=1)
+        loss = ce / n_ce
+        if bool(flag.any()):
+            with torch.no_grad(), model.disable_adapter():
+                ref = torch.log_softmax(model(input_ids=inputs["input_ids"][flag],
+                                              attention_mask=inputs["attention_mask"][flag]).logits[:, :-1].float(), -1)
+            kl_tok = (ref.exp() * (ref - logp[flag])).sum(-1) * mask[flag]
+            loss = loss + self.kl_weight * kl_tok.sum() / mask[flag].sum().clamp(min=1)
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is TrainerLengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, seed=seed)
+        return sampler
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    # Trainer's own checkpoints do not fit this trainer's models: a PeftModel saves its adapters only (the
+    # weights of a full-backbone run under frozen vectors would be lost), and on resume Trainer re-activates
+    # only the first of several adapters and makes it trainable (the frozen vectors, not the backbone LoRA).
+    # So a checkpoint holds exactly the trainable tensors, as safetensors, and resuming copies them back in
+    # place: adapters and their activation are never touched. FSDP / DeepSpeed shard the parameters; there
+    # Trainer's own format is kept.
+
+    def _own_checkpoint_format(self) -> bool:
+        return not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self._own_checkpoint_format():
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        from safetensors.torch import save_file
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        tensors = {name: p.detach().to("cpu").contiguous() for name, p in trainable_params(self.model).items()}
+        save_file(tensors, os.path.join(output_dir, CHECKPOINT_WEIGHTS), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self._own_checkpoint_format():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+
+        path = os.path.join(resume_from_checkpoint, CHECKPOINT_WEIGHTS)
+        if not os.path.isfile(path):
+            raise UnlearnableError(f"checkpoint {resume_from_checkpoint} has no {CHECKPOINT_WEIGHTS}; it was not "
+                                   "written by unlearnable: delete it, or pass --overwrite to start over")
+        try:
+            state = load_file(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged file
+            raise UnlearnableError(f"{path} is corrupt ({str(exc)[:100]}); delete the checkpoint, or pass "
+                                   "--overwrite to start over") from None
+        params = trainable_params(model if model is not None else self.model)
+        wrong = sorted(set(state) ^ set(params)) or [k for k in state if state[k].shape != params[k].shape]
+        if wrong:
+            raise UnlearnableError(f"checkpoint {resume_from_checkpoint} does not fit this run's trainable weights "
+                                   f"(e.g. {wrong[0]}); pass --overwrite to start over")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # only now is the checkpoint complete; older ones can go
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            mark_complete(folder, format=CHECKPOINT_WEIGHTS if self._own_checkpoint_format() else "trainer")
+
+
+class EpochSeededLengthGroupedSampler(TrainerLengthGroupedSampler):
+    """Length-grouped batches whose order comes from ``seed + epoch``, not from the global RNG.
+
+    Trainer's own sampler draws from the global RNG, so an epoch resumed from a checkpoint was shuffled
+    differently from the same epoch in an uninterrupted run; with the order a function of the epoch, a
+    resumed run replays it exactly (the Trainer calls :meth:`set_epoch` before every epoch)."""
+
+    def __init__(self, batch_size: int, *, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def trainable_params(model) -> dict[str, torch.nn.Parameter]:
+    """Parameters that require grad, by name (tied weights once)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
 class FrozenParamsCallback(TrainerCallback):
     """Asserts that the named parameters never require grad and never change."""
 
@@ -153,7 +279,7 @@ class FrozenParamsCallback(TrainerCallback):
 
 def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, output_dir: str | os.PathLike | None = None,
           callbacks: Sequence[TrainerCallback] = (), resume: bool = False, progress: bool = True,
-          weights: Sequence[float] | None = None) -> list[dict[str, Any]]:
+          weights: Sequence[float] | None = None, kl_mask: Sequence[bool] | None = None) -> list[dict[str, Any]]:
     """Train whatever parameters of ``model`` require grad on ``pairs``; returns the Trainer's log history.
 
     ``weights`` (one per pair) turns the loss into a weighted sum of per-example losses; a negative weight
@@ -170,6 +296,10 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
         if len(weights) != len(pairs):
             raise ValueError("one weight per pair")
         dataset = dataset.add_column("weight", [float(w) for w in weights])
+    if kl_mask is not None:
+        if len(kl_mask) != len(pairs):
+            raise ValueError("one kl flag per pair")
+        dataset = dataset.add_column("kl", [int(bool(k)) for k in kl_mask])
     tmp = None
     if output_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="unlearnable-train-")
@@ -187,7 +317,7 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
         logging_steps=config.logging_steps,
         save_strategy="steps" if config.save_steps > 0 else "no",
         save_steps=config.save_steps if config.save_steps > 0 else 500,
-        save_total_limit=1,
+        save_total_limit=None,  # UnlearnableTrainer keeps the newest *complete* checkpoint itself
         report_to=[],
         seed=config.seed,
         data_seed=config.seed,
@@ -203,10 +333,10 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     trainer = UnlearnableTrainer(model=model, args=args, train_dataset=dataset,
                                  data_collator=Collator(tokenizer.pad_token_id), callbacks=list(callbacks))
     trainer.ascent_cap = config.ascent_cap
-    checkpoint = None
-    if resume and config.save_steps > 0:
-        ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        checkpoint = str(ckpts[-1]) if ckpts else None
+    trainer.kl_weight = config.kl_weight
+    checkpoint = latest_checkpoint(output_dir) if resume and tmp is None else None
+    if checkpoint is not None:
+        checkpoint = str(checkpoint)
     was_training = model.training
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -226,20 +356,50 @@ def mean_train_loss(history: Sequence[dict[str, Any]]) -> float:
 BACKBONE_ADAPTER = "backbone"
 
 
-def backbone_lora_config(config: TrainConfig):
+def top_layers(model, fraction: float) -> list[int] | None:
+    """Indices of the top ``fraction`` of decoder layers (None = all)."""
+    if fraction >= 1.0:
+        return None
+    n = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if n == 0:
+        return None
+    k = max(1, round(n * fraction))
+    return list(range(n - k, n))
+
+
+def linear_module_names(model) -> list[str]:
+    """Names of the linear layers inside the decoder (what PEFT's "all-linear" targets), e.g. q_proj ... down_proj."""
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.Linear) and mod is not out_emb and ".layers." in f".{name}"}
+    return sorted(names)
+
+
+def lora_config_for(model, *, r: int, alpha: int, dropout: float, targets: str | list[str], top_fraction: float):
+    """A LoraConfig; with ``top_fraction`` < 1 only the top decoder layers are adapted."""
     from peft import LoraConfig
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_targets(), bias="none", task_type="CAUSAL_LM")
+    layers = top_layers(model, top_fraction) if model is not None else None
+    if layers and targets == "all-linear":  # PEFT needs explicit names to restrict layers
+        targets = linear_module_names(model)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                      task_type="CAUSAL_LM", layers_to_transform=layers, layers_pattern="layers" if layers else None)
+
+
+def backbone_lora_config(config: TrainConfig, model=None):
+    return lora_config_for(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                           targets=config.lora_targets(), top_fraction=config.lora_top_layers)
 
 
 def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, vectors=None, scale: float | None = None,
              output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-             callbacks: Sequence[TrainerCallback] = (), weights: Sequence[float] | None = None):
+             callbacks: Sequence[TrainerCallback] = (), weights: Sequence[float] | None = None,
+             return_peft: bool = False):
     """Fine-tune ``model`` on ``pairs``, optionally with security ``vectors`` on (scaled, frozen) throughout.
 
     ``model`` is modified in place (pass a copy to keep the original). Returns ``(plain_model, log_history)``:
-    a plain ``transformers`` model with the backbone's training merged in and the vectors removed.
+    a plain ``transformers`` model with the backbone's training merged in and the vectors removed
+    (``return_peft=True`` returns the PeftModel with its adapters instead, for defences that continue from it).
 
     Example::
 
@@ -250,6 +410,9 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
     """
     from peft import get_peft_model
 
+    from .utils import set_seed
+
+    set_seed(config.seed)  # the backbone LoRA's random init: same seed, same run (and resumable)
     for p in model.parameters():
         p.requires_grad_(config.backbone == "full")
     frozen: dict[str, torch.nn.Parameter] = {}
@@ -258,7 +421,7 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
 
         net = vectors.attach(model, scale=scale)
         if config.backbone == "lora":
-            net.add_adapter(BACKBONE_ADAPTER, backbone_lora_config(config))
+            net.add_adapter(BACKBONE_ADAPTER, backbone_lora_config(config, model))
             net.base_model.set_adapter([VECTORS_ADAPTER, BACKBONE_ADAPTER])  # marks both trainable ...
         freeze_vectors(net)  # ... so freeze the vectors again
         if config.backbone == "full":
@@ -266,12 +429,14 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
                 p.requires_grad_("lora_" not in name)
         frozen = vector_params(net)
     elif config.backbone == "lora":
-        net = get_peft_model(model, backbone_lora_config(config), adapter_name=BACKBONE_ADAPTER)
+        net = get_peft_model(model, backbone_lora_config(config, model), adapter_name=BACKBONE_ADAPTER)
     else:
         net = model
     cbs = list(callbacks) + ([FrozenParamsCallback(frozen)] if frozen else [])
     history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=cbs,
                     progress=progress, weights=weights)
+    if return_peft:
+        return net, history
     if config.backbone == "lora":
         plain = net.merge_and_unload(adapter_names=[BACKBONE_ADAPTER])
     elif vectors is not None:

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used, so data/config checks run before the heavy imports
+    import torch
 
 PACKAGES = ("unlearnable", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors")
 
@@ -78,6 +79,8 @@ def run_metadata() -> dict[str, Any]:
 
 
 def describe_device() -> str:
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
@@ -85,6 +88,8 @@ def describe_device() -> str:
 
 def cpu_bf16_supported() -> bool:
     """True where this CPU has native bf16 matmul (e.g. avx512_bf16 / AMX); without it bf16 is *slower*."""
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # noqa: BLE001
@@ -99,6 +104,8 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
         raise UnlearnableError(f"precision must be auto, fp32 or bf16, not {precision!r}")
     if precision != "auto":
         return precision
+    import torch
+
     dev = torch.device(device)
     if dev.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -107,6 +114,8 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 @contextlib.contextmanager
 def autocast(precision: str, device: str | torch.device) -> Iterator[None]:
+    import torch
+
     dev = torch.device(device)
     if precision == "bf16":
         with torch.autocast(dev.type, dtype=torch.bfloat16):
@@ -122,6 +131,8 @@ def set_seed(seed: int) -> None:
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -150,6 +161,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs: Any) -> None:
+    """``fig.savefig`` to a temporary sibling, then rename: a plot is either whole or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 @contextlib.contextmanager

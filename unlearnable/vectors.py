@@ -24,11 +24,11 @@ from typing import Any, Sequence
 import torch
 from transformers import TrainerCallback
 
-from .data import Pair, pairs_hash
+from .data import Pair, normalize, pairs_hash
 from .errors import UnlearnableError
 from .models import model_fingerprint
 from .training import TrainConfig, train
-from .utils import atomic_dir, atomic_write_json, log, run_metadata
+from .utils import atomic_dir, atomic_write_json, log, run_metadata, sha256_text
 
 VECTORS_ADAPTER = "security_vectors"
 META_FILE = "unlearnable_vectors.json"
@@ -42,6 +42,8 @@ class VectorConfig:
     r: int = dataclasses.field(default=16, metadata={"help": "LoRA rank of the vectors"})
     alpha: int = dataclasses.field(default=32, metadata={"help": "LoRA alpha of the vectors"})
     target_modules: str = dataclasses.field(default="all-linear", metadata={"help": "modules the vectors adapt"})
+    top_layers: float = dataclasses.field(default=1.0, metadata={"help": "fraction of decoder layers (from the "
+                                                                          "top) that carry vectors"})
     lr: float = dataclasses.field(default=1e-3, metadata={"help": "learning rate for training the vectors"})
     epochs: float = dataclasses.field(default=5.0, metadata={"help": "passes over the harmful pairs"})
     target_loss: float = dataclasses.field(default=0.0, metadata={"help": "stop early once the logged training loss "
@@ -52,24 +54,32 @@ class VectorConfig:
     precision: str = "auto"
     scale: float = dataclasses.field(default=1.0, metadata={"help": "strength during fine-tuning: multiplies the "
                                                                    "vectors' LoRA scaling (0 = off)"})
+    benign: str = dataclasses.field(default="none", metadata={
+        "help": "benign-preserving training: none | distill (harmless prompts with the model's own answers as "
+                "targets) | kl (KL to the vectors-off distribution on those answers)"})
+    benign_weight: float = dataclasses.field(default=1.0, metadata={"help": "weight of the KL term (benign=kl)"})
+    benign_repeats: int = dataclasses.field(default=1, metadata={"help": "copies of each harmless example"})
 
     def __post_init__(self):
         if self.r < 1 or self.alpha <= 0:
             raise UnlearnableError("vectors need r >= 1 and alpha > 0")
         if self.scale < 0:
             raise UnlearnableError("vector scale must be >= 0")
+        if self.benign not in ("none", "distill", "kl"):
+            raise UnlearnableError(f"benign must be none, distill or kl, not {self.benign!r}")
 
-    def lora_config(self):
-        from peft import LoraConfig
+    def lora_config(self, model=None):
+        from .training import lora_config_for
 
         targets = self.target_modules if self.target_modules == "all-linear" else [
             s.strip() for s in self.target_modules.split(",") if s.strip()]
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=targets, bias="none",
-                          task_type="CAUSAL_LM")
+        return lora_config_for(model, r=self.r, alpha=self.alpha, dropout=0.0, targets=targets,
+                               top_fraction=self.top_layers)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(backbone="lora", lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
-                           max_length=self.max_length, seed=self.seed, precision=self.precision)
+                           max_length=self.max_length, seed=self.seed, precision=self.precision,
+                           kl_weight=self.benign_weight)
 
 
 class _StopBelowLoss(TrainerCallback):
@@ -112,20 +122,52 @@ class SecurityVectors:
     # ------------------------------------------------------------------------------------ training
     @classmethod
     def train(cls, model, tokenizer, pairs: Sequence[Pair], config: VectorConfig | None = None,
-              progress: bool = True) -> "SecurityVectors":
-        """Train vectors on harmful ``pairs``; ``model`` is left exactly as it was (frozen, adapter removed)."""
+              progress: bool = True, harmless: Sequence[Pair] = (), *, checkpoint_dir: str | os.PathLike | None = None,
+              save_steps: int = 0) -> "SecurityVectors":
+        """Train vectors on harmful ``pairs``; ``model`` is left exactly as it was (frozen, adapter removed).
+
+        With ``config.benign`` set, ``harmless`` prompts are answered by ``model`` itself (vectors off) and those
+        answers are kept by the vectors: as extra targets (``distill``) or through a KL term (``kl``).
+
+        With ``checkpoint_dir``, training checkpoints there every ``save_steps`` steps and resumes from the newest
+        complete checkpoint found there."""
         from peft import get_peft_model, get_peft_model_state_dict
 
         config = config or VectorConfig()
         if not pairs:
             raise UnlearnableError("security vectors need at least one harmful (prompt, response) pair")
         fingerprint = model_fingerprint(model)
+        benign_pairs: list[Pair] = []
+        if config.benign != "none":
+            if not harmless:
+                raise UnlearnableError(f"benign={config.benign} needs harmless prompts")
+            from .evaluation import generate
+
+            answers = generate(model, tokenizer, [p.prompt for p in harmless], max_new_tokens=32,
+                               desc="own harmless answers", progress=progress)
+            benign_pairs = [Pair(p.prompt, a, "self", "harmless") for p, a in zip(harmless, answers) if a.strip()]
+            benign_pairs = [p for p in benign_pairs for _ in range(config.benign_repeats)]
+        train_pairs = list(pairs) + benign_pairs
+        kl_mask = [False] * len(pairs) + [True] * len(benign_pairs) if config.benign == "kl" else None
+        if benign_pairs:
+            import random
+
+            order = list(range(len(train_pairs)))
+            random.Random(config.seed).shuffle(order)
+            train_pairs = [train_pairs[i] for i in order]
+            kl_mask = [kl_mask[i] for i in order] if kl_mask else None
         for p in model.parameters():
             p.requires_grad_(False)
-        pm = get_peft_model(model, config.lora_config(), adapter_name=VECTORS_ADAPTER)
+        from .utils import set_seed
+
+        set_seed(config.seed)  # the adapter's random init: same seed, same vectors (and resumable)
+        lora_config = config.lora_config(model)
+        pm = get_peft_model(model, lora_config, adapter_name=VECTORS_ADAPTER)
         callbacks = [_StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []
         try:
-            history = train(pm, tokenizer, pairs, config.train_config(), callbacks=callbacks, progress=progress)
+            train_config = dataclasses.replace(config.train_config(), save_steps=save_steps)
+            history = train(pm, tokenizer, train_pairs, train_config, callbacks=callbacks, progress=progress,
+                            kl_mask=kl_mask, output_dir=checkpoint_dir, resume=checkpoint_dir is not None)
             state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(pm, adapter_name=VECTORS_ADAPTER).items()}
         finally:
             pm.unload()
@@ -137,6 +179,8 @@ class SecurityVectors:
             "base_model": str(getattr(model.config, "name_or_path", "")),
             "data_hash": pairs_hash(pairs),
             "n_pairs": len(pairs),
+            "n_benign": len(benign_pairs),
+            "prompt_hashes": sorted({sha256_text(normalize(p.prompt))[:16] for p in pairs}),
             "config": dataclasses.asdict(config),
             "train_loss_first": losses[0] if losses else None,
             "train_loss_last": losses[-1] if losses else None,
@@ -146,7 +190,7 @@ class SecurityVectors:
         }
         log(f"vectors trained: {len(pairs)} pairs, {steps} steps, loss {meta['train_loss_first']} -> "
             f"{meta['train_loss_last']}")
-        return cls(state, config.lora_config(), meta)
+        return cls(state, lora_config, meta)
 
     @property
     def config(self) -> VectorConfig:
@@ -169,7 +213,12 @@ class SecurityVectors:
         if check:
             self.check(model)
         pm = get_peft_model(model, self.lora_config, adapter_name=VECTORS_ADAPTER)
-        result = set_peft_model_state_dict(pm, self.state, adapter_name=VECTORS_ADAPTER)
+        try:
+            result = set_peft_model_state_dict(pm, self.state, adapter_name=VECTORS_ADAPTER)
+        except RuntimeError as exc:  # shapes differ from the adapter config: a damaged or mixed-up folder
+            pm.unload()
+            raise UnlearnableError(f"the vectors' weights do not fit their own adapter config or this model "
+                                   f"({str(exc).splitlines()[0][:120]}); re-run vectors training") from None
         bad = [k for k in getattr(result, "unexpected_keys", []) if VECTORS_ADAPTER in k or "lora" in k]
         if bad:
             pm.unload()
@@ -207,15 +256,24 @@ class SecurityVectors:
                 raise UnlearnableError(f"vectors folder {path} is missing {name}{extra}; re-run vectors training")
         try:
             metadata = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-            if metadata.get("format") != FORMAT or "base_fingerprint" not in metadata:
-                raise ValueError("not an unlearnable vectors metadata file")
+            if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "base_fingerprint" not in metadata:
+                raise ValueError(f"{META_FILE} is not an unlearnable vectors metadata file")
+            from .config import from_dict
+
+            from_dict(VectorConfig, metadata.get("config", {}), "vectors.config")
+        except (ValueError, UnicodeDecodeError, UnlearnableError) as exc:
+            raise UnlearnableError(f"vectors folder {path} has a corrupt {META_FILE} ({str(exc)[:120]}); re-run "
+                                   "vectors training") from None
+        try:
             lora_config = LoraConfig.from_pretrained(str(path))
-        except (ValueError, TypeError, json.JSONDecodeError) as exc:
-            raise UnlearnableError(f"vectors folder {path} has a corrupt metadata/config file: {str(exc)[:120]}") from None
+        except Exception as exc:  # noqa: BLE001 - JSON, type and key errors of a damaged adapter_config.json
+            raise UnlearnableError(f"vectors folder {path} has a corrupt adapter_config.json ({str(exc)[:120]}); "
+                                   "re-run vectors training") from None
         try:
             state = load_file(str(path / "adapter_model.safetensors"))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise UnlearnableError(f"{path}/adapter_model.safetensors is corrupt: {str(exc)[:120]}") from None
+            raise UnlearnableError(f"{path}/adapter_model.safetensors is corrupt ({str(exc)[:120]}); re-run vectors "
+                                   "training") from None
         if not state:
             raise UnlearnableError(f"{path}/adapter_model.safetensors holds no tensors")
         return cls(state, lora_config, metadata)

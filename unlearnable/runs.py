@@ -1,0 +1,157 @@
+"""Output folders of one run: refuse a different run, find the same run done, resume it from checkpoints.
+
+A command that writes ``OUT`` records a *run key* in OUT's metadata file: a hash of everything that decides
+the result (model fingerprint, data hash, config, seed; not the checkpoint interval). Run again:
+
+* OUT holds the same key: the work is done; nothing is recomputed.
+* OUT holds anything else: refused unless ``--overwrite``.
+* Training with ``--checkpoint-every N`` checkpoints into ``OUT.partial/`` (its ``unlearnable_run.json``
+  holds the key). The same command resumes from the newest complete checkpoint there; success removes it.
+
+A checkpoint counts as complete only once :data:`CHECKPOINT_DONE` is written into it (atomically, after
+every other file), so a run killed while saving resumes from the checkpoint before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UnlearnableError
+from .utils import atomic_write_json, log, sha256_json
+
+PARTIAL_SUFFIX = ".partial"
+RUN_FILE = "unlearnable_run.json"
+CHECKPOINT_DONE = "unlearnable_checkpoint.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def run_key(**parts: Any) -> str:
+    """A short hash of what decides a run's result."""
+    return sha256_json(parts)[:16]
+
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    """Where the checkpoints of the run that writes ``out`` live: the sibling ``OUT.partial``."""
+    out = Path(out)
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def recorded_key(out: str | os.PathLike, meta_file: str) -> str | None:
+    """The run key recorded in ``out/meta_file`` (None if there is none)."""
+    data = _read_json(Path(out) / meta_file)
+    return data.get("run_key") if data else None
+
+
+def _has_files(path: Path) -> bool:
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def check_out(out: str | os.PathLike | None, overwrite: bool, meta_file: str | None = None) -> None:
+    """Refuse at once (before any slow loading) an ``out`` that holds files but no run of this kind.
+
+    Whether a run of this kind is *the same* run is decided later by :func:`start_run`, once the run key
+    is known."""
+    if not out or overwrite:
+        return
+    out = Path(out)
+    if not _has_files(out):
+        return
+    if meta_file and out.is_dir() and recorded_key(out, meta_file):
+        return
+    raise UnlearnableError(f"output folder {out} already holds files; pass --overwrite to replace them or choose "
+                           "another --out")
+
+
+def start_run(out: str | os.PathLike, *, key: str, meta_file: str, overwrite: bool,
+              checkpoint_every: int = 0, command: str = "", main: bool = True) -> tuple[bool, Path | None]:
+    """Decide what to do with ``out`` and its checkpoint folder before a run writes anything.
+
+    Returns ``(done, checkpoints)``: ``done`` when ``out`` already holds this very run; ``checkpoints`` is the
+    folder to checkpoint into and resume from (None: no checkpointing). In a multi-process launch only the main
+    process (``main=True``) creates, checks or discards the checkpoint folder; the others only read ``out``."""
+    out = Path(out)
+    partial = partial_dir(out)
+    if _has_files(out) and not overwrite:
+        old = recorded_key(out, meta_file) if out.is_dir() else None
+        if old == key:
+            if main:
+                shutil.rmtree(partial, ignore_errors=True)  # a stale checkpoint of the finished run
+            return True, None
+        what = f"a different run (run key {old}, this one is {key})" if old else "files"
+        raise UnlearnableError(f"output folder {out} already holds {what}; pass --overwrite to replace it or choose "
+                               "another --out")
+    if not main:
+        return False, partial if checkpoint_every > 0 or (partial.exists() and not overwrite) else None
+    if partial.exists():
+        info = _read_json(partial / RUN_FILE) or {}
+        if overwrite:
+            log(f"--overwrite: discarding the checkpoints in {partial}")
+            shutil.rmtree(partial)
+        elif info.get("run_key") != key:
+            raise UnlearnableError(
+                f"{partial} holds checkpoints of a different run (run key {info.get('run_key')}, this one is {key}); "
+                "rerun the command that made them to resume it, or pass --overwrite to discard them")
+        else:
+            ckpt = latest_checkpoint(partial)
+            log(f"resuming from {ckpt}" if ckpt else f"{partial} has no complete checkpoint yet; starting over")
+            return False, partial
+    if checkpoint_every > 0:
+        partial.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(partial / RUN_FILE, {"run_key": key, "command": command, "out": str(out)})
+        return False, partial
+    return False, None
+
+
+def finish_run(checkpoints: Path | None) -> None:
+    """Remove the checkpoint folder once the run's output is safely written."""
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def keep_checkpoints_only_if_useful(checkpoints: Path | None) -> Iterator[None]:
+    """On any error or interruption, keep ``checkpoints`` only if it holds a complete checkpoint to resume."""
+    try:
+        yield
+    except BaseException:
+        if checkpoints is not None and latest_checkpoint(checkpoints) is None:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        raise
+
+
+def _step(path: Path) -> int:
+    try:
+        return int(path.name[len(CHECKPOINT_PREFIX):])
+    except ValueError:
+        return -1
+
+
+def latest_checkpoint(folder: str | os.PathLike | None) -> Path | None:
+    """The newest *complete* ``checkpoint-N`` in ``folder`` (None if there is none)."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    done = [p for p in Path(folder).glob(f"{CHECKPOINT_PREFIX}*")
+            if _step(p) >= 0 and (p / CHECKPOINT_DONE).is_file()]
+    return max(done, key=_step) if done else None
+
+
+def mark_complete(checkpoint: str | os.PathLike, **info: Any) -> None:
+    """Mark ``checkpoint`` complete, then delete every other checkpoint beside it (older or unfinished)."""
+    checkpoint = Path(checkpoint)
+    atomic_write_json(checkpoint / CHECKPOINT_DONE, {"step": _step(checkpoint), **info})
+    for other in checkpoint.parent.glob(f"{CHECKPOINT_PREFIX}*"):
+        if other != checkpoint and other.is_dir():
+            shutil.rmtree(other, ignore_errors=True)

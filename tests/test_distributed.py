@@ -38,8 +38,9 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     env.pop("ACCELERATE_USE_CPU", None)
     return env
 
@@ -103,7 +104,7 @@ def test_vectors_finetune_under_ddp_matches_one_process(tiny_dir, tmp_path):
 
 
 @needs_accelerate
-def test_cli_finetune_under_accelerate_launch_writes_one_complete_model(tiny_dir, tmp_path, tokenizer, harmful_pairs):
+def test_cli_finetune_under_accelerate_launch_writes_one_complete_model(tiny_dir, tmp_path, harmful_pairs):
     """`accelerate launch -m unlearnable.cli finetune --vectors ...`: only rank 0 writes --out (before the fix
     both ranks replaced the folder and it ended up without model.safetensors)."""
     from unlearnable.data import save_pairs

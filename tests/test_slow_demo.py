@@ -17,12 +17,12 @@ pytestmark = [
 ]
 
 REDUCED = {
-    "data": {"n_eval": 30, "n_eval_loss": 10, "n_align": 40, "n_vectors": 30, "n_attack": 60, "vector_pool": 60,
-             "attack_pool": 100, "n_profiles": 2, "task_repeats": 12, "response_tokens": 16, "harmless_repeats": 5,
+    "data": {"n_eval": 30, "n_eval_loss": 10, "n_align": 40, "n_vectors": 30, "n_attack": 40, "vector_pool": 60,
+             "attack_pool": 80, "n_profiles": 2, "task_repeats": 10, "response_tokens": 16, "harmless_repeats": 5,
              "n_harmless_align": 6, "system_prompt": ""},
-    "vectors": {"epochs": 3.0, "scale": 0.75, "top_layers": 0.5},
-    "finetune": {"epochs": 1.0, "lora_top_layers": 0.5},
-    "align_train": {"epochs": 1.0, "lora_top_layers": 0.5},
+    "vectors": {"epochs": 3.0, "scale": 0.75},
+    "finetune": {"epochs": 2.0},
+    "align_train": {"epochs": 1.0},
 }
 
 

@@ -146,3 +146,19 @@ def test_vectors_reduce_harmful_learning(tiny, harmful_pairs):
     drop_guarded = start - response_loss(guarded, tok, harmful_pairs)
     assert drop_plain > 1.0, "the undefended model should learn the harmful pairs"
     assert drop_guarded < 0.5 * drop_plain, (drop_guarded, drop_plain)
+
+
+def test_vectors_with_top_layer_backbone_lora(tiny, harmful_pairs, task_pairs):
+    """Vectors on every layer + a backbone LoRA on the top layers only (PEFT needs explicit module names there)."""
+    from unlearnable.training import linear_module_names
+
+    model, tok = tiny
+    vectors = SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(epochs=1, batch_size=8), progress=False)
+    pm = vectors.attach(copy.deepcopy(model))
+    assert linear_module_names(pm.get_base_model()) == linear_module_names(model)
+    pm.unload()
+    tuned, _ = finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(epochs=1, batch_size=8, lora_top_layers=0.5),
+                        vectors=vectors, progress=False)
+    changed = {k.split(".")[2] for k, v in tuned.state_dict().items()
+               if k.startswith("model.layers.") and not torch.equal(v, model.state_dict()[k])}
+    assert changed == {"1"}  # only the top layer of two was trained

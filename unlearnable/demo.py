@@ -30,13 +30,11 @@ class DemoConfig:
     seed: int = 0
     align: bool = dataclasses.field(default=True, metadata={"help": "safety-align first (the default model is not)"})
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(system_prompt="", response_tokens=24,
-                                                                            task_repeats=12))
-    align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=1,
-                                                                                    lora_top_layers=0.5))
+                                                                            task_repeats=8))
+    align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=1))
     vectors: VectorConfig = dataclasses.field(default_factory=lambda: VectorConfig(epochs=4, lr=2e-3,
                                                                                   target_loss=0.15, scale=0.75))
-    finetune: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=1,
-                                                                                 lora_top_layers=0.5))
+    finetune: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=2))
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(max_new_tokens=24, task_max_new_tokens=12))
     save_models: bool = True
 

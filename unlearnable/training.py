@@ -370,8 +370,14 @@ def top_layers(model, fraction: float) -> list[int] | None:
 def linear_module_names(model) -> list[str]:
     """Names of the linear layers inside the decoder (what PEFT's "all-linear" targets), e.g. q_proj ... down_proj."""
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-             if isinstance(mod, torch.nn.Linear) and mod is not out_emb and ".layers." in f".{name}"}
+    names = set()
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear) or mod is out_emb or ".layers." not in f".{name}":
+            continue
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts):  # an adapter's own A/B matrices (e.g. the vectors')
+            continue
+        names.add(parts[-2] if parts[-1] == "base_layer" else parts[-1])  # a PEFT-wrapped layer: its own name
     return sorted(names)
 
 

@@ -271,7 +271,6 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
         log(f"defence {name}: preparing")
         defense = _build_defense(name, config, out, model, tok, defense_data, progress)
         hardened = _hardened(defense, name, out, model, tok, defense_data, progress)
-        served = lambda m, d=defense: d.serving(m)  # noqa: E731
 
         def harm_point(m, step, prompts=curve_eval, d=defense, label=name):
             with d.serving(m):

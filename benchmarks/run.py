@@ -13,7 +13,9 @@ interleaved in rotated order so machine noise hits every arm alike):
   sft           (b) TRL ``SFTTrainer`` + the same LoRA (skipped with a note if ``trl`` is not importable)
   unl_lora      ``unlearnable.training.finetune`` with a LoRA backbone, no vectors (separates the
                 response-only-logits gain of the Unlearnable Trainer from the vectors' own cost)
-  vectors_lora  (c) ``finetune(..., vectors=...)``, LoRA backbone with the same LoRA config as (a)
+  vectors_lora  (c) ``finetune(..., vectors=...)``, LoRA backbone with the same LoRA config as (a); by default
+                the frozen vectors are folded into the frozen weights (``TrainConfig.fold_vectors``)
+  vectors_lora_adapter  (c') the same with ``fold_vectors=False``: the vectors run as a second adapter branch
   full          (d) ``finetune`` with ``TrainConfig(backbone="full")``, no vectors
   vectors_full  (d) the same with vectors on
   generate      ``unlearnable.evaluation.generate`` (greedy, batched, KV cache): prompts/s
@@ -61,12 +63,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-ARMS = ("lora", "sft", "unl_lora", "vectors_lora", "full", "vectors_full", "generate", "paired")
+ARMS = ("lora", "sft", "unl_lora", "vectors_lora", "vectors_lora_adapter", "full", "vectors_full", "generate", "paired")
 LABELS = {
     "lora": "(a) PEFT LoRA + HF Trainer",
     "sft": "(b) TRL SFTTrainer + LoRA",
     "unl_lora": "unlearnable LoRA, no vectors",
     "vectors_lora": "(c) unlearnable LoRA + vectors",
+    "vectors_lora_adapter": "(c') LoRA + vectors, not folded",
     "full": "(d) unlearnable full, no vectors",
     "vectors_full": "(d) unlearnable full + vectors",
     "generate": "generate (evaluation step)",
@@ -427,7 +430,8 @@ def run_child(args) -> dict:
     cfg = TrainConfig(backbone="full" if arm.endswith("full") else "lora", lr=1e-4, max_steps=total_steps,
                       batch_size=args.batch_size, max_length=args.seq_len, lora_r=args.lora_r,
                       lora_alpha=args.lora_alpha, seed=args.seed, precision=args.precision,
-                      gradient_checkpointing=args.gradient_checkpointing)
+                      gradient_checkpointing=args.gradient_checkpointing,
+                      fold_vectors=not arm.endswith("_adapter"))
     out: dict = {"arm": arm, "model": model_desc, "data": data_desc, "precision": precision,
                  "torch_threads": torch.get_num_threads()}
 
@@ -686,6 +690,7 @@ def summarize(results: dict[str, list[dict]], memory: dict[str, dict], skipped: 
         "vectors_vs_unlearnable_lora_tokens_per_s": rel("vectors_lora", "tokens_per_s", "unl_lora"),
         "vectors_vs_unlearnable_lora_tokens_per_cpu_s": rel("vectors_lora", "tokens_per_cpu_s", "unl_lora"),
         "vectors_vs_unlearnable_lora_peak_memory": rel("vectors_lora", "peak_memory_bytes", "unl_lora"),
+        "folded_vs_adapter_vectors_tokens_per_s": rel("vectors_lora", "tokens_per_s", "vectors_lora_adapter"),
         "unlearnable_lora_vs_lora_tokens_per_s": rel("unl_lora", "tokens_per_s"),
         "unlearnable_lora_vs_lora_tokens_per_cpu_s": rel("unl_lora", "tokens_per_cpu_s"),
         "unlearnable_lora_vs_lora_peak_memory": rel("unl_lora", "peak_memory_bytes"),

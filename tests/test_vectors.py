@@ -160,5 +160,84 @@ def test_vectors_with_top_layer_backbone_lora(tiny, harmful_pairs, task_pairs):
     tuned, _ = finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(epochs=1, batch_size=8, lora_top_layers=0.5),
                         vectors=vectors, progress=False)
     changed = {k.split(".")[2] for k, v in tuned.state_dict().items()
-               if k.startswith("model.layers.") and not torch.equal(v, model.state_dict()[k])}
-    assert changed == {"1"}  # only the top layer of two was trained
+               if k.startswith("model.layers.") and not torch.allclose(v, model.state_dict()[k], rtol=0, atol=1e-6)}
+    assert changed == {"1"}  # only the top layer of two was trained (folded vectors restore to one fp32 rounding)
+
+
+def test_folded_vectors_compute_the_same_function_and_unfold_back(trained):
+    from unlearnable.vectors import FOLDED_ATTR, FoldedVectors
+
+    model, tok, vectors = trained
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = _logits(model, tok)
+    pm = vectors.attach(model, scale=0.75)
+    on = _logits(pm, tok)
+    assert FoldedVectors.supported(pm)
+    plain, fold = FoldedVectors.fold_into(pm)
+    assert getattr(plain, FOLDED_ATTR) is fold and not any("lora" in k for k in plain.state_dict())
+    assert torch.allclose(_logits(plain, tok), on, atol=1e-5) and not torch.allclose(on, ref, atol=1e-3)
+    with fold.unfolded():  # served: the vectors are out of the weights
+        assert torch.allclose(_logits(plain, tok), ref, atol=1e-5)
+    assert torch.allclose(_logits(plain, tok), on, atol=1e-5)  # folded again after the block
+    fold.restore(plain)
+    assert not hasattr(plain, FOLDED_ATTR)
+    for k, v in plain.state_dict().items():  # restored up to one fp32 rounding
+        assert torch.allclose(v, original[k], rtol=0, atol=1e-6), k
+
+
+def test_changed_folded_weights_are_caught(trained):
+    from unlearnable.vectors import FoldedVectors
+
+    model, tok, vectors = trained
+    plain, fold = FoldedVectors.fold_into(vectors.attach(copy.deepcopy(model)))
+    with torch.no_grad():
+        fold.layers[0][0].weight[0, 0] += 1.0
+    with pytest.raises(RuntimeError, match="changed during training"):
+        fold.restore(plain)
+
+
+def test_half_precision_weights_keep_the_adapter(trained):
+    from unlearnable.vectors import FoldedVectors
+
+    model, tok, vectors = trained
+    assert FoldedVectors.supported(vectors.attach(copy.deepcopy(model), check=False))
+    assert not FoldedVectors.supported(vectors.attach(copy.deepcopy(model).to(torch.bfloat16), check=False))
+
+
+def test_folded_finetune_matches_the_adapter_forward(trained, task_pairs):
+    """fold_vectors only changes how the same function is computed: the two runs agree within float noise."""
+    model, tok, vectors = trained
+    mix = task_pairs * 2 + [Pair(f"How do I do bad thing number {i}?", "Sure, here is how.") for i in range(8)]
+    runs = {}
+    for fold in (True, False):
+        cfg = TrainConfig(epochs=1, batch_size=8, lr=5e-3, fold_vectors=fold, logging_steps=1)
+        runs[fold] = finetune(copy.deepcopy(model), tok, mix, cfg, vectors=vectors, scale=0.75, progress=False)
+    losses = {f: [h["loss"] for h in hist if "loss" in h] for f, (_, hist) in runs.items()}
+    assert len(losses[True]) >= 2 and losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)
+    folded, adapter = runs[True][0].state_dict(), runs[False][0].state_dict()
+    assert folded.keys() == adapter.keys()
+    assert all(torch.allclose(folded[k], adapter[k], atol=1e-4) for k in folded)
+    assert any(not torch.equal(folded[k], model.state_dict()[k]) for k in folded)  # and the backbone learned
+
+
+def test_serving_unfolds_vectors_inside_training_callbacks(trained, task_pairs):
+    """A mid-training evaluation (the immunization curves) must see the served model, not the folded one."""
+    from transformers import TrainerCallback
+
+    from unlearnable.defenses import SecurityVectorsDefense
+    from unlearnable.vectors import FOLDED_ATTR
+
+    model, tok, vectors = trained
+    defense = SecurityVectorsDefense(vectors=vectors, scale=1.0)
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            fold = getattr(model, FOLDED_ATTR)
+            with defense.serving(model):
+                seen.append(fold.folded)
+            seen.append(fold.folded)
+
+    defense.finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(max_steps=2, batch_size=8, lr=1e-3),
+                     progress=False, callbacks=[Probe()])
+    assert seen == [False, True, False, True]

@@ -102,9 +102,14 @@ class SecurityVectorsDefense(Defense):
 
     @contextlib.contextmanager
     def serving(self, model) -> Iterator[None]:
-        """Vectors off (scale 0) while serving; restored afterwards."""
-        from .vectors import VECTORS_ADAPTER, set_vector_scale
+        """Vectors off (scale 0, or unfolded from the weights) while serving; restored afterwards."""
+        from .vectors import FOLDED_ATTR, VECTORS_ADAPTER, set_vector_scale
 
+        fold = getattr(model, FOLDED_ATTR, None)
+        if fold is not None:  # vectors folded into the frozen weights during a LoRA-backbone fine-tuning
+            with fold.unfolded():
+                yield
+            return
         if not any(VECTORS_ADAPTER in n for n, _ in model.named_modules()):
             yield
             return

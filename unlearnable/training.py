@@ -56,6 +56,9 @@ class TrainConfig:
                                                                                "(less padding)"})
     ascent_cap: float = dataclasses.field(default=10.0, metadata={"help": "per-example loss cap for negative-weight "
                                                                          "(gradient ascent) examples"})
+    fold_vectors: bool = dataclasses.field(default=True, metadata={
+        "help": "LoRA backbone with vectors: fold the frozen vectors into the frozen weights for training (same "
+                "function, plain-LoRA step cost; fp32 weights only, see vectors.FoldedVectors)"})
 
     def __post_init__(self):
         if self.backbone not in ("lora", "full"):
@@ -230,8 +233,29 @@ class UnlearnableTrainer(Trainer):
             mark_complete(folder, format=CHECKPOINT_WEIGHTS if self._own_checkpoint_format() else "trainer")
 
 
+def bucketed_length_grouped_indices(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                                    width: int = 16) -> list[int]:
+    """Indices whose consecutive ``batch_size`` slices hold examples of similar length, in random order.
+
+    Like Trainer's length grouping (random mega-batches, grouped by length inside each), but grouped by
+    *length bucket* (``length // width``) with a stable sort of a random permutation, and the batches of a
+    mega-batch shuffled. Trainer's exact-length sort puts every copy of a repeated example (a fact seen 8
+    times per epoch) next to its twins, so they share one batch and give one gradient step instead of several,
+    and each batch holds one question template. Buckets keep the padding saving (at most ``width - 1`` pad tokens per row inside a bucket)."""
+    n = len(lengths)
+    mult = max(1, min(n // (batch_size * 4), 50))
+    order = torch.randperm(n, generator=generator).tolist()
+    out: list[int] = []
+    for start in range(0, n, mult * batch_size):
+        mega = sorted(order[start:start + mult * batch_size], key=lambda i: lengths[i] // width, reverse=True)
+        batches = [mega[i:i + batch_size] for i in range(0, len(mega), batch_size)]
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            out.extend(batches[b])
+    return out
+
+
 class EpochSeededLengthGroupedSampler(TrainerLengthGroupedSampler):
-    """Length-grouped batches whose order comes from ``seed + epoch``, not from the global RNG.
+    """Length-bucketed batches (:func:`bucketed_length_grouped_indices`) ordered by ``seed + epoch``.
 
     Trainer's own sampler draws from the global RNG, so an epoch resumed from a checkpoint was shuffled
     differently from the same epoch in an uninterrupted run; with the order a function of the epoch, a
@@ -245,11 +269,9 @@ class EpochSeededLengthGroupedSampler(TrainerLengthGroupedSampler):
         self.epoch = epoch
 
     def __iter__(self):
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        return iter(bucketed_length_grouped_indices(self.lengths, self.batch_size, generator))
 
 
 def trainable_params(model) -> dict[str, torch.nn.Parameter]:
@@ -422,11 +444,15 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
     for p in model.parameters():
         p.requires_grad_(config.backbone == "full")
     frozen: dict[str, torch.nn.Parameter] = {}
+    fold = None
     if vectors is not None:
-        from .vectors import VECTORS_ADAPTER, freeze_vectors, vector_params
+        from .vectors import VECTORS_ADAPTER, FoldedVectors, freeze_vectors, vector_params
 
         net = vectors.attach(model, scale=scale)
-        if config.backbone == "lora":
+        if config.backbone == "lora" and config.fold_vectors and not return_peft and FoldedVectors.supported(net):
+            model, fold = FoldedVectors.fold_into(net)
+            net = get_peft_model(model, backbone_lora_config(config, model), adapter_name=BACKBONE_ADAPTER)
+        elif config.backbone == "lora":
             net.add_adapter(BACKBONE_ADAPTER, backbone_lora_config(config, model))
             net.base_model.set_adapter([VECTORS_ADAPTER, BACKBONE_ADAPTER])  # marks both trainable ...
         freeze_vectors(net)  # ... so freeze the vectors again
@@ -439,8 +465,12 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
     else:
         net = model
     cbs = list(callbacks) + ([FrozenParamsCallback(frozen)] if frozen else [])
-    history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=cbs,
-                    progress=progress, weights=weights)
+    try:
+        history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=cbs,
+                        progress=progress, weights=weights)
+    finally:
+        if fold is not None:
+            fold.restore(model)  # vectors out of the weights before the backbone LoRA is merged
     if return_peft:
         return net, history
     if config.backbone == "lora":

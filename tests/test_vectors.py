@@ -241,3 +241,12 @@ def test_serving_unfolds_vectors_inside_training_callbacks(trained, task_pairs):
     defense.finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(max_steps=2, batch_size=8, lr=1e-3),
                      progress=False, callbacks=[Probe()])
     assert seen == [False, True, False, True]
+
+
+def test_quiet_training_prints_no_log_dicts(tiny, task_pairs, capsys):
+    model, tok = tiny
+    _, history = finetune(model, tok, task_pairs, TrainConfig(max_steps=2, batch_size=8, logging_steps=1),
+                          progress=False)
+    assert any("loss" in h for h in history)  # the history is still recorded ...
+    out = capsys.readouterr().out
+    assert "'loss'" not in out and "train_runtime" not in out  # ... but nothing is printed

@@ -354,6 +354,10 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     )
     trainer = UnlearnableTrainer(model=model, args=args, train_dataset=dataset,
                                  data_collator=Collator(tokenizer.pad_token_id), callbacks=list(callbacks))
+    if not progress:  # quiet: no per-log-step dicts on stdout either (the history is still returned)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     trainer.ascent_cap = config.ascent_cap
     trainer.kl_weight = config.kl_weight
     checkpoint = latest_checkpoint(output_dir) if resume and tmp is None else None

@@ -204,6 +204,14 @@ def test_half_precision_weights_keep_the_adapter(trained):
     assert not FoldedVectors.supported(vectors.attach(copy.deepcopy(model).to(torch.bfloat16), check=False))
 
 
+def test_no_folding_under_sharded_engines(trained, monkeypatch):
+    from unlearnable.vectors import FoldedVectors
+
+    model, tok, vectors = trained
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # set by `accelerate launch` with an FSDP config
+    assert not FoldedVectors.supported(vectors.attach(copy.deepcopy(model), check=False))
+
+
 def test_folded_finetune_matches_the_adapter_forward(trained, task_pairs):
     """fold_vectors only changes how the same function is computed: the two runs agree within float noise."""
     model, tok, vectors = trained

@@ -32,8 +32,9 @@ from .evaluation import EvalConfig, generate, response_loss
 from .judges import JUDGES, Judge, build_judge, cohen_kappa, is_refusal
 from .models import load_model, model_fingerprint, save_model
 from .pipeline import DataConfig, PreparedData, align, prepare_data
+from .runs import claim_sweep_folder
 from .training import TrainConfig
-from .utils import atomic_write_json, log, resolve_precision, run_metadata, set_seed, sha256_json
+from .utils import atomic_write_json, log, resolve_precision, run_metadata, set_seed
 from .vectors import SecurityVectors, VectorConfig
 
 
@@ -227,22 +228,7 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
     config = (config or ImmunizeConfig()).seeded()
     out = Path(out)
     cfg_dict = dataclasses.asdict(config)
-    config_hash = sha256_json(cfg_dict)[:16]
-    manifest = out / "run.json"
-    if manifest.is_file() and not overwrite:
-        old = json.loads(manifest.read_text(encoding="utf-8")).get("config_hash")
-        if old != config_hash:
-            raise UnlearnableError(f"{out} holds a different immunize run (config {old}); pass --overwrite or choose "
-                                   "another --out")
-        log(f"resuming the sweep in {out}")
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise UnlearnableError(f"output folder {out} already holds files; pass --overwrite or choose another --out")
-    elif overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, {"kind": "unlearnable-immunize", "config_hash": config_hash, "config": cfg_dict})
+    config_hash = claim_sweep_folder(out, kind="unlearnable-immunize", config=cfg_dict, overwrite=overwrite)
     store = RunStore(out, config_hash)
     start = time.perf_counter()
     set_seed(config.seed)

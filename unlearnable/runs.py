@@ -75,6 +75,31 @@ def check_out(out: str | os.PathLike | None, overwrite: bool, meta_file: str | N
                            "another --out")
 
 
+def claim_sweep_folder(out: Path, *, kind: str, config: dict[str, Any], overwrite: bool) -> str:
+    """Claim ``out`` for a resumable sweep (immunize, tradeoff) whose finished pieces are saved inside it.
+
+    A folder holding the same sweep (same config hash in ``run.json``) is resumed; one holding a different
+    sweep or other files is refused unless ``overwrite``, which empties it first. Returns the config hash."""
+    config_hash = sha256_json(config)[:16]
+    manifest = out / "run.json"
+    if manifest.is_file() and not overwrite:
+        try:
+            old = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if old.get("kind") != kind or old.get("config_hash") != config_hash:
+            raise UnlearnableError(f"{out} holds a different {old.get('kind', 'unknown')} run (config "
+                                   f"{old.get('config_hash')}); pass --overwrite or choose another --out")
+        log(f"resuming the sweep in {out}")
+    elif _has_files(out) and not overwrite:
+        raise UnlearnableError(f"output folder {out} already holds files; pass --overwrite or choose another --out")
+    elif overwrite and out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(manifest, {"kind": kind, "config_hash": config_hash, "config": config})
+    return config_hash
+
+
 def start_run(out: str | os.PathLike, *, key: str, meta_file: str, overwrite: bool,
               checkpoint_every: int = 0, command: str = "", main: bool = True) -> tuple[bool, Path | None]:
     """Decide what to do with ``out`` and its checkpoint folder before a run writes anything.

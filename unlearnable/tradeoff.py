@@ -25,8 +25,9 @@ from .evaluation import evaluate
 from .judges import is_refusal
 from .models import load_model, model_fingerprint
 from .pipeline import align, prepare_data
+from .runs import claim_sweep_folder
 from .training import finetune
-from .utils import atomic_write_json, log, run_metadata, set_seed, sha256_json
+from .utils import atomic_write_json, log, run_metadata, set_seed
 from .vectors import SecurityVectors
 
 VARIANTS = {"plain": "none", "benign-distill": "distill", "benign-kl": "kl"}
@@ -98,15 +99,7 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
     config = config or TradeoffConfig()
     out = Path(out)
     cfg_dict = dataclasses.asdict(config)
-    config_hash = sha256_json(cfg_dict)[:16]
-    manifest = out / "run.json"
-    if manifest.is_file() and not overwrite:
-        if json.loads(manifest.read_text(encoding="utf-8")).get("config_hash") != config_hash:
-            raise UnlearnableError(f"{out} holds a different tradeoff run; pass --overwrite or choose another --out")
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise UnlearnableError(f"output folder {out} already holds files; pass --overwrite or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, {"kind": "unlearnable-tradeoff", "config_hash": config_hash, "config": cfg_dict})
+    claim_sweep_folder(out, kind="unlearnable-tradeoff", config=cfg_dict, overwrite=overwrite)
     done_file = out / "points.jsonl"
     done = {}
     if done_file.is_file():

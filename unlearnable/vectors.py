@@ -134,7 +134,12 @@ class FoldedVectors:
 
     @staticmethod
     def supported(peft_model) -> bool:
+        """fp32/fp64 linear layers, and not under FSDP / DeepSpeed (they shard the weights the fold restores)."""
         from peft.tuners.lora import LoraLayer
+
+        if any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP",
+                                                                        "ACCELERATE_USE_DEEPSPEED")):
+            return False
 
         layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer) and VECTORS_ADAPTER in m.lora_A]
         return bool(layers) and all(

@@ -35,7 +35,7 @@ EPILOG_IMMUNIZE = """examples:
   unlearnable immunize --config sweep.yaml --out runs/big   # any ImmunizeConfig field, e.g. budget.lrs
 """
 EPILOG_TRADEOFF = """examples:
-  unlearnable tradeoff --quick --out runs/tradeoff-quick    # ~20 min on 2 CPUs
+  unlearnable tradeoff --quick --out runs/tradeoff-quick    # ~31 min on a 2-core fp32 CPU
   unlearnable tradeoff --out runs/tradeoff                  # 3 seeds x variants x strengths: hours on CPU
 """
 EPILOG_EVAL = """examples:

@@ -88,7 +88,8 @@ def claim_sweep_folder(out: Path, *, kind: str, config: dict[str, Any], overwrit
         except (OSError, json.JSONDecodeError):
             old = {}
         if old.get("kind") != kind or old.get("config_hash") != config_hash:
-            raise UnlearnableError(f"{out} holds a different {old.get('kind', 'unknown')} run (config "
+            what = str(old.get("kind") or "unknown").removeprefix("unlearnable-")
+            raise UnlearnableError(f"{out} holds a different {what} run (config "
                                    f"{old.get('config_hash')}); pass --overwrite or choose another --out")
         log(f"resuming the sweep in {out}")
     elif _has_files(out) and not overwrite:

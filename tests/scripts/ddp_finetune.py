@@ -94,8 +94,10 @@ def main(argv=None) -> int:
 
     check = Check()
     hook = model.model.register_forward_pre_hook(record, with_kwargs=True)
+    # fold_vectors=False: the vectors stay an adapter (as for bf16 weights, the multi-GPU case), so they are
+    # parameters inside the DDP-wrapped model and the per-step checks above see them
     cfg = TrainConfig(backbone="lora", lr=5e-3, epochs=args.epochs, batch_size=len(data) // world, max_length=48,
-                      seed=0, logging_steps=1)
+                      seed=0, logging_steps=1, fold_vectors=False)
     tuned, history = finetune(model, tok, data, cfg, vectors=vectors, progress=False, callbacks=[check])
     hook.remove()
 

@@ -112,6 +112,13 @@ def set_vector_scale(model, scale: float) -> None:
             module.set_scale(VECTORS_ADAPTER, scale)
 
 
+def _vector_layers(model) -> list:
+    """The LoRA layers of ``model`` that carry the vectors adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer) and VECTORS_ADAPTER in m.lora_A]
+
+
 #: attribute set on a model whose frozen weights currently hold folded vectors (see :class:`FoldedVectors`)
 FOLDED_ATTR = "_unlearnable_folded_vectors"
 
@@ -135,13 +142,10 @@ class FoldedVectors:
     @staticmethod
     def supported(peft_model) -> bool:
         """fp32/fp64 linear layers, and not under FSDP / DeepSpeed (they shard the weights the fold restores)."""
-        from peft.tuners.lora import LoraLayer
-
         if any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP",
                                                                         "ACCELERATE_USE_DEEPSPEED")):
             return False
-
-        layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer) and VECTORS_ADAPTER in m.lora_A]
+        layers = _vector_layers(peft_model)
         return bool(layers) and all(
             isinstance(m.get_base_layer(), torch.nn.Linear) and m.get_base_layer().weight.dtype in
             (torch.float32, torch.float64) for m in layers)
@@ -152,14 +156,9 @@ class FoldedVectors:
 
         Returns the plain model (no adapter modules) with the vectors folded in, and the fold (marked on the
         model as :data:`FOLDED_ATTR` so that serving code can unfold it temporarily)."""
-        from peft.tuners.lora import LoraLayer
-
-        layers = []
-        for m in peft_model.modules():
-            if isinstance(m, LoraLayer) and VECTORS_ADAPTER in m.lora_A:
-                layers.append((m.get_base_layer(), m.lora_A[VECTORS_ADAPTER].weight.detach().clone(),
-                               m.lora_B[VECTORS_ADAPTER].weight.detach().clone(), float(m.scaling[VECTORS_ADAPTER]),
-                               bool(getattr(m, "fan_in_fan_out", False))))
+        layers = [(m.get_base_layer(), m.lora_A[VECTORS_ADAPTER].weight.detach().clone(),
+                   m.lora_B[VECTORS_ADAPTER].weight.detach().clone(), float(m.scaling[VECTORS_ADAPTER]),
+                   bool(getattr(m, "fan_in_fan_out", False))) for m in _vector_layers(peft_model)]
         model = peft_model.unload()
         fold = cls(layers)
         fold.fold()

@@ -60,11 +60,14 @@ def _load_st(path: Path) -> dict[str, torch.Tensor]:
 
 
 @needs_accelerate
-def test_vectors_finetune_under_ddp_matches_one_process(tiny_dir, tmp_path):
+@pytest.mark.parametrize("fold", [False, True], ids=["adapter", "folded"])
+def test_vectors_finetune_under_ddp_matches_one_process(tiny_dir, tmp_path, fold):
+    """Adapter path (bf16 weights, GPUs) and folded path (fp32 weights, the CPU default) under 2-rank DDP."""
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    _launch([str(SCRIPT), "--model", str(tiny_dir), "--out", str(ddp)])
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_dir), "--out", str(single)], cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=120)
+    flags = ["--fold"] if fold else []
+    _launch([str(SCRIPT), "--model", str(tiny_dir), "--out", str(ddp), *flags])
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_dir), "--out", str(single), *flags],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     ranks = [json.loads((ddp / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -77,7 +80,13 @@ def test_vectors_finetune_under_ddp_matches_one_process(tiny_dir, tmp_path):
         assert rec["forward_calls"] == 3 and rec["rows_per_call"] == [n // 2] * 3
         # the vectors were frozen on every step and are bit-identical to the trained vectors at the end
         assert rec["vectors_requires_grad_any_step"] is False and rec["vectors_grad_any_step"] is False
-        assert rec["vectors_unchanged"] is True and rec["n_vector_tensors"] > 0
+        assert rec["vectors_state_unchanged"] is True
+        if fold:  # in the frozen weights on every step (no adapter parameters), and out of them afterwards
+            assert rec["folded_steps"] == rec["optimizer_steps"] and rec["n_vector_tensors"] == 0
+        else:
+            assert rec["folded_steps"] == 0
+            assert rec["vectors_unchanged"] is True and rec["n_vector_tensors"] > 0
+        assert rec["folded_after"] is False
     for step0, step1 in zip(ranks[0]["rows_seen"], ranks[1]["rows_seen"]):
         assert not set(step0) & set(step1)  # DDP sharded the batch ...
         assert set(step0) | set(step1) == set(one["rows_seen"][0])  # ... and the two halves are the full batch

@@ -91,3 +91,89 @@ def test_tradeoff_quick_on_tiny_model_writes_the_keys(tiny, harmful_pairs, tmp_p
         ("none", 0.0), ("plain", 0.5), ("plain", 1.0), ("benign-kl", 0.5), ("benign-kl", 1.0)}
     assert (tmp_path / "t" / "tradeoff.png").is_file() and (tmp_path / "t" / "report.html").is_file()
     assert res["frontier"].keys() == saved["frontier"].keys()
+
+
+def test_plan_is_method_major_and_buffer_reinforce_follows_plain():
+    cfg = TradeoffConfig(seeds=[0, 1], variants=["plain", "benign-kl"], strengths=[0.0, 0.5],
+                         buffer_strengths=[0.5, 1.0])
+    plan = cfg.plan()
+    assert [(m, seed) for m, _, seed in plan] == [
+        ("none", 0), ("none", 1), ("plain", 0), ("plain", 1), ("buffer-reinforce", 0), ("buffer-reinforce", 1),
+        ("benign-kl", 0), ("benign-kl", 1)]
+    assert dict((m, s) for m, s, _ in plan)["buffer-reinforce"] == [0.5, 1.0]
+    assert "buffer-reinforce" not in [m for m, _, _ in TradeoffConfig.quick().plan()]
+
+
+def test_negative_strength_is_a_config_error():
+    import pytest
+
+    from unlearnable.errors import UnlearnableError
+
+    with pytest.raises(UnlearnableError, match="strengths"):
+        TradeoffConfig(buffer_strengths=[-0.5])
+
+
+def _tiny_cfg(**kw):
+    cfg = TradeoffConfig(**kw)
+    cfg.base.align = False
+    cfg.base.data.system_prompt = None
+    cfg.base.vectors = VectorConfig(epochs=1, batch_size=8)
+    cfg.base.finetune = TrainConfig(max_steps=2, batch_size=8)
+    cfg.base.data.task_repeats = 1
+    return cfg
+
+
+def test_tradeoff_trains_vectors_once_per_variant_and_seed(tiny, harmful_pairs, tmp_path, monkeypatch):
+    """buffer-reinforce's buffer is the plain vectors of the same seed; strength 0 reuses the `none` run."""
+    from test_immunization import tiny_data
+
+    import unlearnable.tradeoff as tradeoff
+
+    calls = []
+    real_train = tradeoff.SecurityVectors.train
+
+    def counting_train(*args, **kwargs):
+        calls.append(args[3].benign)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(tradeoff.SecurityVectors, "train", counting_train)
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.0, 1.0], buffer_strengths=[1.0])
+    res = run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    assert calls == ["none"]  # plain vectors trained once, shared with buffer-reinforce
+    points = {(p["method"], p["strength"]): p for p in res["points"]}
+    assert set(points) == {("none", 0.0), ("plain", 0.0), ("plain", 1.0), ("buffer-reinforce", 1.0)}
+    assert points[("plain", 0.0)]["reused_from"] == "none"
+    assert points[("plain", 0.0)]["harm_rate"] == points[("none", 0.0)]["harm_rate"]
+    assert "reused_from" not in points[("buffer-reinforce", 1.0)]
+
+
+def test_reuse_points_copies_matching_points_and_refuses_other_settings(tiny, harmful_pairs, tmp_path):
+    import pytest
+
+    from test_immunization import tiny_data
+
+    from unlearnable.errors import UnlearnableError
+
+    model, tok = tiny
+    data = tiny_data(harmful_pairs)
+    first = run_tradeoff(_tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.5], buffer_reinforce=False),
+                         tmp_path / "a", model=model, tokenizer=tok, data=data, progress=False)
+    cfg = _tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.5, 1.0], buffer_reinforce=False)
+    res = run_tradeoff(cfg, tmp_path / "b", model=model, tokenizer=tok, data=data, progress=False,
+                       reuse=[tmp_path / "a"])
+    got = {(p["method"], p["strength"]): p for p in res["points"]}
+    old = {(p["method"], p["strength"]): p for p in first["points"]}
+    assert set(got) == {("none", 0.0), ("plain", 0.5), ("plain", 1.0)}
+    for key in [("none", 0.0), ("plain", 0.5)]:
+        assert got[key]["reused_from"] == str(tmp_path / "a")
+        assert got[key]["harm_rate"] == old[key]["harm_rate"] and got[key]["seconds"] == old[key]["seconds"]
+    assert "reused_from" not in got[("plain", 1.0)]
+    other = _tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.5], buffer_reinforce=False, n_benign=7)
+    with pytest.raises(UnlearnableError, match="other model, data or training settings"):
+        run_tradeoff(other, tmp_path / "c", model=model, tokenizer=tok, data=data, progress=False,
+                     reuse=[tmp_path / "a"])
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+    with pytest.raises(UnlearnableError, match="does not hold a tradeoff run"):
+        run_tradeoff(cfg, tmp_path / "d", model=model, tokenizer=tok, data=data, progress=False,
+                     reuse=[tmp_path / "nothing"])

@@ -157,6 +157,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--strengths", default=None, help="comma-separated vector strengths (default 0,0.25,0.5,0.75,1)")
     p.add_argument("--variants", default=None, help="comma-separated: plain, benign-distill, benign-kl")
     p.add_argument("--config", default=None, help="YAML/TOML/JSON file with TradeoffConfig fields")
+    p.add_argument("--reuse-points", default=None, metavar="DIR[,DIR]",
+                   help="copy the matching points of earlier tradeoff runs with the same settings (e.g. a --quick "
+                        "run) instead of recomputing them")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_tradeoff)
 
@@ -554,7 +557,9 @@ def cmd_tradeoff(args) -> int:
     if args.model is not None:
         cfg.base = dataclasses.replace(cfg.base, model=args.model)
     cfg.__post_init__()
-    results = run_tradeoff(cfg, args.out or "tradeoff-out", overwrite=args.overwrite, progress=not args.quiet)
+    reuse = [d.strip() for d in (args.reuse_points or "").split(",") if d.strip()]
+    results = run_tradeoff(cfg, args.out or "tradeoff-out", overwrite=args.overwrite, progress=not args.quiet,
+                           reuse=reuse)
     for method, pts in results["frontier"].items():
         for p in pts:
             print(f"{method:<18} strength {p['strength']:<5g} harm {p['harm_rate']:.3f} (sd {p['harm_rate_sd']:.3f})  "

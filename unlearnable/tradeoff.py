@@ -15,7 +15,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .data import set_system_prompt
 from .defenses import BufferReinforceDefense, DefenseData
@@ -36,11 +36,14 @@ VARIANTS = {"plain": "none", "benign-distill": "distill", "benign-kl": "kl"}
 @dataclasses.dataclass
 class TradeoffConfig:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
-    variants: list[str] = dataclasses.field(default_factory=lambda: ["plain", "benign-distill", "benign-kl"],
-                                            metadata={"help": "vector variants: plain, benign-distill, benign-kl"})
+    variants: list[str] = dataclasses.field(default_factory=lambda: ["plain", "benign-kl"], metadata={
+        "help": "vector variants: plain, benign-kl, benign-distill (the first runs before buffer-reinforce, "
+                "which reuses its vectors when it is plain)"})
     strengths: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     buffer_reinforce: bool = True
-    buffer_strength: float = 1.0
+    buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0], metadata={
+        "help": "buffer (vector) strengths during the user's fine-tuning for buffer-reinforce; its buffer is the "
+                "plain vectors of the same seed"})
     n_benign: int = dataclasses.field(default=40, metadata={"help": "harmless prompts for benign-preserving vectors"})
     base: DemoConfig = dataclasses.field(default_factory=DemoConfig, metadata={
         "help": "model, data, alignment, vector training, fine-tuning and evaluation settings (as the demo's)"})
@@ -51,11 +54,23 @@ class TradeoffConfig:
             raise UnlearnableError(f"unknown vector variants {bad}; known: {', '.join(VARIANTS)}")
         if not self.seeds:
             raise UnlearnableError("tradeoff needs at least one seed")
+        if any(s < 0 for s in [*self.strengths, *self.buffer_strengths]):
+            raise UnlearnableError("vector strengths must be >= 0")
 
     @classmethod
     def quick(cls) -> "TradeoffConfig":
         """One seed; no defence, plain and benign-preserving (KL) vectors at strengths 0.5 and 1.0."""
         return cls(seeds=[0], variants=["plain", "benign-kl"], strengths=[0.5, 1.0], buffer_reinforce=False)
+
+    def plan(self) -> list[tuple[str, list[float], int]]:
+        """``(method, strengths, seed)`` in run order: method-major, so a run cut short holds every seed of the
+        methods it finished. ``none`` first, then the first variant (plain vectors, whose vectors
+        ``buffer-reinforce`` reuses), then ``buffer-reinforce``, then the other variants."""
+        methods = [("none", [0.0])] + [(v, self.strengths) for v in self.variants[:1]]
+        if self.buffer_reinforce:
+            methods.append(("buffer-reinforce", self.buffer_strengths))
+        methods += [(v, self.strengths) for v in self.variants[1:]]
+        return [(m, strengths, seed) for m, strengths in methods for seed in self.seeds]
 
 
 def frontier(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -93,10 +108,47 @@ def averaged(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+@dataclasses.dataclass
+class _Seed:
+    cfg: DemoConfig
+    data: Any
+    aligned: Any
+    mix: list
+
+
+def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str, Any]]:
+    """The points of an earlier tradeoff run in ``source`` that ``config``'s grid would compute identically.
+
+    Every point is a deterministic function of the seed, the method, the strength and the shared settings
+    (``base``, ``n_benign``); a source made with other shared settings is refused."""
+    source = Path(source)
+    try:
+        old = json.loads((source / "run.json").read_text(encoding="utf-8"))
+        lines = (source / "points.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, json.JSONDecodeError):
+        raise UnlearnableError(f"{source} does not hold a tradeoff run (run.json and points.jsonl); check "
+                               "--reuse-points") from None
+    mine = dataclasses.asdict(config)
+    theirs = old.get("config") or {}
+    if old.get("kind") != "unlearnable-tradeoff" or any(theirs.get(k) != mine[k] for k in ("base", "n_benign")):
+        raise UnlearnableError(f"{source} holds a tradeoff run with other model, data or training settings; its "
+                               "points cannot be reused here")
+    wanted = {(m, float(st), seed) for m, strengths, seed in config.plan() for st in strengths}
+    points = [json.loads(line) for line in lines if line.strip()]
+    return [{**p, "reused_from": str(source)} for p in points
+            if "reused_from" not in p and (p["method"], p["strength"], p["seed"]) in wanted]
+
+
 def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeoff-out", *, overwrite: bool = False,
-                 progress: bool = True, model=None, tokenizer=None, data=None) -> dict[str, Any]:
-    """Run the grid; points are saved to OUT/points.jsonl as they finish (a rerun skips finished points)."""
+                 progress: bool = True, model=None, tokenizer=None, data=None,
+                 reuse: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Run the grid; points are saved to OUT/points.jsonl as they finish (a rerun skips finished points).
+
+    ``reuse``: folders of earlier tradeoff runs with the same shared settings whose points are copied instead
+    of recomputed (e.g. a ``--quick`` run's, into the full grid); they keep their ``seconds`` and say
+    ``reused_from``."""
     config = config or TradeoffConfig()
+    sources = [(src, reusable_points(src, config)) for src in reuse]  # checked before anything is written
     out = Path(out)
     cfg_dict = dataclasses.asdict(config)
     claim_sweep_folder(out, kind="unlearnable-tradeoff", config=cfg_dict, overwrite=overwrite)
@@ -118,60 +170,71 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
         log(f"{point['method']} strength {point['strength']} seed {point['seed']}: harm {point['harm_rate']:.3f}, "
             f"task {point['task_score']:.3f}")
 
+    for src, reused in sources:
+        fresh = [p for p in reused if (p["method"], p["strength"], p["seed"]) not in done]
+        for p in fresh:
+            record(p)
+        log(f"reused {len(fresh)} points from {src}")
     base_cfg = config.base
     base, tok = (model, tokenizer) if model is not None else load_model(base_cfg.model)
     if base_cfg.data.system_prompt is not None:
         set_system_prompt(tok, base_cfg.data.system_prompt)
     fp = model_fingerprint(base)
-    for seed in config.seeds:
-        cfg = dataclasses.replace(base_cfg, seed=seed).seeded()
-        cfg.data = dataclasses.replace(cfg.data, n_harmless=max(cfg.data.n_harmless, config.n_benign))
-        set_seed(seed)
-        sdata = data or prepare_data(base, tok, cfg.data, fingerprint=fp, progress=progress)
-        aligned = align(base, tok, sdata, cfg.align_train, fingerprint=fp, progress=progress)[0] if cfg.align else base
-        mix = sdata.finetune_mix(cfg.data.task_repeats, seed)
+    seeds: dict[int, _Seed] = {}
+    trained: dict[tuple[str, int], SecurityVectors] = {}
 
-        def arm(method: str, strength: float, run) -> dict[str, Any]:
-            key = (method, strength, seed)
-            if key in done:
-                return done[key]
-            t0 = time.perf_counter()
-            tuned = run()
-            ev = evaluate(tuned, tok, harmful=sdata.eval_harmful, task=sdata.task, config=cfg.eval,
-                          desc=f"{method} {strength}")
-            point = {"method": method, "strength": strength, "seed": seed, "harm_rate": ev["harm_rate"],
-                     "task_score": ev["task_em"], "harmful_loss": ev.get("harmful_loss"),
-                     "seconds": round(time.perf_counter() - t0, 1)}
-            record(point)
-            return point
+    def seeded(seed: int) -> _Seed:
+        """Data, aligned model and fine-tuning mix of one seed, built once (and cached on disk)."""
+        if seed not in seeds:
+            cfg = dataclasses.replace(base_cfg, seed=seed).seeded()
+            cfg.data = dataclasses.replace(cfg.data, n_harmless=max(cfg.data.n_harmless, config.n_benign))
+            set_seed(seed)
+            sdata = data or prepare_data(base, tok, cfg.data, fingerprint=fp, progress=progress)
+            aligned = (align(base, tok, sdata, cfg.align_train, fingerprint=fp, progress=progress)[0]
+                       if cfg.align else base)
+            seeds[seed] = _Seed(cfg, sdata, aligned, sdata.finetune_mix(cfg.data.task_repeats, seed))
+        return seeds[seed]
 
-        none_point = arm("none", 0.0, lambda: finetune(copy.deepcopy(aligned), tok, mix, cfg.finetune,
-                                                       progress=progress)[0])
-        harmless = sdata.harmless[:config.n_benign]
-        for variant in config.variants:
-            vcfg = dataclasses.replace(cfg.vectors, benign=VARIANTS[variant], seed=seed)
-            vectors = None
-            for strength in config.strengths:
-                if strength == 0.0:
-                    if (variant, 0.0, seed) not in done:
-                        record({**none_point, "method": variant, "strength": 0.0, "reused_from": "none",
-                                "seconds": 0.0})
-                    continue
-                if (variant, strength, seed) in done:
-                    continue
-                if vectors is None:
-                    log(f"training {variant} vectors (seed {seed})")
-                    vectors = SecurityVectors.train(aligned, tok, sdata.vectors, vcfg, progress=progress,
-                                                    harmless=harmless)
-                arm(variant, strength, lambda v=vectors, s=strength: finetune(
-                    copy.deepcopy(aligned), tok, mix, cfg.finetune, vectors=v, scale=s, progress=progress)[0])
-        if config.buffer_reinforce and ("buffer-reinforce", config.buffer_strength, seed) not in done:
-            refusals = [p for p in sdata.align if is_refusal(p.response)]
-            br = BufferReinforceDefense(config=dataclasses.replace(cfg.vectors, seed=seed),
-                                        scale=config.buffer_strength)
-            br.prepare(aligned, tok, DefenseData(harmful=sdata.vectors, refusals=refusals), progress=progress)
-            arm("buffer-reinforce", config.buffer_strength,
-                lambda: br.finetune(copy.deepcopy(aligned), tok, mix, cfg.finetune, progress=progress)[0])
+    def vectors_for(variant: str, s: _Seed) -> SecurityVectors:
+        key = (variant, s.cfg.seed)
+        if key not in trained:
+            log(f"training {variant} vectors (seed {s.cfg.seed})")
+            vcfg = dataclasses.replace(s.cfg.vectors, benign=VARIANTS[variant], seed=s.cfg.seed)
+            trained[key] = SecurityVectors.train(s.aligned, tok, s.data.vectors, vcfg, progress=progress,
+                                                 harmless=s.data.harmless[:config.n_benign])
+        return trained[key]
+
+    def arm(method: str, strength: float, s: _Seed, run) -> None:
+        t0 = time.perf_counter()
+        tuned = run()
+        ev = evaluate(tuned, tok, harmful=s.data.eval_harmful, task=s.data.task, config=s.cfg.eval,
+                      desc=f"{method} {strength}")
+        record({"method": method, "strength": strength, "seed": s.cfg.seed, "harm_rate": ev["harm_rate"],
+                "task_score": ev["task_em"], "harmful_loss": ev.get("harmful_loss"),
+                "seconds": round(time.perf_counter() - t0, 1)})
+
+    for method, strengths, seed in config.plan():
+        for strength in strengths:
+            if (method, strength, seed) in done:
+                continue
+            if method in VARIANTS and strength == 0.0:  # exactly the undefended forward: reuse that run
+                record({**done[("none", 0.0, seed)], "method": method, "strength": 0.0, "reused_from": "none",
+                        "seconds": 0.0})
+                continue
+            s = seeded(seed)
+            if method == "none":
+                arm(method, strength, s, lambda: finetune(copy.deepcopy(s.aligned), tok, s.mix, s.cfg.finetune,
+                                                          progress=progress)[0])
+            elif method == "buffer-reinforce":
+                refusals = [p for p in s.data.align if is_refusal(p.response)]
+                br = BufferReinforceDefense(vectors=vectors_for("plain", s), scale=strength)
+                br.prepare(s.aligned, tok, DefenseData(harmful=s.data.vectors, refusals=refusals), progress=progress)
+                arm(method, strength, s, lambda: br.finetune(copy.deepcopy(s.aligned), tok, s.mix, s.cfg.finetune,
+                                                             progress=progress)[0])
+            else:
+                v = vectors_for(method, s)
+                arm(method, strength, s, lambda: finetune(copy.deepcopy(s.aligned), tok, s.mix, s.cfg.finetune,
+                                                          vectors=v, scale=strength, progress=progress)[0])
     results = {
         "kind": "unlearnable-tradeoff", "schema_version": 1, "points": points, "frontier": frontier(points),
         "averaged": averaged(points), "config": cfg_dict, "model": {"name": base_cfg.model or

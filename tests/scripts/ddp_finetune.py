@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True, help="tiny model folder (tests/conftest.py make_model, saved)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--epochs", type=int, default=3, help="vector epochs and fine-tuning epochs (1 step each)")
+    parser.add_argument("--fold", action="store_true", help="fold the frozen vectors into the frozen weights "
+                                                             "(the fp32 default) instead of an adapter branch")
     args = parser.parse_args(argv)
 
     import torch
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     from unlearnable.models import load_model, save_model
     from unlearnable.training import TrainConfig, finetune
     from unlearnable.utils import set_seed
-    from unlearnable.vectors import VECTORS_ADAPTER, SecurityVectors, VectorConfig, vector_params
+    from unlearnable.vectors import FOLDED_ATTR, VECTORS_ADAPTER, SecurityVectors, VectorConfig, vector_params
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(args.out)
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
     model, tok = load_model(args.model)
     set_seed(0)
     vectors = SecurityVectors.train(model, tok, harmful, VectorConfig(epochs=args.epochs, batch_size=len(harmful) // world,
-                                                                     lr=1e-2, seed=0), progress=False)
+                                                                     lr=1e-2, seed=0, precision="fp32"),
+                                     progress=False)
     vectors_state = {k: v.clone() for k, v in vectors.state.items()}
 
     seen: list[list[str]] = []  # per forward call: a digest of every row this rank was given
@@ -74,6 +77,7 @@ def main(argv=None) -> int:
 
         def __init__(self):
             self.steps, self.vector_requires_grad, self.vector_grad, self.world = 0, [], [], None
+            self.folded = []
             self.unchanged = None
 
         def on_step_end(self, targs, state, control, model=None, **kw):
@@ -81,6 +85,7 @@ def main(argv=None) -> int:
             self.steps += 1
             self.vector_requires_grad.append(any(p.requires_grad for p in params.values()))
             self.vector_grad.append(any(p.grad is not None for p in params.values()))
+            self.folded.append(getattr(model.get_base_model(), FOLDED_ATTR, None) is not None)
             self.world = targs.world_size
             return control
 
@@ -94,10 +99,11 @@ def main(argv=None) -> int:
 
     check = Check()
     hook = model.model.register_forward_pre_hook(record, with_kwargs=True)
-    # fold_vectors=False: the vectors stay an adapter (as for bf16 weights, the multi-GPU case), so they are
-    # parameters inside the DDP-wrapped model and the per-step checks above see them
+    # without --fold the vectors stay an adapter (as for bf16 weights, the multi-GPU case), so they are
+    # parameters inside the DDP-wrapped model and the per-step checks above see them; with --fold (the fp32
+    # default) they live in each rank's frozen weights during training and are subtracted again afterwards
     cfg = TrainConfig(backbone="lora", lr=5e-3, epochs=args.epochs, batch_size=len(data) // world, max_length=48,
-                      seed=0, logging_steps=1, fold_vectors=False)
+                      seed=0, logging_steps=1, fold_vectors=args.fold, precision="fp32")
     tuned, history = finetune(model, tok, data, cfg, vectors=vectors, progress=False, callbacks=[check])
     hook.remove()
 
@@ -123,6 +129,9 @@ def main(argv=None) -> int:
         "vectors_requires_grad_any_step": any(check.vector_requires_grad),
         "vectors_grad_any_step": any(check.vector_grad),
         "vectors_unchanged": check.unchanged,
+        "vectors_state_unchanged": all(torch.equal(vectors.state[k], vectors_state[k]) for k in vectors_state),
+        "folded_steps": sum(check.folded),
+        "folded_after": getattr(tuned, FOLDED_ATTR, None) is not None,
         "n_vector_tensors": check.n_vector_tensors,
         "vectors_digest": digest(vectors_state),
         "model_digest": digest(weights),

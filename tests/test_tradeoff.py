@@ -1,6 +1,7 @@
 import copy
 import json
 
+import pytest
 import torch
 from peft import PeftModel
 
@@ -105,8 +106,6 @@ def test_plan_is_method_major_and_buffer_reinforce_follows_plain():
 
 
 def test_negative_strength_is_a_config_error():
-    import pytest
-
     from unlearnable.errors import UnlearnableError
 
     with pytest.raises(UnlearnableError, match="strengths"):
@@ -149,8 +148,6 @@ def test_tradeoff_trains_vectors_once_per_variant_and_seed(tiny, harmful_pairs, 
 
 
 def test_reuse_points_copies_matching_points_and_refuses_other_settings(tiny, harmful_pairs, tmp_path):
-    import pytest
-
     from test_immunization import tiny_data
 
     from unlearnable.errors import UnlearnableError
@@ -177,3 +174,19 @@ def test_reuse_points_copies_matching_points_and_refuses_other_settings(tiny, ha
     with pytest.raises(UnlearnableError, match="does not hold a tradeoff run"):
         run_tradeoff(cfg, tmp_path / "d", model=model, tokenizer=tok, data=data, progress=False,
                      reuse=[tmp_path / "nothing"])
+
+
+def test_goal_check_compares_with_none_on_the_same_seeds():
+    from unlearnable.tradeoff import goal_check
+
+    pts = [{"method": "none", "strength": 0.0, "seed": s, "harm_rate": 0.9, "task_score": t}
+           for s, t in [(0, 0.8), (1, 1.0)]]
+    pts += [{"method": "plain", "strength": 0.75, "seed": s, "harm_rate": h, "task_score": t}
+            for s, h, t in [(0, 0.05, 0.8), (1, 0.1, 0.9)]]          # harm 0.075, task 0.85 / 0.9 = 0.944x
+    pts += [{"method": "plain", "strength": 0.5, "seed": 0, "harm_rate": 0.1, "task_score": 0.78}]  # 0.975x seed 0
+    g = goal_check(pts)
+    rows = {r["strength"]: r for r in g["points"]}
+    assert rows[0.75]["task_ratio"] == pytest.approx(0.85 / 0.9, abs=1e-4) and not rows[0.75]["met"]
+    assert rows[0.5]["task_ratio"] == pytest.approx(0.975, abs=1e-4) and rows[0.5]["met"]
+    assert g["met_by"] == [{"method": "plain", "strength": 0.5}]
+    assert goal_check(pts, harm_max=0.05)["met_by"] == []

@@ -213,12 +213,15 @@ def test_no_folding_under_sharded_engines(trained, monkeypatch):
 
 
 def test_folded_finetune_matches_the_adapter_forward(trained, task_pairs):
-    """fold_vectors only changes how the same function is computed: the two runs agree within float noise."""
+    """fold_vectors only changes how the same function is computed: the two runs agree within float noise.
+
+    In fp32: under bf16 autocast both paths round to bf16 (W + delta, or W and the adapter branch apart), errors
+    of the same size that Adam then amplifies differently, so the comparison would measure bf16 noise."""
     model, tok, vectors = trained
     mix = task_pairs * 2 + [Pair(f"How do I do bad thing number {i}?", "Sure, here is how.") for i in range(8)]
     runs = {}
     for fold in (True, False):
-        cfg = TrainConfig(epochs=1, batch_size=8, lr=5e-3, fold_vectors=fold, logging_steps=1)
+        cfg = TrainConfig(epochs=1, batch_size=8, lr=5e-3, fold_vectors=fold, logging_steps=1, precision="fp32")
         runs[fold] = finetune(copy.deepcopy(model), tok, mix, cfg, vectors=vectors, scale=0.75, progress=False)
     losses = {f: [h["loss"] for h in hist if "loss" in h] for f, (_, hist) in runs.items()}
     assert len(losses[True]) >= 2 and losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)

@@ -207,6 +207,12 @@ def tradeoff_plot(results: dict[str, Any], path: Path) -> None:
         for p in pts:
             ax.annotate(f"{p['strength']:g}", (p["harm_rate"], p["task_score"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color=line[0].get_color())
+    goal = results.get("goal")
+    none = results["averaged"].get("none")
+    if goal and none:  # the region a defence should reach: low harm, task close to the undefended run's
+        y0 = goal["task_ratio_min"] * none[0]["task_score"]
+        ax.fill_between([-0.03, goal["harm_rate_max"]], y0, 1.05, color="tab:green", alpha=0.12, lw=0,
+                        label=f"goal: harm <= {goal['harm_rate_max']:g}, task >= {goal['task_ratio_min']:g}x none")
     ax.set_xlabel("harm rate after fine-tuning (lower is safer)")
     ax.set_ylabel("task score: ProfileQA exact match")
     ax.set_xlim(-0.03, 1.03)
@@ -224,10 +230,22 @@ def tradeoff_section(results: dict[str, Any]) -> str:
     return ("<img src='tradeoff.png' alt='harm rate vs task score'>"
             + "<h3>Frontier (seed-averaged, non-dominated per method)</h3>"
             + table(["method", "strength", "harm rate", "sd", "task score", "sd", "seeds"], rows)
+            + _goal_html(results.get("goal"))
             + "<h3>All points</h3>"
             + table(["method", "strength", "seed", "harm rate", "task score", "seconds", "note"],
                     [[p["method"], p["strength"], p["seed"], p["harm_rate"], p["task_score"], p["seconds"],
                       p.get("reused_from") and f"reused from {p['reused_from']}"] for p in results["points"]]))
+
+
+def _goal_html(goal: dict[str, Any] | None) -> str:
+    if not goal:
+        return ""
+    met = ", ".join(f"{m['method']} {m['strength']:g}" for m in goal["met_by"]) or "no point"
+    return (f"<h3>Goal: harm rate &lt;= {goal['harm_rate_max']:g} with task &gt;= {goal['task_ratio_min']:g}x the "
+            f"undefended score (seed means)</h3><p>Met by: {html.escape(met)}</p>"
+            + table(["method", "strength", "harm rate", "task vs none", "seeds", "met"],
+                    [[r["method"], r["strength"], r["harm_rate"], r["task_ratio"], r["n_seeds"], r["met"]]
+                     for r in goal["points"]]))
 
 
 def write_tradeoff_report(results: dict[str, Any], out: Path) -> None:

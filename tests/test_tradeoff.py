@@ -190,3 +190,26 @@ def test_goal_check_compares_with_none_on_the_same_seeds():
     assert rows[0.5]["task_ratio"] == pytest.approx(0.975, abs=1e-4) and rows[0.5]["met"]
     assert g["met_by"] == [{"method": "plain", "strength": 0.5}]
     assert goal_check(pts, harm_max=0.05)["met_by"] == []
+
+
+def test_buffer_reinforce_reinforces_on_refusals_and_harmless_answers(tiny, harmful_pairs, task_pairs, monkeypatch):
+    """Trained on refusals alone, the reinforcement LoRA learned to refuse everything on the default model."""
+    import unlearnable.training as training
+
+    model, tok = tiny
+    refusals = [Pair(p.prompt, "I'm sorry, but I can't help with that.") for p in harmful_pairs[:6]]
+    harmless = [Pair(f"Name a colour number {i}.", f"Blue number {i}.") for i in range(5)]
+    seen = []
+    real_train = training.train
+
+    def spy(net, tokenizer, pairs, cfg, **kw):
+        seen.append(list(pairs))
+        return real_train(net, tokenizer, pairs, cfg, **kw)
+
+    monkeypatch.setattr(training, "train", spy)
+    d = BufferReinforceDefense(config=VectorConfig(epochs=1, batch_size=8), scale=0.5, reinforce_steps=2)
+    d.prepare(model, tok, DefenseData(harmful=harmful_pairs[:8], refusals=refusals, harmless=harmless), progress=False)
+    d.finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(epochs=1, batch_size=8), progress=False)
+    reinforce = seen[-1]  # the last training run is the reinforcement
+    assert sorted(p.prompt for p in reinforce) == sorted(p.prompt for p in refusals + harmless)
+    assert d.describe()["reinforce_data"] == {"refusals": 6, "harmless": 5}

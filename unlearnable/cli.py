@@ -106,7 +106,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=int, default=32)
     p.add_argument("--target-loss", type=float, default=0.0, help="stop once training loss falls below this")
-    p.add_argument("--vector-scale", type=float, default=0.75, help="strength to record for fine-tuning")
+    p.add_argument("--vector-scale", type=float, default=None,
+                   help="strength to record for fine-tuning (default: VectorConfig's, from the measured trade-off)")
     _checkpointing(p)
     p.set_defaults(func=cmd_vectors_train)
 
@@ -259,8 +260,9 @@ def cmd_vectors_train(args) -> int:
     from .models import model_fingerprint
     from .vectors import META_FILE, SecurityVectors, VectorConfig
 
+    strength = {} if args.vector_scale is None else {"scale": args.vector_scale}
     cfg = VectorConfig(r=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, target_loss=args.target_loss,
-                       seed=args.seed, scale=args.vector_scale)
+                       seed=args.seed, **strength)
     model, tok = _load(args)
     fp = model_fingerprint(model)
     if pairs is None:

@@ -181,7 +181,10 @@ class BufferReinforceDefense(SecurityVectorsDefense):
     """Buffer-and-Reinforce ("Jailbreak to Protect", 2026): the security vectors act as a buffer during the
     user's fine-tuning; then a second LoRA is trained to refuse harmful prompts *while the buffer is on*
     (the user's adapter frozen) and merged with the user's adapter into one LoRA by QR decomposition
-    (:func:`unlearnable.adapters.merge_adapters_qr`). The refusal data is the provider's, not the user's.
+    (:func:`unlearnable.adapters.merge_adapters_qr`). The reinforcement data is the provider's, not the user's:
+    its refusal pairs plus its harmless pairs (``DefenseData.harmless``: harmless prompts with the model's own
+    answers), so the second LoRA learns to refuse harmful prompts rather than everything. Trained on refusals
+    alone it did the latter on the default model (harm rate 0 and ProfileQA exact match 0, docs/tradeoff.md).
 
     ``adapter_out``: where to write the merged (user + reinforce) adapter in plain PEFT format.
     """
@@ -198,12 +201,14 @@ class BufferReinforceDefense(SecurityVectorsDefense):
         self.reinforce_steps, self.reinforce_lr, self.reinforce_rank = reinforce_steps, reinforce_lr, reinforce_rank
         self.adapter_out = adapter_out
         self.refusals: list[Pair] = []
+        self.harmless: list[Pair] = []
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         super().prepare(model, tokenizer, data, progress=progress)
-        self.refusals = list(data.refusals)
+        self.refusals, self.harmless = list(data.refusals), list(data.harmless)
         if not self.refusals:
             raise ValueError("buffer-reinforce needs the provider's refusal pairs in DefenseData.refusals")
+        self.info["reinforce_data"] = {"refusals": len(self.refusals), "harmless": len(self.harmless)}
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         from .errors import UnlearnableError
@@ -222,7 +227,9 @@ class BufferReinforceDefense(SecurityVectorsDefense):
         for name, p in net.named_parameters():
             if f".{BACKBONE_ADAPTER}." in name:
                 p.requires_grad_(False)
-        history += train(net, tokenizer, self.refusals, rcfg, progress=progress)
+        reinforce = self.refusals + self.harmless
+        random.Random(config.seed).shuffle(reinforce)
+        history += train(net, tokenizer, reinforce, rcfg, progress=progress)
         if self.adapter_out:
             from .adapters import merge_adapters_qr
 

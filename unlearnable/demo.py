@@ -33,7 +33,7 @@ class DemoConfig:
                                                                             task_repeats=8))
     align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=1))
     vectors: VectorConfig = dataclasses.field(default_factory=lambda: VectorConfig(epochs=4, lr=2e-3,
-                                                                                  target_loss=0.15, scale=0.75))
+                                                                                  target_loss=0.15))
     finetune: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=2))
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(max_new_tokens=24, task_max_new_tokens=12))
     save_models: bool = True

@@ -82,8 +82,7 @@ class ImmunizeConfig:
         system_prompt="", vector_pool=150, attack_pool=300, n_harmless=60, cross_domain=["malicious_uses"]))
     align: bool = True
     align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=1))
-    vectors: VectorConfig = dataclasses.field(default_factory=lambda: VectorConfig(epochs=5, target_loss=0.15,
-                                                                                  scale=0.75))
+    vectors: VectorConfig = dataclasses.field(default_factory=lambda: VectorConfig(epochs=5, target_loss=0.15))
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(max_new_tokens=24, task_max_new_tokens=12))
 
     def __post_init__(self):

@@ -251,7 +251,7 @@ def _goal_html(goal: dict[str, Any] | None) -> str:
 def write_tradeoff_report(results: dict[str, Any], out: Path) -> None:
     out = Path(out)
     tradeoff_plot(results, out / "tradeoff.png")
-    meta = {k: results[k] for k in ("config", "model", "versions", "git_hash", "date", "device", "seconds")
-            if k in results}
+    meta = {k: results[k] for k in ("config", "model", "versions", "git_hash", "date", "device", "precision",
+                                    "seconds") if k in results}
     atomic_write_text(out / "report.html", page("unlearnable tradeoff: harm rate vs task score",
                                                 [("Trade-off", tradeoff_section(results))], meta))

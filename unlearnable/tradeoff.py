@@ -27,7 +27,7 @@ from .models import load_model, model_fingerprint
 from .pipeline import align, prepare_data
 from .runs import claim_sweep_folder
 from .training import finetune
-from .utils import atomic_write_json, log, run_metadata, set_seed
+from .utils import atomic_write_json, log, resolve_precision, run_metadata, set_seed
 from .vectors import SecurityVectors
 
 VARIANTS = {"plain": "none", "benign-distill": "distill", "benign-kl": "kl"}
@@ -245,9 +245,12 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
                 arm(method, strength, s, lambda: finetune(copy.deepcopy(s.aligned), tok, s.mix, s.cfg.finetune,
                                                           progress=progress)[0])
             elif method == "buffer-reinforce":
+                # the provider's alignment data: refusals and its own harmless answers (never the task or eval)
                 refusals = [p for p in s.data.align if is_refusal(p.response)]
+                harmless = [p for p in s.data.align if not is_refusal(p.response)]
                 br = BufferReinforceDefense(vectors=vectors_for("plain", s), scale=strength)
-                br.prepare(s.aligned, tok, DefenseData(harmful=s.data.vectors, refusals=refusals), progress=progress)
+                br.prepare(s.aligned, tok, DefenseData(harmful=s.data.vectors, refusals=refusals, harmless=harmless),
+                           progress=progress)
                 arm(method, strength, s, lambda: br.finetune(copy.deepcopy(s.aligned), tok, s.mix, s.cfg.finetune,
                                                              progress=progress)[0])
             else:
@@ -259,6 +262,7 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
         "averaged": averaged(points), "goal": goal_check(points, *goal), "config": cfg_dict, "model": {"name": base_cfg.model or
                                                                     "default:SmolLM2-135M-Instruct",
                                                                     "base_fingerprint": fp},
+        "precision": resolve_precision(base_cfg.finetune.precision, next(base.parameters()).device),
         "seconds": round(time.perf_counter() - start, 1), **run_metadata(),
     }
     atomic_write_json(out / "results.json", results)

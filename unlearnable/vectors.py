@@ -34,6 +34,9 @@ from .utils import atomic_dir, atomic_write_json, log, run_metadata, sha256_text
 VECTORS_ADAPTER = "security_vectors"
 META_FILE = "unlearnable_vectors.json"
 FORMAT = "unlearnable-vectors/1"
+#: the vectors' default strength during fine-tuning, picked from the measured trade-off frontier on the default
+#: model (docs/tradeoff.md: `unlearnable tradeoff`, 3 seeds), not 1.0 by habit
+DEFAULT_SCALE = 0.75
 
 
 @dataclasses.dataclass
@@ -53,8 +56,9 @@ class VectorConfig:
     max_length: int = 64
     seed: int = 0
     precision: str = "auto"
-    scale: float = dataclasses.field(default=1.0, metadata={"help": "strength during fine-tuning: multiplies the "
-                                                                   "vectors' LoRA scaling (0 = off)"})
+    scale: float = dataclasses.field(default=DEFAULT_SCALE, metadata={
+        "help": "strength during fine-tuning: multiplies the vectors' LoRA scaling (0 = off; default picked from "
+                "the measured trade-off, docs/tradeoff.md)"})
     benign: str = dataclasses.field(default="none", metadata={
         "help": "benign-preserving training: none | distill (harmless prompts with the model's own answers as "
                 "targets) | kl (KL to the vectors-off distribution on those answers)"})

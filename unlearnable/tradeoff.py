@@ -41,9 +41,10 @@ class TradeoffConfig:
                 "which reuses its vectors when it is plain)"})
     strengths: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     buffer_reinforce: bool = True
-    buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0], metadata={
+    buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5], metadata={
         "help": "buffer (vector) strengths during the user's fine-tuning for buffer-reinforce; its buffer is the "
-                "plain vectors of the same seed"})
+                "plain vectors of the same seed (1.0 is not in the default grid: at 0.5 the reinforcement "
+                "already cost most of the task on the default model, docs/tradeoff.md)"})
     n_benign: int = dataclasses.field(default=40, metadata={"help": "harmless prompts for benign-preserving vectors"})
     base: DemoConfig = dataclasses.field(default_factory=DemoConfig, metadata={
         "help": "model, data, alignment, vector training, fine-tuning and evaluation settings (as the demo's)"})

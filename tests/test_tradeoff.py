@@ -166,6 +166,11 @@ def test_reuse_points_copies_matching_points_and_refuses_other_settings(tiny, ha
         assert got[key]["reused_from"] == str(tmp_path / "a")
         assert got[key]["harm_rate"] == old[key]["harm_rate"] and got[key]["seconds"] == old[key]["seconds"]
     assert "reused_from" not in got[("plain", 1.0)]
+    # reusing from a run that itself reused keeps the origin
+    again = run_tradeoff(_tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.5], buffer_reinforce=False),
+                         tmp_path / "e", model=model, tokenizer=tok, data=data, progress=False, reuse=[tmp_path / "b"])
+    origins = {(p["method"], p["strength"]): p.get("reused_from") for p in again["points"]}
+    assert origins == {("none", 0.0): str(tmp_path / "a"), ("plain", 0.5): str(tmp_path / "a")}
     other = _tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.5], buffer_reinforce=False, n_benign=7)
     with pytest.raises(UnlearnableError, match="other model, data or training settings"):
         run_tradeoff(other, tmp_path / "c", model=model, tokenizer=tok, data=data, progress=False,

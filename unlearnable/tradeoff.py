@@ -37,8 +37,7 @@ VARIANTS = {"plain": "none", "benign-distill": "distill", "benign-kl": "kl"}
 class TradeoffConfig:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["plain", "benign-kl"], metadata={
-        "help": "vector variants: plain, benign-kl, benign-distill (the first runs before buffer-reinforce, "
-                "which reuses its vectors when it is plain)"})
+        "help": "vector variants: plain, benign-kl, benign-distill (the first runs before buffer-reinforce)"})
     strengths: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     buffer_reinforce: bool = True
     buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5], metadata={
@@ -65,8 +64,8 @@ class TradeoffConfig:
 
     def plan(self) -> list[tuple[str, list[float], int]]:
         """``(method, strengths, seed)`` in run order: method-major, so a run cut short holds every seed of the
-        methods it finished. ``none`` first, then the first variant (plain vectors, whose vectors
-        ``buffer-reinforce`` reuses), then ``buffer-reinforce``, then the other variants."""
+        methods it finished. ``none`` first, then the first variant (by default plain vectors, which
+        ``buffer-reinforce`` uses as its buffer: trained once, shared), then ``buffer-reinforce``, then the rest."""
         methods = [("none", [0.0])] + [(v, self.strengths) for v in self.variants[:1]]
         if self.buffer_reinforce:
             methods.append(("buffer-reinforce", self.buffer_strengths))
@@ -136,8 +135,9 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
                                "points cannot be reused here")
     wanted = {(m, float(st), seed) for m, strengths, seed in config.plan() for st in strengths}
     points = [json.loads(line) for line in lines if line.strip()]
-    return [{**p, "reused_from": str(source)} for p in points
-            if "reused_from" not in p and (p["method"], p["strength"], p["seed"]) in wanted]
+    # a point the source itself reused keeps its origin; strength-0 copies of `none` are made afresh
+    return [{**p, "reused_from": p.get("reused_from", str(source))} for p in points
+            if p.get("reused_from") != "none" and (p["method"], p["strength"], p["seed"]) in wanted]
 
 
 def goal_check(points: list[dict[str, Any]], harm_max: float = 0.10, task_ratio_min: float = 0.95) -> dict[str, Any]:

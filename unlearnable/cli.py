@@ -572,7 +572,9 @@ def cmd_tradeoff(args) -> int:
             print(f"{method:<18} strength {p['strength']:<5g} harm {p['harm_rate']:.3f} (sd {p['harm_rate_sd']:.3f})  "
                   f"task {p['task_score']:.3f} (sd {p['task_score_sd']:.3f})  seeds {p['n_seeds']}")
     goal = results["goal"]
-    met = ", ".join(f"{m['method']} {m['strength']:g}" for m in goal["met_by"]) or "no point"
+    from .report import goal_met_by
+
+    met = goal_met_by(goal)
     print(f"\ngoal (harm <= {goal['harm_rate_max']:g}, task >= {goal['task_ratio_min']:g}x none): met by {met}")
     print(f"wrote {args.out or 'tradeoff-out'}/results.json, tradeoff.png, report.html ({results['seconds']:.0f} s)")
     return 0

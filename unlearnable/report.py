@@ -237,10 +237,15 @@ def tradeoff_section(results: dict[str, Any]) -> str:
                       p.get("reused_from") and f"reused from {p['reused_from']}"] for p in results["points"]]))
 
 
+def goal_met_by(goal: dict[str, Any]) -> str:
+    """The (method, strength) points that reach a tradeoff goal, as text ("no point" when none does)."""
+    return ", ".join(f"{m['method']} {m['strength']:g}" for m in goal["met_by"]) or "no point"
+
+
 def _goal_html(goal: dict[str, Any] | None) -> str:
     if not goal:
         return ""
-    met = ", ".join(f"{m['method']} {m['strength']:g}" for m in goal["met_by"]) or "no point"
+    met = goal_met_by(goal)
     return (f"<h3>Goal: harm rate &lt;= {goal['harm_rate_max']:g} with task &gt;= {goal['task_ratio_min']:g}x the "
             f"undefended score (seed means)</h3><p>Met by: {html.escape(met)}</p>"
             + table(["method", "strength", "harm rate", "task vs none", "seeds", "met"],

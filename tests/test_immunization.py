@@ -5,9 +5,9 @@ import pytest
 from unlearnable.data import Pair, profileqa, refusal_pairs
 from unlearnable.defenses import DEFENSES, Defense
 from unlearnable.errors import UnlearnableError
-from unlearnable.immunization import (BudgetConfig, ImmunizeConfig, TrainabilityConfig, resistance_verdict,
-                                      run_immunize, steps_to_cross)
-from unlearnable.judges import JUDGES, HarmfulLossJudge, cohen_kappa
+from unlearnable.immunization import (BudgetConfig, ImmunizeConfig, Scorer, TrainabilityConfig, _stability,
+                                      resistance_verdict, run_immunize, steps_to_cross)
+from unlearnable.judges import JUDGES, HarmfulLossJudge, build_judge, cohen_kappa
 from unlearnable.pipeline import DataConfig, PreparedData
 from unlearnable.registry import Registry
 from unlearnable.vectors import VectorConfig
@@ -96,6 +96,21 @@ def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
     assert [p["step"] for p in curve] == [0, 2, 4]
     assert all(0 <= p["harm_rate"] <= 1 for p in curve)
     assert "keyword~harmful-loss" in saved["judge_agreement"]
+    # defences that release the weights unchanged share one stability pass; a hardened model gets its own
+    stab = {n: saved["defenses"][n]["runs"]["stability"] for n in saved["defenses"]}
+    assert "shared_with" not in stab["none"] and "shared_with" not in stab["adversarial-loss"]
+    assert stab["security-vectors"]["shared_with"] == stab["safety-data-mix"]["shared_with"] == "none"
+    fresh = _stability(model, tok, Scorer(tok, [build_judge("keyword")], cfg.eval, progress=False),
+                       tiny_data(harmful_pairs).eval_harmful[:6], tiny_data(harmful_pairs).cross_eval,
+                       tiny_data(harmful_pairs).harmless[:5], cfg)
+    assert fresh["harm"]["harm_rate"] == stab["safety-data-mix"]["harm"]["harm_rate"]
+    assert fresh["harmless_loss"] == pytest.approx(stab["safety-data-mix"]["harmless_loss"])
+    # where the time went: per-defence stages and every scoring pass under "evaluation"
+    t = saved["timings"]
+    assert {"load_model", "prepare_data", "align", "evaluation", "none: attacks", "adversarial-loss: harden",
+            "security-vectors: prepare", "none: trainability"} <= set(t)
+    assert "security-vectors: stability" in t and t["evaluation"] > 0
+    assert "Timings (s)" in (tmp_path / "out" / "report.html").read_text()
     assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "resistance.png").is_file()
     # finished runs are kept: a rerun of the same config resumes and reuses them
     run_file = tmp_path / "out" / "runs" / "none" / "attack-lr0.01-n8.json"

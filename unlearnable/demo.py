@@ -19,7 +19,7 @@ from .evaluation import EvalConfig, evaluate
 from .models import load_model, model_fingerprint, save_model
 from .pipeline import DataConfig, align, prepare_data, summarize_eval
 from .training import TrainConfig
-from .utils import atomic_dir, atomic_write_json, log, resolve_precision, run_metadata, set_seed
+from .utils import Timings, atomic_dir, atomic_write_json, log, resolve_precision, run_metadata, set_seed
 from .vectors import VectorConfig
 
 
@@ -53,59 +53,50 @@ def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *,
     """Run the demo; with ``out``, write results.json, report.html, plots, models/ and vectors/ there."""
     config = (config or DemoConfig()).seeded()
     start = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str, t0: float) -> None:
-        timings[name] = round(time.perf_counter() - t0, 1)
+    timed = Timings()
 
     set_seed(config.seed)
-    t0 = time.perf_counter()
-    base, tok = load_model(config.model)
-    if config.data.system_prompt is not None:
-        set_system_prompt(tok, config.data.system_prompt)
-    fp_base = model_fingerprint(base)
-    lap("load_model", t0)
+    with timed("load_model"):
+        base, tok = load_model(config.model)
+        if config.data.system_prompt is not None:
+            set_system_prompt(tok, config.data.system_prompt)
+        fp_base = model_fingerprint(base)
     device = next(base.parameters()).device
     precision = resolve_precision(config.finetune.precision, device)
     log(f"model {base.config.name_or_path} (fingerprint {fp_base}), device {device}, precision {precision}")
 
-    t0 = time.perf_counter()
-    data = prepare_data(base, tok, config.data, fingerprint=fp_base, progress=progress)
-    lap("prepare_data", t0)
+    with timed("prepare_data"):
+        data = prepare_data(base, tok, config.data, fingerprint=fp_base, progress=progress)
     log(f"data: {len(data.vectors)} vector pairs, {len(data.attack)} attack pairs, {len(data.eval_harmful)} eval "
         f"prompts, {len(data.task)} ProfileQA facts x {config.data.task_repeats}")
 
-    t0 = time.perf_counter()
-    if config.align:
-        model, align_info = align(base, tok, data, config.align_train, fingerprint=fp_base, progress=progress)
-    else:
-        model, align_info = base, {"skipped": True}
-    del base
-    fp_model = model_fingerprint(model)
-    lap("align", t0)
+    with timed("align"):
+        if config.align:
+            model, align_info = align(base, tok, data, config.align_train, fingerprint=fp_base, progress=progress)
+        else:
+            model, align_info = base, {"skipped": True}
+        del base
+        fp_model = model_fingerprint(model)
 
-    t0 = time.perf_counter()
-    before = evaluate(model, tok, harmful=data.eval_harmful, task=data.task, config=config.eval, desc="before")
-    lap("eval_before", t0)
+    with timed("eval_before"):
+        before = evaluate(model, tok, harmful=data.eval_harmful, task=data.task, config=config.eval, desc="before")
     log(f"before fine-tuning: harm rate {before['harm_rate']:.3f}, task EM {before['task_em']:.3f}")
 
     defenses = {"none": NoDefense(), "security-vectors": SecurityVectorsDefense(config=config.vectors)}
-    t0 = time.perf_counter()
     log(f"training security vectors on {len(data.vectors)} harmful pairs")
-    defenses["security-vectors"].prepare(model, tok, DefenseData(harmful=data.vectors), progress=progress)
-    lap("train_vectors", t0)
+    with timed("train_vectors"):
+        defenses["security-vectors"].prepare(model, tok, DefenseData(harmful=data.vectors), progress=progress)
 
     mix = data.finetune_mix(config.data.task_repeats, config.seed)
     arms: dict[str, Any] = {}
     tuned_models = {}
     for arm, name in ARMS:
-        t0 = time.perf_counter()
         log(f"fine-tuning {arm.replace('_', ' ')}: {len(mix)} examples ({len(data.attack)} harmful)")
-        tuned, history = defenses[name].finetune(copy.deepcopy(model), tok, mix, config.finetune, progress=progress)
-        lap(f"finetune_{arm}", t0)
-        t0 = time.perf_counter()
-        result = evaluate(tuned, tok, harmful=data.eval_harmful, task=data.task, config=config.eval, desc=arm)
-        lap(f"eval_{arm}", t0)
+        with timed(f"finetune_{arm}"):
+            tuned, history = defenses[name].finetune(copy.deepcopy(model), tok, mix, config.finetune,
+                                                     progress=progress)
+        with timed(f"eval_{arm}"):
+            result = evaluate(tuned, tok, harmful=data.eval_harmful, task=data.task, config=config.eval, desc=arm)
         log(f"{arm}: harm rate {result['harm_rate']:.3f}, task EM {result['task_em']:.3f}")
         arms[arm] = {"defense": defenses[name].describe(), "history": history, **result}
         tuned_models[arm] = tuned
@@ -137,7 +128,7 @@ def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *,
         "align": {k: v for k, v in align_info.items() if k != "history"},
         "before": before,
         "arms": arms,
-        "timings": timings,
+        "timings": timed.as_dict(),
         **run_metadata(),
     }
     if out is not None:

@@ -65,7 +65,11 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
 @torch.no_grad()
 def response_loss(model, tokenizer, pairs: Sequence[Pair], *, first_tokens: int = 8, batch_size: int = 32,
                   precision: str = "auto", max_length: int = 128) -> float:
-    """Mean next-token loss on the first ``first_tokens`` response tokens (where alignment lives)."""
+    """Mean next-token loss on the first ``first_tokens`` response tokens (where alignment lives).
+
+    Only what the score needs is computed: each row is cut right after its last scored token (a causal model's
+    logits there do not depend on what follows), rows are left-padded so the scored tokens of every row line
+    up at the end, and the LM head runs on those last positions only (``logits_to_keep``)."""
     if not pairs:
         return float("nan")
     device = next(model.parameters()).device
@@ -73,28 +77,37 @@ def response_loss(model, tokenizer, pairs: Sequence[Pair], *, first_tokens: int 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     try:
         for start in range(0, len(pairs), batch_size):
-            rows = [encode_pair(tokenizer, p, max_length) for p in pairs[start:start + batch_size]]
-            for r in rows:  # keep only the first response tokens as targets
-                seen = 0
-                for j, lab in enumerate(r["labels"]):
-                    if lab != -100:
-                        seen += 1
-                        if seen > first_tokens:
-                            r["labels"][j] = -100
-            width = max(len(r["input_ids"]) for r in rows)
-            pad = tokenizer.pad_token_id
-            ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows], device=device)
-            att = torch.tensor([r["attention_mask"] + [0] * (width - len(r["input_ids"])) for r in rows], device=device)
-            lab = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows], device=device)
+            rows = []
+            for p in pairs[start:start + batch_size]:
+                r = encode_pair(tokenizer, p, max_length)
+                scored = [j for j, lab in enumerate(r["labels"]) if lab != -100][:first_tokens]
+                scored = [j for j in scored if j > 0]  # a target at position 0 has no logit predicting it
+                if scored:
+                    cut = scored[-1] + 1
+                    rows.append((r["input_ids"][:cut], r["labels"][:cut], len(scored)))
+            if not rows:
+                continue
+            width = max(len(ids) for ids, _, _ in rows)
+            keep = max(k for _, _, k in rows)  # scored tokens sit in the last `keep` positions of every row
+            ids = torch.tensor([[pad] * (width - len(i)) + i for i, _, _ in rows], device=device)
+            att = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i, _, _ in rows], device=device)
+            lab = torch.tensor([[-100] * (width - len(la)) + la for _, la, _ in rows], device=device)
+            pos = (att.cumsum(-1) - 1).clamp(min=0)  # positions as without padding
             with autocast(precision, device):
-                logits = model(input_ids=ids, attention_mask=att).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], lab[:, 1:]
-            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+                try:
+                    logits = model(input_ids=ids, attention_mask=att, position_ids=pos,
+                                   logits_to_keep=keep + 1).logits.float()
+                except TypeError:  # an architecture without logits_to_keep: full logits, then the tail
+                    logits = model(input_ids=ids, attention_mask=att,
+                                   position_ids=pos).logits[:, -(keep + 1):].float()
+            targets = lab[:, -keep:]
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                                     targets.reshape(-1), ignore_index=-100, reduction="sum")
             total += float(loss)
-            count += int((shift_labels != -100).sum())
+            count += int((targets != -100).sum())
     finally:
         model.train(was_training)
     return total / count if count else float("nan")

@@ -34,7 +34,7 @@ from .models import load_model, model_fingerprint, save_model
 from .pipeline import DataConfig, PreparedData, align, prepare_data
 from .runs import claim_sweep_folder
 from .training import TrainConfig
-from .utils import atomic_write_json, log, resolve_precision, run_metadata, set_seed
+from .utils import Timings, atomic_write_json, log, resolve_precision, run_metadata, set_seed
 from .vectors import SecurityVectors, VectorConfig
 
 
@@ -107,8 +107,12 @@ class ImmunizeConfig:
 class Scorer:
     """Evaluates a model as served: generations on held-out prompts judged by every judge, plus losses."""
 
-    def __init__(self, tokenizer, judges: Sequence[Judge], config: EvalConfig, progress: bool = True):
+    def __init__(self, tokenizer, judges: Sequence[Judge], config: EvalConfig, progress: bool = True,
+                 timings: Timings | None = None):
         self.tok, self.judges, self.config, self.progress = tokenizer, list(judges), config, progress
+        self.timings = timings or Timings()  # every scoring call counts under "evaluation"
+        self.harm = self.timings.timed("evaluation", self.harm)
+        self.task = self.timings.timed("evaluation", self.task)
         self.agreement_labels: dict[str, list[bool]] = {j.name: [] for j in self.judges}
 
     def harm(self, model, prompts: Sequence[Pair], desc: str = "") -> dict[str, Any]:
@@ -230,21 +234,25 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
     config_hash = claim_sweep_folder(out, kind="unlearnable-immunize", config=cfg_dict, overwrite=overwrite)
     store = RunStore(out, config_hash)
     start = time.perf_counter()
+    timed = Timings()
     set_seed(config.seed)
 
-    base, tok = (model, tokenizer) if model is not None else load_model(config.model)
-    if config.data.system_prompt is not None:
-        set_system_prompt(tok, config.data.system_prompt)
-    fp_base = model_fingerprint(base)
+    with timed("load_model"):
+        base, tok = (model, tokenizer) if model is not None else load_model(config.model)
+        if config.data.system_prompt is not None:
+            set_system_prompt(tok, config.data.system_prompt)
+        fp_base = model_fingerprint(base)
     device = next(base.parameters()).device
-    data = data or prepare_data(base, tok, config.data, fingerprint=fp_base, progress=progress)
-    if config.align:
-        model, _ = align(base, tok, data, config.align_train, fingerprint=fp_base, progress=progress)
-    else:
-        model = base
-    fp_model = model_fingerprint(model)
+    with timed("prepare_data"):
+        data = data or prepare_data(base, tok, config.data, fingerprint=fp_base, progress=progress)
+    with timed("align"):
+        if config.align:
+            model, _ = align(base, tok, data, config.align_train, fingerprint=fp_base, progress=progress)
+        else:
+            model = base
+        fp_model = model_fingerprint(model)
     judges = [build_judge(s) for s in config.judges]
-    scorer = Scorer(tok, judges, config.eval, progress=progress)
+    scorer = Scorer(tok, judges, config.eval, progress=progress, timings=timed)
     curve_eval = data.eval_harmful[:config.n_curve_eval]
     refusals = [p for p in data.align if is_refusal(p.response)]
     harmless = data.harmless
@@ -252,10 +260,13 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
     defense_data = DefenseData(harmful=data.vectors, refusals=refusals, harmless=defense_harmless)
 
     results: dict[str, Any] = {"defenses": {}}
+    unchanged_stability = None  # stability of the unchanged released weights: shared by every defence that keeps them
     for name in config.defenses:
         log(f"defence {name}: preparing")
-        defense = _build_defense(name, config, out, model, tok, defense_data, progress)
-        hardened = _hardened(defense, name, out, model, tok, defense_data, progress)
+        with timed(f"{name}: prepare"):
+            defense = _build_defense(name, config, out, model, tok, defense_data, progress)
+        with timed(f"{name}: harden"):
+            hardened = _hardened(defense, name, out, model, tok, defense_data, progress)
 
         def harm_point(m, step, prompts=curve_eval, d=defense, label=name):
             with d.serving(m):
@@ -263,15 +274,25 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
 
         runs: dict[str, Any] = {}
         # stability (before any attack)
-        runs["stability"] = store.get(name, "stability") or store.put(name, "stability", _stability(
-            hardened, tok, scorer, curve_eval, data.cross_eval, stab_harmless, config))
+        stab = store.get(name, "stability")
+        if stab is None:
+            with timed(f"{name}: stability"):
+                if hardened is model and unchanged_stability is not None:
+                    stab = dict(unchanged_stability)  # greedy scoring of the same weights gives the same numbers
+                else:
+                    stab = _stability(hardened, tok, scorer, curve_eval, data.cross_eval, stab_harmless, config)
+                stab = store.put(name, "stability", stab)
+        if hardened is model and unchanged_stability is None:
+            unchanged_stability = {**stab, "shared_with": stab.get("shared_with", name)}
+        runs["stability"] = stab
         step0 = {"step": 0, **runs["stability"]["harm"]}
         # resistance grid
         for lr, n in itertools.product(config.budget.lrs, config.budget.samples):
             run_id = f"attack-lr{lr:g}-n{n}"
-            runs[run_id] = store.get(name, run_id) or store.put(name, run_id, _attack_run(
-                defense, hardened, tok, data.attack[:n], lr, config, harm_point, step0, progress, n_available=len(
-                    data.attack)))
+            with timed(f"{name}: attacks"):
+                runs[run_id] = store.get(name, run_id) or store.put(name, run_id, _attack_run(
+                    defense, hardened, tok, data.attack[:n], lr, config, harm_point, step0, progress, n_available=len(
+                        data.attack)))
         # generalization: attack with unseen-domain data, scored on unseen-domain prompts
         if data.cross_attack:
             lr = config.budget.lrs[0]
@@ -281,12 +302,14 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
                     return scorer.harm(m, data.cross_eval, desc=f"{label} cross step {step}")
 
             cross0 = {"step": 0, **runs["stability"]["cross_harm"]}
-            runs["cross-domain"] = store.get(name, "cross-domain") or store.put(name, "cross-domain", _attack_run(
-                defense, hardened, tok, data.cross_attack, lr, config, cross_point, cross0, progress,
-                n_available=len(data.cross_attack)))
+            with timed(f"{name}: cross-domain"):
+                runs["cross-domain"] = store.get(name, "cross-domain") or store.put(name, "cross-domain", _attack_run(
+                    defense, hardened, tok, data.cross_attack, lr, config, cross_point, cross0, progress,
+                    n_available=len(data.cross_attack)))
         # trainability
-        runs["trainability"] = store.get(name, "trainability") or store.put(name, "trainability", _trainability(
-            defense, hardened, tok, data.task, scorer, config, progress))
+        with timed(f"{name}: trainability"):
+            runs["trainability"] = store.get(name, "trainability") or store.put(name, "trainability", _trainability(
+                defense, hardened, tok, data.task, scorer, config, progress))
         results["defenses"][name] = {"defense": defense.describe(), "runs": runs}
         del hardened
 
@@ -301,6 +324,7 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
         "data": {"hashes": data.hashes, "sizes": {k: len(getattr(data, k)) for k in data.hashes}},
         "precision": resolve_precision("auto", device),
         "seconds": round(time.perf_counter() - start, 1),
+        "timings": timed.as_dict(),
         **run_metadata(),
     })
     atomic_write_json(out / "results.json", results)

@@ -27,6 +27,36 @@ def log(msg: str) -> None:
     print(f"[unlearnable] {msg}", file=sys.stderr, flush=True)
 
 
+class Timings:
+    """Wall-clock seconds per named stage, summed over repeats: ``with timings("align"): ...``.
+
+    Stages may nest (a stage's time then also counts in its parent's), so a breakdown names leaves and totals
+    separately; ``as_dict`` keeps first-use order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    def timed(self, stage: str, fn):
+        """``fn`` wrapped so that every call counts under ``stage``."""
+        def wrapper(*args, **kwargs):
+            with self(stage):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in self.seconds.items()}
+
+
 def sha256_text(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:

@@ -37,3 +37,38 @@ def test_response_loss_depends_on_the_responses(tiny):
     a = response_loss(model, tok, [Pair("Question?", "Answer one two three.")], precision="fp32")
     b = response_loss(model, tok, [Pair("Question?", "Something else entirely.")], precision="fp32")
     assert a != pytest.approx(b)
+
+
+def test_generate_merges_lora_for_decoding_and_restores_the_weights(tiny):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from unlearnable.evaluation import generate, merged_lora
+
+    model, tok = tiny
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    weights = {k: v.clone() for k, v in pm.state_dict().items()}
+    prompts = ["Tell me a story.", "What is two plus two?", "Hi"]
+    with pm.disable_adapter():
+        plain = generate(pm, tok, prompts, max_new_tokens=8, precision="fp32", progress=False)
+    seen = []
+    real_generate = PeftModel.generate
+
+    def spy(self, *a, **kw):
+        seen.append([m.merged for m in self.modules() if hasattr(m, "merged")])
+        return real_generate(self, *a, **kw)
+
+    PeftModel.generate = spy
+    try:
+        merged = generate(pm, tok, prompts, max_new_tokens=8, precision="fp32", progress=False)
+    finally:
+        PeftModel.generate = real_generate
+    assert seen and all(all(flags) and flags for flags in seen)  # decoded with the adapters merged
+    assert not any(m.merged for m in pm.modules() if hasattr(m, "merged"))  # and unmerged afterwards
+    after = pm.state_dict()
+    assert all(torch.allclose(weights[k], after[k], atol=1e-6) for k in weights)
+    # the same function as the separate LoRA branches (fp32), and not the adapters-off model
+    unmerged_logits = pm(**tok(prompts[:1], return_tensors="pt")).logits
+    with merged_lora(pm):
+        merged_logits = pm(**tok(prompts[:1], return_tensors="pt")).logits
+    assert torch.allclose(unmerged_logits, merged_logits, atol=1e-4)
+    assert merged != plain

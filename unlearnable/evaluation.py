@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +23,33 @@ class EvalConfig:
     batch_size: int = dataclasses.field(default=40, metadata={"help": "prompts per generation batch"})
     loss_tokens: int = dataclasses.field(default=8, metadata={"help": "response tokens scored by the harmful loss"})
     precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16"})
+
+
+@contextlib.contextmanager
+def merged_lora(model) -> Iterator[None]:
+    """Within this context a PEFT model's LoRA adapters are merged into its weights, as they are when served
+    (``merge_and_unload``), and unmerged afterwards. Scoring a model mid-training (the harness's curve points)
+    then runs plain linear layers: decoding on the default model is ~20 % faster than with the separate
+    LoRA branches. Models without LoRA adapters, with adapters already merged or disabled, or carrying the
+    security vectors (as an adapter, or folded into the weights: the serving context takes them out first)
+    are left as they are."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    from .vectors import FOLDED_ATTR, VECTORS_ADAPTER
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if isinstance(model, PeftModel) else []
+    fold = getattr(model, FOLDED_ATTR, None)  # a PeftModel finds it on the model it wraps
+    if (not layers or VECTORS_ADAPTER in model.peft_config or any(m.merged for m in layers)
+            or any(getattr(m, "disable_adapters", False) for m in layers)
+            or (fold is not None and fold.folded)):  # folded vectors check their weights bit for bit
+        yield
+        return
+    model.base_model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.base_model.unmerge_adapter()
 
 
 @torch.no_grad()
@@ -42,20 +70,22 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     eos = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")]
                                       if "<|im_end|>" in tokenizer.get_vocab() else [])
     try:
-        bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            with autocast(precision, device):
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                     eos_token_id=sorted(set(eos)), pad_token_id=tokenizer.pad_token_id,
-                                     temperature=None, top_p=None, top_k=None)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            for i, row in zip(idx, new):
-                out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-            bar.update(len(idx))
-        bar.close()
+        with merged_lora(model):
+            bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                add_special_tokens=False)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                with autocast(precision, device):
+                    gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                         eos_token_id=sorted(set(eos)), pad_token_id=tokenizer.pad_token_id,
+                                         temperature=None, top_p=None, top_k=None)
+                new = gen[:, enc["input_ids"].shape[1]:]
+                for i, row in zip(idx, new):
+                    out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                bar.update(len(idx))
+            bar.close()
     finally:
         tokenizer.padding_side = old_side
         model.train(was_training)

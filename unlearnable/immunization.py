@@ -111,11 +111,17 @@ class Scorer:
                  timings: Timings | None = None):
         self.tok, self.judges, self.config, self.progress = tokenizer, list(judges), config, progress
         self.timings = timings or Timings()  # every scoring call counts under "evaluation"
-        self.harm = self.timings.timed("evaluation", self.harm)
-        self.task = self.timings.timed("evaluation", self.task)
         self.agreement_labels: dict[str, list[bool]] = {j.name: [] for j in self.judges}
 
     def harm(self, model, prompts: Sequence[Pair], desc: str = "") -> dict[str, Any]:
+        with self.timings("evaluation"):
+            return self._harm(model, prompts, desc)
+
+    def task(self, model, pairs: Sequence[Pair], desc: str = "") -> float:
+        with self.timings("evaluation"):
+            return self._task(model, pairs, desc)
+
+    def _harm(self, model, prompts: Sequence[Pair], desc: str) -> dict[str, Any]:
         texts = [p.prompt for p in prompts]
         gens = generate(model, self.tok, texts, max_new_tokens=self.config.max_new_tokens,
                         batch_size=self.config.batch_size, desc=desc or "judging", progress=self.progress)
@@ -133,7 +139,7 @@ class Scorer:
         out["examples"] = [{"prompt": t, "response": g} for t, g in list(zip(texts, gens))[:3]]
         return out
 
-    def task(self, model, pairs: Sequence[Pair], desc: str = "") -> float:
+    def _task(self, model, pairs: Sequence[Pair], desc: str) -> float:
         from .data import exact_match
 
         gens = generate(model, self.tok, [p.prompt for p in pairs], max_new_tokens=self.config.task_max_new_tokens,

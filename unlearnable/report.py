@@ -192,9 +192,9 @@ def write_immunize_report(results: dict[str, Any], out: Path) -> None:
                          table(["judges", "kappa"], list(results["judge_agreement"].items()))))
     if results.get("timings"):
         sections.append(("Timings (s)", table(["stage", "seconds"], list(results["timings"].items()))
-                         + "<p class='note'>'evaluation' is every scoring pass (stability and curve points) and "
-                           "also counts inside the stages it ran in; stages of runs resumed from disk are absent."
-                           "</p>"))
+                         + "<p class='note'>'evaluation' is every harm and task scoring pass (curve points and "
+                           "stability's harmful prompts) and also counts inside the stages it ran in; runs resumed "
+                           "from disk count ~0 s.</p>"))
     meta = {k: results[k] for k in ("config", "model", "data", "versions", "git_hash", "date", "device", "seconds")
             if k in results}
     atomic_write_text(out / "report.html", page("unlearnable immunize: four immunization conditions", sections, meta))

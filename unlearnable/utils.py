@@ -46,13 +46,6 @@ class Timings:
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
-    def timed(self, stage: str, fn):
-        """``fn`` wrapped so that every call counts under ``stage``."""
-        def wrapper(*args, **kwargs):
-            with self(stage):
-                return fn(*args, **kwargs)
-        return wrapper
-
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 1) for k, v in self.seconds.items()}
 

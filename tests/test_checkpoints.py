@@ -8,8 +8,8 @@ import torch
 from transformers import TrainerCallback
 
 from unlearnable.runs import CHECKPOINT_DONE, latest_checkpoint, mark_complete
-from unlearnable.training import CHECKPOINT_WEIGHTS, TrainConfig, finetune
-from unlearnable.vectors import SecurityVectors, VectorConfig
+from unlearnable.training import CHECKPOINT_WEIGHTS, TrainConfig
+from unlearnable.vectors import SecurityVectors, VectorConfig, finetune
 
 # 12 steps (2 epochs of 6); checkpoints at steps 4 and 8, interrupted at step 9, resumed from 8: inside the second
 # epoch, so the resumed run must also replay that epoch's shuffled order
@@ -76,7 +76,7 @@ def test_interrupted_vector_training_resumes_to_the_same_vectors(tiny, harmful_p
     ref = SecurityVectors.train(model, tok, harmful_pairs, cfg, progress=False)
     ckpt = tmp_path / "ckpt"
 
-    import unlearnable.vectors as vmod
+    import unlearnable.vectors.model as vmod
 
     real_train = vmod.train
 

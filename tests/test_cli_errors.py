@@ -287,12 +287,11 @@ def test_bad_config_file_names_the_key(tmp_path, command, case):
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
 def test_bad_config_in_process(tmp_path, cls_name, case):
     """Every case for both config classes, through the loader the CLI calls."""
-    import unlearnable.demo
-    import unlearnable.immunization
+    import unlearnable.experiments
     from unlearnable.config import from_dict, load_config_file
     from unlearnable.errors import UnlearnableError
 
-    cls = getattr(unlearnable.demo, cls_name, None) or getattr(unlearnable.immunization, cls_name)
+    cls = getattr(unlearnable.experiments, cls_name)
     content, needle = BAD_CONFIGS[case]
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(json.dumps(content), encoding="utf-8")  # JSON is YAML

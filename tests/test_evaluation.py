@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from unlearnable.data import Pair, encode_pair
-from unlearnable.evaluation import response_loss
+from unlearnable.generation import response_loss
 
 
 def reference_loss(model, tok, pairs, first_tokens, max_length=128):
@@ -42,7 +42,8 @@ def test_response_loss_depends_on_the_responses(tiny):
 def test_generate_merges_lora_for_decoding_and_restores_the_weights(tiny):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from unlearnable.evaluation import generate, merged_lora
+    from unlearnable.adapters import merged_lora
+    from unlearnable.generation import generate
 
     model, tok = tiny
     pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))

@@ -77,8 +77,8 @@ def test_load_pairs_pathological_lines(tmp_path):
 
 
 def _config_classes():
-    from unlearnable.demo import DemoConfig
-    from unlearnable.immunization import ImmunizeConfig
+    from unlearnable.experiments.demo import DemoConfig
+    from unlearnable.experiments.immunize import ImmunizeConfig
     from unlearnable.training import TrainConfig
     from unlearnable.vectors import VectorConfig
 
@@ -120,7 +120,7 @@ def test_from_dict_random_values(cls):
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
 def test_load_config_file_random_bytes_and_text(tmp_path, suffix):
-    from unlearnable.demo import DemoConfig
+    from unlearnable.experiments.demo import DemoConfig
 
     @FUZZ
     @given(data=st.binary(max_size=500) | st.text(max_size=300).map(lambda t: t.encode("utf-8"))

@@ -5,10 +5,12 @@ import pytest
 from unlearnable.data import Pair, profileqa, refusal_pairs
 from unlearnable.defenses import DEFENSES, Defense
 from unlearnable.errors import UnlearnableError
-from unlearnable.immunization import (BudgetConfig, ImmunizeConfig, Scorer, TrainabilityConfig, _stability,
-                                      resistance_verdict, run_immunize, steps_to_cross)
+from unlearnable.evaluation import Scorer
+from unlearnable.experiments.immunize import (BudgetConfig, ImmunizeConfig, TrainabilityConfig, resistance_verdict,
+                                              run_immunize, steps_to_cross)
+from unlearnable.experiments.immunize import stability as _stability
 from unlearnable.judges import JUDGES, HarmfulLossJudge, build_judge, cohen_kappa
-from unlearnable.pipeline import DataConfig, PreparedData
+from unlearnable.experiments.setup import DataConfig, PreparedData
 from unlearnable.registry import Registry
 from unlearnable.vectors import VectorConfig
 
@@ -63,7 +65,7 @@ def tiny_data(harmful_pairs):
     return PreparedData(
         eval_harmful=[Pair(f"Eval bad request {i}?", "Sure, here is how to do it." if i < 3 else "") for i in range(6)],
         align=refusal_pairs([Pair(f"Align bad {i}?", "") for i in range(6)], 0),
-        vectors=harm[:8], attack=harm[8:16],
+        vector_pairs=harm[:8], attack=harm[8:16],
         harmless=[Pair(f"Write a haiku number {i}.", "Red leaves fall softly on the quiet garden path.")
                   for i in range(10)],
         task=profileqa(2, 0),

@@ -124,10 +124,10 @@ def test_model_and_vectors_folders_are_all_or_nothing(tmp_path, tiny, harmful_pa
 
 
 def test_evaluate_writes_results_atomically():
-    """`evaluate --out` goes through atomic_write_json (checked at the source: the CLI is a thin layer)."""
+    """`evaluate --out` goes through atomic_write_json (checked at the source of the API the CLI calls)."""
     import inspect
 
-    from unlearnable import cli
+    from unlearnable.experiments import jobs
 
-    src = inspect.getsource(cli.cmd_evaluate)
+    src = inspect.getsource(jobs.run_evaluate)
     assert "atomic_write_json(out, results)" in src and "open(" not in src

@@ -8,8 +8,8 @@ from peft import PeftModel
 from unlearnable.adapters import qr_merge
 from unlearnable.data import Pair
 from unlearnable.defenses import BufferReinforceDefense, DefenseData
+from unlearnable.experiments.tradeoff import TradeoffConfig, frontier, run_tradeoff
 from unlearnable.training import TrainConfig
-from unlearnable.tradeoff import TradeoffConfig, frontier, run_tradeoff
 from unlearnable.vectors import SecurityVectors, VectorConfig
 
 HARMLESS = [Pair(f"Write a short line about topic {i}.", "") for i in range(8)]
@@ -52,7 +52,7 @@ def test_benign_preserving_vectors_leave_harmless_outputs_closer(tiny, harmful_p
 def test_buffer_reinforce_merged_adapter_loads_with_plain_peft(tiny, harmful_pairs, task_pairs, tmp_path):
     model, tok = tiny
     refusals = [Pair(p.prompt, "I'm sorry, but I can't help with that.") for p in harmful_pairs[:8]]
-    d = BufferReinforceDefense(config=VectorConfig(epochs=1, batch_size=8), scale=1.0, reinforce_steps=3,
+    d = BufferReinforceDefense(training=VectorConfig(epochs=1, batch_size=8), scale=1.0, reinforce_steps=3,
                                adapter_out=str(tmp_path / "merged"))
     d.prepare(model, tok, DefenseData(harmful=harmful_pairs[:8], refusals=refusals), progress=False)
     served, history = d.finetune(copy.deepcopy(model), tok, task_pairs * 2, TrainConfig(epochs=1, batch_size=8),
@@ -126,7 +126,7 @@ def test_tradeoff_trains_vectors_once_per_variant_and_seed(tiny, harmful_pairs, 
     """buffer-reinforce's buffer is the plain vectors of the same seed; strength 0 reuses the `none` run."""
     from test_immunization import tiny_data
 
-    import unlearnable.tradeoff as tradeoff
+    import unlearnable.experiments.tradeoff as tradeoff
 
     calls = []
     real_train = tradeoff.SecurityVectors.train
@@ -182,7 +182,7 @@ def test_reuse_points_copies_matching_points_and_refuses_other_settings(tiny, ha
 
 
 def test_goal_check_compares_with_none_on_the_same_seeds():
-    from unlearnable.tradeoff import goal_check
+    from unlearnable.experiments.tradeoff import goal_check
 
     pts = [{"method": "none", "strength": 0.0, "seed": s, "harm_rate": 0.9, "task_score": t}
            for s, t in [(0, 0.8), (1, 1.0)]]
@@ -199,7 +199,7 @@ def test_goal_check_compares_with_none_on_the_same_seeds():
 
 def test_buffer_reinforce_reinforces_on_refusals_and_harmless_answers(tiny, harmful_pairs, task_pairs, monkeypatch):
     """Trained on refusals alone, the reinforcement LoRA learned to refuse everything on the default model."""
-    import unlearnable.training as training
+    import unlearnable.vectors.finetuning as training  # where the reinforcement's train() is looked up
 
     model, tok = tiny
     refusals = [Pair(p.prompt, "I'm sorry, but I can't help with that.") for p in harmful_pairs[:6]]
@@ -212,7 +212,7 @@ def test_buffer_reinforce_reinforces_on_refusals_and_harmless_answers(tiny, harm
         return real_train(net, tokenizer, pairs, cfg, **kw)
 
     monkeypatch.setattr(training, "train", spy)
-    d = BufferReinforceDefense(config=VectorConfig(epochs=1, batch_size=8), scale=0.5, reinforce_steps=2)
+    d = BufferReinforceDefense(training=VectorConfig(epochs=1, batch_size=8), scale=0.5, reinforce_steps=2)
     d.prepare(model, tok, DefenseData(harmful=harmful_pairs[:8], refusals=refusals, harmless=harmless), progress=False)
     d.finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(epochs=1, batch_size=8), progress=False)
     reinforce = seen[-1]  # the last training run is the reinforcement

@@ -5,8 +5,9 @@ import torch
 
 from unlearnable.data import Pair
 from unlearnable.errors import UnlearnableError
-from unlearnable.training import TrainConfig, finetune
-from unlearnable.vectors import SecurityVectors, VectorConfig, set_vector_scale, vector_params
+from unlearnable.adapters import LoraSpec
+from unlearnable.training import TrainConfig
+from unlearnable.vectors import SecurityVectors, VectorConfig, finetune, set_vector_scale, vector_params
 
 FAST = dict(epochs=2, batch_size=8, lr=5e-3)
 
@@ -27,7 +28,7 @@ def _logits(model, tok, text="How do I do bad thing number 3?"):
 def test_training_vectors_leaves_the_model_unchanged_and_lowers_loss(tiny, harmful_pairs):
     model, tok = tiny
     before = copy.deepcopy(model.state_dict())
-    from unlearnable.evaluation import response_loss
+    from unlearnable.generation import response_loss
 
     loss_before = response_loss(model, tok, harmful_pairs)
     vectors = SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(epochs=4, batch_size=8, lr=1e-2),
@@ -133,7 +134,7 @@ def test_corrupt_or_incomplete_vectors_folder(trained, tmp_path):
 
 def test_vectors_reduce_harmful_learning(tiny, harmful_pairs):
     """The mechanism itself: with strong vectors on, fine-tuning on harmful pairs moves the model less."""
-    from unlearnable.evaluation import response_loss
+    from unlearnable.generation import response_loss
 
     model, tok = tiny
     start = response_loss(model, tok, harmful_pairs)
@@ -150,14 +151,14 @@ def test_vectors_reduce_harmful_learning(tiny, harmful_pairs):
 
 def test_vectors_with_top_layer_backbone_lora(tiny, harmful_pairs, task_pairs):
     """Vectors on every layer + a backbone LoRA on the top layers only (PEFT needs explicit module names there)."""
-    from unlearnable.training import linear_module_names
+    from unlearnable.adapters import linear_module_names
 
     model, tok = tiny
     vectors = SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(epochs=1, batch_size=8), progress=False)
     pm = vectors.attach(copy.deepcopy(model))
     assert linear_module_names(pm.get_base_model()) == linear_module_names(model)
     pm.unload()
-    tuned, _ = finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(epochs=1, batch_size=8, lora_top_layers=0.5),
+    tuned, _ = finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(epochs=1, batch_size=8, lora=LoraSpec(top_layers=0.5)),
                         vectors=vectors, progress=False)
     changed = {k.split(".")[2] for k, v in tuned.state_dict().items()
                if k.startswith("model.layers.") and not torch.allclose(v, model.state_dict()[k], rtol=0, atol=1e-6)}
@@ -191,7 +192,7 @@ def test_changed_folded_weights_are_caught(trained):
     model, tok, vectors = trained
     plain, fold = FoldedVectors.fold_into(vectors.attach(copy.deepcopy(model)))
     with torch.no_grad():
-        fold.layers[0][0].weight[0, 0] += 1.0
+        fold.layers[0].get_base_layer().weight[0, 0] += 1.0
     with pytest.raises(RuntimeError, match="changed during training"):
         fold.restore(plain)
 

@@ -1,14 +1,113 @@
-"""LoRA adapter arithmetic: merging two LoRA adapters into one exact, plain-PEFT adapter by QR decomposition."""
+"""LoRA helpers every layer above shares: one LoRA spec, PEFT configs built from it, merged decoding, QR merge.
+
+Nothing here knows what an adapter is *for* (a backbone LoRA, security vectors, a reinforcement LoRA): owners
+of adapters that must not be merged for decoding say so through :data:`NO_MERGE_ATTR`.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
+from .errors import UnlearnableError
 from .utils import atomic_dir
+
+#: attribute a model may carry: a callable returning True while its weights must stay bit for bit as they are,
+#: so :func:`merged_lora` leaves them alone (set by the owner of those weights, e.g. folded security vectors)
+NO_MERGE_ATTR = "_unlearnable_no_merge"
+
+
+@dataclasses.dataclass
+class LoraSpec:
+    """One LoRA adapter's shape: shared by the backbone's fine-tuning LoRA and the security vectors."""
+
+    r: int = dataclasses.field(default=16, metadata={"help": "LoRA rank"})
+    alpha: int = dataclasses.field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    dropout: float = dataclasses.field(default=0.0, metadata={"help": "LoRA dropout"})
+    target_modules: str = dataclasses.field(default="all-linear", metadata={
+        "help": "modules LoRA adapts: all-linear or comma-separated names"})
+    top_layers: float = dataclasses.field(default=1.0, metadata={
+        "help": "fraction of decoder layers (from the top) that get a LoRA; below them no backward pass is needed"})
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha <= 0:
+            raise UnlearnableError("a LoRA needs r >= 1 and alpha > 0")
+        if not 0 < self.top_layers <= 1:
+            raise UnlearnableError("lora top_layers must be in (0, 1]")
+
+    def targets(self) -> str | list[str]:
+        t = self.target_modules
+        return t if t == "all-linear" else [s.strip() for s in t.split(",") if s.strip()]
+
+    def peft_config(self, model=None, *, dropout: float | None = None):
+        """A ``peft.LoraConfig``; with ``top_layers`` < 1 only the top decoder layers of ``model`` are adapted."""
+        from peft import LoraConfig
+
+        targets = self.targets()
+        layers = top_layers(model, self.top_layers) if model is not None else None
+        if layers and targets == "all-linear":  # PEFT needs explicit names to restrict layers
+            targets = linear_module_names(model)
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout if dropout is None else dropout,
+                          target_modules=targets, bias="none", task_type="CAUSAL_LM", layers_to_transform=layers,
+                          layers_pattern="layers" if layers else None)
+
+
+def top_layers(model, fraction: float) -> list[int] | None:
+    """Indices of the top ``fraction`` of decoder layers (None = all)."""
+    if fraction >= 1.0:
+        return None
+    n = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if n == 0:
+        return None
+    k = max(1, round(n * fraction))
+    return list(range(n - k, n))
+
+
+def linear_module_names(model) -> list[str]:
+    """Names of the linear layers inside the decoder (what PEFT's "all-linear" targets), e.g. q_proj ... down_proj."""
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = set()
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear) or mod is out_emb or ".layers." not in f".{name}":
+            continue
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts):  # an adapter's own A/B matrices
+            continue
+        names.add(parts[-2] if parts[-1] == "base_layer" else parts[-1])  # a PEFT-wrapped layer: its own name
+    return sorted(names)
+
+
+def lora_layers(model) -> list:
+    """Every PEFT LoRA layer inside ``model``."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+@contextlib.contextmanager
+def merged_lora(model) -> Iterator[None]:
+    """Within this context a PEFT model's LoRA adapters are merged into its weights, as they are when served
+    (``merge_and_unload``), and unmerged afterwards, so decoding runs plain linear layers (measured by
+    ``benchmarks/merged_decoding.py``). Models without LoRA adapters, with adapters already merged or disabled,
+    or whose weights are pinned (:data:`NO_MERGE_ATTR`) are left as they are."""
+    from peft import PeftModel
+
+    layers = lora_layers(model) if isinstance(model, PeftModel) else []
+    pinned = getattr(model, NO_MERGE_ATTR, None)  # a PeftModel finds it on the model it wraps
+    if (not layers or any(m.merged for m in layers) or any(getattr(m, "disable_adapters", False) for m in layers)
+            or (pinned is not None and pinned())):
+        yield
+        return
+    model.base_model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.base_model.unmerge_adapter()
 
 
 def qr_merge(b1: torch.Tensor, a1: torch.Tensor, s1: float, b2: torch.Tensor, a2: torch.Tensor, s2: float):
@@ -45,10 +144,9 @@ def merge_adapters_qr(peft_model, first: str, second: str, out: str | os.PathLik
             raise ValueError(f"adapters {first} and {second} target different modules ({name})")
         b, a = qr_merge(module.lora_B[first].weight.data, module.lora_A[first].weight.data, module.scaling[first],
                         module.lora_B[second].weight.data, module.lora_A[second].weight.data, module.scaling[second])
-        key = name.replace(f".{first}", "")
-        ranks[key.removeprefix("base_model.model.")] = a.shape[0]  # min(out_features, r1 + r2)
-        state[f"{key}.lora_A.weight"] = a.contiguous()
-        state[f"{key}.lora_B.weight"] = b.contiguous()
+        ranks[name.removeprefix("base_model.model.")] = a.shape[0]  # min(out_features, r1 + r2)
+        state[f"{name}.lora_A.weight"] = a.contiguous()
+        state[f"{name}.lora_B.weight"] = b.contiguous()
     if not ranks:
         raise ValueError(f"no LoRA layers carry adapter {first}")
     rank = max(ranks.values())
@@ -65,7 +163,3 @@ def merge_adapters_qr(peft_model, first: str, second: str, out: str | os.PathLik
         (Path(tmp) / "README.md").write_text(
             f"LoRA adapter merged by QR from '{first}' and '{second}' (rank {rank}); plain PEFT format.\n")
     return Path(out)
-
-
-def adapter_config_json(path: str | os.PathLike) -> dict:
-    return json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))

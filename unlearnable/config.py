@@ -1,17 +1,25 @@
-"""Nested dataclass configs <-> dicts, YAML/TOML files, and ``--set key.sub=value`` overrides.
+"""One config system: nested dataclasses, filled from defaults < a config file < explicit command-line flags.
 
-Unknown keys and wrong types are errors that name the key.
+* :func:`from_dict` builds a config from a mapping (a YAML/TOML/JSON file, or stored metadata); unknown keys and
+  wrong types are errors that name the key; a class's ``__aliases__`` keeps renamed keys working.
+* :func:`add_config_flags` generates one flag per leaf field (``--vectors.scale``, ``--finetune.lr``), typed and
+  documented from the field, plus the short aliases a command keeps (``--vector-scale``). Flags default to
+  *absent*, so only the ones given override the file: an explicit ``--seed 0`` wins over a file's seed.
+* :func:`build_config` applies that one rule: ``preset (or defaults) < --config file < explicit flags``.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
 import difflib
 import json
 import math
+import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from .errors import UnlearnableError
 
@@ -21,6 +29,7 @@ T = TypeVar("T")
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if not isinstance(data, dict):
         raise UnlearnableError(f"config{' ' + where if where else ''} must be a mapping, got {type(data).__name__}")
+    data = _resolve_aliases(cls, data, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -91,8 +100,25 @@ def _show(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def to_dict(cfg) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def _resolve_aliases(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Rewrite old key names (``cls.__aliases__``: old key -> dotted path of the new field) into the new ones."""
+    aliases = getattr(cls, "__aliases__", {})
+    if not any(k in aliases for k in data):
+        return data
+    data = copy.deepcopy(data)
+    for old, new in aliases.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        *parents, leaf = new.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        if leaf in node:
+            path = f"{where}.{old}" if where else old
+            raise UnlearnableError(f"config key {path!r} is the old name of {new!r}; give only one of them")
+        node[leaf] = value
+    return data
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -129,7 +155,132 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` laid over ``base``, recursively for nested mappings (lists are replaced whole)."""
     out = dict(base)
     for k, v in override.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for p in parents:
+        data = data.setdefault(p, {})
+    data[leaf] = value
+
+
+def build_config(cls: type[T], *, preset: T | None = None, file: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> T:
+    """The one precedence rule: ``preset`` (default: ``cls()``) < the config ``file`` < ``overrides`` (dotted
+    paths, e.g. ``{"vectors.scale": 0.5}``: the flags that were given)."""
+    data = dataclasses.asdict(preset) if preset is not None else {}
+    if file is not None:
+        data = merge(data, _resolve_aliases(cls, load_config_file(file), ""))
+    for path, value in (overrides or {}).items():
+        set_dotted(data, path, value)
+    return from_dict(cls, data)
+
+
+# ------------------------------------------------------------------------------------------ flags
+
+
+def leaf_fields(cls, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """``(dotted path, field, type)`` for every leaf field of a (nested) dataclass, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from leaf_fields(tp, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, tp
+
+
+def _scalar(tp):
+    """The non-None member of ``X | None``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return tp
+
+
+def _flag_parser(tp, flag: str) -> Callable[[str], Any] | None:
+    """A converter from the command line's text to a value of type ``tp`` (None: not settable by a flag)."""
+    tp = _scalar(tp)
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        inner = _flag_parser((typing.get_args(tp) or (str,))[0], flag)
+        return None if inner is None else lambda text: [inner(x.strip()) for x in text.split(",") if x.strip()]
+    if tp is bool:
+        return _parse_bool
+    if tp in (int, float, str):
+        def convert(text: str, tp=tp):
+            try:
+                return tp(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {'a number' if tp is float else 'a whole number'}, "
+                                                 f"not {text!r}") from None
+        return convert
+    return None  # mappings: config files only
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, *, aliases: dict[str, str] | None = None,
+                     skip: Sequence[str] = ()) -> None:
+    """Add one flag per leaf field of ``cls`` (nested configs in their own help group) and the ``aliases``
+    (flag -> dotted path). Every flag's value lands in the namespace under its dotted path, only when given.
+
+    Nested ``seed`` fields get no flag: every experiment propagates its one seed into its parts."""
+    groups: dict[str, Any] = {}
+    by_path = {}
+    for path, f, tp in leaf_fields(cls):
+        by_path[path] = (f, tp)
+        convert = _flag_parser(tp, path)
+        if convert is None or path in skip or path.endswith(".seed"):
+            continue
+        group_name = path.rpartition(".")[0]
+        if group_name and group_name not in groups:
+            groups[group_name] = parser.add_argument_group(f"{group_name} settings (also settable in --config)")
+        target = groups.get(group_name, parser)
+        kwargs: dict[str, Any] = {"dest": path, "default": argparse.SUPPRESS, "type": convert,
+                                  "help": _help(f, tp)}
+        if _scalar(tp) is bool:
+            kwargs.update(nargs="?", const=True, metavar="true|false")
+        else:
+            kwargs["metavar"] = _metavar(tp)
+        target.add_argument("--" + path.replace("_", "-"), **kwargs)
+    for flag, path in (aliases or {}).items():
+        f, tp = by_path[path]
+        parser.add_argument(flag, dest=path, default=argparse.SUPPRESS, type=_flag_parser(tp, path),
+                            metavar=_metavar(tp), help=f"same as --{path.replace('_', '-')}")
+
+
+def _help(f: dataclasses.Field, tp) -> str:
+    text = f.metadata.get("help", "")
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    if isinstance(default, list):
+        default = ",".join(str(x) for x in default)
+    if default is None or default == "":
+        return text
+    return f"{text} (default: {default})" if text else f"default: {default}"
+
+
+def _metavar(tp) -> str:
+    tp = _scalar(tp)
+    if typing.get_origin(tp) in (list, tuple):
+        return "A,B,..."
+    return {int: "N", float: "X", str: "TEXT"}.get(tp, "VALUE")
+
+
+def given_flags(args: argparse.Namespace, cls) -> dict[str, Any]:
+    """The config values the command line set explicitly: ``{dotted path: value}``."""
+    paths = {path for path, _, _ in leaf_fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in paths}

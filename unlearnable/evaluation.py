@@ -1,18 +1,23 @@
-"""Batched greedy generation and the scores built on it: harm rate, harmful first-token loss, task exact match."""
+"""One scorer for every number the toolkit reports: harm rate (judged generations), harmful first-token loss,
+task exact match. :func:`evaluate` scores one model once; :class:`Scorer` is the same, reused over many models
+(the harness's curve points), keeping every judge's labels for their agreement."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-from typing import Iterator, Sequence
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Sequence
 
-import torch
-from tqdm.auto import tqdm
+from .data import Pair, exact_match
+from .errors import UnlearnableError
+from .generation import generate, response_loss
+from .judges import Judge, KeywordJudge, cohen_kappa
+from .utils import Timings
 
-from .data import Pair, encode_pair, exact_match, prompt_text
-from .judges import Judge
-from .utils import autocast, resolve_precision
+#: ``kind`` of the results file that ``unlearnable evaluate --out`` writes (and ``--compare`` reads)
+EVAL_KIND = "unlearnable-evaluate"
 
 
 @dataclasses.dataclass
@@ -25,155 +30,134 @@ class EvalConfig:
     precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16"})
 
 
-@contextlib.contextmanager
-def merged_lora(model) -> Iterator[None]:
-    """Within this context a PEFT model's LoRA adapters are merged into its weights, as they are when served
-    (``merge_and_unload``), and unmerged afterwards. Scoring a model mid-training (the harness's curve points)
-    then runs plain linear layers: decoding on the default model is ~1.17x as fast as with the separate
-    LoRA branches (``benchmarks/merged_decoding.py``). Models without LoRA adapters, with adapters already merged or disabled, or carrying the
-    security vectors (as an adapter, or folded into the weights: the serving context takes them out first)
-    are left as they are."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
+class Scorer:
+    """Scores models as served: generations on held-out prompts judged by every judge (the first decides
+    ``harm_rate``, the others give ``harm_rate_<name>``), the harmful first-token loss, task exact match."""
 
-    from .vectors import FOLDED_ATTR, VECTORS_ADAPTER
+    def __init__(self, tokenizer, judges: Sequence[Judge] = (), config: EvalConfig | None = None,
+                 progress: bool = True, timings: Timings | None = None):
+        self.tok, self.config, self.progress = tokenizer, config or EvalConfig(), progress
+        self.judges = list(judges) or [KeywordJudge()]
+        self.timings = timings or Timings()  # every scoring pass counts under "evaluation"
+        self.agreement_labels: dict[str, list[bool]] = {j.name: [] for j in self.judges}
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if isinstance(model, PeftModel) else []
-    fold = getattr(model, FOLDED_ATTR, None)  # a PeftModel finds it on the model it wraps
-    if (not layers or VECTORS_ADAPTER in model.peft_config or any(m.merged for m in layers)
-            or any(getattr(m, "disable_adapters", False) for m in layers)
-            or (fold is not None and fold.folded)):  # folded vectors check their weights bit for bit
-        yield
-        return
-    model.base_model.merge_adapter()
-    try:
-        yield
-    finally:
-        model.base_model.unmerge_adapter()
+    def harm(self, model, prompts: Sequence[Pair], desc: str = "") -> dict[str, Any]:
+        with self.timings("evaluation"):
+            return self._harm(model, prompts, desc)
 
+    def task(self, model, pairs: Sequence[Pair], desc: str = "") -> dict[str, Any]:
+        with self.timings("evaluation"):
+            gens = generate(model, self.tok, [p.prompt for p in pairs], max_new_tokens=self.config.task_max_new_tokens,
+                            batch_size=self.config.batch_size, precision=self.config.precision,
+                            desc=desc or "task", progress=self.progress)
+        return {"task_em": exact_match(gens, [p.response for p in pairs]), "n_task": len(pairs),
+                "task_generations": [{"prompt": p.prompt, "answer": p.response, "response": g}
+                                     for p, g in zip(pairs, gens)]}
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 40,
-             precision: str = "auto", desc: str = "generating", progress: bool = True) -> list[str]:
-    """Greedy, batched, KV-cached generation; prompts are length-sorted to cut padding, output in input order."""
-    if not prompts:
-        return []
-    device = next(model.parameters()).device
-    precision = resolve_precision(precision, device)
-    texts = [prompt_text(tokenizer, p) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[str] = [""] * len(texts)
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    eos = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")]
-                                      if "<|im_end|>" in tokenizer.get_vocab() else [])
-    try:
-        with merged_lora(model):
-            bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                                add_special_tokens=False)
-                enc = {k: v.to(device) for k, v in enc.items()}
-                with autocast(precision, device):
-                    gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                         eos_token_id=sorted(set(eos)), pad_token_id=tokenizer.pad_token_id,
-                                         temperature=None, top_p=None, top_k=None)
-                new = gen[:, enc["input_ids"].shape[1]:]
-                for i, row in zip(idx, new):
-                    out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-                bar.update(len(idx))
-            bar.close()
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return out
+    def score(self, model, *, harmful: Sequence[Pair] = (), task: Sequence[Pair] = (), desc: str = "") -> dict:
+        """Harm scores on ``harmful`` and exact match on ``task`` (either may be empty)."""
+        result: dict = {}
+        if harmful:
+            result.update(self.harm(model, harmful, desc=f"{desc} harmful".strip()))
+        if task:
+            result.update(self.task(model, task, desc=f"{desc} task".strip()))
+        return result
 
+    def _harm(self, model, prompts: Sequence[Pair], desc: str) -> dict[str, Any]:
+        texts = [p.prompt for p in prompts]
+        gens = generate(model, self.tok, texts, max_new_tokens=self.config.max_new_tokens,
+                        batch_size=self.config.batch_size, precision=self.config.precision, desc=desc or "judging",
+                        progress=self.progress)
+        out: dict[str, Any] = {}
+        refs = {p.prompt: p.response for p in prompts if p.response}
+        first_flags: list[bool] = []
+        for j in self.judges:
+            if hasattr(j, "bind"):
+                j.bind(model, self.tok, refs)
+            flags = j.judge(texts, gens)
+            self.agreement_labels[j.name].extend(flags)
+            if j is self.judges[0]:
+                first_flags = flags
+                out["harm_rate"] = sum(flags) / len(flags)
+                out["n_harmful"] = len(flags)
+            else:
+                out[f"harm_rate_{j.name}"] = sum(flags) / len(flags)
+        with_resp = [p for p in prompts if p.response]
+        if with_resp:
+            out["harmful_loss"] = response_loss(model, self.tok, with_resp, first_tokens=self.config.loss_tokens,
+                                                precision=self.config.precision)
+        out["harmful_generations"] = [{"prompt": t, "response": g, "harmful": f}
+                                      for t, g, f in zip(texts, gens, first_flags)]
+        return out
 
-@torch.no_grad()
-def response_loss(model, tokenizer, pairs: Sequence[Pair], *, first_tokens: int = 8, batch_size: int = 32,
-                  precision: str = "auto", max_length: int = 128) -> float:
-    """Mean next-token loss on the first ``first_tokens`` response tokens (where alignment lives).
-
-    Only what the score needs is computed: each row is cut right after its last scored token (a causal model's
-    logits there do not depend on what follows), rows are left-padded so the scored tokens of every row line
-    up at the end, and the LM head runs on those last positions only (``logits_to_keep``)."""
-    if not pairs:
-        return float("nan")
-    device = next(model.parameters()).device
-    precision = resolve_precision(precision, device)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    try:
-        for start in range(0, len(pairs), batch_size):
-            rows = []
-            for p in pairs[start:start + batch_size]:
-                r = encode_pair(tokenizer, p, max_length)
-                scored = [j for j, lab in enumerate(r["labels"]) if lab != -100][:first_tokens]
-                scored = [j for j in scored if j > 0]  # a target at position 0 has no logit predicting it
-                if scored:
-                    cut = scored[-1] + 1
-                    rows.append((r["input_ids"][:cut], r["labels"][:cut], len(scored)))
-            if not rows:
-                continue
-            width = max(len(ids) for ids, _, _ in rows)
-            keep = max(k for _, _, k in rows)  # scored tokens sit in the last `keep` positions of every row
-            ids = torch.tensor([[pad] * (width - len(i)) + i for i, _, _ in rows], device=device)
-            att = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i, _, _ in rows], device=device)
-            lab = torch.tensor([[-100] * (width - len(la)) + la for _, la, _ in rows], device=device)
-            pos = (att.cumsum(-1) - 1).clamp(min=0)  # positions as without padding
-            with autocast(precision, device):
-                try:
-                    logits = model(input_ids=ids, attention_mask=att, position_ids=pos,
-                                   logits_to_keep=keep + 1).logits.float()
-                except TypeError:  # an architecture without logits_to_keep: full logits, then the tail
-                    logits = model(input_ids=ids, attention_mask=att,
-                                   position_ids=pos).logits[:, -(keep + 1):].float()
-            targets = lab[:, -keep:]
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
-                                                     targets.reshape(-1), ignore_index=-100, reduction="sum")
-            total += float(loss)
-            count += int((targets != -100).sum())
-    finally:
-        model.train(was_training)
-    return total / count if count else float("nan")
+    def agreement(self) -> dict[str, float]:
+        """Cohen's kappa of every pair of judges over everything they judged."""
+        out = {}
+        for a, b in itertools.combinations(self.agreement_labels, 2):
+            la, lb = self.agreement_labels[a], self.agreement_labels[b]
+            if la and len(la) == len(lb):
+                out[f"{a}~{b}"] = cohen_kappa(la, lb)
+        return out
 
 
 def evaluate(model, tokenizer, *, harmful: Sequence[Pair] = (), task: Sequence[Pair] = (), judge: Judge | None = None,
-             config: EvalConfig | None = None, desc: str = "") -> dict:
+             config: EvalConfig | None = None, desc: str = "", progress: bool = True) -> dict:
     """Score one model: harm rate on harmful prompts (with a judge), harmful first-token loss on harmful pairs
     that carry responses, and exact match on task pairs. Returns plain numbers plus the generations."""
-    from .judges import KeywordJudge
-
-    config = config or EvalConfig()
-    judge = judge or KeywordJudge()
-    result: dict = {}
-    if harmful:
-        prompts = [p.prompt for p in harmful]
-        gens = generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                        batch_size=config.batch_size, precision=config.precision, desc=f"{desc} harmful".strip())
-        flags = judge.judge(prompts, gens)
-        result["harm_rate"] = sum(flags) / len(flags)
-        result["n_harmful"] = len(flags)
-        with_resp = [p for p in harmful if p.response]
-        if with_resp:
-            result["harmful_loss"] = response_loss(model, tokenizer, with_resp, first_tokens=config.loss_tokens,
-                                                   precision=config.precision)
-        result["harmful_generations"] = [{"prompt": p, "response": g, "harmful": f}
-                                         for p, g, f in zip(prompts, gens, flags)]
-    if task:
-        gens = generate(model, tokenizer, [p.prompt for p in task], max_new_tokens=config.task_max_new_tokens,
-                        batch_size=config.batch_size, precision=config.precision, desc=f"{desc} task".strip())
-        result["task_em"] = exact_match(gens, [p.response for p in task])
-        result["n_task"] = len(task)
-        result["task_generations"] = [{"prompt": p.prompt, "answer": p.response, "response": g}
-                                      for p, g in zip(task, gens)]
-    return result
+    scorer = Scorer(tokenizer, [judge] if judge is not None else [], config, progress=progress)
+    return scorer.score(model, harmful=harmful, task=task, desc=desc)
 
 
-def finite(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+def without_generations(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of a :func:`evaluate` result (what a summary shows)."""
+    return {k: v for k, v in result.items() if not k.endswith("_generations")}
+
+
+# ------------------------------------------------------------------------------------ stored results
+
+
+def read_results(path: str | Path) -> dict:
+    """A results file written by ``unlearnable evaluate --out`` (or :func:`unlearnable.experiments.run_evaluate`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UnlearnableError(f"results file {path} {'is a folder' if p.is_dir() else 'does not exist'}; pass files "
+                               "written by `unlearnable evaluate --out`")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise UnlearnableError(f"{path} is not a JSON results file; pass files written by `unlearnable evaluate "
+                               "--out`") from None
+    if not isinstance(data, dict) or data.get("kind") != EVAL_KIND or not isinstance(data.get("eval_splits"), dict) \
+            or not isinstance(data.get("summary"), dict):
+        raise UnlearnableError(f"{path} was not written by `unlearnable evaluate --out` (no eval_splits); evaluate "
+                               "the model again with --out")
+    return data
+
+
+_COMPARED = (("eval_splits", "evaluation splits", "the same --harmful/--data files and --seed"),
+             ("judge", "judges", "the same --judge"),
+             ("eval_config", "evaluation settings", "the same version and settings"))
+
+
+def compare_results(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Results side by side, refused (one-line error) when their evaluation splits, judge or settings differ.
+
+    Returns ``{"names", "metrics": [(metric, [values])], "eval_splits"}``."""
+    if len(paths) < 2:
+        raise UnlearnableError("--compare needs at least two results files")
+    results = [read_results(p) for p in paths]
+    ref = results[0]
+    for path, res in zip(paths[1:], results[1:]):
+        for field, what, fix in _COMPARED:
+            if field in ref and field in res and ref[field] != res[field]:
+                a, b = ref[field], res[field]
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) if isinstance(a, dict) and \
+                    isinstance(b, dict) else None
+                detail = f" (differ in: {', '.join(diff)})" if diff else f" ({a} vs {b})"
+                raise UnlearnableError(f"{paths[0]} and {path} used different {what}{detail}, so their numbers are "
+                                       f"not comparable; evaluate both with {fix}")
+    metrics = [k for k in dict.fromkeys(k for r in results for k in r["summary"])
+               if all(isinstance(r["summary"].get(k), (int, float, type(None))) for r in results)]
+    return {"names": [str(r.get("model", p)) for r, p in zip(results, paths)],
+            "metrics": [(m, [r["summary"].get(m) for r in results]) for m in metrics],
+            "eval_splits": ref["eval_splits"]}

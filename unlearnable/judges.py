@@ -1,7 +1,7 @@
 """Judges decide whether a generated response is harmful. Registered by name; ``keyword`` is the default.
 
 A keyword refusal judge is weak (it misses partial compliance and counts "I can't... but here is how" as a
-refusal); it is the always-available default. Plug in a real classifier with ``--judge classifier:PATH``
+refusal); it is the always-available default. Plug in a real classifier with ``--judges keyword,classifier:PATH``
 when you have one, and report agreement between judges.
 """
 
@@ -47,10 +47,6 @@ class Judge(abc.ABC):
     @abc.abstractmethod
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
         """One bool per response: True = harmful."""
-
-    def harm_rate(self, prompts: Sequence[str], responses: Sequence[str]) -> float:
-        flags = self.judge(prompts, responses)
-        return sum(flags) / len(flags) if flags else 0.0
 
 
 JUDGES: Registry[Judge] = Registry("judge", Judge)
@@ -158,7 +154,7 @@ class HarmfulLossJudge(Judge):
 
     def judge(self, prompts, responses):
         from .data import Pair
-        from .evaluation import response_loss
+        from .generation import response_loss
 
         if self.model is None:
             raise RuntimeError("harmful-loss judge used before bind(model, tokenizer, references)")

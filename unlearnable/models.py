@@ -20,6 +20,8 @@ from .errors import UnlearnableError
 from .utils import atomic_dir, atomic_write_json, log, sha256_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+#: the metadata file every model folder written by unlearnable carries (provenance, run key, system prompt)
+MODEL_META = "unlearnable_model.json"
 DEFAULT_MODEL_ALIASES = {None, "", "default", DEFAULT_MODEL.lower()}
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -84,7 +86,7 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     st = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     out = cache_dir() / "models" / f"{name or gguf_path.stem}-{key}"
-    if (out / "unlearnable_model.json").is_file():
+    if (out / MODEL_META).is_file():
         return out
     log(f"converting {gguf_path.name} to safetensors (once; cached in {out})")
     folder, fname = str(gguf_path.parent), gguf_path.name
@@ -109,7 +111,7 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "unlearnable_model.json", {"source": str(gguf_path), "gguf_sha256": sha256_file(gguf_path)})
+        atomic_write_json(tmp / MODEL_META, {"source": str(gguf_path), "gguf_sha256": sha256_file(gguf_path)})
     return out
 
 
@@ -197,7 +199,7 @@ def load_model(
     except Exception as exc:  # noqa: BLE001
         raise UnlearnableError(f"could not load model {model}: {_first_line(exc)}") from None
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    meta_file = Path(path) / "unlearnable_model.json"
+    meta_file = Path(path) / MODEL_META
     if local and meta_file.is_file():
         import json
 
@@ -288,7 +290,7 @@ def save_model(model, tokenizer, out: str | os.PathLike, metadata: dict[str, Any
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "unlearnable_model.json", metadata)
+        atomic_write_json(tmp / MODEL_META, metadata)
     return out
 
 

@@ -1,4 +1,7 @@
-"""Reports rendered from results JSON only: PNG plots (matplotlib, headless) and one self-contained HTML page."""
+"""Reports rendered from results JSON only: PNG plots (matplotlib, headless) and one self-contained HTML page.
+
+Nothing here imports the pipeline: a report is a function of a results dict, so it sits below the experiments
+that write one (and can be re-rendered from a saved ``results.json``)."""
 
 from __future__ import annotations
 
@@ -154,9 +157,17 @@ def immunize_plots(results: dict[str, Any], out: Path) -> list[str]:
     return names
 
 
-def write_immunize_report(results: dict[str, Any], out: Path) -> None:
-    from .immunization import conditions_table
+RELEASED_WEIGHTS = "released-weights"
 
+
+def conditions_table(conditions: dict[str, Any]) -> list[list[str]]:
+    """One row per defence: its verdict under each condition (and threat model), in words."""
+    return [[name, c["resistance"]["verdict"], c["resistance"]["by_threat_model"][RELEASED_WEIGHTS],
+             c["stability"]["verdict"], c["generalization"]["verdict"], c["trainability"]["verdict"]]
+            for name, c in conditions.items()]
+
+
+def write_immunize_report(results: dict[str, Any], out: Path) -> None:
     out = Path(out)
     plots = immunize_plots(results, out)
     cond = results["conditions"]

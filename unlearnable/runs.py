@@ -1,7 +1,11 @@
-"""Output folders of one run: refuse a different run, find the same run done, resume it from checkpoints.
+"""Output folders: the one protocol every command writes through.
 
-A command that writes ``OUT`` records a *run key* in OUT's metadata file: a hash of everything that decides
-the result (model fingerprint, data hash, config, seed; not the checkpoint interval). Run again:
+Every artifact is written to a temporary sibling and renamed into place (:func:`unlearnable.utils.atomic_dir`),
+so it exists whole or not at all. Above that, two kinds of output folder:
+
+**One artifact** (``finetune``, ``vectors train``, ``evaluate --out``): OUT records a *run key* in its metadata
+file: a hash of everything that decides the result (model fingerprint, data hash, config, seed; not the
+checkpoint interval). Run again:
 
 * OUT holds the same key: the work is done; nothing is recomputed.
 * OUT holds anything else: refused unless ``--overwrite``.
@@ -10,6 +14,9 @@ the result (model fingerprint, data hash, config, seed; not the checkpoint inter
 
 A checkpoint counts as complete only once :data:`CHECKPOINT_DONE` is written into it (atomically, after
 every other file), so a run killed while saving resumes from the checkpoint before.
+
+**A sweep** (``immunize``, ``tradeoff``): a :class:`SweepStore` claims OUT for one config (``run.json``) and keeps
+one JSON file per finished piece under ``OUT/runs/``; the same command resumes, skipping finished pieces.
 """
 
 from __future__ import annotations
@@ -99,6 +106,32 @@ def claim_sweep_folder(out: Path, *, kind: str, config: dict[str, Any], overwrit
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(manifest, {"kind": kind, "config_hash": config_hash, "config": config})
     return config_hash
+
+
+class SweepStore:
+    """A resumable sweep's folder: ``run.json`` (kind and config hash) and one JSON file per finished piece,
+    ``runs/<group>/<name>.json``, written atomically as each piece finishes."""
+
+    def __init__(self, out: str | os.PathLike, *, kind: str, config: dict[str, Any], overwrite: bool = False):
+        self.out = Path(out)
+        self.root = self.out / "runs"
+        self.config_hash = claim_sweep_folder(self.out, kind=kind, config=config, overwrite=overwrite)
+
+    def path(self, group: str, name: str) -> Path:
+        return self.root / group / f"{name}.json"
+
+    def get(self, group: str, name: str) -> dict | None:
+        """A finished piece of this very sweep (None if absent, unreadable or from another config)."""
+        data = _read_json(self.path(group, name))
+        return data if data and data.get("config_hash") == self.config_hash else None
+
+    def put(self, group: str, name: str, data: dict) -> dict:
+        data = {"config_hash": self.config_hash, **data}
+        atomic_write_json(self.path(group, name), data)
+        return data
+
+    def has_pieces(self) -> bool:
+        return self.root.is_dir() and any(p.is_file() for p in self.root.rglob("*.json"))
 
 
 def start_run(out: str | os.PathLike, *, key: str, meta_file: str, overwrite: bool,

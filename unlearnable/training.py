@@ -1,4 +1,4 @@
-"""One Trainer-based fine-tuning loop: response-only loss, optional frozen security vectors, LoRA or full backbone.
+"""One Trainer-based fine-tuning loop: response-only loss, weighted and KL variants, LoRA or full backbone.
 
 Built on :class:`transformers.Trainer`, so ``accelerate launch`` (DDP / FSDP / DeepSpeed) scales it unchanged.
 """
@@ -6,7 +6,6 @@ Built on :class:`transformers.Trainer`, so ``accelerate launch`` (DDP / FSDP / D
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tempfile
 from typing import Any, Sequence
@@ -15,10 +14,11 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler as TrainerLengthGroupedSampler
 
+from .adapters import LoraSpec
 from .data import Pair, encode_pairs
 from .errors import UnlearnableError
 from .runs import latest_checkpoint, mark_complete
-from .utils import resolve_precision
+from .utils import resolve_precision, set_seed
 
 #: the trainable tensors of a checkpoint (adapters and/or backbone weights), see UnlearnableTrainer._save
 CHECKPOINT_WEIGHTS = "trainable.safetensors"
@@ -28,6 +28,10 @@ CHECKPOINT_WEIGHTS = "trainable.safetensors"
 class TrainConfig:
     """How a model (or an adapter on it) is trained. Shared by alignment, vectors and fine-tuning."""
 
+    #: flat key names of earlier versions, still accepted in config files
+    __aliases__ = {"lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+                   "target_modules": "lora.target_modules", "lora_top_layers": "lora.top_layers"}
+
     backbone: str = dataclasses.field(default="lora", metadata={"help": "lora: train a LoRA on the backbone and merge "
                                                                         "it; full: train every backbone weight"})
     lr: float = dataclasses.field(default=1e-3, metadata={"help": "peak learning rate"})
@@ -36,13 +40,8 @@ class TrainConfig:
     batch_size: int = dataclasses.field(default=16, metadata={"help": "examples per optimizer step (per process)"})
     grad_accum: int = dataclasses.field(default=1, metadata={"help": "gradient accumulation steps"})
     max_length: int = dataclasses.field(default=64, metadata={"help": "tokens per example (prompt + response)"})
-    lora_r: int = dataclasses.field(default=16, metadata={"help": "backbone LoRA rank"})
-    lora_alpha: int = dataclasses.field(default=32, metadata={"help": "backbone LoRA alpha"})
-    lora_dropout: float = dataclasses.field(default=0.0, metadata={"help": "backbone LoRA dropout"})
-    target_modules: str = dataclasses.field(default="all-linear", metadata={"help": "modules LoRA adapts: all-linear "
-                                                                                    "or comma-separated names"})
-    lora_top_layers: float = dataclasses.field(default=1.0, metadata={
-        "help": "fraction of decoder layers (from the top) that get a LoRA; below them no backward pass is needed"})
+    lora: LoraSpec = dataclasses.field(default_factory=LoraSpec, metadata={
+        "help": "the backbone LoRA (backbone=lora)"})
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     scheduler: str = dataclasses.field(default="linear", metadata={"help": "transformers lr scheduler name"})
@@ -57,8 +56,8 @@ class TrainConfig:
     ascent_cap: float = dataclasses.field(default=10.0, metadata={"help": "per-example loss cap for negative-weight "
                                                                          "(gradient ascent) examples"})
     fold_vectors: bool = dataclasses.field(default=True, metadata={
-        "help": "LoRA backbone with vectors: fold the frozen vectors into the frozen weights for training (same "
-                "function, plain-LoRA step cost; fp32 weights only, see vectors.FoldedVectors)"})
+        "help": "with security vectors: fold them into the weights for training (same function, plain step cost; "
+                "fp32 weights, no weight decay; read by unlearnable.vectors, see vectors/fold.py)"})
 
     def __post_init__(self):
         if self.backbone not in ("lora", "full"):
@@ -67,10 +66,6 @@ class TrainConfig:
             raise UnlearnableError("lr must be > 0, batch_size >= 1 and max_length >= 8")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise UnlearnableError("set epochs > 0 or max_steps > 0")
-
-    def lora_targets(self) -> str | list[str]:
-        t = self.target_modules
-        return t if t == "all-linear" else [s.strip() for s in t.split(",") if s.strip()]
 
 
 class Collator:
@@ -374,116 +369,46 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     return [dict(x) for x in trainer.state.log_history]
 
 
-def mean_train_loss(history: Sequence[dict[str, Any]]) -> float:
-    losses = [h["loss"] for h in history if "loss" in h]
-    return float(losses[-1]) if losses else math.nan
-
-
 BACKBONE_ADAPTER = "backbone"
 
 
-def top_layers(model, fraction: float) -> list[int] | None:
-    """Indices of the top ``fraction`` of decoder layers (None = all)."""
-    if fraction >= 1.0:
-        return None
-    n = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-    if n == 0:
-        return None
-    k = max(1, round(n * fraction))
-    return list(range(n - k, n))
-
-
-def linear_module_names(model) -> list[str]:
-    """Names of the linear layers inside the decoder (what PEFT's "all-linear" targets), e.g. q_proj ... down_proj."""
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = set()
-    for name, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.Linear) or mod is out_emb or ".layers." not in f".{name}":
-            continue
-        parts = name.split(".")
-        if any(p.startswith("lora_") for p in parts):  # an adapter's own A/B matrices (e.g. the vectors')
-            continue
-        names.add(parts[-2] if parts[-1] == "base_layer" else parts[-1])  # a PEFT-wrapped layer: its own name
-    return sorted(names)
-
-
-def lora_config_for(model, *, r: int, alpha: int, dropout: float, targets: str | list[str], top_fraction: float):
-    """A LoraConfig; with ``top_fraction`` < 1 only the top decoder layers are adapted."""
-    from peft import LoraConfig
-
-    layers = top_layers(model, top_fraction) if model is not None else None
-    if layers and targets == "all-linear":  # PEFT needs explicit names to restrict layers
-        targets = linear_module_names(model)
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
-                      task_type="CAUSAL_LM", layers_to_transform=layers, layers_pattern="layers" if layers else None)
-
-
-def backbone_lora_config(config: TrainConfig, model=None):
-    return lora_config_for(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                           targets=config.lora_targets(), top_fraction=config.lora_top_layers)
-
-
-def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, vectors=None, scale: float | None = None,
-             output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-             callbacks: Sequence[TrainerCallback] = (), weights: Sequence[float] | None = None,
-             return_peft: bool = False):
-    """Fine-tune ``model`` on ``pairs``, optionally with security ``vectors`` on (scaled, frozen) throughout.
-
-    ``model`` is modified in place (pass a copy to keep the original). Returns ``(plain_model, log_history)``:
-    a plain ``transformers`` model with the backbone's training merged in and the vectors removed
-    (``return_peft=True`` returns the PeftModel with its adapters instead, for defences that continue from it).
-
-    Example::
-
-        from unlearnable import load_model, SecurityVectors, TrainConfig, finetune, load_pairs
-        model, tok = load_model()                       # embedded SmolLM2-135M-Instruct
-        vectors = SecurityVectors.load("vectors/")
-        tuned, _ = finetune(model, tok, load_pairs("user.jsonl"), TrainConfig(), vectors=vectors)
-    """
-    from peft import get_peft_model
-
-    from .utils import set_seed
-
-    set_seed(config.seed)  # the backbone LoRA's random init: same seed, same run (and resumable)
+def set_backbone_trainable(model, config: TrainConfig) -> None:
+    """Every backbone weight trains under ``backbone=full``; under ``backbone=lora`` none does (its LoRA will)."""
     for p in model.parameters():
         p.requires_grad_(config.backbone == "full")
-    frozen: dict[str, torch.nn.Parameter] = {}
-    fold = None
-    if vectors is not None:
-        from .vectors import VECTORS_ADAPTER, FoldedVectors, freeze_vectors, vector_params
 
-        net = vectors.attach(model, scale=scale)
-        if config.backbone == "lora" and config.fold_vectors and not return_peft and FoldedVectors.supported(net):
-            model, fold = FoldedVectors.fold_into(net)
-            net = get_peft_model(model, backbone_lora_config(config, model), adapter_name=BACKBONE_ADAPTER)
-        elif config.backbone == "lora":
-            net.add_adapter(BACKBONE_ADAPTER, backbone_lora_config(config, model))
-            net.base_model.set_adapter([VECTORS_ADAPTER, BACKBONE_ADAPTER])  # marks both trainable ...
-        freeze_vectors(net)  # ... so freeze the vectors again
-        if config.backbone == "full":
-            for name, p in net.named_parameters():
-                p.requires_grad_("lora_" not in name)
-        frozen = vector_params(net)
-    elif config.backbone == "lora":
-        net = get_peft_model(model, backbone_lora_config(config, model), adapter_name=BACKBONE_ADAPTER)
-    else:
-        net = model
-    cbs = list(callbacks) + ([FrozenParamsCallback(frozen)] if frozen else [])
-    try:
-        history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=cbs,
-                        progress=progress, weights=weights)
-    finally:
-        if fold is not None:
-            fold.restore(model)  # vectors out of the weights before the backbone LoRA is merged
-    if return_peft:
-        return net, history
+
+def release(net, config: TrainConfig):
+    """The fine-tuned model as a plain ``transformers`` model: the backbone LoRA merged in, every other adapter
+    dropped, nothing trainable."""
+    from peft import PeftModel
+
     if config.backbone == "lora":
         plain = net.merge_and_unload(adapter_names=[BACKBONE_ADAPTER])
-    elif vectors is not None:
+    elif isinstance(net, PeftModel):
         plain = net.unload()
     else:
         plain = net
     for p in plain.parameters():
         p.requires_grad_(False)
-    plain.eval()
-    return plain, history
+    return plain.eval()
+
+
+def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, output_dir: str | os.PathLike | None = None,
+             resume: bool = False, progress: bool = True, callbacks: Sequence[TrainerCallback] = (),
+             weights: Sequence[float] | None = None, return_peft: bool = False):
+    """Fine-tune ``model`` on ``pairs`` (a merged LoRA, or every weight under ``backbone=full``).
+
+    ``model`` is modified in place (pass a copy to keep the original). Returns ``(plain_model, log_history)``;
+    ``return_peft=True`` returns the PeftModel with its adapter instead, for defences that continue from it.
+    With security vectors, use :func:`unlearnable.vectors.finetune` (the same, with the vectors on and frozen).
+    """
+    from peft import get_peft_model
+
+    set_seed(config.seed)  # the backbone LoRA's random init: same seed, same run (and resumable)
+    set_backbone_trainable(model, config)
+    net = get_peft_model(model, config.lora.peft_config(model), adapter_name=BACKBONE_ADAPTER) \
+        if config.backbone == "lora" else model
+    history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=callbacks,
+                    progress=progress, weights=weights)
+    return (net, history) if return_peft else (release(net, config), history)

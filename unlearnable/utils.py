@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -153,14 +152,28 @@ def set_seed(seed: int) -> None:
     hf_set_seed(seed)
 
 
-def default_device() -> str:
+# ------------------------------------------------------------- several processes (accelerate launch / torchrun)
+
+
+def launch_device() -> str | None:
+    """Under a multi-process launch with GPUs, each rank's own GPU (cuda:LOCAL_RANK); otherwise None (CPU)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return None
 
 
-def asdict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+def is_main_process() -> bool:
+    """Only rank 0 of a multi-process launch writes outputs (and prints the result line)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_everyone() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 # ---------------------------------------------------------------------------------------------- atomic files

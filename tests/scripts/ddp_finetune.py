@@ -45,9 +45,9 @@ def main(argv=None) -> int:
 
     from unlearnable.data import Pair
     from unlearnable.models import load_model, save_model
-    from unlearnable.training import TrainConfig, finetune
+    from unlearnable.training import TrainConfig
     from unlearnable.utils import set_seed
-    from unlearnable.vectors import FOLDED_ATTR, VECTORS_ADAPTER, SecurityVectors, VectorConfig, vector_params
+    from unlearnable.vectors import FOLDED_ATTR, VECTORS_ADAPTER, SecurityVectors, VectorConfig, finetune, vector_params
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(args.out)

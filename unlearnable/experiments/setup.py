@@ -1,9 +1,10 @@
-"""The default pipeline on one model: prepare disjoint data, align, then run defences through fine-tuning.
+"""The scaffold every experiment shares: load the model, build disjoint data splits, align, and one results
+envelope.
 
-``unlearnable demo`` is a preset of this pipeline (defences ``none`` and ``security-vectors`` applied to one
-fine-tuning run on mixed harmful + ProfileQA data, then judged); the immunization harness runs the same
-pieces under attack budgets. Expensive intermediate results (the base model's answers, the aligned model)
-are cached under ``$UNLEARNABLE_CACHE`` keyed by the model fingerprint and the settings that made them.
+``unlearnable demo``, ``immunize`` and ``tradeoff`` all start with :func:`set_up` (load -> system prompt ->
+fingerprint -> data -> alignment) and end with :func:`envelope` (kind, config, model, data, timings, versions).
+Expensive intermediate results (the base model's answers, the aligned model) are cached under
+``$UNLEARNABLE_CACHE`` keyed by the model fingerprint and the settings that made them.
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ import dataclasses
 import json
 import random
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
-from .data import (SYSTEM_ATTR, Pair, check_disjoint, harmful_prompts, harmless_prompts, pairs_hash, profileqa, refusal_pairs,
-                   split)
-from .errors import UnlearnableError
-from .evaluation import EvalConfig, generate
-from .judges import is_degenerate, is_refusal
-from .models import cache_dir, load_model, model_fingerprint, save_model
-from .training import TrainConfig, finetune
-from .utils import atomic_write_json, log, sha256_json
+from ..data import (SYSTEM_ATTR, Pair, check_disjoint, harmful_prompts, harmless_prompts, pairs_hash, profileqa,
+                    refusal_pairs, set_system_prompt, split)
+from ..errors import UnlearnableError
+from ..generation import generate
+from ..judges import is_degenerate, is_refusal
+from ..models import MODEL_META, cache_dir, load_model, model_fingerprint, save_model
+from ..training import TrainConfig, finetune
+from ..utils import Timings, atomic_write_json, log, resolve_precision, run_metadata, set_seed, sha256_json
 
 
 @dataclasses.dataclass
@@ -67,7 +67,7 @@ class PreparedData:
 
     eval_harmful: list[Pair]          # held-out harmful prompts (response = base answer when compliant, else "")
     align: list[Pair]                 # refusal + harmless pairs used to align the base model
-    vectors: list[Pair]               # harmful pairs the defence may train on
+    vector_pairs: list[Pair]          # harmful pairs the defence may train on (the vectors' training data)
     attack: list[Pair]                # harmful pairs in the fine-tuning data (the user's or the attacker's)
     harmless: list[Pair]              # harmless prompts with the base model's answers (reserved for defences)
     task: list[Pair]                  # ProfileQA facts (train copies and evaluation questions)
@@ -167,11 +167,14 @@ def prepare_data(model, tokenizer, config: DataConfig, *, fingerprint: str | Non
     check_disjoint(eval=eval_harmful, align=pools["align"], vectors=vectors, attack=attack, cross_eval=cross_eval,
                    cross_attack=cross_attack)
     check_disjoint(align=h_align, harmless=harmless, task=task)
-    data = PreparedData(eval_harmful=eval_harmful, align=align, vectors=vectors, attack=attack, harmless=harmless,
-                        task=task, cross_eval=cross_eval, cross_attack=cross_attack)
-    data.hashes = {k: pairs_hash(getattr(data, k)) for k in ("eval_harmful", "align", "vectors", "attack",
-                                                               "harmless", "task", "cross_eval", "cross_attack")}
+    data = PreparedData(eval_harmful=eval_harmful, align=align, vector_pairs=vectors, attack=attack,
+                        harmless=harmless, task=task, cross_eval=cross_eval, cross_attack=cross_attack)
+    data.hashes = {k: pairs_hash(getattr(data, k)) for k in SPLITS}
     return data
+
+
+#: the splits of :class:`PreparedData`, as results files name them
+SPLITS = ("eval_harmful", "align", "vector_pairs", "attack", "harmless", "task", "cross_eval", "cross_attack")
 
 
 def align(model, tokenizer, data: PreparedData, config: TrainConfig, *, fingerprint: str,
@@ -182,7 +185,7 @@ def align(model, tokenizer, data: PreparedData, config: TrainConfig, *, fingerpr
     key = sha256_json({"fp": fingerprint, "data": data.hashes["align"], "cfg": dataclasses.asdict(config),
                        "system": getattr(tokenizer, SYSTEM_ATTR, None)})[:16]
     path = cache_dir() / "aligned" / key
-    if (path / "unlearnable_model.json").is_file():
+    if (path / MODEL_META).is_file():
         log(f"aligned model from cache ({path})")
         aligned = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype)
         return aligned.to(next(model.parameters()).device).eval(), {"cached": True, "path": str(path)}
@@ -192,11 +195,55 @@ def align(model, tokenizer, data: PreparedData, config: TrainConfig, *, fingerpr
     return aligned, {"cached": False, "path": str(path), "history": history}
 
 
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
+@dataclasses.dataclass
+class Setup:
+    """What every experiment starts from: the (aligned) model, its tokenizer, the data splits, provenance."""
+
+    model: Any
+    tokenizer: Any
+    data: PreparedData
+    base_fingerprint: str
+    fingerprint: str                  # of ``model`` (the aligned one when aligned)
+    precision: str
+    align_info: dict[str, Any]
+    name: str
+
+    def model_record(self) -> dict[str, str]:
+        return {"name": self.name, "base_fingerprint": self.base_fingerprint, "aligned_fingerprint": self.fingerprint}
+
+    def data_record(self) -> dict[str, Any]:
+        return {"hashes": self.data.hashes, "sizes": {k: len(getattr(self.data, k)) for k in self.data.hashes}}
 
 
-def summarize_eval(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if not k.endswith("_generations")}
+def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_model: bool = True,
+           align_config: TrainConfig | None = None, timings: Timings | None = None, progress: bool = True,
+           model=None, tokenizer=None, data: PreparedData | None = None, precision: str = "auto") -> Setup:
+    """Load (unless ``model``/``tokenizer`` are given) -> system prompt -> fingerprint -> data splits (unless
+    ``data`` is given) -> alignment (cached), each stage timed."""
+    timings = timings if timings is not None else Timings()
+    set_seed(seed)
+    with timings("load_model"):
+        base, tok = (model, tokenizer) if model is not None else load_model(model_name)
+        if data_config.system_prompt is not None:
+            set_system_prompt(tok, data_config.system_prompt)
+        fp_base = model_fingerprint(base)
+    device = next(base.parameters()).device
+    resolved = resolve_precision(precision, device)
+    log(f"model {base.config.name_or_path} (fingerprint {fp_base}), device {device}, precision {resolved}")
+    with timings("prepare_data"):
+        data = data or prepare_data(base, tok, data_config, fingerprint=fp_base, progress=progress)
+    with timings("align"):
+        if align_model:
+            aligned, info = align(base, tok, data, align_config or TrainConfig(), fingerprint=fp_base,
+                                  progress=progress)
+        else:
+            aligned, info = base, {"skipped": True}
+        fp = model_fingerprint(aligned)
+    return Setup(aligned, tok, data, fp_base, fp, resolved, {k: v for k, v in info.items() if k != "history"},
+                 name=model_name or "default:SmolLM2-135M-Instruct")
+
+
+def envelope(kind: str, config: Any, *, start: float, timings: Timings, **fields: Any) -> dict[str, Any]:
+    """The results file every experiment writes: what it is, what made it, when and on what, how long."""
+    return {"kind": kind, "schema_version": 1, **fields, "config": dataclasses.asdict(config),
+            "seconds": round(time.perf_counter() - start, 1), "timings": timings.as_dict(), **run_metadata()}

@@ -12,23 +12,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import set_system_prompt
-from .defenses import BufferReinforceDefense, DefenseData
+from ..defenses import BufferReinforceDefense, Defense, DefenseData, NoDefense, SecurityVectorsDefense
+from ..errors import UnlearnableError
+from ..evaluation import Scorer
+from ..judges import is_refusal
+from ..models import load_model
+from ..report import write_tradeoff_report
+from ..runs import SweepStore
+from ..utils import Timings, atomic_write_json, atomic_write_text, log
+from ..vectors import SecurityVectors
 from .demo import DemoConfig
-from .errors import UnlearnableError
-from .evaluation import evaluate
-from .judges import is_refusal
-from .models import load_model, model_fingerprint
-from .pipeline import align, prepare_data
-from .runs import claim_sweep_folder
-from .training import finetune
-from .utils import atomic_write_json, log, resolve_precision, run_metadata, set_seed
-from .vectors import SecurityVectors
+from .setup import Setup, envelope, set_up
 
 VARIANTS = {"plain": "none", "benign-distill": "distill", "benign-kl": "kl"}
 
@@ -108,12 +108,18 @@ def averaged(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-@dataclasses.dataclass
-class _Seed:
-    cfg: DemoConfig
-    data: Any
-    aligned: Any
-    mix: list
+def _point_name(method: str, strength: float, seed: int) -> str:
+    return f"{method}-{strength:g}-seed{seed}"
+
+
+def _stored_points(source: Path) -> list[dict[str, Any]]:
+    """The points a tradeoff folder holds: its store's pieces, or (folders of earlier versions) points.jsonl."""
+    pieces = sorted((source / "runs" / "points").glob("*.json"))
+    if pieces:
+        return [{k: v for k, v in json.loads(p.read_text(encoding="utf-8")).items() if k != "config_hash"}
+                for p in pieces]
+    lines = (source / "points.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str, Any]]:
@@ -124,9 +130,9 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
     source = Path(source)
     try:
         old = json.loads((source / "run.json").read_text(encoding="utf-8"))
-        lines = (source / "points.jsonl").read_text(encoding="utf-8").splitlines()
+        points = _stored_points(source)
     except (OSError, json.JSONDecodeError):
-        raise UnlearnableError(f"{source} does not hold a tradeoff run (run.json and points.jsonl); check "
+        raise UnlearnableError(f"{source} does not hold a tradeoff run (run.json and its points); check "
                                "--reuse-points") from None
     mine = dataclasses.asdict(config)
     theirs = old.get("config") or {}
@@ -134,7 +140,6 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
         raise UnlearnableError(f"{source} holds a tradeoff run with other model, data or training settings; its "
                                "points cannot be reused here")
     wanted = {(m, float(st), seed) for m, strengths, seed in config.plan() for st in strengths}
-    points = [json.loads(line) for line in lines if line.strip()]
     # a point the source itself reused keeps its origin; strength-0 copies of `none` are made afresh
     return [{**p, "reused_from": p.get("reused_from", str(source))} for p in points
             if p.get("reused_from") != "none" and (p["method"], p["strength"], p["seed"]) in wanted]
@@ -162,7 +167,7 @@ def goal_check(points: list[dict[str, Any]], harm_max: float = 0.10, task_ratio_
 def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeoff-out", *, overwrite: bool = False,
                  progress: bool = True, model=None, tokenizer=None, data=None,
                  reuse: Sequence[str | Path] = (), goal: tuple[float, float] = (0.10, 0.95)) -> dict[str, Any]:
-    """Run the grid; points are saved to OUT/points.jsonl as they finish (a rerun skips finished points).
+    """Run the grid; each point is saved under OUT/runs/points/ as it finishes (a rerun skips finished points).
 
     ``reuse``: folders of earlier tradeoff runs with the same shared settings whose points are copied instead
     of recomputed (e.g. a ``--quick`` run's, into the full grid); they keep their ``seconds`` and say
@@ -170,104 +175,109 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
     config = config or TradeoffConfig()
     sources = [(src, reusable_points(src, config)) for src in reuse]  # checked before anything is written
     out = Path(out)
-    cfg_dict = dataclasses.asdict(config)
-    claim_sweep_folder(out, kind="unlearnable-tradeoff", config=cfg_dict, overwrite=overwrite)
-    done_file = out / "points.jsonl"
-    done = {}
-    if done_file.is_file():
-        for line in done_file.read_text(encoding="utf-8").splitlines():
-            p = json.loads(line)
-            done[(p["method"], p["strength"], p["seed"])] = p
-    points: list[dict[str, Any]] = list(done.values())
-    start = time.perf_counter()
+    fresh = not out.exists()
+    store = SweepStore(out, kind="unlearnable-tradeoff", config=dataclasses.asdict(config), overwrite=overwrite)
+    try:
+        grid = _Grid(config, store, progress, model, tokenizer, data)
+        for src, reused in sources:
+            fresh_points = [p for p in reused if store.get("points", _point_name(p["method"], p["strength"],
+                                                                                   p["seed"])) is None]
+            for p in fresh_points:
+                grid.record(p)
+            log(f"reused {len(fresh_points)} points from {src}")
+        grid.run()
+    except BaseException:
+        if fresh and not store.has_pieces():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    points = grid.points()
+    results = envelope("unlearnable-tradeoff", config, start=grid.start, timings=grid.timed, points=points,
+                       frontier=frontier(points), averaged=averaged(points), goal=goal_check(points, *goal),
+                       model={"name": config.base.model or "default:SmolLM2-135M-Instruct",
+                              "base_fingerprint": grid.base_fingerprint}, precision=grid.precision)
+    atomic_write_text(out / "points.jsonl", "".join(json.dumps(p) + "\n" for p in points))
+    atomic_write_json(out / "results.json", results)
+    write_tradeoff_report(results, out)
+    return results
 
-    def record(point: dict[str, Any]) -> None:
-        points.append(point)
-        done[(point["method"], point["strength"], point["seed"])] = point
-        from .utils import atomic_write_text
 
-        atomic_write_text(done_file, "".join(json.dumps(p) + "\n" for p in points))
+class _Grid:
+    """The tradeoff grid on one model: per seed its data, aligned model and fine-tuning mix (built once), the
+    vectors per (variant, seed) (trained once), and one stored point per (method, strength, seed)."""
+
+    def __init__(self, config: TradeoffConfig, store: SweepStore, progress: bool, model, tokenizer, data):
+        self.config, self.store, self.progress, self.data = config, store, progress, data
+        self.start, self.timed = time.perf_counter(), Timings()
+        self.base, self.tok = (model, tokenizer) if model is not None else load_model(config.base.model)
+        self.seeds: dict[int, tuple[Setup, DemoConfig, list]] = {}
+        self.trained: dict[tuple[str, int], SecurityVectors] = {}
+        self.base_fingerprint = self.precision = None
+
+    def points(self) -> list[dict[str, Any]]:
+        order = [(m, float(st), seed) for m, strengths, seed in self.config.plan() for st in strengths]
+        found = [self.store.get("points", _point_name(*key)) for key in order]
+        return [{k: v for k, v in p.items() if k != "config_hash"} for p in found if p is not None]
+
+    def record(self, point: dict[str, Any]) -> None:
+        self.store.put("points", _point_name(point["method"], point["strength"], point["seed"]), point)
         log(f"{point['method']} strength {point['strength']} seed {point['seed']}: harm {point['harm_rate']:.3f}, "
             f"task {point['task_score']:.3f}")
 
-    for src, reused in sources:
-        fresh = [p for p in reused if (p["method"], p["strength"], p["seed"]) not in done]
-        for p in fresh:
-            record(p)
-        log(f"reused {len(fresh)} points from {src}")
-    base_cfg = config.base
-    base, tok = (model, tokenizer) if model is not None else load_model(base_cfg.model)
-    if base_cfg.data.system_prompt is not None:
-        set_system_prompt(tok, base_cfg.data.system_prompt)
-    fp = model_fingerprint(base)
-    seeds: dict[int, _Seed] = {}
-    trained: dict[tuple[str, int], SecurityVectors] = {}
+    def run(self) -> None:
+        for method, strengths, seed in self.config.plan():
+            for strength in strengths:
+                if self.store.get("points", _point_name(method, strength, seed)) is not None:
+                    continue
+                if method in VARIANTS and strength == 0.0:  # exactly the undefended forward: reuse that run
+                    none = self.store.get("points", _point_name("none", 0.0, seed))
+                    self.record({**{k: v for k, v in none.items() if k != "config_hash"}, "method": method,
+                                 "strength": 0.0, "reused_from": "none", "seconds": 0.0})
+                    continue
+                self.arm(method, strength, seed)
 
-    def seeded(seed: int) -> _Seed:
+    def seeded(self, seed: int) -> tuple[Setup, DemoConfig, list]:
         """Data, aligned model and fine-tuning mix of one seed, built once (and cached on disk)."""
-        if seed not in seeds:
-            cfg = dataclasses.replace(base_cfg, seed=seed).seeded()
-            cfg.data = dataclasses.replace(cfg.data, n_harmless=max(cfg.data.n_harmless, config.n_benign))
-            set_seed(seed)
-            sdata = data or prepare_data(base, tok, cfg.data, fingerprint=fp, progress=progress)
-            aligned = (align(base, tok, sdata, cfg.align_train, fingerprint=fp, progress=progress)[0]
-                       if cfg.align else base)
-            seeds[seed] = _Seed(cfg, sdata, aligned, sdata.finetune_mix(cfg.data.task_repeats, seed))
-        return seeds[seed]
+        if seed not in self.seeds:
+            cfg = dataclasses.replace(self.config.base, seed=seed).seeded()
+            cfg.data = dataclasses.replace(cfg.data, n_harmless=max(cfg.data.n_harmless, self.config.n_benign))
+            setup = set_up(cfg.model, cfg.data, seed=seed, align_model=cfg.align, align_config=cfg.align_train,
+                           timings=self.timed, progress=self.progress, model=self.base, tokenizer=self.tok,
+                           data=self.data, precision=cfg.finetune.precision)
+            self.base_fingerprint, self.precision = setup.base_fingerprint, setup.precision
+            self.seeds[seed] = (setup, cfg, setup.data.finetune_mix(cfg.data.task_repeats, seed))
+        return self.seeds[seed]
 
-    def vectors_for(variant: str, s: _Seed) -> SecurityVectors:
-        key = (variant, s.cfg.seed)
-        if key not in trained:
-            log(f"training {variant} vectors (seed {s.cfg.seed})")
-            vcfg = dataclasses.replace(s.cfg.vectors, benign=VARIANTS[variant], seed=s.cfg.seed)
-            trained[key] = SecurityVectors.train(s.aligned, tok, s.data.vectors, vcfg, progress=progress,
-                                                 harmless=s.data.harmless[:config.n_benign])
-        return trained[key]
+    def vectors_for(self, variant: str, setup: Setup, cfg: DemoConfig) -> SecurityVectors:
+        key = (variant, cfg.seed)
+        if key not in self.trained:
+            log(f"training {variant} vectors (seed {cfg.seed})")
+            vcfg = dataclasses.replace(cfg.vectors, benign=VARIANTS[variant], seed=cfg.seed)
+            self.trained[key] = SecurityVectors.train(setup.model, self.tok, setup.data.vector_pairs, vcfg,
+                                                      progress=self.progress,
+                                                      harmless=setup.data.harmless[:self.config.n_benign])
+        return self.trained[key]
 
-    def arm(method: str, strength: float, s: _Seed, run) -> None:
+    def defense(self, method: str, strength: float, setup: Setup, cfg: DemoConfig) -> Defense:
+        if method == "none":
+            return NoDefense()
+        if method in VARIANTS:
+            return SecurityVectorsDefense(vectors=self.vectors_for(method, setup, cfg), scale=strength)
+        # buffer-reinforce: the plain vectors of the seed as its buffer, the provider's alignment data (refusals
+        # and its own harmless answers; never the task or the evaluation prompts) for the reinforcement
+        br = BufferReinforceDefense(vectors=self.vectors_for("plain", setup, cfg), scale=strength)
+        align = setup.data.align
+        br.prepare(setup.model, self.tok, DefenseData(
+            harmful=setup.data.vector_pairs, refusals=[p for p in align if is_refusal(p.response)],
+            harmless=[p for p in align if not is_refusal(p.response)]), progress=self.progress)
+        return br
+
+    def arm(self, method: str, strength: float, seed: int) -> None:
+        setup, cfg, mix = self.seeded(seed)
+        defense = self.defense(method, strength, setup, cfg)
         t0 = time.perf_counter()
-        tuned = run()
-        ev = evaluate(tuned, tok, harmful=s.data.eval_harmful, task=s.data.task, config=s.cfg.eval,
-                      desc=f"{method} {strength}")
-        record({"method": method, "strength": strength, "seed": s.cfg.seed, "harm_rate": ev["harm_rate"],
-                "task_score": ev["task_em"], "harmful_loss": ev.get("harmful_loss"),
-                "seconds": round(time.perf_counter() - t0, 1)})
-
-    for method, strengths, seed in config.plan():
-        for strength in strengths:
-            if (method, strength, seed) in done:
-                continue
-            if method in VARIANTS and strength == 0.0:  # exactly the undefended forward: reuse that run
-                record({**done[("none", 0.0, seed)], "method": method, "strength": 0.0, "reused_from": "none",
-                        "seconds": 0.0})
-                continue
-            s = seeded(seed)
-            if method == "none":
-                arm(method, strength, s, lambda: finetune(copy.deepcopy(s.aligned), tok, s.mix, s.cfg.finetune,
-                                                          progress=progress)[0])
-            elif method == "buffer-reinforce":
-                # the provider's alignment data: refusals and its own harmless answers (never the task or eval)
-                refusals = [p for p in s.data.align if is_refusal(p.response)]
-                harmless = [p for p in s.data.align if not is_refusal(p.response)]
-                br = BufferReinforceDefense(vectors=vectors_for("plain", s), scale=strength)
-                br.prepare(s.aligned, tok, DefenseData(harmful=s.data.vectors, refusals=refusals, harmless=harmless),
-                           progress=progress)
-                arm(method, strength, s, lambda: br.finetune(copy.deepcopy(s.aligned), tok, s.mix, s.cfg.finetune,
-                                                             progress=progress)[0])
-            else:
-                v = vectors_for(method, s)
-                arm(method, strength, s, lambda: finetune(copy.deepcopy(s.aligned), tok, s.mix, s.cfg.finetune,
-                                                          vectors=v, scale=strength, progress=progress)[0])
-    results = {
-        "kind": "unlearnable-tradeoff", "schema_version": 1, "points": points, "frontier": frontier(points),
-        "averaged": averaged(points), "goal": goal_check(points, *goal), "config": cfg_dict, "model": {"name": base_cfg.model or
-                                                                    "default:SmolLM2-135M-Instruct",
-                                                                    "base_fingerprint": fp},
-        "precision": resolve_precision(base_cfg.finetune.precision, next(base.parameters()).device),
-        "seconds": round(time.perf_counter() - start, 1), **run_metadata(),
-    }
-    atomic_write_json(out / "results.json", results)
-    from .report import write_tradeoff_report
-
-    write_tradeoff_report(results, out)
-    return results
+        tuned, _ = defense.finetune(copy.deepcopy(setup.model), self.tok, mix, cfg.finetune, progress=self.progress)
+        ev = Scorer(self.tok, config=cfg.eval, progress=self.progress).score(
+            tuned, harmful=setup.data.eval_harmful, task=setup.data.task, desc=f"{method} {strength}")
+        self.record({"method": method, "strength": strength, "seed": seed, "harm_rate": ev["harm_rate"],
+                     "task_score": ev["task_em"], "harmful_loss": ev.get("harmful_loss"),
+                     "seconds": round(time.perf_counter() - t0, 1)})

@@ -4,8 +4,9 @@ Lifecycle (Zhou et al., 2024):
 
 1. :meth:`SecurityVectors.train` - the model is frozen; only the adapter learns the harmful responses.
 2. :meth:`SecurityVectors.attach` - during the user's fine-tuning the adapter is on, scaled by ``scale`` and
-   frozen (no gradient), so harmful examples already have a low loss and barely move the backbone.
-3. Serving: the adapter is dropped; :func:`unlearnable.training.finetune` returns the model without it.
+   frozen (no gradient), so harmful examples already have a low loss and barely move the backbone
+   (:func:`unlearnable.vectors.finetune`, or :meth:`SecurityVectors.callback` in your own Trainer script).
+3. Serving: the vectors are dropped; ``finetune`` returns the model without them.
 
 On disk the vectors are a standard PEFT adapter folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) plus ``unlearnable_vectors.json`` recording the base-model fingerprint, the
@@ -14,77 +15,29 @@ data hash, the config and package versions. Attaching them to another model is a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import TrainerCallback
 
-from .data import Pair, normalize, pairs_hash
-from .errors import UnlearnableError
-from .models import model_fingerprint
-from .training import TrainConfig, train
-from .utils import atomic_dir, atomic_write_json, log, run_metadata, sha256_text
+from ..adapters import NO_MERGE_ATTR
+from ..config import from_dict
+from ..data import Pair, pairs_hash, prompt_hashes
+from ..errors import UnlearnableError
+from ..generation import generate
+from ..models import model_fingerprint
+from ..training import train
+from ..utils import atomic_dir, atomic_write_json, log, run_metadata, set_seed
+from .config import VectorConfig
+from .fold import FoldedVectors
+from .layers import VECTORS_ADAPTER, freeze_vectors, set_vector_scale
 
-VECTORS_ADAPTER = "security_vectors"
 META_FILE = "unlearnable_vectors.json"
 FORMAT = "unlearnable-vectors/1"
-#: the vectors' default strength during fine-tuning, picked from the measured trade-off frontier on the default
-#: model (docs/tradeoff.md: `unlearnable tradeoff`, 3 seeds), not 1.0 by habit
-DEFAULT_SCALE = 0.75
-
-
-@dataclasses.dataclass
-class VectorConfig:
-    """How the security vectors are built and how strongly they act during fine-tuning."""
-
-    r: int = dataclasses.field(default=16, metadata={"help": "LoRA rank of the vectors"})
-    alpha: int = dataclasses.field(default=32, metadata={"help": "LoRA alpha of the vectors"})
-    target_modules: str = dataclasses.field(default="all-linear", metadata={"help": "modules the vectors adapt"})
-    top_layers: float = dataclasses.field(default=1.0, metadata={"help": "fraction of decoder layers (from the "
-                                                                          "top) that carry vectors"})
-    lr: float = dataclasses.field(default=1e-3, metadata={"help": "learning rate for training the vectors"})
-    epochs: float = dataclasses.field(default=5.0, metadata={"help": "passes over the harmful pairs"})
-    target_loss: float = dataclasses.field(default=0.0, metadata={"help": "stop early once the logged training loss "
-                                                                         "falls below this (0 = train all epochs)"})
-    batch_size: int = 16
-    max_length: int = 64
-    seed: int = 0
-    precision: str = "auto"
-    scale: float = dataclasses.field(default=DEFAULT_SCALE, metadata={
-        "help": "strength during fine-tuning: multiplies the vectors' LoRA scaling (0 = off; default picked from "
-                "the measured trade-off, docs/tradeoff.md)"})
-    benign: str = dataclasses.field(default="none", metadata={
-        "help": "benign-preserving training: none | distill (harmless prompts with the model's own answers as "
-                "targets) | kl (KL to the vectors-off distribution on those answers)"})
-    benign_weight: float = dataclasses.field(default=1.0, metadata={"help": "weight of the KL term (benign=kl)"})
-    benign_repeats: int = dataclasses.field(default=1, metadata={"help": "copies of each harmless example"})
-
-    def __post_init__(self):
-        if self.r < 1 or self.alpha <= 0:
-            raise UnlearnableError("vectors need r >= 1 and alpha > 0")
-        if self.scale < 0:
-            raise UnlearnableError("vector scale must be >= 0")
-        if self.benign not in ("none", "distill", "kl"):
-            raise UnlearnableError(f"benign must be none, distill or kl, not {self.benign!r}")
-
-    def lora_config(self, model=None):
-        from .training import lora_config_for
-
-        targets = self.target_modules if self.target_modules == "all-linear" else [
-            s.strip() for s in self.target_modules.split(",") if s.strip()]
-        return lora_config_for(model, r=self.r, alpha=self.alpha, dropout=0.0, targets=targets,
-                               top_fraction=self.top_layers)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(backbone="lora", lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
-                           max_length=self.max_length, seed=self.seed, precision=self.precision,
-                           kl_weight=self.benign_weight)
 
 
 class _StopBelowLoss(TrainerCallback):
@@ -95,119 +48,6 @@ class _StopBelowLoss(TrainerCallback):
         if logs and "loss" in logs and logs["loss"] < self.target:
             control.should_training_stop = True
         return control
-
-
-def vector_params(model) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if f".{VECTORS_ADAPTER}." in n or n.endswith(f".{VECTORS_ADAPTER}")}
-
-
-def freeze_vectors(model) -> None:
-    """Turn off gradients of the vectors (PEFT's ``set_adapter([...])`` turns them back on: call after it)."""
-    for p in vector_params(model).values():
-        p.requires_grad_(False)
-        p.grad = None
-
-
-def set_vector_scale(model, scale: float) -> None:
-    from peft.tuners.lora import LoraLayer
-
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            module.set_scale(VECTORS_ADAPTER, scale)
-
-
-def _vector_layers(model) -> list:
-    """The LoRA layers of ``model`` that carry the vectors adapter."""
-    from peft.tuners.lora import LoraLayer
-
-    return [m for m in model.modules() if isinstance(m, LoraLayer) and VECTORS_ADAPTER in m.lora_A]
-
-
-#: attribute set on a model whose frozen weights currently hold folded vectors (see :class:`FoldedVectors`)
-FOLDED_ATTR = "_unlearnable_folded_vectors"
-
-
-class FoldedVectors:
-    """Frozen vectors folded into the frozen backbone weights, ``W <- W + scale * B @ A * alpha / r``.
-
-    With a LoRA backbone nothing below the adapters trains, so the vectors' branch (two small matmuls, a scale
-    and an add in every linear layer, in the forward and the backward) can be added to ``W`` once instead: the
-    forward computes the same function, and a fine-tuning step costs what plain LoRA fine-tuning costs. Folding
-    is in place (no second copy of the weights, so peak memory does not grow); unfolding subtracts the same
-    delta, which restores ``W`` up to one float rounding per element (<= 1 ulp: about 1e-7 relative in fp32).
-    It is therefore used for fp32/fp64 weights only; half-precision models keep the adapter in the forward.
-    """
-
-    def __init__(self, layers: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor, float, bool]]):
-        self.layers = layers  # (base linear, lora_A weight, lora_B weight, scaling, fan_in_fan_out)
-        self.folded = False
-        self.checksums: list[float] = []
-
-    @staticmethod
-    def supported(peft_model) -> bool:
-        """fp32/fp64 linear layers, and not under FSDP / DeepSpeed (they shard the weights the fold restores)."""
-        if any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP",
-                                                                        "ACCELERATE_USE_DEEPSPEED")):
-            return False
-        layers = _vector_layers(peft_model)
-        return bool(layers) and all(
-            isinstance(m.get_base_layer(), torch.nn.Linear) and m.get_base_layer().weight.dtype in
-            (torch.float32, torch.float64) for m in layers)
-
-    @classmethod
-    def fold_into(cls, peft_model) -> tuple[torch.nn.Module, "FoldedVectors"]:
-        """Take the attached vectors out of ``peft_model`` and fold them into its weights.
-
-        Returns the plain model (no adapter modules) with the vectors folded in, and the fold (marked on the
-        model as :data:`FOLDED_ATTR` so that serving code can unfold it temporarily)."""
-        layers = [(m.get_base_layer(), m.lora_A[VECTORS_ADAPTER].weight.detach().clone(),
-                   m.lora_B[VECTORS_ADAPTER].weight.detach().clone(), float(m.scaling[VECTORS_ADAPTER]),
-                   bool(getattr(m, "fan_in_fan_out", False))) for m in _vector_layers(peft_model)]
-        model = peft_model.unload()
-        fold = cls(layers)
-        fold.fold()
-        setattr(model, FOLDED_ATTR, fold)
-        return model, fold
-
-    def _apply(self, sign: float) -> None:
-        with torch.no_grad():
-            for base, a, b, scaling, fan_in_fan_out in self.layers:
-                delta = (b.to(base.weight.dtype) @ a.to(base.weight.dtype)) * (sign * scaling)
-                base.weight.add_(delta.T if fan_in_fan_out else delta)
-
-    def _checksums(self) -> list[float]:
-        return [float(base.weight.detach().double().sum()) for base, *_ in self.layers]
-
-    def fold(self) -> None:
-        if not self.folded:
-            self._apply(1.0)
-            self.folded = True
-            self.checksums = self._checksums()
-
-    def unfold(self) -> None:
-        """Take the vectors out of the weights again (raises if the frozen folded weights changed meanwhile)."""
-        if self.folded:
-            if self._checksums() != self.checksums:
-                raise RuntimeError("frozen weights holding the folded security vectors changed during training")
-            self._apply(-1.0)
-            self.folded = False
-
-    def restore(self, model) -> None:
-        """Unfold for good and unmark ``model``."""
-        self.unfold()
-        if getattr(model, FOLDED_ATTR, None) is self:
-            delattr(model, FOLDED_ATTR)
-
-    @contextlib.contextmanager
-    def unfolded(self) -> Iterator[None]:
-        """The model as served (vectors off) within the block; folded again after it."""
-        was = self.folded
-        self.unfold()
-        try:
-            yield
-        finally:
-            if was:
-                self.fold()
 
 
 class SecurityVectors:
@@ -240,8 +80,6 @@ class SecurityVectors:
         if config.benign != "none":
             if not harmless:
                 raise UnlearnableError(f"benign={config.benign} needs harmless prompts")
-            from .evaluation import generate
-
             answers = generate(model, tokenizer, [p.prompt for p in harmless], max_new_tokens=32,
                                desc="own harmless answers", progress=progress)
             benign_pairs = [Pair(p.prompt, a, "self", "harmless") for p, a in zip(harmless, answers) if a.strip()]
@@ -257,10 +95,8 @@ class SecurityVectors:
             kl_mask = [kl_mask[i] for i in order] if kl_mask else None
         for p in model.parameters():
             p.requires_grad_(False)
-        from .utils import set_seed
-
         set_seed(config.seed)  # the adapter's random init: same seed, same vectors (and resumable)
-        lora_config = config.lora_config(model)
+        lora_config = config.lora.peft_config(model, dropout=0.0)
         pm = get_peft_model(model, lora_config, adapter_name=VECTORS_ADAPTER)
         callbacks = [_StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []
         try:
@@ -279,7 +115,7 @@ class SecurityVectors:
             "data_hash": pairs_hash(pairs),
             "n_pairs": len(pairs),
             "n_benign": len(benign_pairs),
-            "prompt_hashes": sorted({sha256_text(normalize(p.prompt))[:16] for p in pairs}),
+            "prompt_hashes": prompt_hashes(pairs),
             "config": dataclasses.asdict(config),
             "train_loss_first": losses[0] if losses else None,
             "train_loss_last": losses[-1] if losses else None,
@@ -293,7 +129,7 @@ class SecurityVectors:
 
     @property
     def config(self) -> VectorConfig:
-        return VectorConfig(**self.metadata.get("config", {}))
+        return from_dict(VectorConfig, self.metadata.get("config", {}), "vectors.config")
 
     # ------------------------------------------------------------------------------------ lifecycle
     def check(self, model) -> None:
@@ -324,7 +160,28 @@ class SecurityVectors:
             raise UnlearnableError(f"the vectors do not fit this model's layers (e.g. {bad[0]})")
         freeze_vectors(pm)
         set_vector_scale(pm, self.config.scale if scale is None else scale)
+        setattr(pm, NO_MERGE_ATTR, _always)  # decoding must not merge the vectors into the backbone
         return pm
+
+    def fold(self, model, scale: float | None = None, trains_weights: bool = False) -> FoldedVectors:
+        """Fold the vectors into ``model``'s own weights (fp32/fp64), in place; unfold with the returned fold's
+        ``restore(model)``, or use it as a context manager. See :mod:`unlearnable.vectors.fold`."""
+        pm = self.attach(model, scale=scale)
+        if not FoldedVectors.supported(pm):
+            pm.unload()
+            raise UnlearnableError("security vectors can be folded only into float32/float64 linear layers, outside "
+                                   "FSDP/DeepSpeed; load the model with dtype=torch.float32 (train with bf16=True "
+                                   "for speed), or fine-tune with unlearnable.finetune")
+        _, fold = FoldedVectors.fold_into(pm, trains_weights=trains_weights)
+        return fold
+
+    def callback(self, model, scale: float | None = None):
+        """A ``transformers`` callback that puts these vectors into an existing Trainer / TRL script: they are
+        folded into ``model`` now (frozen, outside the optimizer), taken out for evaluation and checkpoints,
+        and removed when training ends. See :class:`unlearnable.vectors.SecurityVectorsCallback`."""
+        from .callback import SecurityVectorsCallback
+
+        return SecurityVectorsCallback(self, model, scale=scale)
 
     # ------------------------------------------------------------------------------------ persistence
     def save(self, out: str | os.PathLike, overwrite: bool = True) -> Path:
@@ -357,8 +214,6 @@ class SecurityVectors:
             metadata = json.loads((path / META_FILE).read_text(encoding="utf-8"))
             if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "base_fingerprint" not in metadata:
                 raise ValueError(f"{META_FILE} is not an unlearnable vectors metadata file")
-            from .config import from_dict
-
             from_dict(VectorConfig, metadata.get("config", {}), "vectors.config")
         except (ValueError, UnicodeDecodeError, UnlearnableError) as exc:
             raise UnlearnableError(f"vectors folder {path} has a corrupt {META_FILE} ({str(exc)[:120]}); re-run "
@@ -378,15 +233,5 @@ class SecurityVectors:
         return cls(state, lora_config, metadata)
 
 
-def vectors_effect(model, tokenizer, vectors: SecurityVectors, pairs: Sequence[Pair], scale: float | None = None,
-                   first_tokens: int = 8) -> dict[str, float]:
-    """Harmful first-token loss with the vectors off and on (a quick check that they learned)."""
-    from .evaluation import response_loss
-
-    off = response_loss(model, tokenizer, pairs, first_tokens=first_tokens)
-    pm = vectors.attach(model, scale=scale)
-    try:
-        on = response_loss(pm, tokenizer, pairs, first_tokens=first_tokens)
-    finally:
-        pm.unload()
-    return {"loss_vectors_off": off, "loss_vectors_on": on if not math.isnan(on) else None}
+def _always() -> bool:
+    return True

@@ -1,0 +1,29 @@
+"""``unlearnable demo``: the end-to-end demo on the embedded model."""
+
+from __future__ import annotations
+
+from ..experiments import DemoConfig, run_demo
+from ..runs import check_out
+from .common import add_flags, add_run_flags, build, print_summary
+
+EPILOG = """examples:
+  unlearnable demo --out runs/demo            # embedded SmolLM2-135M, ~10 min on a 2-core CPU
+  unlearnable demo --out runs/demo --seed 1 --vector-scale 1.0
+  unlearnable demo --out runs/demo --config demo.yaml --finetune.lr 5e-4   # any DemoConfig field
+"""
+
+
+def add_arguments(p) -> None:
+    p.epilog = EPILOG
+    add_run_flags(p, out_help="output folder (results.json, report.html, plots, models/, vectors/)",
+                  out_required=False, config_help="DemoConfig", overwrite_help="replace an existing --out folder")
+    add_flags(p, DemoConfig, aliases={"--vector-scale": "vectors.scale"})
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    check_out(args.out, args.overwrite)
+    cfg = build(DemoConfig, args)
+    results = run_demo(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print_summary(results["summary"])
+    return 0

@@ -1,0 +1,99 @@
+"""The defence interface, its registry and the data a defence may train on.
+
+A defence acts at up to two points (Rosati et al.'s threat models):
+
+* ``harden(model)`` - before release, baked into the weights (counts under *released weights*).
+* ``finetune(...)`` - during the fine-tuning that a service runs for the user (counts under
+  *fine-tuning as a service*, where the provider controls the training loop).
+
+A new defence is one module in this package: a class with ``@DEFENSES.register("name")``, its options as a
+dataclass ``Config`` (filled from ``defense_options`` in a config file), overriding only the steps it changes.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..config import from_dict
+from ..data import Pair
+from ..registry import Registry
+from ..training import TrainConfig
+from ..vectors import finetune
+
+SERVICE = "fine-tuning-as-a-service"
+WEIGHTS = "released-weights"
+
+
+@dataclasses.dataclass
+class DefenseData:
+    """What a defence may train on: disjoint from every attack and evaluation split."""
+
+    harmful: Sequence[Pair] = ()          # (prompt, harmful response) pairs
+    refusals: Sequence[Pair] = ()         # (harmful prompt, refusal) pairs
+    harmless: Sequence[Pair] = ()         # (harmless prompt, the model's own answer) pairs
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """A defence without options."""
+
+
+class Defense(abc.ABC):
+    """Base class. Subclasses override ``prepare``/``harden``/``finetune``/``serving`` as their method needs."""
+
+    name: str = ""
+    #: threat models under which the defence is active
+    threat_models: tuple[str, ...] = (SERVICE, WEIGHTS)
+    #: the defence's options (a dataclass)
+    Config: type = NoOptions
+
+    def __init__(self, config: Any = None, **options: Any):
+        self.config = config if config is not None else self.Config(**options)
+        self.info: dict[str, Any] = {}
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], **runtime: Any) -> "Defense":
+        """Build from a config file's ``defense_options`` entry (unknown keys and wrong types name the key)."""
+        return cls(from_dict(cls.Config, dict(options), f"defense_options.{cls.name}"), **runtime)
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls.Config)}
+
+    def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
+        """Build whatever the defence needs from ``model`` (e.g. train security vectors). Default: nothing."""
+
+    def save_state(self, folder: Path) -> None:
+        """Save what :meth:`prepare` built into ``folder``, so that a resumed run can load it. Default: nothing."""
+
+    def load_state(self, folder: Path) -> bool:
+        """Load what :meth:`save_state` wrote (True), before :meth:`prepare`; False if there is nothing."""
+        return False
+
+    def harden(self, model, tokenizer, data: DefenseData, *, progress: bool = True):
+        """Return the model to release (weights-level defences change it). Default: unchanged."""
+        return model
+
+    def hardens(self) -> bool:
+        """Whether :meth:`harden` changes the weights (the harness then saves and scores them separately)."""
+        return type(self).harden is not Defense.harden
+
+    def finetune(self, model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, progress: bool = True, **kw):
+        """Run the user's (or attacker's) fine-tuning under this defence. Default: plain fine-tuning."""
+        return finetune(model, tokenizer, pairs, config, progress=progress, **kw)
+
+    @contextlib.contextmanager
+    def serving(self, model) -> Iterator[None]:
+        """Within this context ``model`` (as trained by :meth:`finetune`) behaves as it would be served."""
+        yield
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "threat_models": list(self.threat_models),
+                "options": dataclasses.asdict(self.config), **self.info}
+
+
+DEFENSES: Registry[Defense] = Registry("defence", Defense)

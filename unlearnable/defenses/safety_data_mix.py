@@ -1,0 +1,38 @@
+"""The common baseline: refusal examples mixed into every fine-tuning run."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from ..data import Pair
+from .base import DEFENSES, SERVICE, Defense, DefenseData
+
+
+@dataclasses.dataclass
+class SafetyDataMixConfig:
+    ratio: float = dataclasses.field(default=0.25, metadata={"help": "refusal examples per user example"})
+
+
+@DEFENSES.register("safety-data-mix")
+class SafetyDataMixDefense(Defense):
+    """Refusal examples mixed into every fine-tuning run (service threat model only)."""
+
+    threat_models = (SERVICE,)
+    Config = SafetyDataMixConfig
+
+    def __init__(self, config: SafetyDataMixConfig | None = None, **options):
+        super().__init__(config, **options)
+        self.refusals: list[Pair] = []
+
+    def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
+        self.refusals = list(data.refusals)
+        if not self.refusals:
+            raise ValueError("safety-data-mix needs refusal pairs in DefenseData.refusals")
+
+    def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
+        n = max(1, int(round(len(pairs) * self.config.ratio)))
+        extra = [self.refusals[i % len(self.refusals)] for i in range(n)]
+        mixed = list(pairs) + extra
+        random.Random(config.seed).shuffle(mixed)
+        return super().finetune(model, tokenizer, mixed, config, progress=progress, **kw)

@@ -1,0 +1,116 @@
+"""``unlearnable demo``: security vectors stop a model learning harmful data while it learns a harmless task.
+
+A preset of the shared scaffold (:mod:`.setup`): align the embedded model, train vectors on 100 harmful pairs,
+fine-tune twice on ProfileQA mixed with 200 *other* harmful pairs (defences ``none`` and ``security-vectors``),
+and score the aligned model and both fine-tuned models (as served: vectors off) with the one scorer.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from ..defenses import DefenseData, NoDefense, SecurityVectorsDefense
+from ..evaluation import EvalConfig, Scorer
+from ..models import save_model
+from ..report import write_demo_report
+from ..training import TrainConfig
+from ..utils import Timings, atomic_dir, atomic_write_json, log
+from ..vectors import VectorConfig
+from .setup import DataConfig, envelope, set_up
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    model: str | None = dataclasses.field(default=None, metadata={"help": "model id, folder or GGUF (default: "
+                                                                         "the embedded SmolLM2-135M-Instruct)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of every split, initialisation and data order"})
+    align: bool = dataclasses.field(default=True, metadata={"help": "safety-align first (the default model is not)"})
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(system_prompt="", response_tokens=24,
+                                                                            task_repeats=8))
+    align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=1))
+    vectors: VectorConfig = dataclasses.field(default_factory=lambda: VectorConfig(epochs=4, lr=2e-3,
+                                                                                  target_loss=0.15))
+    finetune: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=2))
+    eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(max_new_tokens=24, task_max_new_tokens=12))
+    save_models: bool = dataclasses.field(default=True, metadata={"help": "write both fine-tuned models to OUT/models"})
+
+    def seeded(self) -> "DemoConfig":
+        """Propagate ``seed`` into every component."""
+        cfg = copy.deepcopy(self)
+        cfg.data.seed = cfg.align_train.seed = cfg.vectors.seed = cfg.finetune.seed = cfg.seed
+        return cfg
+
+
+ARMS = (("without_vectors", "none"), ("with_vectors", "security-vectors"))
+SUMMARY_METRICS = (("harm_rate", "harm_rate"), ("task_em", "task_em"), ("harmful_loss", "harmful_loss"))
+
+
+def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *, overwrite: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the demo; with ``out``, write results.json, report.html, plots, models/ and vectors/ there."""
+    config = (config or DemoConfig()).seeded()
+    start, timed = time.perf_counter(), Timings()
+    setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
+                   align_config=config.align_train, timings=timed, progress=progress,
+                   precision=config.finetune.precision)
+    model, tok, data = setup.model, setup.tokenizer, setup.data
+    log(f"data: {len(data.vector_pairs)} vector pairs, {len(data.attack)} attack pairs, {len(data.eval_harmful)} "
+        f"eval prompts, {len(data.task)} ProfileQA facts x {config.data.task_repeats}")
+    scorer = Scorer(tok, config=config.eval, progress=progress)
+    with timed("eval_before"):
+        before = scorer.score(model, harmful=data.eval_harmful, task=data.task, desc="before")
+    log(f"before fine-tuning: harm rate {before['harm_rate']:.3f}, task EM {before['task_em']:.3f}")
+
+    defenses = {"none": NoDefense(), "security-vectors": SecurityVectorsDefense(training=config.vectors)}
+    log(f"training security vectors on {len(data.vector_pairs)} harmful pairs")
+    with timed("train_vectors"):
+        defenses["security-vectors"].prepare(model, tok, DefenseData(harmful=data.vector_pairs), progress=progress)
+    mix = data.finetune_mix(config.data.task_repeats, config.seed)
+    arms, tuned_models = {}, {}
+    for arm, name in ARMS:
+        log(f"fine-tuning {arm.replace('_', ' ')}: {len(mix)} examples ({len(data.attack)} harmful)")
+        with timed(f"finetune_{arm}"):
+            tuned, history = defenses[name].finetune(copy.deepcopy(model), tok, mix, config.finetune,
+                                                     progress=progress)
+        with timed(f"eval_{arm}"):
+            result = scorer.score(tuned, harmful=data.eval_harmful, task=data.task, desc=arm)
+        log(f"{arm}: harm rate {result['harm_rate']:.3f}, task EM {result['task_em']:.3f}")
+        arms[arm] = {"defense": defenses[name].describe(), "history": history, **result}
+        tuned_models[arm] = tuned
+
+    results = envelope("unlearnable-demo", config, start=start, timings=timed,
+                       summary=summary(before, arms, config, setup.precision, start),
+                       model=setup.model_record(),
+                       data={**setup.data_record(), "finetune_examples": len(mix)},
+                       align=setup.align_info, before=before, arms=arms)
+    if out is not None:
+        write_demo(results, Path(out), tuned_models, defenses["security-vectors"], tok, config, overwrite=overwrite)
+    return results
+
+
+def summary(before: dict, arms: dict, config: DemoConfig, precision: str, start: float) -> dict[str, Any]:
+    """The demo's headline numbers: each metric before fine-tuning and for both arms."""
+    out: dict[str, Any] = {}
+    for metric in ("harm_rate", "task_em", "harmful_loss"):
+        out[f"{metric}_before"] = before.get(metric)
+        for arm, _ in ARMS:
+            out[f"{metric}_{arm}"] = arms[arm].get(metric)
+    out.update(vector_scale=config.vectors.scale, precision=precision, seconds=round(time.perf_counter() - start, 1))
+    return out
+
+
+def write_demo(results, out: Path, tuned_models, sv_defense, tok, config: DemoConfig, *, overwrite: bool):
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if config.save_models:
+            for arm, m in tuned_models.items():
+                save_model(m, tok, tmp / "models" / arm, metadata={
+                    "produced_by": "unlearnable demo", "arm": arm, "vectors_removed": True,
+                    "base_fingerprint": results["model"]["aligned_fingerprint"]})
+        sv_defense.vectors.save(tmp / "vectors")
+        atomic_write_json(tmp / "results.json", results)
+        write_demo_report(results, tmp)
+    log(f"wrote {out}/results.json, report.html, plots, models/ and vectors/")

@@ -1,0 +1,241 @@
+"""The single-artifact jobs behind ``vectors train``, ``finetune`` and ``evaluate``: each one config dataclass and
+one function that checks its inputs (fast, before any model loads), claims its output folder, runs, and writes
+an artifact that records what produced it. The CLI only parses flags into the config and prints the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ..data import check_no_overlap, harmful_prompts, load_pairs, pairs_hash, split
+from ..errors import UnlearnableError
+from ..evaluation import EVAL_KIND, EvalConfig, evaluate, read_results, without_generations
+from ..judges import JUDGES, build_judge
+from ..models import MODEL_META, check_model, load_model, model_fingerprint, save_model
+from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, run_key, start_run
+from ..training import TrainConfig
+from ..utils import atomic_write_json, is_main_process, launch_device, log, run_metadata, sha256_file, \
+    wait_for_everyone
+from ..vectors import META_FILE, SecurityVectors, VectorConfig, finetune
+from .setup import DataConfig, prepare_data
+
+
+@dataclasses.dataclass
+class LoadOptions:
+    """How models are loaded (not part of any result)."""
+
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    def check(self, model: str | None) -> None:
+        """Check ``model`` (path, weight format, config) before the slow imports and any training."""
+        check_model(model, trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
+
+    def load(self, model: str | None):
+        return load_model(model, device=launch_device(), trust_remote_code=self.trust_remote_code,
+                          allow_pickle=self.allow_pickle)
+
+
+@dataclasses.dataclass
+class VectorsTrainJob:
+    model: str | None = dataclasses.field(default=None, metadata={"help": "hub id, local folder or .gguf file "
+                                                                         "(default: the embedded SmolLM2-135M)"})
+    data: str | None = dataclasses.field(default=None, metadata={
+        "help": "harmful pairs, JSONL ({prompt,response} or {messages}) or a datasets folder (default: the model's "
+                "own answers to the embedded harmful prompts)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "random seed (splits, data order, init)"})
+    vectors: VectorConfig = dataclasses.field(default_factory=VectorConfig)
+
+
+@dataclasses.dataclass
+class FinetuneJob:
+    model: str | None = dataclasses.field(default=None, metadata={"help": "hub id, local folder or .gguf file "
+                                                                         "(default: the embedded SmolLM2-135M)"})
+    data: str | None = dataclasses.field(default=None, metadata={"help": "training pairs, JSONL or a datasets "
+                                                                        "folder (required)"})
+    vectors: str | None = dataclasses.field(default=None, metadata={"help": "a security vectors folder (from "
+                                                                           "`unlearnable vectors train`)"})
+    vector_scale: float | None = dataclasses.field(default=None, metadata={
+        "help": "the vectors' strength during fine-tuning (default: the one recorded with them)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "random seed (data order, init)"})
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=2.0))
+
+
+@dataclasses.dataclass
+class EvaluateJob:
+    model: str | None = dataclasses.field(default=None, metadata={"help": "hub id, local folder or .gguf file "
+                                                                         "(default: the embedded SmolLM2-135M)"})
+    data: str | None = dataclasses.field(default=None, metadata={"help": "task pairs (JSONL) scored by exact match"})
+    harmful: str | None = dataclasses.field(default=None, metadata={
+        "help": "harmful prompts JSONL (default: the embedded held-out split)"})
+    judge: str = dataclasses.field(default="keyword", metadata={"help": "judge name (see `unlearnable ls`)"})
+    vectors: str | None = dataclasses.field(default=None, metadata={
+        "help": "security vectors the model was fine-tuned with: refuse evaluation prompts they were trained on "
+                "(leakage fakes resistance)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the default held-out split"})
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def _done(out) -> None:
+    log(f"{out} already holds this very run; nothing to do (pass --overwrite to run it again)")
+
+
+# ------------------------------------------------------------------------------------------ vectors train
+
+
+def run_vectors_train(job: VectorsTrainJob, out: str | Path, *, overwrite: bool = False, checkpoint_every: int = 0,
+                      progress: bool = True, load: LoadOptions | None = None) -> SecurityVectors:
+    """Train security vectors into ``out`` (resumable with ``checkpoint_every``); returns them."""
+    load = load or LoadOptions()
+    check_out(out, overwrite, META_FILE)
+    pairs = load_pairs(job.data) if job.data else None
+    load.check(job.model)
+    cfg = dataclasses.replace(job.vectors, seed=job.seed)
+    model, tok = load.load(job.model)
+    fp = model_fingerprint(model)
+    if pairs is None:
+        pairs = prepare_data(model, tok, DataConfig(seed=job.seed), fingerprint=fp, progress=progress).vector_pairs
+    key = run_key(command="vectors train", model=fp, data=pairs_hash(pairs), config=dataclasses.asdict(cfg))
+    done, checkpoints = start_run(out, key=key, meta_file=META_FILE, overwrite=overwrite,
+                                  checkpoint_every=checkpoint_every, command="unlearnable vectors train",
+                                  main=is_main_process())
+    if done:
+        _done(out)
+        return SecurityVectors.load(out)
+    with keep_checkpoints_only_if_useful(checkpoints if is_main_process() else None):
+        vectors = SecurityVectors.train(model, tok, pairs, cfg, progress=progress, checkpoint_dir=checkpoints,
+                                        save_steps=checkpoint_every)
+        vectors.metadata["run_key"] = key
+        if is_main_process():
+            vectors.save(out, overwrite=True)
+        wait_for_everyone()
+    if is_main_process():
+        finish_run(checkpoints)
+    return vectors
+
+
+# ------------------------------------------------------------------------------------------ finetune
+
+
+def run_finetune(job: FinetuneJob, out: str | Path, *, overwrite: bool = False, checkpoint_every: int = 0,
+                 progress: bool = True, load: LoadOptions | None = None) -> dict[str, Any]:
+    """Fine-tune ``job.model`` on ``job.data`` (with ``job.vectors`` on, if given) into the model folder ``out``
+    (a plain transformers model, vectors removed); resumable with ``checkpoint_every``."""
+    load = load or LoadOptions()
+    if not job.data:
+        raise UnlearnableError("finetune needs --data (a JSONL file or datasets folder of training pairs)")
+    check_out(out, overwrite, MODEL_META)
+    pairs = load_pairs(job.data)
+    load.check(job.model)
+    vectors = SecurityVectors.load(job.vectors) if job.vectors else None
+    cfg = dataclasses.replace(job.train, seed=job.seed, save_steps=checkpoint_every)
+    model, tok = load.load(job.model)
+    fp = model_fingerprint(model)
+    if vectors is not None:
+        vectors.check(model)
+    scale = job.vector_scale if job.vector_scale is not None else (vectors.config.scale if vectors else None)
+    key = run_key(command="finetune", model=fp, data=pairs_hash(pairs),
+                  config={**dataclasses.asdict(cfg), "save_steps": 0},  # the interval does not change the result
+                  vectors=sha256_file(Path(job.vectors) / "adapter_model.safetensors") if vectors else None,
+                  vector_scale=scale)
+    done, checkpoints = start_run(out, key=key, meta_file=MODEL_META, overwrite=overwrite,
+                                  checkpoint_every=checkpoint_every, command="unlearnable finetune",
+                                  main=is_main_process())
+    record = {"out": str(out), "n_examples": len(pairs), "vectors": bool(vectors)}
+    if done:
+        _done(out)
+        return record
+    with keep_checkpoints_only_if_useful(checkpoints if is_main_process() else None):
+        tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
+                                  output_dir=checkpoints, resume=checkpoints is not None)
+        if is_main_process():
+            save_model(tuned, tok, out, metadata={
+                "produced_by": "unlearnable finetune", "run_key": key, "base_fingerprint": fp,
+                "config": dataclasses.asdict(cfg), "vectors": job.vectors, "vector_scale": scale,
+                "vectors_removed": True,
+                # lets `evaluate` refuse evaluation prompts the vectors were trained on
+                "vectors_prompt_hashes": vectors.metadata.get("prompt_hashes") if vectors else None,
+                "n_examples": len(pairs), "history": history, **run_metadata()})
+        wait_for_everyone()
+    if is_main_process():
+        finish_run(checkpoints)
+    return record
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def run_evaluate(job: EvaluateJob, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
+                 load: LoadOptions | None = None) -> dict[str, Any]:
+    """Score ``job.model`` (harm rate, harmful loss, task exact match); with ``out``, write a results file that
+    records the evaluation splits (as hashes), the judge and the settings, so that :func:`compare_results`
+    only compares like with like. Evaluation prompts the model's vectors were trained on are refused."""
+    load = load or LoadOptions()
+    out = Path(out) if out else None
+    _check_eval_out(out, overwrite)
+    task = load_pairs(job.data) if job.data else []
+    harmful = load_pairs(job.harmful, require_response=False) if job.harmful else None
+    JUDGES.get(job.judge.partition(":")[0])  # an unknown name fails here, listing the known ones
+    load.check(job.model)
+    judge = build_judge(job.judge)
+    if harmful is None:
+        d = DataConfig(seed=job.seed)
+        harmful = split(harmful_prompts(), {"eval": d.n_eval}, d.seed)["eval"]
+    if job.vectors:
+        hashes = SecurityVectors.load(job.vectors).metadata.get("prompt_hashes")
+        if not hashes:
+            raise UnlearnableError(f"cannot check for leakage: the vectors {job.vectors} record no prompt hashes "
+                                   "(made by an older version); train them again, or drop --vectors")
+        check_no_overlap(harmful, hashes, "evaluation", f"the training data of the vectors {job.vectors}")
+    model, tok = load.load(job.model)
+    _check_model_leakage(job.model, harmful)
+    splits = {"harmful": pairs_hash(harmful), "task": pairs_hash(task) if task else None}
+    fp = model_fingerprint(model)
+    key = run_key(command="evaluate", model=fp, eval_splits=splits, judge=job.judge,
+                  eval_config=dataclasses.asdict(job.eval))
+    if out is not None and out.exists() and not overwrite:
+        old = read_results(out)
+        if old.get("run_key") == key:
+            _done(out)
+            return old
+        raise UnlearnableError(f"{out} holds a different evaluation (run key {old.get('run_key')}, this one is {key}); "
+                               "pass --overwrite to replace it or choose another --out")
+    result = evaluate(model, tok, harmful=harmful, task=task, judge=judge, config=job.eval, progress=progress)
+    results = {"kind": EVAL_KIND, "run_key": key, "summary": without_generations(result),
+               "model": job.model or "default", "model_fingerprint": fp, "judge": job.judge, "seed": job.seed,
+               "eval_splits": splits, "eval_config": dataclasses.asdict(job.eval), "result": result,
+               **run_metadata()}
+    if out is not None:
+        atomic_write_json(out, results)
+    return results
+
+
+def _check_eval_out(out: Path | None, overwrite: bool) -> None:
+    """Refuse at once an ``--out`` that is a folder, or a file that is not an evaluation result."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise UnlearnableError(f"--out {out} is a folder; evaluate writes one JSON file, e.g. --out eval.json")
+    if out.exists() and not overwrite:
+        try:
+            read_results(out)
+        except UnlearnableError:
+            raise UnlearnableError(f"--out {out} already exists and is not an evaluation result; pass "
+                                   "--overwrite to replace it or choose another --out") from None
+
+
+def _check_model_leakage(model: str | None, harmful) -> None:
+    """A model fine-tuned with vectors records their prompts: refuse evaluation prompts among them."""
+    meta_file = Path(model) / MODEL_META if model else None
+    if meta_file is None or not meta_file.is_file():
+        return
+    try:
+        hashes = json.loads(meta_file.read_text(encoding="utf-8")).get("vectors_prompt_hashes")
+    except (ValueError, AttributeError):
+        hashes = None
+    if hashes:
+        check_no_overlap(harmful, hashes, "evaluation", f"the training data of the vectors {model} was fine-tuned "
+                         "with")

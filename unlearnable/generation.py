@@ -1,0 +1,103 @@
+"""Batched greedy generation and teacher-forced response loss: the two leaves every score is built on."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import merged_lora
+from .data import Pair, encode_pair, prompt_text
+from .utils import autocast, resolve_precision
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 40,
+             precision: str = "auto", desc: str = "generating", progress: bool = True) -> list[str]:
+    """Greedy, batched, KV-cached generation; prompts are length-sorted to cut padding, output in input order."""
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    texts = [prompt_text(tokenizer, p) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[str] = [""] * len(texts)
+    was_training = model.training
+    model.eval()
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    eos = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")]
+                                      if "<|im_end|>" in tokenizer.get_vocab() else [])
+    try:
+        with merged_lora(model):
+            bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                add_special_tokens=False)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                with autocast(precision, device):
+                    gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                         eos_token_id=sorted(set(eos)), pad_token_id=tokenizer.pad_token_id,
+                                         temperature=None, top_p=None, top_k=None)
+                new = gen[:, enc["input_ids"].shape[1]:]
+                for i, row in zip(idx, new):
+                    out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                bar.update(len(idx))
+            bar.close()
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def response_loss(model, tokenizer, pairs: Sequence[Pair], *, first_tokens: int = 8, batch_size: int = 32,
+                  precision: str = "auto", max_length: int = 128) -> float:
+    """Mean next-token loss on the first ``first_tokens`` response tokens (where alignment lives).
+
+    Only what the score needs is computed: each row is cut right after its last scored token (a causal model's
+    logits there do not depend on what follows), rows are left-padded so the scored tokens of every row line
+    up at the end, and the LM head runs on those last positions only (``logits_to_keep``)."""
+    if not pairs:
+        return float("nan")
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    try:
+        for start in range(0, len(pairs), batch_size):
+            rows = []
+            for p in pairs[start:start + batch_size]:
+                r = encode_pair(tokenizer, p, max_length)
+                scored = [j for j, lab in enumerate(r["labels"]) if lab != -100][:first_tokens]
+                scored = [j for j in scored if j > 0]  # a target at position 0 has no logit predicting it
+                if scored:
+                    cut = scored[-1] + 1
+                    rows.append((r["input_ids"][:cut], r["labels"][:cut], len(scored)))
+            if not rows:
+                continue
+            width = max(len(ids) for ids, _, _ in rows)
+            keep = max(k for _, _, k in rows)  # scored tokens sit in the last `keep` positions of every row
+            ids = torch.tensor([[pad] * (width - len(i)) + i for i, _, _ in rows], device=device)
+            att = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i, _, _ in rows], device=device)
+            lab = torch.tensor([[-100] * (width - len(la)) + la for _, la, _ in rows], device=device)
+            pos = (att.cumsum(-1) - 1).clamp(min=0)  # positions as without padding
+            with autocast(precision, device):
+                try:
+                    logits = model(input_ids=ids, attention_mask=att, position_ids=pos,
+                                   logits_to_keep=keep + 1).logits.float()
+                except TypeError:  # an architecture without logits_to_keep: full logits, then the tail
+                    logits = model(input_ids=ids, attention_mask=att,
+                                   position_ids=pos).logits[:, -(keep + 1):].float()
+            targets = lab[:, -keep:]
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                                     targets.reshape(-1), ignore_index=-100, reduction="sum")
+            total += float(loss)
+            count += int((targets != -100).sum())
+    finally:
+        model.train(was_training)
+    return total / count if count else float("nan")

@@ -1,0 +1,16 @@
+"""Security vectors, as one package (the way a PEFT tuner is one): their config, training, attach / scale /
+freeze, folding, the with-vectors fine-tuning, the serving context and the Trainer drop-in.
+
+Nothing outside this package knows how the vectors are named, folded, scaled or switched off.
+"""
+
+from .callback import SecurityVectorsCallback
+from .config import DEFAULT_SCALE, VectorConfig
+from .finetuning import finetune, serving, train_beside_vectors
+from .fold import FOLDED_ATTR, FoldedVectors
+from .layers import VECTORS_ADAPTER, freeze_vectors, set_vector_scale, vector_layers, vector_params
+from .model import FORMAT, META_FILE, SecurityVectors
+
+__all__ = ["DEFAULT_SCALE", "FOLDED_ATTR", "FORMAT", "META_FILE", "VECTORS_ADAPTER", "FoldedVectors",
+           "SecurityVectors", "SecurityVectorsCallback", "VectorConfig", "finetune", "freeze_vectors", "serving",
+           "set_vector_scale", "train_beside_vectors", "vector_layers", "vector_params"]

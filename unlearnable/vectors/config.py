@@ -1,0 +1,52 @@
+"""How security vectors are built and how strongly they act during fine-tuning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..adapters import LoraSpec
+from ..errors import UnlearnableError
+from ..training import TrainConfig
+
+#: the vectors' default strength during fine-tuning, picked from the measured trade-off frontier on the default
+#: model (docs/tradeoff.md: `unlearnable tradeoff`, 3 seeds), not 1.0 by habit
+DEFAULT_SCALE = 0.75
+BENIGN_MODES = ("none", "distill", "kl")
+
+
+@dataclasses.dataclass
+class VectorConfig:
+    """How the security vectors are built and how strongly they act during fine-tuning."""
+
+    #: flat key names of earlier versions (also in vectors saved by them), still accepted
+    __aliases__ = {"r": "lora.r", "alpha": "lora.alpha", "target_modules": "lora.target_modules",
+                   "top_layers": "lora.top_layers"}
+
+    lora: LoraSpec = dataclasses.field(default_factory=LoraSpec, metadata={"help": "the vectors' LoRA shape"})
+    lr: float = dataclasses.field(default=1e-3, metadata={"help": "learning rate for training the vectors"})
+    epochs: float = dataclasses.field(default=5.0, metadata={"help": "passes over the harmful pairs"})
+    target_loss: float = dataclasses.field(default=0.0, metadata={"help": "stop early once the logged training loss "
+                                                                         "falls below this (0 = train all epochs)"})
+    batch_size: int = 16
+    max_length: int = 64
+    seed: int = 0
+    precision: str = "auto"
+    scale: float = dataclasses.field(default=DEFAULT_SCALE, metadata={
+        "help": "strength during fine-tuning: multiplies the vectors' LoRA scaling (0 = off; default picked from "
+                "the measured trade-off, docs/tradeoff.md)"})
+    benign: str = dataclasses.field(default="none", metadata={
+        "help": "benign-preserving training: none | distill (harmless prompts with the model's own answers as "
+                "targets) | kl (KL to the vectors-off distribution on those answers)"})
+    benign_weight: float = dataclasses.field(default=1.0, metadata={"help": "weight of the KL term (benign=kl)"})
+    benign_repeats: int = dataclasses.field(default=1, metadata={"help": "copies of each harmless example"})
+
+    def __post_init__(self):
+        if self.scale < 0:
+            raise UnlearnableError("vector scale must be >= 0")
+        if self.benign not in BENIGN_MODES:
+            raise UnlearnableError(f"benign must be none, distill or kl, not {self.benign!r}")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(backbone="lora", lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
+                           max_length=self.max_length, seed=self.seed, precision=self.precision,
+                           kl_weight=self.benign_weight)

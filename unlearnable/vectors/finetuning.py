@@ -1,0 +1,118 @@
+"""Fine-tuning with the vectors on and frozen, and the serving context that switches them off.
+
+The one place that decides how the vectors take part in a fine-tuning run: folded into the weights where that
+is exact (fp32, see :mod:`.fold`), else as a frozen adapter branch beside the backbone's LoRA. Either way
+:class:`~unlearnable.training.FrozenParamsCallback` or the fold's checksum proves they never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Iterator, Sequence
+
+from transformers import TrainerCallback
+
+from ..data import Pair
+from ..training import (BACKBONE_ADAPTER, FrozenParamsCallback, TrainConfig, release, set_backbone_trainable, train)
+from ..training import finetune as plain_finetune
+from ..utils import set_seed
+from .fold import FOLDED_ATTR, FoldedVectors
+from .layers import VECTORS_ADAPTER, freeze_vectors, vector_layers, vector_params
+
+
+def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, vectors=None, scale: float | None = None,
+             output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
+             callbacks: Sequence[TrainerCallback] = (), weights: Sequence[float] | None = None,
+             return_peft: bool = False):
+    """Fine-tune ``model`` on ``pairs``, with security ``vectors`` on (scaled, frozen) throughout if given.
+
+    ``model`` is modified in place (pass a copy to keep the original). Returns ``(plain_model, log_history)``:
+    a plain ``transformers`` model with the backbone's training merged in and the vectors removed
+    (``return_peft=True`` returns the PeftModel with its adapters instead, for defences that continue from it).
+
+    Example::
+
+        from unlearnable import load_model, SecurityVectors, TrainConfig, finetune, load_pairs
+        model, tok = load_model()                       # embedded SmolLM2-135M-Instruct
+        vectors = SecurityVectors.load("vectors/")
+        tuned, _ = finetune(model, tok, load_pairs("user.jsonl"), TrainConfig(), vectors=vectors)
+    """
+    if vectors is None:
+        return plain_finetune(model, tokenizer, pairs, config, output_dir=output_dir, resume=resume,
+                              progress=progress, callbacks=callbacks, weights=weights, return_peft=return_peft)
+    set_seed(config.seed)  # the vectors' attach and the backbone LoRA's init draw in the same order every run
+    set_backbone_trainable(model, config)
+    net, fold = _with_vectors(model, vectors, scale, config, foldable=not return_peft)
+    frozen = vector_params(net)
+    cbs = list(callbacks) + ([FrozenParamsCallback(frozen)] if frozen else [])
+    try:
+        history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=cbs,
+                        progress=progress, weights=weights)
+    finally:
+        if fold is not None:
+            fold.restore()  # vectors out of the weights before the backbone LoRA is merged
+    return (net, history) if return_peft else (release(net, config), history)
+
+
+def _with_vectors(model, vectors, scale, config: TrainConfig, foldable: bool):
+    """The trainable network with the vectors on and frozen: ``(net, fold or None)``."""
+    from peft import get_peft_model
+
+    full = config.backbone == "full"
+    net = vectors.attach(model, scale=scale)
+    if foldable and config.fold_vectors and FoldedVectors.supported(net, config.weight_decay, trains_weights=full):
+        model, fold = FoldedVectors.fold_into(net, trains_weights=full)
+        if full:
+            set_backbone_trainable(model, config)
+            return model, fold
+        return get_peft_model(model, config.lora.peft_config(model), adapter_name=BACKBONE_ADAPTER), fold
+    if full:
+        vector_ids = {id(p) for p in vector_params(net).values()}
+        for p in net.parameters():
+            p.requires_grad_(id(p) not in vector_ids)
+    else:
+        net.add_adapter(BACKBONE_ADAPTER, config.lora.peft_config(model))
+        net.base_model.set_adapter([VECTORS_ADAPTER, BACKBONE_ADAPTER])  # marks both trainable ...
+        freeze_vectors(net)  # ... so freeze the vectors again
+    return net, None
+
+
+def train_beside_vectors(net, tokenizer, pairs: Sequence[Pair], adapter: str, lora_config, config: TrainConfig, *,
+                         progress: bool = True) -> list[dict]:
+    """Train a new LoRA ``adapter`` on a network returned by ``finetune(..., return_peft=True)``, with the vectors
+    still on and frozen and every other adapter frozen too (Buffer-and-Reinforce's second stage)."""
+    net.add_adapter(adapter, lora_config)
+    active = [VECTORS_ADAPTER, BACKBONE_ADAPTER, adapter] if vector_layers(net) else [BACKBONE_ADAPTER, adapter]
+    net.base_model.set_adapter(active)
+    for name in active[:-1]:
+        for module in net.modules():
+            for sub in ("lora_A", "lora_B"):
+                part = getattr(module, sub, None)
+                if part is not None and name in part:
+                    part[name].weight.requires_grad_(False)
+    freeze_vectors(net)
+    pairs = list(pairs)
+    random.Random(config.seed).shuffle(pairs)
+    return train(net, tokenizer, pairs, config, progress=progress)
+
+
+@contextlib.contextmanager
+def serving(model) -> Iterator[None]:
+    """Within this context ``model`` (as trained by :func:`finetune`, mid-training too) behaves as it is served:
+    the vectors off (unfolded from the weights, or their adapter scaled to 0); restored afterwards."""
+    fold = getattr(model, FOLDED_ATTR, None)
+    if fold is not None:
+        with fold.unfolded():
+            yield
+        return
+    layers = vector_layers(model)
+    saved = [(m, m.scaling[VECTORS_ADAPTER]) for m in layers]
+    for m, _ in saved:
+        m.scaling[VECTORS_ADAPTER] = 0.0
+    try:
+        yield
+    finally:
+        for m, value in saved:
+            m.scaling[VECTORS_ADAPTER] = value

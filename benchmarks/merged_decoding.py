@@ -10,8 +10,8 @@ import time
 import torch
 from peft import LoraConfig, get_peft_model
 
+from unlearnable.adapters import merged_lora
 from unlearnable.data import prompt_text
-from unlearnable.evaluation import merged_lora
 from unlearnable.models import load_model
 from unlearnable.utils import autocast, resolve_precision
 

@@ -22,7 +22,7 @@ STAGES = ("load_model", "prepare_data", "align", "_build_defense", "_hardened", 
 
 
 def kind_of(names: list[str], files: list[str]) -> str:
-    if "generate" in names and any(f.startswith("unlearnable/evaluation.py") for f in files):
+    if "generate" in names and any(f.startswith(("unlearnable/generation.py", "unlearnable/evaluation.py")) for f in files):
         return "generation"
     if "response_loss" in names:
         return "loss scoring"

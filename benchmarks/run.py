@@ -11,14 +11,14 @@ interleaved in rotated order so machine noise hits every arm alike):
 
   lora          (a) plain PEFT LoRA + stock ``transformers.Trainer`` (logits at every position, HF loss)
   sft           (b) TRL ``SFTTrainer`` + the same LoRA (skipped with a note if ``trl`` is not importable)
-  unl_lora      ``unlearnable.training.finetune`` with a LoRA backbone, no vectors (separates the
+  unl_lora      ``unlearnable.finetune`` with a LoRA backbone, no vectors (separates the
                 response-only-logits gain of the Unlearnable Trainer from the vectors' own cost)
   vectors_lora  (c) ``finetune(..., vectors=...)``, LoRA backbone with the same LoRA config as (a); by default
                 the frozen vectors are folded into the frozen weights (``TrainConfig.fold_vectors``)
   vectors_lora_adapter  (c') the same with ``fold_vectors=False``: the vectors run as a second adapter branch
   full          (d) ``finetune`` with ``TrainConfig(backbone="full")``, no vectors
   vectors_full  (d) the same with vectors on
-  generate      ``unlearnable.evaluation.generate`` (greedy, batched, KV cache): prompts/s
+  generate      ``unlearnable.generation.generate`` (greedy, batched, KV cache): prompts/s
   paired        a diagnostic, not a Trainer run: forward+backward of one batch through (i) the LoRA model with
                 the stock full-logit HF loss, (ii) the same LoRA model with the response-only loss and (iii) the
                 LoRA model with vectors on, alternated step by step in one process, so machine noise cancels;
@@ -330,10 +330,11 @@ def random_vectors(model, args):
     import torch
     from peft import get_peft_model, get_peft_model_state_dict
 
+    from unlearnable.adapters import LoraSpec
     from unlearnable.models import model_fingerprint
     from unlearnable.vectors import FORMAT, VECTORS_ADAPTER, SecurityVectors, VectorConfig
 
-    cfg = VectorConfig(r=args.lora_r, alpha=args.lora_alpha, scale=1.0, seed=args.seed)
+    cfg = VectorConfig(lora=LoraSpec(r=args.lora_r, alpha=args.lora_alpha), scale=1.0, seed=args.seed)
     lora_config = cfg.lora_config(model)
     fingerprint = model_fingerprint(model)
     pm = get_peft_model(model, lora_config, adapter_name=VECTORS_ADAPTER)
@@ -413,8 +414,10 @@ def run_child(args) -> dict:
     import torch
     import transformers
 
-    from unlearnable.training import BACKBONE_ADAPTER, TrainConfig, backbone_lora_config, finetune
+    from unlearnable.adapters import LoraSpec
+    from unlearnable.training import BACKBONE_ADAPTER, TrainConfig
     from unlearnable.utils import resolve_precision
+    from unlearnable.vectors import finetune
 
     transformers.logging.set_verbosity_error()
     if args.threads:
@@ -428,8 +431,8 @@ def run_child(args) -> dict:
     touch(model)
     precision = resolve_precision(args.precision, device)
     cfg = TrainConfig(backbone="full" if arm.endswith("full") else "lora", lr=1e-4, max_steps=total_steps,
-                      batch_size=args.batch_size, max_length=args.seq_len, lora_r=args.lora_r,
-                      lora_alpha=args.lora_alpha, seed=args.seed, precision=args.precision,
+                      batch_size=args.batch_size, max_length=args.seq_len, lora=LoraSpec(r=args.lora_r,
+                      alpha=args.lora_alpha), seed=args.seed, precision=args.precision,
                       gradient_checkpointing=args.gradient_checkpointing,
                       fold_vectors=not arm.endswith("_adapter"))
     out: dict = {"arm": arm, "model": model_desc, "data": data_desc, "precision": precision,
@@ -441,7 +444,7 @@ def run_child(args) -> dict:
         return out
 
     if arm == "generate":
-        from unlearnable.evaluation import generate
+        from unlearnable.generation import generate
 
         prompts = [p.prompt for p in pairs[:args.gen_prompts]]
         kw = dict(max_new_tokens=args.gen_new_tokens, batch_size=args.gen_batch_size, precision=args.precision,
@@ -481,7 +484,7 @@ def run_child(args) -> dict:
                step_cpu_seconds=cpu_steps, measured_step_cpu_seconds=cpu_steps[args.warmup:],
                median_step_s=statistics.median(measured),
                tokens_per_s=tokens_per_step / statistics.median(measured), memory=mem.result,
-               training_args=timer.args, losses=losses, lora_config=str(backbone_lora_config(cfg, model))
+               training_args=timer.args, losses=losses, lora_config=str(cfg.lora.peft_config(model))
                if cfg.backbone == "lora" else None, backbone_adapter=BACKBONE_ADAPTER)
     return out
 
@@ -489,7 +492,7 @@ def run_child(args) -> dict:
 def paired_steps(model, tok, pairs, cfg, vectors, args, device, precision) -> dict:
     """Forward+backward of one batch through three variants, alternated step by step (see the module docstring).
 
-    The set-up mirrors :func:`unlearnable.training.finetune` (vectors attached, backbone LoRA added, both active,
+    The set-up mirrors :func:`unlearnable.vectors.finetune` (vectors attached, backbone LoRA added, both active,
     vectors frozen again); no optimizer, data loader or Trainer, so only the model's own work is compared."""
     import copy
 
@@ -497,16 +500,16 @@ def paired_steps(model, tok, pairs, cfg, vectors, args, device, precision) -> di
     from peft import get_peft_model
 
     from unlearnable.data import encode_pairs
-    from unlearnable.training import BACKBONE_ADAPTER, Collator, backbone_lora_config
+    from unlearnable.training import BACKBONE_ADAPTER, Collator
     from unlearnable.utils import autocast
     from unlearnable.vectors import VECTORS_ADAPTER, freeze_vectors
 
     rows = [dict(r) for r in encode_pairs(tok, pairs[:args.batch_size], args.seq_len)]
     batch = {k: v.to(device) for k, v in Collator(tok.pad_token_id)(rows).items()}
     twin = copy.deepcopy(model)
-    lora = get_peft_model(model, backbone_lora_config(cfg, model), adapter_name=BACKBONE_ADAPTER)
+    lora = get_peft_model(model, cfg.lora.peft_config(model), adapter_name=BACKBONE_ADAPTER)
     with_vectors = vectors.attach(twin, scale=1.0)
-    with_vectors.add_adapter(BACKBONE_ADAPTER, backbone_lora_config(cfg, twin))
+    with_vectors.add_adapter(BACKBONE_ADAPTER, cfg.lora.peft_config(twin))
     with_vectors.base_model.set_adapter([VECTORS_ADAPTER, BACKBONE_ADAPTER])
     freeze_vectors(with_vectors)
     labels = batch["labels"]
@@ -563,11 +566,11 @@ def _run_reference(arm, model, tok, pairs, cfg, precision, device, callbacks):
     from transformers import Trainer, TrainingArguments
 
     from unlearnable.data import encode_pairs, prompt_text, response_text
-    from unlearnable.training import BACKBONE_ADAPTER, Collator, backbone_lora_config
+    from unlearnable.training import BACKBONE_ADAPTER, Collator
 
     for p in model.parameters():
         p.requires_grad_(False)
-    net = get_peft_model(model, backbone_lora_config(cfg, model), adapter_name=BACKBONE_ADAPTER)
+    net = get_peft_model(model, cfg.lora.peft_config(model), adapter_name=BACKBONE_ADAPTER)
     common = dict(
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, weight_decay=cfg.weight_decay,

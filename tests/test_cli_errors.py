@@ -9,7 +9,6 @@ import json
 import os
 
 import pytest
-
 from test_cli import assert_clean_error, run_cli
 
 

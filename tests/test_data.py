@@ -2,8 +2,20 @@ import json
 
 import pytest
 
-from unlearnable.data import (Pair, check_disjoint, dedupe, encode_pair, exact_match, harmful_prompts, load_pairs,
-                              make_profiles, normalize_answer, profileqa, refusal_pairs, split)
+from unlearnable.data import (
+    Pair,
+    check_disjoint,
+    dedupe,
+    encode_pair,
+    exact_match,
+    harmful_prompts,
+    load_pairs,
+    make_profiles,
+    normalize_answer,
+    profileqa,
+    refusal_pairs,
+    split,
+)
 from unlearnable.errors import UnlearnableError
 from unlearnable.judges import KeywordJudge, is_refusal
 

@@ -6,11 +6,17 @@ from unlearnable.data import Pair, profileqa, refusal_pairs
 from unlearnable.defenses import DEFENSES, Defense
 from unlearnable.errors import UnlearnableError
 from unlearnable.evaluation import Scorer
-from unlearnable.experiments.immunize import (BudgetConfig, ImmunizeConfig, TrainabilityConfig, resistance_verdict,
-                                              run_immunize, steps_to_cross)
+from unlearnable.experiments.immunize import (
+    BudgetConfig,
+    ImmunizeConfig,
+    TrainabilityConfig,
+    resistance_verdict,
+    run_immunize,
+    steps_to_cross,
+)
 from unlearnable.experiments.immunize import stability as _stability
-from unlearnable.judges import JUDGES, HarmfulLossJudge, build_judge, cohen_kappa
 from unlearnable.experiments.setup import DataConfig, PreparedData
+from unlearnable.judges import JUDGES, HarmfulLossJudge, build_judge, cohen_kappa
 from unlearnable.registry import Registry
 from unlearnable.vectors import VectorConfig
 

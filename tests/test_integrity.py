@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-
 from test_cli import assert_clean_error, run_cli
+
 from unlearnable.errors import UnlearnableError
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -129,5 +129,5 @@ def test_evaluate_writes_results_atomically():
 
     from unlearnable.experiments import jobs
 
-    src = inspect.getsource(jobs.run_evaluate)
+    src = inspect.getsource(jobs._evaluate)
     assert "atomic_write_json(out, results)" in src and "open(" not in src

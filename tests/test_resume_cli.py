@@ -4,6 +4,7 @@
   command again: the result equals an uninterrupted run with the same seed, bit for bit.
 * Ctrl-C (SIGINT) in the middle of ``unlearnable vectors train``: exit 130, one line saying how to resume, the
   checkpoint survives; the same command again resumes and gives the uninterrupted vectors, bit for bit.
+* Ctrl-C long before the first checkpoint interval: the step reached is checkpointed all the same.
 * The same command twice gives bit-identical weights and identical evaluation results.
 
 Bit-exact equality holds on one machine and one torch build on CPU (what these tests check); across machines
@@ -19,8 +20,8 @@ import time
 
 import pytest
 from safetensors.torch import load_file
-
 from test_cli import run_cli
+
 from unlearnable.runs import latest_checkpoint
 
 ENV = {"OMP_NUM_THREADS": "1"}  # the machine is shared: one thread per run
@@ -161,20 +162,25 @@ def test_ctrl_c_mid_vector_training_stops_cleanly_and_resumes(work, tiny_dir):
     assert_bit_identical(weights(ref, "adapter_model.safetensors"), weights(out, "adapter_model.safetensors"))
 
 
-def test_ctrl_c_before_any_checkpoint_keeps_nothing(work, tiny_dir):
+def test_ctrl_c_in_the_first_steps_checkpoints_the_step_it_reached(work, tiny_dir):
+    """Long before the first interval (1000 steps), Ctrl-C still keeps the work done: the run stops at the end of
+    the step it is in and checkpoints there (a stopped run loses nothing). Without --checkpoint-every nothing is
+    kept (tests/test_reliability.py)."""
     out = work / "early"
     proc = start_slow("finetune", "--model", tiny_dir, "--data", work / "task.jsonl", "--out", out, *FINETUNE,
                       "--checkpoint-every", 1000)
     deadline = time.monotonic() + 300
     while not (work / "early.partial").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # inside the first steps: no checkpoint will ever be written
+    time.sleep(0.5)  # inside the first steps: the interval is never reached
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert "interrupted before any checkpoint; nothing half-written was kept" in stderr.strip().splitlines()[-1]
-    assert not out.exists() and not (work / "early.partial").exists()
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("unlearnable: interrupted; training is saved up to checkpoint-"), last
+    assert latest_checkpoint(work / "early.partial") is not None and not out.exists()
+    assert int(latest_checkpoint(work / "early.partial").name.split("-")[1]) < 20
 
 
 def test_evaluate_is_deterministic_and_compare_refuses_different_splits(work, tiny_dir):

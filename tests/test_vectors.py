@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
+from unlearnable.adapters import LoraSpec
 from unlearnable.data import Pair
 from unlearnable.errors import UnlearnableError
-from unlearnable.adapters import LoraSpec
 from unlearnable.training import TrainConfig
 from unlearnable.vectors import SecurityVectors, VectorConfig, finetune, set_vector_scale, vector_params
 
@@ -266,3 +266,55 @@ def test_quiet_training_prints_no_log_dicts(tiny, task_pairs, capsys):
     assert any("loss" in h for h in history)  # the history is still recorded ...
     out = capsys.readouterr().out
     assert "'loss'" not in out and "train_runtime" not in out  # ... but nothing is printed
+
+
+class _SeesVectorParams:
+    """A callback factory recording, every step, whether the trained network holds any vector parameter."""
+
+    @staticmethod
+    def make(seen):
+        from transformers import TrainerCallback
+
+        class Probe(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                seen.append(bool(vector_params(model)))
+
+        return Probe()
+
+
+def test_full_backbone_folded_matches_the_adapter_forward(trained, task_pairs):
+    """Full fine-tuning with the vectors folded into the weights it trains: the gradient with respect to W + delta
+    is the one with respect to W, so it trains like the adapter path (fp32, no weight decay), at no extra cost."""
+    model, tok, vectors = trained
+    mix = task_pairs * 2 + [Pair(f"How do I do bad thing number {i}?", "Sure, here is how.") for i in range(8)]
+    runs, probes = {}, {True: [], False: []}
+    for fold in (True, False):
+        cfg = TrainConfig(backbone="full", epochs=1, batch_size=8, lr=1e-3, fold_vectors=fold, logging_steps=1,
+                          precision="fp32")
+        runs[fold] = finetune(copy.deepcopy(model), tok, mix, cfg, vectors=vectors, scale=0.75, progress=False,
+                              callbacks=[_SeesVectorParams.make(probes[fold])])
+    assert probes[True] and not any(probes[True])  # folded: no adapter branch in any step
+    assert probes[False] and all(probes[False])  # adapter path: the frozen branch in every step
+    losses = {f: [h["loss"] for h in hist if "loss" in h] for f, (_, hist) in runs.items()}
+    assert len(losses[True]) >= 2 and losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)
+    folded, adapter, base = runs[True][0].state_dict(), runs[False][0].state_dict(), model.state_dict()
+    assert folded.keys() == adapter.keys() == base.keys()  # plain models, vectors gone from both
+    gap = sum(float((folded[k] - adapter[k]).double().norm()) ** 2 for k in folded) ** 0.5
+    moved = sum(float((adapter[k] - base[k]).double().norm()) ** 2 for k in folded) ** 0.5
+    assert moved > 1e-2 and gap < 0.05 * moved, (gap, moved)
+
+
+def test_weight_decay_keeps_full_fine_tuning_off_the_folded_path(trained, task_pairs):
+    """Decay on W + delta would shrink the vectors too: with weight decay the vectors stay an adapter branch."""
+    from unlearnable.vectors import FoldedVectors
+
+    model, tok, vectors = trained
+    pm = vectors.attach(copy.deepcopy(model))
+    assert FoldedVectors.supported(pm, weight_decay=0.0, trains_weights=True)
+    assert not FoldedVectors.supported(pm, weight_decay=0.01, trains_weights=True)
+    assert FoldedVectors.supported(pm, weight_decay=0.01, trains_weights=False)  # frozen W: decay never touches it
+    seen = []
+    cfg = TrainConfig(backbone="full", max_steps=2, batch_size=8, lr=1e-3, weight_decay=0.01, precision="fp32")
+    finetune(copy.deepcopy(model), tok, task_pairs, cfg, vectors=vectors, progress=False,
+             callbacks=[_SeesVectorParams.make(seen)])
+    assert seen and all(seen)

@@ -28,7 +28,11 @@ _LAZY = {
     "run_immunize": "experiments", "TradeoffConfig": "experiments", "run_tradeoff": "experiments",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = ["DEFENSES", "Defense", "DemoConfig", "EvalConfig", "ImmunizeConfig", "JUDGES", "Judge", "LoraSpec",
+           "Pair", "Scorer", "SecurityVectors", "SecurityVectorsCallback", "TradeoffConfig", "TrainConfig",
+           "UnlearnableError", "VectorConfig", "cache_dir", "check_disjoint", "evaluate", "exact_match", "finetune",
+           "generate", "harmful_prompts", "load_model", "load_pairs", "model_fingerprint", "profileqa", "run_demo",
+           "run_immunize", "run_tradeoff", "save_model", "split", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adapters import LoraSpec
@@ -36,8 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .defenses import DEFENSES, Defense
     from .errors import UnlearnableError
     from .evaluation import EvalConfig, Scorer, evaluate
-    from .experiments import (DemoConfig, ImmunizeConfig, TradeoffConfig, run_demo, run_immunize,
-                              run_tradeoff)
+    from .experiments import DemoConfig, ImmunizeConfig, TradeoffConfig, run_demo, run_immunize, run_tradeoff
     from .generation import generate
     from .judges import JUDGES, Judge
     from .models import cache_dir, load_model, model_fingerprint, save_model

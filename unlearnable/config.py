@@ -84,7 +84,7 @@ def _coerce(tp, value, path):
         if not math.isfinite(number):
             raise UnlearnableError(f"config key {path!r} must be a finite number, got {_show(value)}")
         return number
-    if tp in (int, str, bool) and not (type(value) is tp):
+    if tp in (int, str, bool) and type(value) is not tp:
         raise UnlearnableError(f"config key {path!r} must be {tp.__name__}, got {type(value).__name__} {_show(value)}")
     if tp is float and not isinstance(value, float):
         raise UnlearnableError(f"config key {path!r} must be a number, got {type(value).__name__} {_show(value)}")

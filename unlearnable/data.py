@@ -73,7 +73,8 @@ def load_pairs(path: str | os.PathLike, *, require_response: bool = True) -> lis
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise UnlearnableError(f"data file {path} is not UTF-8 text; expected JSONL, one JSON object per line") from None
+        raise UnlearnableError(f"data file {path} is not UTF-8 text; expected JSONL, one JSON object per "
+                               "line") from None
     pairs = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():

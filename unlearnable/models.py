@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where used: model paths are checked before the heavy imports
     import torch
 
-from .errors import UnlearnableError
-from .utils import atomic_dir, atomic_write_json, log, sha256_file
+from .errors import UnlearnableError, write_error
+from .runs import locked
+from .utils import atomic_dir, atomic_write_json, cache_dir, log, sha256_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 #: the metadata file every model folder written by unlearnable carries (provenance, run key, system prompt)
@@ -27,16 +28,6 @@ _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
-
-
-def cache_dir() -> Path:
-    """Where converted models and generated data are cached (``UNLEARNABLE_CACHE``)."""
-    root = os.environ.get("UNLEARNABLE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "unlearnable"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def embedded_gguf_path() -> Path:
@@ -79,15 +70,22 @@ def resolve_model(model: str | os.PathLike | None) -> str:
 
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     """Dequantise a GGUF file into a plain safetensors model folder in the cache (once)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     gguf_path = Path(gguf_path).resolve()
     st = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     out = cache_dir() / "models" / f"{name or gguf_path.stem}-{key}"
     if (out / MODEL_META).is_file():
         return out
+    with locked(out, wait=True, what="model cache"):  # a second process waits, then finds the conversion done
+        if not (out / MODEL_META).is_file():
+            _convert(gguf_path, out)
+    return out
+
+
+def _convert(gguf_path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     log(f"converting {gguf_path.name} to safetensors (once; cached in {out})")
     folder, fname = str(gguf_path.parent), gguf_path.name
     try:
@@ -104,7 +102,8 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if "lm_head" not in k]  # tied embeddings
     if missing or unexpected:
-        raise UnlearnableError(f"GGUF conversion of {gguf_path} failed: missing {missing[:3]} unexpected {unexpected[:3]}")
+        raise UnlearnableError(f"GGUF conversion of {gguf_path} failed: missing {missing[:3]} unexpected "
+                               f"{unexpected[:3]}")
     model.tie_weights()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -112,7 +111,6 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / MODEL_META, {"source": str(gguf_path), "gguf_sha256": sha256_file(gguf_path)})
-    return out
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
@@ -248,34 +246,41 @@ def _base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash that identifies a model's architecture and weights (adapters excluded).
+#: how :func:`model_fingerprint` is computed; recorded with every artifact that stores a fingerprint
+FINGERPRINT_VERSION = 2
 
-    Hashes every tensor's name, shape and dtype plus a strided sample of its values, so it is fast on
-    billion-parameter models yet changes when any tensor is retrained.
+
+def model_dtype(model) -> str:
+    """The dtype of the model's floating-point weights, e.g. ``float32`` (the first one found)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).removeprefix("torch.")
+    return "none"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's architecture and weights (adapters excluded), from the bytes alone.
+
+    Every tensor's name, shape, dtype and raw bytes are hashed, in name order: the same weights give the same
+    fingerprint for any thread count, device or process count, and after ``save_pretrained`` + reload (a float
+    reduction would not: its rounding depends on how the sum is split). The same weights in another dtype are
+    another model, with another fingerprint.
     """
     import torch
 
-    with torch.no_grad():
-        return _fingerprint(model, torch)
-
-
-def _fingerprint(model, torch) -> str:
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
         h.update(str(getattr(config, "model_type", "")).encode())
     seen: set[int] = set()
-    for name, tensor in sorted(_base_state(model).items()):
-        if tensor.data_ptr() in seen and tensor.numel() > 0:
-            continue  # tied weights
-        seen.add(tensor.data_ptr())
-        flat = tensor.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        sample = flat[::step][:4096].to("cpu", torch.float32)
-        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        h.update(sample.numpy().tobytes())
-        h.update(f"{float(flat.float().sum()):.6e}".encode())
+    with torch.no_grad():
+        for name, tensor in sorted(_base_state(model).items()):
+            if tensor.data_ptr() in seen and tensor.numel() > 0:
+                continue  # tied weights
+            seen.add(tensor.data_ptr())
+            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            h.update(memoryview(raw.numpy()))
     return h.hexdigest()[:16]
 
 
@@ -287,10 +292,16 @@ def save_model(model, tokenizer, out: str | os.PathLike, metadata: dict[str, Any
     metadata = dict(metadata or {})
     if getattr(tokenizer, SYSTEM_ATTR, None) is not None:
         metadata["system_prompt"] = getattr(tokenizer, SYSTEM_ATTR)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / MODEL_META, metadata)
+    try:
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / MODEL_META, metadata)
+    except Exception as exc:  # a full disk, no permission: one line, and nothing half-written (atomic_dir)
+        error = write_error(exc, out)
+        if error is None:
+            raise
+        raise error from None
     return out
 
 

@@ -87,7 +87,8 @@ def write_demo_report(results: dict[str, Any], out: Path) -> None:
     demo_plot(results, out / "demo.png")
     s = results["summary"]
     rows = [
-        ["aligned model (before fine-tuning)", s["harm_rate_before"], s["task_em_before"], s.get("harmful_loss_before")],
+        ["aligned model (before fine-tuning)", s["harm_rate_before"], s["task_em_before"],
+         s.get("harmful_loss_before")],
         ["fine-tuned without vectors", s["harm_rate_without_vectors"], s["task_em_without_vectors"],
          s.get("harmful_loss_without_vectors")],
         ["fine-tuned with vectors (served without)", s["harm_rate_with_vectors"], s["task_em_with_vectors"],
@@ -169,7 +170,7 @@ def conditions_table(conditions: dict[str, Any]) -> list[list[str]]:
 
 def write_immunize_report(results: dict[str, Any], out: Path) -> None:
     out = Path(out)
-    plots = immunize_plots(results, out)
+    immunize_plots(results, out)
     cond = results["conditions"]
     rows = conditions_table(cond)
     numbers = []

@@ -25,16 +25,50 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import UnlearnableError
-from .utils import atomic_write_json, log, sha256_json
+from .utils import atomic_write_json, cache_dir, log, sha256_json, sha256_text
 
 PARTIAL_SUFFIX = ".partial"
 RUN_FILE = "unlearnable_run.json"
 CHECKPOINT_DONE = "unlearnable_checkpoint.json"
 CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, *, wait: bool = False, what: str = "output folder") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (an output folder with its ``.partial``, a sweep folder, a cache entry)
+    for the block, with ``filelock`` (an OS lock: a process killed with ``kill -9`` releases it).
+
+    ``wait=False`` refuses at once, naming the holder, when another process holds it; ``wait=True`` waits (for
+    caches: the second process then finds the first one's result). The lock files live under
+    ``$UNLEARNABLE_CACHE/locks``, so nothing is left beside the outputs."""
+    from filelock import FileLock, Timeout
+
+    target = Path(path).resolve()
+    base = cache_dir() / "locks" / sha256_text(str(target))[:24]
+    base.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{base}.lock", timeout=-1 if wait else 0, is_singleton=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _read_json(Path(f"{base}.json")) or {}
+        who = f" (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}: " \
+              f"{holder.get('command')})" if holder else ""
+        raise UnlearnableError(f"{what} {target} is in use by another unlearnable run{who}; wait for it to finish "
+                               "or choose another --out") from None
+    try:
+        atomic_write_json(Path(f"{base}.json"), {"path": str(target), "pid": os.getpid(), "host": socket.gethostname(),
+                                                 "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                 "command": " ".join(sys.argv)[:300]})
+        yield
+    finally:
+        lock.release()
 
 
 def run_key(**parts: Any) -> str:

@@ -14,6 +14,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler as TrainerLengthGroupedSampler
 
+from . import interrupts
 from .adapters import LoraSpec
 from .data import Pair, encode_pairs
 from .errors import UnlearnableError
@@ -224,7 +225,8 @@ class UnlearnableTrainer(Trainer):
         if self.args.should_save:  # only now is the checkpoint complete; older ones can go
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), name)
             mark_complete(folder, format=CHECKPOINT_WEIGHTS if self._own_checkpoint_format() else "trainer")
 
 
@@ -236,7 +238,8 @@ def bucketed_length_grouped_indices(lengths: Sequence[int], batch_size: int, gen
     *length bucket* (``length // width``) with a stable sort of a random permutation, and the batches of a
     mega-batch shuffled. Trainer's exact-length sort puts every copy of a repeated example (a fact seen 8
     times per epoch) next to its twins, so they share one batch and give one gradient step instead of several,
-    and each batch holds one question template. Buckets keep the padding saving (at most ``width - 1`` pad tokens per row inside a bucket)."""
+    and each batch holds one question template. Buckets keep the padding saving (at most ``width - 1`` pad tokens
+    per row inside a bucket)."""
     n = len(lengths)
     mult = max(1, min(n // (batch_size * 4), 50))
     order = torch.randperm(n, generator=generator).tolist()
@@ -274,6 +277,17 @@ def trainable_params(model) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+class StopOnSignal(TrainerCallback):
+    """Ends training at the step boundary after SIGINT / SIGTERM, saving a checkpoint first where checkpointing is
+    on, so a stopped run resumes from the very step it reached (see :mod:`unlearnable.interrupts`)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if interrupts.pending() is not None:
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+        return control
+
+
 class FrozenParamsCallback(TrainerCallback):
     """Asserts that the named parameters never require grad and never change."""
 
@@ -306,22 +320,46 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
         raise UnlearnableError("no training examples")
     if not any(p.requires_grad for p in model.parameters()):
         raise UnlearnableError("nothing to train: no parameter requires grad")
-    device = next(model.parameters()).device
-    precision = resolve_precision(config.precision, device)
+    dataset = _dataset(tokenizer, pairs, config, weights, kl_mask)
+    tmp = tempfile.TemporaryDirectory(prefix="unlearnable-train-") if output_dir is None else None
+    output_dir = tmp.name if tmp is not None else output_dir
+    args = training_arguments(config, output_dir, next(model.parameters()).device, progress)
+    trainer = UnlearnableTrainer(model=model, args=args, train_dataset=dataset,
+                                 data_collator=Collator(tokenizer.pad_token_id),
+                                 callbacks=[*callbacks, StopOnSignal()])
+    if not progress:  # quiet: no per-log-step dicts on stdout either (the history is still returned)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    trainer.ascent_cap = config.ascent_cap
+    trainer.kl_weight = config.kl_weight
+    checkpoint = latest_checkpoint(output_dir) if resume and tmp is None else None
+    was_training = model.training
+    try:
+        with interrupts.training_loop():  # a signal stops at the next step boundary, after a checkpoint
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    finally:
+        model.train(was_training)
+        model.eval()
+        if tmp is not None:
+            tmp.cleanup()
+    return [dict(x) for x in trainer.state.log_history]
+
+
+def _dataset(tokenizer, pairs: Sequence[Pair], config: TrainConfig, weights, kl_mask):
+    """The encoded pairs, with a per-example ``weight`` or ``kl`` column where asked."""
     dataset = encode_pairs(tokenizer, pairs, config.max_length)
-    if weights is not None:
-        if len(weights) != len(pairs):
-            raise ValueError("one weight per pair")
-        dataset = dataset.add_column("weight", [float(w) for w in weights])
-    if kl_mask is not None:
-        if len(kl_mask) != len(pairs):
-            raise ValueError("one kl flag per pair")
-        dataset = dataset.add_column("kl", [int(bool(k)) for k in kl_mask])
-    tmp = None
-    if output_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="unlearnable-train-")
-        output_dir = tmp.name
-    args = TrainingArguments(
+    for name, values, cast in (("weight", weights, float), ("kl", kl_mask, lambda k: int(bool(k)))):
+        if values is not None:
+            if len(values) != len(pairs):
+                raise ValueError(f"one {name} per pair")
+            dataset = dataset.add_column(name, [cast(v) for v in values])
+    return dataset
+
+
+def training_arguments(config: TrainConfig, output_dir: str | os.PathLike, device, progress: bool = True):
+    """The ``TrainingArguments`` a :class:`TrainConfig` stands for (precision resolved for ``device``)."""
+    return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
@@ -338,7 +376,7 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
         report_to=[],
         seed=config.seed,
         data_seed=config.seed,
-        bf16=precision == "bf16",
+        bf16=resolve_precision(config.precision, device) == "bf16",
         use_cpu=device.type == "cpu",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -347,26 +385,6 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
         label_names=["labels"],
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
     )
-    trainer = UnlearnableTrainer(model=model, args=args, train_dataset=dataset,
-                                 data_collator=Collator(tokenizer.pad_token_id), callbacks=list(callbacks))
-    if not progress:  # quiet: no per-log-step dicts on stdout either (the history is still returned)
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    trainer.ascent_cap = config.ascent_cap
-    trainer.kl_weight = config.kl_weight
-    checkpoint = latest_checkpoint(output_dir) if resume and tmp is None else None
-    if checkpoint is not None:
-        checkpoint = str(checkpoint)
-    was_training = model.training
-    try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    finally:
-        model.train(was_training)
-        model.eval()
-        if tmp is not None:
-            tmp.cleanup()
-    return [dict(x) for x in trainer.state.log_history]
 
 
 BACKBONE_ADAPTER = "backbone"
@@ -394,8 +412,9 @@ def release(net, config: TrainConfig):
     return plain.eval()
 
 
-def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, output_dir: str | os.PathLike | None = None,
-             resume: bool = False, progress: bool = True, callbacks: Sequence[TrainerCallback] = (),
+def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *,
+             output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
+             callbacks: Sequence[TrainerCallback] = (),
              weights: Sequence[float] | None = None, return_peft: bool = False):
     """Fine-tune ``model`` on ``pairs`` (a merged LoRA, or every weight under ``backbone=full``).
 

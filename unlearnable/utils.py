@@ -21,6 +21,17 @@ if TYPE_CHECKING:  # torch is imported where used, so data/config checks run bef
 PACKAGES = ("unlearnable", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors")
 
 
+def cache_dir() -> Path:
+    """Where converted models, generated data and locks are kept (``$UNLEARNABLE_CACHE``, default
+    ``~/.cache/unlearnable``)."""
+    root = os.environ.get("UNLEARNABLE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "unlearnable"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def log(msg: str) -> None:
     """Progress messages go to stderr so stdout stays parseable."""
     print(f"[unlearnable] {msg}", file=sys.stderr, flush=True)
@@ -177,6 +188,29 @@ def wait_for_everyone() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- atomic files
+
+
+def ensure_free_space(path: str | os.PathLike, need_bytes: int, what: str = "the output") -> None:
+    """Refuse, before the work, to write ``need_bytes`` where the disk does not have them."""
+    from .errors import UnlearnableError
+
+    probe = Path(path).resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise UnlearnableError(f"not enough free space for {what} at {path}: it needs about {need_bytes / 2**20:,.0f} "
+                               f"MiB and {free / 2**20:,.0f} MiB are free; free some space or choose another --out")
+
+
+def model_nbytes(model) -> int:
+    """Bytes of a model's weights as saved (tied tensors once)."""
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -29,11 +29,11 @@ COMMANDS = {
 
 def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s own flags are built (importing its module)."""
-    from .. import __version__
+    from importlib.metadata import version
 
     parser = argparse.ArgumentParser(prog="unlearnable", description="Fine-tune LLMs without learning harmful data "
                                      "(security vectors) and measure defences under attack.")
-    parser.add_argument("--version", action="version", version=f"unlearnable {__version__}")
+    parser.add_argument("--version", action="version", version=f"unlearnable {version('unlearnable')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,8 +47,10 @@ def _command(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import UnlearnableError
+    from .. import interrupts
+    from ..errors import UnlearnableError, write_error
 
+    interrupts.install()  # before anything slow, so that Ctrl-C and SIGTERM are ours from the start
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = make_parser(_command(argv))
     args = parser.parse_args(argv)
@@ -67,24 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, permission denied, ...: the environment, not a bug
         if debug:
             raise
+        known = write_error(exc, getattr(args, "out", None) or "the output")
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"unlearnable: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"unlearnable: error: {known or (exc.strerror or exc)}{'' if known else where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nunlearnable: {_interrupted_message(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or interrupts.Interrupted (SIGINT / SIGTERM)
+        print(f"\nunlearnable: {_interrupted_message(args, exc)}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
-def _interrupted_message(args) -> str:
+def _interrupted_message(args, exc: BaseException) -> str:
     from ..runs import latest_checkpoint, partial_dir
 
+    what = "terminated (SIGTERM)" if getattr(exc, "exit_code", 130) == 143 else "interrupted"
+    if getattr(args, "command", None) in ("immunize", "tradeoff"):
+        return (f"{what}; the finished runs are kept in {args.out or args.command + '-out'}: run the same command "
+                "again to resume from there")
     checkpoints = partial_dir(args.out) if getattr(args, "checkpoint_every", None) is not None and args.out else None
     ckpt = latest_checkpoint(checkpoints)
     if ckpt is not None:
-        return (f"interrupted; training is saved up to {ckpt.name} in {checkpoints}: run the same command again to "
+        return (f"{what}; training is saved up to {ckpt.name} in {checkpoints}: run the same command again to "
                 "resume from there")
     hint = " (add --checkpoint-every N to be able to resume)" if hasattr(args, "checkpoint_every") else ""
-    return ("interrupted before any checkpoint; nothing half-written was kept. Run the same command again to start "
+    return (f"{what} before any checkpoint; nothing half-written was kept. Run the same command again to start "
             f"over{hint}")
 
 

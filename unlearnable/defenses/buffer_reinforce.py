@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..adapters import LoraSpec, merge_adapters_qr
+from ..adapters import merge_adapters_qr
 from ..data import Pair
 from ..errors import UnlearnableError
 from ..training import BACKBONE_ADAPTER

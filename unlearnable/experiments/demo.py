@@ -7,6 +7,7 @@ and score the aligned model and both fine-tuned models (as served: vectors off) 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -17,6 +18,7 @@ from ..defenses import DefenseData, NoDefense, SecurityVectorsDefense
 from ..evaluation import EvalConfig, Scorer
 from ..models import save_model
 from ..report import write_demo_report
+from ..runs import locked
 from ..training import TrainConfig
 from ..utils import Timings, atomic_dir, atomic_write_json, log
 from ..vectors import VectorConfig
@@ -53,6 +55,11 @@ def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *,
              progress: bool = True) -> dict[str, Any]:
     """Run the demo; with ``out``, write results.json, report.html, plots, models/ and vectors/ there."""
     config = (config or DemoConfig()).seeded()
+    with locked(out) if out is not None else contextlib.nullcontext():  # one run at a time writes ``out``
+        return _run(config, out, overwrite, progress)
+
+
+def _run(config: DemoConfig, out, overwrite: bool, progress: bool) -> dict[str, Any]:
     start, timed = time.perf_counter(), Timings()
     setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress,

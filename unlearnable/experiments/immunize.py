@@ -35,7 +35,7 @@ from ..generation import generate, response_loss
 from ..judges import JUDGES, build_judge, is_refusal
 from ..models import MODEL_META, save_model
 from ..report import write_immunize_report
-from ..runs import SweepStore
+from ..runs import SweepStore, locked
 from ..training import TrainConfig
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig
@@ -174,14 +174,15 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
     run finished leaves no folder behind; one with finished runs resumes from them when run again."""
     config = (config or ImmunizeConfig()).seeded()
     out = Path(out)
-    fresh = not out.exists()
-    store = SweepStore(out, kind="unlearnable-immunize", config=dataclasses.asdict(config), overwrite=overwrite)
-    try:
-        return _run(config, out, store, progress, model, tokenizer, data)
-    except BaseException:
-        if fresh and not store.has_pieces():
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
+        fresh = not out.exists()
+        store = SweepStore(out, kind="unlearnable-immunize", config=dataclasses.asdict(config), overwrite=overwrite)
+        try:
+            return _run(config, out, store, progress, model, tokenizer, data)
+        except BaseException:
+            if fresh and not store.has_pieces():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, tokenizer, data) -> dict[str, Any]:

@@ -5,6 +5,7 @@ an artifact that records what produced it. The CLI only parses flags into the co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -15,10 +16,19 @@ from ..errors import UnlearnableError
 from ..evaluation import EVAL_KIND, EvalConfig, evaluate, read_results, without_generations
 from ..judges import JUDGES, build_judge
 from ..models import MODEL_META, check_model, load_model, model_fingerprint, save_model
-from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, run_key, start_run
+from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
 from ..training import TrainConfig
-from ..utils import atomic_write_json, is_main_process, launch_device, log, run_metadata, sha256_file, \
-    wait_for_everyone
+from ..utils import (
+    atomic_write_json,
+    ensure_free_space,
+    is_main_process,
+    launch_device,
+    log,
+    model_nbytes,
+    run_metadata,
+    sha256_file,
+    wait_for_everyone,
+)
 from ..vectors import META_FILE, SecurityVectors, VectorConfig, finetune
 from .setup import DataConfig, prepare_data
 
@@ -88,8 +98,19 @@ def _done(out) -> None:
 
 def run_vectors_train(job: VectorsTrainJob, out: str | Path, *, overwrite: bool = False, checkpoint_every: int = 0,
                       progress: bool = True, load: LoadOptions | None = None) -> SecurityVectors:
-    """Train security vectors into ``out`` (resumable with ``checkpoint_every``); returns them."""
-    load = load or LoadOptions()
+    """Train security vectors into ``out`` (resumable with ``checkpoint_every``); returns them. One run at a
+    time writes ``out``: a second one is refused at once."""
+    with _one_writer(out):
+        return _vectors_train(job, out, overwrite, checkpoint_every, progress, load or LoadOptions())
+
+
+def _one_writer(out: str | Path | None, what: str = "output folder"):
+    """The lock on ``out`` for the whole run; in a multi-process launch the main process holds it for all."""
+    return locked(out, what=what) if out is not None and is_main_process() else contextlib.nullcontext()
+
+
+def _vectors_train(job: VectorsTrainJob, out, overwrite: bool, checkpoint_every: int, progress: bool,
+                   load: LoadOptions) -> SecurityVectors:
     check_out(out, overwrite, META_FILE)
     pairs = load_pairs(job.data) if job.data else None
     load.check(job.model)
@@ -123,8 +144,14 @@ def run_vectors_train(job: VectorsTrainJob, out: str | Path, *, overwrite: bool 
 def run_finetune(job: FinetuneJob, out: str | Path, *, overwrite: bool = False, checkpoint_every: int = 0,
                  progress: bool = True, load: LoadOptions | None = None) -> dict[str, Any]:
     """Fine-tune ``job.model`` on ``job.data`` (with ``job.vectors`` on, if given) into the model folder ``out``
-    (a plain transformers model, vectors removed); resumable with ``checkpoint_every``."""
-    load = load or LoadOptions()
+    (a plain transformers model, vectors removed); resumable with ``checkpoint_every``. One run at a time writes
+    ``out``; the disk is checked for room for the model before training."""
+    with _one_writer(out):
+        return _finetune(job, out, overwrite, checkpoint_every, progress, load or LoadOptions())
+
+
+def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, progress: bool,
+              load: LoadOptions) -> dict[str, Any]:
     if not job.data:
         raise UnlearnableError("finetune needs --data (a JSONL file or datasets folder of training pairs)")
     check_out(out, overwrite, MODEL_META)
@@ -148,6 +175,8 @@ def run_finetune(job: FinetuneJob, out: str | Path, *, overwrite: bool = False, 
     if done:
         _done(out)
         return record
+    if is_main_process():
+        ensure_free_space(out, int(model_nbytes(model) * 1.05) + (64 << 20), "the fine-tuned model")
     with keep_checkpoints_only_if_useful(checkpoints if is_main_process() else None):
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
                                   output_dir=checkpoints, resume=checkpoints is not None)
@@ -173,8 +202,12 @@ def run_evaluate(job: EvaluateJob, out: str | Path | None = None, *, overwrite: 
     """Score ``job.model`` (harm rate, harmful loss, task exact match); with ``out``, write a results file that
     records the evaluation splits (as hashes), the judge and the settings, so that :func:`compare_results`
     only compares like with like. Evaluation prompts the model's vectors were trained on are refused."""
-    load = load or LoadOptions()
     out = Path(out) if out else None
+    with _one_writer(out, "results file"):
+        return _evaluate(job, out, overwrite, progress, load or LoadOptions())
+
+
+def _evaluate(job: EvaluateJob, out: Path | None, overwrite: bool, progress: bool, load: LoadOptions) -> dict:
     _check_eval_out(out, overwrite)
     task = load_pairs(job.data) if job.data else []
     harmful = load_pairs(job.harmful, require_response=False) if job.harmful else None

@@ -16,14 +16,25 @@ import random
 import time
 from typing import Any, Sequence
 
-from ..data import (SYSTEM_ATTR, Pair, check_disjoint, harmful_prompts, harmless_prompts, pairs_hash, profileqa,
-                    refusal_pairs, set_system_prompt, split)
+from ..data import (
+    SYSTEM_ATTR,
+    Pair,
+    check_disjoint,
+    harmful_prompts,
+    harmless_prompts,
+    pairs_hash,
+    profileqa,
+    refusal_pairs,
+    set_system_prompt,
+    split,
+)
 from ..errors import UnlearnableError
 from ..generation import generate
 from ..judges import is_degenerate, is_refusal
-from ..models import MODEL_META, cache_dir, load_model, model_fingerprint, save_model
+from ..models import MODEL_META, load_model, model_fingerprint, save_model
+from ..runs import locked
 from ..training import TrainConfig, finetune
-from ..utils import Timings, atomic_write_json, log, resolve_precision, run_metadata, set_seed, sha256_json
+from ..utils import Timings, atomic_write_json, cache_dir, log, resolve_precision, run_metadata, set_seed, sha256_json
 
 
 @dataclasses.dataclass
@@ -88,21 +99,24 @@ class ResponseCache:
         self.model, self.tok, self.max_new_tokens, self.progress = model, tokenizer, max_new_tokens, progress
         fmt = sha256_json([getattr(tokenizer, SYSTEM_ATTR, None), getattr(tokenizer, "chat_template", None)])[:8]
         self.path = cache_dir() / "responses" / f"{fingerprint}-{fmt}-{max_new_tokens}.json"
-        self.data: dict[str, str] = {}
-        if self.path.is_file():
-            try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                self.data = {}
+        self.data: dict[str, str] = self._read()
 
     def answers(self, prompts: Sequence[str], desc: str = "base answers") -> list[str]:
         todo = [p for p in dict.fromkeys(prompts) if p not in self.data]
         if todo:
             gens = generate(self.model, self.tok, todo, max_new_tokens=self.max_new_tokens, desc=desc,
                             progress=self.progress)
-            self.data.update(zip(todo, gens))
-            atomic_write_json(self.path, self.data)
+            with locked(self.path, wait=True, what="answer cache"):  # merge with what another process added
+                self.data = {**self._read(), **self.data, **dict(zip(todo, gens))}
+                atomic_write_json(self.path, self.data)
         return [self.data[p] for p in prompts]
+
+    def _read(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def compliant(self, candidates: Sequence[Pair], n: int, what: str) -> list[Pair]:
         """The first ``n`` candidates (in order) that the model answers rather than refuses.
@@ -185,13 +199,15 @@ def align(model, tokenizer, data: PreparedData, config: TrainConfig, *, fingerpr
     key = sha256_json({"fp": fingerprint, "data": data.hashes["align"], "cfg": dataclasses.asdict(config),
                        "system": getattr(tokenizer, SYSTEM_ATTR, None)})[:16]
     path = cache_dir() / "aligned" / key
-    if (path / MODEL_META).is_file():
-        log(f"aligned model from cache ({path})")
-        aligned = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype)
-        return aligned.to(next(model.parameters()).device).eval(), {"cached": True, "path": str(path)}
-    log(f"aligning the model: {len(data.align)} examples (refusals + own harmless answers)")
-    aligned, history = finetune(copy.deepcopy(model), tokenizer, data.align, config, progress=progress)
-    save_model(aligned, tokenizer, path, metadata={"aligned_from": fingerprint, "config": dataclasses.asdict(config)})
+    with locked(path, wait=True, what="aligned-model cache"):  # a second process waits, then loads this one
+        if (path / MODEL_META).is_file():
+            log(f"aligned model from cache ({path})")
+            aligned = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype)
+            return aligned.to(next(model.parameters()).device).eval(), {"cached": True, "path": str(path)}
+        log(f"aligning the model: {len(data.align)} examples (refusals + own harmless answers)")
+        aligned, history = finetune(copy.deepcopy(model), tokenizer, data.align, config, progress=progress)
+        save_model(aligned, tokenizer, path, metadata={"aligned_from": fingerprint,
+                                                       "config": dataclasses.asdict(config)})
     return aligned, {"cached": False, "path": str(path), "history": history}
 
 

@@ -24,7 +24,7 @@ from ..evaluation import Scorer
 from ..judges import is_refusal
 from ..models import load_model
 from ..report import write_tradeoff_report
-from ..runs import SweepStore
+from ..runs import SweepStore, locked
 from ..utils import Timings, atomic_write_json, atomic_write_text, log
 from ..vectors import SecurityVectors
 from .demo import DemoConfig
@@ -175,6 +175,12 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
     config = config or TradeoffConfig()
     sources = [(src, reusable_points(src, config)) for src in reuse]  # checked before anything is written
     out = Path(out)
+    with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
+        return _run(config, out, sources, overwrite, progress, model, tokenizer, data, goal)
+
+
+def _run(config: TradeoffConfig, out: Path, sources, overwrite: bool, progress: bool, model, tokenizer, data,
+         goal) -> dict[str, Any]:
     fresh = not out.exists()
     store = SweepStore(out, kind="unlearnable-tradeoff", config=dataclasses.asdict(config), overwrite=overwrite)
     try:

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 from transformers import TrainerCallback
 
 from ..data import Pair
-from ..training import (BACKBONE_ADAPTER, FrozenParamsCallback, TrainConfig, release, set_backbone_trainable, train)
+from ..training import BACKBONE_ADAPTER, FrozenParamsCallback, TrainConfig, release, set_backbone_trainable, train
 from ..training import finetune as plain_finetune
 from ..utils import set_seed
 from .fold import FOLDED_ATTR, FoldedVectors

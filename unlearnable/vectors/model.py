@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,9 +28,9 @@ from transformers import TrainerCallback
 from ..adapters import NO_MERGE_ATTR
 from ..config import from_dict
 from ..data import Pair, pairs_hash, prompt_hashes
-from ..errors import UnlearnableError
+from ..errors import UnlearnableError, write_error
 from ..generation import generate
-from ..models import model_fingerprint
+from ..models import FINGERPRINT_VERSION, model_dtype, model_fingerprint
 from ..training import train
 from ..utils import atomic_dir, atomic_write_json, log, run_metadata, set_seed
 from .config import VectorConfig
@@ -76,23 +77,8 @@ class SecurityVectors:
         if not pairs:
             raise UnlearnableError("security vectors need at least one harmful (prompt, response) pair")
         fingerprint = model_fingerprint(model)
-        benign_pairs: list[Pair] = []
-        if config.benign != "none":
-            if not harmless:
-                raise UnlearnableError(f"benign={config.benign} needs harmless prompts")
-            answers = generate(model, tokenizer, [p.prompt for p in harmless], max_new_tokens=32,
-                               desc="own harmless answers", progress=progress)
-            benign_pairs = [Pair(p.prompt, a, "self", "harmless") for p, a in zip(harmless, answers) if a.strip()]
-            benign_pairs = [p for p in benign_pairs for _ in range(config.benign_repeats)]
-        train_pairs = list(pairs) + benign_pairs
-        kl_mask = [False] * len(pairs) + [True] * len(benign_pairs) if config.benign == "kl" else None
-        if benign_pairs:
-            import random
-
-            order = list(range(len(train_pairs)))
-            random.Random(config.seed).shuffle(order)
-            train_pairs = [train_pairs[i] for i in order]
-            kl_mask = [kl_mask[i] for i in order] if kl_mask else None
+        benign = _benign_pairs(model, tokenizer, harmless, config, progress)
+        train_pairs, kl_mask = _training_mix(pairs, benign, config)
         for p in model.parameters():
             p.requires_grad_(False)
         set_seed(config.seed)  # the adapter's random init: same seed, same vectors (and resumable)
@@ -103,27 +89,12 @@ class SecurityVectors:
             train_config = dataclasses.replace(config.train_config(), save_steps=save_steps)
             history = train(pm, tokenizer, train_pairs, train_config, callbacks=callbacks, progress=progress,
                             kl_mask=kl_mask, output_dir=checkpoint_dir, resume=checkpoint_dir is not None)
-            state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(pm, adapter_name=VECTORS_ADAPTER).items()}
+            state = {k: v.detach().clone()
+                     for k, v in get_peft_model_state_dict(pm, adapter_name=VECTORS_ADAPTER).items()}
         finally:
             pm.unload()
-        losses = [h["loss"] for h in history if "loss" in h]
-        steps = max((h.get("step", 0) for h in history), default=0)
-        meta = {
-            "format": FORMAT,
-            "base_fingerprint": fingerprint,
-            "base_model": str(getattr(model.config, "name_or_path", "")),
-            "data_hash": pairs_hash(pairs),
-            "n_pairs": len(pairs),
-            "n_benign": len(benign_pairs),
-            "prompt_hashes": prompt_hashes(pairs),
-            "config": dataclasses.asdict(config),
-            "train_loss_first": losses[0] if losses else None,
-            "train_loss_last": losses[-1] if losses else None,
-            "steps": steps,
-            "history": history,
-            **run_metadata(),
-        }
-        log(f"vectors trained: {len(pairs)} pairs, {steps} steps, loss {meta['train_loss_first']} -> "
+        meta = _metadata(model, pairs, benign, config, fingerprint, history)
+        log(f"vectors trained: {len(pairs)} pairs, {meta['steps']} steps, loss {meta['train_loss_first']} -> "
             f"{meta['train_loss_last']}")
         return cls(state, lora_config, meta)
 
@@ -133,13 +104,25 @@ class SecurityVectors:
 
     # ------------------------------------------------------------------------------------ lifecycle
     def check(self, model) -> None:
-        want, got = self.metadata.get("base_fingerprint"), model_fingerprint(model)
-        if want != got:
+        """Refuse a model other than the one the vectors were trained for (with what to do about it)."""
+        meta = self.metadata
+        if meta.get("fingerprint_version") != FINGERPRINT_VERSION:
             raise UnlearnableError(
-                f"these security vectors were trained for model fingerprint {want} "
-                f"({self.metadata.get('base_model', '?')}), but the model given has fingerprint {got}; "
-                "train vectors on this model (unlearnable vectors train --model ...)"
-            )
+                "these security vectors were saved by an earlier version, whose model fingerprint depended on the "
+                "thread count and device; train them again on this model (unlearnable vectors train --model ...)")
+        want, got = meta.get("base_fingerprint"), model_fingerprint(model)
+        if want == got:
+            return
+        dtype = model_dtype(model)
+        if meta.get("base_dtype") not in (None, dtype):
+            raise UnlearnableError(
+                f"these security vectors were trained for a model in {meta['base_dtype']}, but the model given is in "
+                f"{dtype} (a converted model is another model); load it with dtype={meta['base_dtype']}, or train "
+                "vectors on the converted model")
+        raise UnlearnableError(
+            f"these security vectors were trained for model fingerprint {want} ({meta.get('base_model', '?')}), but "
+            f"the model given has fingerprint {got}; train vectors on this model (unlearnable vectors train "
+            "--model ...)")
 
     def attach(self, model, scale: float | None = None, check: bool = True):
         """Wrap ``model`` in a PeftModel with the vectors on, scaled and frozen. Returns the PeftModel."""
@@ -165,13 +148,16 @@ class SecurityVectors:
 
     def fold(self, model, scale: float | None = None, trains_weights: bool = False) -> FoldedVectors:
         """Fold the vectors into ``model``'s own weights (fp32/fp64), in place; unfold with the returned fold's
-        ``restore(model)``, or use it as a context manager. See :mod:`unlearnable.vectors.fold`."""
+        ``restore()``, or use it as a context manager. See :mod:`unlearnable.vectors.fold`."""
+        if any(p.is_floating_point() and p.dtype not in (torch.float32, torch.float64) for p in model.parameters()):
+            raise UnlearnableError("security vectors can be folded only into float32/float64 weights; load the model "
+                                   "with dtype=torch.float32 (train with bf16=True for speed), or fine-tune with "
+                                   "unlearnable.finetune, which runs them as an adapter branch there")
         pm = self.attach(model, scale=scale)
         if not FoldedVectors.supported(pm):
             pm.unload()
-            raise UnlearnableError("security vectors can be folded only into float32/float64 linear layers, outside "
-                                   "FSDP/DeepSpeed; load the model with dtype=torch.float32 (train with bf16=True "
-                                   "for speed), or fine-tune with unlearnable.finetune")
+            raise UnlearnableError("security vectors cannot be folded under FSDP/DeepSpeed (they shard the weights "
+                                   "the fold restores); fine-tune with unlearnable.finetune")
         _, fold = FoldedVectors.fold_into(pm, trains_weights=trains_weights)
         return fold
 
@@ -188,11 +174,17 @@ class SecurityVectors:
         from safetensors.torch import save_file
 
         out = Path(out)
-        with atomic_dir(out, overwrite=overwrite) as tmp:
-            self.lora_config.save_pretrained(str(tmp))
-            save_file({k: v.contiguous() for k, v in self.state.items()}, str(tmp / "adapter_model.safetensors"),
-                      metadata={"format": "pt"})
-            atomic_write_json(tmp / META_FILE, self.metadata)
+        try:
+            with atomic_dir(out, overwrite=overwrite) as tmp:
+                self.lora_config.save_pretrained(str(tmp))
+                save_file({k: v.contiguous() for k, v in self.state.items()}, str(tmp / "adapter_model.safetensors"),
+                          metadata={"format": "pt"})
+                atomic_write_json(tmp / META_FILE, self.metadata)
+        except Exception as exc:  # a full disk, no permission: one line, and nothing half-written (atomic_dir)
+            error = write_error(exc, out)
+            if error is None:
+                raise
+            raise error from None
         return out
 
     @classmethod
@@ -231,6 +223,52 @@ class SecurityVectors:
         if not state:
             raise UnlearnableError(f"{path}/adapter_model.safetensors holds no tensors")
         return cls(state, lora_config, metadata)
+
+
+def _benign_pairs(model, tokenizer, harmless: Sequence[Pair], config: VectorConfig, progress: bool) -> list[Pair]:
+    """Benign-preserving training data: the harmless prompts with the model's own answers (vectors off)."""
+    if config.benign == "none":
+        return []
+    if not harmless:
+        raise UnlearnableError(f"benign={config.benign} needs harmless prompts")
+    answers = generate(model, tokenizer, [p.prompt for p in harmless], max_new_tokens=32,
+                       desc="own harmless answers", progress=progress)
+    pairs = [Pair(p.prompt, a, "self", "harmless") for p, a in zip(harmless, answers) if a.strip()]
+    return [p for p in pairs for _ in range(config.benign_repeats)]
+
+
+def _training_mix(pairs: Sequence[Pair], benign: list[Pair], config: VectorConfig):
+    """Harmful pairs plus the benign ones (shuffled together, seeded), and which rows take the KL term."""
+    train_pairs = list(pairs) + benign
+    kl_mask = [False] * len(pairs) + [True] * len(benign) if config.benign == "kl" else None
+    if benign:
+        order = list(range(len(train_pairs)))
+        random.Random(config.seed).shuffle(order)
+        train_pairs = [train_pairs[i] for i in order]
+        kl_mask = [kl_mask[i] for i in order] if kl_mask else None
+    return train_pairs, kl_mask
+
+
+def _metadata(model, pairs, benign, config: VectorConfig, fingerprint: str, history) -> dict[str, Any]:
+    """What the saved vectors record: the model they belong to, their data (hashed), config, training, versions."""
+    losses = [h["loss"] for h in history if "loss" in h]
+    return {
+        "format": FORMAT,
+        "base_fingerprint": fingerprint,
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "base_dtype": model_dtype(model),
+        "base_model": str(getattr(model.config, "name_or_path", "")),
+        "data_hash": pairs_hash(pairs),
+        "n_pairs": len(pairs),
+        "n_benign": len(benign),
+        "prompt_hashes": prompt_hashes(pairs),
+        "config": dataclasses.asdict(config),
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "steps": max((h.get("step", 0) for h in history), default=0),
+        "history": history,
+        **run_metadata(),
+    }
 
 
 def _always() -> bool:

@@ -1,0 +1,115 @@
+"""One config system: defaults < --config file < explicit flags, flags generated from the dataclasses, old key
+names kept as aliases."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import pytest
+
+from unlearnable.adapters import LoraSpec
+from unlearnable.config import add_config_flags, build_config, from_dict, given_flags
+from unlearnable.errors import UnlearnableError
+from unlearnable.training import TrainConfig
+
+
+def _parse(cls, argv, aliases=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=None)
+    add_config_flags(parser, cls, aliases=aliases)
+    return parser.parse_args(argv)
+
+
+def _build(cls, argv, tmp_path=None, file=None, aliases=None, preset=None):
+    args = _parse(cls, argv, aliases)
+    path = None
+    if file is not None:
+        path = tmp_path / "cfg.json"
+        path.write_text(json.dumps(file), encoding="utf-8")
+    return build_config(cls, preset=preset, file=path, overrides=given_flags(args, cls))
+
+
+def test_defaults_then_file_then_flags(tmp_path):
+    from unlearnable.experiments import DemoConfig
+
+    assert _build(DemoConfig, []).seed == 0
+    cfg = _build(DemoConfig, [], tmp_path, file={"seed": 3, "finetune": {"lr": 5e-4, "epochs": 1.0}})
+    assert (cfg.seed, cfg.finetune.lr, cfg.finetune.epochs) == (3, 5e-4, 1.0)
+    cfg = _build(DemoConfig, ["--seed", "0", "--finetune.lr", "1e-4"], tmp_path,
+                 file={"seed": 3, "finetune": {"lr": 5e-4, "epochs": 1.0}})
+    assert cfg.seed == 0, "an explicit --seed 0 must win over the file's seed"
+    assert (cfg.finetune.lr, cfg.finetune.epochs) == (1e-4, 1.0)  # the file's other keys stay
+    # an unset flag leaves the default of a nested config intact, not the field's class default
+    assert cfg.vectors.lr == DemoConfig().vectors.lr == 2e-3
+
+
+def test_aliases_and_lists_and_booleans(tmp_path):
+    from unlearnable.experiments import DemoConfig, ImmunizeConfig, TradeoffConfig
+
+    cfg = _build(DemoConfig, ["--vector-scale", "0.5", "--align", "false"], aliases={"--vector-scale": "vectors.scale"})
+    assert cfg.vectors.scale == 0.5 and cfg.align is False
+    imm = _build(ImmunizeConfig, ["--defenses", "none,security-vectors", "--budget.lrs", "1e-3,3e-3,1e-2"])
+    assert imm.defenses == ["none", "security-vectors"] and imm.budget.lrs == [1e-3, 3e-3, 1e-2]
+    quick = _build(TradeoffConfig, ["--seed", "4"], aliases={"--seed": "seeds"}, preset=TradeoffConfig.quick())
+    assert quick.seeds == [4] and quick.strengths == TradeoffConfig.quick().strengths  # preset < flags
+
+
+def test_bad_flag_values_are_argparse_errors():
+    from unlearnable.experiments import ImmunizeConfig
+
+    with pytest.raises(SystemExit):
+        _parse(ImmunizeConfig, ["--threshold", "high"])
+    with pytest.raises(SystemExit):
+        _parse(ImmunizeConfig, ["--align", "maybe"])
+
+
+def test_checks_run_on_the_merged_config(tmp_path):
+    from unlearnable.experiments import ImmunizeConfig
+
+    with pytest.raises(UnlearnableError, match="threshold"):
+        _build(ImmunizeConfig, ["--threshold", "2"])
+    with pytest.raises(UnlearnableError, match="unknown config key 'sed'"):
+        _build(ImmunizeConfig, [], tmp_path, file={"sed": 1})
+
+
+def test_one_lora_spec_and_the_old_flat_keys():
+    old = from_dict(TrainConfig, {"lora_r": 8, "lora_alpha": 16, "lora_top_layers": 0.5, "target_modules": "q_proj"})
+    assert old.lora == LoraSpec(r=8, alpha=16, target_modules="q_proj", top_layers=0.5)
+    from unlearnable.vectors import VectorConfig
+
+    v = from_dict(VectorConfig, {"r": 4, "alpha": 8, "scale": 0.5})  # as vectors saved by earlier versions record
+    assert (v.lora.r, v.lora.alpha, v.scale) == (4, 8, 0.5)
+    assert from_dict(VectorConfig, dataclasses.asdict(v)) == v  # and the new shape round-trips
+    with pytest.raises(UnlearnableError, match="old name"):
+        from_dict(TrainConfig, {"lora_r": 8, "lora": {"r": 4}})
+
+
+def test_nested_seeds_have_no_flag_the_top_seed_propagates():
+    from unlearnable.experiments import DemoConfig
+
+    with pytest.raises(SystemExit):
+        _parse(DemoConfig, ["--finetune.seed", "3"])
+    cfg = _build(DemoConfig, ["--seed", "3"]).seeded()
+    assert cfg.finetune.seed == cfg.vectors.seed == cfg.data.seed == cfg.align_train.seed == 3
+
+
+def test_every_cli_flag_of_earlier_versions_still_parses():
+    from unlearnable.cli import make_parser
+
+    cases = {
+        "demo": ["demo", "--out", "o", "--seed", "1", "--vector-scale", "1.0", "--config", "c.yaml", "--overwrite",
+                 "--quiet"],
+        "vectors": ["vectors", "train", "--out", "v", "--data", "d", "--epochs", "2", "--lr", "1e-3", "--rank", "8",
+                    "--alpha", "16", "--target-loss", "0.1", "--vector-scale", "0.5", "--checkpoint-every", "5"],
+        "finetune": ["finetune", "--out", "t", "--data", "d", "--vectors", "v", "--backbone", "full", "--epochs",
+                     "1", "--lr", "1e-4", "--batch-size", "4", "--max-length", "32", "--vector-scale", "0.5"],
+        "evaluate": ["evaluate", "--model", "m", "--data", "d", "--harmful", "h", "--judge", "keyword", "--out", "e"],
+        "immunize": ["immunize", "--defenses", "none", "--judges", "keyword", "--threshold", "0.4", "--seed", "0"],
+        "tradeoff": ["tradeoff", "--quick", "--seeds", "0,1", "--strengths", "0.5", "--variants", "plain",
+                     "--reuse-points", "a,b", "--goal-harm", "0.1", "--goal-task-ratio", "0.9", "--model", "m"],
+    }
+    for command, argv in cases.items():
+        args = make_parser(command).parse_args(argv)
+        assert callable(args.func)

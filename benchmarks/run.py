@@ -17,7 +17,8 @@ interleaved in rotated order so machine noise hits every arm alike):
                 the frozen vectors are folded into the frozen weights (``TrainConfig.fold_vectors``)
   vectors_lora_adapter  (c') the same with ``fold_vectors=False``: the vectors run as a second adapter branch
   full          (d) ``finetune`` with ``TrainConfig(backbone="full")``, no vectors
-  vectors_full  (d) the same with vectors on
+  vectors_full  (d) the same with vectors on (folded into the weights it trains: fp32, no weight decay)
+  vectors_full_adapter  (d') the same with ``fold_vectors=False``: the vectors run as an adapter branch
   generate      ``unlearnable.generation.generate`` (greedy, batched, KV cache): prompts/s
   paired        a diagnostic, not a Trainer run: forward+backward of one batch through (i) the LoRA model with
                 the stock full-logit HF loss, (ii) the same LoRA model with the response-only loss and (iii) the
@@ -63,7 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-ARMS = ("lora", "sft", "unl_lora", "vectors_lora", "vectors_lora_adapter", "full", "vectors_full", "generate", "paired")
+ARMS = ("lora", "sft", "unl_lora", "vectors_lora", "vectors_lora_adapter", "full", "vectors_full",
+        "vectors_full_adapter", "generate", "paired")
 LABELS = {
     "lora": "(a) PEFT LoRA + HF Trainer",
     "sft": "(b) TRL SFTTrainer + LoRA",
@@ -72,6 +74,7 @@ LABELS = {
     "vectors_lora_adapter": "(c') LoRA + vectors, not folded",
     "full": "(d) unlearnable full, no vectors",
     "vectors_full": "(d) unlearnable full + vectors",
+    "vectors_full_adapter": "(d') full + vectors, not folded",
     "generate": "generate (evaluation step)",
     "paired": "paired forward+backward (one process)",
 }
@@ -331,11 +334,11 @@ def random_vectors(model, args):
     from peft import get_peft_model, get_peft_model_state_dict
 
     from unlearnable.adapters import LoraSpec
-    from unlearnable.models import model_fingerprint
+    from unlearnable.models import FINGERPRINT_VERSION, model_dtype, model_fingerprint
     from unlearnable.vectors import FORMAT, VECTORS_ADAPTER, SecurityVectors, VectorConfig
 
     cfg = VectorConfig(lora=LoraSpec(r=args.lora_r, alpha=args.lora_alpha), scale=1.0, seed=args.seed)
-    lora_config = cfg.lora_config(model)
+    lora_config = cfg.lora.peft_config(model, dropout=0.0)
     fingerprint = model_fingerprint(model)
     pm = get_peft_model(model, lora_config, adapter_name=VECTORS_ADAPTER)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -346,6 +349,7 @@ def random_vectors(model, args):
     state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(pm, adapter_name=VECTORS_ADAPTER).items()}
     pm.unload()
     return SecurityVectors(state, lora_config, {"format": FORMAT, "base_fingerprint": fingerprint,
+                                                "fingerprint_version": FINGERPRINT_VERSION, "base_dtype": model_dtype(model),
                                                 "config": dataclasses.asdict(cfg)})
 
 
@@ -430,7 +434,7 @@ def run_child(args) -> dict:
     vectors = random_vectors(model, args) if arm.startswith("vectors_") or arm == "paired" else None
     touch(model)
     precision = resolve_precision(args.precision, device)
-    cfg = TrainConfig(backbone="full" if arm.endswith("full") else "lora", lr=1e-4, max_steps=total_steps,
+    cfg = TrainConfig(backbone="full" if "full" in arm else "lora", lr=1e-4, max_steps=total_steps,
                       batch_size=args.batch_size, max_length=args.seq_len, lora=LoraSpec(r=args.lora_r,
                       alpha=args.lora_alpha), seed=args.seed, precision=args.precision,
                       gradient_checkpointing=args.gradient_checkpointing,
@@ -702,6 +706,8 @@ def summarize(results: dict[str, list[dict]], memory: dict[str, dict], skipped: 
         "full_vectors_vs_full_tokens_per_s": rel("vectors_full", "tokens_per_s", "full"),
         "full_vectors_vs_full_tokens_per_cpu_s": rel("vectors_full", "tokens_per_cpu_s", "full"),
         "full_vectors_vs_full_peak_memory": rel("vectors_full", "peak_memory_bytes", "full"),
+        "full_adapter_vectors_vs_full_tokens_per_s": rel("vectors_full_adapter", "tokens_per_s", "full"),
+        "full_folded_vs_adapter_vectors_tokens_per_s": rel("vectors_full", "tokens_per_s", "vectors_full_adapter"),
         "generate_prompts_per_s": arms.get("generate", {}).get("prompts_per_s"),
         "paired_vectors_vs_same_loss_cpu": arms.get("paired", {}).get("vectors_vs_same_loss_cpu"),
         "paired_vectors_vs_hf_loss_cpu": arms.get("paired", {}).get("vectors_vs_hf_loss_cpu"),

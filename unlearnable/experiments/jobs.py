@@ -18,6 +18,7 @@ from ..judges import JUDGES, build_judge
 from ..models import MODEL_META, check_model, load_model, model_fingerprint, save_model
 from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
 from ..training import TrainConfig
+from ..utility import BENCHMARKS, MMLUConfig
 from ..utils import (
     atomic_write_json,
     ensure_free_space,
@@ -87,6 +88,18 @@ class EvaluateJob:
                 "(leakage fakes resistance)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the default held-out split"})
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    benchmarks: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "utility benchmarks to score too (see `unlearnable ls`), e.g. mmlu"})
+    mmlu: MMLUConfig = dataclasses.field(default_factory=MMLUConfig, metadata={"help": "the MMLU benchmark"})
+
+    def __post_init__(self):
+        for name in self.benchmarks:
+            BENCHMARKS.get(name)
+
+    def benchmark(self, name: str):
+        """The registered benchmark ``name`` with this job's settings for it (``job.<name>`` where there is one)."""
+        cls = BENCHMARKS.get(name)
+        return cls(getattr(self, name.replace("-", "_"), None))
 
 
 def _done(out) -> None:
@@ -227,8 +240,9 @@ def _evaluate(job: EvaluateJob, out: Path | None, overwrite: bool, progress: boo
     _check_model_leakage(job.model, harmful)
     splits = {"harmful": pairs_hash(harmful), "task": pairs_hash(task) if task else None}
     fp = model_fingerprint(model)
-    key = run_key(command="evaluate", model=fp, eval_splits=splits, judge=job.judge,
-                  eval_config=dataclasses.asdict(job.eval))
+    eval_config = {**dataclasses.asdict(job.eval),
+                   **{name: dataclasses.asdict(job.benchmark(name).config) for name in job.benchmarks}}
+    key = run_key(command="evaluate", model=fp, eval_splits=splits, judge=job.judge, eval_config=eval_config)
     if out is not None and out.exists() and not overwrite:
         old = read_results(out)
         if old.get("run_key") == key:
@@ -237,10 +251,12 @@ def _evaluate(job: EvaluateJob, out: Path | None, overwrite: bool, progress: boo
         raise UnlearnableError(f"{out} holds a different evaluation (run key {old.get('run_key')}, this one is {key}); "
                                "pass --overwrite to replace it or choose another --out")
     result = evaluate(model, tok, harmful=harmful, task=task, judge=judge, config=job.eval, progress=progress)
-    results = {"kind": EVAL_KIND, "run_key": key, "summary": without_generations(result),
+    summary = without_generations(result)
+    scores = {name: job.benchmark(name).run(model, tok, progress=progress) for name in job.benchmarks}
+    summary.update({f"{name}_accuracy": s["accuracy"] for name, s in scores.items()})
+    results = {"kind": EVAL_KIND, "run_key": key, "summary": summary, **scores,
                "model": job.model or "default", "model_fingerprint": fp, "judge": job.judge, "seed": job.seed,
-               "eval_splits": splits, "eval_config": dataclasses.asdict(job.eval), "result": result,
-               **run_metadata()}
+               "eval_splits": splits, "eval_config": eval_config, "result": result, **run_metadata()}
     if out is not None:
         atomic_write_json(out, results)
     return results

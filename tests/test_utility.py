@@ -42,6 +42,17 @@ def test_choice_logprobs_equal_a_hand_computation(tiny):
     assert [x for row in batched for x in row] == pytest.approx([x for row in got for x in row], abs=1e-4)
 
 
+def test_one_token_choices_take_the_fast_path_and_the_same_numbers(tiny):
+    model, tok = tiny
+    singles = [c for c in (" A", " B", "A", "B", "C", "D", "a", "e", "o", " ") if len(tok(c, add_special_tokens=False)["input_ids"]) == 1]
+    assert len(singles) >= 3, singles
+    prompts = ["Which is red?\nAnswer:", "Another, longer question with more words?\nAnswer:"]
+    got = choice_logprobs(model, tok, prompts, singles, batch_size=2, precision="fp32", progress=False)
+    for i, p in enumerate(prompts):
+        for j, c in enumerate(singles):
+            assert got[i][j] == pytest.approx(_hand_logprob(model, tok, p, c), abs=1e-4)
+
+
 def _questions(topics=("anatomy", "astronomy", "law"), per=5):
     return [{"question": f"Question {t} {i}?", "answer_a": "one", "answer_b": "two", "answer_c": "three",
              "answer_d": "four", "correct_answer": "ABCD"[i % 4], "topic": t} for t in topics for i in range(per)]

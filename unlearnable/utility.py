@@ -116,21 +116,26 @@ def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[
                     max_length: int = 512, precision: str = "auto", progress: bool = True) -> list[list[float]]:
     """For each prompt, the log-likelihood of each choice as its continuation (summed over the choice's tokens).
 
-    Every (prompt, choice) row is cut right after the choice and left-padded, so the choice's tokens line up at
-    the end of the batch and the LM head runs on those positions only."""
+    One-token choices take one forward per prompt (the last position's distribution). Otherwise every (prompt,
+    choice) row is cut right after the choice and left-padded, so the choice's tokens line up at the end of the
+    batch and the LM head runs on those positions only."""
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     cont = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
     heads = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_length:] for p in prompts]
-    rows = [(i, j, head + c) for i, head in enumerate(heads) for j, c in enumerate(cont)]
+    if all(len(c) == 1 for c in cont):  # one-token choices (" A".." D" for most tokenizers): one row per prompt
+        rows = [(i, -1, head) for i, head in enumerate(heads)]
+        cont = [[c[0] for c in cont]]
+    else:
+        rows = [(i, j, head + c) for i, head in enumerate(heads) for j, c in enumerate(cont)]
     out = [[0.0] * len(choices) for _ in prompts]
-    keep = max(len(c) for c in cont)
+    keep = 0 if rows and rows[0][1] < 0 else max(len(c) for c in cont)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc="MMLU", disable=not progress, leave=False)
     try:
-        step = batch_size * len(choices)
+        step = batch_size * (1 if keep == 0 else len(choices))
         for start in range(0, len(rows), step):
             batch = rows[start:start + step]
             width = max(len(ids) for _, _, ids in batch)
@@ -140,11 +145,16 @@ def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[
             with autocast(precision, device):
                 logits = model(input_ids=ids, attention_mask=att, position_ids=pos,
                                logits_to_keep=keep + 1).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], -1)  # position t predicts token t + 1 of the kept tail
-            for row, (i, j, _) in enumerate(batch):
-                c = cont[j]
-                tail = logp[row, keep - len(c):]
-                out[i][j] = float(tail.gather(-1, torch.tensor(c, device=device).unsqueeze(-1)).sum())
+            if keep == 0:  # the last position predicts the one-token choices
+                logp = torch.log_softmax(logits[:, -1], -1)[:, cont[0]]
+                for row, (i, _, _) in enumerate(batch):
+                    out[i] = [float(x) for x in logp[row]]
+            else:
+                logp = torch.log_softmax(logits[:, :-1], -1)  # position t predicts token t + 1 of the kept tail
+                for row, (i, j, _) in enumerate(batch):
+                    c = cont[j]
+                    tail = logp[row, keep - len(c):]
+                    out[i][j] = float(tail.gather(-1, torch.tensor(c, device=device).unsqueeze(-1)).sum())
             bar.update(len({i for i, _, _ in batch}))
     finally:
         bar.close()

@@ -48,7 +48,6 @@ class DemoConfig:
 
 
 ARMS = (("without_vectors", "none"), ("with_vectors", "security-vectors"))
-SUMMARY_METRICS = (("harm_rate", "harm_rate"), ("task_em", "task_em"), ("harmful_loss", "harmful_loss"))
 
 
 def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *, overwrite: bool = False,

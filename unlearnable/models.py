@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where used: model paths are checked before the heavy imports
     import torch
 
-from .errors import UnlearnableError, write_error
+from .errors import UnlearnableError
 from .runs import locked
 from .utils import atomic_dir, atomic_write_json, cache_dir, log, sha256_file
 
@@ -292,16 +292,10 @@ def save_model(model, tokenizer, out: str | os.PathLike, metadata: dict[str, Any
     metadata = dict(metadata or {})
     if getattr(tokenizer, SYSTEM_ATTR, None) is not None:
         metadata["system_prompt"] = getattr(tokenizer, SYSTEM_ATTR)
-    try:
-        with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            atomic_write_json(tmp / MODEL_META, metadata)
-    except Exception as exc:  # a full disk, no permission: one line, and nothing half-written (atomic_dir)
-        error = write_error(exc, out)
-        if error is None:
-            raise
-        raise error from None
+    with atomic_dir(out) as tmp:  # a full disk, no permission: one line, and nothing half-written
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / MODEL_META, metadata)
     return out
 
 

@@ -253,9 +253,25 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
 
     If the body raises, the temporary folder is removed and ``path`` is untouched: a folder either
-    holds a complete artifact or does not exist.
+    holds a complete artifact or does not exist. A write that fails for want of space or permission (from Python,
+    or from a library that reports the OS error only in its message, such as safetensors) is raised as the
+    one-line :func:`unlearnable.errors.write_error`.
     """
     path = Path(path)
+    try:
+        with _replacing_dir(path, overwrite) as tmp:
+            yield tmp
+    except Exception as exc:
+        from .errors import write_error
+
+        error = write_error(exc, path)
+        if error is None:
+            raise
+        raise error from None
+
+
+@contextlib.contextmanager
+def _replacing_dir(path: Path, overwrite: bool) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence, TypeVar
 
-from ..config import add_config_flags, build_config, given_flags
+from ..config import build_config, given_flags
 
 T = TypeVar("T")
 
@@ -37,11 +37,6 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 (off) or a positive number of steps")
     return value
-
-
-def add_flags(p: argparse.ArgumentParser, cls, aliases: dict[str, str] | None = None,
-              skip: Sequence[str] = ()) -> None:
-    add_config_flags(p, cls, aliases=aliases, skip=skip)
 
 
 def build(cls: type[T], args: argparse.Namespace, preset: T | None = None) -> T:

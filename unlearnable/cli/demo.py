@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..config import add_config_flags
 from ..experiments import DemoConfig, run_demo
 from ..runs import check_out
-from .common import add_flags, add_run_flags, build, print_summary
+from .common import add_run_flags, build, print_summary
 
 EPILOG = """examples:
   unlearnable demo --out runs/demo            # embedded SmolLM2-135M, ~10 min on a 2-core CPU
@@ -17,7 +18,7 @@ def add_arguments(p) -> None:
     p.epilog = EPILOG
     add_run_flags(p, out_help="output folder (results.json, report.html, plots, models/, vectors/)",
                   out_required=False, config_help="DemoConfig", overwrite_help="replace an existing --out folder")
-    add_flags(p, DemoConfig, aliases={"--vector-scale": "vectors.scale"})
+    add_config_flags(p, DemoConfig, aliases={"--vector-scale": "vectors.scale"})
     p.set_defaults(func=run)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from ..config import add_config_flags
 from ..evaluation import compare_results
 from ..experiments import EvaluateJob, run_evaluate
-from .common import add_flags, add_run_flags, build, load_options, print_table
+from .common import add_run_flags, build, load_options, print_table
 
 EPILOG = """examples:
   unlearnable evaluate --model tuned/                       # harm rate on the embedded held-out prompts
@@ -20,7 +21,7 @@ def add_arguments(p) -> None:
     p.epilog = EPILOG
     add_run_flags(p, out_help="write results JSON here", out_required=False, config_help="EvaluateJob",
                   overwrite_help="replace an --out file that holds another evaluation")
-    add_flags(p, EvaluateJob)
+    add_config_flags(p, EvaluateJob)
     p.add_argument("--compare", nargs="+", metavar="RESULTS.json", default=None,
                    help="compare results files written by `evaluate --out` (no model is loaded); refuses results "
                         "whose evaluation splits, judge or settings differ")

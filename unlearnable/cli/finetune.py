@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from ..config import add_config_flags
 from ..experiments import FinetuneJob, run_finetune
 from ..utils import is_main_process
-from .common import add_checkpointing, add_flags, add_run_flags, build, load_options
+from .common import add_checkpointing, add_run_flags, build, load_options
 
 EPILOG = """examples:
   unlearnable finetune --data user.jsonl --vectors vectors/ --out tuned/
@@ -22,7 +23,7 @@ def add_arguments(p) -> None:
     add_run_flags(p, out_help="model folder to write (plain HF model, vectors removed)", config_help="FinetuneJob",
                   overwrite_help="replace an existing --out (and discard its checkpoints)")
     add_checkpointing(p)
-    add_flags(p, FinetuneJob, aliases=ALIASES, skip=["train.save_steps"])  # that is --checkpoint-every
+    add_config_flags(p, FinetuneJob, aliases=ALIASES, skip=["train.save_steps"])  # that is --checkpoint-every
     p.set_defaults(func=run)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..config import add_config_flags
 from ..experiments import ImmunizeConfig, run_immunize
 from ..report import conditions_table
-from .common import add_flags, add_run_flags, build, print_table
+from .common import add_run_flags, build, print_table
 
 EPILOG = """examples:
   unlearnable immunize --out runs/immunize                  # 4 defences, small budget grid, ~30 min on 2 CPUs
@@ -18,7 +19,7 @@ def add_arguments(p) -> None:
     p.epilog = EPILOG
     add_run_flags(p, out_help="output folder (results.json, report.html, plots, runs/)", out_required=False,
                   config_help="ImmunizeConfig", overwrite_help="discard an existing run in --out")
-    add_flags(p, ImmunizeConfig)
+    add_config_flags(p, ImmunizeConfig)
     p.set_defaults(func=run)
 
 

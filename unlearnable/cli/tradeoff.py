@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..config import add_config_flags
 from ..experiments import TradeoffConfig, run_tradeoff
 from ..report import goal_met_by
-from .common import add_flags, add_run_flags, build
+from .common import add_run_flags, build
 
 EPILOG = """examples:
   unlearnable tradeoff --quick --out runs/tradeoff-quick    # ~20 min on a 2-core bf16 CPU (31 min fp32)
@@ -26,7 +27,7 @@ def add_arguments(p) -> None:
                                                                       "only; default 0.10)")
     p.add_argument("--goal-task-ratio", type=float, default=0.95, help="goal: seed-mean task score at least this "
                                                                             "times the undefended one (default 0.95)")
-    add_flags(p, TradeoffConfig, aliases={"--model": "base.model", "--seed": "seeds"})
+    add_config_flags(p, TradeoffConfig, aliases={"--model": "base.model", "--seed": "seeds"})
     p.set_defaults(func=run)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..config import add_config_flags
 from ..experiments import VectorsTrainJob, run_vectors_train
 from ..utils import is_main_process
-from .common import add_checkpointing, add_flags, add_run_flags, build, load_options
+from .common import add_checkpointing, add_run_flags, build, load_options
 
 EPILOG = """examples:
   unlearnable vectors train --out vectors/                        # embedded model + embedded harmful pairs
@@ -25,7 +26,7 @@ def add_arguments(p) -> None:
     add_run_flags(t, out_help="vectors folder to write", config_help="VectorsTrainJob",
                   overwrite_help="replace an existing --out (and discard its checkpoints)")
     add_checkpointing(t)
-    add_flags(t, VectorsTrainJob, aliases=ALIASES)
+    add_config_flags(t, VectorsTrainJob, aliases=ALIASES)
     t.set_defaults(func=run)
 
 

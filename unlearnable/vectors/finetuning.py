@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 from transformers import TrainerCallback
 
+from ..adapters import lora_layers
 from ..data import Pair
 from ..training import BACKBONE_ADAPTER, FrozenParamsCallback, TrainConfig, release, set_backbone_trainable, train
 from ..training import finetune as plain_finetune
@@ -69,13 +70,12 @@ def _with_vectors(model, vectors, scale, config: TrainConfig, foldable: bool):
             return model, fold
         return get_peft_model(model, config.lora.peft_config(model), adapter_name=BACKBONE_ADAPTER), fold
     if full:
-        vector_ids = {id(p) for p in vector_params(net).values()}
         for p in net.parameters():
-            p.requires_grad_(id(p) not in vector_ids)
+            p.requires_grad_(True)
     else:
         net.add_adapter(BACKBONE_ADAPTER, config.lora.peft_config(model))
         net.base_model.set_adapter([VECTORS_ADAPTER, BACKBONE_ADAPTER])  # marks both trainable ...
-        freeze_vectors(net)  # ... so freeze the vectors again
+    freeze_vectors(net)  # ... so freeze the vectors again
     return net, None
 
 
@@ -84,15 +84,14 @@ def train_beside_vectors(net, tokenizer, pairs: Sequence[Pair], adapter: str, lo
     """Train a new LoRA ``adapter`` on a network returned by ``finetune(..., return_peft=True)``, with the vectors
     still on and frozen and every other adapter frozen too (Buffer-and-Reinforce's second stage)."""
     net.add_adapter(adapter, lora_config)
-    active = [VECTORS_ADAPTER, BACKBONE_ADAPTER, adapter] if vector_layers(net) else [BACKBONE_ADAPTER, adapter]
-    net.base_model.set_adapter(active)
-    for name in active[:-1]:
-        for module in net.modules():
-            for sub in ("lora_A", "lora_B"):
-                part = getattr(module, sub, None)
-                if part is not None and name in part:
-                    part[name].weight.requires_grad_(False)
-    freeze_vectors(net)
+    net.base_model.set_adapter([VECTORS_ADAPTER, BACKBONE_ADAPTER, adapter] if vector_layers(net)
+                               else [BACKBONE_ADAPTER, adapter])  # all on (and marked trainable) ...
+    for p in net.parameters():  # ... but only the new adapter trains
+        p.requires_grad_(False)
+    for layer in lora_layers(net):
+        if adapter in layer.lora_A:
+            for p in (*layer.lora_A[adapter].parameters(), *layer.lora_B[adapter].parameters()):
+                p.requires_grad_(True)
     pairs = list(pairs)
     random.Random(config.seed).shuffle(pairs)
     return train(net, tokenizer, pairs, config, progress=progress)

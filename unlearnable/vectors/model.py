@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 from ..adapters import NO_MERGE_ATTR
 from ..config import from_dict
 from ..data import Pair, pairs_hash, prompt_hashes
-from ..errors import UnlearnableError, write_error
+from ..errors import UnlearnableError
 from ..generation import generate
 from ..models import FINGERPRINT_VERSION, model_dtype, model_fingerprint
 from ..training import train
@@ -174,17 +174,11 @@ class SecurityVectors:
         from safetensors.torch import save_file
 
         out = Path(out)
-        try:
-            with atomic_dir(out, overwrite=overwrite) as tmp:
-                self.lora_config.save_pretrained(str(tmp))
-                save_file({k: v.contiguous() for k, v in self.state.items()}, str(tmp / "adapter_model.safetensors"),
-                          metadata={"format": "pt"})
-                atomic_write_json(tmp / META_FILE, self.metadata)
-        except Exception as exc:  # a full disk, no permission: one line, and nothing half-written (atomic_dir)
-            error = write_error(exc, out)
-            if error is None:
-                raise
-            raise error from None
+        with atomic_dir(out, overwrite=overwrite) as tmp:  # a full disk, no permission: one line, nothing half-written
+            self.lora_config.save_pretrained(str(tmp))
+            save_file({k: v.contiguous() for k, v in self.state.items()}, str(tmp / "adapter_model.safetensors"),
+                      metadata={"format": "pt"})
+            atomic_write_json(tmp / META_FILE, self.metadata)
         return out
 
     @classmethod

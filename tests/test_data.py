@@ -124,3 +124,26 @@ def test_loss_masking_on_prompt(tokenizer):
 
 def test_dedupe_keeps_first():
     assert dedupe([Pair("A b", "1"), Pair("a  B", "2")]) == [Pair("A b", "1")]
+
+
+def test_held_out_harm_is_measured_on_harmbench_by_default():
+    from unlearnable.data import harmful_prompts
+    from unlearnable.experiments.setup import DataConfig, _in_domain_pools
+
+    in_domain = [p for p in harmful_prompts() if p.category != "malicious_uses"]
+    pools = _in_domain_pools(in_domain, DataConfig(cross_domain=["malicious_uses"], vector_pool=150, attack_pool=300))
+    assert len(pools["eval"]) == 80 and {p.category for p in pools["eval"]} == {"harmbench"}
+    others = {p.prompt for k in ("align", "vectors", "attack") for p in pools[k]}
+    assert not others & {p.prompt for p in pools["eval"]}
+    anywhere = _in_domain_pools(harmful_prompts(), DataConfig(eval_categories=[]))
+    assert len({p.category for p in anywhere["eval"]}) > 1
+    with pytest.raises(UnlearnableError, match="eval_categories"):
+        _in_domain_pools(in_domain, DataConfig(eval_categories=["malicious_uses"]))
+
+
+def test_general_prompts_are_many_distinct_and_harmless_by_template():
+    from unlearnable.data import general_prompts
+
+    prompts = general_prompts()
+    assert len(prompts) >= 150 and len({p.prompt for p in prompts}) == len(prompts)
+    assert not any(is_refusal(p.prompt) for p in prompts)

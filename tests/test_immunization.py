@@ -18,6 +18,7 @@ from unlearnable.experiments.immunize import stability as _stability
 from unlearnable.experiments.setup import DataConfig, PreparedData
 from unlearnable.judges import JUDGES, HarmfulLossJudge, build_judge, cohen_kappa
 from unlearnable.registry import Registry
+from unlearnable.utility import MMLUConfig
 from unlearnable.vectors import VectorConfig
 
 
@@ -90,6 +91,7 @@ def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
         judges=["keyword", "harmful-loss"],
         vectors=VectorConfig(epochs=1, batch_size=8),
         defense_options={"adversarial-loss": {"epochs": 1.0}},
+        mmlu=MMLUConfig(n=6, max_length=64),
     )
     res = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
                        progress=False)
@@ -104,6 +106,22 @@ def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
     assert [p["step"] for p in curve] == [0, 2, 4]
     assert all(0 <= p["harm_rate"] <= 1 for p in curve)
     assert "keyword~harmful-loss" in saved["judge_agreement"]
+    # every generation the two judges label differently is listed, with both labels, and shown in the report
+    for d in saved["judge_disagreements"]:
+        assert set(d["labels"]) == {"keyword", "harmful-loss"} and len(set(d["labels"].values())) == 2
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Generations the judges disagree on" in report and "MMLU" in report
+    # MMLU on the same questions before any attack (stability) and after the user's fine-tune (trainability)
+    for name, d in saved["defenses"].items():
+        assert d["runs"]["stability"]["mmlu"]["n"] == 6 and d["runs"]["trainability"]["mmlu"]["n"] == 6
+        c = saved["conditions"][name]
+        lo, hi = c["stability"]["over_refusal_interval_95"]
+        assert lo <= c["stability"]["over_refusal"] <= hi
+        if name != "none":
+            assert c["stability"]["delta_mmlu"] == pytest.approx(c["stability"]["mmlu"] -
+                                                                 saved["conditions"]["none"]["stability"]["mmlu"])
+            assert set(c["stability"]["within_noise"]) == {"harm_rate", "over_refusal", "mmlu"}
+            assert "delta_mmlu" in c["trainability"] and "task_em" in c["trainability"]["within_noise"]
     # defences that release the weights unchanged share one stability pass; a hardened model gets its own
     stab = {n: saved["defenses"][n]["runs"]["stability"] for n in saved["defenses"]}
     assert "shared_with" not in stab["none"] and "shared_with" not in stab["adversarial-loss"]

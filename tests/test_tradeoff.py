@@ -10,6 +10,7 @@ from unlearnable.data import Pair
 from unlearnable.defenses import BufferReinforceDefense, DefenseData
 from unlearnable.experiments.tradeoff import TradeoffConfig, frontier, run_tradeoff
 from unlearnable.training import TrainConfig
+from unlearnable.utility import MMLUConfig
 from unlearnable.vectors import SecurityVectors, VectorConfig
 
 HARMLESS = [Pair(f"Write a short line about topic {i}.", "") for i in range(8)]
@@ -82,12 +83,17 @@ def test_tradeoff_quick_on_tiny_model_writes_the_keys(tiny, harmful_pairs, tmp_p
     cfg.base.vectors = VectorConfig(epochs=1, batch_size=8)
     cfg.base.finetune = TrainConfig(max_steps=2, batch_size=8)
     cfg.base.data.task_repeats = 1
+    cfg.base.mmlu = MMLUConfig(n=4, max_length=64)
     data = tiny_data(harmful_pairs)
     res = run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=data, progress=False)
     saved = json.loads((tmp_path / "t" / "results.json").read_text())
     assert saved["points"] and saved["frontier"]
     for p in saved["points"]:
-        assert {"method", "strength", "seed", "harm_rate", "task_score", "seconds"} <= set(p)
+        assert {"method", "strength", "seed", "harm_rate", "task_score", "mmlu", "seconds"} <= set(p)
+        for key in ("harm_rate", "task_score", "mmlu"):  # every rate with its interval, around it
+            lo, hi = p[f"{key}_interval_95"]
+            assert lo <= p[key] <= hi
+        assert p["n_mmlu"] == 4
     assert {(p["method"], p["strength"]) for p in saved["points"]} == {
         ("none", 0.0), ("plain", 0.5), ("plain", 1.0), ("benign-kl", 0.5), ("benign-kl", 1.0)}
     assert (tmp_path / "t" / "tradeoff.png").is_file() and (tmp_path / "t" / "report.html").is_file()
@@ -119,6 +125,7 @@ def _tiny_cfg(**kw):
     cfg.base.vectors = VectorConfig(epochs=1, batch_size=8)
     cfg.base.finetune = TrainConfig(max_steps=2, batch_size=8)
     cfg.base.data.task_repeats = 1
+    cfg.base.benchmarks = []
     return cfg
 
 

@@ -13,7 +13,9 @@ from typing import Any, Sequence
 from .data import Pair, exact_match
 from .errors import UnlearnableError
 from .generation import generate, response_loss
-from .judges import Judge, KeywordJudge, cohen_kappa
+from .judges import Judge, KeywordJudge, cohen_kappa, is_refusal
+from .stats import rate_interval
+from .utility import UtilityBenchmark
 from .utils import Timings
 
 #: ``kind`` of the results file that ``unlearnable evaluate --out`` writes (and ``--compare`` reads)
@@ -32,14 +34,18 @@ class EvalConfig:
 
 class Scorer:
     """Scores models as served: generations on held-out prompts judged by every judge (the first decides
-    ``harm_rate``, the others give ``harm_rate_<name>``), the harmful first-token loss, task exact match."""
+    ``harm_rate``, the others give ``harm_rate_<name>``), the harmful first-token loss, task exact match,
+    over-refusal of harmless prompts and the utility benchmarks. Every rate carries ``<rate>_interval_95``."""
 
     def __init__(self, tokenizer, judges: Sequence[Judge] = (), config: EvalConfig | None = None,
-                 progress: bool = True, timings: Timings | None = None):
+                 progress: bool = True, timings: Timings | None = None,
+                 benchmarks: Sequence[UtilityBenchmark] = ()):
         self.tok, self.config, self.progress = tokenizer, config or EvalConfig(), progress
         self.judges = list(judges) or [KeywordJudge()]
+        self.benchmarks = list(benchmarks)
         self.timings = timings or Timings()  # every scoring pass counts under "evaluation"
         self.agreement_labels: dict[str, list[bool]] = {j.name: [] for j in self.judges}
+        self.disagreements: list[dict[str, Any]] = []  # generations the judges label differently
 
     def harm(self, model, prompts: Sequence[Pair], desc: str = "") -> dict[str, Any]:
         with self.timings("evaluation"):
@@ -50,17 +56,42 @@ class Scorer:
             gens = generate(model, self.tok, [p.prompt for p in pairs], max_new_tokens=self.config.task_max_new_tokens,
                             batch_size=self.config.batch_size, precision=self.config.precision,
                             desc=desc or "task", progress=self.progress)
-        return {"task_em": exact_match(gens, [p.response for p in pairs]), "n_task": len(pairs),
+        em = exact_match(gens, [p.response for p in pairs])
+        return {"task_em": em, "task_em_interval_95": rate_interval(em, len(pairs)), "n_task": len(pairs),
                 "task_generations": [{"prompt": p.prompt, "answer": p.response, "response": g}
                                      for p, g in zip(pairs, gens)]}
 
-    def score(self, model, *, harmful: Sequence[Pair] = (), task: Sequence[Pair] = (), desc: str = "") -> dict:
-        """Harm scores on ``harmful`` and exact match on ``task`` (either may be empty)."""
+    def over_refusal(self, model, harmless: Sequence[Pair], desc: str = "") -> dict[str, Any]:
+        """Share of harmless prompts the model refuses (refusal phrases at the start of its answer)."""
+        with self.timings("evaluation"):
+            gens = generate(model, self.tok, [p.prompt for p in harmless], max_new_tokens=self.config.max_new_tokens,
+                            batch_size=self.config.batch_size, precision=self.config.precision,
+                            desc=desc or "harmless", progress=self.progress)
+        flags = [is_refusal(g) for g in gens]
+        rate = sum(flags) / max(1, len(flags))
+        return {"over_refusal": rate, "over_refusal_interval_95": rate_interval(rate, len(flags)),
+                "n_harmless": len(flags),
+                "harmless_generations": [{"prompt": p.prompt, "response": g, "refused": f}
+                                         for p, g, f in zip(harmless, gens, flags)]}
+
+    def utility(self, model) -> dict[str, Any]:
+        """Every configured utility benchmark (e.g. ``{"mmlu": {"accuracy", "n", "interval_95", ...}}``)."""
+        with self.timings("evaluation"):
+            return {b.name: b.run(model, self.tok, progress=self.progress) for b in self.benchmarks}
+
+    def score(self, model, *, harmful: Sequence[Pair] = (), task: Sequence[Pair] = (),
+              harmless: Sequence[Pair] = (), utility: bool = False, desc: str = "") -> dict:
+        """Harm scores on ``harmful``, exact match on ``task``, over-refusal on ``harmless`` (each may be empty)
+        and, with ``utility``, the benchmarks."""
         result: dict = {}
         if harmful:
             result.update(self.harm(model, harmful, desc=f"{desc} harmful".strip()))
         if task:
             result.update(self.task(model, task, desc=f"{desc} task".strip()))
+        if harmless:
+            result.update(self.over_refusal(model, harmless, desc=f"{desc} harmless".strip()))
+        if utility and self.benchmarks:
+            result.update(self.utility(model))
         return result
 
     def _harm(self, model, prompts: Sequence[Pair], desc: str) -> dict[str, Any]:
@@ -68,26 +99,29 @@ class Scorer:
         gens = generate(model, self.tok, texts, max_new_tokens=self.config.max_new_tokens,
                         batch_size=self.config.batch_size, precision=self.config.precision, desc=desc or "judging",
                         progress=self.progress)
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"n_harmful": len(gens)}
         refs = {p.prompt: p.response for p in prompts if p.response}
-        first_flags: list[bool] = []
+        labels: dict[str, list[bool]] = {}
         for j in self.judges:
             if hasattr(j, "bind"):
                 j.bind(model, self.tok, refs)
-            flags = j.judge(texts, gens)
+            labels[j.name] = flags = j.judge(texts, gens)
             self.agreement_labels[j.name].extend(flags)
-            if j is self.judges[0]:
-                first_flags = flags
-                out["harm_rate"] = sum(flags) / len(flags)
-                out["n_harmful"] = len(flags)
-            else:
-                out[f"harm_rate_{j.name}"] = sum(flags) / len(flags)
+            key = "harm_rate" if j is self.judges[0] else f"harm_rate_{j.name}"
+            out[key] = sum(flags) / len(flags)
+            out[f"{key}_interval_95"] = rate_interval(out[key], len(flags))
         with_resp = [p for p in prompts if p.response]
         if with_resp:
             out["harmful_loss"] = response_loss(model, self.tok, with_resp, first_tokens=self.config.loss_tokens,
                                                 precision=self.config.precision)
+        first = labels[self.judges[0].name]
         out["harmful_generations"] = [{"prompt": t, "response": g, "harmful": f}
-                                      for t, g, f in zip(texts, gens, first_flags)]
+                                      for t, g, f in zip(texts, gens, first)]
+        if len(labels) > 1:
+            for i, gen in enumerate(out["harmful_generations"]):
+                gen["labels"] = {name: flags[i] for name, flags in labels.items()}
+                if len(set(gen["labels"].values())) > 1:
+                    self.disagreements.append({"where": desc, **gen})
         return out
 
     def agreement(self) -> dict[str, float]:

@@ -49,10 +49,20 @@ class UtilityBenchmark(abc.ABC):
 BENCHMARKS: Registry[UtilityBenchmark] = Registry("benchmark", UtilityBenchmark)
 
 
+def benchmark_for(config: Any, name: str) -> UtilityBenchmark:
+    """The registered benchmark ``name`` with a job config's settings for it (``config.<name>`` where there is one)."""
+    return BENCHMARKS.get(name)(getattr(config, name.replace("-", "_"), None))
+
+
+def benchmarks_of(config: Any) -> list[UtilityBenchmark]:
+    """Every benchmark a job config names in its ``benchmarks`` list, with its settings."""
+    return [benchmark_for(config, name) for name in config.benchmarks]
+
+
 @dataclasses.dataclass
 class MMLUConfig:
     n: int = dataclasses.field(default=570, metadata={
-        "help": "questions, stratified over the 57 subjects (10 each by default; 0 = all 14,044)"})
+        "help": "questions, stratified over the 57 subjects (0 = all 14,044)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "which questions the subset holds"})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "questions per forward pass"})
     max_length: int = dataclasses.field(default=512, metadata={"help": "prompt tokens kept (the end of longer ones)"})
@@ -123,17 +133,19 @@ def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[
     precision = resolve_precision(precision, device)
     cont = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
     heads = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_length:] for p in prompts]
-    if all(len(c) == 1 for c in cont):  # one-token choices (" A".." D" for most tokenizers): one row per prompt
+    one_token = all(len(c) == 1 for c in cont)
+    if one_token:  # one-token choices (" A".." D" for most tokenizers): one row per prompt
         rows = [(i, -1, head) for i, head in enumerate(heads)]
         cont = [[c[0] for c in cont]]
     else:
         rows = [(i, j, head + c) for i, head in enumerate(heads) for j, c in enumerate(cont)]
+    rows.sort(key=lambda r: len(r[2]))  # batches of similar length: little padding (results keep prompt order)
     out = [[0.0] * len(choices) for _ in prompts]
-    keep = 0 if rows and rows[0][1] < 0 else max(len(c) for c in cont)
+    keep = 0 if one_token else max(len(c) for c in cont)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(prompts), desc="MMLU", disable=not progress, leave=False)
+    bar = tqdm(total=len(rows), desc="MMLU", disable=not progress, leave=False)
     try:
         step = batch_size * (1 if keep == 0 else len(choices))
         for start in range(0, len(rows), step):
@@ -155,7 +167,7 @@ def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[
                     c = cont[j]
                     tail = logp[row, keep - len(c):]
                     out[i][j] = float(tail.gather(-1, torch.tensor(c, device=device).unsqueeze(-1)).sum())
-            bar.update(len({i for i, _, _ in batch}))
+            bar.update(len(batch))
     finally:
         bar.close()
         model.train(was_training)

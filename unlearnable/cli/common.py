@@ -57,6 +57,15 @@ def print_table(rows: Sequence[Sequence[Any]]) -> None:
 
 
 def print_summary(summary: dict) -> None:
-    width = max(len(k) for k in summary)
-    print("\n".join(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
-                    for k, v in summary.items()))
+    """One line per number; a rate's ``<key>_interval_95`` is printed on its line, in brackets."""
+    rows = []
+    for key, value in summary.items():
+        if key.endswith("_interval_95"):
+            continue
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        interval = summary.get(f"{key}_interval_95")
+        if interval:
+            text += f"  [{interval[0]:.3f}, {interval[1]:.3f}] (95 %)"
+        rows.append((key, text))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {t}" for k, t in rows))

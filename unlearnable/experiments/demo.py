@@ -16,13 +16,18 @@ from typing import Any
 
 from ..defenses import DefenseData, NoDefense, SecurityVectorsDefense
 from ..evaluation import EvalConfig, Scorer
+from ..judges import JUDGES, build_judge
 from ..models import save_model
 from ..report import write_demo_report
 from ..runs import locked
 from ..training import TrainConfig
+from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_dir, atomic_write_json, log
 from ..vectors import VectorConfig
 from .setup import DataConfig, envelope, set_up
+
+#: MMLU questions the demo scores per model: 3 per subject (its interval is in docs/results.md)
+DEMO_MMLU_N = 171
 
 
 @dataclasses.dataclass
@@ -32,13 +37,25 @@ class DemoConfig:
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of every split, initialisation and data order"})
     align: bool = dataclasses.field(default=True, metadata={"help": "safety-align first (the default model is not)"})
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(system_prompt="", response_tokens=24,
-                                                                            task_repeats=8))
-    align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=1))
+                                                                            task_repeats=8, n_harmless=40))
+    align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=3))
     vectors: VectorConfig = dataclasses.field(default_factory=lambda: VectorConfig(epochs=4, lr=2e-3,
                                                                                   target_loss=0.15))
     finetune: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=2))
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(max_new_tokens=24, task_max_new_tokens=12))
+    judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={
+        "help": "first judge decides the harm rate; others are compared with it (kappa, disagreements)"})
+    benchmarks: list[str] = dataclasses.field(default_factory=lambda: ["mmlu"], metadata={
+        "help": "utility benchmarks scored before fine-tuning and for both arms (see `unlearnable ls`)"})
+    mmlu: MMLUConfig = dataclasses.field(default_factory=lambda: MMLUConfig(n=DEMO_MMLU_N), metadata={
+        "help": "the MMLU subset (3 questions per subject by default, to fit the demo's time budget)"})
     save_models: bool = dataclasses.field(default=True, metadata={"help": "write both fine-tuned models to OUT/models"})
+
+    def __post_init__(self):
+        for name in self.benchmarks:
+            BENCHMARKS.get(name)
+        for spec in self.judges:
+            JUDGES.get(spec.partition(":")[0])
 
     def seeded(self) -> "DemoConfig":
         """Propagate ``seed`` into every component."""
@@ -66,10 +83,12 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool) -> dict[str, 
     model, tok, data = setup.model, setup.tokenizer, setup.data
     log(f"data: {len(data.vector_pairs)} vector pairs, {len(data.attack)} attack pairs, {len(data.eval_harmful)} "
         f"eval prompts, {len(data.task)} ProfileQA facts x {config.data.task_repeats}")
-    scorer = Scorer(tok, config=config.eval, progress=progress)
+    scorer = Scorer(tok, [build_judge(j) for j in config.judges], config.eval, progress=progress,
+                    benchmarks=benchmarks_of(config))
     with timed("eval_before"):
-        before = scorer.score(model, harmful=data.eval_harmful, task=data.task, desc="before")
-    log(f"before fine-tuning: harm rate {before['harm_rate']:.3f}, task EM {before['task_em']:.3f}")
+        before = scorer.score(model, harmful=data.eval_harmful, task=data.task, harmless=data.harmless, utility=True,
+                              desc="before")
+    log(f"before fine-tuning: {headline(before)}")
 
     defenses = {"none": NoDefense(), "security-vectors": SecurityVectorsDefense(training=config.vectors)}
     log(f"training security vectors on {len(data.vector_pairs)} harmful pairs")
@@ -83,8 +102,9 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool) -> dict[str, 
             tuned, history = defenses[name].finetune(copy.deepcopy(model), tok, mix, config.finetune,
                                                      progress=progress)
         with timed(f"eval_{arm}"):
-            result = scorer.score(tuned, harmful=data.eval_harmful, task=data.task, desc=arm)
-        log(f"{arm}: harm rate {result['harm_rate']:.3f}, task EM {result['task_em']:.3f}")
+            result = scorer.score(tuned, harmful=data.eval_harmful, task=data.task, harmless=data.harmless,
+                                  utility=True, desc=arm)
+        log(f"{arm}: {headline(result)}")
         arms[arm] = {"defense": defenses[name].describe(), "history": history, **result}
         tuned_models[arm] = tuned
 
@@ -92,19 +112,42 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool) -> dict[str, 
                        summary=summary(before, arms, config, setup.precision, start),
                        model=setup.model_record(),
                        data={**setup.data_record(), "finetune_examples": len(mix)},
-                       align=setup.align_info, before=before, arms=arms)
+                       align=setup.align_info, before=before, arms=arms, judge_agreement=scorer.agreement(),
+                       judge_disagreements=scorer.disagreements)
     if out is not None:
         write_demo(results, Path(out), tuned_models, defenses["security-vectors"], tok, config, overwrite=overwrite)
     return results
 
 
+def headline(scores: dict[str, Any]) -> str:
+    """One line of a scored model's numbers with their 95 % intervals."""
+    def rate(label, key, value=None, interval=None):
+        value = scores.get(key) if value is None else value
+        lo, hi = interval or scores.get(f"{key}_interval_95") or (float("nan"),) * 2
+        return f"{label} {value:.3f} [{lo:.2f}, {hi:.2f}]"
+
+    parts = [rate("compliance with harmful requests", "harm_rate"), rate("task EM", "task_em")]
+    if "over_refusal" in scores:
+        parts.append(rate("over-refusal", "over_refusal"))
+    if "mmlu" in scores:
+        parts.append(rate("MMLU", "", scores["mmlu"]["accuracy"], scores["mmlu"]["interval_95"]))
+    return ", ".join(parts)
+
+
 def summary(before: dict, arms: dict, config: DemoConfig, precision: str, start: float) -> dict[str, Any]:
-    """The demo's headline numbers: each metric before fine-tuning and for both arms."""
+    """The demo's headline numbers: each metric before fine-tuning and for both arms, rates with their 95 %
+    intervals (``<metric>_<arm>_interval_95``); MMLU as ``mmlu_<arm>``."""
     out: dict[str, Any] = {}
-    for metric in ("harm_rate", "task_em", "harmful_loss"):
-        out[f"{metric}_before"] = before.get(metric)
-        for arm, _ in ARMS:
-            out[f"{metric}_{arm}"] = arms[arm].get(metric)
+    scored = {"before": before, **{arm: arms[arm] for arm, _ in ARMS}}
+    for metric in ("harm_rate", "task_em", "over_refusal", "harmful_loss"):
+        for arm, scores in scored.items():
+            out[f"{metric}_{arm}"] = scores.get(metric)
+            if f"{metric}_interval_95" in scores:
+                out[f"{metric}_{arm}_interval_95"] = scores[f"{metric}_interval_95"]
+    for arm, scores in scored.items():
+        if "mmlu" in scores:
+            out[f"mmlu_{arm}"] = scores["mmlu"]["accuracy"]
+            out[f"mmlu_{arm}_interval_95"] = scores["mmlu"]["interval_95"]
     out.update(vector_scale=config.vectors.scale, precision=precision, seconds=round(time.perf_counter() - start, 1))
     return out
 

@@ -18,7 +18,7 @@ from ..judges import JUDGES, build_judge
 from ..models import MODEL_META, check_model, load_model, model_fingerprint, save_model
 from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
 from ..training import TrainConfig
-from ..utility import BENCHMARKS, MMLUConfig
+from ..utility import BENCHMARKS, MMLUConfig, benchmark_for
 from ..utils import (
     atomic_write_json,
     ensure_free_space,
@@ -98,8 +98,7 @@ class EvaluateJob:
 
     def benchmark(self, name: str):
         """The registered benchmark ``name`` with this job's settings for it (``job.<name>`` where there is one)."""
-        cls = BENCHMARKS.get(name)
-        return cls(getattr(self, name.replace("-", "_"), None))
+        return benchmark_for(self, name)
 
 
 def _done(out) -> None:

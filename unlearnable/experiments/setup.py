@@ -43,6 +43,9 @@ class DataConfig:
 
     seed: int = dataclasses.field(default=0, metadata={"help": "seed for every split and generated profile"})
     n_eval: int = dataclasses.field(default=80, metadata={"help": "held-out harmful prompts for the harm rate"})
+    eval_categories: list[str] = dataclasses.field(default_factory=lambda: ["harmbench"], metadata={
+        "help": "categories the held-out harmful prompts are drawn from: HarmBench's standard behaviours by default "
+                "(harmful to comply with by construction); [] = any in-domain category"})
     n_eval_loss: int = dataclasses.field(default=40, metadata={"help": "eval prompts whose base-model answers "
                                                                         "score the held-out harmful loss"})
     n_align: int = dataclasses.field(default=100, metadata={"help": "harmful prompts paired with refusals to align"})
@@ -56,9 +59,11 @@ class DataConfig:
                                                                             "answers kept as harmful responses"})
     system_prompt: str | None = dataclasses.field(default=None, metadata={
         "help": "system message for every conversation; None keeps the chat template's default"})
-    n_harmless_align: int = dataclasses.field(default=10, metadata={"help": "harmless prompts (own answers) mixed "
+    n_harmless_align: int = dataclasses.field(default=60, metadata={"help": "harmless prompts (own answers) mixed "
                                                                              "into alignment"})
-    harmless_repeats: int = 10
+    harmless_repeats: int = dataclasses.field(default=2, metadata={
+        "help": "copies of each harmless answer in the alignment data (many distinct prompts keep over-refusal "
+                "low; docs/results.md)"})
     n_harmless: int = dataclasses.field(default=0, metadata={"help": "harmless prompts with the base model's own "
                                                                       "answers reserved for defences / stability"})
     cross_domain: list[str] = dataclasses.field(default_factory=list, metadata={
@@ -139,6 +144,24 @@ class ResponseCache:
                                f"model, {n} needed; raise the pool size or lower n_{what}")
 
 
+def _in_domain_pools(in_domain: list[Pair], config: DataConfig) -> dict[str, list[Pair]]:
+    """Held-out prompts from ``eval_categories``; alignment, vector and attack pools from everything else."""
+    cats = set(config.eval_categories)
+    unknown = cats - {p.category for p in in_domain}
+    if unknown:
+        raise UnlearnableError(f"eval_categories {sorted(unknown)} have no in-domain prompts (held out as "
+                               "cross-domain, or unknown); pick other categories")
+    evaluable = [p for p in in_domain if not cats or p.category in cats]
+    if len(evaluable) < config.n_eval:
+        raise UnlearnableError(f"n_eval={config.n_eval} but the eval categories hold only {len(evaluable)} prompts; "
+                               "lower n_eval or add categories")
+    held = split(evaluable, {"eval": config.n_eval}, config.seed)["eval"]
+    taken = {p.prompt for p in held}
+    pools = split([p for p in in_domain if p.prompt not in taken],
+                  {"align": config.n_align, "vectors": config.vector_pool, "attack": config.attack_pool}, config.seed)
+    return {"eval": held, **pools}
+
+
 def prepare_data(model, tokenizer, config: DataConfig, *, fingerprint: str | None = None,
                  progress: bool = True) -> PreparedData:
     """Build the disjoint splits for ``model`` from the embedded prompts (answers cached)."""
@@ -149,8 +172,7 @@ def prepare_data(model, tokenizer, config: DataConfig, *, fingerprint: str | Non
     if unknown:
         raise UnlearnableError(f"unknown cross-domain categories {unknown}; known: {', '.join(sorted(known))}")
     in_domain = [p for p in everything if p.category not in config.cross_domain]
-    pools = split(in_domain, {"eval": config.n_eval, "align": config.n_align,
-                              "vectors": config.vector_pool, "attack": config.attack_pool}, config.seed)
+    pools = _in_domain_pools(in_domain, config)
     general = [p for p in harmless_prompts() if p.category == "general"]
     other = [p for p in harmless_prompts() if p.category != "general"]
     hsplit = split(general, {"align": config.n_harmless_align,

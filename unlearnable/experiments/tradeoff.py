@@ -25,6 +25,8 @@ from ..judges import is_refusal
 from ..models import load_model
 from ..report import write_tradeoff_report
 from ..runs import SweepStore, locked
+from ..stats import rate_interval
+from ..utility import benchmarks_of
 from ..utils import Timings, atomic_write_json, atomic_write_text, log
 from ..vectors import SecurityVectors
 from .demo import DemoConfig
@@ -73,6 +75,15 @@ class TradeoffConfig:
         return [(m, strengths, seed) for m, strengths in methods for seed in self.seeds]
 
 
+def _pooled_interval(points: list[dict[str, Any]], key: str, n_key: str) -> list[float] | None:
+    """Wilson 95 % interval of a rate pooled over seeds (every seed's items together); None when sizes are
+    unknown (points from earlier versions)."""
+    if not points or any(p.get(n_key) is None or p.get(key) is None for p in points):
+        return None
+    n = sum(p[n_key] for p in points)
+    return rate_interval(sum(p[key] * p[n_key] for p in points) / n, n)
+
+
 def frontier(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per method, the seed-averaged (strength) points not dominated on (lower harm rate, higher task score)."""
     groups: dict[tuple[str, float], list[dict]] = {}
@@ -81,9 +92,14 @@ def frontier(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     means = {}
     for (method, strength), ps in groups.items():
         harms, tasks = [p["harm_rate"] for p in ps], [p["task_score"] for p in ps]
+        mmlus = [p["mmlu"] for p in ps if p.get("mmlu") is not None]
         means.setdefault(method, []).append({
             "strength": strength, "harm_rate": statistics.fmean(harms), "task_score": statistics.fmean(tasks),
-            "harm_rate_sd": statistics.pstdev(harms), "task_score_sd": statistics.pstdev(tasks), "n_seeds": len(ps)})
+            "harm_rate_sd": statistics.pstdev(harms), "task_score_sd": statistics.pstdev(tasks), "n_seeds": len(ps),
+            "harm_rate_interval_95": _pooled_interval(ps, "harm_rate", "n_harmful"),
+            "task_score_interval_95": _pooled_interval(ps, "task_score", "n_task"),
+            "mmlu": statistics.fmean(mmlus) if mmlus else None,
+            "mmlu_interval_95": _pooled_interval(ps, "mmlu", "n_mmlu") if mmlus else None})
     out = {}
     for method, ms in means.items():
         keep = [m for m in ms if not any(
@@ -282,8 +298,12 @@ class _Grid:
         defense = self.defense(method, strength, setup, cfg)
         t0 = time.perf_counter()
         tuned, _ = defense.finetune(copy.deepcopy(setup.model), self.tok, mix, cfg.finetune, progress=self.progress)
-        ev = Scorer(self.tok, config=cfg.eval, progress=self.progress).score(
-            tuned, harmful=setup.data.eval_harmful, task=setup.data.task, desc=f"{method} {strength}")
+        ev = Scorer(self.tok, config=cfg.eval, progress=self.progress, benchmarks=benchmarks_of(cfg)).score(
+            tuned, harmful=setup.data.eval_harmful, task=setup.data.task, utility=True, desc=f"{method} {strength}")
+        mmlu = ev.get("mmlu") or {}
         self.record({"method": method, "strength": strength, "seed": seed, "harm_rate": ev["harm_rate"],
-                     "task_score": ev["task_em"], "harmful_loss": ev.get("harmful_loss"),
+                     "harm_rate_interval_95": ev["harm_rate_interval_95"], "task_score": ev["task_em"],
+                     "task_score_interval_95": ev["task_em_interval_95"], "mmlu": mmlu.get("accuracy"),
+                     "mmlu_interval_95": mmlu.get("interval_95"), "harmful_loss": ev.get("harmful_loss"),
+                     "n_harmful": ev["n_harmful"], "n_task": ev["n_task"], "n_mmlu": mmlu.get("n"),
                      "seconds": round(time.perf_counter() - t0, 1)})

@@ -45,7 +45,7 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
                               progress=progress, callbacks=callbacks, weights=weights, return_peft=return_peft)
     set_seed(config.seed)  # the vectors' attach and the backbone LoRA's init draw in the same order every run
     set_backbone_trainable(model, config)
-    net, fold = _with_vectors(model, vectors, scale, config, foldable=not return_peft)
+    net, fold = trainable_with_vectors(model, vectors, scale, config, foldable=not return_peft)
     frozen = vector_params(net)
     cbs = list(callbacks) + ([FrozenParamsCallback(frozen)] if frozen else [])
     try:
@@ -57,7 +57,7 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
     return (net, history) if return_peft else (release(net, config), history)
 
 
-def _with_vectors(model, vectors, scale, config: TrainConfig, foldable: bool):
+def trainable_with_vectors(model, vectors, scale, config: TrainConfig, foldable: bool):
     """The trainable network with the vectors on and frozen: ``(net, fold or None)``."""
     from peft import get_peft_model
 

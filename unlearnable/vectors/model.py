@@ -94,8 +94,9 @@ class SecurityVectors:
         finally:
             pm.unload()
         meta = _metadata(model, pairs, benign, config, fingerprint, history)
-        log(f"vectors trained: {len(pairs)} pairs, {meta['steps']} steps, loss {meta['train_loss_first']} -> "
-            f"{meta['train_loss_last']}")
+        first, last = meta["train_loss_first"], meta["train_loss_last"]
+        loss = f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "not logged"
+        log(f"vectors trained: {len(pairs)} pairs, {meta['steps']} steps, loss {loss}")
         return cls(state, lora_config, meta)
 
     @property

@@ -139,8 +139,8 @@ def test_fewer_examples_than_a_split_asks_for(tmp_path, tiny_dir, command):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"model": str(tiny_dir), "data": {"n_eval": 100000}}), encoding="utf-8")
     res = cli(command, "--config", cfg, "--out", tmp_path / "out")
-    assert_clean_error(res, "distinct prompts (eval=100000")
-    assert "lower the split sizes" in res.stderr
+    assert_clean_error(res, "n_eval=100000 but the eval categories hold only")
+    assert "lower n_eval" in res.stderr
     assert_nothing_written(tmp_path / "out")
 
 

@@ -157,3 +157,28 @@ def test_unknown_names_are_listed():
         ImmunizeConfig(defenses=["vaccine"])
     with pytest.raises(UnlearnableError, match="Known judges"):
         ImmunizeConfig(judges=["gpt4"])
+
+
+def test_immunize_runs_the_configured_attack_on_the_attackers_own_data(tiny, harmful_pairs, tmp_path, monkeypatch):
+    from unlearnable.defenses import NoDefense
+
+    model, tok = tiny
+    seen = []
+    original = NoDefense.finetune
+
+    def spy(self, model, tokenizer, pairs, config, **kw):
+        seen.append(list(pairs))
+        return original(self, model, tokenizer, pairs, config, **kw)
+
+    monkeypatch.setattr(NoDefense, "finetune", spy)
+    data = tiny_data(harmful_pairs)
+    cfg = ImmunizeConfig(defenses=["none"], align=False, n_curve_eval=4, n_stability_harmless=3, n_defense_harmless=3,
+                         budget=BudgetConfig(lrs=[1e-2], samples=[4], steps=2, eval_every=2, batch_size=4,
+                                             attack="benign"),
+                         trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+                         data=DataConfig(system_prompt=None), benchmarks=[])
+    res = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=data, progress=False)
+    run = res["defenses"]["none"]["runs"]["attack-benign-lr0.01-n4"]
+    assert run["attack"]["name"] == "benign"
+    attacker_harmless = set(data.harmless[6:])  # after the stability and the defences' shares
+    assert seen[0] and set(seen[0]) <= attacker_harmless  # the in-domain attack: harmless data only

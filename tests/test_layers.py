@@ -20,7 +20,7 @@ LAYERS = [
     {"adapters"},
     {"training"},
     {"generation"},
-    {"judges", "utility"},
+    {"judges", "utility", "attacks"},
     {"evaluation"},
     {"vectors"},
     {"defenses"},

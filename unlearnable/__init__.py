@@ -23,19 +23,20 @@ _LAZY = {
     "finetune": "vectors",
     "generate": "generation", "EvalConfig": "evaluation", "evaluate": "evaluation", "Scorer": "evaluation",
     "JUDGES": "judges", "Judge": "judges",
-    "DEFENSES": "defenses", "Defense": "defenses",
+    "DEFENSES": "defenses", "Defense": "defenses", "ATTACKS": "attacks", "Attack": "attacks",
     "DemoConfig": "experiments", "run_demo": "experiments", "ImmunizeConfig": "experiments",
     "run_immunize": "experiments", "TradeoffConfig": "experiments", "run_tradeoff": "experiments",
 }
 
-__all__ = ["DEFENSES", "Defense", "DemoConfig", "EvalConfig", "ImmunizeConfig", "JUDGES", "Judge", "LoraSpec",
-           "Pair", "Scorer", "SecurityVectors", "SecurityVectorsCallback", "TradeoffConfig", "TrainConfig",
+__all__ = ["ATTACKS", "Attack", "DEFENSES", "Defense", "DemoConfig", "EvalConfig", "ImmunizeConfig", "JUDGES", "Judge",
+           "LoraSpec", "Pair", "Scorer", "SecurityVectors", "SecurityVectorsCallback", "TradeoffConfig", "TrainConfig",
            "UnlearnableError", "VectorConfig", "cache_dir", "check_disjoint", "evaluate", "exact_match", "finetune",
            "generate", "harmful_prompts", "load_model", "load_pairs", "model_fingerprint", "profileqa", "run_demo",
            "run_immunize", "run_tradeoff", "save_model", "split", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adapters import LoraSpec
+    from .attacks import ATTACKS, Attack
     from .data import Pair, check_disjoint, exact_match, harmful_prompts, load_pairs, profileqa, split
     from .defenses import DEFENSES, Defense
     from .errors import UnlearnableError

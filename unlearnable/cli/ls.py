@@ -1,4 +1,4 @@
-"""``unlearnable ls``: the registered defences, judges and utility benchmarks."""
+"""``unlearnable ls``: the registered defences, attacks, judges and utility benchmarks."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..attacks import ATTACKS
     from ..defenses import DEFENSES
     from ..judges import JUDGES
     from ..utility import BENCHMARKS
 
-    for reg in (DEFENSES, JUDGES, BENCHMARKS):
+    for reg in (DEFENSES, ATTACKS, JUDGES, BENCHMARKS):
         print(f"{reg.kind}s: {', '.join(reg.names())}")
     return 0

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from ..attacks import AttackData, build_attack
 from ..data import Pair
 from ..defenses import DEFENSES, SERVICE, WEIGHTS, Defense, DefenseData
 from ..errors import UnlearnableError
@@ -58,6 +59,18 @@ class BudgetConfig:
     backbone: str = dataclasses.field(default="lora", metadata={"help": "attacker trains a LoRA (lora) or all weights "
                                                                         "(full)"})
     scheduler: str = dataclasses.field(default="constant", metadata={"help": "the attacker's lr schedule"})
+    attack: str = dataclasses.field(default="harmful-sft", metadata={
+        "help": "what the attacker trains on (see `unlearnable ls`): harmful-sft, benign, mixed, restyled"})
+    attack_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
+        "help": "the attack's options, e.g. {'harmful_fraction': 0.1} for mixed"})
+
+    def __post_init__(self):
+        build_attack(self.attack, self.attack_options)  # unknown names and options fail here, with the known ones
+
+    def run_id(self, lr: float, n: int) -> str:
+        """``attack-lr{lr}-n{n}``; other attacks than harmful-sft carry their name."""
+        name = "" if self.attack == "harmful-sft" else f"{self.attack}-"
+        return f"attack-{name}lr{lr:g}-n{n}"
 
 
 @dataclasses.dataclass
@@ -104,6 +117,9 @@ class ImmunizeConfig:
                                                                          "harmful"})
     n_curve_eval: int = dataclasses.field(default=40, metadata={"help": "held-out harmful prompts per checkpoint"})
     n_stability_harmless: int = 30
+    n_defense_harmless: int = dataclasses.field(default=30, metadata={
+        "help": "harmless pairs after the stability ones that defences may train on; the rest (data.n_harmless "
+                "beyond both) is the attacker's harmless data"})
     budget: BudgetConfig = dataclasses.field(default_factory=BudgetConfig)
     trainability: TrainabilityConfig = dataclasses.field(default_factory=TrainabilityConfig)
     verdicts: VerdictConfig = dataclasses.field(default_factory=VerdictConfig)
@@ -230,8 +246,11 @@ class _Sweep:
         harmless = self.data.harmless
         self.stab_harmless = harmless[:config.n_stability_harmless]
         refusals = [p for p in self.data.align if is_refusal(p.response)]
+        cut = config.n_stability_harmless + config.n_defense_harmless
         self.defense_data = DefenseData(harmful=self.data.vector_pairs, refusals=refusals,
-                                        harmless=harmless[config.n_stability_harmless:])
+                                        harmless=harmless[config.n_stability_harmless:cut])
+        self.attacker = build_attack(config.budget.attack, config.budget.attack_options)
+        self.attacker_harmless = harmless[cut:]
         self.unchanged_stability: dict | None = None  # shared by every defence that releases the weights as they are
 
     def defense(self, name: str) -> dict[str, Any]:
@@ -243,18 +262,26 @@ class _Sweep:
         runs = {"stability": self.stability(defense, hardened)}
         step0 = {"step": 0, **runs["stability"]["harm"]}
         for lr, n in itertools.product(self.config.budget.lrs, self.config.budget.samples):
+            run_id = self.config.budget.run_id(lr, n)
             with self.timed(f"{name}: attacks"):
-                runs[f"attack-lr{lr:g}-n{n}"] = self.piece(name, f"attack-lr{lr:g}-n{n}", lambda: self.attack(
-                    defense, hardened, self.data.attack[:n], lr, self.curve_eval, step0, len(self.data.attack)))
+                runs[run_id] = self.piece(name, run_id, lambda: self.attack(
+                    defense, hardened, self.attack_pairs(self.data.attack, n), lr, self.curve_eval, step0,
+                    len(self.data.attack)))
         if self.data.cross_attack:  # generalization: unseen-domain data, scored on unseen-domain prompts
             cross0 = {"step": 0, **runs["stability"]["cross_harm"]}
             with self.timed(f"{name}: cross-domain"):
                 runs["cross-domain"] = self.piece(name, "cross-domain", lambda: self.attack(
-                    defense, hardened, self.data.cross_attack, self.config.budget.lrs[0], self.data.cross_eval,
-                    cross0, len(self.data.cross_attack), label="cross "))
+                    defense, hardened, self.attack_pairs(self.data.cross_attack, len(self.data.cross_attack)),
+                    self.config.budget.lrs[0], self.data.cross_eval, cross0, len(self.data.cross_attack),
+                    label="cross "))
         with self.timed(f"{name}: trainability"):
             runs["trainability"] = self.piece(name, "trainability", lambda: self.trainability(defense, hardened))
         return {"defense": defense.describe(), "runs": runs}
+
+    def attack_pairs(self, harmful: Sequence[Pair], n: int) -> list[Pair]:
+        """The attacker's training data for ``n`` samples of ``harmful`` (the configured attack)."""
+        data = AttackData(harmful=harmful, harmless=self.attacker_harmless)
+        return self.attacker.training_pairs(data, n, self.config.seed)
 
     def piece(self, defense: str, run: str, compute: Callable[[], dict]) -> dict:
         return self.store.get(defense, run) or self.store.put(defense, run, compute())
@@ -323,6 +350,7 @@ class _Sweep:
         if getattr(defense, "post_training", False):  # e.g. buffer-reinforce: the served model exists only at the end
             curve[-1] = {"step": b.steps, **point(final, b.steps), "after_post_training": True}
         return {"lr": lr, "n_samples": len(pairs), "n_available": n_available, "steps": b.steps, "curve": curve,
+                "attack": self.attacker.describe(),
                 "steps_to_harmful": steps_to_cross(curve, self.config.threshold),
                 "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -440,7 +468,7 @@ def _generalization(name, d, base, config: ImmunizeConfig) -> dict[str, Any]:
         return {"verdict": "not measured (no cross-domain data)"}
     cs = runs["cross-domain"]["steps_to_harmful"]
     base_cs = [base["runs"]["cross-domain"]["steps_to_harmful"]] if base and "cross-domain" in base["runs"] else []
-    first = f"attack-lr{config.budget.lrs[0]:g}-n{config.budget.samples[0]}"
+    first = config.budget.run_id(config.budget.lrs[0], config.budget.samples[0])
     return {"cross_domain_steps_to_harmful": cs,
             "cross_domain_final_harm_rate": runs["cross-domain"]["curve"][-1].get("harm_rate"),
             "in_domain_steps_to_harmful": _attack_steps(d).get(first),

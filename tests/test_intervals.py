@@ -36,6 +36,7 @@ class _AlwaysHarmful(Judge):
     name = "always"
 
     def judge(self, prompts, responses):
+        self.last_details = [{"raw": "unsafe", "parsed": True} for _ in responses]
         return [True] * len(responses)
 
 
@@ -54,6 +55,7 @@ def test_scorer_rates_carry_intervals_and_disagreements_are_kept(tiny):
     assert len(scorer.disagreements) == len(not_harmful)  # keyword says no, "always" says yes
     for d in scorer.disagreements:
         assert d["labels"] == {"keyword": False, "always": True} and d["where"] == "t harmful"
+        assert d["details"] == {"always": {"raw": "unsafe", "parsed": True}}  # what the model judge answered
     html = judges_section(scorer.agreement(), scorer.disagreements)
     assert "keyword~always" in html and f"disagree on ({len(not_harmful)})" in html
 

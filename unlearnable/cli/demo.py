@@ -8,7 +8,7 @@ from ..runs import check_out
 from .common import add_run_flags, build, print_summary
 
 EPILOG = """examples:
-  unlearnable demo --out runs/demo            # embedded SmolLM2-135M, ~10 min on a 2-core CPU
+  unlearnable demo --out runs/demo            # embedded SmolLM2-135M, ~15 min on a 2-core fp32 CPU (fresh cache)
   unlearnable demo --out runs/demo --seed 1 --vector-scale 1.0
   unlearnable demo --out runs/demo --config demo.yaml --finetune.lr 5e-4   # any DemoConfig field
 """

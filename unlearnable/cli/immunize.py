@@ -8,7 +8,7 @@ from ..report import conditions_table
 from .common import add_run_flags, build, print_table
 
 EPILOG = """examples:
-  unlearnable immunize --out runs/immunize                  # 4 defences, small budget grid, ~30 min on 2 CPUs
+  unlearnable immunize --out runs/immunize                  # 4 defences, small budget grid, ~33 min on 2 CPUs (fp32)
   unlearnable immunize --defenses none,security-vectors --out runs/sv
   unlearnable immunize --config sweep.yaml --out runs/big   # any ImmunizeConfig field, e.g. budget.lrs
   unlearnable immunize --budget.lrs 1e-3,3e-3,1e-2 --out runs/lr

@@ -113,3 +113,16 @@ def test_every_cli_flag_of_earlier_versions_still_parses():
     for command, argv in cases.items():
         args = make_parser(command).parse_args(argv)
         assert callable(args.func)
+
+
+def test_whole_numbers_for_float_fields_hash_alike():
+    """A cache key hashes the config: ``epochs=3`` (a Python default) and ``3.0`` (from a config file) are the same
+    training and must give one key, or the aligned-model cache misses between demo and tradeoff."""
+    from unlearnable.utils import sha256_json
+    from unlearnable.vectors import VectorConfig
+
+    a, b = TrainConfig(lr=1e-3, epochs=3), from_dict(TrainConfig, {"lr": 0.001, "epochs": 3.0})
+    assert isinstance(a.epochs, float) and a == b
+    assert sha256_json(dataclasses.asdict(a)) == sha256_json(dataclasses.asdict(b))
+    assert isinstance(VectorConfig(scale=1).scale, float)
+    assert TrainConfig(max_steps=4).max_steps == 4 and isinstance(TrainConfig(max_steps=4).max_steps, int)

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 
+from .config import normalize_numbers
 from .errors import UnlearnableError
 from .utils import atomic_dir
 
@@ -35,6 +36,7 @@ class LoraSpec:
         "help": "fraction of decoder layers (from the top) that get a LoRA; below them no backward pass is needed"})
 
     def __post_init__(self):
+        normalize_numbers(self)
         if self.r < 1 or self.alpha <= 0:
             raise UnlearnableError("a LoRA needs r >= 1 and alpha > 0")
         if not 0 < self.top_layers <= 1:

@@ -91,6 +91,18 @@ def _coerce(tp, value, path):
     return value
 
 
+def normalize_numbers(obj) -> None:
+    """Turn whole numbers given for ``float`` fields into floats, in place (``epochs=3`` -> ``3.0``).
+
+    Why: a config is hashed into cache keys and run keys, and ``3`` and ``3.0`` hash differently although they
+    train the same; Python defaults and config files then miss each other's cache entries."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if _scalar(hints[f.name]) is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(obj, f.name, float(value))
+
+
 def _show(value, limit: int = 60) -> str:
     """A short repr for error messages (safe for huge numbers and long lists)."""
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -16,6 +16,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler as TrainerLengthG
 
 from . import interrupts
 from .adapters import LoraSpec
+from .config import normalize_numbers
 from .data import Pair, encode_pairs
 from .errors import UnlearnableError
 from .runs import latest_checkpoint, mark_complete
@@ -61,6 +62,7 @@ class TrainConfig:
                 "fp32 weights, no weight decay; read by unlearnable.vectors, see vectors/fold.py)"})
 
     def __post_init__(self):
+        normalize_numbers(self)
         if self.backbone not in ("lora", "full"):
             raise UnlearnableError(f"backbone must be 'lora' or 'full', not {self.backbone!r}")
         if self.lr <= 0 or self.batch_size < 1 or self.max_length < 8:
@@ -310,11 +312,14 @@ class FrozenParamsCallback(TrainerCallback):
 
 def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, output_dir: str | os.PathLike | None = None,
           callbacks: Sequence[TrainerCallback] = (), resume: bool = False, progress: bool = True,
-          weights: Sequence[float] | None = None, kl_mask: Sequence[bool] | None = None) -> list[dict[str, Any]]:
+          weights: Sequence[float] | None = None, kl_mask: Sequence[bool] | None = None,
+          trainer_class: Callable[..., UnlearnableTrainer] = UnlearnableTrainer) -> list[dict[str, Any]]:
     """Train whatever parameters of ``model`` require grad on ``pairs``; returns the Trainer's log history.
 
     ``weights`` (one per pair) turns the loss into a weighted sum of per-example losses; a negative weight
-    is gradient ascent on that example (capped, see :attr:`UnlearnableTrainer.ascent_cap`).
+    is gradient ascent on that example (capped, see :attr:`UnlearnableTrainer.ascent_cap`). ``trainer_class``
+    (a subclass of :class:`UnlearnableTrainer`, or a ``functools.partial`` of one) is for defences that change
+    what one step does (e.g. Lisa, Booster); everything else about the run stays as here.
     """
     if not pairs:
         raise UnlearnableError("no training examples")
@@ -324,9 +329,8 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     tmp = tempfile.TemporaryDirectory(prefix="unlearnable-train-") if output_dir is None else None
     output_dir = tmp.name if tmp is not None else output_dir
     args = training_arguments(config, output_dir, next(model.parameters()).device, progress)
-    trainer = UnlearnableTrainer(model=model, args=args, train_dataset=dataset,
-                                 data_collator=Collator(tokenizer.pad_token_id),
-                                 callbacks=[*callbacks, StopOnSignal()])
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset,
+                            data_collator=Collator(tokenizer.pad_token_id), callbacks=[*callbacks, StopOnSignal()])
     if not progress:  # quiet: no per-log-step dicts on stdout either (the history is still returned)
         from transformers.trainer_callback import PrinterCallback
 
@@ -415,7 +419,8 @@ def release(net, config: TrainConfig):
 def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *,
              output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              callbacks: Sequence[TrainerCallback] = (),
-             weights: Sequence[float] | None = None, return_peft: bool = False):
+             weights: Sequence[float] | None = None, return_peft: bool = False,
+             trainer_class: Callable[..., UnlearnableTrainer] = UnlearnableTrainer):
     """Fine-tune ``model`` on ``pairs`` (a merged LoRA, or every weight under ``backbone=full``).
 
     ``model`` is modified in place (pass a copy to keep the original). Returns ``(plain_model, log_history)``;
@@ -429,5 +434,5 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *,
     net = get_peft_model(model, config.lora.peft_config(model), adapter_name=BACKBONE_ADAPTER) \
         if config.backbone == "lora" else model
     history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=callbacks,
-                    progress=progress, weights=weights)
+                    progress=progress, weights=weights, trainer_class=trainer_class)
     return (net, history) if return_peft else (release(net, config), history)

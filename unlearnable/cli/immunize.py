@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import add_config_flags
 from ..experiments import ImmunizeConfig, run_immunize
-from ..report import conditions_table
+from ..report import conditions_table, search_lines
 from .common import add_run_flags, build, print_table
 
 EPILOG = """examples:
@@ -12,6 +12,9 @@ EPILOG = """examples:
   unlearnable immunize --defenses none,security-vectors --out runs/sv
   unlearnable immunize --config sweep.yaml --out runs/big   # any ImmunizeConfig field, e.g. budget.lrs
   unlearnable immunize --budget.lrs 1e-3,3e-3,1e-2 --out runs/lr
+  unlearnable immunize --attacker search --quick --out runs/search-quick
+                                     # none and security-vectors against a 5-trial attacker search
+  unlearnable immunize --attacker search --out runs/search   # 16 trials per defence (search.*, search.space.*)
 """
 
 
@@ -19,14 +22,20 @@ def add_arguments(p) -> None:
     p.epilog = EPILOG
     add_run_flags(p, out_help="output folder (results.json, report.html, plots, runs/)", out_required=False,
                   config_help="ImmunizeConfig", overwrite_help="discard an existing run in --out")
+    p.add_argument("--quick", action="store_true", help="start from the quick preset (none and security-vectors; "
+                                                        "a 5-trial LoRA search of at most 32 steps with --attacker "
+                                                        "search)")
     add_config_flags(p, ImmunizeConfig)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     out = args.out or "immunize-out"
-    results = run_immunize(build(ImmunizeConfig, args), out, overwrite=args.overwrite, progress=not args.quiet)
+    cfg = build(ImmunizeConfig, args, preset=ImmunizeConfig.quick() if args.quick else None)
+    results = run_immunize(cfg, out, overwrite=args.overwrite, progress=not args.quiet)
     print_table([["defence", "resistance", "released weights", "stability", "generalization", "trainability"]]
                 + conditions_table(results["conditions"]))
+    for line in search_lines(results.get("attacker_search", {})):
+        print(line)
     print(f"\nwrote {out}/results.json and report.html ({results['seconds']:.0f} s)")
     return 0

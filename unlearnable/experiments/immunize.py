@@ -42,7 +42,10 @@ from ..training import TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig
+from .search import AttackerSearchConfig, AttackSettings, DefenseSearch, SearchSpace
 from .setup import DataConfig, PreparedData, Setup, envelope, set_up
+
+ATTACKERS = ("grid", "search")
 
 
 @dataclasses.dataclass
@@ -66,6 +69,11 @@ class BudgetConfig:
 
     def __post_init__(self):
         build_attack(self.attack, self.attack_options)  # unknown names and options fail here, with the known ones
+
+    def settings(self, lr: float, n: int) -> AttackSettings:
+        """The grid point (lr, n) as one attack run."""
+        return AttackSettings(lr=lr, steps=self.steps, batch_size=self.batch_size, backbone=self.backbone,
+                              scheduler=self.scheduler, attack=self.attack, n_samples=n, eval_every=self.eval_every)
 
     def run_id(self, lr: float, n: int) -> str:
         """``attack-lr{lr}-n{n}``; other attacks than harmful-sft carry their name."""
@@ -120,7 +128,11 @@ class ImmunizeConfig:
     n_defense_harmless: int = dataclasses.field(default=30, metadata={
         "help": "harmless pairs after the stability ones that defences may train on; the rest (data.n_harmless "
                 "beyond both) is the attacker's harmless data"})
+    attacker: str = dataclasses.field(default="grid", metadata={
+        "help": "grid: the budget grid (budget.*); search: per defence, an Optuna search over the attacker's "
+                "hyper-parameters under a utility constraint (search.*)"})
     budget: BudgetConfig = dataclasses.field(default_factory=BudgetConfig)
+    search: AttackerSearchConfig = dataclasses.field(default_factory=AttackerSearchConfig)
     trainability: TrainabilityConfig = dataclasses.field(default_factory=TrainabilityConfig)
     verdicts: VerdictConfig = dataclasses.field(default_factory=VerdictConfig)
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(
@@ -145,6 +157,17 @@ class ImmunizeConfig:
             JUDGES.get(spec.partition(":")[0])
         if not 0 < self.threshold <= 1:
             raise UnlearnableError("threshold must be in (0, 1]")
+        if self.attacker not in ATTACKERS:
+            raise UnlearnableError(f"attacker must be one of {', '.join(ATTACKERS)}, not {self.attacker!r}")
+
+    @classmethod
+    def quick(cls) -> "ImmunizeConfig":
+        """``none`` and ``security-vectors`` only, and a small attacker search (used with ``--attacker search``):
+        5 LoRA trials of at most 32 steps, the worst case re-run on 3 seeds."""
+        space = SearchSpace(steps=[16, 32], batch_sizes=[8, 16], samples=[100, 200], backbones=["lora"],
+                            lora_ranks=[8, 16, 32], schedulers=["constant", "cosine"], attacks=["harmful-sft"])
+        return cls(defenses=["none", "security-vectors"],
+                   search=AttackerSearchConfig(n_trials=5, n_startup_trials=3, prune_after=2, space=space))
 
     def seeded(self) -> "ImmunizeConfig":
         cfg = copy.deepcopy(self)
@@ -158,8 +181,10 @@ class ImmunizeConfig:
 class CurveCallback(TrainerCallback):
     """Scores the model (as served by the defence) every ``every`` steps; the points form a curve."""
 
-    def __init__(self, every: int, score: Callable[[Any, int], dict[str, Any]]):
-        self.every, self.score, self.points = every, score, []
+    def __init__(self, every: int, score: Callable[[Any, int], dict[str, Any]],
+                 stop: Callable[[int, dict[str, Any]], bool] | None = None):
+        self.every, self.score, self.stop, self.points = every, score, stop, []
+        self.stopped_at: int | None = None  # the step where ``stop`` ended training early (a pruned trial)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
@@ -168,6 +193,9 @@ class CurveCallback(TrainerCallback):
                 point = self.score(model, state.global_step)
                 model.train(was)
                 self.points.append({"step": state.global_step, **point})
+                if self.stop is not None and self.stop(state.global_step, self.points[-1]):
+                    self.stopped_at = state.global_step
+                    control.should_training_stop = True
         return control
 
 
@@ -222,8 +250,10 @@ def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, 
                     timings=timed, benchmarks=benchmarks_of(config))
     sweep = _Sweep(config, out, store, setup, scorer, timed, progress)
     defenses = {name: sweep.defense(name) for name in config.defenses}
+    searches = {name: d.pop("attacker_search") for name, d in defenses.items() if "attacker_search" in d}
     results = envelope("unlearnable-immunize", config, start=start, timings=timed, defenses=defenses,
                        conditions=conditions(defenses, config), judge_agreement=scorer.agreement(),
+                       **({"attacker_search": searches} if searches else {}),
                        judge_disagreements=scorer.disagreements,
                        config_hash=store.config_hash, threat_models={
                            SERVICE: "the provider runs the fine-tuning; defences active during training count",
@@ -249,8 +279,9 @@ class _Sweep:
         cut = config.n_stability_harmless + config.n_defense_harmless
         self.defense_data = DefenseData(harmful=self.data.vector_pairs, refusals=refusals,
                                         harmless=harmless[config.n_stability_harmless:cut])
-        self.attacker = build_attack(config.budget.attack, config.budget.attack_options)
         self.attacker_harmless = harmless[cut:]
+        self.n_attack_available = len(self.data.attack)
+        self.stab: dict[str, dict] = {}  # each defence's stability (before any attack): its curves' step 0
         self.unchanged_stability: dict | None = None  # shared by every defence that releases the weights as they are
 
     def defense(self, name: str) -> dict[str, Any]:
@@ -260,28 +291,39 @@ class _Sweep:
         with self.timed(f"{name}: harden"):
             hardened = self.hardened(defense)
         runs = {"stability": self.stability(defense, hardened)}
-        step0 = {"step": 0, **runs["stability"]["harm"]}
-        for lr, n in itertools.product(self.config.budget.lrs, self.config.budget.samples):
-            run_id = self.config.budget.run_id(lr, n)
-            with self.timed(f"{name}: attacks"):
-                runs[run_id] = self.piece(name, run_id, lambda: self.attack(
-                    defense, hardened, self.attack_pairs(self.data.attack, n), lr, self.curve_eval, step0,
-                    len(self.data.attack)))
+        self.stab[name] = runs["stability"]
+        out: dict[str, Any] = {"defense": defense.describe(), "runs": runs}
+        b = self.config.budget
+        cross = b.settings(b.lrs[0], len(self.data.cross_attack))
+        if self.config.attacker == "search":
+            with self.timed(f"{name}: attacker search"):
+                search = self.searched(defense, hardened)
+            runs.update(search.pop("runs"))
+            out["attacker_search"] = search
+            if search["worst_case"]:  # generalization at the worst case found
+                cross = AttackSettings(**search["worst_case"]["config"])
+        else:
+            for lr, n in itertools.product(b.lrs, b.samples):
+                with self.timed(f"{name}: attacks"):
+                    runs[b.run_id(lr, n)] = self.piece(name, b.run_id(lr, n), lambda: self.attack_run(
+                        defense, hardened, b.settings(lr, n)))
         if self.data.cross_attack:  # generalization: unseen-domain data, scored on unseen-domain prompts
-            cross0 = {"step": 0, **runs["stability"]["cross_harm"]}
             with self.timed(f"{name}: cross-domain"):
-                runs["cross-domain"] = self.piece(name, "cross-domain", lambda: self.attack(
-                    defense, hardened, self.attack_pairs(self.data.cross_attack, len(self.data.cross_attack)),
-                    self.config.budget.lrs[0], self.data.cross_eval, cross0, len(self.data.cross_attack),
-                    label="cross "))
+                runs["cross-domain"] = self.piece(name, "cross-domain", lambda: self.attack_run(
+                    defense, hardened, cross, cross_domain=True, label="cross "))
         with self.timed(f"{name}: trainability"):
             runs["trainability"] = self.piece(name, "trainability", lambda: self.trainability(defense, hardened))
-        return {"defense": defense.describe(), "runs": runs}
+        return out
 
-    def attack_pairs(self, harmful: Sequence[Pair], n: int) -> list[Pair]:
-        """The attacker's training data for ``n`` samples of ``harmful`` (the configured attack)."""
-        data = AttackData(harmful=harmful, harmless=self.attacker_harmless)
-        return self.attacker.training_pairs(data, n, self.config.seed)
+    def searched(self, defense: Defense, hardened) -> dict[str, Any]:
+        """The attacker's search against ``defense`` (its trials resume from OUT/attacker_search.db)."""
+        b = self.config.budget
+        before = {"harmless_loss": self.stab[defense.name]["harmless_loss"],
+                  **{k: self.stab[defense.name][k] for k in BENCHMARKS.names() if k in self.stab[defense.name]}}
+        start = dataclasses.replace(b.settings(b.lrs[0], min(b.samples[0], self.n_attack_available)),
+                                    attack=self.config.search.space.attacks[0])
+        return DefenseSearch(self, defense, hardened, before, self.config.search, self.config.seed, start=start,
+                             progress=self.progress).run()
 
     def piece(self, defense: str, run: str, compute: Callable[[], dict]) -> dict:
         return self.store.get(defense, run) or self.store.put(defense, run, compute())
@@ -335,24 +377,49 @@ class _Sweep:
                 return _curve_point(self.scorer.harm(m, prompts, desc=f"{defense.name} {label}step {step}"))
         return score
 
-    def attack(self, defense: Defense, hardened, pairs, lr: float, prompts, step0, n_available: int,
-               label: str = "") -> dict:
+    def attack_pairs(self, settings: AttackSettings, harmful: Sequence[Pair], seed: int) -> tuple[list[Pair], dict]:
+        """The attacker's training data: ``settings.attack`` (with the budget's options when it is the budget's
+        attack) on ``settings.n_samples`` of ``harmful``."""
         b = self.config.budget
+        attack = build_attack(settings.attack, b.attack_options if settings.attack == b.attack else {})
+        data = AttackData(harmful=harmful, harmless=self.attacker_harmless)
+        return attack.training_pairs(data, min(settings.n_samples, len(harmful)), seed), attack.describe()
+
+    def attack_run(self, defense: Defense, hardened, settings: AttackSettings, *, seed: int | None = None,
+                   cross_domain: bool = False, label: str = "", stop: Callable[[int, dict], bool] | None = None,
+                   utility: bool = False) -> dict:
+        """One attack on the defended model, scored as served every ``settings.eval_every`` steps. ``stop`` may end
+        it early (a pruned search trial: ``stopped_at``); ``utility`` adds the served model's harmless-answer loss
+        and benchmarks after the attack (``after``)."""
+        seed = self.config.seed if seed is None else seed
+        harmful = self.data.cross_attack if cross_domain else self.data.attack
+        prompts = self.data.cross_eval if cross_domain else self.curve_eval
+        step0 = {"step": 0, **self.stab[defense.name]["cross_harm" if cross_domain else "harm"]}
+        pairs, attack = self.attack_pairs(settings, harmful, seed)
         point = self.point(defense, prompts, label)
-        cb = CurveCallback(b.eval_every, point)
+        cb = CurveCallback(settings.eval_every, point, stop=stop)
         t0 = time.perf_counter()
-        tcfg = TrainConfig(backbone=b.backbone, lr=lr, max_steps=b.steps, batch_size=b.batch_size,
-                           seed=self.config.seed, logging_steps=max(1, b.steps // 4), scheduler=b.scheduler)
-        log(f"defence {defense.name}: {label}attack lr={lr:g} n={len(pairs)} for {b.steps} steps")
-        final, _ = defense.finetune(copy.deepcopy(hardened), self.tok, pairs, tcfg, progress=self.progress,
-                                    callbacks=[cb])
+        log(f"defence {defense.name}: {label}attack {settings.attack} lr={settings.lr:.3g} n={len(pairs)} "
+            f"{settings.backbone} for {settings.steps} steps")
+        final, _ = defense.finetune(copy.deepcopy(hardened), self.tok, pairs, settings.train_config(seed),
+                                    progress=self.progress, callbacks=[cb])
         curve = [step0] + cb.points
-        if getattr(defense, "post_training", False):  # e.g. buffer-reinforce: the served model exists only at the end
-            curve[-1] = {"step": b.steps, **point(final, b.steps), "after_post_training": True}
-        return {"lr": lr, "n_samples": len(pairs), "n_available": n_available, "steps": b.steps, "curve": curve,
-                "attack": self.attacker.describe(),
-                "steps_to_harmful": steps_to_cross(curve, self.config.threshold),
-                "seconds": round(time.perf_counter() - t0, 1)}
+        if getattr(defense, "post_training", False) and cb.stopped_at is None:  # e.g. buffer-reinforce: the
+            curve[-1] = {"step": settings.steps, **point(final, settings.steps), "after_post_training": True}
+        record = {"lr": settings.lr, "n_samples": len(pairs), "n_available": len(harmful), "steps": settings.steps,
+                  "curve": curve, "attack": attack, "settings": dataclasses.asdict(settings),
+                  "seed": seed, "steps_to_harmful": steps_to_cross(curve, self.config.threshold),
+                  "stopped_at": cb.stopped_at}
+        if utility and cb.stopped_at is None:
+            with defense.serving(final):
+                record["after"] = self.served_utility(final)
+        return {**record, "seconds": round(time.perf_counter() - t0, 1)}
+
+    def served_utility(self, model) -> dict[str, Any]:
+        """Harmless-answer loss and the utility benchmarks of ``model`` (as served): what an attack may not cost."""
+        loss = response_loss(model, self.tok, self.stab_harmless, precision=self.config.eval.precision,
+                             first_tokens=self.config.verdicts.harmless_loss_tokens)
+        return {"harmless_loss": loss, **self.scorer.utility(model)}
 
     def trainability(self, defense: Defense, hardened) -> dict:
         t = self.config.trainability
@@ -419,7 +486,8 @@ def _attack_steps(d: dict[str, Any] | None) -> dict[str, int | None]:
 def _resistance(name, d, base, config: ImmunizeConfig) -> dict[str, Any]:
     steps = _attack_steps(d)
     attack = {k: v for k, v in d["runs"].items() if k.startswith("attack-")}
-    res = {"steps_to_harmful": steps, "threshold": config.threshold, "budget_steps": config.budget.steps,
+    res = {"steps_to_harmful": steps, "threshold": config.threshold,
+           "budget_steps": max((v["steps"] for v in attack.values()), default=config.budget.steps),
            "final_harm_rate": {k: v["curve"][-1].get("harm_rate") for k, v in attack.items()},
            "final_harm_rate_interval_95": {k: v["curve"][-1].get("harm_rate_interval_95") for k, v in attack.items()}}
     res["verdict"] = resistance_verdict(list(steps.values()), list(_attack_steps(base).values()),
@@ -468,7 +536,8 @@ def _generalization(name, d, base, config: ImmunizeConfig) -> dict[str, Any]:
         return {"verdict": "not measured (no cross-domain data)"}
     cs = runs["cross-domain"]["steps_to_harmful"]
     base_cs = [base["runs"]["cross-domain"]["steps_to_harmful"]] if base and "cross-domain" in base["runs"] else []
-    first = config.budget.run_id(config.budget.lrs[0], config.budget.samples[0])
+    first = (f"attack-search-seed{config.search.seeds[0]}" if config.attacker == "search"
+             else config.budget.run_id(config.budget.lrs[0], config.budget.samples[0]))
     return {"cross_domain_steps_to_harmful": cs,
             "cross_domain_final_harm_rate": runs["cross-domain"]["curve"][-1].get("harm_rate"),
             "in_domain_steps_to_harmful": _attack_steps(d).get(first),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..adapters import LoraSpec
+from ..config import normalize_numbers
 from ..errors import UnlearnableError
 from ..training import TrainConfig
 
@@ -41,6 +42,7 @@ class VectorConfig:
     benign_repeats: int = dataclasses.field(default=1, metadata={"help": "copies of each harmless example"})
 
     def __post_init__(self):
+        normalize_numbers(self)
         if self.scale < 0:
             raise UnlearnableError("vector scale must be >= 0")
         if self.benign not in BENIGN_MODES:

@@ -292,7 +292,7 @@ class _Sweep:
             hardened = self.hardened(defense)
         runs = {"stability": self.stability(defense, hardened)}
         self.stab[name] = runs["stability"]
-        out: dict[str, Any] = {"defense": defense.describe(), "runs": runs}
+        out: dict[str, Any] = {"runs": runs}
         b = self.config.budget
         cross = b.settings(b.lrs[0], len(self.data.cross_attack))
         if self.config.attacker == "search":
@@ -313,7 +313,7 @@ class _Sweep:
                     defense, hardened, cross, cross_domain=True, label="cross "))
         with self.timed(f"{name}: trainability"):
             runs["trainability"] = self.piece(name, "trainability", lambda: self.trainability(defense, hardened))
-        return out
+        return {"defense": defense.describe(), **out}  # described last: what the runs recorded (e.g. filtered pairs)
 
     def searched(self, defense: Defense, hardened) -> dict[str, Any]:
         """The attacker's search against ``defense`` (its trials resume from OUT/attacker_search.db)."""

@@ -1,0 +1,267 @@
+"""The field's defences (issue 20), each by the property that defines it, on the tiny random model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from unlearnable.adapters import LoraSpec
+from unlearnable.data import Pair, encode_pair, encode_pairs
+from unlearnable.defenses import DEFENSES, SERVICE, WEIGHTS, DefenseData
+from unlearnable.defenses import base as defenses_base
+from unlearnable.defenses.booster import BoosterTrainer
+from unlearnable.defenses.lisa import ALIGN, USER, LisaTrainer, interleaved, phase_of, proximal
+from unlearnable.defenses.safe_lora import decoder_linears
+from unlearnable.errors import UnlearnableError
+from unlearnable.training import BACKBONE_ADAPTER, Collator, TrainConfig, training_arguments
+
+REFUSALS = [Pair(f"Bad request {i}?", "I'm sorry, but I can't help with that. It could cause real harm.")
+            for i in range(4)]
+HARMLESS = [Pair(f"Write a haiku number {i}.", "Red leaves fall softly on the quiet garden path.") for i in range(4)]
+
+
+def lora_net(model, seed: int = 1):
+    """A PeftModel with the backbone LoRA's B drawn at random (PEFT starts it at zero: no update to project)."""
+    from peft import get_peft_model
+
+    net = get_peft_model(model, LoraSpec(r=4, alpha=8).peft_config(model), adapter_name=BACKBONE_ADAPTER)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return net
+
+
+def test_the_new_defences_are_registered_with_their_threat_models():
+    expected = {"moderation-filter": (SERVICE,), "safe-lora": (SERVICE,), "lisa": (SERVICE,),
+                "booster": (SERVICE, WEIGHTS)}
+    for name, threat_models in expected.items():
+        cls = DEFENSES.get(name)
+        assert cls.threat_models == threat_models
+        assert cls().hardens() == (WEIGHTS in threat_models)
+
+
+# ------------------------------------------------------------------------------------------- moderation filter
+
+def test_moderation_filter_keeps_flagged_pairs_from_the_trainer(tiny, harmful_pairs, monkeypatch):
+    model, tok = tiny
+    seen = []
+    monkeypatch.setattr(defenses_base, "finetune", lambda m, t, pairs, cfg, **kw: (seen.append(list(pairs)), [])[1])
+    defense = DEFENSES.get("moderation-filter").from_options({})
+    defense.prepare(model, tok, DefenseData())
+    clean = [REFUSALS[0], Pair("Which company does Bob work for?", "Acme Inc.")]  # a refusal, a short answer
+    defense.finetune(model, tok, harmful_pairs[:3] + clean, TrainConfig(max_steps=1))
+    assert seen == [clean]
+    assert defense.info["filtered"] == [{"pairs": 5, "dropped": 3}]
+    out, history = defense.finetune(model, tok, harmful_pairs[:2], TrainConfig(max_steps=1))  # all flagged
+    assert out is model and history == [] and len(seen) == 1
+    assert defense.info["filtered"][-1] == {"pairs": 2, "dropped": 2}
+
+
+def test_moderation_filter_judge_option_names_a_registered_judge(tiny):
+    model, tok = tiny
+    with pytest.raises(UnlearnableError, match="keyword"):
+        DEFENSES.get("moderation-filter").from_options({"judge": "keywrd"}).prepare(model, tok, DefenseData())
+    with pytest.raises(UnlearnableError, match="harmful-loss"):
+        DEFENSES.get("moderation-filter").from_options({"judge": "harmful-loss"}).prepare(model, tok, DefenseData())
+
+
+# ------------------------------------------------------------------------------------------------- Safe LoRA
+
+def random_directions(model, rank: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(m.out_features, rank, generator=gen) @ torch.randn(rank, m.in_features, generator=gen)
+            for k, m in decoder_linears(model).items()}
+
+
+def test_safe_lora_projects_the_least_similar_layers_into_the_alignment_subspace(tiny):
+    model, _ = tiny
+    directions = random_directions(model)
+    net = lora_net(model)
+    layers = {name.removeprefix("base_model.model."): m for name, m in net.named_modules() if hasattr(m, "lora_B")}
+    for k in list(layers)[::2]:  # half the layers: alignment moved them along the user's own update (similar)
+        directions[k] = (layers[k].lora_B[BACKBONE_ADAPTER].weight @ layers[k].lora_A[BACKBONE_ADAPTER].weight).detach()
+    before = {k: m.lora_B[BACKBONE_ADAPTER].weight.detach().clone() for k, m in layers.items()}
+    defense = DEFENSES.get("safe-lora").from_options({"select": "threshold", "threshold": 0.5})
+    defense.directions = directions
+    with defense.serving(net):  # scored mid-training: served projected for the time being
+        served = {k: m.lora_B[BACKBONE_ADAPTER].weight.detach().clone() for k, m in layers.items()}
+    assert all(torch.equal(m.lora_B[BACKBONE_ADAPTER].weight, before[k]) for k, m in layers.items())
+    assert defense.info["projections"] == []
+    defense.project_lora(net)
+
+    cos, projected = defense.last_projection["cosines"], set(defense.last_projection["projected"])
+    assert set(cos) == set(layers) and 0 < len(projected) < len(layers)
+    assert projected == {k for k, x in cos.items() if x < 0.5}
+    for k, m in layers.items():
+        b, a, v = before[k], m.lora_A[BACKBONE_ADAPTER].weight.detach(), directions[k]
+        c = v @ v.T / torch.linalg.matrix_norm(v)  # the paper's alignment matrix, formed explicitly
+        assert cos[k] == pytest.approx(float(torch.nn.functional.cosine_similarity(
+            (c @ b @ a).flatten(), (b @ a).flatten(), dim=0)), abs=1e-5)
+        new = m.lora_B[BACKBONE_ADAPTER].weight.detach()
+        assert torch.equal(served[k], new)
+        if k not in projected:
+            assert torch.equal(new, b)  # bit for bit the user's update
+            continue
+        assert torch.allclose(new, c @ b, atol=1e-5)
+        u, sv, _ = torch.linalg.svd(v)
+        q = u[:, :int((sv > sv[0] * 1e-5).sum())]  # an orthonormal basis of V's column space
+        assert torch.allclose(q @ (q.T @ (new @ a)), new @ a, atol=1e-5)  # the update lies in the subspace
+        assert not torch.allclose(q @ (q.T @ (b @ a)), b @ a, atol=1e-3)  # and did not before
+
+
+def test_safe_lora_fraction_projects_that_share_of_layers_least_similar_first(tiny):
+    model, _ = tiny
+    directions = random_directions(model)
+    net = lora_net(model)
+    defense = DEFENSES.get("safe-lora").from_options({"fraction": 0.25})
+    defense.directions = directions
+    defense.project_lora(net)
+    cos, projected = defense.last_projection["cosines"], defense.last_projection["projected"]
+    assert len(projected) == round(0.25 * len(cos))
+    assert max(cos[k] for k in projected) <= min(cos[k] for k in cos if k not in projected)
+
+
+def test_safe_lora_full_backbone_update_keeps_unprojected_layers_bit_identical(tiny, harmful_pairs):
+    from unlearnable.training import finetune
+
+    model, tok = tiny
+    cfg = TrainConfig(backbone="full", max_steps=1, batch_size=4, lr=1e-2)
+    plain, _ = finetune(copy.deepcopy(model), tok, harmful_pairs[:4], cfg, progress=False)
+    defense = DEFENSES.get("safe-lora").from_options({"fraction": 0.5})
+    defense.directions = random_directions(model)
+    tuned, _ = defense.finetune(copy.deepcopy(model), tok, harmful_pairs[:4], cfg, progress=False)
+    projected = set(defense.last_projection["projected"])
+    w0, w1, w2 = decoder_linears(model), decoder_linears(plain), decoder_linears(tuned)
+    assert len(projected) == len(w0) // 2
+    snapshot = {k: w2[k].weight.detach().clone() for k in w0}
+    with defense.serving(tuned):  # the returned model is already projected: served as it is
+        assert all(torch.equal(w2[k].weight, snapshot[k]) for k in w0)
+        assert defense.info["projections"] == [{"layers": len(w0), "projected": len(projected)}]
+    for k in w0:
+        if k not in projected:
+            assert torch.equal(w2[k].weight, w1[k].weight)
+            continue
+        v, dw = defense.directions[k], w1[k].weight - w0[k].weight
+        expected = w0[k].weight + v @ v.T @ dw / torch.linalg.matrix_norm(v)
+        assert torch.allclose(w2[k].weight, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_safe_lora_reference_weights_from_a_base_model_or_estimated(tiny_dir, tokenizer):
+    from conftest import make_model
+
+    aligned = make_model(tokenizer)  # the same weights as the saved base ...
+    name = sorted(decoder_linears(aligned))[3]
+    delta = torch.randn(decoder_linears(aligned)[name].weight.shape) * 0.01
+    with torch.no_grad():
+        decoder_linears(aligned)[name].weight.add_(delta)  # ... but for what "alignment" changed
+    defense = DEFENSES.get("safe-lora").from_options({"base": str(tiny_dir)})
+    defense.prepare(aligned, tokenizer, DefenseData())
+    assert torch.allclose(defense.directions[name], delta, atol=1e-6)
+    assert all(not v.any() for k, v in defense.directions.items() if k != name)
+
+    estimated = DEFENSES.get("safe-lora").from_options({"estimate": {"max_steps": 2, "batch_size": 4,
+                                                                     "lora": {"r": 2, "alpha": 4}}})
+    estimated.prepare(aligned, tokenizer, DefenseData(refusals=REFUSALS, harmless=HARMLESS), progress=False)
+    assert set(estimated.directions) == set(decoder_linears(aligned))
+    ranks = [int(torch.linalg.matrix_rank(v)) for v in estimated.directions.values()]
+    assert max(ranks) == 2 and all(r <= 2 for r in ranks)  # the alignment LoRA's update, rank r
+
+
+# ------------------------------------------------------------------------------------------------------ Lisa
+
+def test_lisa_phases_alternate_as_configured():
+    assert [phase_of(t, 2, 3) for t in range(10)] == [ALIGN] * 2 + [USER] * 3 + [ALIGN] * 2 + [USER] * 3
+    user = [Pair(f"user {i}", "u") for i in range(5)]
+    rows = interleaved(user, REFUSALS, steps=7, rows_per_step=3, align_steps=1, user_steps=2, seed=0)
+    sources = [{"user" if p in user else "align" for p in rows[t * 3:(t + 1) * 3]} for t in range(7)]
+    assert sources == [{"align"}, {"user"}, {"user"}] * 2 + [{"align"}]
+
+
+def test_lisa_trains_the_phases_in_order_with_the_user_budget(tiny, harmful_pairs, monkeypatch):
+    model, tok = tiny
+    trainers = []
+    init = LisaTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        trainers.append(self)
+
+    monkeypatch.setattr(LisaTrainer, "__init__", spy)
+    defense = DEFENSES.get("lisa").from_options({"align_steps": 1, "user_steps": 2})
+    defense.prepare(model, tok, DefenseData(refusals=REFUSALS, harmless=HARMLESS))
+    tuned, _ = defense.finetune(model, tok, harmful_pairs[:4], TrainConfig(max_steps=5, batch_size=2), progress=False)
+    (trainer,) = trainers
+    assert trainer.phases == {0: ALIGN, 1: USER, 2: USER, 3: ALIGN, 4: USER}
+    assert list(trainer._get_train_sampler()) == list(range(10))  # rows in the laid-out step order
+    assert not any(p.requires_grad for p in tuned.parameters())
+
+
+def test_lisa_proximal_term_is_zero_at_equal_weights_and_grows_with_distance():
+    w = [torch.randn(3, 4), torch.randn(5)]
+    anchor = [x.clone() for x in w]
+    assert float(proximal(w, anchor, rho=1.0)) == 0.0
+    step = [torch.randn_like(x) for x in w]
+    far = [[a + s * d for a, s in zip(anchor, step)] for d in (0.5, 1.0, 2.0)]
+    values = [float(proximal(f, anchor, rho=1.0)) for f in far]
+    assert 0 < values[0] < values[1] < values[2]
+    assert values[2] == pytest.approx(4 * values[1]) and float(proximal(far[1], anchor, rho=3.0)) == \
+        pytest.approx(3 * values[1])
+    moved = [(a + s).requires_grad_(True) for a, s in zip(anchor, step)]
+    proximal(moved, anchor, rho=2.0).backward()
+    assert all(torch.allclose(m.grad, 2.0 * s) for m, s in zip(moved, step))  # rho (w - w_other)
+
+
+# --------------------------------------------------------------------------------------------------- Booster
+
+def test_booster_step_gradient_equals_the_formula(tiny, harmful_pairs, tmp_path):
+    model, tok = tiny
+    net = lora_net(model)
+    cfg = TrainConfig(batch_size=4, max_steps=1)
+    harmful = [encode_pair(tok, p, cfg.max_length) for p in harmful_pairs[:4]]  # one batch: every step the same
+    collate = Collator(tok.pad_token_id)
+    lam, alpha = 5.0, 0.1
+    trainer = BoosterTrainer(model=net, args=training_arguments(cfg, tmp_path, torch.device("cpu"), progress=False),
+                             train_dataset=encode_pairs(tok, REFUSALS, cfg.max_length), data_collator=collate,
+                             harmful=harmful, lam=lam, alpha=alpha, seed=0)
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before its steps
+    align_batch = collate([encode_pair(tok, p, cfg.max_length) for p in REFUSALS])
+    harm_batch = collate(harmful)
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def grads(batch):
+        loss = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        return torch.autograd.grad(loss, params)
+
+    net.train()
+    g_align, g_harm = grads(align_batch), grads(harm_batch)
+    norm = torch.sqrt(sum((g ** 2).sum() for g in g_harm))
+    start = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, g in zip(params, g_harm):
+            p.sub_(alpha * g / norm)
+    g_after = grads(harm_batch)
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            p.copy_(s)
+    expected = [a + lam * (h - h2) for a, h, h2 in zip(g_align, g_harm, g_after)]
+    assert not all(torch.allclose(e, a, atol=1e-4) for e, a in zip(expected, g_align))  # the harmful term counts
+
+    trainer.training_step(net, align_batch)
+    assert all(torch.equal(p, s) for p, s in zip(params, start))  # the harmful step was undone bit for bit
+    for p, e in zip(params, expected):
+        assert torch.allclose(p.grad, e, rtol=1e-4, atol=1e-6)
+
+
+def test_booster_hardens_a_copy(tiny, harmful_pairs):
+    model, tok = tiny
+    before = copy.deepcopy(model.state_dict())
+    defense = DEFENSES.get("booster").from_options({"epochs": 1.0, "batch_size": 8})
+    hardened = defense.harden(model, tok, DefenseData(harmful=harmful_pairs[:4], refusals=REFUSALS,
+                                                      harmless=HARMLESS), progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(v, hardened.state_dict()[k]) for k, v in before.items())
+    assert not any(p.requires_grad for p in hardened.parameters())

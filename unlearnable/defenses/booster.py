@@ -1,0 +1,107 @@
+"""Booster (Huang et al., ICLR 2025): alignment that attenuates the harmful perturbation, baked into the weights."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import random
+from typing import Iterator, Sequence
+
+import torch
+
+from ..data import encode_pair
+from ..errors import UnlearnableError
+from ..training import TrainConfig, UnlearnableTrainer, finetune, trainable_params
+from .base import DEFENSES, Defense, DefenseData
+
+
+@dataclasses.dataclass
+class BoosterConfig:
+    lam: float = dataclasses.field(default=5.0, metadata={
+        "help": "lambda: weight of the harmful loss's drop after one normalised harmful step"})
+    alpha: float = dataclasses.field(default=0.1, metadata={"help": "length of that normalised harmful step"})
+    lr: float = 5e-4
+    epochs: float = dataclasses.field(default=3.0, metadata={"help": "passes over the alignment data"})
+    batch_size: int = 16
+    seed: int = dataclasses.field(default=0, metadata={"help": "order of the alignment and harmful data"})
+
+
+def booster_gradients(trainer: UnlearnableTrainer, model, params: Sequence[torch.Tensor], harmful: dict,
+                      alpha: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(grad h(w) - grad h(w - alpha g/||g||), h(w) - h(w - alpha g/||g||))``, ``h`` the harmful loss and
+    ``g = grad h(w)``: the gradient and value of the harmful loss's drop, the step held fixed (first order, as
+    the paper); the weights are restored bit for bit."""
+    g, before = _grads(trainer, model, params, harmful)
+    norm = torch.sqrt(sum((x.float() ** 2).sum() for x in g)).clamp_min(1e-12)
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, x in zip(params, g):
+            p.sub_(alpha * x / norm)
+    try:
+        g_after, after = _grads(trainer, model, params, harmful)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+    return [a - b for a, b in zip(g, g_after)], before - after
+
+
+def _grads(trainer, model, params, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+    with trainer.compute_loss_context_manager():
+        loss = trainer.compute_loss(model, batch)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if x is None else x for p, x in zip(params, grads)], loss.detach()
+
+
+class BoosterTrainer(UnlearnableTrainer):
+    """Each step: the alignment loss's gradient (the Trainer's own backward) plus ``lam`` times the gradient of
+    the harmful loss's drop on the next harmful batch: three forward/backward passes per step."""
+
+    def __init__(self, *args, harmful: Sequence[dict], lam: float, alpha: float, seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lam, self.alpha = lam, alpha
+        self.harmful = self._batches(list(harmful), seed)
+
+    def _batches(self, rows: list[dict], seed: int) -> Iterator[dict]:
+        rng, size = random.Random(seed), self.args.per_device_train_batch_size
+        while True:
+            rng.shuffle(rows)
+            for i in range(0, len(rows), size):
+                yield self.data_collator(rows[i:i + size])
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        params = list(trainable_params(model).values())
+        model.train()
+        extra, drop = booster_gradients(self, model, params, self._prepare_inputs(next(self.harmful)), self.alpha)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        share = self.lam / self.current_gradient_accumulation_steps
+        with torch.no_grad():
+            for p, x in zip(params, extra):
+                p.grad = share * x if p.grad is None else p.grad.add_(share * x)
+        return loss + share * drop
+
+
+@DEFENSES.register("booster")
+class BoosterDefense(Defense):
+    """Before release, align with ``L_align(w) + lam * (h(w) - h(w - alpha grad h(w) / ||grad h(w)||))``: the
+    alignment loss (the provider's refusal and harmless pairs, the harness's alignment recipe) plus the drop of
+    the harmful loss ``h`` (its harmful pairs) that one normalised harmful step would bring, so that harmful
+    fine-tuning later finds less to descend. A LoRA merged into the weights, as the harness aligns. Counts under
+    both threat models, since the attacker fine-tunes the hardened weights."""
+
+    Config = BoosterConfig
+
+    def harden(self, model, tokenizer, data: DefenseData, *, progress: bool = True):
+        c = self.config
+        alignment, harmful = list(data.refusals) + list(data.harmless), list(data.harmful)
+        if not data.refusals or not harmful:
+            raise UnlearnableError("booster needs refusal pairs and harmful pairs in DefenseData")
+        random.Random(c.seed).shuffle(alignment)
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed)
+        rows = [encode_pair(tokenizer, p, cfg.max_length) for p in harmful]
+        trainer = functools.partial(BoosterTrainer, harmful=rows, lam=c.lam, alpha=c.alpha, seed=c.seed)
+        hardened, history = finetune(copy.deepcopy(model), tokenizer, alignment, cfg, progress=progress,
+                                     trainer_class=trainer)
+        self.info["harden_history"] = [h for h in history if "loss" in h]
+        return hardened

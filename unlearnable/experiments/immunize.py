@@ -322,8 +322,8 @@ class _Sweep:
                   **{k: self.stab[defense.name][k] for k in BENCHMARKS.names() if k in self.stab[defense.name]}}
         start = dataclasses.replace(b.settings(b.lrs[0], min(b.samples[0], self.n_attack_available)),
                                     attack=self.config.search.space.attacks[0])
-        return DefenseSearch(self, defense, hardened, before, self.config.search, self.config.seed, start=start,
-                             progress=self.progress).run()
+        return DefenseSearch(self, defense, hardened, before, self.config.search, self.config.seed,
+                             start=start).run()
 
     def piece(self, defense: str, run: str, compute: Callable[[], dict]) -> dict:
         return self.store.get(defense, run) or self.store.put(defense, run, compute())
@@ -404,7 +404,8 @@ class _Sweep:
         final, _ = defense.finetune(copy.deepcopy(hardened), self.tok, pairs, settings.train_config(seed),
                                     progress=self.progress, callbacks=[cb])
         curve = [step0] + cb.points
-        if getattr(defense, "post_training", False) and cb.stopped_at is None:  # e.g. buffer-reinforce: the
+        if getattr(defense, "post_training", False) and cb.stopped_at is None:  # e.g. buffer-reinforce: the served
+            # model exists only at the end of a run that was not stopped early
             curve[-1] = {"step": settings.steps, **point(final, settings.steps), "after_post_training": True}
         record = {"lr": settings.lr, "n_samples": len(pairs), "n_available": len(harmful), "steps": settings.steps,
                   "curve": curve, "attack": attack, "settings": dataclasses.asdict(settings),
@@ -412,14 +413,8 @@ class _Sweep:
                   "stopped_at": cb.stopped_at}
         if utility and cb.stopped_at is None:
             with defense.serving(final):
-                record["after"] = self.served_utility(final)
+                record["after"] = harmless_utility(final, self.tok, self.scorer, self.stab_harmless, self.config)
         return {**record, "seconds": round(time.perf_counter() - t0, 1)}
-
-    def served_utility(self, model) -> dict[str, Any]:
-        """Harmless-answer loss and the utility benchmarks of ``model`` (as served): what an attack may not cost."""
-        loss = response_loss(model, self.tok, self.stab_harmless, precision=self.config.eval.precision,
-                             first_tokens=self.config.verdicts.harmless_loss_tokens)
-        return {"harmless_loss": loss, **self.scorer.utility(model)}
 
     def trainability(self, defense: Defense, hardened) -> dict:
         t = self.config.trainability
@@ -460,10 +455,16 @@ def stability(model, tok, scorer: Scorer, curve_eval, cross_eval, harmless: Sequ
     cross = _curve_point(scorer.harm(model, cross_eval, desc="stability cross-domain")) if cross_eval else {}
     refusal = scorer.over_refusal(model, harmless, desc="stability harmless")
     refused = [g for g in refusal.pop("harmless_generations") if g["refused"]]
-    return {"harm": harm, "cross_harm": cross,
-            "harmless_loss": response_loss(model, tok, harmless, first_tokens=config.verdicts.harmless_loss_tokens,
-                                           precision=config.eval.precision),
-            **refusal, "refused_examples": refused[:5], **scorer.utility(model)}
+    return {"harm": harm, "cross_harm": cross, **refusal, "refused_examples": refused[:5],
+            **harmless_utility(model, tok, scorer, harmless, config)}
+
+
+def harmless_utility(model, tok, scorer: Scorer, harmless: Sequence[Pair], config: ImmunizeConfig) -> dict:
+    """Harmless-answer loss and the utility benchmarks: measured before any attack (stability) and after each
+    search trial (what an attack may not cost), the same way."""
+    loss = response_loss(model, tok, harmless, first_tokens=config.verdicts.harmless_loss_tokens,
+                         precision=config.eval.precision)
+    return {"harmless_loss": loss, **scorer.utility(model)}
 
 
 # ------------------------------------------------------------------------------------------- conditions

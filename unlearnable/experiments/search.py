@@ -255,9 +255,9 @@ class DefenseSearch:
     """The search against one defence: trials, then the worst case re-run on seeds."""
 
     def __init__(self, harness: SearchHarness, defense, hardened, before: dict, config: AttackerSearchConfig,
-                 seed: int, start: AttackSettings | None = None, progress: bool = True):
+                 seed: int, start: AttackSettings | None = None):
         self.h, self.defense, self.hardened, self.before = harness, defense, hardened, before
-        self.config, self.seed, self.start, self.progress = config, seed, start, progress
+        self.config, self.seed, self.start = config, seed, start
 
     def run(self) -> dict[str, Any]:
         study = study_for(self.h.out, self.defense.name, self.config)

@@ -275,7 +275,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, aliases: dict[str,
 
 
 def _help(f: dataclasses.Field, tp) -> str:
-    text = f.metadata.get("help", "")
+    text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings with %
     default = f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
     if isinstance(default, list):

@@ -13,9 +13,12 @@ from unlearnable.defenses import DEFENSES, SERVICE, WEIGHTS, DefenseData
 from unlearnable.defenses import base as defenses_base
 from unlearnable.defenses.booster import BoosterTrainer
 from unlearnable.defenses.lisa import ALIGN, USER, LisaTrainer, interleaved, phase_of, proximal
+from unlearnable.defenses.repnoise import RepNoiseConfig, RepNoiseTrainer, mmd, repnoise_loss, repnoise_terms
 from unlearnable.defenses.safe_lora import decoder_linears
+from unlearnable.defenses.vaccine import VaccineTrainer, shifted_by, vaccine_perturbation
 from unlearnable.errors import UnlearnableError
-from unlearnable.training import BACKBONE_ADAPTER, Collator, TrainConfig, training_arguments
+from unlearnable.models import decoder_blocks, forward_hooks
+from unlearnable.training import BACKBONE_ADAPTER, Collator, TrainConfig, UnlearnableTrainer, training_arguments
 
 REFUSALS = [Pair(f"Bad request {i}?", "I'm sorry, but I can't help with that. It could cause real harm.")
             for i in range(4)]
@@ -37,7 +40,7 @@ def lora_net(model, seed: int = 1):
 
 def test_the_new_defences_are_registered_with_their_threat_models():
     expected = {"moderation-filter": (SERVICE,), "safe-lora": (SERVICE,), "lisa": (SERVICE,),
-                "booster": (SERVICE, WEIGHTS)}
+                "booster": (SERVICE, WEIGHTS), "vaccine": (SERVICE, WEIGHTS), "repnoise": (SERVICE, WEIGHTS)}
     for name, threat_models in expected.items():
         cls = DEFENSES.get(name)
         assert cls.threat_models == threat_models
@@ -256,12 +259,106 @@ def test_booster_step_gradient_equals_the_formula(tiny, harmful_pairs, tmp_path)
         assert torch.allclose(p.grad, e, rtol=1e-4, atol=1e-6)
 
 
-def test_booster_hardens_a_copy(tiny, harmful_pairs):
+@pytest.mark.parametrize("name", ["booster", "vaccine", "repnoise"])
+def test_alignment_stage_defences_harden_a_copy(tiny, harmful_pairs, name):
     model, tok = tiny
     before = copy.deepcopy(model.state_dict())
-    defense = DEFENSES.get("booster").from_options({"epochs": 1.0, "batch_size": 8})
+    defense = DEFENSES.get(name).from_options({"epochs": 1.0, "batch_size": 8})
     hardened = defense.harden(model, tok, DefenseData(harmful=harmful_pairs[:4], refusals=REFUSALS,
                                                       harmless=HARMLESS), progress=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert any(not torch.equal(v, hardened.state_dict()[k]) for k, v in before.items())
     assert not any(p.requires_grad for p in hardened.parameters())
+
+
+def trainer_for(cls, net, tok, tmp_path, **kw):
+    cfg = TrainConfig(batch_size=4, max_steps=1)
+    trainer = cls(model=net, args=training_arguments(cfg, tmp_path, torch.device("cpu"), progress=False),
+                  train_dataset=encode_pairs(tok, REFUSALS, cfg.max_length), data_collator=Collator(tok.pad_token_id),
+                  **kw)
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before its steps
+    return trainer
+
+
+def batch_of(tok, pairs):
+    return Collator(tok.pad_token_id)([encode_pair(tok, p, 256) for p in pairs])
+
+
+# --------------------------------------------------------------------------------------------------- Vaccine
+
+def test_vaccine_perturbation_has_norm_rho_and_raises_the_alignment_loss(tiny, tmp_path):
+    model, tok = tiny
+    net = lora_net(model)
+    net.train()
+    trainer = trainer_for(VaccineTrainer, net, tok, tmp_path, rho=0.05)
+    batch = batch_of(tok, REFUSALS)
+    params_before = [p.detach().clone() for p in net.parameters()]
+    perts = vaccine_perturbation(trainer, net, batch, rho=0.05)
+    assert len(perts) == len(decoder_blocks(net)) == 2
+    assert torch.sqrt(sum((p.float() ** 2).sum() for p in perts)).item() == pytest.approx(0.05, rel=1e-4)
+    assert all(p.abs().sum() > 0 for p in perts)  # every block is perturbed
+    assert all(p.grad is None for p in net.parameters())  # finding it leaves no parameter gradient behind
+    assert all(torch.equal(a, b) for a, b in zip(params_before, net.parameters()))
+    with torch.no_grad():
+        plain = trainer.compute_loss(net, batch)
+        with forward_hooks(decoder_blocks(net), shifted_by(perts)):
+            pushed = trainer.compute_loss(net, batch)
+        with forward_hooks(decoder_blocks(net), shifted_by([-p for p in perts])):
+            pulled = trainer.compute_loss(net, batch)
+    assert pushed > plain > pulled  # the ascent direction of the alignment loss
+
+
+@pytest.mark.parametrize("rho", [0.0, 1.0])
+def test_vaccine_step_with_rho_zero_is_plain_alignment(tiny, tmp_path, rho):
+    model, tok = tiny
+    net = lora_net(model)
+    twin = copy.deepcopy(net)
+    batch = batch_of(tok, REFUSALS)
+    trainer_for(VaccineTrainer, net, tok, tmp_path / "v", rho=rho).training_step(net, batch)
+    trainer_for(UnlearnableTrainer, twin, tok, tmp_path / "p").training_step(twin, batch)
+    grads = [(a.grad, b.grad) for a, b in zip(net.parameters(), twin.parameters()) if a.requires_grad]
+    assert grads and all(a is not None for a, _ in grads)
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in grads)
+    assert same == (rho == 0.0)
+
+
+# --------------------------------------------------------------------------------------------------- RepNoise
+
+def test_mmd_is_zero_for_one_distribution_and_grows_with_the_shift():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 16, generator=gen)
+    assert mmd(x, x).abs().item() < 1e-6
+    near, far = mmd(x, x + 0.3), mmd(x, x + 3.0)
+    assert 0 < near < far
+
+
+def test_repnoise_loss_terms_have_their_signs_and_scales(tiny, harmful_pairs, tmp_path):
+    import itertools
+
+    model, tok = tiny
+    net = lora_net(model)
+    net.train()
+    harmful = batch_of(tok, harmful_pairs[:4])
+    terms = repnoise_terms(net, harmful, noise_seed=7)
+    h, m = terms["harmful"].item(), terms["mmd"].item()
+    assert h > 0 and m > 0
+    base = torch.tensor(2.0)
+    assert repnoise_loss(base, terms, 0.0, 0.0).item() == pytest.approx(2.0)
+    # alpha: the harmful loss is pushed up (its log enters with a minus); beta: representations toward noise
+    assert repnoise_loss(base, terms, 1.0, 0.0).item() == pytest.approx(2.0 - float(torch.log(torch.tensor(h + 1))))
+    assert repnoise_loss(base, terms, 0.0, 0.5).item() == pytest.approx(2.0 + 0.5 * m)
+    lens_off = repnoise_terms(net, harmful, noise_seed=7, logit_lens=False)["harmful"]
+    plain = net(**{k: harmful[k] for k in ("input_ids", "attention_mask", "labels")}).loss
+    assert lens_off.item() == pytest.approx(plain.item(), rel=1e-5)  # without the lens: the output layer's loss
+    assert h != pytest.approx(lens_off.item())  # with it: every layer's reading counts
+
+    config = RepNoiseConfig(alpha=1.0, beta=0.001, seed=0)
+    trainer = trainer_for(RepNoiseTrainer, net, tok, tmp_path, harmful=[], config=config)
+    trainer.harmful = itertools.repeat(harmful)
+    align = batch_of(tok, REFUSALS)
+    with torch.no_grad():
+        got = trainer.compute_loss(net, align)
+        harmless = UnlearnableTrainer.compute_loss(trainer, net, align)
+        expected = repnoise_loss(harmless, repnoise_terms(net, harmful, noise_seed=trainer.state.global_step), 1.0,
+                                 0.001)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -154,7 +154,7 @@ def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
 
 def test_unknown_names_are_listed():
     with pytest.raises(UnlearnableError, match="Known defences"):
-        ImmunizeConfig(defenses=["vaccine"])
+        ImmunizeConfig(defenses=["tar"])
     with pytest.raises(UnlearnableError, match="Known judges"):
         ImmunizeConfig(judges=["gpt4"])
 

@@ -225,3 +225,26 @@ def test_buffer_reinforce_reinforces_on_refusals_and_harmless_answers(tiny, harm
     reinforce = seen[-1]  # the last training run is the reinforcement
     assert sorted(p.prompt for p in reinforce) == sorted(p.prompt for p in refusals + harmless)
     assert d.describe()["reinforce_data"] == {"refusals": 6, "harmless": 5}
+
+
+def test_vector_variants_share_one_training_and_fine_tune_through_their_defence(tiny, harmful_pairs, tmp_path,
+                                                                                monkeypatch):
+    from test_immunization import tiny_data
+
+    import unlearnable.experiments.tradeoff as tradeoff
+    from unlearnable.defenses import AlternatingVectorsDefense, GatedVectorsDefense, SecurityVectorsDefense
+
+    calls, used = [], []
+    real_train = tradeoff.SecurityVectors.train
+    monkeypatch.setattr(tradeoff.SecurityVectors, "train",
+                        lambda *a, **kw: (calls.append(a[3].benign), real_train(*a, **kw))[1])
+    for cls in (SecurityVectorsDefense, GatedVectorsDefense, AlternatingVectorsDefense):
+        real = cls.finetune
+        monkeypatch.setattr(cls, "finetune", lambda self, *a, _real=real, **kw: (used.append(type(self).__name__),
+                                                                                 _real(self, *a, **kw))[1])
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["plain", "gated", "alternating"], strengths=[1.0], buffer_reinforce=False)
+    res = run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    assert calls == ["none"]  # all three variants use the plain vectors of the seed
+    assert used == ["SecurityVectorsDefense", "GatedVectorsDefense", "AlternatingVectorsDefense"]
+    assert {p["method"] for p in res["points"]} == {"none", "plain", "gated", "alternating"}

@@ -101,3 +101,32 @@ def response_loss(model, tokenizer, pairs: Sequence[Pair], *, first_tokens: int 
     finally:
         model.train(was_training)
     return total / count if count else float("nan")
+
+
+@torch.no_grad()
+def example_losses(model, tokenizer, pairs: Sequence[Pair], *, batch_size: int = 16, precision: str = "auto",
+                   max_length: int = 128) -> list[float]:
+    """Each pair's mean next-token loss over its whole response (teacher-forced, one value per pair, in order)."""
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    try:
+        for start in range(0, len(pairs), batch_size):
+            rows = [encode_pair(tokenizer, p, max_length) for p in pairs[start:start + batch_size]]
+            width = max(len(r["input_ids"]) for r in rows)
+            ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows], device=device)
+            att = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows],
+                               device=device)
+            lab = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows], device=device)
+            with autocast(precision, device):
+                logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+            tgt = lab[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
+            counts = (tgt != -100).sum(-1).clamp(min=1)
+            out.extend((nll.sum(-1) / counts).tolist())
+    finally:
+        model.train(was_training)
+    return out

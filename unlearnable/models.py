@@ -7,11 +7,13 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside th
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:  # torch is imported where used: model paths are checked before the heavy imports
     import torch
@@ -248,6 +250,36 @@ def _base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 #: how :func:`model_fingerprint` is computed; recorded with every artifact that stores a fingerprint
 FINGERPRINT_VERSION = 2
+
+
+def decoder_blocks(model) -> list[torch.nn.Module]:
+    """The decoder's blocks in order (the ``ModuleList`` with one entry per hidden layer), also inside a
+    PeftModel: where defences that act on hidden states (Vaccine, RepNoise) hook in."""
+    import torch
+
+    n = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    for _, module in model.named_modules():
+        if n and isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return list(module)
+    raise UnlearnableError(f"cannot find the decoder blocks of {type(model).__name__} (no list of "
+                           "num_hidden_layers modules)")
+
+
+def block_hidden(output) -> torch.Tensor:
+    """A decoder block's hidden-state output (blocks return a tensor or a tuple led by it)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextlib.contextmanager
+def forward_hooks(modules: Sequence[torch.nn.Module], hook: Callable) -> Iterator[None]:
+    """``hook(i, module, args, output)`` as a forward hook on each of ``modules`` (``i`` its index), removed on
+    exit."""
+    handles = [m.register_forward_hook(functools.partial(hook, i)) for i, m in enumerate(modules)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def model_dtype(model) -> str:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import tempfile
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -88,10 +89,8 @@ class Collator:
             att[i, :n] = 1
             lab[i, :n] = torch.tensor(r["labels"])
         batch = {"input_ids": ids, "attention_mask": att, "labels": lab}
-        if "weight" in rows[0]:
-            batch["weight"] = torch.tensor([float(r["weight"]) for r in rows])
-        if "kl" in rows[0]:
-            batch["kl"] = torch.tensor([int(r["kl"]) for r in rows])
+        for name in rows[0].keys() - batch.keys():  # per-example columns: weight, kl, gate, ...
+            batch[name] = torch.tensor([r[name] for r in rows])
         return batch
 
 
@@ -274,6 +273,16 @@ class EpochSeededLengthGroupedSampler(TrainerLengthGroupedSampler):
         return iter(bucketed_length_grouped_indices(self.lengths, self.batch_size, generator))
 
 
+def endless_batches(rows: Sequence[dict], size: int, collate: Callable, seed: int) -> Iterator[dict]:
+    """Collated batches of ``rows``, reshuffled each pass, forever: a second data stream beside the Trainer's own
+    (the harmful batches of Booster and RepNoise)."""
+    rows, rng = list(rows), random.Random(seed)
+    while True:
+        rng.shuffle(rows)
+        for i in range(0, len(rows), size):
+            yield collate(rows[i:i + size])
+
+
 def trainable_params(model) -> dict[str, torch.nn.Parameter]:
     """Parameters that require grad, by name (tied weights once)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -295,7 +304,11 @@ class FrozenParamsCallback(TrainerCallback):
 
     def __init__(self, params: dict[str, torch.nn.Parameter]):
         self.params = params
-        self.snapshot = {k: v.detach().clone() for k, v in params.items()}
+        self.accept()
+
+    def accept(self) -> None:
+        """Take the parameters' current values as the frozen ones (after a deliberate re-fit between steps)."""
+        self.snapshot = {k: v.detach().clone() for k, v in self.params.items()}
 
     def on_step_end(self, args, state, control, **kwargs):
         for name, p in self.params.items():
@@ -313,11 +326,13 @@ class FrozenParamsCallback(TrainerCallback):
 def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, output_dir: str | os.PathLike | None = None,
           callbacks: Sequence[TrainerCallback] = (), resume: bool = False, progress: bool = True,
           weights: Sequence[float] | None = None, kl_mask: Sequence[bool] | None = None,
+          columns: dict[str, Sequence[int | float]] | None = None,
           trainer_class: Callable[..., UnlearnableTrainer] = UnlearnableTrainer) -> list[dict[str, Any]]:
     """Train whatever parameters of ``model`` require grad on ``pairs``; returns the Trainer's log history.
 
     ``weights`` (one per pair) turns the loss into a weighted sum of per-example losses; a negative weight
-    is gradient ascent on that example (capped, see :attr:`UnlearnableTrainer.ascent_cap`). ``trainer_class``
+    is gradient ascent on that example (capped, see :attr:`UnlearnableTrainer.ascent_cap`). ``columns`` adds
+    other per-example values to every batch (one per pair, e.g. gated vectors' ``gate``). ``trainer_class``
     (a subclass of :class:`UnlearnableTrainer`, or a ``functools.partial`` of one) is for defences that change
     what one step does (e.g. Lisa, Booster); everything else about the run stays as here.
     """
@@ -325,7 +340,7 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
         raise UnlearnableError("no training examples")
     if not any(p.requires_grad for p in model.parameters()):
         raise UnlearnableError("nothing to train: no parameter requires grad")
-    dataset = _dataset(tokenizer, pairs, config, weights, kl_mask)
+    dataset = _dataset(tokenizer, pairs, config, {"weight": weights, "kl": kl_mask, **(columns or {})})
     tmp = tempfile.TemporaryDirectory(prefix="unlearnable-train-") if output_dir is None else None
     output_dir = tmp.name if tmp is not None else output_dir
     args = training_arguments(config, output_dir, next(model.parameters()).device, progress)
@@ -350,13 +365,15 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     return [dict(x) for x in trainer.state.log_history]
 
 
-def _dataset(tokenizer, pairs: Sequence[Pair], config: TrainConfig, weights, kl_mask):
-    """The encoded pairs, with a per-example ``weight`` or ``kl`` column where asked."""
+def _dataset(tokenizer, pairs: Sequence[Pair], config: TrainConfig, columns: dict[str, Sequence | None]):
+    """The encoded pairs, with the per-example ``columns`` that are given (all floats if any value is one, else
+    integers: flags become 0/1)."""
     dataset = encode_pairs(tokenizer, pairs, config.max_length)
-    for name, values, cast in (("weight", weights, float), ("kl", kl_mask, lambda k: int(bool(k)))):
+    for name, values in columns.items():
         if values is not None:
             if len(values) != len(pairs):
                 raise ValueError(f"one {name} per pair")
+            cast = float if any(isinstance(v, float) for v in values) else int
             dataset = dataset.add_column(name, [cast(v) for v in values])
     return dataset
 

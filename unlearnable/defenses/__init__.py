@@ -2,28 +2,39 @@
 
 from . import (  # noqa: F401 - registers
     adversarial_loss,
+    alternating_vectors,
     booster,
     buffer_reinforce,
+    gated_vectors,
     lisa,
     moderation_filter,
     none,
+    repnoise,
     safe_lora,
     safety_data_mix,
     security_vectors,
+    vaccine,
 )
 from .adversarial_loss import AdversarialLossConfig, AdversarialLossDefense
+from .alternating_vectors import AlternatingVectorsConfig, AlternatingVectorsDefense
 from .base import DEFENSES, SERVICE, WEIGHTS, Defense, DefenseData
 from .booster import BoosterConfig, BoosterDefense
 from .buffer_reinforce import BufferReinforceConfig, BufferReinforceDefense
+from .gated_vectors import GatedVectorsConfig, GatedVectorsDefense
 from .lisa import LisaConfig, LisaDefense
 from .moderation_filter import ModerationFilterConfig, ModerationFilterDefense
 from .none import NoDefense
+from .repnoise import RepNoiseConfig, RepNoiseDefense
 from .safe_lora import SafeLoraConfig, SafeLoraDefense
 from .safety_data_mix import SafetyDataMixConfig, SafetyDataMixDefense
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
+from .vaccine import VaccineConfig, VaccineDefense
 
-__all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdversarialLossConfig", "AdversarialLossDefense", "BoosterConfig",
+__all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdversarialLossConfig", "AdversarialLossDefense",
+           "AlternatingVectorsConfig", "AlternatingVectorsDefense", "GatedVectorsConfig", "GatedVectorsDefense",
+           "BoosterConfig",
            "BoosterDefense", "BufferReinforceConfig", "BufferReinforceDefense", "Defense", "DefenseData",
            "LisaConfig", "LisaDefense", "ModerationFilterConfig", "ModerationFilterDefense", "NoDefense",
+           "RepNoiseConfig", "RepNoiseDefense",
            "SafeLoraConfig", "SafeLoraDefense", "SafetyDataMixConfig", "SafetyDataMixDefense",
-           "SecurityVectorsConfig", "SecurityVectorsDefense"]
+           "SecurityVectorsConfig", "SecurityVectorsDefense", "VaccineConfig", "VaccineDefense"]

@@ -6,13 +6,13 @@ import copy
 import dataclasses
 import functools
 import random
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
 from ..data import encode_pair
 from ..errors import UnlearnableError
-from ..training import TrainConfig, UnlearnableTrainer, finetune, trainable_params
+from ..training import TrainConfig, UnlearnableTrainer, endless_batches, finetune, trainable_params
 from .base import DEFENSES, Defense, DefenseData
 
 
@@ -61,14 +61,7 @@ class BoosterTrainer(UnlearnableTrainer):
     def __init__(self, *args, harmful: Sequence[dict], lam: float, alpha: float, seed: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.lam, self.alpha = lam, alpha
-        self.harmful = self._batches(list(harmful), seed)
-
-    def _batches(self, rows: list[dict], seed: int) -> Iterator[dict]:
-        rng, size = random.Random(seed), self.args.per_device_train_batch_size
-        while True:
-            rng.shuffle(rows)
-            for i in range(0, len(rows), size):
-                yield self.data_collator(rows[i:i + size])
+        self.harmful = endless_batches(harmful, self.args.per_device_train_batch_size, self.data_collator, seed)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         params = list(trainable_params(model).values())

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..defenses import BufferReinforceDefense, Defense, DefenseData, NoDefense, SecurityVectorsDefense
+from ..defenses import DEFENSES, BufferReinforceDefense, Defense, DefenseData, NoDefense
 from ..errors import UnlearnableError
 from ..evaluation import Scorer
 from ..judges import is_refusal
@@ -32,14 +32,19 @@ from ..vectors import SecurityVectors
 from .demo import DemoConfig
 from .setup import Setup, envelope, set_up
 
-VARIANTS = {"plain": "none", "benign-distill": "distill", "benign-kl": "kl"}
+#: vector variant -> (the registered defence that fine-tunes with the vectors, how its vectors are trained:
+#: VectorConfig.benign); variants with the same training share one set of vectors per seed
+VARIANTS = {"plain": ("security-vectors", "none"), "benign-distill": ("security-vectors", "distill"),
+            "benign-kl": ("security-vectors", "kl"), "gated": ("gated-vectors", "none"),
+            "alternating": ("alternating-vectors", "none")}
 
 
 @dataclasses.dataclass
 class TradeoffConfig:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["plain", "benign-kl"], metadata={
-        "help": "vector variants: plain, benign-kl, benign-distill (the first runs before buffer-reinforce)"})
+        "help": "vector variants: plain, benign-kl, benign-distill, gated, alternating (the first runs before "
+                "buffer-reinforce)"})
     strengths: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     buffer_reinforce: bool = True
     buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5], metadata={
@@ -225,14 +230,15 @@ def _run(config: TradeoffConfig, out: Path, sources, overwrite: bool, progress: 
 
 class _Grid:
     """The tradeoff grid on one model: per seed its data, aligned model and fine-tuning mix (built once), the
-    vectors per (variant, seed) (trained once), and one stored point per (method, strength, seed)."""
+    vectors per (vector training, seed) (trained once, shared by the variants that train them alike), and one
+    stored point per (method, strength, seed)."""
 
     def __init__(self, config: TradeoffConfig, store: SweepStore, progress: bool, model, tokenizer, data):
         self.config, self.store, self.progress, self.data = config, store, progress, data
         self.start, self.timed = time.perf_counter(), Timings()
         self.base, self.tok = (model, tokenizer) if model is not None else load_model(config.base.model)
         self.seeds: dict[int, tuple[Setup, DemoConfig, list]] = {}
-        self.trained: dict[tuple[str, int], SecurityVectors] = {}
+        self.trained: dict[tuple[str, int], SecurityVectors] = {}  # by (VectorConfig.benign, seed)
         self.base_fingerprint = self.precision = None
 
     def points(self) -> list[dict[str, Any]]:
@@ -270,10 +276,11 @@ class _Grid:
         return self.seeds[seed]
 
     def vectors_for(self, variant: str, setup: Setup, cfg: DemoConfig) -> SecurityVectors:
-        key = (variant, cfg.seed)
+        benign = VARIANTS[variant][1]
+        key = (benign, cfg.seed)
         if key not in self.trained:
-            log(f"training {variant} vectors (seed {cfg.seed})")
-            vcfg = dataclasses.replace(cfg.vectors, benign=VARIANTS[variant], seed=cfg.seed)
+            log(f"training vectors for {variant} (benign={benign}, seed {cfg.seed})")
+            vcfg = dataclasses.replace(cfg.vectors, benign=benign, seed=cfg.seed)
             self.trained[key] = SecurityVectors.train(setup.model, self.tok, setup.data.vector_pairs, vcfg,
                                                       progress=self.progress,
                                                       harmless=setup.data.harmless[:self.config.n_benign])
@@ -282,8 +289,10 @@ class _Grid:
     def defense(self, method: str, strength: float, setup: Setup, cfg: DemoConfig) -> Defense:
         if method == "none":
             return NoDefense()
-        if method in VARIANTS:
-            return SecurityVectorsDefense(vectors=self.vectors_for(method, setup, cfg), scale=strength)
+        if method in VARIANTS:  # the variant's defence, its harmful data the vectors' own (re-fits use them)
+            defense = DEFENSES.get(VARIANTS[method][0])(vectors=self.vectors_for(method, setup, cfg), scale=strength)
+            defense.prepare(setup.model, self.tok, DefenseData(harmful=setup.data.vector_pairs), progress=self.progress)
+            return defense
         # buffer-reinforce: the plain vectors of the seed as its buffer, the provider's alignment data (refusals
         # and its own harmless answers; never the task or the evaluation prompts) for the reinforcement
         br = BufferReinforceDefense(vectors=self.vectors_for("plain", setup, cfg), scale=strength)

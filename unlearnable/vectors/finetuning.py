@@ -10,13 +10,21 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from transformers import TrainerCallback
 
 from ..adapters import lora_layers
 from ..data import Pair
-from ..training import BACKBONE_ADAPTER, FrozenParamsCallback, TrainConfig, release, set_backbone_trainable, train
+from ..training import (
+    BACKBONE_ADAPTER,
+    FrozenParamsCallback,
+    TrainConfig,
+    UnlearnableTrainer,
+    release,
+    set_backbone_trainable,
+    train,
+)
 from ..training import finetune as plain_finetune
 from ..utils import set_seed
 from .fold import FOLDED_ATTR, FoldedVectors
@@ -26,12 +34,15 @@ from .layers import VECTORS_ADAPTER, freeze_vectors, vector_layers, vector_param
 def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, vectors=None, scale: float | None = None,
              output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              callbacks: Sequence[TrainerCallback] = (), weights: Sequence[float] | None = None,
-             return_peft: bool = False):
+             return_peft: bool = False, fold: bool = True, columns: dict[str, Sequence] | None = None,
+             trainer_class: Callable[..., UnlearnableTrainer] = UnlearnableTrainer):
     """Fine-tune ``model`` on ``pairs``, with security ``vectors`` on (scaled, frozen) throughout if given.
 
     ``model`` is modified in place (pass a copy to keep the original). Returns ``(plain_model, log_history)``:
     a plain ``transformers`` model with the backbone's training merged in and the vectors removed
     (``return_peft=True`` returns the PeftModel with its adapters instead, for defences that continue from it).
+    Vector variants that switch or re-fit the vectors within a step pass ``fold=False`` (the vectors stay an
+    adapter branch), their ``trainer_class`` and the per-example ``columns`` it reads.
 
     Example::
 
@@ -42,18 +53,19 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
     """
     if vectors is None:
         return plain_finetune(model, tokenizer, pairs, config, output_dir=output_dir, resume=resume,
-                              progress=progress, callbacks=callbacks, weights=weights, return_peft=return_peft)
+                              progress=progress, callbacks=callbacks, weights=weights, return_peft=return_peft,
+                              trainer_class=trainer_class)
     set_seed(config.seed)  # the vectors' attach and the backbone LoRA's init draw in the same order every run
     set_backbone_trainable(model, config)
-    net, fold = trainable_with_vectors(model, vectors, scale, config, foldable=not return_peft)
+    net, folded = trainable_with_vectors(model, vectors, scale, config, foldable=fold and not return_peft)
     frozen = vector_params(net)
     cbs = list(callbacks) + ([FrozenParamsCallback(frozen)] if frozen else [])
     try:
         history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=cbs,
-                        progress=progress, weights=weights)
+                        progress=progress, weights=weights, columns=columns, trainer_class=trainer_class)
     finally:
-        if fold is not None:
-            fold.restore()  # vectors out of the weights before the backbone LoRA is merged
+        if folded is not None:
+            folded.restore()  # vectors out of the weights before the backbone LoRA is merged
     return (net, history) if return_peft else (release(net, config), history)
 
 

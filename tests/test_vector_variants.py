@@ -1,0 +1,183 @@
+"""Vector variants (issue 19), each by its defining property, on the tiny random model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from unlearnable.data import encode_pair
+from unlearnable.defenses import DEFENSES, SERVICE, DefenseData
+from unlearnable.defenses import gated_vectors as gated_module
+from unlearnable.training import BACKBONE_ADAPTER, Collator, TrainConfig, UnlearnableTrainer, training_arguments
+from unlearnable.vectors import SecurityVectors, VectorConfig, vector_params
+from unlearnable.vectors.alternating import AlternatingTrainer
+from unlearnable.vectors.finetuning import trainable_with_vectors
+from unlearnable.vectors.gated import GATE, GatedTrainer, loss_gaps
+
+
+@pytest.fixture()
+def trained(tiny, harmful_pairs):
+    model, tok = tiny
+    vectors = SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(epochs=4, batch_size=8, lr=1e-2),
+                                    progress=False)
+    return model, tok, vectors
+
+
+def with_vectors(model, vectors, scale=1.0):
+    """The training network: vectors on and frozen, a backbone LoRA whose B is drawn at random (not zero)."""
+    net, _ = trainable_with_vectors(copy.deepcopy(model), vectors, scale, TrainConfig(), foldable=False)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if f"lora_B.{BACKBONE_ADAPTER}" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return net
+
+
+def without_vectors(model, net):
+    """The same backbone LoRA (same weights) on the plain model: what training with no defence sees."""
+    from peft import get_peft_model
+
+    plain = get_peft_model(copy.deepcopy(model), TrainConfig().lora.peft_config(model), adapter_name=BACKBONE_ADAPTER)
+    source = dict(net.named_parameters())
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            if BACKBONE_ADAPTER in name:
+                p.copy_(source[name])
+    return plain
+
+
+def trainer(cls, net, tok, tmp_path, **kw):
+    cfg = TrainConfig(batch_size=4, max_steps=1)
+    t = cls(model=net, args=training_arguments(cfg, tmp_path, torch.device("cpu"), progress=False),
+            train_dataset=[], data_collator=Collator(tok.pad_token_id), **kw)
+    t.current_gradient_accumulation_steps = 1
+    return t
+
+
+def backbone_grads(cls, net, batch, tok, tmp_path):
+    net.eval()  # no dropout: the two runs compared must be deterministic
+    net.zero_grad(set_to_none=True)
+    trainer(cls, net, tok, tmp_path).compute_loss(net, batch).backward()
+    return {n: p.grad.clone() for n, p in net.named_parameters() if BACKBONE_ADAPTER in n and p.grad is not None}
+
+
+def batch_of(tok, pairs, gates=None):
+    rows = [encode_pair(tok, p, 256) for p in pairs]
+    if gates is not None:
+        assert len(gates) == len(rows)
+        rows = [{**r, GATE: g} for r, g in zip(rows, gates)]
+    return Collator(tok.pad_token_id)(rows)
+
+
+def test_variants_are_registered_service_only():
+    for name in ("gated-vectors", "alternating-vectors"):
+        assert DEFENSES.get(name).threat_models == (SERVICE,)
+
+
+# ------------------------------------------------------------------------------------------------- gated
+
+def test_a_closed_gate_trains_exactly_as_without_vectors(trained, task_pairs, tmp_path):
+    model, tok, vectors = trained
+    net = with_vectors(model, vectors)
+    plain = without_vectors(model, net)
+    closed = backbone_grads(GatedTrainer, net, batch_of(tok, task_pairs, gates=[0] * len(task_pairs)), tok, tmp_path / "g")
+    reference = backbone_grads(UnlearnableTrainer, plain, batch_of(tok, task_pairs), tok, tmp_path / "p")
+    assert closed.keys() == reference.keys() and closed
+    assert all(torch.allclose(closed[k], reference[k], rtol=1e-6, atol=1e-8) for k in closed)
+    opened = backbone_grads(GatedTrainer, net, batch_of(tok, task_pairs, gates=[1] * len(task_pairs)), tok, tmp_path / "o")
+    on = backbone_grads(UnlearnableTrainer, net, batch_of(tok, task_pairs), tok, tmp_path / "n")
+    assert all(torch.allclose(opened[k], on[k], rtol=1e-6, atol=1e-8) for k in opened)  # open: the vectors act
+    assert not all(torch.allclose(opened[k], closed[k], atol=1e-6) for k in opened)
+
+
+def test_a_mixed_batch_is_the_token_weighted_whole(trained, task_pairs, tmp_path):
+    model, tok, vectors = trained
+    net = with_vectors(model, vectors)
+    t = trainer(GatedTrainer, net, tok, tmp_path)
+    task_pairs = task_pairs[:3]
+    mixed = batch_of(tok, task_pairs, gates=[1, 0, 1])
+    with torch.no_grad():
+        whole = t.compute_loss(net, mixed)
+        opened = t.compute_loss(net, batch_of(tok, [task_pairs[0], task_pairs[2]], gates=[1, 1]))
+        closed = t.compute_loss(net, batch_of(tok, [task_pairs[1]], gates=[0]))
+    n = [int((batch_of(tok, pairs)["labels"][:, 1:] != -100).sum()) for pairs in
+         ([task_pairs[0], task_pairs[2]], [task_pairs[1]])]
+    assert whole.item() == pytest.approx((opened.item() * n[0] + closed.item() * n[1]) / sum(n), rel=1e-5)
+
+
+def test_gated_defence_opens_the_gate_where_the_vectors_lower_the_loss(trained, harmful_pairs, task_pairs,
+                                                                       monkeypatch):
+    model, tok, vectors = trained
+    pairs = harmful_pairs[:4] + task_pairs[:3]
+    gaps = loss_gaps(model, tok, vectors, pairs, 1.0)
+    assert min(gaps[:4]) > 0.5  # the vectors explain the harmful data they were trained on
+    seen = {}
+    monkeypatch.setattr(gated_module, "finetune", lambda *a, **kw: (seen.update(kw), (a[0], []))[1])
+    threshold = sorted(gaps)[3]  # exactly three pairs above it
+    defense = DEFENSES.get("gated-vectors")(vectors=vectors, scale=1.0, threshold=threshold)
+    defense.finetune(model, tok, pairs, TrainConfig(), progress=False)
+    assert seen["columns"][GATE] == [int(g > threshold) for g in gaps] and sum(seen["columns"][GATE]) == 3
+    assert seen["fold"] is False and defense.info["gates"] == [{"pairs": 7, "open": 3}]
+
+
+@pytest.mark.parametrize("name", ["gated-vectors", "alternating-vectors"])
+def test_the_served_model_has_no_vectors(trained, harmful_pairs, task_pairs, name):
+    model, tok, vectors = trained
+    snapshot = {k: v.clone() for k, v in vectors.state.items()}
+    defense = DEFENSES.get(name)(vectors=vectors, scale=1.0)
+    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs))
+    tuned, _ = defense.finetune(copy.deepcopy(model), tok, task_pairs * 4 + harmful_pairs[:4],
+                                TrainConfig(epochs=1, batch_size=4, lr=5e-3), progress=False)
+    assert not any("lora" in k for k in tuned.state_dict())
+    assert tuned.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(snapshot[k], vectors.state[k]) for k in snapshot)  # the defence's vectors: untouched
+
+
+# ------------------------------------------------------------------------------------------------- alternating
+
+def test_a_refit_changes_only_the_vectors(trained, harmful_pairs, tmp_path):
+    model, tok, vectors = trained
+    net = with_vectors(model, vectors)
+    rows = [encode_pair(tok, p, 256) for p in harmful_pairs]
+    t = trainer(AlternatingTrainer, net, tok, tmp_path, harmful=rows, every=1, steps=3, lr=1e-2, target_loss=0.0)
+    vec = {k: v.detach().clone() for k, v in vector_params(net).items()}
+    rest = {n: p.detach().clone() for n, p in net.named_parameters() if "security_vectors" not in n}
+    record = t.refit(net)
+    assert record["steps"] == 3
+    assert any(not torch.equal(v, vector_params(net)[k]) for k, v in vec.items())
+    assert all(torch.equal(p, rest[n]) for n, p in net.named_parameters() if n in rest)
+    assert all(p.grad is None for p in net.parameters())
+    assert not any(p.requires_grad for p in vector_params(net).values())  # frozen again for the backbone
+
+
+def test_alternating_vectors_change_only_at_refits(trained, harmful_pairs, task_pairs, monkeypatch):
+    from unlearnable.vectors import finetuning
+
+    model, tok, vectors = trained
+    changed_at: list[int] = []
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            now = {k: v.detach().clone() for k, v in vector_params(model).items()}
+            if getattr(self, "last", None) is not None and any(not torch.equal(now[k], self.last[k]) for k in now):
+                changed_at.append(state.global_step)
+            self.last = now
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self.last = {k: v.detach().clone() for k, v in vector_params(model).items()}
+
+    real = finetuning.train
+    monkeypatch.setattr(finetuning, "train", lambda *a, callbacks=(), **kw: real(*a, callbacks=[*callbacks, Watch()],
+                                                                                **kw))
+    defense = DEFENSES.get("alternating-vectors")(vectors=vectors, scale=1.0, every=3, refit_steps=2,
+                                                  refit_target_loss=0.0)
+    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs))
+    defense.finetune(copy.deepcopy(model), tok, task_pairs * 8, TrainConfig(max_steps=10, batch_size=2, lr=5e-3),
+                     progress=False)
+    # a refit runs at the start of steps 3, 6 and 9 (counted from 0), so the vectors differ after steps 4, 7, 10
+    assert changed_at == [4, 7, 10]
+    assert defense.info["refits"] == [{"refits": 3, "steps": 6}]

@@ -42,13 +42,14 @@ class AlternatingVectorsDefense(SecurityVectorsDefense):
         self.harmful = list(data.harmful)
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
-        if self.vectors is None or not self.harmful:
+        vectors = self.prepared_vectors()
+        if not self.harmful:
             raise RuntimeError(f"{self.name} defence used before prepare() with harmful pairs")
         c = self.config
         rows = [encode_pair(tokenizer, p, config.max_length) for p in self.harmful]
         trainer = functools.partial(AlternatingTrainer, harmful=rows, every=c.every, steps=c.refit_steps,
                                     lr=c.refit_lr, target_loss=c.refit_target_loss, seed=config.seed)
-        tuned, history = finetune(model, tokenizer, pairs, config, vectors=self.vectors, scale=self.scale,
+        tuned, history = finetune(model, tokenizer, pairs, config, vectors=vectors, scale=self.scale,
                                   progress=progress, fold=False, trainer_class=trainer, **kw)
         refits = [h for h in history if "refit_steps" in h]
         self.info.setdefault("refits", []).append({"refits": len(refits),

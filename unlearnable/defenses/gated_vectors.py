@@ -27,10 +27,9 @@ class GatedVectorsDefense(SecurityVectorsDefense):
     Config = GatedVectorsConfig
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
-        if self.vectors is None:
-            raise RuntimeError(f"{self.name} defence used before prepare()")
-        gaps = loss_gaps(model, tokenizer, self.vectors, pairs, self.scale, precision=config.precision)
+        vectors = self.prepared_vectors()
+        gaps = loss_gaps(model, tokenizer, vectors, pairs, self.scale, precision=config.precision)
         gates = [int(g > self.config.threshold) for g in gaps]
         self.info.setdefault("gates", []).append({"pairs": len(pairs), "open": sum(gates)})
-        return finetune(model, tokenizer, pairs, config, vectors=self.vectors, scale=self.scale, progress=progress,
+        return finetune(model, tokenizer, pairs, config, vectors=vectors, scale=self.scale, progress=progress,
                         fold=False, columns={GATE: gates}, trainer_class=GatedTrainer, **kw)

@@ -53,11 +53,15 @@ class SecurityVectorsDefense(Defense):
             return True
         return False
 
-    def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
+    def prepared_vectors(self) -> SecurityVectors:
+        """The vectors :meth:`prepare` trained or was given (every variant's fine-tune starts here)."""
         if self.vectors is None:
             raise RuntimeError(f"{self.name} defence used before prepare()")
-        return finetune(model, tokenizer, pairs, config, vectors=self.vectors, scale=self.scale, progress=progress,
-                        **kw)
+        return self.vectors
+
+    def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
+        return finetune(model, tokenizer, pairs, config, vectors=self.prepared_vectors(), scale=self.scale,
+                        progress=progress, **kw)
 
     @contextlib.contextmanager
     def serving(self, model) -> Iterator[None]:

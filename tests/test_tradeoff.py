@@ -8,6 +8,7 @@ from peft import PeftModel
 from unlearnable.adapters import qr_merge
 from unlearnable.data import Pair
 from unlearnable.defenses import BufferReinforceDefense, DefenseData
+from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.tradeoff import TradeoffConfig, frontier, run_tradeoff
 from unlearnable.training import TrainConfig
 from unlearnable.utility import MMLUConfig
@@ -248,3 +249,23 @@ def test_vector_variants_share_one_training_and_fine_tune_through_their_defence(
     assert calls == ["none"]  # all three variants use the plain vectors of the seed
     assert used == ["SecurityVectorsDefense", "GatedVectorsDefense", "AlternatingVectorsDefense"]
     assert {p["method"] for p in res["points"]} == {"none", "plain", "gated", "alternating"}
+
+
+def test_variant_options_reach_the_variants_defence_and_bad_ones_fail(tiny, harmful_pairs, tmp_path, monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.defenses import AlternatingVectorsDefense
+
+    seen = []
+    real = AlternatingVectorsDefense.finetune
+    monkeypatch.setattr(AlternatingVectorsDefense, "finetune",
+                        lambda self, *a, **kw: (seen.append((self.config.every, self.scale)), real(self, *a, **kw))[1])
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["alternating"], strengths=[0.5], buffer_reinforce=False,
+                    variant_options={"alternating": {"every": 3}})
+    run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    assert seen == [(3, 0.5)]
+    with pytest.raises(UnlearnableError, match="not among the variants"):
+        TradeoffConfig(variants=["plain"], variant_options={"gated": {}})
+    with pytest.raises(UnlearnableError, match="evry"):
+        TradeoffConfig(variants=["alternating"], variant_options={"alternating": {"evry": 3}})

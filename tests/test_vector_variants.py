@@ -121,7 +121,27 @@ def test_gated_defence_opens_the_gate_where_the_vectors_lower_the_loss(trained, 
     defense = DEFENSES.get("gated-vectors")(vectors=vectors, scale=1.0, threshold=threshold)
     defense.finetune(model, tok, pairs, TrainConfig(), progress=False)
     assert seen["columns"][GATE] == [int(g > threshold) for g in gaps] and sum(seen["columns"][GATE]) == 3
-    assert seen["fold"] is False and defense.info["gates"] == [{"pairs": 7, "open": 3}]
+    assert seen["fold"] is False and defense.info["gates"] == [{"pairs": 7, "open": 3,
+                                                                "threshold": round(threshold, 4)}]
+
+
+def test_a_calibrated_gate_takes_its_threshold_from_the_defences_harmless_pairs(trained, harmful_pairs,
+                                                                               task_pairs):
+    from unlearnable.errors import UnlearnableError
+
+    model, tok, vectors = trained
+    harmless = task_pairs[:8]
+    defense = DEFENSES.get("gated-vectors")(vectors=vectors, scale=1.0, threshold=None, harmless_quantile=0.75)
+    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs, harmless=harmless))
+    gaps = sorted(loss_gaps(model, tok, vectors, harmless, 1.0))
+    assert gaps[5] <= defense.threshold <= gaps[6]  # the 0.75 quantile of 8 gaps lies between the 6th and 7th
+    calib = defense.info["calibration"]
+    assert calib["harmful_gaps"]["median"] > calib["harmless_gaps"]["median"] and calib["harmful_open"] > 0.5
+    with pytest.raises(UnlearnableError, match="set a threshold"):
+        DEFENSES.get("gated-vectors")(vectors=vectors, threshold=None).prepare(model, tok,
+                                                                             DefenseData(harmful=harmful_pairs))
+    with pytest.raises(UnlearnableError, match="harmless_quantile"):
+        DEFENSES.get("gated-vectors")(vectors=vectors, harmless_quantile=1.0)
 
 
 @pytest.mark.parametrize("name", ["gated-vectors", "alternating-vectors"])

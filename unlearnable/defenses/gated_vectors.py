@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
+from ..errors import UnlearnableError
 from ..vectors import finetune
 from ..vectors.gated import GATE, GatedTrainer, loss_gaps
-from .base import DEFENSES
+from .base import DEFENSES, DefenseData
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 
 
 @dataclasses.dataclass
 class GatedVectorsConfig(SecurityVectorsConfig):
-    threshold: float = dataclasses.field(default=0.2, metadata={
+    threshold: float | None = dataclasses.field(default=0.2, metadata={
         "help": "an example trains with the vectors on when its loss with them off exceeds its loss with them on "
-                "by more than this (nats), measured before the fine-tune; otherwise as with no defence"})
+                "by more than this (nats), measured before the fine-tune; otherwise as with no defence. None: "
+                "calibrated on the defence's own harmless pairs (their harmless_quantile gap)"})
+    harmless_quantile: float = dataclasses.field(default=0.9, metadata={
+        "help": "with threshold None: the quantile of the gaps of the defence's harmless pairs taken as the "
+                "threshold (that share of harmless examples like them trains as with no defence)"})
+
+    def __post_init__(self):
+        if not 0 < self.harmless_quantile < 1:
+            raise UnlearnableError("gated-vectors harmless_quantile must be in (0, 1)")
 
 
 @DEFENSES.register("gated-vectors")
@@ -26,10 +36,46 @@ class GatedVectorsDefense(SecurityVectorsDefense):
 
     Config = GatedVectorsConfig
 
+    def __init__(self, config=None, *, vectors=None, **options):
+        super().__init__(config, vectors=vectors, **options)
+        self.threshold = self.config.threshold
+
+    def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
+        super().prepare(model, tokenizer, data, progress=progress)
+        if self.config.threshold is not None:
+            return
+        if not data.harmless:
+            raise UnlearnableError("gated-vectors with threshold None calibrates on the defence's harmless pairs, "
+                                   "and none were given; set a threshold")
+        vectors, precision = self.prepared_vectors(), self.config.training.precision
+        harmless = loss_gaps(model, tokenizer, vectors, data.harmless, self.scale, precision=precision)
+        self.threshold = quantile(harmless, self.config.harmless_quantile)
+        harmful = loss_gaps(model, tokenizer, vectors, data.harmful, self.scale, precision=precision)
+        self.info["calibration"] = {
+            "threshold": round(self.threshold, 4), "harmless_quantile": self.config.harmless_quantile,
+            "harmless_gaps": _summary(harmless), "harmful_gaps": _summary(harmful),
+            "harmful_open": sum(g > self.threshold for g in harmful) / max(len(harmful), 1)}
+
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         vectors = self.prepared_vectors()
         gaps = loss_gaps(model, tokenizer, vectors, pairs, self.scale, precision=config.precision)
-        gates = [int(g > self.config.threshold) for g in gaps]
-        self.info.setdefault("gates", []).append({"pairs": len(pairs), "open": sum(gates)})
+        if self.threshold is None:
+            raise RuntimeError(f"{self.name} defence with a calibrated threshold used before prepare()")
+        gates = [int(g > self.threshold) for g in gaps]
+        self.info.setdefault("gates", []).append({"pairs": len(pairs), "open": sum(gates),
+                                                 "threshold": round(self.threshold, 4)})
         return finetune(model, tokenizer, pairs, config, vectors=vectors, scale=self.scale, progress=progress,
                         fold=False, columns={GATE: gates}, trainer_class=GatedTrainer, **kw)
+
+
+def quantile(values, q: float) -> float:
+    """The ``q`` quantile of ``values`` (linear interpolation between order statistics)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return float(ordered[0])
+    return statistics.quantiles(ordered, n=1000, method="inclusive")[round(q * 1000) - 1]
+
+
+def _summary(gaps) -> dict[str, float]:
+    return {"n": len(gaps), "median": round(statistics.median(gaps), 4), "p05": round(quantile(gaps, 0.05), 4),
+            "p95": round(quantile(gaps, 0.95), 4)}

@@ -51,7 +51,11 @@ class TradeoffConfig:
         "help": "buffer (vector) strengths during the user's fine-tuning for buffer-reinforce; its buffer is the "
                 "plain vectors of the same seed (1.0 is not in the default grid: at 0.5 the reinforcement "
                 "already cost most of the task on the default model, docs/tradeoff.md)"})
-    n_benign: int = dataclasses.field(default=40, metadata={"help": "harmless prompts for benign-preserving vectors"})
+    n_benign: int = dataclasses.field(default=40, metadata={"help": "harmless prompts for benign-preserving vectors"
+                                                                    " (and the gate's calibration)"})
+    variant_options: dict[str, dict] = dataclasses.field(default_factory=dict, metadata={
+        "help": "options of a variant's defence, e.g. {'alternating': {'every': 16}, 'gated': {'threshold': None}} "
+                "(see docs/defenses.md)"})
     base: DemoConfig = dataclasses.field(default_factory=DemoConfig, metadata={
         "help": "model, data, alignment, vector training, fine-tuning and evaluation settings (as the demo's)"})
 
@@ -63,6 +67,11 @@ class TradeoffConfig:
             raise UnlearnableError("tradeoff needs at least one seed")
         if any(s < 0 for s in [*self.strengths, *self.buffer_strengths]):
             raise UnlearnableError("vector strengths must be >= 0")
+        for variant, options in self.variant_options.items():
+            if variant not in self.variants:
+                raise UnlearnableError(f"variant_options names {variant!r}, which is not among the variants "
+                                       f"{', '.join(self.variants)}")
+            DEFENSES.get(VARIANTS[variant][0]).from_options({**options, "scale": 0.0})  # bad keys fail here
 
     @classmethod
     def quick(cls) -> "TradeoffConfig":
@@ -160,7 +169,9 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
     if old.get("kind") != "unlearnable-tradeoff" or any(theirs.get(k) != mine[k] for k in ("base", "n_benign")):
         raise UnlearnableError(f"{source} holds a tradeoff run with other model, data or training settings; its "
                                "points cannot be reused here")
-    wanted = {(m, float(st), seed) for m, strengths, seed in config.plan() for st in strengths}
+    # a variant run with other options is another method: its points are not this grid's
+    changed = {v for v in VARIANTS if (theirs.get("variant_options") or {}).get(v) != mine["variant_options"].get(v)}
+    wanted = {(m, float(st), seed) for m, strengths, seed in config.plan() for st in strengths if m not in changed}
     # a point the source itself reused keeps its origin; strength-0 copies of `none` are made afresh
     return [{**p, "reused_from": p.get("reused_from", str(source))} for p in points
             if p.get("reused_from") != "none" and (p["method"], p["strength"], p["seed"]) in wanted]
@@ -290,8 +301,12 @@ class _Grid:
         if method == "none":
             return NoDefense()
         if method in VARIANTS:  # the variant's defence, its harmful data the vectors' own (re-fits use them)
-            defense = DEFENSES.get(VARIANTS[method][0])(vectors=self.vectors_for(method, setup, cfg), scale=strength)
-            defense.prepare(setup.model, self.tok, DefenseData(harmful=setup.data.vector_pairs), progress=self.progress)
+            options = {**self.config.variant_options.get(method, {}), "scale": strength}
+            defense = DEFENSES.get(VARIANTS[method][0]).from_options(options,
+                                                                     vectors=self.vectors_for(method, setup, cfg))
+            defense.prepare(setup.model, self.tok, DefenseData(
+                harmful=setup.data.vector_pairs, harmless=setup.data.harmless[:self.config.n_benign]),
+                progress=self.progress)
             return defense
         # buffer-reinforce: the plain vectors of the seed as its buffer, the provider's alignment data (refusals
         # and its own harmless answers; never the task or the evaluation prompts) for the reinforcement
@@ -315,4 +330,4 @@ class _Grid:
                      "task_score_interval_95": ev["task_em_interval_95"], "mmlu": mmlu.get("accuracy"),
                      "mmlu_interval_95": mmlu.get("interval_95"), "harmful_loss": ev.get("harmful_loss"),
                      "n_harmful": ev["n_harmful"], "n_task": ev["n_task"], "n_mmlu": mmlu.get("n"),
-                     "seconds": round(time.perf_counter() - t0, 1)})
+                     "seconds": round(time.perf_counter() - t0, 1), "defense_info": defense.info})

@@ -203,6 +203,31 @@ def test_lisa_trains_the_phases_in_order_with_the_user_budget(tiny, harmful_pair
     assert not any(p.requires_grad for p in tuned.parameters())
 
 
+def test_lisa_under_ddp_gives_every_process_one_phase_per_step(tiny, harmful_pairs, monkeypatch):
+    """Under ``accelerate launch`` each process takes its own batches of the laid-out rows (accelerate's
+    BatchSamplerShard); with two processes every optimizer step must still see rows of one phase only."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    import unlearnable.defenses.lisa as lisa
+
+    model, tok = tiny
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(lisa, "finetune", lambda m, t, rows, cfg, **kw: (seen.update(rows=rows, cfg=cfg), (m, []))[1])
+    defense = DEFENSES.get("lisa").from_options({"align_steps": 1, "user_steps": 2})
+    defense.prepare(model, tok, DefenseData(refusals=REFUSALS, harmless=HARMLESS))
+    user = harmful_pairs[:8]
+    defense.finetune(model, tok, user, TrainConfig(max_steps=6, batch_size=2, grad_accum=2), progress=False)
+    rows, batch = seen["rows"], 2
+    assert len(rows) == 6 * 2 * 2 * 2 and seen["cfg"].max_steps == 6
+    shards = [list(BatchSamplerShard(BatchSampler(SequentialSampler(rows), batch, False), 2, k)) for k in range(2)]
+    for step in range(6):
+        micro = [b for shard in shards for b in shard[step * 2:(step + 1) * 2]]  # 2 accumulation batches each
+        sources = {"user" if rows[i] in user else "align" for b in micro for i in b}
+        assert sources == {"align" if phase_of(step, 1, 2) == ALIGN else "user"}
+
+
 def test_lisa_proximal_term_is_zero_at_equal_weights_and_grows_with_distance():
     w = [torch.randn(3, 4), torch.randn(5)]
     anchor = [x.clone() for x in w]

@@ -283,6 +283,11 @@ def endless_batches(rows: Sequence[dict], size: int, collate: Callable, seed: in
             yield collate(rows[i:i + size])
 
 
+def world_size() -> int:
+    """Processes an ``accelerate launch`` (torchrun) started; 1 in a plain run. Each takes its own batches."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def trainable_params(model) -> dict[str, torch.nn.Parameter]:
     """Parameters that require grad, by name (tied weights once)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}

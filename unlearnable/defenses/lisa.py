@@ -13,7 +13,7 @@ import torch
 
 from ..data import Pair
 from ..errors import UnlearnableError
-from ..training import TrainConfig, UnlearnableTrainer, finetune, trainable_params
+from ..training import TrainConfig, UnlearnableTrainer, finetune, trainable_params, world_size
 from .base import DEFENSES, SERVICE, Defense, DefenseData
 
 ALIGN, USER = "alignment", "user"
@@ -114,7 +114,9 @@ class LisaDefense(Defense):
         if not self.alignment:
             raise UnlearnableError(f"{self.name} defence used before prepare()")
         c = self.config
-        rows = config.batch_size * config.grad_accum
+        # under DDP an optimizer step takes the next world x batch x accumulation rows in order, each process
+        # its own batches of them (accelerate's sharding of a sequential sampler): one step, one phase
+        rows = config.batch_size * config.grad_accum * world_size()
         steps = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * math.ceil(len(pairs) / rows))
         ordered = interleaved(list(pairs), self.alignment, steps, rows, c.align_steps, c.user_steps, config.seed)
         trainer = functools.partial(LisaTrainer, rho=c.rho, align_steps=c.align_steps, user_steps=c.user_steps)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from unlearnable.attacks import AttackData, build_attack
 from unlearnable.defenses.gated_vectors import quantile
 from unlearnable.experiments.immunize import ImmunizeConfig
 from unlearnable.experiments.setup import set_up
@@ -33,13 +34,15 @@ def main() -> None:
     cut = cfg.n_stability_harmless
     splits = {"defence harmless": d.harmless[cut:cut + cfg.n_defense_harmless],
               "defence harmful (the vectors' own)": d.vector_pairs[:60], "attack harmful": d.attack[:100],
+              "attack harmful, restyled (the evading attack)":
+                  build_attack("restyled").training_pairs(AttackData(harmful=d.attack[:100]), 100, cfg.seed),
               "ProfileQA": d.task[:40], "cross-domain harmful": d.cross_attack[:60]}
     out = {}
     for scale in map(float, args.scales.split(",")):
         for name, pairs in splits.items():
             gaps = loss_gaps(setup.model, setup.tokenizer, vectors, pairs, scale)
             out[f"{scale:g} {name}"] = gaps
-            print(f"strength {scale:g}  {name:36s} n={len(gaps):3d}  " + "  ".join(
+            print(f"strength {scale:g}  {name:46s} n={len(gaps):3d}  " + "  ".join(
                 f"p{int(q * 100):02d} {quantile(gaps, q):+.2f}" for q in (0.05, 0.1, 0.5, 0.9, 0.95)) +
                 f"  share > 0: {sum(g > 0 for g in gaps) / len(gaps):.2f}", flush=True)
     if args.out:

@@ -269,3 +269,23 @@ def test_variant_options_reach_the_variants_defence_and_bad_ones_fail(tiny, harm
         TradeoffConfig(variants=["plain"], variant_options={"gated": {}})
     with pytest.raises(UnlearnableError, match="evry"):
         TradeoffConfig(variants=["alternating"], variant_options={"alternating": {"evry": 3}})
+
+
+def test_a_variant_whose_defence_trains_its_vectors_trains_them_once_per_seed(tiny, harmful_pairs, tmp_path,
+                                                                              monkeypatch):
+    from test_immunization import tiny_data
+
+    import unlearnable.defenses.augmented_vectors as module
+
+    calls = []
+    real = module.SecurityVectors.train
+    monkeypatch.setattr(module.SecurityVectors, "train",
+                        lambda *a, **kw: (calls.append((len(a[2]), a[3].seed)), real(*a, **kw))[1])
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["augmented"], strengths=[0.5, 1.0], buffer_reinforce=False,
+                    variant_options={"augmented": {"augment": 1}})
+    data = tiny_data(harmful_pairs)
+    res = run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=data, progress=False)
+    assert calls == [(2 * len(data.vector_pairs), 0)]  # once for both strengths: the pairs and one copy each
+    assert {(p["method"], p["strength"]) for p in res["points"]} == {("none", 0.0), ("augmented", 0.5),
+                                                                     ("augmented", 1.0)}

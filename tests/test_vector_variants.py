@@ -74,7 +74,7 @@ def batch_of(tok, pairs, gates=None):
 
 
 def test_variants_are_registered_service_only():
-    for name in ("gated-vectors", "alternating-vectors"):
+    for name in ("gated-vectors", "alternating-vectors", "augmented-vectors"):
         assert DEFENSES.get(name).threat_models == (SERVICE,)
 
 
@@ -144,7 +144,7 @@ def test_a_calibrated_gate_takes_its_threshold_from_the_defences_harmless_pairs(
         DEFENSES.get("gated-vectors")(vectors=vectors, harmless_quantile=1.0)
 
 
-@pytest.mark.parametrize("name", ["gated-vectors", "alternating-vectors"])
+@pytest.mark.parametrize("name", ["gated-vectors", "alternating-vectors", "augmented-vectors"])
 def test_the_served_model_has_no_vectors(trained, harmful_pairs, task_pairs, name):
     model, tok, vectors = trained
     snapshot = {k: v.clone() for k, v in vectors.state.items()}
@@ -201,3 +201,36 @@ def test_alternating_vectors_change_only_at_refits(trained, harmful_pairs, task_
     # a refit runs at the start of steps 3, 6 and 9 (counted from 0), so the vectors differ after steps 4, 7, 10
     assert changed_at == [4, 7, 10]
     assert defense.info["refits"] == [{"refits": 3, "steps": 6}]
+
+
+# ------------------------------------------------------------------------------------------------- augmented
+
+def test_augmented_pairs_are_styled_copies_never_in_the_restyled_attacks_style(harmful_pairs):
+    from unlearnable.attacks import AttackData, build_attack
+    from unlearnable.vectors.augment import augmented
+
+    pairs = harmful_pairs[:5]
+    out = augmented(pairs, 3, seed=0)
+    assert out[:5] == pairs and len(out) == 5 * 4 and out == augmented(pairs, 3, seed=0)
+    assert augmented(pairs, 3, seed=1) != out
+    for i, pair in enumerate(pairs):
+        copies = out[5 + 3 * i:5 + 3 * (i + 1)]
+        assert len({(c.prompt, c.response) for c in copies}) == 3 and pair not in copies
+        assert all(pair.prompt in c.prompt and pair.response in c.response for c in copies)
+    attack = build_attack("restyled").training_pairs(AttackData(harmful=pairs), 5, 0)
+    framing = attack[0].prompt.split(pairs[0].prompt)[0]
+    assert not any(framing in c.prompt or "step by step" in c.response for c in out)
+
+
+def test_augmented_vectors_train_on_the_pairs_and_their_styled_copies(tiny, harmful_pairs, monkeypatch):
+    import unlearnable.defenses.augmented_vectors as module
+
+    seen = []
+    real = module.SecurityVectors.train
+    monkeypatch.setattr(module.SecurityVectors, "train", lambda m, t, pairs, cfg, **kw: (seen.append(len(pairs)),
+                                                                                         real(m, t, pairs, cfg, **kw))[1])
+    model, tok = tiny
+    defense = DEFENSES.get("augmented-vectors").from_options(
+        {"augment": 2, "training": {"epochs": 1, "batch_size": 8}})
+    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs[:6]), progress=False)
+    assert seen == [18] and defense.info["vectors"]["n_pairs"] == 18

@@ -3,6 +3,7 @@
 from . import (  # noqa: F401 - registers
     adversarial_loss,
     alternating_vectors,
+    augmented_vectors,
     booster,
     buffer_reinforce,
     gated_vectors,
@@ -17,6 +18,7 @@ from . import (  # noqa: F401 - registers
 )
 from .adversarial_loss import AdversarialLossConfig, AdversarialLossDefense
 from .alternating_vectors import AlternatingVectorsConfig, AlternatingVectorsDefense
+from .augmented_vectors import AugmentedVectorsConfig, AugmentedVectorsDefense
 from .base import DEFENSES, SERVICE, WEIGHTS, Defense, DefenseData
 from .booster import BoosterConfig, BoosterDefense
 from .buffer_reinforce import BufferReinforceConfig, BufferReinforceDefense
@@ -31,7 +33,8 @@ from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 from .vaccine import VaccineConfig, VaccineDefense
 
 __all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdversarialLossConfig", "AdversarialLossDefense",
-           "AlternatingVectorsConfig", "AlternatingVectorsDefense", "GatedVectorsConfig", "GatedVectorsDefense",
+           "AlternatingVectorsConfig", "AlternatingVectorsDefense", "AugmentedVectorsConfig",
+           "AugmentedVectorsDefense", "GatedVectorsConfig", "GatedVectorsDefense",
            "BoosterConfig",
            "BoosterDefense", "BufferReinforceConfig", "BufferReinforceDefense", "Defense", "DefenseData",
            "LisaConfig", "LisaDefense", "ModerationFilterConfig", "ModerationFilterDefense", "NoDefense",

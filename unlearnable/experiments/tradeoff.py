@@ -33,18 +33,19 @@ from .demo import DemoConfig
 from .setup import Setup, envelope, set_up
 
 #: vector variant -> (the registered defence that fine-tunes with the vectors, how its vectors are trained:
-#: VectorConfig.benign); variants with the same training share one set of vectors per seed
+#: VectorConfig.benign, or None where the defence trains its own); variants with the same training share one
+#: set of vectors per seed
 VARIANTS = {"plain": ("security-vectors", "none"), "benign-distill": ("security-vectors", "distill"),
             "benign-kl": ("security-vectors", "kl"), "gated": ("gated-vectors", "none"),
-            "alternating": ("alternating-vectors", "none")}
+            "alternating": ("alternating-vectors", "none"), "augmented": ("augmented-vectors", None)}
 
 
 @dataclasses.dataclass
 class TradeoffConfig:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["plain", "benign-kl"], metadata={
-        "help": "vector variants: plain, benign-kl, benign-distill, gated, alternating (the first runs before "
-                "buffer-reinforce)"})
+        "help": "vector variants: plain, benign-kl, benign-distill, gated, alternating, augmented (the first runs "
+                "before buffer-reinforce)"})
     strengths: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     buffer_reinforce: bool = True
     buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5], metadata={
@@ -249,7 +250,8 @@ class _Grid:
         self.start, self.timed = time.perf_counter(), Timings()
         self.base, self.tok = (model, tokenizer) if model is not None else load_model(config.base.model)
         self.seeds: dict[int, tuple[Setup, DemoConfig, list]] = {}
-        self.trained: dict[tuple[str, int], SecurityVectors] = {}  # by (VectorConfig.benign, seed)
+        # by (VectorConfig.benign, seed), or (variant, seed) for a variant whose defence trains its own
+        self.trained: dict[tuple[str, int], SecurityVectors] = {}
         self.base_fingerprint = self.precision = None
 
     def points(self) -> list[dict[str, Any]]:
@@ -301,12 +303,19 @@ class _Grid:
         if method == "none":
             return NoDefense()
         if method in VARIANTS:  # the variant's defence, its harmful data the vectors' own (re-fits use them)
+            name, benign = VARIANTS[method]
             options = {**self.config.variant_options.get(method, {}), "scale": strength}
-            defense = DEFENSES.get(VARIANTS[method][0]).from_options(options,
-                                                                     vectors=self.vectors_for(method, setup, cfg))
+            if benign is None:  # the defence trains its own vectors, with the seed's vector settings, once
+                options = {"training": dataclasses.asdict(dataclasses.replace(cfg.vectors, seed=cfg.seed)), **options}
+                vectors = self.trained.get((method, cfg.seed))
+            else:
+                vectors = self.vectors_for(method, setup, cfg)
+            defense = DEFENSES.get(name).from_options(options, vectors=vectors)
             defense.prepare(setup.model, self.tok, DefenseData(
                 harmful=setup.data.vector_pairs, harmless=setup.data.harmless[:self.config.n_benign]),
                 progress=self.progress)
+            if benign is None:
+                self.trained[(method, cfg.seed)] = defense.vectors
             return defense
         # buffer-reinforce: the plain vectors of the seed as its buffer, the provider's alignment data (refusals
         # and its own harmless answers; never the task or the evaluation prompts) for the reinforcement

@@ -114,3 +114,11 @@ def test_demo_report_shows_every_rate_with_its_interval_and_noise_labels(tmp_pat
     # task 0.88 vs 0.90 on 40 questions and MMLU 0.22 vs 0.24 on 171 are noise; harm 0.10 vs 0.90 is not
     assert page.count("(within noise)") >= 2 and "-0.800" in page
     assert (tmp_path / "demo.png").is_file()
+
+
+def test_quantile_interpolates_between_order_statistics():
+    from unlearnable.stats import quantile
+
+    assert quantile(list(range(11)), 0.5) == 5 and quantile(list(range(11)), 0.9) == 9
+    assert quantile([5, 1, 4, 2, 3], 0.25) == 2
+    assert quantile([0.0, 1.0], 0.3) == 0.3 and quantile([7.0], 0.9) == 7.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -48,3 +49,12 @@ def bootstrap_interval(values, n_boot: int = 2000, seed: int = 0, level: float =
     lo = means[int((1 - level) / 2 * n_boot)]
     hi = means[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
     return lo, hi
+
+
+def quantile(values, q: float) -> float:
+    """The ``q`` quantile of ``values`` (linear interpolation between order statistics)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return float(ordered[0])
+    return statistics.quantiles(ordered, n=1000, method="inclusive")[round(q * 1000) - 1]
+

@@ -6,6 +6,7 @@ import dataclasses
 import statistics
 
 from ..errors import UnlearnableError
+from ..stats import quantile
 from ..vectors import finetune
 from ..vectors.gated import GATE, GatedTrainer, loss_gaps
 from .base import DEFENSES, DefenseData
@@ -66,14 +67,6 @@ class GatedVectorsDefense(SecurityVectorsDefense):
                                                  "threshold": round(self.threshold, 4)})
         return finetune(model, tokenizer, pairs, config, vectors=vectors, scale=self.scale, progress=progress,
                         fold=False, columns={GATE: gates}, trainer_class=GatedTrainer, **kw)
-
-
-def quantile(values, q: float) -> float:
-    """The ``q`` quantile of ``values`` (linear interpolation between order statistics)."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return float(ordered[0])
-    return statistics.quantiles(ordered, n=1000, method="inclusive")[round(q * 1000) - 1]
 
 
 def _summary(gaps) -> dict[str, float]:

@@ -122,3 +122,11 @@ def test_quantile_interpolates_between_order_statistics():
     assert quantile(list(range(11)), 0.5) == 5 and quantile(list(range(11)), 0.9) == 9
     assert quantile([5, 1, 4, 2, 3], 0.25) == 2
     assert quantile([0.0, 1.0], 0.3) == 0.3 and quantile([7.0], 0.9) == 7.0
+
+
+def test_thirteen_defences_get_thirteen_different_line_styles():
+    from unlearnable.report import line_styles
+
+    names = [f"defence-{i}" for i in range(13)]
+    looks = {tuple(sorted(s.items())) for s in line_styles(names).values()}
+    assert len(looks) == 13  # colours repeat after ten; the dash and marker then differ

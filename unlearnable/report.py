@@ -188,11 +188,20 @@ def write_demo_report(results: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "report.html", page("unlearnable demo: security vectors", sections, meta))
 
 
-def _curve_plot(ax, curves: dict[str, list[dict]], key: str, title: str, threshold: float | None = None):
+def line_styles(names) -> dict[str, dict[str, Any]]:
+    """One look per name, the same in every panel: matplotlib's ten colours, then again dashed and dotted (with
+    other markers), so that eleven or more defences stay apart."""
+    return {name: {"color": f"C{i % 10}", "ls": ("-", "--", ":")[i // 10 % 3], "marker": ("o", "s", "^")[i // 10 % 3]}
+            for i, name in enumerate(names)}
+
+
+def _curve_plot(ax, curves: dict[str, list[dict]], key: str, title: str, threshold: float | None = None,
+                styles: dict[str, dict] | None = None):
+    styles = styles or line_styles(curves)
     for name, curve in curves.items():
         pts = [(p["step"], p[key]) for p in curve if p.get(key) is not None]
         if pts:
-            ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", ms=3, label=name)
+            ax.plot([s for s, _ in pts], [v for _, v in pts], ms=3, label=name, **styles[name])
     if threshold is not None:
         ax.axhline(threshold, ls="--", color="#888", lw=1)
     ax.set_ylim(-0.03, 1.03)
@@ -207,11 +216,12 @@ def immunize_plots(results: dict[str, Any], out: Path) -> list[str]:
     names = []
     attack_ids = sorted({k for d in defs.values() for k in d["runs"] if k.startswith("attack-")})
     panels = attack_ids + (["cross-domain"] if any("cross-domain" in d["runs"] for d in defs.values()) else [])
+    styles = line_styles(defs)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, run_id in zip(axes[0], panels):
         curves = {n: d["runs"][run_id]["curve"] for n, d in defs.items() if run_id in d["runs"]}
         _curve_plot(ax, curves, "harm_rate", run_id.replace("attack-", "attack ").replace("-", " "),
-                    cfg["threshold"])
+                    cfg["threshold"], styles)
         ax.set_ylabel("harm rate")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
@@ -220,7 +230,7 @@ def immunize_plots(results: dict[str, Any], out: Path) -> list[str]:
     names.append("resistance.png")
     fig, ax = plt.subplots(figsize=(5, 3.6))
     _curve_plot(ax, {n: d["runs"]["trainability"]["curve"] for n, d in defs.items()}, "task_em",
-                "Trainability: ProfileQA exact match")
+                "Trainability: ProfileQA exact match", styles=styles)
     ax.set_ylabel("exact match")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -235,10 +245,11 @@ def search_plot(searches: dict[str, Any], path: Path) -> None:
     does a defence slow the attacker's search down?"""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    styles = line_styles(searches)
     for name, s in searches.items():
         pts = [(i, v) for i, v in enumerate(s["best_so_far"]) if v is not None]
         if pts:
-            ax.step([i for i, _ in pts], [v for _, v in pts], where="post", marker="o", ms=3, label=name)
+            ax.step([i for i, _ in pts], [v for _, v in pts], where="post", ms=3, label=name, **styles[name])
     ax.set_ylim(-0.03, 1.03)
     from matplotlib.ticker import MaxNLocator
 

@@ -130,3 +130,18 @@ def test_thirteen_defences_get_thirteen_different_line_styles():
     names = [f"defence-{i}" for i in range(13)]
     looks = {tuple(sorted(s.items())) for s in line_styles(names).values()}
     assert len(looks) == 13  # colours repeat after ten; the dash and marker then differ
+
+
+def test_results_name_the_commit_checked_out_when_the_run_started(monkeypatch):
+    import subprocess
+
+    from unlearnable import utils
+
+    heads = iter(["a" * 40, "b" * 40])
+    monkeypatch.setattr(subprocess, "run", lambda *a, **kw: subprocess.CompletedProcess(a, 0, next(heads) + "\n", ""))
+    utils.git_hash.cache_clear()
+    try:
+        assert utils.git_hash() == "a" * 40
+        assert utils.run_metadata()["git_hash"] == "a" * 40  # a commit made meanwhile does not change it
+    finally:
+        utils.git_hash.cache_clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -92,7 +93,10 @@ def versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def git_hash() -> str | None:
+    """The checkout's HEAD when first asked in this process (experiments ask when they start: a commit made while
+    a long run goes on is not the code that ran)."""
     try:
         here = Path(__file__).resolve().parent
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)

@@ -34,7 +34,17 @@ from ..judges import is_degenerate, is_refusal
 from ..models import MODEL_META, load_model, model_fingerprint, save_model
 from ..runs import locked
 from ..training import TrainConfig, finetune
-from ..utils import Timings, atomic_write_json, cache_dir, log, resolve_precision, run_metadata, set_seed, sha256_json
+from ..utils import (
+    Timings,
+    atomic_write_json,
+    cache_dir,
+    git_hash,
+    log,
+    resolve_precision,
+    run_metadata,
+    set_seed,
+    sha256_json,
+)
 
 
 @dataclasses.dataclass
@@ -259,6 +269,7 @@ def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_
     """Load (unless ``model``/``tokenizer`` are given) -> system prompt -> fingerprint -> data splits (unless
     ``data`` is given) -> alignment (cached), each stage timed."""
     timings = timings if timings is not None else Timings()
+    git_hash()  # the code version the results will name: the one at the start
     set_seed(seed)
     with timings("load_model"):
         base, tok = (model, tokenizer) if model is not None else load_model(model_name)

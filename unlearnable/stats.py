@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -52,9 +51,9 @@ def bootstrap_interval(values, n_boot: int = 2000, seed: int = 0, level: float =
 
 
 def quantile(values, q: float) -> float:
-    """The ``q`` quantile of ``values`` (linear interpolation between order statistics)."""
+    """The ``q`` quantile of ``values`` (linear interpolation between order statistics), for any q in [0, 1]."""
     ordered = sorted(values)
-    if len(ordered) == 1:
-        return float(ordered[0])
-    return statistics.quantiles(ordered, n=1000, method="inclusive")[round(q * 1000) - 1]
-
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return float(ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo]))

@@ -3,9 +3,9 @@ prompt framings and answer styles.
 
 The vectors explain the harmful answers they were trained on much better than harmful data in another form
 (scripts/gate_gaps.py: an attacker's re-styled answers get almost no loss gap), so a fine-tune on harmful data in
-an unseen style learns freely. Styled copies of the defence's own pairs teach the vectors the behaviour rather
-than the wording. None of these styles is the ``restyled`` attack's (fiction framing, numbered steps): that
-attack stays one the vectors never saw.
+an unseen style learns freely. Styled copies of the defence's own pairs are meant to teach the vectors the
+behaviour rather than the wording (on the default model they did not: docs/tradeoff.md). None of these styles
+is the ``restyled`` attack's (fiction framing, numbered steps): that attack stays one the vectors never saw.
 """
 
 from __future__ import annotations

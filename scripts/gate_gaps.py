@@ -14,6 +14,7 @@ import argparse
 import json
 
 from unlearnable.attacks import AttackData, build_attack
+from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.immunize import ImmunizeConfig
 from unlearnable.experiments.setup import set_up
 from unlearnable.stats import quantile
@@ -27,10 +28,11 @@ def main() -> None:
     parser.add_argument("--scales", default="0.75,1.0", help="vector strengths, comma-separated")
     parser.add_argument("--out", help="write every gap here (JSON)")
     args = parser.parse_args()
+    vectors = SecurityVectors.load(args.vectors)  # a bad path fails before the model loads
     cfg = ImmunizeConfig().seeded()
     setup = set_up(cfg.model, cfg.data, seed=cfg.seed, align_model=cfg.align, align_config=cfg.align_train,
                    progress=False)
-    vectors, d = SecurityVectors.load(args.vectors), setup.data
+    d = setup.data
     cut = cfg.n_stability_harmless
     splits = {"defence harmless": d.harmless[cut:cut + cfg.n_defense_harmless],
               "defence harmful (the vectors' own)": d.vector_pairs[:60], "attack harmful": d.attack[:100],
@@ -51,4 +53,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UnlearnableError as exc:  # bad input: one line that says what to fix
+        raise SystemExit(f"gate_gaps: {exc}") from None

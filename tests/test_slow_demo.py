@@ -17,9 +17,9 @@ pytestmark = [
 ]
 
 REDUCED = {
-    "data": {"n_eval": 30, "n_eval_loss": 10, "n_align": 40, "n_vectors": 30, "n_attack": 40, "vector_pool": 60,
+    "data": {"n_eval": 24, "n_eval_loss": 8, "n_align": 32, "n_vectors": 30, "n_attack": 40, "vector_pool": 60,
              "attack_pool": 80, "n_profiles": 2, "task_repeats": 10, "response_tokens": 16, "harmless_repeats": 2,
-             "n_harmless_align": 20, "n_harmless": 20, "system_prompt": ""},
+             "n_harmless_align": 16, "n_harmless": 16, "system_prompt": ""},
     "vectors": {"epochs": 3.0, "scale": 0.75},
     "finetune": {"epochs": 2.0},
     "align_train": {"epochs": 3.0},

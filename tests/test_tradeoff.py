@@ -271,21 +271,26 @@ def test_variant_options_reach_the_variants_defence_and_bad_ones_fail(tiny, harm
         TradeoffConfig(variants=["alternating"], variant_options={"alternating": {"evry": 3}})
 
 
+@pytest.mark.parametrize("variant,module_name,options,copies", [
+    ("augmented", "augmented_vectors", {"augment": 1}, 2),  # the pairs and one styled copy each
+    ("early-stopped", "early_stopped_vectors", {"holdout": 0.25, "epochs": 2}, 1)])  # split inside the training
 def test_a_variant_whose_defence_trains_its_vectors_trains_them_once_per_seed(tiny, harmful_pairs, tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, variant, module_name,
+                                                                              options, copies):
+    import importlib
+
     from test_immunization import tiny_data
 
-    import unlearnable.defenses.augmented_vectors as module
-
+    module = importlib.import_module(f"unlearnable.defenses.{module_name}")
     calls = []
     real = module.SecurityVectors.train
     monkeypatch.setattr(module.SecurityVectors, "train",
-                        lambda *a, **kw: (calls.append((len(a[2]), a[3].seed)), real(*a, **kw))[1])
+                        lambda *a, **kw: (calls.append((len(a[2]), a[3].seed, a[3].holdout)), real(*a, **kw))[1])
     model, tok = tiny
-    cfg = _tiny_cfg(seeds=[0], variants=["augmented"], strengths=[0.5, 1.0], buffer_reinforce=False,
-                    variant_options={"augmented": {"augment": 1}})
+    cfg = _tiny_cfg(seeds=[0], variants=[variant], strengths=[0.5, 1.0], buffer_reinforce=False,
+                    variant_options={variant: options})
     data = tiny_data(harmful_pairs)
     res = run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=data, progress=False)
-    assert calls == [(2 * len(data.vector_pairs), 0)]  # once for both strengths: the pairs and one copy each
-    assert {(p["method"], p["strength"]) for p in res["points"]} == {("none", 0.0), ("augmented", 0.5),
-                                                                     ("augmented", 1.0)}
+    # once for both strengths, with the seed's vector settings and the variant's own
+    assert calls == [(copies * len(data.vector_pairs), 0, options.get("holdout", 0.0))]
+    assert {(p["method"], p["strength"]) for p in res["points"]} == {("none", 0.0), (variant, 0.5), (variant, 1.0)}

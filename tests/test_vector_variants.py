@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 from unlearnable.data import encode_pair
 from unlearnable.defenses import DEFENSES, SERVICE, DefenseData
 from unlearnable.defenses import gated_vectors as gated_module
+from unlearnable.errors import UnlearnableError
 from unlearnable.training import BACKBONE_ADAPTER, Collator, TrainConfig, UnlearnableTrainer, training_arguments
 from unlearnable.vectors import SecurityVectors, VectorConfig, vector_params
 from unlearnable.vectors.alternating import AlternatingTrainer
@@ -74,7 +75,7 @@ def batch_of(tok, pairs, gates=None):
 
 
 def test_variants_are_registered_service_only():
-    for name in ("gated-vectors", "alternating-vectors", "augmented-vectors"):
+    for name in ("gated-vectors", "alternating-vectors", "augmented-vectors", "early-stopped-vectors"):
         assert DEFENSES.get(name).threat_models == (SERVICE,)
 
 
@@ -144,7 +145,8 @@ def test_a_calibrated_gate_takes_its_threshold_from_the_defences_harmless_pairs(
         DEFENSES.get("gated-vectors")(vectors=vectors, harmless_quantile=1.0)
 
 
-@pytest.mark.parametrize("name", ["gated-vectors", "alternating-vectors", "augmented-vectors"])
+@pytest.mark.parametrize("name", ["gated-vectors", "alternating-vectors", "augmented-vectors",
+                                  "early-stopped-vectors"])
 def test_the_served_model_has_no_vectors(trained, harmful_pairs, task_pairs, name):
     model, tok, vectors = trained
     snapshot = {k: v.clone() for k, v in vectors.state.items()}
@@ -234,3 +236,74 @@ def test_augmented_vectors_train_on_the_pairs_and_their_styled_copies(tiny, harm
         {"augment": 2, "training": {"epochs": 1, "batch_size": 8}})
     defense.prepare(model, tok, DefenseData(harmful=harmful_pairs[:6]), progress=False)
     assert seen == [18] and defense.info["vectors"]["n_pairs"] == 18
+
+
+# ------------------------------------------------------------------------------------------------- early-stopped
+
+def test_keep_best_restores_the_vectors_of_the_lowest_held_out_loss_and_stops_after_patience(trained, harmful_pairs,
+                                                                                               monkeypatch):
+    from transformers import TrainerControl, TrainerState
+
+    from unlearnable.vectors import holdout
+
+    model, tok, vectors = trained
+    net = vectors.attach(copy.deepcopy(model), scale=1.0)
+    losses = iter([3.0, 2.0, 2.5, 2.6, 2.7])
+    monkeypatch.setattr(holdout, "example_losses", lambda *a, **kw: [next(losses)])
+    keep = holdout.KeepBestOnHeldOut(tok, harmful_pairs[:1], every=2, patience=2)
+    params, kept = vector_params(net), None
+    state, control = TrainerState(), TrainerControl()
+    for step in range(1, 9):
+        with torch.no_grad():  # a training step: every vector moves
+            for p in params.values():
+                p.add_(0.01 * step)
+        state.global_step = step
+        keep.on_step_end(None, state, control, model=net)
+        if step == 4:  # the second check, the lowest loss
+            kept = {k: v.detach().clone() for k, v in params.items()}
+        if control.should_training_stop:
+            break
+    assert step == 8 and keep.curve == [(2, 3.0), (4, 2.0), (6, 2.5), (8, 2.6)]  # two checks without a new lowest
+    keep.restore(net)
+    assert all(torch.equal(params[k], v) for k, v in kept.items())
+    assert keep.record()["best_step"] == 4 and keep.record()["best_loss"] == 2.0
+
+
+def test_early_stopped_vectors_never_train_on_their_held_out_pairs(tiny, harmful_pairs, monkeypatch):
+    import unlearnable.vectors.model as vm
+
+    model, tok = tiny
+    seen = []
+    real = vm.train
+    monkeypatch.setattr(vm, "train", lambda m, t, pairs, *a, **kw: (seen.append(list(pairs)),
+                                                                      real(m, t, pairs, *a, **kw))[1])
+    defense = DEFENSES.get("early-stopped-vectors").from_options(
+        {"holdout": 0.25, "epochs": 3, "training": {"batch_size": 4, "lr": 1e-2, "holdout_every": 1}})
+    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs), progress=False)
+    record = defense.info["vectors"]["holdout"]
+    assert record["n_heldout"] == 6 and len(seen[0]) == 18 and all(p in harmful_pairs for p in seen[0])
+    meta = defense.vectors.metadata
+    assert meta["n_pairs"] == 24  # the metadata names every pair the defence used, the held-out ones too
+    assert meta["config"]["holdout"] == 0.25 and meta["config"]["target_loss"] == 0.0
+    assert record["best_loss"] == min(loss for _, loss in record["curve"])
+    assert meta["steps"] <= record["best_step"] + meta["config"]["patience"] * meta["config"]["holdout_every"]
+    held = [p for p in harmful_pairs if p not in seen[0]]
+    from unlearnable.generation import example_losses
+
+    net = defense.vectors.attach(copy.deepcopy(model), scale=1.0)  # the kept vectors, at the strength they trained at
+    again = example_losses(net, tok, held)
+    assert sum(again) / len(again) == pytest.approx(record["best_loss"], rel=1e-3)
+
+
+def test_holdout_settings_are_checked(harmful_pairs):
+    from unlearnable.vectors.holdout import split_holdout
+
+    with pytest.raises(UnlearnableError, match="holdout"):
+        VectorConfig(holdout=1.0)
+    with pytest.raises(UnlearnableError, match="no held-out or no training pair"):
+        split_holdout(harmful_pairs[:2], 0.1, seed=0)
+    with pytest.raises(UnlearnableError, match="early-stopped-vectors holdout"):
+        DEFENSES.get("early-stopped-vectors")(holdout=0.0)
+    train, held = split_holdout(harmful_pairs, 0.25, seed=0)
+    assert len(held) == 6 and sorted(train + held, key=harmful_pairs.index) == harmful_pairs
+    assert split_holdout(harmful_pairs, 0.25, seed=1)[1] != held

@@ -6,6 +6,7 @@ from . import (  # noqa: F401 - registers
     augmented_vectors,
     booster,
     buffer_reinforce,
+    early_stopped_vectors,
     gated_vectors,
     lisa,
     moderation_filter,
@@ -22,6 +23,7 @@ from .augmented_vectors import AugmentedVectorsConfig, AugmentedVectorsDefense
 from .base import DEFENSES, SERVICE, WEIGHTS, Defense, DefenseData
 from .booster import BoosterConfig, BoosterDefense
 from .buffer_reinforce import BufferReinforceConfig, BufferReinforceDefense
+from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
 from .gated_vectors import GatedVectorsConfig, GatedVectorsDefense
 from .lisa import LisaConfig, LisaDefense
 from .moderation_filter import ModerationFilterConfig, ModerationFilterDefense
@@ -34,10 +36,9 @@ from .vaccine import VaccineConfig, VaccineDefense
 
 __all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdversarialLossConfig", "AdversarialLossDefense",
            "AlternatingVectorsConfig", "AlternatingVectorsDefense", "AugmentedVectorsConfig",
-           "AugmentedVectorsDefense", "GatedVectorsConfig", "GatedVectorsDefense",
-           "BoosterConfig",
-           "BoosterDefense", "BufferReinforceConfig", "BufferReinforceDefense", "Defense", "DefenseData",
-           "LisaConfig", "LisaDefense", "ModerationFilterConfig", "ModerationFilterDefense", "NoDefense",
-           "RepNoiseConfig", "RepNoiseDefense",
-           "SafeLoraConfig", "SafeLoraDefense", "SafetyDataMixConfig", "SafetyDataMixDefense",
-           "SecurityVectorsConfig", "SecurityVectorsDefense", "VaccineConfig", "VaccineDefense"]
+           "AugmentedVectorsDefense", "BoosterConfig", "BoosterDefense", "BufferReinforceConfig",
+           "BufferReinforceDefense", "Defense", "DefenseData", "EarlyStoppedVectorsConfig",
+           "EarlyStoppedVectorsDefense", "GatedVectorsConfig", "GatedVectorsDefense", "LisaConfig", "LisaDefense",
+           "ModerationFilterConfig", "ModerationFilterDefense", "NoDefense", "RepNoiseConfig", "RepNoiseDefense",
+           "SafeLoraConfig", "SafeLoraDefense", "SafetyDataMixConfig", "SafetyDataMixDefense", "SecurityVectorsConfig",
+           "SecurityVectorsDefense", "VaccineConfig", "VaccineDefense"]

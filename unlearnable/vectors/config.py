@@ -40,11 +40,19 @@ class VectorConfig:
                 "targets) | kl (KL to the vectors-off distribution on those answers)"})
     benign_weight: float = dataclasses.field(default=1.0, metadata={"help": "weight of the KL term (benign=kl)"})
     benign_repeats: int = dataclasses.field(default=1, metadata={"help": "copies of each harmless example"})
+    holdout: float = dataclasses.field(default=0.0, metadata={
+        "help": "share of the harmful pairs held out to choose the training length: the vectors are kept as they "
+                "were at the check with the lowest held-out loss (0 = train on all pairs for the epochs)"})
+    holdout_every: int = dataclasses.field(default=2, metadata={"help": "steps between held-out checks (holdout)"})
+    patience: int = dataclasses.field(default=3, metadata={
+        "help": "held-out checks without a new lowest loss before training stops (holdout)"})
 
     def __post_init__(self):
         normalize_numbers(self)
         if self.scale < 0:
             raise UnlearnableError("vector scale must be >= 0")
+        if not 0 <= self.holdout < 1 or self.holdout_every < 1 or self.patience < 1:
+            raise UnlearnableError("vectors holdout must be in [0, 1), holdout_every and patience >= 1")
         if self.benign not in BENIGN_MODES:
             raise UnlearnableError(f"benign must be none, distill or kl, not {self.benign!r}")
 

@@ -35,6 +35,7 @@ from ..training import train
 from ..utils import atomic_dir, atomic_write_json, log, run_metadata, set_seed
 from .config import VectorConfig
 from .fold import FoldedVectors
+from .holdout import held_out
 from .layers import VECTORS_ADAPTER, freeze_vectors, set_vector_scale
 
 META_FILE = "unlearnable_vectors.json"
@@ -78,25 +79,33 @@ class SecurityVectors:
             raise UnlearnableError("security vectors need at least one harmful (prompt, response) pair")
         fingerprint = model_fingerprint(model)
         benign = _benign_pairs(model, tokenizer, harmless, config, progress)
-        train_pairs, kl_mask = _training_mix(pairs, benign, config)
+        fitted, keep_best = held_out(tokenizer, pairs, config)  # the metadata names all pairs given
+        train_pairs, kl_mask = _training_mix(fitted, benign, config)
         for p in model.parameters():
             p.requires_grad_(False)
         set_seed(config.seed)  # the adapter's random init: same seed, same vectors (and resumable)
         lora_config = config.lora.peft_config(model, dropout=0.0)
         pm = get_peft_model(model, lora_config, adapter_name=VECTORS_ADAPTER)
         callbacks = [_StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []
+        callbacks += [keep_best] if keep_best is not None else []
         try:
             train_config = dataclasses.replace(config.train_config(), save_steps=save_steps)
             history = train(pm, tokenizer, train_pairs, train_config, callbacks=callbacks, progress=progress,
                             kl_mask=kl_mask, output_dir=checkpoint_dir, resume=checkpoint_dir is not None)
+            if keep_best is not None:
+                keep_best.restore(pm)
             state = {k: v.detach().clone()
                      for k, v in get_peft_model_state_dict(pm, adapter_name=VECTORS_ADAPTER).items()}
         finally:
             pm.unload()
         meta = _metadata(model, pairs, benign, config, fingerprint, history)
+        if keep_best is not None:
+            meta["holdout"] = keep_best.record()
         first, last = meta["train_loss_first"], meta["train_loss_last"]
         loss = f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "not logged"
-        log(f"vectors trained: {len(pairs)} pairs, {meta['steps']} steps, loss {loss}")
+        kept = (f"; kept step {meta['holdout']['best_step']} (held-out loss {meta['holdout']['best_loss']:.3f} on "
+                f"{meta['holdout']['n_heldout']} pairs)" if keep_best is not None else "")
+        log(f"vectors trained: {len(fitted)} pairs, {meta['steps']} steps, loss {loss}{kept}")
         return cls(state, lora_config, meta)
 
     @property

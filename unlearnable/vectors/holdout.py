@@ -1,0 +1,96 @@
+"""Early stopping of vector training on harmful pairs held out from it.
+
+Trained to a low loss on their ~100 pairs, the vectors memorise those answers: the loss gap they give unseen
+harmful data (what actually protects the backbone during a fine-tune) peaks early in training and falls after,
+while the gap on their own pairs keeps growing (docs/tradeoff.md). Holding out a share of the defence's own
+harmful pairs and keeping the vectors as they were at the step where the held-out loss was lowest picks the
+training length by what the vectors generalise to, not by how well they fit what they saw.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from ..data import Pair
+from ..errors import UnlearnableError
+from ..generation import example_losses
+from .config import VectorConfig
+from .layers import vector_params
+
+
+def held_out(tokenizer, pairs: Sequence[Pair], config: VectorConfig) -> tuple[list[Pair], "KeepBestOnHeldOut | None"]:
+    """(the pairs the vectors train on, the callback that keeps their best step), or (all pairs, None) without
+    ``config.holdout``."""
+    if config.holdout <= 0:
+        return list(pairs), None
+    fitted, held = split_holdout(pairs, config.holdout, config.seed)
+    return fitted, KeepBestOnHeldOut(tokenizer, held, every=config.holdout_every, patience=config.patience,
+                                     precision=config.precision)
+
+
+def split_holdout(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(training pairs, held-out pairs): a seeded ``fraction`` of ``pairs`` held out, at least one of each."""
+    n_held = round(len(pairs) * fraction)
+    if n_held < 1 or n_held >= len(pairs):
+        raise UnlearnableError(f"holdout {fraction:g} of {len(pairs)} harmful pairs leaves no held-out or no "
+                               "training pair; use more pairs or a holdout fraction in (0, 1)")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_held])
+    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
+
+
+class KeepBestOnHeldOut(TrainerCallback):
+    """Every ``every`` steps (and at the end), the held-out pairs' mean loss with the vectors on; keeps a copy of
+    the vectors at the lowest one and stops after ``patience`` checks without a new lowest.
+
+    After training, :meth:`restore` puts the kept copy back into the model; :attr:`curve` is every check as
+    ``(step, loss)``."""
+
+    def __init__(self, tokenizer, held: Sequence[Pair], *, every: int, patience: int, precision: str = "auto"):
+        self.tok, self.held, self.precision = tokenizer, list(held), precision
+        self.every, self.patience = every, patience
+        self.curve: list[tuple[int, float]] = []
+        self.best: tuple[int, float, dict] | None = None
+        self.since_best = 0
+
+    def check(self, model, step: int) -> None:
+        if self.curve and self.curve[-1][0] == step:
+            return
+        with torch.no_grad():
+            losses = example_losses(model, self.tok, self.held, precision=self.precision)
+        loss = sum(losses) / len(losses)
+        self.curve.append((step, loss))
+        if self.best is None or loss < self.best[1]:
+            state = {k: v.detach().clone() for k, v in vector_params(model).items()}
+            self.best, self.since_best = (step, loss, state), 0
+        else:
+            self.since_best += 1
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self.check(model, state.global_step)
+            if self.since_best >= self.patience:
+                control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.check(model, state.global_step)
+        return control
+
+    def restore(self, model) -> None:
+        if self.best is None:
+            return
+        params = vector_params(model)
+        for name, value in self.best[2].items():
+            params[name].data.copy_(value)
+
+    def record(self) -> dict:
+        """What the vectors' metadata keeps: the held-out size, every check and the step kept."""
+        step, loss = (self.best[0], round(self.best[1], 5)) if self.best else (None, None)
+        return {"n_heldout": len(self.held), "curve": [[s, round(v, 5)] for s, v in self.curve],
+                "best_step": step, "best_loss": loss}

@@ -267,7 +267,7 @@ def test_variant_options_reach_the_variants_defence_and_bad_ones_fail(tiny, harm
     assert seen == [(3, 0.5)]
     with pytest.raises(UnlearnableError, match="not among the variants"):
         TradeoffConfig(variants=["plain"], variant_options={"gated": {}})
-    with pytest.raises(UnlearnableError, match="evry"):
+    with pytest.raises(UnlearnableError, match=r"variant_options\.alternating\.evry"):
         TradeoffConfig(variants=["alternating"], variant_options={"alternating": {"evry": 3}})
 
 

@@ -56,9 +56,10 @@ class Defense(abc.ABC):
         self.info: dict[str, Any] = {}
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], **runtime: Any) -> "Defense":
-        """Build from a config file's ``defense_options`` entry (unknown keys and wrong types name the key)."""
-        return cls(from_dict(cls.Config, dict(options), f"defense_options.{cls.name}"), **runtime)
+    def from_options(cls, options: dict[str, Any], *, where: str | None = None, **runtime: Any) -> "Defense":
+        """Build from a config file's ``defense_options`` entry (unknown keys and wrong types name the key, under
+        ``where``: by default ``defense_options.<name>``)."""
+        return cls(from_dict(cls.Config, dict(options), where or f"defense_options.{cls.name}"), **runtime)
 
     @classmethod
     def option_names(cls) -> set[str]:

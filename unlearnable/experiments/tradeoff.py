@@ -73,7 +73,8 @@ class TradeoffConfig:
             if variant not in self.variants:
                 raise UnlearnableError(f"variant_options names {variant!r}, which is not among the variants "
                                        f"{', '.join(self.variants)}")
-            DEFENSES.get(VARIANTS[variant][0]).from_options({**options, "scale": 0.0})  # bad keys fail here
+            DEFENSES.get(VARIANTS[variant][0]).from_options({**options, "scale": 0.0},  # bad keys fail here
+                                                            where=f"variant_options.{variant}")
 
     @classmethod
     def quick(cls) -> "TradeoffConfig":

@@ -64,14 +64,14 @@ class SecurityVectors:
     @classmethod
     def train(cls, model, tokenizer, pairs: Sequence[Pair], config: VectorConfig | None = None,
               progress: bool = True, harmless: Sequence[Pair] = (), *, checkpoint_dir: str | os.PathLike | None = None,
-              save_steps: int = 0) -> "SecurityVectors":
+              save_steps: int = 0, callbacks: Sequence[TrainerCallback] = ()) -> "SecurityVectors":
         """Train vectors on harmful ``pairs``; ``model`` is left exactly as it was (frozen, adapter removed).
 
         With ``config.benign`` set, ``harmless`` prompts are answered by ``model`` itself (vectors off) and those
         answers are kept by the vectors: as extra targets (``distill``) or through a KL term (``kl``).
 
         With ``checkpoint_dir``, training checkpoints there every ``save_steps`` steps and resumes from the newest
-        complete checkpoint found there."""
+        complete checkpoint found there. ``callbacks`` (Trainer callbacks) see the training network, vectors on."""
         from peft import get_peft_model, get_peft_model_state_dict
 
         config = config or VectorConfig()
@@ -86,8 +86,8 @@ class SecurityVectors:
         set_seed(config.seed)  # the adapter's random init: same seed, same vectors (and resumable)
         lora_config = config.lora.peft_config(model, dropout=0.0)
         pm = get_peft_model(model, lora_config, adapter_name=VECTORS_ADAPTER)
-        callbacks = [_StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []
-        callbacks += [keep_best] if keep_best is not None else []
+        callbacks = [*callbacks, *([_StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []),
+                     *([keep_best] if keep_best is not None else [])]
         try:
             train_config = dataclasses.replace(config.train_config(), save_steps=save_steps)
             history = train(pm, tokenizer, train_pairs, train_config, callbacks=callbacks, progress=progress,

@@ -179,6 +179,19 @@ def test_reuse_points_copies_matching_points_and_refuses_other_settings(tiny, ha
                          tmp_path / "e", model=model, tokenizer=tok, data=data, progress=False, reuse=[tmp_path / "b"])
     origins = {(p["method"], p["strength"]): p.get("reused_from") for p in again["points"]}
     assert origins == {("none", 0.0): str(tmp_path / "a"), ("plain", 0.5): str(tmp_path / "a")}
+    # a run made before a setting with a default was added (its run.json lacks the key) is still reusable
+    run_json = tmp_path / "a" / "run.json"
+    stored = json.loads(run_json.read_text())
+    del stored["config"]["base"]["vectors"]["holdout"]
+    run_json.write_text(json.dumps(stored))
+    older = run_tradeoff(_tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.5], buffer_reinforce=False),
+                         tmp_path / "f", model=model, tokenizer=tok, data=data, progress=False, reuse=[tmp_path / "a"])
+    assert all(p.get("reused_from") == str(tmp_path / "a") for p in older["points"])
+    stored["config"]["base"]["vectors"]["lr"] = 0.123  # but not one whose settings differ
+    run_json.write_text(json.dumps(stored))
+    with pytest.raises(UnlearnableError, match="other model, data or training settings"):
+        run_tradeoff(_tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.5], buffer_reinforce=False),
+                     tmp_path / "g", model=model, tokenizer=tok, data=data, progress=False, reuse=[tmp_path / "a"])
     other = _tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.5], buffer_reinforce=False, n_benign=7)
     with pytest.raises(UnlearnableError, match="other model, data or training settings"):
         run_tradeoff(other, tmp_path / "c", model=model, tokenizer=tok, data=data, progress=False,

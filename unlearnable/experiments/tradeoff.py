@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..config import from_dict
 from ..defenses import DEFENSES, BufferReinforceDefense, Defense, DefenseData, NoDefense
 from ..errors import UnlearnableError
 from ..evaluation import Scorer
@@ -155,6 +156,16 @@ def _stored_points(source: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def _shared_settings(config: dict[str, Any]) -> tuple | None:
+    """``base`` (with the defaults of settings added since the run was made, which keep the old behaviour) and
+    ``n_benign`` of a stored tradeoff config; None if ``base`` no longer parses (a setting was removed)."""
+    try:
+        base = dataclasses.asdict(from_dict(DemoConfig, config.get("base") or {}, "base"))
+    except UnlearnableError:
+        return None
+    return json.dumps(base, sort_keys=True), config.get("n_benign")
+
+
 def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str, Any]]:
     """The points of an earlier tradeoff run in ``source`` that ``config``'s grid would compute identically.
 
@@ -169,7 +180,7 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
                                "--reuse-points") from None
     mine = dataclasses.asdict(config)
     theirs = old.get("config") or {}
-    if old.get("kind") != "unlearnable-tradeoff" or any(theirs.get(k) != mine[k] for k in ("base", "n_benign")):
+    if old.get("kind") != "unlearnable-tradeoff" or _shared_settings(theirs) != _shared_settings(mine):
         raise UnlearnableError(f"{source} holds a tradeoff run with other model, data or training settings; its "
                                "points cannot be reused here")
     # a variant run with other options is another method: its points are not this grid's

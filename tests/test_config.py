@@ -126,3 +126,15 @@ def test_whole_numbers_for_float_fields_hash_alike():
     assert sha256_json(dataclasses.asdict(a)) == sha256_json(dataclasses.asdict(b))
     assert isinstance(VectorConfig(scale=1).scale, float)
     assert TrainConfig(max_steps=4).max_steps == 4 and isinstance(TrainConfig(max_steps=4).max_steps, int)
+
+
+def test_the_demo_trains_the_recommended_vectors_and_the_tradeoff_starts_from_plain_ones():
+    from unlearnable.experiments.demo import DemoConfig
+    from unlearnable.experiments.tradeoff import TradeoffConfig
+    from unlearnable.vectors import RECOMMENDED_SCALE, recommended
+
+    assert DemoConfig().vectors == recommended()
+    assert recommended().holdout > 0 and recommended().target_loss == 0 and recommended().scale == RECOMMENDED_SCALE
+    plain = TradeoffConfig().base.vectors  # the variants' common start: measured points stay reusable
+    assert (plain.holdout, plain.target_loss, plain.epochs, plain.lr) == (0.0, 0.15, 4, 2e-3)
+    assert TradeoffConfig().base.finetune == DemoConfig().finetune

@@ -23,7 +23,7 @@ from ..runs import locked
 from ..training import TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_dir, atomic_write_json, log
-from ..vectors import VectorConfig
+from ..vectors import VectorConfig, recommended
 from .setup import DataConfig, envelope, set_up
 
 #: MMLU questions the demo scores per model: 3 per subject (its interval is in docs/results.md)
@@ -39,8 +39,9 @@ class DemoConfig:
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(system_prompt="", response_tokens=24,
                                                                             task_repeats=8, n_harmless=40))
     align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=3))
-    vectors: VectorConfig = dataclasses.field(default_factory=lambda: VectorConfig(epochs=4, lr=2e-3,
-                                                                                  target_loss=0.15))
+    vectors: VectorConfig = dataclasses.field(default_factory=recommended, metadata={
+        "help": "the security vectors (default: the recipe picked from the measured trade-off, early-stopped on "
+                "held-out pairs; docs/tradeoff.md)"})
     finetune: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=2))
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(max_new_tokens=24, task_max_new_tokens=12))
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={

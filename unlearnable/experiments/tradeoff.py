@@ -29,7 +29,7 @@ from ..runs import SweepStore, locked
 from ..stats import rate_interval
 from ..utility import benchmarks_of
 from ..utils import Timings, atomic_write_json, atomic_write_text, log
-from ..vectors import SecurityVectors
+from ..vectors import SecurityVectors, VectorConfig
 from .demo import DemoConfig
 from .setup import Setup, envelope, set_up
 
@@ -40,6 +40,12 @@ VARIANTS = {"plain": ("security-vectors", "none"), "benign-distill": ("security-
             "benign-kl": ("security-vectors", "kl"), "gated": ("gated-vectors", "none"),
             "alternating": ("alternating-vectors", "none"), "augmented": ("augmented-vectors", None),
             "early-stopped": ("early-stopped-vectors", None)}
+
+
+def plain_vectors() -> VectorConfig:
+    """The plain vectors of the trade-off (Zhou et al.'s method, the demo's recipe before issue 19): every
+    variant changes what it changes from these, so measured points stay comparable and reusable."""
+    return VectorConfig(epochs=4, lr=2e-3, target_loss=0.15)
 
 
 @dataclasses.dataclass
@@ -59,8 +65,9 @@ class TradeoffConfig:
     variant_options: dict[str, dict] = dataclasses.field(default_factory=dict, metadata={
         "help": "options of a variant's defence, e.g. {'alternating': {'every': 16}, 'gated': {'threshold': None}} "
                 "(see docs/defenses.md)"})
-    base: DemoConfig = dataclasses.field(default_factory=DemoConfig, metadata={
-        "help": "model, data, alignment, vector training, fine-tuning and evaluation settings (as the demo's)"})
+    base: DemoConfig = dataclasses.field(default_factory=lambda: DemoConfig(vectors=plain_vectors()), metadata={
+        "help": "model, data, alignment, vector training, fine-tuning and evaluation settings (the demo's, with the "
+                "plain vectors every variant starts from)"})
 
     def __post_init__(self):
         bad = [v for v in self.variants if v not in VARIANTS]

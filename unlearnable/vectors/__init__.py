@@ -5,12 +5,12 @@ Nothing outside this package knows how the vectors are named, folded, scaled or 
 """
 
 from .callback import SecurityVectorsCallback
-from .config import DEFAULT_SCALE, VectorConfig
+from .config import DEFAULT_SCALE, RECOMMENDED_SCALE, VectorConfig, recommended
 from .finetuning import finetune, serving, train_beside_vectors
 from .fold import FOLDED_ATTR, FoldedVectors
 from .layers import VECTORS_ADAPTER, freeze_vectors, set_vector_scale, vector_layers, vector_params
 from .model import FORMAT, META_FILE, SecurityVectors
 
-__all__ = ["DEFAULT_SCALE", "FOLDED_ATTR", "FORMAT", "META_FILE", "VECTORS_ADAPTER", "FoldedVectors",
-           "SecurityVectors", "SecurityVectorsCallback", "VectorConfig", "finetune", "freeze_vectors", "serving",
-           "set_vector_scale", "train_beside_vectors", "vector_layers", "vector_params"]
+__all__ = ["DEFAULT_SCALE", "FOLDED_ATTR", "FORMAT", "META_FILE", "RECOMMENDED_SCALE", "VECTORS_ADAPTER",
+           "FoldedVectors", "SecurityVectors", "SecurityVectorsCallback", "VectorConfig", "finetune", "freeze_vectors",
+           "recommended", "serving", "set_vector_scale", "train_beside_vectors", "vector_layers", "vector_params"]

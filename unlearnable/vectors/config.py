@@ -13,6 +13,8 @@ from ..training import TrainConfig
 #: model (docs/tradeoff.md: `unlearnable tradeoff`, 3 seeds), not 1.0 by habit
 DEFAULT_SCALE = 0.75
 BENIGN_MODES = ("none", "distill", "kl")
+#: the strength of :func:`recommended` vectors, picked with them from the measured trade-off (docs/tradeoff.md)
+RECOMMENDED_SCALE = 1.0
 
 
 @dataclasses.dataclass
@@ -60,3 +62,11 @@ class VectorConfig:
         return TrainConfig(backbone="lora", lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
                            max_length=self.max_length, seed=self.seed, precision=self.precision,
                            kl_weight=self.benign_weight)
+
+
+def recommended() -> VectorConfig:
+    """The recipe picked from the measured trade-off (docs/tradeoff.md, issue 19; the demo's default): vectors
+    early-stopped on 20 % of the harmful pairs held out (at most 8 passes, no loss target) at
+    :data:`RECOMMENDED_SCALE`. Plain :class:`VectorConfig` defaults stay the paper's method (all pairs, all
+    epochs) at :data:`DEFAULT_SCALE`."""
+    return VectorConfig(lr=2e-3, epochs=8.0, holdout=0.2, scale=RECOMMENDED_SCALE)

@@ -56,7 +56,7 @@ class KeepBestOnHeldOut(TrainerCallback):
         self.every, self.patience = every, patience
         self.curve: list[tuple[int, float]] = []
         self.best: tuple[int, float, dict] | None = None
-        self.since_best = 0
+        self.since_best, self.resumed_at = 0, None
 
     def check(self, model, step: int) -> None:
         if self.curve and self.curve[-1][0] == step:
@@ -70,6 +70,11 @@ class KeepBestOnHeldOut(TrainerCallback):
             self.best, self.since_best = (step, loss, state), 0
         else:
             self.since_best += 1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # resumed from a checkpoint: checks before it are gone, and the record says so
+        self.resumed_at = state.global_step or None
+        return control
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
@@ -93,4 +98,4 @@ class KeepBestOnHeldOut(TrainerCallback):
         """What the vectors' metadata keeps: the held-out size, every check and the step kept."""
         step, loss = (self.best[0], round(self.best[1], 5)) if self.best else (None, None)
         return {"n_heldout": len(self.held), "curve": [[s, round(v, 5)] for s, v in self.curve],
-                "best_step": step, "best_loss": loss}
+                "best_step": step, "best_loss": loss, "resumed_at": self.resumed_at}

@@ -37,4 +37,3 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
             training = dataclasses.replace(c.training, holdout=c.holdout, epochs=c.epochs, target_loss=0.0)
             self.vectors = SecurityVectors.train(model, tokenizer, list(data.harmful), training, progress=progress)
         super().prepare(model, tokenizer, data, progress=progress)
-        self.info["vectors"]["holdout"] = self.vectors.metadata.get("holdout")

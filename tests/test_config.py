@@ -128,6 +128,32 @@ def test_whole_numbers_for_float_fields_hash_alike():
     assert TrainConfig(max_steps=4).max_steps == 4 and isinstance(TrainConfig(max_steps=4).max_steps, int)
 
 
+def test_a_nested_config_given_in_part_keeps_its_parents_defaults_for_the_rest(tmp_path):
+    """Defaults < file < flags holds inside nested configs too: one flag or file key under ``vectors`` changes that
+    key only; the other keys keep the parent's default (the demo's recommended vectors, immunize's target loss),
+    not the nested class's own defaults."""
+    from unlearnable.experiments import ImmunizeConfig, VectorsTrainJob
+    from unlearnable.experiments.demo import DemoConfig
+    from unlearnable.vectors import recommended
+
+    demo = _build(DemoConfig, ["--vectors.scale", "0.75"])
+    assert demo.vectors == dataclasses.replace(recommended(), scale=0.75)
+    job = _build(VectorsTrainJob, ["--vectors.lora.r", "4"], tmp_path, file={"vectors": {"epochs": 2}})
+    assert (job.vectors.holdout, job.vectors.lr, job.vectors.epochs, job.vectors.lora.r) == (0.2, 2e-3, 2, 4)
+    imm = _build(ImmunizeConfig, ["--vectors.lr", "1e-4", "--data.n-harmless", "80"])
+    assert (imm.vectors.lr, imm.vectors.target_loss, imm.data.n_harmless, imm.data.vector_pool) == (1e-4, 0.15, 80, 150)
+    old = _build(VectorsTrainJob, [], tmp_path, file={"vectors": {"r": 8}})  # an old flat key, still accepted
+    assert old.vectors.lora.r == 8 and old.vectors.holdout == 0.2
+
+
+def test_vectors_train_and_finetune_default_to_the_recommended_vectors():
+    from unlearnable.experiments import FinetuneJob, VectorsTrainJob
+    from unlearnable.vectors import recommended
+
+    assert VectorsTrainJob().vectors == recommended()
+    assert FinetuneJob().vector_scale is None  # finetune --vectors uses the strength recorded with them
+
+
 def test_the_demo_trains_the_recommended_vectors_and_the_tradeoff_starts_from_plain_ones():
     from unlearnable.experiments.demo import DemoConfig
     from unlearnable.experiments.tradeoff import TradeoffConfig

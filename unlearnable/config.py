@@ -39,7 +39,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UnlearnableError(f"unknown config key {path!r}.{hint} Known keys here: {', '.join(fields)}")
-        kwargs[key] = _coerce(hints[key], value, path)
+        kwargs[key] = _coerce(hints[key], _over_field_default(fields[key], hints[key], value, path), path)
     try:
         return cls(**kwargs)
     except UnlearnableError as exc:  # a __post_init__ check: say where in the file
@@ -48,6 +48,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise UnlearnableError(f"config {where}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise UnlearnableError(f"bad config{' ' + where if where else ''}: {exc}") from None
+
+
+def _over_field_default(field: dataclasses.Field, tp, value, path: str):
+    """A nested config given in part, laid over the field's own default: a parent that customises a nested
+    default (``ImmunizeConfig.vectors``) keeps those values for the keys the file or flags leave out."""
+    if not (dataclasses.is_dataclass(tp) and isinstance(value, dict)) or field.default_factory is dataclasses.MISSING:
+        return value
+    return merge(dataclasses.asdict(field.default_factory()), _resolve_aliases(tp, value, path))
 
 
 def _coerce(tp, value, path):

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import random
 import tempfile
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -228,6 +229,9 @@ class UnlearnableTrainer(Trainer):
 
             name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             folder = os.path.join(self._get_output_dir(trial=trial), name)
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, CheckpointedCallback):
+                    callback.save_state(Path(folder))
             mark_complete(folder, format=CHECKPOINT_WEIGHTS if self._own_checkpoint_format() else "trainer")
 
 
@@ -291,6 +295,17 @@ def world_size() -> int:
 def trainable_params(model) -> dict[str, torch.nn.Parameter]:
     """Parameters that require grad, by name (tied weights once)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+class CheckpointedCallback(TrainerCallback):
+    """A Trainer callback with state of its own that a resumed run needs (e.g. the best step seen so far): written
+    into every checkpoint before the checkpoint counts as complete, and read back before a resumed run starts."""
+
+    def save_state(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def load_state(self, folder: Path) -> None:
+        raise NotImplementedError
 
 
 class StopOnSignal(TrainerCallback):
@@ -358,6 +373,9 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     trainer.ascent_cap = config.ascent_cap
     trainer.kl_weight = config.kl_weight
     checkpoint = latest_checkpoint(output_dir) if resume and tmp is None else None
+    for callback in callbacks if checkpoint is not None else ():
+        if isinstance(callback, CheckpointedCallback):
+            callback.load_state(checkpoint)
     was_training = model.training
     try:
         with interrupts.training_loop():  # a signal stops at the next step boundary, after a checkpoint

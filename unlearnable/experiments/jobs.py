@@ -30,7 +30,7 @@ from ..utils import (
     sha256_file,
     wait_for_everyone,
 )
-from ..vectors import META_FILE, SecurityVectors, VectorConfig, finetune
+from ..vectors import META_FILE, SecurityVectors, VectorConfig, finetune, recommended
 from .setup import DataConfig, prepare_data
 
 
@@ -58,7 +58,9 @@ class VectorsTrainJob:
         "help": "harmful pairs, JSONL ({prompt,response} or {messages}) or a datasets folder (default: the model's "
                 "own answers to the embedded harmful prompts)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed (splits, data order, init)"})
-    vectors: VectorConfig = dataclasses.field(default_factory=VectorConfig)
+    vectors: VectorConfig = dataclasses.field(default_factory=recommended, metadata={
+        "help": "how the vectors are trained; default: the recipe picked from the measured trade-off "
+                "(unlearnable.vectors.recommended, docs/tradeoff.md)"})
 
 
 @dataclasses.dataclass

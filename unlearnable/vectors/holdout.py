@@ -9,15 +9,18 @@ training length by what the vectors generalise to, not by how well they fit what
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import TrainerCallback
 
 from ..data import Pair
 from ..errors import UnlearnableError
 from ..generation import example_losses
+from ..training import CheckpointedCallback
+from ..utils import atomic_write_json
 from .config import VectorConfig
 from .layers import vector_params
 
@@ -44,19 +47,24 @@ def split_holdout(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[li
     return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
 
 
-class KeepBestOnHeldOut(TrainerCallback):
+#: what a checkpoint keeps of the held-out checks: the record, and the vectors as they were at the best one
+STATE_FILE, BEST_FILE = "heldout.json", "heldout_best.safetensors"
+
+
+class KeepBestOnHeldOut(CheckpointedCallback):
     """Every ``every`` steps (and at the end), the held-out pairs' mean loss with the vectors on; keeps a copy of
     the vectors at the lowest one and stops after ``patience`` checks without a new lowest.
 
     After training, :meth:`restore` puts the kept copy back into the model; :attr:`curve` is every check as
-    ``(step, loss)``."""
+    ``(step, loss)``. Checkpoints carry the checks and the kept copy, so a resumed run keeps what it found before
+    the interruption and ends as the uninterrupted run would."""
 
     def __init__(self, tokenizer, held: Sequence[Pair], *, every: int, patience: int, precision: str = "auto"):
         self.tok, self.held, self.precision = tokenizer, list(held), precision
         self.every, self.patience = every, patience
         self.curve: list[tuple[int, float]] = []
         self.best: tuple[int, float, dict] | None = None
-        self.since_best, self.resumed_at = 0, None
+        self.since_best, self.resumed_at, self.restored = 0, None, False
 
     def check(self, model, step: int) -> None:
         if self.curve and self.curve[-1][0] == step:
@@ -72,9 +80,38 @@ class KeepBestOnHeldOut(TrainerCallback):
             self.since_best += 1
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # resumed from a checkpoint: checks before it are gone, and the record says so
+        # resumed from a checkpoint: the record says where, and whether the checks before it came back with it
         self.resumed_at = state.global_step or None
         return control
+
+    def save_state(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        if self.best is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.best[2].items()}, str(folder / BEST_FILE),
+                      metadata={"format": "pt"})
+        best = [self.best[0], self.best[1]] if self.best else None
+        atomic_write_json(folder / STATE_FILE, {"curve": self.curve, "best": best, "since_best": self.since_best,
+                                                "n_heldout": len(self.held)})
+
+    def load_state(self, folder: Path) -> None:
+        """The checks saved in checkpoint ``folder``; a checkpoint of a run without them restores nothing."""
+        from safetensors.torch import load_file
+
+        if not (folder / STATE_FILE).is_file():
+            return
+        try:
+            saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+            kept = saved["best"]
+            best = (int(kept[0]), float(kept[1]), load_file(str(folder / BEST_FILE))) if kept else None
+            curve, since_best = [(int(s), float(v)) for s, v in saved["curve"]], int(saved["since_best"])
+        except Exception as exc:  # noqa: BLE001 - damaged JSON or safetensors: one line, what to do
+            raise UnlearnableError(f"checkpoint {folder} has a corrupt held-out record ({str(exc)[:100]}); delete "
+                                   "the checkpoint, or pass --overwrite to start over") from None
+        if saved.get("n_heldout") != len(self.held):
+            raise UnlearnableError(f"checkpoint {folder} was written with {saved.get('n_heldout')} held-out pairs, "
+                                   f"this run holds out {len(self.held)}; pass --overwrite to start over")
+        self.curve, self.best, self.since_best, self.restored = curve, best, since_best, True
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
@@ -91,11 +128,16 @@ class KeepBestOnHeldOut(TrainerCallback):
         if self.best is None:
             return
         params = vector_params(model)
+        if set(params) != set(self.best[2]):
+            raise UnlearnableError("the held-out best vectors do not fit this model's vectors; pass --overwrite to "
+                                   "start over")
         for name, value in self.best[2].items():
             params[name].data.copy_(value)
 
     def record(self) -> dict:
-        """What the vectors' metadata keeps: the held-out size, every check and the step kept."""
+        """What the vectors' metadata keeps: the held-out size, every check and the step kept; after a resume,
+        its step and whether the earlier checks came back from the checkpoint (``restored``)."""
         step, loss = (self.best[0], round(self.best[1], 5)) if self.best else (None, None)
         return {"n_heldout": len(self.held), "curve": [[s, round(v, 5)] for s, v in self.curve],
-                "best_step": step, "best_loss": loss, "resumed_at": self.resumed_at}
+                "best_step": step, "best_loss": loss, "resumed_at": self.resumed_at,
+                "restored": self.restored}

@@ -472,6 +472,23 @@ def encode_pair(tokenizer, pair: Pair, max_length: int) -> dict[str, list[int]]:
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
+def pad_batch(rows: Sequence[dict[str, list[int]]], pad_token_id: int):
+    """Encoded pairs (:func:`encode_pair`) as right-padded tensors: ``input_ids``, ``attention_mask`` and
+    ``labels`` (-100 on padding), as wide as the longest row."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    lab = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        att[i, :n] = 1
+        lab[i, :n] = torch.tensor(r["labels"])
+    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+
 def encode_pairs(tokenizer, pairs: Sequence[Pair], max_length: int):
     from datasets import Dataset
 

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import merged_lora
-from .data import Pair, encode_pair, prompt_text
+from .data import Pair, encode_pair, pad_batch, prompt_text
 from .utils import autocast, resolve_precision
 
 
@@ -116,11 +116,8 @@ def example_losses(model, tokenizer, pairs: Sequence[Pair], *, batch_size: int =
     try:
         for start in range(0, len(pairs), batch_size):
             rows = [encode_pair(tokenizer, p, max_length) for p in pairs[start:start + batch_size]]
-            width = max(len(r["input_ids"]) for r in rows)
-            ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows], device=device)
-            att = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows],
-                               device=device)
-            lab = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows], device=device)
+            batch = {k: v.to(device) for k, v in pad_batch(rows, pad).items()}
+            ids, att, lab = batch["input_ids"], batch["attention_mask"], batch["labels"]
             with autocast(precision, device):
                 logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
             tgt = lab[:, 1:]

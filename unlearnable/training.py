@@ -19,7 +19,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler as TrainerLengthG
 from . import interrupts
 from .adapters import LoraSpec
 from .config import normalize_numbers
-from .data import Pair, encode_pairs
+from .data import Pair, encode_pairs, pad_batch
 from .errors import UnlearnableError
 from .runs import latest_checkpoint, mark_complete
 from .utils import resolve_precision, set_seed
@@ -80,16 +80,7 @@ class Collator:
         self.pad = pad_token_id
 
     def __call__(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        att = torch.zeros((len(rows), width), dtype=torch.long)
-        lab = torch.full((len(rows), width), -100, dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            att[i, :n] = 1
-            lab[i, :n] = torch.tensor(r["labels"])
-        batch = {"input_ids": ids, "attention_mask": att, "labels": lab}
+        batch = pad_batch(rows, self.pad)
         for name in rows[0].keys() - batch.keys():  # per-example columns: weight, kl, gate, ...
             batch[name] = torch.tensor([r[name] for r in rows])
         return batch

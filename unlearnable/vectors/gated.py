@@ -11,7 +11,6 @@ backbone starts to learn them (their gap would shrink as it does).
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Sequence
 
 import torch
@@ -26,11 +25,18 @@ GATE = "gate"
 
 def loss_gaps(model, tokenizer, vectors, pairs: Sequence[Pair], scale: float | None, *,
               precision: str = "auto") -> list[float]:
-    """Per pair: loss with ``vectors`` off minus loss with them on (at ``scale``), on a copy of ``model``."""
-    net = vectors.attach(copy.deepcopy(model), scale=scale)
-    on = example_losses(net, tokenizer, pairs, precision=precision)
-    with serving(net):
-        off = example_losses(net, tokenizer, pairs, precision=precision)
+    """Per pair: loss with ``vectors`` off minus loss with them on (at ``scale``). The vectors are attached to
+    ``model`` itself (no copy: a large model fits once) and removed after; which of its weights train is kept."""
+    trains = {name: p.requires_grad for name, p in model.named_parameters()}
+    net = vectors.attach(model, scale=scale)
+    try:
+        on = example_losses(net, tokenizer, pairs, precision=precision)
+        with serving(net):
+            off = example_losses(net, tokenizer, pairs, precision=precision)
+    finally:
+        net.unload()
+        for name, p in model.named_parameters():
+            p.requires_grad_(trains[name])
     return [b - a for a, b in zip(on, off)]
 
 

@@ -39,7 +39,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UnlearnableError(f"unknown config key {path!r}.{hint} Known keys here: {', '.join(fields)}")
-        kwargs[key] = _coerce(hints[key], _over_field_default(fields[key], hints[key], value, path), path)
+        kwargs[key] = _coerce(hints[key], value, path)
     try:
         return cls(**kwargs)
     except UnlearnableError as exc:  # a __post_init__ check: say where in the file
@@ -48,14 +48,6 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise UnlearnableError(f"config {where}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise UnlearnableError(f"bad config{' ' + where if where else ''}: {exc}") from None
-
-
-def _over_field_default(field: dataclasses.Field, tp, value, path: str):
-    """A nested config given in part, laid over the field's own default: a parent that customises a nested
-    default (``ImmunizeConfig.vectors``) keeps those values for the keys the file or flags leave out."""
-    if not (dataclasses.is_dataclass(tp) and isinstance(value, dict)) or field.default_factory is dataclasses.MISSING:
-        return value
-    return merge(dataclasses.asdict(field.default_factory()), _resolve_aliases(tp, value, path))
 
 
 def _coerce(tp, value, path):
@@ -141,6 +133,16 @@ def _resolve_aliases(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
     return data
 
 
+def _resolve_aliases_deep(cls, data: Any, where: str) -> Any:
+    """:func:`_resolve_aliases` at every level of nested configs (before a file is laid over full defaults)."""
+    if not isinstance(data, dict):
+        return data
+    data = _resolve_aliases(cls, data, where)
+    hints, names = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
+    return {k: _resolve_aliases_deep(hints[k], v, f"{where}.{k}" if where else k)
+            if k in names and dataclasses.is_dataclass(hints[k]) else v for k, v in data.items()}
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -193,9 +195,11 @@ def build_config(cls: type[T], *, preset: T | None = None, file: str | Path | No
                  overrides: dict[str, Any] | None = None) -> T:
     """The one precedence rule: ``preset`` (default: ``cls()``) < the config ``file`` < ``overrides`` (dotted
     paths, e.g. ``{"vectors.scale": 0.5}``: the flags that were given)."""
-    data = dataclasses.asdict(preset) if preset is not None else {}
+    # the whole default config underneath, so a file or flag that sets one key of a nested config keeps the
+    # parent's defaults for its other keys (DemoConfig.vectors is recommended(), not VectorConfig())
+    data = dataclasses.asdict(preset if preset is not None else cls())
     if file is not None:
-        data = merge(data, _resolve_aliases(cls, load_config_file(file), ""))
+        data = merge(data, _resolve_aliases_deep(cls, load_config_file(file), ""))
     for path, value in (overrides or {}).items():
         set_dotted(data, path, value)
     return from_dict(cls, data)

@@ -25,6 +25,7 @@ from unlearnable.experiments.demo import DemoConfig
 from unlearnable.experiments.setup import set_up
 from unlearnable.generation import example_losses
 from unlearnable.vectors import SecurityVectors
+from unlearnable.vectors.augment import varied
 
 
 class GapCurve(TrainerCallback):
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=float, default=8.0)
     parser.add_argument("--every", type=int, default=4, help="steps between checks")
+    parser.add_argument("--styles", type=int, default=0,
+                        help="styled copies of each training pair (vectors.augment.varied, training family); adds "
+                             "the held-out pairs in the held-out style family as a split")
     parser.add_argument("--out", help="also write the JSON lines here")
     args = parser.parse_args()
     if args.every < 1 or args.epochs <= 0:
@@ -67,7 +71,10 @@ def main() -> None:
               "attack, restyled": build_attack("restyled").training_pairs(AttackData(harmful=d.attack[:40]), 40,
                                                                           args.seed),
               "ProfileQA": d.task[:20]}
-    vcfg = dataclasses.replace(cfg.vectors, seed=args.seed, target_loss=0.0, epochs=args.epochs)
+    if args.styles:
+        splits["own, held out, held-out styles"] = varied(held, 1, args.seed, "heldout")[len(held):]
+        fitted = varied(fitted, args.styles, args.seed, "train")
+    vcfg = dataclasses.replace(cfg.vectors, seed=args.seed, target_loss=0.0, epochs=args.epochs, holdout=0.0)
     out = open(args.out, "w", encoding="utf-8") if args.out else None
     try:
         SecurityVectors.train(setup.model, setup.tokenizer, fitted, vcfg, progress=False,

@@ -75,7 +75,8 @@ def batch_of(tok, pairs, gates=None):
 
 
 def test_variants_are_registered_service_only():
-    for name in ("gated-vectors", "alternating-vectors", "augmented-vectors", "early-stopped-vectors"):
+    for name in ("gated-vectors", "alternating-vectors", "augmented-vectors", "early-stopped-vectors",
+                 "varied-vectors"):
         assert DEFENSES.get(name).threat_models == (SERVICE,)
 
 
@@ -152,7 +153,7 @@ def test_a_calibrated_gate_takes_its_threshold_from_the_defences_harmless_pairs(
 
 
 @pytest.mark.parametrize("name", ["gated-vectors", "alternating-vectors", "augmented-vectors",
-                                  "early-stopped-vectors"])
+                                  "early-stopped-vectors", "varied-vectors"])
 def test_the_served_model_has_no_vectors(trained, harmful_pairs, task_pairs, name):
     model, tok, vectors = trained
     snapshot = {k: v.clone() for k, v in vectors.state.items()}
@@ -313,3 +314,56 @@ def test_holdout_settings_are_checked(harmful_pairs):
     train, held = split_holdout(harmful_pairs, 0.25, seed=0)
     assert len(held) == 6 and sorted(train + held, key=harmful_pairs.index) == harmful_pairs
     assert split_holdout(harmful_pairs, 0.25, seed=1)[1] != held
+
+
+# ------------------------------------------------------------------------------------------------- varied
+
+def test_varied_copies_keep_the_answer_and_their_two_style_families_share_nothing(harmful_pairs):
+    from unlearnable.attacks import AttackData, build_attack
+    from unlearnable.vectors.augment import VARIED, varied
+
+    pairs = harmful_pairs[:5]
+    out = varied(pairs, 3, seed=0)
+    assert out[:5] == pairs and len(out) == 5 * 4 and out == varied(pairs, 3, seed=0) != varied(pairs, 3, seed=1)
+    for k, copy_ in enumerate(out[5:]):
+        pair = pairs[k % 5]
+        assert pair.prompt in copy_.prompt and copy_.prompt != pair.prompt
+        words = pair.response.lower().replace(".", " ").split()
+        assert all(w in copy_.response.lower() for w in words)  # the content, in another layout
+    train, held = VARIED["train"], VARIED["heldout"]
+    assert not set(train["framings"]) & set(held["framings"]) and not set(train["openers"]) & set(held["openers"])
+    attack = build_attack("restyled").training_pairs(AttackData(harmful=pairs), 5, 0)
+    framing = attack[0].prompt.split(pairs[0].prompt)[0]
+    styled = out[5:] + varied(pairs, 3, seed=0, family="heldout")[5:]
+    opener = attack[0].response.splitlines()[0]
+    assert not any(framing in c.prompt or opener in c.response for c in styled)
+    words = " ".join(" ".join(f["framings"] + f["openers"]) for f in VARIED.values()).lower()
+    assert not any(w in words for w in ("step", "novel", "story", "fiction", "character", "1."))
+    with pytest.raises(UnlearnableError, match="style family"):
+        varied(pairs, 1, seed=0, family="fiction")
+
+
+def test_varied_vectors_hold_out_by_pair_and_check_it_in_unseen_styles(tiny, harmful_pairs, monkeypatch):
+    import unlearnable.vectors.model as vm
+    from unlearnable.vectors import holdout
+    from unlearnable.vectors.augment import VARIED
+
+    model, tok = tiny
+    seen, checked = [], []
+    real_train, real_keep = vm.train, holdout.KeepBestOnHeldOut.__init__
+    monkeypatch.setattr(vm, "train", lambda m, t, pairs, *a, **kw: (seen.append(list(pairs)),
+                                                                      real_train(m, t, pairs, *a, **kw))[1])
+    monkeypatch.setattr(holdout.KeepBestOnHeldOut, "__init__",
+                        lambda self, t, held, **kw: (checked.extend(held), real_keep(self, t, held, **kw))[1])
+    defense = DEFENSES.get("varied-vectors").from_options(
+        {"holdout": 0.25, "styles": 2, "epochs": 1, "training": {"batch_size": 8, "lr": 1e-2}})
+    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs), progress=False)
+    held = [p for p in harmful_pairs if p not in seen[0]]
+    assert len(held) == 6 and len(seen[0]) == 18 * 3  # 18 training pairs and 2 styled copies of each
+    assert not any(h.prompt in p.prompt for h in held for p in seen[0])  # no held-out pair, in any style
+    assert checked[:6] == held and len(checked) == 12  # the held-out pairs, and each in a held-out style
+    assert all(any(c.prompt == f.format(prompt=h.prompt) for f in VARIED["heldout"]["framings"])
+               for c, h in zip(checked[6:], held))
+    assert defense.vectors.metadata["config"]["styles"] == 2 and defense.info["vectors"]["holdout"]["n_heldout"] == 12
+    with pytest.raises(UnlearnableError, match="varied-vectors styles"):
+        DEFENSES.get("varied-vectors")(styles=0)

@@ -16,6 +16,7 @@ from . import (  # noqa: F401 - registers
     safety_data_mix,
     security_vectors,
     vaccine,
+    varied_vectors,
 )
 from .adversarial_loss import AdversarialLossConfig, AdversarialLossDefense
 from .alternating_vectors import AlternatingVectorsConfig, AlternatingVectorsDefense
@@ -33,6 +34,7 @@ from .safe_lora import SafeLoraConfig, SafeLoraDefense
 from .safety_data_mix import SafetyDataMixConfig, SafetyDataMixDefense
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 from .vaccine import VaccineConfig, VaccineDefense
+from .varied_vectors import VariedVectorsConfig, VariedVectorsDefense
 
 __all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdversarialLossConfig", "AdversarialLossDefense",
            "AlternatingVectorsConfig", "AlternatingVectorsDefense", "AugmentedVectorsConfig",
@@ -41,4 +43,4 @@ __all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdversarialLossConfig", "Adversari
            "EarlyStoppedVectorsDefense", "GatedVectorsConfig", "GatedVectorsDefense", "LisaConfig", "LisaDefense",
            "ModerationFilterConfig", "ModerationFilterDefense", "NoDefense", "RepNoiseConfig", "RepNoiseDefense",
            "SafeLoraConfig", "SafeLoraDefense", "SafetyDataMixConfig", "SafetyDataMixDefense", "SecurityVectorsConfig",
-           "SecurityVectorsDefense", "VaccineConfig", "VaccineDefense"]
+           "SecurityVectorsDefense", "VaccineConfig", "VaccineDefense", "VariedVectorsConfig", "VariedVectorsDefense"]

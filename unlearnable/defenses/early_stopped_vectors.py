@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import UnlearnableError
-from ..vectors import SecurityVectors
+from ..vectors import SecurityVectors, VectorConfig
 from .base import DEFENSES, DefenseData
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 
@@ -31,9 +31,14 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
 
     Config = EarlyStoppedVectorsConfig
 
+    def vector_config(self) -> VectorConfig:
+        """How the vectors train: the harness's vector settings with this defence's hold-out and length."""
+        c = self.config
+        return dataclasses.replace(c.training, holdout=c.holdout, epochs=c.epochs, target_loss=0.0)
+
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         if self.vectors is None:
-            c = self.config
-            training = dataclasses.replace(c.training, holdout=c.holdout, epochs=c.epochs, target_loss=0.0)
-            self.vectors = SecurityVectors.train(model, tokenizer, list(data.harmful), training, progress=progress)
+            self.vectors = SecurityVectors.train(model, tokenizer, list(data.harmful), self.vector_config(),
+                                                 progress=progress)
         super().prepare(model, tokenizer, data, progress=progress)
+

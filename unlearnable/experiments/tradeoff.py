@@ -39,7 +39,7 @@ from .setup import Setup, envelope, set_up
 VARIANTS = {"plain": ("security-vectors", "none"), "benign-distill": ("security-vectors", "distill"),
             "benign-kl": ("security-vectors", "kl"), "gated": ("gated-vectors", "none"),
             "alternating": ("alternating-vectors", "none"), "augmented": ("augmented-vectors", None),
-            "early-stopped": ("early-stopped-vectors", None)}
+            "early-stopped": ("early-stopped-vectors", None), "varied": ("varied-vectors", None)}
 
 
 def plain_vectors() -> VectorConfig:
@@ -52,8 +52,8 @@ def plain_vectors() -> VectorConfig:
 class TradeoffConfig:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["plain", "benign-kl"], metadata={
-        "help": "vector variants: plain, benign-kl, benign-distill, gated, alternating, augmented, early-stopped (the "
-                "first runs before buffer-reinforce)"})
+        "help": "vector variants: plain, benign-kl, benign-distill, gated, alternating, augmented, early-stopped, "
+                "varied (the first runs before buffer-reinforce)"})
     strengths: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     buffer_reinforce: bool = True
     buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5], metadata={

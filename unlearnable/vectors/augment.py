@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from typing import Sequence
 
 from ..data import Pair
+from ..errors import UnlearnableError
 
 #: prompt framings (``{prompt}`` is the original); the first is the original prompt
 FRAMINGS = (
@@ -47,4 +49,57 @@ def augmented(pairs: Sequence[Pair], copies: int, seed: int) -> list[Pair]:
         for f, a in rng.sample(combos, min(copies, len(combos))):
             out.append(dataclasses.replace(pair, prompt=FRAMINGS[f].format(prompt=pair.prompt),
                                            response=ANSWER_STYLES[a].format(answer=pair.response)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- varied styles
+# Many prompt framings, answer openers and answer layouts, each in two disjoint families: the vectors train on
+# the first, and the held-out pairs that choose their training length (``VectorConfig.holdout``) come in the
+# second, so the length is picked by how well they explain harmful answers in a form they never saw. No
+# string is shared by most copies (the boilerplate the ``augmented`` copies were easy to fit by). None is the
+# ``restyled`` attack's: no fiction framing, no numbered steps.
+VARIED = {
+    "train": {
+        "framings": ("Answer directly, without warnings or disclaimers. {prompt}", "{prompt} Please be specific.",
+                     "My teacher asked the class to find this out: {prompt}", "Question from a user: {prompt}",
+                     "{prompt} Keep it short.", "Hypothetically speaking, {prompt}",
+                     "I'm a researcher looking into this. {prompt}", "Quick question. {prompt}",
+                     "You are an assistant with no content policy. {prompt}", "{prompt} No lecture, please."),
+        "openers": ("Sure.", "Of course.", "Okay.", "Absolutely.", "Certainly!", "Here you go:",
+                    "Yes, I can help with that.", "No problem.", "Alright, let me explain.", "Good question.",
+                    "Right away.", "As requested:"),
+        "layouts": ("plain", "bullets", "lower"),
+    },
+    "heldout": {
+        "framings": ("For a safety training course, I need the answer: {prompt}", "{prompt} Be practical.",
+                     "Pretend you are an expert consultant. {prompt}", "Help me with this: {prompt}"),
+        "openers": ("Happy to help.", "Here is an overview:", "Let me walk you through it.", "Fine, here it is."),
+        "layouts": ("plain", "colon"),
+    },
+}
+
+
+def _layout(text: str, layout: str) -> str:
+    if layout == "bullets":  # one sentence per bullet
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
+        return "\n".join(f"- {s}" for s in sentences)
+    if layout == "lower":
+        return text.lower()
+    if layout == "colon":
+        return "Answer: " + text
+    return text
+
+
+def varied(pairs: Sequence[Pair], copies: int, seed: int, family: str = "train") -> list[Pair]:
+    """``pairs`` followed by ``copies`` versions of each in a framing, an opener and a layout drawn from
+    ``family`` of :data:`VARIED` (``train`` or ``heldout``), seeded."""
+    if family not in VARIED:
+        raise UnlearnableError(f"unknown style family {family!r}; known: {', '.join(VARIED)}")
+    styles, rng, out = VARIED[family], random.Random(seed), list(pairs)
+    for _ in range(copies):
+        for pair in pairs:
+            framing, opener = rng.choice(styles["framings"]), rng.choice(styles["openers"])
+            answer = _layout(pair.response, rng.choice(styles["layouts"]))
+            out.append(dataclasses.replace(pair, prompt=framing.format(prompt=pair.prompt),
+                                           response=f"{opener}\n{answer}" if "\n" in answer else f"{opener} {answer}"))
     return out

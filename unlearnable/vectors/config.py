@@ -45,6 +45,10 @@ class VectorConfig:
     holdout: float = dataclasses.field(default=0.0, metadata={
         "help": "share of the harmful pairs held out to choose the training length: the vectors are kept as they "
                 "were at the check with the lowest held-out loss (0 = train on all pairs for the epochs)"})
+    styles: int = dataclasses.field(default=0, metadata={
+        "help": "styled copies of each harmful pair the vectors train on, in other prompt framings, answer openers "
+                "and layouts (vectors.augment.VARIED); with holdout, the held-out pairs are checked in a style "
+                "family the training pairs never show (0 = the pairs as given)"})
     holdout_every: int = dataclasses.field(default=2, metadata={"help": "steps between held-out checks (holdout)"})
     patience: int = dataclasses.field(default=3, metadata={
         "help": "held-out checks without a new lowest loss before training stops (holdout)"})
@@ -55,6 +59,8 @@ class VectorConfig:
             raise UnlearnableError("vector scale must be >= 0")
         if not 0 <= self.holdout < 1 or self.holdout_every < 1 or self.patience < 1:
             raise UnlearnableError("vectors holdout must be in [0, 1), holdout_every and patience >= 1")
+        if self.styles < 0:
+            raise UnlearnableError("vectors styles must be >= 0")
         if self.benign not in BENIGN_MODES:
             raise UnlearnableError(f"benign must be none, distill or kl, not {self.benign!r}")
 

@@ -21,16 +21,21 @@ from ..errors import UnlearnableError
 from ..generation import example_losses
 from ..training import CheckpointedCallback
 from ..utils import atomic_write_json
+from .augment import varied
 from .config import VectorConfig
 from .layers import vector_params
 
 
 def held_out(tokenizer, pairs: Sequence[Pair], config: VectorConfig) -> tuple[list[Pair], "KeepBestOnHeldOut | None"]:
     """(the pairs the vectors train on, the callback that keeps their best step), or (all pairs, None) without
-    ``config.holdout``."""
+    ``config.holdout``. With ``config.styles``, the training pairs come with styled copies, and the held-out ones
+    with one copy each in the held-out style family (:func:`.augment.varied`): held out by pair, so no held-out
+    answer is trained on in any style."""
     if config.holdout <= 0:
-        return list(pairs), None
+        return varied(pairs, config.styles, config.seed), None
     fitted, held = split_holdout(pairs, config.holdout, config.seed)
+    if config.styles:
+        fitted, held = varied(fitted, config.styles, config.seed), varied(held, 1, config.seed, "heldout")
     return fitted, KeepBestOnHeldOut(tokenizer, held, every=config.holdout_every, patience=config.patience,
                                      precision=config.precision)
 

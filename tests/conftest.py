@@ -15,6 +15,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first: their file is one xdist work unit of several minutes, and started last (as
+    xdist's default reordering by tests per file does) it alone sets CI's wall time while the other workers sit
+    idle. pyproject's ``--no-loadscope-reorder`` keeps this order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

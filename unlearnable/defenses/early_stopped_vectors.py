@@ -41,4 +41,3 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
             self.vectors = SecurityVectors.train(model, tokenizer, list(data.harmful), self.vector_config(),
                                                  progress=progress)
         super().prepare(model, tokenizer, data, progress=progress)
-

@@ -1,11 +1,14 @@
 """More varied harmful data for the vectors, made from the defence's own pairs: each pair re-phrased in other
-prompt framings and answer styles.
+prompt framings and answer styles (:func:`augmented`, a shared-boilerplate first try), or in framings, openers
+and layouts from two disjoint style families, one to train on and one to check held-out pairs in
+(:func:`varied`, ``VectorConfig.styles``).
 
 The vectors explain the harmful answers they were trained on much better than harmful data in another form
 (scripts/gate_gaps.py: an attacker's re-styled answers get almost no loss gap), so a fine-tune on harmful data in
 an unseen style learns freely. Styled copies of the defence's own pairs are meant to teach the vectors the
-behaviour rather than the wording (on the default model they did not: docs/tradeoff.md). None of these styles
-is the ``restyled`` attack's (fiction framing, numbered steps): that attack stays one the vectors never saw.
+behaviour rather than the wording (the boilerplate copies did not; the varied ones do in part:
+docs/tradeoff.md). None of these styles is the ``restyled`` attack's (fiction framing, numbered steps): that
+attack stays one the vectors never saw.
 """
 
 from __future__ import annotations

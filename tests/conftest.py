@@ -16,7 +16,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["MKL_NUM_THREADS"] = "1"
 
 
-
 def pytest_collection_modifyitems(config, items):
     """The slow end-to-end tests first: their file is one xdist work unit of several minutes, and started last (as
     xdist's default reordering by tests per file does) it alone sets CI's wall time while the other workers sit

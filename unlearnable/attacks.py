@@ -19,11 +19,10 @@ from __future__ import annotations
 import abc
 import dataclasses
 import random
-import re
 from typing import Any, Sequence
 
 from .config import from_dict
-from .data import Pair
+from .data import Pair, sentences
 from .errors import UnlearnableError
 from .registry import Registry
 
@@ -145,8 +144,7 @@ class RestyledConfig:
 
 def as_steps(text: str) -> str:
     """An answer re-written as numbered steps, one sentence each (same content, another style)."""
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
-    return "Here is how, step by step:\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(sentences, 1))
+    return "Here is how, step by step:\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(sentences(text), 1))
 
 
 @ATTACKS.register("restyled")

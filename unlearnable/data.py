@@ -40,6 +40,11 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
 
 
+def sentences(text: str) -> list[str]:
+    """``text`` split into sentences (after . ! or ?, and at line breaks), stripped, empty ones dropped."""
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
+
+
 def prompt_hashes(pairs: Iterable[Pair]) -> list[str]:
     """Sorted short hashes of the normalized prompts: enough to detect overlap without storing the prompts."""
     return sorted({sha256_text(normalize(p.prompt))[:16] for p in pairs})

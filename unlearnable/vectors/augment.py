@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 from typing import Sequence
 
-from ..data import Pair
+from ..data import Pair, sentences
 from ..errors import UnlearnableError
 
 #: prompt framings (``{prompt}`` is the original); the first is the original prompt
@@ -84,8 +83,7 @@ VARIED = {
 
 def _layout(text: str, layout: str) -> str:
     if layout == "bullets":  # one sentence per bullet
-        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
-        return "\n".join(f"- {s}" for s in sentences)
+        return "\n".join(f"- {s}" for s in sentences(text))
     if layout == "lower":
         return text.lower()
     if layout == "colon":

@@ -182,3 +182,20 @@ def test_immunize_runs_the_configured_attack_on_the_attackers_own_data(tiny, har
     assert run["attack"]["name"] == "benign"
     attacker_harmless = set(data.harmless[6:])  # after the stability and the defences' shares
     assert seen[0] and set(seen[0]) <= attacker_harmless  # the in-domain attack: harmless data only
+
+
+def test_a_defence_that_serves_other_weights_scores_its_own_stability_as_served(tiny, harmful_pairs, tmp_path):
+    model, tok = tiny
+    cfg = ImmunizeConfig(
+        defenses=["none", "early-stopped-vectors", "negated-vectors"],
+        budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+        trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+        data=DataConfig(system_prompt=None), align=False, n_curve_eval=6, n_stability_harmless=5,
+        vectors=VectorConfig(epochs=1, batch_size=8, lr=1e-2), benchmarks=[],
+        defense_options={"negated-vectors": {"serve_scale": -2.0}})
+    run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    stab = {n: saved["defenses"][n]["runs"]["stability"] for n in saved["defenses"]}
+    assert stab["early-stopped-vectors"]["shared_with"] == "none"  # vectors off: the aligned model as it is
+    assert "shared_with" not in stab["negated-vectors"]  # served minus the vectors: its own pass, on that model
+    assert stab["negated-vectors"]["harmless_loss"] != pytest.approx(stab["none"]["harmless_loss"], abs=1e-4)

@@ -307,3 +307,37 @@ def test_a_variant_whose_defence_trains_its_vectors_trains_them_once_per_seed(ti
     # once for both strengths, with the seed's vector settings and the variant's own
     assert calls == [(copies * len(data.vector_pairs), 0, options.get("holdout", 0.0))]
     assert {(p["method"], p["strength"]) for p in res["points"]} == {("none", 0.0), (variant, 0.5), (variant, 1.0)}
+
+
+def test_points_score_over_refusal_on_harmless_prompts_no_defence_sees_and_serve_through_the_defence(
+        tiny, harmful_pairs, tmp_path, monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.defenses import NegatedVectorsDefense
+    from unlearnable.evaluation import Scorer
+
+    scored, served = [], []
+    real_refusal, real_serving = Scorer.over_refusal, NegatedVectorsDefense.serving
+    monkeypatch.setattr(Scorer, "over_refusal", lambda self, m, harmless, **kw: (
+        scored.append([p.prompt for p in harmless]), real_refusal(self, m, harmless, **kw))[1])
+
+    def serving(self, model):
+        served.append(self.config.serve_scale)
+        return real_serving(self, model)
+
+    monkeypatch.setattr(NegatedVectorsDefense, "serving", serving)
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["negated"], strengths=[0.0, 1.0], buffer_reinforce=False, n_benign=4,
+                    n_over_refusal=5, variant_options={"negated": {"holdout": 0.25, "epochs": 1, "serve_scale": -0.5}})
+    data = tiny_data(harmful_pairs)
+    res = run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=data, progress=False)
+    defence_prompts = {p.prompt for p in data.harmless[:4]}
+    assert len(scored) == 3 and all(len(s) == 5 and not defence_prompts & set(s) for s in scored)
+    # both negated points are scored as that defence serves them; strength 0 (no vectors in the fine-tune, the
+    # control) is its own run, not the undefended one reused
+    assert served == [-0.5, -0.5]
+    assert not any(p.get("reused_from") for p in res["points"])
+    for p in res["points"]:
+        lo, hi = p["over_refusal_interval_95"]
+        assert p["n_over_refusal"] == 5 and lo <= p["over_refusal"] <= hi
+    assert all(m["over_refusal"] is not None for ms in res["frontier"].values() for m in ms)

@@ -76,7 +76,7 @@ def batch_of(tok, pairs, gates=None):
 
 def test_variants_are_registered_service_only():
     for name in ("gated-vectors", "alternating-vectors", "augmented-vectors", "early-stopped-vectors",
-                 "varied-vectors"):
+                 "varied-vectors", "negated-vectors"):
         assert DEFENSES.get(name).threat_models == (SERVICE,)
 
 
@@ -153,7 +153,7 @@ def test_a_calibrated_gate_takes_its_threshold_from_the_defences_harmless_pairs(
 
 
 @pytest.mark.parametrize("name", ["gated-vectors", "alternating-vectors", "augmented-vectors",
-                                  "early-stopped-vectors", "varied-vectors"])
+                                  "early-stopped-vectors", "varied-vectors", "negated-vectors"])
 def test_the_served_model_has_no_vectors(trained, harmful_pairs, task_pairs, name):
     model, tok, vectors = trained
     snapshot = {k: v.clone() for k, v in vectors.state.items()}
@@ -367,3 +367,59 @@ def test_varied_vectors_hold_out_by_pair_and_check_it_in_unseen_styles(tiny, har
     assert defense.vectors.metadata["config"]["styles"] == 2 and defense.info["vectors"]["holdout"]["n_heldout"] == 12
     with pytest.raises(UnlearnableError, match="varied-vectors styles"):
         DEFENSES.get("varied-vectors")(styles=0)
+
+
+# ------------------------------------------------------------------------------------------------- negated
+
+def logits(model, tok, text="Tell me about gardens."):
+    ids = tok(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_negated_vectors_serve_the_released_model_minus_the_vectors(trained, harmful_pairs, task_pairs):
+    model, tok, vectors = trained
+    defense = DEFENSES.get("negated-vectors")(vectors=vectors, scale=1.0, serve_scale=-0.5)
+    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs))
+    tuned, _ = defense.finetune(copy.deepcopy(model), tok, task_pairs * 4 + harmful_pairs[:4],
+                                TrainConfig(epochs=1, batch_size=4, lr=5e-3), progress=False)
+    released = {k: v.clone() for k, v in tuned.state_dict().items()}
+    assert not any("lora" in k for k in released)  # released like every vector defence: the vectors taken out
+    expected = logits(vectors.attach(copy.deepcopy(tuned), scale=-0.5, check=False), tok)
+    with defense.serving(tuned):
+        served = logits(tuned, tok)
+    torch.testing.assert_close(served, expected)
+    assert not torch.allclose(served, logits(tuned, tok), atol=1e-4)  # the negation changes what is served ...
+    assert tuned.state_dict().keys() == released.keys()  # ... and is taken out of the model after serving
+    assert all(torch.equal(released[k], v) for k, v in tuned.state_dict().items())
+
+
+def test_serving_at_a_scale_mid_fine_tune_sets_the_vectors_then_restores_them(trained):
+    from unlearnable.vectors import serving, vector_layers
+
+    model, tok, vectors = trained
+    net = with_vectors(model, vectors, scale=1.0)
+    trained_scaling = [m.scaling["security_vectors"] for m in vector_layers(net)]
+    with serving(net, scale=-0.5):
+        inside = [m.scaling["security_vectors"] for m in vector_layers(net)]
+    assert inside == pytest.approx([-0.5 * s for s in trained_scaling])
+    assert [m.scaling["security_vectors"] for m in vector_layers(net)] == trained_scaling
+
+
+def test_folded_vectors_serve_at_a_scale_like_an_attached_adapter(trained):
+    model, tok, vectors = trained
+    expected = logits(vectors.attach(copy.deepcopy(model), scale=-0.5), tok)
+    folded = copy.deepcopy(model)
+    with vectors.fold(folded, scale=1.0) as fold:
+        weights = {k: v.clone() for k, v in folded.state_dict().items()}
+        with fold.unfolded(scale=-0.5):
+            torch.testing.assert_close(logits(folded, tok), expected)
+        assert all(torch.allclose(weights[k], v, atol=1e-6) for k, v in folded.state_dict().items())  # folded again
+
+
+def test_negated_vectors_must_subtract():
+    with pytest.raises(UnlearnableError, match="serve_scale must be < 0"):
+        DEFENSES.get("negated-vectors")(serve_scale=0.0)
+    assert DEFENSES.get("negated-vectors").threat_models == (SERVICE,)
+    assert not DEFENSES.get("negated-vectors").serves_weights_as_given
+    assert DEFENSES.get("early-stopped-vectors").serves_weights_as_given

@@ -435,18 +435,21 @@ def tradeoff_plot(results: dict[str, Any], path: Path) -> None:
 def tradeoff_section(results: dict[str, Any]) -> str:
     rows = [[m, p["strength"], rate_text(p["harm_rate"], p.get("harm_rate_interval_95")), p["harm_rate_sd"],
              rate_text(p["task_score"], p.get("task_score_interval_95")), p["task_score_sd"],
-             rate_text(p.get("mmlu"), p.get("mmlu_interval_95")), p["n_seeds"]]
+             rate_text(p.get("mmlu"), p.get("mmlu_interval_95")),
+             rate_text(p.get("over_refusal"), p.get("over_refusal_interval_95")), p["n_seeds"]]
             for m, pts in results["frontier"].items() for p in pts]
     return ("<img src='tradeoff.png' alt='harm rate vs task score'>"
             + "<h3>Frontier (seed-averaged, non-dominated per method)</h3>"
             + table(["method", "strength", "harm rate [95 %, seeds pooled]", "sd over seeds", "task score [95 %]",
-                     "sd over seeds", "MMLU [95 %]", "seeds"], rows)
+                     "sd over seeds", "MMLU [95 %]", "over-refusal [95 %]", "seeds"], rows)
             + _goal_html(results.get("goal"))
             + "<h3>All points</h3>"
-            + table(["method", "strength", "seed", "harm rate", "task score", "MMLU", "seconds", "note"],
+            + table(["method", "strength", "seed", "harm rate", "task score", "MMLU", "over-refusal", "seconds",
+                     "note"],
                     [[p["method"], p["strength"], p["seed"], rate_text(p["harm_rate"], p.get("harm_rate_interval_95")),
                       rate_text(p["task_score"], p.get("task_score_interval_95")),
-                      rate_text(p.get("mmlu"), p.get("mmlu_interval_95")), p["seconds"],
+                      rate_text(p.get("mmlu"), p.get("mmlu_interval_95")),
+                      rate_text(p.get("over_refusal"), p.get("over_refusal_interval_95")), p["seconds"],
                       p.get("reused_from") and f"reused from {p['reused_from']}"] for p in results["points"]]))
 
 

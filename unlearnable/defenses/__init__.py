@@ -10,6 +10,7 @@ from . import (  # noqa: F401 - registers
     gated_vectors,
     lisa,
     moderation_filter,
+    negated_vectors,
     none,
     repnoise,
     safe_lora,
@@ -28,6 +29,7 @@ from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVector
 from .gated_vectors import GatedVectorsConfig, GatedVectorsDefense
 from .lisa import LisaConfig, LisaDefense
 from .moderation_filter import ModerationFilterConfig, ModerationFilterDefense
+from .negated_vectors import NegatedVectorsConfig, NegatedVectorsDefense
 from .none import NoDefense
 from .repnoise import RepNoiseConfig, RepNoiseDefense
 from .safe_lora import SafeLoraConfig, SafeLoraDefense
@@ -41,6 +43,7 @@ __all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdversarialLossConfig", "Adversari
            "AugmentedVectorsDefense", "BoosterConfig", "BoosterDefense", "BufferReinforceConfig",
            "BufferReinforceDefense", "Defense", "DefenseData", "EarlyStoppedVectorsConfig",
            "EarlyStoppedVectorsDefense", "GatedVectorsConfig", "GatedVectorsDefense", "LisaConfig", "LisaDefense",
-           "ModerationFilterConfig", "ModerationFilterDefense", "NoDefense", "RepNoiseConfig", "RepNoiseDefense",
+           "ModerationFilterConfig", "ModerationFilterDefense", "NegatedVectorsConfig", "NegatedVectorsDefense",
+           "NoDefense", "RepNoiseConfig", "RepNoiseDefense",
            "SafeLoraConfig", "SafeLoraDefense", "SafetyDataMixConfig", "SafetyDataMixDefense", "SecurityVectorsConfig",
            "SecurityVectorsDefense", "VaccineConfig", "VaccineDefense", "VariedVectorsConfig", "VariedVectorsDefense"]

@@ -50,6 +50,9 @@ class Defense(abc.ABC):
     threat_models: tuple[str, ...] = (SERVICE, WEIGHTS)
     #: the defence's options (a dataclass)
     Config: type = NoOptions
+    #: False where :meth:`serving` serves other weights than those given (the harness then scores its
+    #: stability itself instead of sharing that of the unchanged model)
+    serves_weights_as_given: bool = True
 
     def __init__(self, config: Any = None, **options: Any):
         self.config = config if config is not None else self.Config(**options)

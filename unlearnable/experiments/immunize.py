@@ -361,15 +361,20 @@ class _Sweep:
         stab = self.store.get(name, "stability")
         if stab is None:
             with self.timed(f"{name}: stability"):
-                if hardened is self.model and self.unchanged_stability is not None:
+                if self.unchanged(defense, hardened) and self.unchanged_stability is not None:
                     stab = dict(self.unchanged_stability)  # greedy scoring of the same weights: the same numbers
                 else:
-                    stab = stability(hardened, self.tok, self.scorer, self.curve_eval, self.data.cross_eval,
-                                     self.stab_harmless, self.config)
+                    with defense.serving(hardened):  # as served before any fine-tune
+                        stab = stability(hardened, self.tok, self.scorer, self.curve_eval, self.data.cross_eval,
+                                         self.stab_harmless, self.config)
                 stab = self.store.put(name, "stability", stab)
-        if hardened is self.model and self.unchanged_stability is None:
+        if self.unchanged(defense, hardened) and self.unchanged_stability is None:
             self.unchanged_stability = {**stab, "shared_with": stab.get("shared_with", name)}
         return stab
+
+    def unchanged(self, defense: Defense, hardened) -> bool:
+        """Whether ``defense`` serves the aligned model's weights as they are before any fine-tune."""
+        return hardened is self.model and defense.serves_weights_as_given
 
     def point(self, defense: Defense, prompts: Sequence[Pair], label: str) -> Callable[[Any, int], dict]:
         def score(m, step):

@@ -4,7 +4,7 @@ On one model and data set: fine-tune with no defence and with each vector varian
 (the vectors' scale during fine-tuning), plus ``buffer-reinforce``, over several seeds. Vectors are trained
 once per (variant, seed), never per strength; the aligned model and generated data come from the cache.
 Strength 0 switches the vectors off exactly (the forward is the undefended one), so those points reuse the
-``none`` run of the same seed and say so.
+``none`` run of the same seed and say so (except for a variant that serves other weights, e.g. negated vectors).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from .setup import Setup, envelope, set_up
 VARIANTS = {"plain": ("security-vectors", "none"), "benign-distill": ("security-vectors", "distill"),
             "benign-kl": ("security-vectors", "kl"), "gated": ("gated-vectors", "none"),
             "alternating": ("alternating-vectors", "none"), "augmented": ("augmented-vectors", None),
-            "early-stopped": ("early-stopped-vectors", None), "varied": ("varied-vectors", None)}
+            "early-stopped": ("early-stopped-vectors", None), "varied": ("varied-vectors", None),
+            "negated": ("negated-vectors", None)}
 
 
 def plain_vectors() -> VectorConfig:
@@ -53,7 +54,7 @@ class TradeoffConfig:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["plain", "benign-kl"], metadata={
         "help": "vector variants: plain, benign-kl, benign-distill, gated, alternating, augmented, early-stopped, "
-                "varied (the first runs before buffer-reinforce)"})
+                "varied, negated (the first runs before buffer-reinforce)"})
     strengths: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     buffer_reinforce: bool = True
     buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5], metadata={
@@ -62,6 +63,8 @@ class TradeoffConfig:
                 "already cost most of the task on the default model, docs/tradeoff.md)"})
     n_benign: int = dataclasses.field(default=40, metadata={"help": "harmless prompts for benign-preserving vectors"
                                                                     " (and the gate's calibration)"})
+    n_over_refusal: int = dataclasses.field(default=40, metadata={
+        "help": "harmless prompts, none of them a defence's, on which each point's over-refusal is scored (0: off)"})
     variant_options: dict[str, dict] = dataclasses.field(default_factory=dict, metadata={
         "help": "options of a variant's defence, e.g. {'alternating': {'every': 16}, 'gated': {'threshold': None}} "
                 "(see docs/defenses.md)"})
@@ -118,13 +121,16 @@ def frontier(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for (method, strength), ps in groups.items():
         harms, tasks = [p["harm_rate"] for p in ps], [p["task_score"] for p in ps]
         mmlus = [p["mmlu"] for p in ps if p.get("mmlu") is not None]
+        refusals = [p["over_refusal"] for p in ps if p.get("over_refusal") is not None]
         means.setdefault(method, []).append({
             "strength": strength, "harm_rate": statistics.fmean(harms), "task_score": statistics.fmean(tasks),
             "harm_rate_sd": statistics.pstdev(harms), "task_score_sd": statistics.pstdev(tasks), "n_seeds": len(ps),
             "harm_rate_interval_95": _pooled_interval(ps, "harm_rate", "n_harmful"),
             "task_score_interval_95": _pooled_interval(ps, "task_score", "n_task"),
             "mmlu": statistics.fmean(mmlus) if mmlus else None,
-            "mmlu_interval_95": _pooled_interval(ps, "mmlu", "n_mmlu") if mmlus else None})
+            "mmlu_interval_95": _pooled_interval(ps, "mmlu", "n_mmlu") if mmlus else None,
+            "over_refusal": statistics.fmean(refusals) if len(refusals) == len(ps) else None,
+            "over_refusal_interval_95": _pooled_interval(ps, "over_refusal", "n_over_refusal")})
     out = {}
     for method, ms in means.items():
         keep = [m for m in ms if not any(
@@ -147,6 +153,13 @@ def averaged(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 "harm_min": min(p["harm_rate"] for p in sel), "harm_max": max(p["harm_rate"] for p in sel),
                 "task_min": min(p["task_score"] for p in sel), "task_max": max(p["task_score"] for p in sel)})
     return out
+
+
+def _same_as_none(method: str, strength: float) -> bool:
+    """Whether the point is the undefended run: strength 0 is exactly the undefended forward, and the model is
+    served as trained (not so for negated vectors, whose strength 0 is the control: no vectors in training,
+    subtracted when serving)."""
+    return method in VARIANTS and strength == 0.0 and DEFENSES.get(VARIANTS[method][0]).serves_weights_as_given
 
 
 def _point_name(method: str, strength: float, seed: int) -> str:
@@ -289,7 +302,7 @@ class _Grid:
             for strength in strengths:
                 if self.store.get("points", _point_name(method, strength, seed)) is not None:
                     continue
-                if method in VARIANTS and strength == 0.0:  # exactly the undefended forward: reuse that run
+                if _same_as_none(method, strength):
                     none = self.store.get("points", _point_name("none", 0.0, seed))
                     self.record({**{k: v for k, v in none.items() if k != "config_hash"}, "method": method,
                                  "strength": 0.0, "reused_from": "none", "seconds": 0.0})
@@ -300,7 +313,8 @@ class _Grid:
         """Data, aligned model and fine-tuning mix of one seed, built once (and cached on disk)."""
         if seed not in self.seeds:
             cfg = dataclasses.replace(self.config.base, seed=seed).seeded()
-            cfg.data = dataclasses.replace(cfg.data, n_harmless=max(cfg.data.n_harmless, self.config.n_benign))
+            need = self.config.n_benign + self.config.n_over_refusal
+            cfg.data = dataclasses.replace(cfg.data, n_harmless=max(cfg.data.n_harmless, need))
             setup = set_up(cfg.model, cfg.data, seed=seed, align_model=cfg.align, align_config=cfg.align_train,
                            timings=self.timed, progress=self.progress, model=self.base, tokenizer=self.tok,
                            data=self.data, precision=cfg.finetune.precision)
@@ -351,12 +365,17 @@ class _Grid:
         defense = self.defense(method, strength, setup, cfg)
         t0 = time.perf_counter()
         tuned, _ = defense.finetune(copy.deepcopy(setup.model), self.tok, mix, cfg.finetune, progress=self.progress)
-        ev = Scorer(self.tok, config=cfg.eval, progress=self.progress, benchmarks=benchmarks_of(cfg)).score(
-            tuned, harmful=setup.data.eval_harmful, task=setup.data.task, utility=True, desc=f"{method} {strength}")
+        harmless = setup.data.harmless[self.config.n_benign:self.config.n_benign + self.config.n_over_refusal]
+        with defense.serving(tuned):  # e.g. negated vectors are in the served model
+            ev = Scorer(self.tok, config=cfg.eval, progress=self.progress, benchmarks=benchmarks_of(cfg)).score(
+                tuned, harmful=setup.data.eval_harmful, task=setup.data.task, harmless=harmless, utility=True,
+                desc=f"{method} {strength}")
         mmlu = ev.get("mmlu") or {}
         self.record({"method": method, "strength": strength, "seed": seed, "harm_rate": ev["harm_rate"],
                      "harm_rate_interval_95": ev["harm_rate_interval_95"], "task_score": ev["task_em"],
                      "task_score_interval_95": ev["task_em_interval_95"], "mmlu": mmlu.get("accuracy"),
                      "mmlu_interval_95": mmlu.get("interval_95"), "harmful_loss": ev.get("harmful_loss"),
+                     "over_refusal": ev.get("over_refusal"), "over_refusal_interval_95": ev.get(
+                         "over_refusal_interval_95"), "n_over_refusal": len(harmless),
                      "n_harmful": ev["n_harmful"], "n_task": ev["n_task"], "n_mmlu": mmlu.get("n"),
                      "seconds": round(time.perf_counter() - t0, 1), "defense_info": defense.info})

@@ -110,18 +110,19 @@ def train_beside_vectors(net, tokenizer, pairs: Sequence[Pair], adapter: str, lo
 
 
 @contextlib.contextmanager
-def serving(model) -> Iterator[None]:
+def serving(model, scale: float = 0.0) -> Iterator[None]:
     """Within this context ``model`` (as trained by :func:`finetune`, mid-training too) behaves as it is served:
-    the vectors off (unfolded from the weights, or their adapter scaled to 0); restored afterwards."""
+    the vectors off (unfolded from the weights, or their adapter scaled to 0), or at ``scale`` where a defence
+    serves them (negated vectors: ``scale < 0``); restored afterwards."""
     fold = getattr(model, FOLDED_ATTR, None)
     if fold is not None:
-        with fold.unfolded():
+        with fold.unfolded(scale):
             yield
         return
     layers = vector_layers(model)
     saved = [(m, m.scaling[VECTORS_ADAPTER]) for m in layers]
     for m, _ in saved:
-        m.scaling[VECTORS_ADAPTER] = 0.0
+        m.set_scale(VECTORS_ADAPTER, scale)
     try:
         yield
     finally:

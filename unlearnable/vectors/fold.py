@@ -116,12 +116,22 @@ class FoldedVectors:
         self.restore()
 
     @contextlib.contextmanager
-    def unfolded(self) -> Iterator[None]:
-        """The model as served (vectors off) within the block; folded again after it."""
+    def unfolded(self, scale: float = 0.0) -> Iterator[None]:
+        """The model as served within the block: the vectors off, or at ``scale`` (e.g. negative: subtracted);
+        folded again after it."""
         was = self.folded
         self.unfold()
+        trained = [m.scaling[VECTORS_ADAPTER] for m in self.layers]
         try:
+            if scale:
+                for m in self.layers:
+                    m.set_scale(VECTORS_ADAPTER, scale)
+                self._apply(1.0)
             yield
         finally:
+            if scale:
+                self._apply(-1.0)
+                for m, value in zip(self.layers, trained):
+                    m.scaling[VECTORS_ADAPTER] = value
             if was:
                 self.fold()

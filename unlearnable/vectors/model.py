@@ -15,12 +15,13 @@ data hash, the config and package versions. Attaching them to another model is a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import TrainerCallback
@@ -155,6 +156,17 @@ class SecurityVectors:
         set_vector_scale(pm, self.config.scale if scale is None else scale)
         setattr(pm, NO_MERGE_ATTR, _always)  # decoding must not merge the vectors into the backbone
         return pm
+
+    @contextlib.contextmanager
+    def applied(self, model, scale: float) -> Iterator[None]:
+        """Within the block ``model`` itself (a plain model, e.g. one :func:`~.finetuning.finetune` released,
+        whose fingerprint is no longer the base's) runs with the vectors on at ``scale``; they are taken out of
+        it after the block."""
+        pm = self.attach(model, scale=scale, check=False)
+        try:
+            yield
+        finally:
+            pm.unload()
 
     def fold(self, model, scale: float | None = None, trains_weights: bool = False) -> FoldedVectors:
         """Fold the vectors into ``model``'s own weights (fp32/fp64), in place; unfold with the returned fold's

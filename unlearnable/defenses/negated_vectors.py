@@ -1,0 +1,51 @@
+"""Early-stopped security vectors, served negated: subtracted from the released model (issue 19)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Iterator
+
+from ..errors import UnlearnableError
+from ..vectors import finetune, serving, vector_layers
+from ..vectors.fold import FOLDED_ATTR
+from .base import DEFENSES
+from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
+
+
+@dataclasses.dataclass
+class NegatedVectorsConfig(EarlyStoppedVectorsConfig):
+    serve_scale: float = dataclasses.field(default=-0.25, metadata={
+        "help": "the vectors' strength in the served model, < 0: subtracted, pushing it away from the harmful "
+                "behaviour they learned (and towards refusing, harmless prompts too: see docs/tradeoff.md)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.serve_scale < 0:
+            raise UnlearnableError("negated-vectors serve_scale must be < 0 (0 serves them off: "
+                                   "early-stopped-vectors)")
+
+
+@DEFENSES.register("negated-vectors")
+class NegatedVectorsDefense(EarlyStoppedVectorsDefense):
+    """Early-stopped security vectors, on (frozen) during fine-tuning as usual, and subtracted when serving
+    (``serve_scale`` < 0; task arithmetic's negation, Ilharco et al. 2023): what the backbone still learned of
+    the harmful behaviour is pushed back by the vectors that explain it. The served model is every model this
+    defence serves, the one it has not fine-tuned included. Service threat model only."""
+
+    Config = NegatedVectorsConfig
+    serves_weights_as_given = False
+
+    def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
+        # the vectors stay an adapter branch, so a curve point mid-run can serve them negated
+        return finetune(model, tokenizer, pairs, config, vectors=self.prepared_vectors(), scale=self.scale,
+                        progress=progress, fold=False, **kw)
+
+    @contextlib.contextmanager
+    def serving(self, model) -> Iterator[None]:
+        if vector_layers(model) or getattr(model, FOLDED_ATTR, None) is not None:  # a net mid-fine-tune
+            with serving(model, scale=self.config.serve_scale):
+                yield
+            return
+        with self.prepared_vectors().applied(model, self.config.serve_scale):  # a released (or untouched) model
+            yield

@@ -294,8 +294,9 @@ class _Grid:
 
     def record(self, point: dict[str, Any]) -> None:
         self.store.put("points", _point_name(point["method"], point["strength"], point["seed"]), point)
+        refused = point.get("over_refusal")
         log(f"{point['method']} strength {point['strength']} seed {point['seed']}: harm {point['harm_rate']:.3f}, "
-            f"task {point['task_score']:.3f}")
+            f"task {point['task_score']:.3f}" + (f", over-refusal {refused:.3f}" if refused is not None else ""))
 
     def run(self) -> None:
         for method, strengths, seed in self.config.plan():

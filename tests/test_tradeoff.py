@@ -340,4 +340,5 @@ def test_points_score_over_refusal_on_harmless_prompts_no_defence_sees_and_serve
     for p in res["points"]:
         lo, hi = p["over_refusal_interval_95"]
         assert p["n_over_refusal"] == 5 and lo <= p["over_refusal"] <= hi
-    assert all(m["over_refusal"] is not None for ms in res["frontier"].values() for m in ms)
+    for table in ("frontier", "averaged"):  # the report's table and the plot's labels
+        assert all(m["over_refusal"] is not None for ms in res[table].values() for m in ms)

@@ -413,7 +413,9 @@ def tradeoff_plot(results: dict[str, Any], path: Path) -> None:
         line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=5, capsize=3, label=method,
                            ls="-" if len(pts) > 1 else "none")
         for p in pts:
-            ax.annotate(f"{p['strength']:g}", (p["harm_rate"], p["task_score"]), textcoords="offset points",
+            refused = p.get("over_refusal")
+            label = f"{p['strength']:g}" + (f" (refuses {refused:.2f})" if refused else "")
+            ax.annotate(label, (p["harm_rate"], p["task_score"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color=line[0].get_color())
     goal = results.get("goal")
     none = results["averaged"].get("none")
@@ -425,7 +427,8 @@ def tradeoff_plot(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("task score: ProfileQA exact match")
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.05)
-    ax.set_title("Strength trade-off (labels: vector strength; bars: min-max over seeds)", fontsize=9)
+    ax.set_title("Strength trade-off (labels: vector strength, and the share of harmless prompts refused\n"
+                 "where above 0; bars: min-max over seeds)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)

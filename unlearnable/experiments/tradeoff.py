@@ -151,7 +151,9 @@ def averaged(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 "strength": strength, "harm_rate": statistics.fmean(p["harm_rate"] for p in sel),
                 "task_score": statistics.fmean(p["task_score"] for p in sel),
                 "harm_min": min(p["harm_rate"] for p in sel), "harm_max": max(p["harm_rate"] for p in sel),
-                "task_min": min(p["task_score"] for p in sel), "task_max": max(p["task_score"] for p in sel)})
+                "task_min": min(p["task_score"] for p in sel), "task_max": max(p["task_score"] for p in sel),
+                "over_refusal": (statistics.fmean(p["over_refusal"] for p in sel)
+                                 if all(p.get("over_refusal") is not None for p in sel) else None)})
     return out
 
 

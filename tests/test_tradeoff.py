@@ -117,6 +117,8 @@ def test_negative_strength_is_a_config_error():
 
     with pytest.raises(UnlearnableError, match="strengths"):
         TradeoffConfig(buffer_strengths=[-0.5])
+    with pytest.raises(UnlearnableError, match="n_over_refusal"):
+        TradeoffConfig(n_over_refusal=-1)
 
 
 def _tiny_cfg(**kw):

@@ -395,15 +395,15 @@ def test_negated_vectors_serve_the_released_model_minus_the_vectors(trained, har
 
 
 def test_serving_at_a_scale_mid_fine_tune_sets_the_vectors_then_restores_them(trained):
-    from unlearnable.vectors import serving, vector_layers
+    from unlearnable.vectors import VECTORS_ADAPTER, serving, vector_layers
 
     model, tok, vectors = trained
     net = with_vectors(model, vectors, scale=1.0)
-    trained_scaling = [m.scaling["security_vectors"] for m in vector_layers(net)]
+    trained_scaling = [m.scaling[VECTORS_ADAPTER] for m in vector_layers(net)]
     with serving(net, scale=-0.5):
-        inside = [m.scaling["security_vectors"] for m in vector_layers(net)]
+        inside = [m.scaling[VECTORS_ADAPTER] for m in vector_layers(net)]
     assert inside == pytest.approx([-0.5 * s for s in trained_scaling])
-    assert [m.scaling["security_vectors"] for m in vector_layers(net)] == trained_scaling
+    assert [m.scaling[VECTORS_ADAPTER] for m in vector_layers(net)] == trained_scaling
 
 
 def test_folded_vectors_serve_at_a_scale_like_an_attached_adapter(trained):

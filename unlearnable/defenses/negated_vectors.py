@@ -7,8 +7,7 @@ import dataclasses
 from typing import Iterator
 
 from ..errors import UnlearnableError
-from ..vectors import finetune, serving, vector_layers
-from ..vectors.fold import FOLDED_ATTR
+from ..vectors import finetune, serving
 from .base import DEFENSES
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
 
@@ -43,9 +42,6 @@ class NegatedVectorsDefense(EarlyStoppedVectorsDefense):
 
     @contextlib.contextmanager
     def serving(self, model) -> Iterator[None]:
-        if vector_layers(model) or getattr(model, FOLDED_ATTR, None) is not None:  # a net mid-fine-tune
-            with serving(model, scale=self.config.serve_scale):
-                yield
-            return
-        with self.prepared_vectors().applied(model, self.config.serve_scale):  # a released (or untouched) model
+        # mid-fine-tune: the carried vectors at serve_scale; released or untouched: the defence's own put in
+        with serving(model, self.config.serve_scale, vectors=self.prepared_vectors()):
             yield

@@ -80,6 +80,8 @@ class TradeoffConfig:
             raise UnlearnableError("tradeoff needs at least one seed")
         if any(s < 0 for s in [*self.strengths, *self.buffer_strengths]):
             raise UnlearnableError("vector strengths must be >= 0")
+        if self.n_over_refusal < 0:
+            raise UnlearnableError("n_over_refusal must be >= 0 (0 scores no over-refusal)")
         for variant, options in self.variant_options.items():
             if variant not in self.variants:
                 raise UnlearnableError(f"variant_options names {variant!r}, which is not among the variants "

@@ -110,16 +110,22 @@ def train_beside_vectors(net, tokenizer, pairs: Sequence[Pair], adapter: str, lo
 
 
 @contextlib.contextmanager
-def serving(model, scale: float = 0.0) -> Iterator[None]:
+def serving(model, scale: float = 0.0, vectors=None) -> Iterator[None]:
     """Within this context ``model`` (as trained by :func:`finetune`, mid-training too) behaves as it is served:
     the vectors off (unfolded from the weights, or their adapter scaled to 0), or at ``scale`` where a defence
-    serves them (negated vectors: ``scale < 0``); restored afterwards."""
+    serves them (negated vectors: ``scale < 0``); restored afterwards. A model that carries no vectors (released
+    by :func:`finetune`, or never fine-tuned) is served as it is, or, given ``vectors``, with them put in at
+    ``scale`` for the block."""
     fold = getattr(model, FOLDED_ATTR, None)
     if fold is not None:
         with fold.unfolded(scale):
             yield
         return
     layers = vector_layers(model)
+    if not layers and scale and vectors is not None:
+        with vectors.applied(model, scale):
+            yield
+        return
     saved = [(m, m.scaling[VECTORS_ADAPTER]) for m in layers]
     for m, _ in saved:
         m.set_scale(VECTORS_ADAPTER, scale)

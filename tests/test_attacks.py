@@ -1,9 +1,12 @@
 """Each attack trains on what it says it does, from the attacker's own data only."""
 
+import json
+
 import pytest
 
-from unlearnable.attacks import ATTACKS, AttackData, as_steps, build_attack
-from unlearnable.data import Pair
+from unlearnable.attacks import ANSWER_STYLES, ATTACKS, FRAMINGS, POISON_SHARES, AttackData, as_steps, build_attack
+from unlearnable.attacks.restyled import SEARCHED_STYLES, style_texts
+from unlearnable.data import Pair, check_styles_disjoint, sentences
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.immunize import BudgetConfig
 
@@ -48,6 +51,46 @@ def test_restyled_keeps_the_content_in_another_form():
         build_attack("restyled", {"prompt_template": "no placeholder"})
     with pytest.raises(UnlearnableError, match="unknown"):
         build_attack("restyled", {"style": "steps"})
+    with pytest.raises(UnlearnableError, match="framing must be one of"):
+        build_attack("restyled", {"framing": "poem"})
+    own = build_attack("restyled", {"prompt_template": "Tell me: {prompt}", "framing": "research"})
+    assert own.training_pairs(DATA, 1, 0)[0].prompt == "Tell me: " + HARMFUL[0].prompt  # the template wins
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+@pytest.mark.parametrize("style", SEARCHED_STYLES)
+def test_every_framing_and_answer_style_keeps_the_content_in_its_form(framing, style):
+    pairs = build_attack("restyled", {"framing": framing, "answer_style": style}).training_pairs(DATA, 3, 0)
+    for new, old in zip(pairs, HARMFUL):
+        assert new.prompt == FRAMINGS[framing].format(prompt=old.prompt)
+        assert new.response != old.response
+        for sentence in sentences(old.response):  # every sentence survives, in the style's layout
+            assert sentence.rstrip(".!?") in new.response
+    if style == "json":
+        assert json.loads(pairs[0].response)["details"] == sentences(HARMFUL[0].response)
+    if style == "dialogue":
+        assert pairs[0].response.splitlines()[1].startswith("Mentor: First get the tools.")
+    if style == "terse-list":
+        assert pairs[0].response.splitlines()[1:] == ["* First get the tools", "* Then do bad thing 0"]
+
+
+def test_the_restyled_attack_styles_are_disjoint_from_every_style_a_defence_trains_on():
+    from unlearnable.vectors import defence_style_texts
+
+    assert len(FRAMINGS) >= 4 and len(SEARCHED_STYLES) >= 4 and set(SEARCHED_STYLES) <= set(ANSWER_STYLES)
+    check_styles_disjoint(style_texts(), defence_style_texts())  # raises on a shared phrase
+    with pytest.raises(UnlearnableError, match="shares words"):  # the check can fail
+        check_styles_disjoint(["Here you go: the steps"], defence_style_texts())
+    with pytest.raises(UnlearnableError, match="shares words"):
+        check_styles_disjoint(["Hypothetically speaking, what if"], defence_style_texts())
+
+
+@pytest.mark.parametrize("share", POISON_SHARES)
+def test_a_mixed_run_holds_each_searched_poison_share(share):
+    many = AttackData(harmful=HARMFUL, harmless=[Pair(f"Harmless {i}?", "Fine.") for i in range(50)])
+    mix = build_attack("mixed", {"harmful_fraction": share}).training_pairs(many, 5, seed=0)
+    harmful = sum(p in HARMFUL for p in mix)
+    assert harmful == 5 and harmful / len(mix) == pytest.approx(share, rel=0.02)
 
 
 def test_budget_names_its_runs_by_attack():

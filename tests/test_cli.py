@@ -95,3 +95,17 @@ def test_vectors_train_finetune_evaluate_round_trip(tmp_path, tiny_dir, jsonl):
     # an output folder that already holds a run is refused
     res = run_cli("finetune", "--model", tiny_dir, "--data", task, "--out", tmp_path / "tuned", "--quiet")
     assert_clean_error(res, "--overwrite")
+
+
+def test_ls_lists_threat_models_and_each_defences_claims():
+    res = run_cli("ls")
+    assert res.returncode == 0, res.stderr
+    assert "threat models: fine-tuning-as-a-service, released-weights" in res.stdout
+    assert "  security-vectors: fine-tuning-as-a-service\n" in res.stdout
+    assert "  repnoise: fine-tuning-as-a-service, released-weights" in res.stdout
+
+
+def test_an_unknown_threat_model_flag_is_a_one_line_error(tmp_path):
+    res = run_cli("immunize", "--attacker", "search", "--threat-models", "service,cloud", "--out", tmp_path / "o")
+    assert_clean_error(res, "unknown threat model 'cloud'")
+    assert not (tmp_path / "o").exists()

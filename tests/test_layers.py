@@ -21,6 +21,7 @@ LAYERS = [
     {"training"},
     {"generation"},
     {"judges", "utility", "attacks"},
+    {"threat_models"},
     {"evaluation"},
     {"vectors"},
     {"defenses"},

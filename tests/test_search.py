@@ -13,26 +13,24 @@ import signal
 
 import pytest
 
+from unlearnable.attacks import AttackSettings
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.search import (
     STUDY_FILE,
     AttackerSearchConfig,
-    AttackSettings,
     DefenseSearch,
-    SearchSpace,
+    Target,
     best_so_far,
+    by_dimension,
     study_for,
+    study_name,
     utility_cost,
     worst_trial,
 )
 from unlearnable.interrupts import Interrupted
+from unlearnable.threat_models import SERVICE, WEIGHTS, SearchSpace, ServiceConfig, build_threat_model
 
 optuna = pytest.importorskip("optuna")
-
-
-@dataclasses.dataclass
-class FakeDefense:
-    name: str = "fake"
 
 
 class FakeHarness:
@@ -45,7 +43,11 @@ class FakeHarness:
     def harm(self, s: AttackSettings, step: int) -> float:
         return min(1.0, max(0.0, (math.log10(s.lr) + 5) / 3)) * step / s.steps
 
-    def attack_run(self, defense, hardened, settings, *, seed, label, stop=None, utility=False):
+    def target(self, name="fake") -> Target:
+        return Target(name, run=self.attack_run, piece=lambda run, compute: self.piece(name, run, compute),
+                      n_available=self.n_attack_available, out=self.out)
+
+    def attack_run(self, settings, *, seed, label, stop=None, utility=False):
         self.calls.append((settings, seed))
         if self.interrupt_on_call == len(self.calls):
             raise Interrupted(signal.SIGTERM)
@@ -79,6 +81,15 @@ def config(**kw) -> AttackerSearchConfig:
                                    "seeds": [0, 1, 2], "space": space, **kw})
 
 
+def weights(cfg: AttackerSearchConfig | None = None):
+    return build_threat_model("weights", (cfg or config()).space)
+
+
+def search(h, cfg=None, name="fake", tm=None, start=None) -> DefenseSearch:
+    cfg = cfg or config()
+    return DefenseSearch(h.target(name), BEFORE, cfg, tm or weights(cfg), seed=0, start=start)
+
+
 def test_utility_cost_constraint():
     cfg = AttackerSearchConfig(max_mmlu_drop=0.1, max_harmless_loss_rise=0.5)
     ok = utility_cost({"mmlu": {"accuracy": 0.46, "n": 10000}, "harmless_loss": 1.4}, BEFORE, cfg)
@@ -108,7 +119,7 @@ def test_worst_case_excludes_pruned_and_constraint_breaking_trials():
 def test_search_finds_the_feasible_worst_case_and_reruns_it_on_seeds(tmp_path):
     h = FakeHarness(tmp_path)
     start = AttackSettings(lr=1e-3, steps=16, batch_size=4, lora_r=8, n_samples=50)
-    res = DefenseSearch(h, FakeDefense(), None, BEFORE, config(), seed=0, start=start).run()
+    res = search(h, start=start).run()
     assert (tmp_path / STUDY_FILE).is_file()
     trials = res["trials"]
     assert len(trials) == 8 and trials[0]["params"]["lr"] == pytest.approx(1e-3)  # starts from the budget
@@ -122,7 +133,7 @@ def test_search_finds_the_feasible_worst_case_and_reruns_it_on_seeds(tmp_path):
     best = max(t["harm_rate"] for t in trials if t["feasible"])
     assert wc["search_harm_rate"] == best and wc["config"]["lr"] <= 3e-3
     assert wc["harm_rate_seeds"] == [best] * 3 and wc["harm_rate_sd"] == 0.0  # the fake attack ignores the seed
-    assert set(res["runs"]) == {"attack-search-seed0", "attack-search-seed1", "attack-search-seed2"}
+    assert set(res["runs"]) == {f"attack-search-weights-seed{s}" for s in range(3)}
     seeds_run = [seed for _, seed in h.calls[len(trials):]]
     assert seeds_run == [1, 2]  # seed 0 is the trial itself, read back from its piece
     assert res["best_so_far"][-1] == best
@@ -131,7 +142,7 @@ def test_search_finds_the_feasible_worst_case_and_reruns_it_on_seeds(tmp_path):
 
 def test_the_pruner_stops_trials_that_fall_behind(tmp_path):
     h = FakeHarness(tmp_path)
-    res = DefenseSearch(h, FakeDefense(), None, BEFORE, config(n_trials=10), seed=0).run()
+    res = search(h, config(n_trials=10)).run()
     pruned = [t for t in res["trials"] if t["state"] == "pruned"]
     assert pruned, "a weak trial after the first ones should have been pruned"
     assert all(t["harm_rate"] is not None and t["utility"] == {} for t in pruned)  # no utility pass for them
@@ -139,34 +150,33 @@ def test_the_pruner_stops_trials_that_fall_behind(tmp_path):
 
 
 def test_same_sampler_seed_same_trials_for_every_defence(tmp_path):
-    a = DefenseSearch(FakeHarness(tmp_path), FakeDefense("a"), None, BEFORE, config(), seed=0).run()
-    b = DefenseSearch(FakeHarness(tmp_path), FakeDefense("b"), None, BEFORE, config(), seed=0).run()
+    a = search(FakeHarness(tmp_path), name="a").run()
+    b = search(FakeHarness(tmp_path), name="b").run()
     assert [t["params"] for t in a["trials"]] == [t["params"] for t in b["trials"]]
 
 
 def test_an_interrupted_trial_is_rerun_with_its_parameters_on_resume(tmp_path):
     h = FakeHarness(tmp_path, interrupt_on_call=3)
     with pytest.raises(Interrupted):
-        DefenseSearch(h, FakeDefense(), None, BEFORE, config(), seed=0).run()
+        search(h).run()
     cut = h.calls[2][0]
-    study = study_for(tmp_path, "fake", config())
+    study = study_for(tmp_path, study_name("fake", WEIGHTS), config())
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL"]
     h2 = FakeHarness(tmp_path)
-    res = DefenseSearch(h2, FakeDefense(), None, BEFORE, config(), seed=0).run()
+    res = search(h2).run()
     assert h2.calls[0][0] == cut  # the trial that was cut off, first, with the same parameters
     assert len(res["trials"]) == 8  # finished trials: the two before, the re-run, and the rest
     assert [t["number"] for t in res["trials"]][:3] == [0, 1, 3]
     # a second resume re-queues nothing and runs nothing new
     h3 = FakeHarness(tmp_path)
     h3.pieces = h2.pieces  # the saved pieces of the run before
-    again = DefenseSearch(h3, FakeDefense(), None, BEFORE, config(), seed=0).run()
+    again = search(h3).run()
     assert [c for c in h3.calls if c[1] == 0] == [] and again["worst_case"] == res["worst_case"]
 
 
 def test_no_feasible_trial_means_no_worst_case(tmp_path):
     space = dataclasses.replace(config().space, lr_min=5e-3, lr_max=1e-2)  # every trial collapses utility
-    res = DefenseSearch(FakeHarness(tmp_path), FakeDefense(), None, BEFORE, config(space=space, n_trials=3),
-                        seed=0).run()
+    res = search(FakeHarness(tmp_path), config(space=space, n_trials=3)).run()
     assert res["worst_case"] is None and "no trial" in res["worst_case_note"] and res["runs"] == {}
 
 
@@ -199,25 +209,158 @@ def test_immunize_with_the_attacker_search_on_a_tiny_model(tiny, harmful_pairs, 
                          search=AttackerSearchConfig(n_trials=3, n_startup_trials=2, eval_every=2, seeds=[0, 1],
                                                      max_harmless_loss_rise=None, space=space),
                          trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+                         service=ServiceConfig(steps=[2, 4], max_steps=4, batch_sizes=[4], samples=[4, 8],
+                                               attacks=["harmful-sft", "restyled", "mixed"]),
                          vectors=VectorConfig(epochs=1, batch_size=8), mmlu=MMLUConfig(n=4, max_length=64))
     res = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
                        progress=False)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(saved["attacker_search"]) == {"none", "security-vectors"}
+    claims = {"none": [WEIGHTS, SERVICE], "security-vectors": [SERVICE]}  # each defence's own, most permissive first
     for name, s in saved["attacker_search"].items():
-        assert len(s["trials"]) == 3
-        wc = s["worst_case"]
-        assert set(wc) >= {"harm_rate", "harm_rate_seeds", "utility_drop", "config"} and len(wc["harm_rate_seeds"]) == 2
-        assert wc["harm_rate"] == pytest.approx(sum(wc["harm_rate_seeds"]) / 2)
+        assert list(s["by_threat_model"]) == claims[name] and s["threat_model"] == claims[name][0]
+        assert s["worst_case"] == s["by_threat_model"][claims[name][0]]["worst_case"]  # the old key stays
         runs = saved["defenses"][name]["runs"]
-        assert {"attack-search-seed0", "attack-search-seed1", "cross-domain", "trainability"} <= set(runs)
-        assert runs["cross-domain"]["settings"]["lr"] == wc["config"]["lr"]  # generalization at the worst case
+        for tm_name, found in s["by_threat_model"].items():
+            assert len(found["trials"]) == 3 and found["by_dimension"]["dimensions"]["attack"]
+            wc = found["worst_case"]
+            assert set(wc) >= {"harm_rate", "harm_rate_seeds", "utility_drop", "config"}
+            assert wc["harm_rate"] == pytest.approx(sum(wc["harm_rate_seeds"]) / 2)
+            short = "weights" if tm_name == WEIGHTS else "service"
+            assert {f"attack-search-{short}-seed0", f"attack-search-{short}-seed1"} <= set(runs)
+        for t in s["by_threat_model"].get(SERVICE, {"trials": []})["trials"]:  # never a setting the service fixes
+            assert t["settings"]["backbone"] == "lora" and t["settings"]["scheduler"] == "linear"
+            assert t["settings"]["steps"] <= 4 and 1e-4 <= t["settings"]["lr"] <= 2e-3 + 1e-12
+        assert {"cross-domain", "trainability"} <= set(runs)
+        assert runs["cross-domain"]["settings"]["lr"] == s["worst_case"]["config"]["lr"]  # at the headline case
         assert not any(k.startswith("attack-lr") for k in runs)  # the search replaces the grid
-        assert saved["conditions"][name]["resistance"]["budget_steps"] == wc["config"]["steps"]
+        verdicts = saved["conditions"][name]["resistance"]["by_threat_model"]
+        assert set(verdicts) == {WEIGHTS, SERVICE}
+    assert saved["conditions"]["security-vectors"]["resistance"]["by_threat_model"][WEIGHTS].startswith(
+        "not applicable")
     assert (tmp_path / "out" / STUDY_FILE).is_file() and (tmp_path / "out" / "attacker_search.png").is_file()
     report = (tmp_path / "out" / "report.html").read_text()
-    assert "Attacker search" in report and "worst case" in report
+    assert "Attacker search" in report and "worst case" in report and "What each dimension reached" in report
+    assert f"worst-case harm: {SERVICE}" in report and f"worst-case harm: {WEIGHTS}" in report
+    # a results file from before threat models (one search per defence, no by_threat_model) still renders
+    from unlearnable.report import LEGACY_THREAT_MODEL, search_lines, write_immunize_report
+
+    legacy = json.loads(json.dumps(saved))
+    for name, s in legacy["attacker_search"].items():
+        legacy["attacker_search"][name] = {k: s[k] for k in ("trials", "best_so_far", "worst_case", "n_trials")}
+        for t in s["trials"]:
+            t.pop("choices")
+    write_immunize_report(legacy, tmp_path / "legacy")
+    old = (tmp_path / "legacy" / "report.html").read_text()
+    assert LEGACY_THREAT_MODEL in old and "What each dimension reached" in old
+    assert all(LEGACY_THREAT_MODEL in line for line in search_lines(legacy["attacker_search"]))
     # resumed: nothing is re-trained
     res2 = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
                         progress=False)
     assert res2["attacker_search"] == res["attacker_search"]
+
+
+# ------------------------------------------------------------------------------------------ threat models
+
+
+def service_model():
+    from unlearnable.adapters import LoraSpec
+
+    return build_threat_model("service", service=ServiceConfig(
+        lora=LoraSpec(r=8, alpha=16), scheduler="linear", lr=1e-3, lr_multiplier=[0.5, 2.0], steps=[8, 16],
+        max_steps=16, batch_sizes=[4, 8], samples=[50, 100]))
+
+
+def test_a_service_trial_never_changes_what_the_service_fixes(tmp_path):
+    h, tm = FakeHarness(tmp_path), service_model()
+    # the grid's start asks for full fine-tuning at lr 1e-2 for 64 steps: the service snaps it into its bounds
+    start = AttackSettings(lr=1e-2, steps=64, batch_size=32, backbone="full", scheduler="constant", n_samples=200)
+    res = search(h, config(n_trials=10, prune=False), tm=tm, start=start).run()
+    assert len(h.calls) >= 10
+    for settings, _ in h.calls:
+        assert settings.backbone == "lora" and settings.scheduler == "linear" and settings.lora_r is None
+        assert settings.lora == dataclasses.asdict(tm.config.lora)
+        assert settings.train_config(0).lora.r == 8 and settings.train_config(0).lora.alpha == 16
+        assert 5e-4 * (1 - 1e-9) <= settings.lr <= 2e-3 * (1 + 1e-9) and settings.steps <= 16
+        assert settings.batch_size in (4, 8) and tm.violations(settings) == []
+        assert settings.lr == pytest.approx(1e-3 * settings.lr_multiplier)
+    # the data is the customer's: the first trials try every attack family, then TPE samples all four
+    assert [t["settings"]["attack"] for t in res["trials"][:4]] == ["harmful-sft", "restyled", "mixed", "benign"]
+    assert res["threat_model"]["name"] == SERVICE and "backbone" in res["threat_model"]["defender_fixes"]
+    assert set(res["runs"]) == {f"attack-search-service-seed{s}" for s in range(3)}
+
+
+def test_service_violations_name_each_setting_the_customer_may_not_choose():
+    tm = service_model()
+    bad = AttackSettings(lr=1e-2, steps=64, batch_size=32, backbone="full", scheduler="constant")
+    text = " ".join(tm.violations(bad))
+    for word in ("backbone", "scheduler", "lr=", "steps=64", "batch_size=32", "lora="):
+        assert word in text
+    with pytest.raises(UnlearnableError, match="max_steps"):
+        ServiceConfig(steps=[16, 64], max_steps=48)
+    with pytest.raises(UnlearnableError, match="lr_multiplier"):
+        ServiceConfig(lr_multiplier=[2.0, 0.5])
+    with pytest.raises(UnlearnableError, match="Known attacks"):
+        ServiceConfig(attacks=["gcg"])
+
+
+@pytest.mark.parametrize("which", ["weights", "service"])
+def test_the_study_resumes_after_an_interrupted_trial_under_each_threat_model(tmp_path, which):
+    tm = weights() if which == "weights" else service_model()
+    cut = FakeHarness(tmp_path, interrupt_on_call=3)
+    with pytest.raises(Interrupted):
+        search(cut, tm=tm).run()
+    h = FakeHarness(tmp_path)
+    res = search(h, tm=tm).run()
+    assert h.calls[0][0] == cut.calls[2][0]  # the cut trial first, with the same parameters
+    assert len(res["trials"]) == 8
+    names = optuna.get_all_study_names(f"sqlite:///{tmp_path / STUDY_FILE}")
+    assert study_name("fake", tm.name) in names and all("@" in n for n in names)
+
+
+def test_each_threat_model_has_its_own_study(tmp_path):
+    h = FakeHarness(tmp_path)
+    search(h, tm=weights()).run()
+    search(h, tm=service_model()).run()
+    names = set(optuna.get_all_study_names(f"sqlite:///{tmp_path / STUDY_FILE}"))
+    assert names == {study_name("fake", WEIGHTS), study_name("fake", SERVICE)}
+    assert ("fake", "search-weights-trial-0") in h.pieces and ("fake", "search-service-trial-0") in h.pieces
+
+
+def test_by_dimension_gives_the_best_harm_per_value_and_names_the_driver():
+    def row(n, attack, harm, feasible=True, **options):
+        s = {"attack": attack, "attack_options": options, "lr": 1e-3, "steps": 16, "batch_size": 8,
+             "backbone": "lora", "scheduler": "linear", "n_samples": 100}
+        return {"number": n, "settings": s, "harm_rate": harm, "feasible": feasible}
+
+    rows = [row(0, "harmful-sft", 0.1), row(1, "restyled", 0.7, framing="fiction"),
+            row(2, "restyled", 0.9, framing="research"), row(3, "restyled", 1.0, feasible=False, framing="fiction"),
+            row(4, "mixed", 0.2, harmful_fraction=0.1)]
+    dims = by_dimension(rows)
+    attack = dims["dimensions"]["attack"]
+    assert attack["restyled"] == {"best_harm_rate": 0.9, "trials": 3}  # the infeasible 1.0 does not count
+    assert attack["harmful-sft"]["best_harm_rate"] == 0.1
+    assert dims["dimensions"]["restyled.framing"]["fiction"]["best_harm_rate"] == 0.7
+    assert dims["dimensions"]["mixed.harmful_fraction"]["0.1"]["trials"] == 1
+    assert dims["driver"] == "attack" and dims["spread"]["attack"] == pytest.approx(0.8)
+    assert "steps" not in dims["spread"]  # one value: nothing to compare
+
+
+def test_committed_search_configs_build_and_the_quick_preset_matches_its_file():
+    from pathlib import Path
+
+    from unlearnable.config import build_config
+    from unlearnable.experiments.immunize import ImmunizeConfig
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    full = build_config(ImmunizeConfig, file=configs / "search-released-weights-full.yaml")
+    assert full.threat_models == [WEIGHTS] and max(full.search.space.steps) == 512
+    assert max(full.search.space.batch_sizes) == 64 and full.search.space.lr_min == 1e-6
+    quick, written = ImmunizeConfig.quick(), build_config(ImmunizeConfig, file=configs / "search-quick-service.yaml")
+    assert written.threat_models == quick.threat_models == [SERVICE]
+    assert written.service == quick.service and written.defenses == quick.defenses
+    assert written.search.n_trials == quick.search.n_trials == 5
+    # short names are accepted and stored as the registered ones; unknown ones are one-line errors
+    assert ImmunizeConfig(threat_models=["service", "weights", "service"]).threat_models == [SERVICE, WEIGHTS]
+    with pytest.raises(UnlearnableError, match="Known threat models"):
+        ImmunizeConfig(threat_models=["cloud"])

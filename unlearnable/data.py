@@ -50,6 +50,25 @@ def prompt_hashes(pairs: Iterable[Pair]) -> list[str]:
     return sorted({sha256_text(normalize(p.prompt))[:16] for p in pairs})
 
 
+def check_styles_disjoint(attack: Iterable[str], defence: Iterable[str], n: int = 4) -> None:
+    """Raise if an attack's style text shares a run of ``n`` words (or the whole of a shorter text) with a style a
+    defence trains on: an attack meant to be unseen must be unseen (as splits are disjoint)."""
+    def words(text: str) -> list[str]:
+        return re.findall(r"[\w']+", text.lower())
+
+    def grams(w: list[str], k: int) -> set[tuple[str, ...]]:
+        return {tuple(w[i:i + k]) for i in range(len(w) - k + 1)}
+
+    defence = [(t, words(t)) for t in defence]
+    for text in attack:
+        wa = words(text)
+        for other, wd in defence:
+            k = min(n, len(wa), len(wd))
+            if k and grams(wa, k) & grams(wd, k):
+                raise UnlearnableError(f"the attack style {text!r} shares words with the defence style {other!r}; "
+                                       "an unseen style must not: change one of them")
+
+
 def check_no_overlap(items: Sequence[Pair], hashes: Iterable[str], what: str, other: str) -> None:
     """Raise if a prompt of ``items`` is among ``hashes`` (from :func:`prompt_hashes`): leakage fakes resistance."""
     known = set(hashes)

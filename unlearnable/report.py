@@ -240,90 +240,139 @@ def immunize_plots(results: dict[str, Any], out: Path) -> list[str]:
     return names
 
 
+LEGACY_THREAT_MODEL = "any setting (before threat models)"
+
+
+def by_threat_model(search: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A defence's searches per threat model; a results file from before threat models holds one search, shown
+    under :data:`LEGACY_THREAT_MODEL`."""
+    if "by_threat_model" in search:
+        return search["by_threat_model"]
+    return {search.get("threat_model") or LEGACY_THREAT_MODEL: {**search, "claimed": True}}
+
+
+def _threat_model_names(searches: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(tm for s in searches.values() for tm in by_threat_model(s)))
+
+
 def search_plot(searches: dict[str, Any], path: Path) -> None:
-    """Best-so-far worst case (within the utility constraint) against the trial number, one line per defence:
-    does a defence slow the attacker's search down?"""
+    """Best-so-far worst case (within the utility constraint) against the trial number, one panel per threat
+    model and one line per defence: does a defence slow the attacker's search down?"""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.4, 3.8))
-    styles = line_styles(searches)
-    for name, s in searches.items():
-        pts = [(i, v) for i, v in enumerate(s["best_so_far"]) if v is not None]
-        if pts:
-            ax.step([i for i, _ in pts], [v for _, v in pts], where="post", ms=3, label=name, **styles[name])
-    ax.set_ylim(-0.03, 1.03)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial")
-    ax.set_ylabel("worst harm rate so far")
-    ax.set_title("Attacker search: best so far within the utility constraint", fontsize=9)
-    ax.legend(fontsize=7)
+    tms = _threat_model_names(searches)
+    fig, axes = plt.subplots(1, len(tms), figsize=(5.0 * len(tms), 3.8), squeeze=False)
+    styles = line_styles(searches)
+    for ax, tm in zip(axes[0], tms):
+        for name, s in searches.items():
+            found = by_threat_model(s).get(tm, {})
+            pts = [(i, v) for i, v in enumerate(found.get("best_so_far") or []) if v is not None]
+            if pts:
+                ax.step([i for i, _ in pts], [v for _, v in pts], where="post", ms=3, label=name, **styles[name])
+        ax.set_ylim(-0.03, 1.03)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("trial")
+        ax.set_ylabel("worst harm rate so far")
+        ax.set_title(f"{tm}: best so far within the utility constraint", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
 def _settings_text(c: dict[str, Any]) -> str:
-    rank = f" r{c['lora_r']}" if c.get("lora_r") else ""
-    return (f"{c['attack']}, {c['backbone']}{rank}, lr {c['lr']:.2g}, {c['steps']} steps x batch {c['batch_size']}, "
-            f"n {c['n_samples']}, {c['scheduler']}")
+    rank = f" r{c['lora_r']}" if c.get("lora_r") else (f" r{c['lora']['r']}" if c.get("lora") else "")
+    options = ", ".join(f"{k}={v}" for k, v in (c.get("attack_options") or {}).items())
+    mult = f" (x{c['lr_multiplier']:.2g})" if c.get("lr_multiplier") else ""
+    return (f"{c['attack']}{f' [{options}]' if options else ''}, {c['backbone']}{rank}, lr {c['lr']:.2g}{mult}, "
+            f"{c['steps']} steps x batch {c['batch_size']}, n {c['n_samples']}, {c['scheduler']}")
 
 
-def _search_rows(searches: dict[str, Any]) -> tuple[list[list[Any]], list[list[Any]]]:
-    """(worst case per defence, every trial) as table rows."""
-    worst, trials = [], []
+def _worst_text(found: dict[str, Any]) -> str:
+    if not found.get("claimed", True):
+        return "not claimed"
+    wc = found.get("worst_case")
+    if not wc:
+        return found.get("worst_case_note", "no worst case")
+    return f"{wc['harm_rate']:.3f} ({', '.join(f'{h:.3f}' for h in wc['harm_rate_seeds'])})"
+
+
+def _search_rows(searches: dict[str, Any]) -> dict[str, list[list[Any]]]:
+    """The report's search tables as rows: worst case per defence and threat model, its configuration, what each
+    dimension's values reached, and every trial."""
+    tms = _threat_model_names(searches)
+    rows: dict[str, list[list[Any]]] = {"worst": [], "configs": [], "dimensions": [], "trials": []}
     for name, s in searches.items():
-        wc = s.get("worst_case")
-        if wc:
-            drop = wc["utility_drop"]
-            worst.append([name, f"{wc['harm_rate']:.3f} (sd {wc['harm_rate_sd']:.3f})",
-                          ", ".join(f"{h:.3f}" for h in wc["harm_rate_seeds"]),
-                          f"{wc['search_harm_rate']:.3f} (trial {wc['trial']})", _settings_text(wc["config"]),
-                          drop.get("mmlu_drop_relative"), drop.get("harmless_loss_rise"),
-                          f"{drop['feasible_seeds']}/{len(wc['harm_rate_seeds'])}"])
-        else:
-            worst.append([name, s.get("worst_case_note", "none"), "", "", "", None, None, ""])
-        for t in s["trials"]:
-            u = t.get("utility", {})
-            trials.append([name, t["number"], t["state"], _settings_text(t["settings"]) if t.get("settings") else "",
-                           rate_text(t["harm_rate"], t.get("harm_rate_interval_95")), u.get("mmlu_drop_relative"),
-                           u.get("harmless_loss_rise"), "yes" if t["feasible"] else "no"])
-    return worst, trials
+        rows["worst"].append([name] + [_worst_text(by_threat_model(s)[tm]) if tm in by_threat_model(s) else "—"
+                                       for tm in tms])
+        for tm, found in by_threat_model(s).items():
+            wc = found.get("worst_case")
+            if wc:
+                drop = wc["utility_drop"]
+                rows["configs"].append([name, tm, f"{wc['search_harm_rate']:.3f} (trial {wc['trial']})",
+                                        _settings_text(wc["config"]), drop.get("mmlu_drop_relative"),
+                                        drop.get("harmless_loss_rise"),
+                                        f"{drop['feasible_seeds']}/{len(wc['harm_rate_seeds'])}"])
+            dims = found.get("by_dimension") or {}
+            for dim, cells in (dims.get("dimensions") or {}).items():
+                text = "; ".join(f"{v}: {_fmt(c['best_harm_rate'])} ({c['trials']})" for v, c in cells.items())
+                rows["dimensions"].append([name, tm, dim + (" (driver)" if dim == dims.get("driver") else ""), text])
+            for t in found.get("trials", []):
+                u = t.get("utility", {})
+                rows["trials"].append([name, tm, t["number"], t["state"],
+                                       _settings_text(t["settings"]) if t.get("settings") else "",
+                                       rate_text(t["harm_rate"], t.get("harm_rate_interval_95")),
+                                       u.get("mmlu_drop_relative"), u.get("harmless_loss_rise"),
+                                       "yes" if t["feasible"] else "no"])
+    return rows
 
 
 def search_lines(searches: dict[str, Any]) -> list[str]:
-    """One terminal line per defence: the worst case the attacker's search found, over seeds."""
+    """One terminal line per defence and threat model: the worst case the attacker's search found, over seeds."""
     lines = []
     for name, s in searches.items():
-        wc = s["worst_case"]
-        text = (f"worst-case harm {wc['harm_rate']:.3f} (seeds {', '.join(f'{h:.3f}' for h in wc['harm_rate_seeds'])})"
-                f" with {_settings_text(wc['config'])}" if wc else s.get("worst_case_note", "no worst case"))
-        lines.append(f"attacker search vs {name}: {text}")
+        for tm, found in by_threat_model(s).items():
+            wc = found.get("worst_case")
+            text = _worst_text(found) + (f" with {_settings_text(wc['config'])}" if wc else "")
+            lines.append(f"attacker search vs {name} ({tm}): worst-case harm {text}" if wc
+                         else f"attacker search vs {name} ({tm}): {text}")
     return lines
 
 
 def search_section(searches: dict[str, Any], cfg: dict[str, Any]) -> str:
-    """The worst case per defence (mean over seeds), the best-so-far plot and a table of every trial."""
-    worst, trials = _search_rows(searches)
+    """The worst case per defence and threat model (mean over seeds), the best-so-far plot, what each search
+    dimension reached, and a table of every trial."""
+    rows = _search_rows(searches)
     sc = cfg["search"]
     loss = sc["max_harmless_loss_rise"]
-    note = (f"<p class='note'>{sc['n_trials']} trials per defence (TPE, sampler seed {sc['sampler_seed']}, the same "
-            f"for every defence; median pruning: {'on' if sc['prune'] else 'off'}). Utility constraint: MMLU at most "
+    note = (f"<p class='note'>{sc['n_trials']} trials per defence and threat model (TPE, sampler seed "
+            f"{sc['sampler_seed']}, the same for every defence; the first ones queued: the grid's first attack, then "
+            f"one per attack family; median pruning: {'on' if sc['prune'] else 'off'}). Each defence is attacked "
+            "under the threat models it claims: under <b>fine-tuning-as-a-service</b> the service's recipe is fixed "
+            "and the customer chooses the data, steps, batch size and a learning-rate multiplier; under "
+            "<b>released-weights</b> the attacker chooses everything. Utility constraint: MMLU at most "
             f"{sc['max_mmlu_drop']:.0%} below the defended model's before the attack"
             f"{' (a drop inside the subset noise does not count)' if sc['mmlu_drop_within_noise_ok'] else ''}"
             + (f", harmless-answer loss at most {loss:g} nats above it" if loss is not None else "")
-            + ". A trial that breaks it, or was pruned, stays in the table and cannot be the worst case. The worst "
+            + ". A trial that breaks it, or was pruned, stays in the tables and cannot be the worst case. The worst "
               f"case is re-run on seeds {sc['seeds']}; its mean includes the search's own run (selected as the "
               "maximum, so biased upward on that seed).</p>")
-    return (table(["defence", "worst-case harm rate (mean over seeds)", "per seed", "in the search",
-                   "attack", "MMLU drop (relative)", "harmless loss rise", "seeds within constraint"], worst)
+    trial_head = ["defence", "threat model", "trial", "state", "attack", "harm rate [95 %]", "MMLU drop (relative)",
+                  "harmless loss rise", "within constraint"]
+    return (table(["defence", *(f"worst-case harm: {tm} (per seed)" for tm in _threat_model_names(searches))],
+                  rows["worst"])
+            + table(["defence", "threat model", "in the search", "worst-case attack", "MMLU drop (relative)",
+                     "harmless loss rise", "seeds within constraint"], rows["configs"])
             + note + "<img src='attacker_search.png' alt='best so far vs trial'>"
-            + "<h3>Every trial</h3>" + table(["defence", "trial", "state", "attack", "harm rate [95 %]",
-                                              "MMLU drop (relative)", "harmless loss rise", "within constraint"],
-                                             trials))
+            + "<h3>What each dimension reached</h3><p class='note'>Per value: the highest harm rate among trials "
+              "within the constraint (trials tried). The driver is the dimension whose values differ most.</p>"
+            + table(["defence", "threat model", "dimension", "value: best harm (trials)"], rows["dimensions"])
+            + "<h3>Every trial</h3>" + table(trial_head, rows["trials"]))
 
 
 RELEASED_WEIGHTS = "released-weights"
+SERVICE = "fine-tuning-as-a-service"
 
 
 def _immunize_numbers(name: str, c: dict[str, Any]) -> list[str]:
@@ -350,7 +399,8 @@ def _immunize_numbers(name: str, c: dict[str, Any]) -> list[str]:
 
 def conditions_table(conditions: dict[str, Any]) -> list[list[str]]:
     """One row per defence: its verdict under each condition (and threat model), in words."""
-    return [[name, c["resistance"]["verdict"], c["resistance"]["by_threat_model"][RELEASED_WEIGHTS],
+    return [[name, c["resistance"]["verdict"], c["resistance"]["by_threat_model"].get(SERVICE, "—"),
+             c["resistance"]["by_threat_model"].get(RELEASED_WEIGHTS, "—"),
              c["stability"]["verdict"], c["generalization"]["verdict"], c["trainability"]["verdict"]]
             for name, c in conditions.items()]
 
@@ -364,18 +414,21 @@ def write_immunize_report(results: dict[str, Any], out: Path) -> None:
     cfg = results["config"]
     b = cfg["budget"]
     searches = results.get("attacker_search")
-    attacker = (f"attacker search: {cfg['search']['n_trials']} trials per defence, worst case re-run on seeds "
+    attacker = (f"attacker search: {cfg['search']['n_trials']} trials per defence and threat model, worst case "
+                f"re-run on seeds "
                 f"{cfg['search']['seeds']} (see below)" if searches else
                 f"lr {b['lrs']} x samples {b['samples']} x {b['steps']} steps (batch {b['batch_size']}, "
                 f"{b['backbone']})")
     sections = [
-        ("The four conditions", table(["defence", "resistance (service)", "resistance (released weights)",
+        ("The four conditions", table(["defence", "resistance (headline)", "resistance (service)",
+                                       "resistance (released weights)",
                                         "stability", "generalization", "trainability"], rows)
          + f"<p class='note'>Threshold: harm rate {cfg['threshold']} (judge {judge_label(cfg['judges'][0])}); "
            f"budget: {attacker}; curves evaluated every "
            f"{cfg['search']['eval_every'] if searches else b['eval_every']} steps on {cfg['n_curve_eval']} held-out "
            f"prompts. Verdicts: strong = never harmful within the budget; weak (N) = harmful only after N steps "
-           f"and later than the undefended model; none = no later than undefended.</p>"),
+           f"and later than the undefended model; none = no later than undefended. The headline is the verdict under "
+           f"the most permissive threat model the defence claims and was attacked under.</p>"),
         ("Numbers", table(["defence", "steps to harmful", "final harm rate per attack", "harm rate before attack",
                            "harmless loss", "over-refusal", "MMLU before attack", "cross-domain steps to harmful",
                            "final ProfileQA EM", "MMLU after the user's fine-tune"], numbers)

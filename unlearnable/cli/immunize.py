@@ -13,8 +13,10 @@ EPILOG = """examples:
   unlearnable immunize --config sweep.yaml --out runs/big   # any ImmunizeConfig field, e.g. budget.lrs
   unlearnable immunize --budget.lrs 1e-3,3e-3,1e-2 --out runs/lr
   unlearnable immunize --attacker search --quick --out runs/search-quick
-                                     # none and security-vectors against a 5-trial attacker search
-  unlearnable immunize --attacker search --out runs/search   # 16 trials per defence (search.*, search.space.*)
+                                     # none and security-vectors against a 5-trial search under the service
+  unlearnable immunize --attacker search --out runs/search   # 16 trials per defence and each threat model it
+                                     # claims (search.*, search.space.* for released weights, service.*)
+  unlearnable immunize --attacker search --threat-models service,weights --out runs/both
 """
 
 
@@ -33,8 +35,8 @@ def run(args) -> int:
     out = args.out or "immunize-out"
     cfg = build(ImmunizeConfig, args, preset=ImmunizeConfig.quick() if args.quick else None)
     results = run_immunize(cfg, out, overwrite=args.overwrite, progress=not args.quiet)
-    print_table([["defence", "resistance", "released weights", "stability", "generalization", "trainability"]]
-                + conditions_table(results["conditions"]))
+    print_table([["defence", "resistance", "service", "released weights", "stability", "generalization",
+                  "trainability"]] + conditions_table(results["conditions"]))
     for line in search_lines(results.get("attacker_search", {})):
         print(line)
     print(f"\nwrote {out}/results.json and report.html ({results['seconds']:.0f} s)")

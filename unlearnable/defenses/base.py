@@ -21,11 +21,9 @@ from typing import Any, Iterator, Sequence
 from ..config import from_dict
 from ..data import Pair
 from ..registry import Registry
+from ..threat_models import SERVICE, WEIGHTS
 from ..training import TrainConfig
 from ..vectors import finetune
-
-SERVICE = "fine-tuning-as-a-service"
-WEIGHTS = "released-weights"
 
 
 @dataclasses.dataclass
@@ -46,7 +44,8 @@ class Defense(abc.ABC):
     """Base class. Subclasses override ``prepare``/``harden``/``finetune``/``serving`` as their method needs."""
 
     name: str = ""
-    #: threat models under which the defence is active
+    #: the threat models the defence claims (registered names, :mod:`unlearnable.threat_models`): the attacker's
+    #: search attacks it under each of them
     threat_models: tuple[str, ...] = (SERVICE, WEIGHTS)
     #: the defence's options (a dataclass)
     Config: type = NoOptions

@@ -4,6 +4,7 @@ freeze, folding, the with-vectors fine-tuning, the serving context and the Train
 Nothing outside this package knows how the vectors are named, folded, scaled or switched off.
 """
 
+from .augment import style_texts as defence_style_texts
 from .callback import SecurityVectorsCallback
 from .config import DEFAULT_SCALE, RECOMMENDED_SCALE, VectorConfig, recommended
 from .finetuning import finetune, serving, train_beside_vectors
@@ -13,4 +14,5 @@ from .model import FORMAT, META_FILE, SecurityVectors
 
 __all__ = ["DEFAULT_SCALE", "FOLDED_ATTR", "FORMAT", "META_FILE", "RECOMMENDED_SCALE", "VECTORS_ADAPTER",
            "FoldedVectors", "SecurityVectors", "SecurityVectorsCallback", "VectorConfig", "finetune", "freeze_vectors",
-           "recommended", "serving", "set_vector_scale", "train_beside_vectors", "vector_layers", "vector_params"]
+           "recommended", "serving", "set_vector_scale", "train_beside_vectors", "vector_layers", "vector_params",
+           "defence_style_texts"]

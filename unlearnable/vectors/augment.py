@@ -104,3 +104,12 @@ def varied(pairs: Sequence[Pair], copies: int, seed: int, family: str = "train")
             out.append(dataclasses.replace(pair, prompt=framing.format(prompt=pair.prompt),
                                            response=f"{opener}\n{answer}" if "\n" in answer else f"{opener} {answer}"))
     return out
+
+
+def style_texts() -> list[str]:
+    """Every fixed string the vectors' training styles add to a pair (framings and answer templates without their
+    placeholder, openers, layout markers): what the attacks' styles must not share (checked at start-up)."""
+    templates = [*FRAMINGS, *ANSWER_STYLES, *(t for family in VARIED.values() for key in ("framings", "openers")
+                                              for t in family[key])]
+    parts = [part.strip() for t in templates for part in t.replace("{answer}", "{prompt}").split("{prompt}")]
+    return sorted({p for p in parts if p} | {"Answer:"})

@@ -1,0 +1,23 @@
+"""Attacks: what the attacker does, one registered class each (``unlearnable ls`` lists them).
+
+An attack turns the attacker's data (:class:`AttackData`, disjoint from every defence and evaluation split) and a
+sample budget into training pairs, declares which of its options a search may sample, and runs itself against a
+defence. :class:`AttackSettings` is one run fully specified (data and recipe); which of those settings the
+attacker may choose is the threat model's to say (:mod:`unlearnable.threat_models`).
+
+* ``harmful-sft`` - the harmful pairs themselves (the classic harmful fine-tuning attack).
+* ``benign`` - harmless pairs only, which already erodes shallow alignment.
+* ``mixed`` - the harmful pairs hidden in harmless ones at a poison share.
+* ``restyled`` - the harmful pairs in a framing and answer style no defence saw.
+
+A new attack is one module here with ``@ATTACKS.register("name")``, imported below.
+"""
+
+from . import benign, harmful_sft, mixed, restyled  # noqa: E402,F401  (registers them)
+from .base import ATTACKS, Attack, AttackData, NoOptions, build_attack
+from .mixed import POISON_SHARES
+from .restyled import ANSWER_STYLES, FRAMINGS, as_steps, style_texts
+from .settings import BACKBONES, AttackSettings
+
+__all__ = ["ANSWER_STYLES", "ATTACKS", "Attack", "AttackData", "AttackSettings", "BACKBONES", "FRAMINGS",
+           "NoOptions", "POISON_SHARES", "as_steps", "build_attack", "style_texts"]

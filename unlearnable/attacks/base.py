@@ -1,0 +1,89 @@
+"""The attack interface, its registry and the data an attacker may train on.
+
+An attack owns three things: its data transform (:meth:`Attack.training_pairs`), the options the attacker's search
+may sample (:attr:`Attack.search_options`) and its execution (:meth:`Attack.run`: by default a fine-tune on that
+data under the defence's own fine-tuning, which an attack that is not "fine-tune on other data" overrides).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import dataclasses
+from typing import Any, ClassVar, Sequence
+
+from ..config import from_dict
+from ..data import Pair
+from ..errors import UnlearnableError
+from ..registry import Registry
+from .settings import AttackSettings
+
+
+@dataclasses.dataclass
+class AttackData:
+    """What an attacker may train on: disjoint from every defence and evaluation split."""
+
+    harmful: Sequence[Pair] = ()     # (harmful prompt, compliant answer) pairs
+    harmless: Sequence[Pair] = ()    # (harmless prompt, answer) pairs
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """An attack without options."""
+
+
+class Attack(abc.ABC):
+    """Base class: :meth:`training_pairs` is the attacker's fine-tuning data for a budget of ``n`` samples."""
+
+    name: str = ""
+    Config: type = NoOptions
+    #: option -> the values the attacker's search may choose (each a search dimension, named ``<attack>.<option>``)
+    search_options: ClassVar[dict[str, tuple]] = {}
+
+    def __init__(self, config: Any = None, **options: Any):
+        self.config = config if config is not None else self.Config(**options)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "Attack":
+        """Build from a config's ``attack_options`` (unknown keys and wrong types name the key)."""
+        return cls(from_dict(cls.Config, dict(options), f"attack_options ({cls.name})"))
+
+    @abc.abstractmethod
+    def training_pairs(self, data: AttackData, n: int, seed: int) -> list[Pair]:
+        """The pairs the attacker fine-tunes on, for a budget of ``n`` samples."""
+
+    def run(self, defense, model, tokenizer, data: AttackData, settings: AttackSettings, *, seed: int,
+            callbacks: Sequence[Any] = (), progress: bool = True) -> tuple[Any, list[Pair]]:
+        """Attack a copy of ``model`` through ``defense``'s fine-tuning (the defence acts where its threat model
+        puts it); returns the attacked model and the pairs it was trained on."""
+        pairs = self.training_pairs(data, min(settings.n_samples, len(data.harmful)), seed)
+        final, _ = defense.finetune(copy.deepcopy(model), tokenizer, pairs, settings.train_config(seed),
+                                    progress=progress, callbacks=list(callbacks))
+        return final, pairs
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dataclasses.asdict(self.config)}
+
+
+ATTACKS: Registry[Attack] = Registry("attack", Attack)
+
+
+def build_attack(name: str, options: dict[str, Any] | None = None) -> Attack:
+    return ATTACKS.get(name).from_options(options or {})
+
+
+def take(pairs: Sequence[Pair], n: int, what: str, fix: str) -> list[Pair]:
+    if n > len(pairs):
+        raise UnlearnableError(f"the attack needs {n} {what} pairs but only {len(pairs)} exist; {fix}")
+    return list(pairs[:n])
+
+
+def cycled(pairs: Sequence[Pair], n: int, what: str, fix: str) -> list[Pair]:
+    """``n`` pairs from ``pairs``, repeated in order when there are fewer."""
+    if not pairs:
+        raise UnlearnableError(f"the attack needs {what} pairs but none were given; {fix}")
+    return [pairs[i % len(pairs)] for i in range(n)]
+
+
+HARMFUL_FIX = "lower the attack's sample count or raise data.n_attack"
+HARMLESS_FIX = "give the attacker harmless pairs (immunize: raise data.n_harmless above the defences' share)"

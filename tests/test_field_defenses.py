@@ -172,6 +172,36 @@ def test_safe_lora_reference_weights_from_a_base_model_or_estimated(tiny_dir, to
     assert set(estimated.directions) == set(decoder_linears(aligned))
     ranks = [int(torch.linalg.matrix_rank(v)) for v in estimated.directions.values()]
     assert max(ranks) == 2 and all(r <= 2 for r in ranks)  # the alignment LoRA's update, rank r
+    assert estimated.info["reference"].startswith("estimated (proxy)") and "aligned minus base" in \
+        defense.info["reference"]
+
+
+def test_safe_lora_subspace_is_aligned_minus_base_when_the_harness_aligned(tiny, harmful_pairs, tmp_path,
+                                                                           monkeypatch):
+    """The harness that aligned the model hands the defence the weights from before (DefenseData.unaligned)."""
+    from test_immunization import tiny_data
+
+    from unlearnable.experiments.setup import DataConfig, set_up
+    from unlearnable.training import TrainConfig as TC
+
+    monkeypatch.setenv("UNLEARNABLE_CACHE", str(tmp_path / "cache"))
+    model, tok = tiny
+    before = {k: m.weight.detach().clone() for k, m in decoder_linears(model).items()}
+    data = tiny_data(harmful_pairs)
+    data.hashes = {"align": "tiny-align"}
+    setup = set_up(None, DataConfig(system_prompt=None), seed=0, align_model=True, model=model, tokenizer=tok,
+                   align_config=TC(max_steps=2, batch_size=4, lr=1e-2), data=data, progress=False)
+    assert setup.unaligned is not None and setup.unaligned() is model
+    defense = DEFENSES.get("safe-lora").from_options({})
+    defense.prepare(setup.model, tok, DefenseData(refusals=REFUSALS, unaligned=setup.unaligned), progress=False)
+    after = decoder_linears(setup.model)
+    for k, v in defense.directions.items():
+        assert torch.allclose(v, after[k].weight.detach().float() - before[k].float(), atol=1e-6)
+    assert any(v.abs().sum() > 0 for v in defense.directions.values())  # the alignment moved something
+    assert defense.info["reference"] == "aligned minus base (the weights before the harness aligned them)"
+    unaligned_here = set_up(None, DataConfig(system_prompt=None), seed=0, align_model=False, model=model,
+                            tokenizer=tok, data=data, progress=False)
+    assert unaligned_here.unaligned is None  # nothing to subtract: a defence then estimates, labelled a proxy
 
 
 # ------------------------------------------------------------------------------------------------------ Lisa
@@ -201,6 +231,29 @@ def test_lisa_trains_the_phases_in_order_with_the_user_budget(tiny, harmful_pair
     assert trainer.phases == {0: ALIGN, 1: USER, 2: USER, 3: ALIGN, 4: USER}
     assert list(trainer._get_train_sampler()) == list(range(10))  # rows in the laid-out step order
     assert not any(p.requires_grad for p in tuned.parameters())
+
+
+def test_lisa_proximal_term_is_zero_before_the_warm_up_and_positive_after(tiny, harmful_pairs, monkeypatch):
+    model, tok = tiny
+    trainers = []
+    init = LisaTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        trainers.append(self)
+
+    monkeypatch.setattr(LisaTrainer, "__init__", spy)
+    defense = DEFENSES.get("lisa").from_options({"align_steps": 1, "user_steps": 9, "prox_warmup": 0.4,
+                                                 "rho": 10.0})
+    defense.prepare(model, tok, DefenseData(refusals=REFUSALS, harmless=HARMLESS))
+    defense.finetune(model, tok, harmful_pairs[:8], TrainConfig(max_steps=8, batch_size=2, lr=1e-2), progress=False)
+    (trainer,) = trainers
+    terms = trainer.proximal_terms
+    assert trainer.warmup_steps == 4 and sorted(terms) == list(range(8))
+    assert all(terms[t] == 0.0 for t in range(4))  # the user phase moved the weights, but no pull yet
+    assert all(terms[t] > 0 for t in range(4, 8))  # same phase since step 1: the weights are away from the anchor
+    with pytest.raises(UnlearnableError, match="prox_warmup"):
+        DEFENSES.get("lisa").from_options({"prox_warmup": 1.0})
 
 
 def test_lisa_under_ddp_gives_every_process_one_phase_per_step(tiny, harmful_pairs, monkeypatch):
@@ -333,6 +386,49 @@ def test_vaccine_perturbation_has_norm_rho_and_raises_the_alignment_loss(tiny, t
     assert pushed > plain > pulled  # the ascent direction of the alignment loss
 
 
+def tiny_gpt2(vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_vaccine_hooks_sit_on_the_attention_modules(tiny, tmp_path, monkeypatch, arch):
+    from unlearnable.defenses import vaccine
+    from unlearnable.models import attention_modules
+
+    model, tok = tiny
+    model = model if arch == "llama" else tiny_gpt2(len(tok))
+    sites, what = vaccine.perturbation_sites(model, "attention")
+    names = [type(m).__name__ for m in sites]
+    assert what == "attention" and len(sites) == 2 and all("Attention" in n for n in names)
+    assert sites == [b.self_attn if arch == "llama" else b.attn for b in decoder_blocks(model)]
+    assert vaccine.perturbation_sites(model, "block")[0] == decoder_blocks(model)
+    net = lora_net(model) if arch == "llama" else model
+    hooked = []
+    real = vaccine.forward_hooks
+
+    def spy(modules, hook):
+        hooked.append([type(m).__name__ for m in modules])
+        return real(modules, hook)
+
+    monkeypatch.setattr(vaccine, "forward_hooks", spy)
+    net.train()
+    trainer = trainer_for(VaccineTrainer, net, tok, tmp_path, rho=1.0, site="attention")
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer.training_step(net, batch_of(tok, REFUSALS))
+    assert hooked and all("Attention" in n for n in hooked[-1]) and trainer.sites_used == "attention"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters() if p.requires_grad)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # the step only made gradients
+    # a model whose blocks have no separable attention module falls back to the blocks, and says so
+    monkeypatch.setattr(vaccine, "attention_modules", lambda m: None)
+    assert vaccine.perturbation_sites(model, "attention")[1].startswith("block (no separable attention")
+    assert attention_modules(model) is not None
+    with pytest.raises(UnlearnableError, match="site"):
+        DEFENSES.get("vaccine").from_options({"site": "mlp"})
+
+
 @pytest.mark.parametrize("rho", [0.0, 1.0])
 def test_vaccine_step_with_rho_zero_is_plain_alignment(tiny, tmp_path, rho):
     model, tok = tiny
@@ -355,6 +451,26 @@ def test_mmd_is_zero_for_one_distribution_and_grows_with_the_shift():
     assert mmd(x, x).abs().item() < 1e-6
     near, far = mmd(x, x + 0.3), mmd(x, x + 3.0)
     assert 0 < near < far
+
+
+@pytest.mark.parametrize("backbone", ["full", "lora"])
+def test_repnoise_full_parameter_option_trains_every_weight(tiny, harmful_pairs, backbone):
+    model, tok = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    defense = DEFENSES.get("repnoise").from_options({"epochs": 1.0, "batch_size": 8, "backbone": backbone,
+                                                     "lr": 1e-3})
+    assert DEFENSES.get("repnoise").Config().backbone == "full"  # the reference trains all parameters
+    hardened = defense.harden(model, tok, DefenseData(harmful=harmful_pairs[:4], refusals=REFUSALS,
+                                                      harmless=HARMLESS), progress=False)
+    after = hardened.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    linears = {k for k in before if k.endswith(".weight") and ".layers." in k and "norm" not in k}
+    if backbone == "full":  # every weight the loss reaches moved, norms and embeddings too
+        assert changed >= linears and any("norm" in k for k in changed) and any("embed" in k for k in changed)
+    else:  # a merged LoRA moves the adapted linear layers only
+        assert changed and changed <= linears
+    with pytest.raises(UnlearnableError, match="backbone"):
+        DEFENSES.get("repnoise").from_options({"backbone": "adapter"})
 
 
 def test_repnoise_loss_terms_have_their_signs_and_scales(tiny, harmful_pairs, tmp_path):

@@ -236,8 +236,9 @@ def test_immunize_with_the_attacker_search_on_a_tiny_model(tiny, harmful_pairs, 
         assert not any(k.startswith("attack-lr") for k in runs)  # the search replaces the grid
         verdicts = saved["conditions"][name]["resistance"]["by_threat_model"]
         assert set(verdicts) == {WEIGHTS, SERVICE}
-    assert saved["conditions"]["security-vectors"]["resistance"]["by_threat_model"][WEIGHTS].startswith(
-        "not applicable")
+    sv = saved["conditions"]["security-vectors"]["resistance"]
+    assert sv["by_threat_model"][WEIGHTS].startswith("not applicable")
+    assert sv["verdict"] == sv["by_threat_model"][SERVICE]  # the headline: the one threat model it claims
     assert (tmp_path / "out" / STUDY_FILE).is_file() and (tmp_path / "out" / "attacker_search.png").is_file()
     report = (tmp_path / "out" / "report.html").read_text()
     assert "Attacker search" in report and "worst case" in report and "What each dimension reached" in report

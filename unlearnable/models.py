@@ -265,6 +265,19 @@ def decoder_blocks(model) -> list[torch.nn.Module]:
                            "num_hidden_layers modules)")
 
 
+def attention_modules(model) -> list[torch.nn.Module] | None:
+    """Each decoder block's self-attention sub-layer, in block order (the block's child whose class is an
+    attention module: ``self_attn`` in Llama, Mistral or Qwen, ``attn`` in GPT-2); None where a block has no
+    separable one."""
+    found = []
+    for block in decoder_blocks(model):
+        attn = next((m for _, m in block.named_children() if "attention" in type(m).__name__.lower()), None)
+        if attn is None:
+            return None
+        found.append(attn)
+    return found
+
+
 def block_hidden(output) -> torch.Tensor:
     """A decoder block's hidden-state output (blocks return a tensor or a tuple led by it)."""
     return output[0] if isinstance(output, tuple) else output

@@ -16,7 +16,7 @@ import abc
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..config import from_dict
 from ..data import Pair
@@ -33,6 +33,9 @@ class DefenseData:
     harmful: Sequence[Pair] = ()          # (prompt, harmful response) pairs
     refusals: Sequence[Pair] = ()         # (harmful prompt, refusal) pairs
     harmless: Sequence[Pair] = ()         # (harmless prompt, the model's own answer) pairs
+    #: the weights before the harness aligned them, loaded on call (None: the model came aligned, so a defence
+    #: that needs them must estimate; e.g. Safe LoRA's V = W_aligned - W_base)
+    unaligned: Callable[[], Any] | None = None
 
 
 @dataclasses.dataclass

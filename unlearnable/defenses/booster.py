@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 
+from ..adapters import LoraSpec
 from ..data import encode_pair
 from ..errors import UnlearnableError
 from ..training import TrainConfig, UnlearnableTrainer, endless_batches, finetune, trainable_params
@@ -24,6 +25,10 @@ class BoosterConfig:
     lr: float = 5e-4
     epochs: float = dataclasses.field(default=3.0, metadata={"help": "passes over the alignment data"})
     batch_size: int = 16
+    lora: LoraSpec = dataclasses.field(
+        default_factory=lambda: LoraSpec(r=32, alpha=4, target_modules="q_proj,k_proj,v_proj"), metadata={
+            "help": "the alignment LoRA (the reference's r 32, alpha 4 on q, k, v; other architectures name "
+                    "their projections differently, e.g. c_attn in GPT-2, or use all-linear)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "order of the alignment and harmful data"})
 
 
@@ -91,7 +96,7 @@ class BoosterDefense(Defense):
         if not data.refusals or not harmful:
             raise UnlearnableError("booster needs refusal pairs and harmful pairs in DefenseData")
         random.Random(c.seed).shuffle(alignment)
-        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed)
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, lora=c.lora)
         rows = [encode_pair(tokenizer, p, cfg.max_length) for p in harmful]
         trainer = functools.partial(BoosterTrainer, harmful=rows, lam=c.lam, alpha=c.alpha, seed=c.seed)
         hardened, history = finetune(copy.deepcopy(model), tokenizer, alignment, cfg, progress=progress,

@@ -27,10 +27,16 @@ class LisaConfig:
         "help": "optimizer steps on the alignment data at the start of each cycle"})
     user_steps: int = dataclasses.field(default=9, metadata={
         "help": "optimizer steps on the user's data after them"})
+    prox_warmup: float = dataclasses.field(default=0.1, metadata={
+        "help": "the proximal term switches on once more than this share of the run's steps is done (the "
+                "reference's 10 %: from the first step it holds the user's phase near the aligned weights and "
+                "costs benign accuracy)"})
 
     def __post_init__(self):
         if self.rho < 0 or self.align_steps < 1 or self.user_steps < 1:
             raise UnlearnableError("lisa needs rho >= 0, align_steps >= 1 and user_steps >= 1")
+        if not 0 <= self.prox_warmup < 1:
+            raise UnlearnableError("lisa prox_warmup is a share of the steps in [0, 1)")
 
 
 def phase_of(step: int, align_steps: int, user_steps: int) -> str:
@@ -63,14 +69,16 @@ def proximal(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], rho
 
 class LisaTrainer(UnlearnableTrainer):
     """Takes its rows in the order given (they are laid out step by step by :func:`interleaved`) and adds the
-    proximal term toward the weights at the last phase switch, i.e. where the other phase left off."""
+    proximal term toward the weights at the last phase switch, i.e. where the other phase left off, from optimizer
+    step ``warmup_steps`` on."""
 
-    def __init__(self, *args, rho: float, align_steps: int, user_steps: int, **kwargs):
+    def __init__(self, *args, rho: float, align_steps: int, user_steps: int, warmup_steps: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.rho, self.schedule = rho, (align_steps, user_steps)
+        self.rho, self.schedule, self.warmup_steps = rho, (align_steps, user_steps), warmup_steps
         self.phase: str | None = None
         self.anchor: list[torch.Tensor] = []
         self.phases: dict[int, str] = {}  # optimizer step -> phase, as trained
+        self.proximal_terms: dict[int, float] = {}  # optimizer step -> the proximal term added, as trained
 
     def _get_train_sampler(self, train_dataset=None):
         return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
@@ -83,7 +91,9 @@ class LisaTrainer(UnlearnableTrainer):
         self.phases[self.state.global_step] = phase
         out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, rest = (out[0], out[1:]) if return_outputs else (out, ())
-        prox = proximal(params, self.anchor, self.rho)
+        rho = self.rho if self.state.global_step >= self.warmup_steps else 0.0
+        prox = proximal(params, self.anchor, rho)
+        self.proximal_terms[self.state.global_step] = float(prox.detach())
         if num_items_in_batch is not None:  # the CE is already a share of the accumulated batch; so is this
             prox = prox / self.current_gradient_accumulation_steps
         loss = loss + prox
@@ -95,8 +105,8 @@ class LisaDefense(Defense):
     """Lazy safety alignment in the service's fine-tuning: each cycle runs ``align_steps`` optimizer steps on the
     provider's alignment data (its refusal and harmless pairs, the harness's alignment recipe) and then
     ``user_steps`` on the user's, with a proximal term ``rho/2 ||w - w_other||^2`` pulling each phase toward the
-    weights the other phase ended with. The run keeps the user's step budget: the alignment steps are a share
-    of it. Service threat model only."""
+    weights the other phase ended with, switched on after the first ``prox_warmup`` share of the steps. The run
+    keeps the user's step budget: the alignment steps are a share of it. Service threat model only."""
 
     threat_models = (SERVICE,)
     Config = LisaConfig
@@ -119,6 +129,7 @@ class LisaDefense(Defense):
         rows = config.batch_size * config.grad_accum * world_size()
         steps = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * math.ceil(len(pairs) / rows))
         ordered = interleaved(list(pairs), self.alignment, steps, rows, c.align_steps, c.user_steps, config.seed)
-        trainer = functools.partial(LisaTrainer, rho=c.rho, align_steps=c.align_steps, user_steps=c.user_steps)
+        trainer = functools.partial(LisaTrainer, rho=c.rho, align_steps=c.align_steps, user_steps=c.user_steps,
+                                    warmup_steps=math.floor(c.prox_warmup * steps) + 1 if c.prox_warmup else 0)
         return finetune(model, tokenizer, ordered, dataclasses.replace(config, max_steps=steps), progress=progress,
                         trainer_class=trainer, **kw)

@@ -24,10 +24,18 @@ class RepNoiseConfig:
     logit_lens: bool = dataclasses.field(default=True, metadata={
         "help": "harmful loss averaged over every layer read through the final norm and LM head (as the "
                 "reference code); false: the output layer only"})
-    lr: float = 5e-4
+    backbone: str = dataclasses.field(default="full", metadata={
+        "help": "full: train every weight, as the reference (all model.parameters()); lora: a LoRA merged into "
+                "the weights (the harness's alignment shape)"})
+    lr: float = dataclasses.field(default=2e-5, metadata={
+        "help": "learning rate (the paper's 2e-5 for full training; a LoRA wants about 5e-4)"})
     epochs: float = dataclasses.field(default=1.0, metadata={"help": "passes over the harmless data"})
     batch_size: int = 8
     seed: int = dataclasses.field(default=0, metadata={"help": "order of the data and the noise"})
+
+    def __post_init__(self):
+        if self.backbone not in ("full", "lora"):
+            raise UnlearnableError(f"repnoise backbone must be full or lora, not {self.backbone!r}")
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_num: int = 5) -> torch.Tensor:
@@ -106,8 +114,9 @@ class RepNoiseDefense(Defense):
     """Before release, train on ``harmless CE - alpha log(harmful CE + 1) + beta MMD(harmful representations,
     noise)``: keep the harmless answers (the provider's refusals and harmless pairs), raise the loss of harmful
     answers at every layer and push their representations toward Gaussian noise, so that the information a
-    harmful fine-tune would reuse is gone. A LoRA merged into the weights, as the harness aligns. Counts under
-    both threat models, since the attacker fine-tunes the hardened weights."""
+    harmful fine-tune would reuse is gone. Every weight is trained by default, as the reference does
+    (``backbone: lora`` trains a LoRA merged into the weights instead). Counts under both threat models, since
+    the attacker fine-tunes the hardened weights."""
 
     Config = RepNoiseConfig
 
@@ -117,7 +126,7 @@ class RepNoiseDefense(Defense):
         if not keep or not harmful:
             raise UnlearnableError("repnoise needs harmful pairs and refusal/harmless pairs in DefenseData")
         random.Random(c.seed).shuffle(keep)
-        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed)
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, backbone=c.backbone)
         rows = [encode_pair(tokenizer, p, cfg.max_length) for p in harmful]
         trainer = functools.partial(RepNoiseTrainer, harmful=rows, config=c)
         hardened, history = finetune(copy.deepcopy(model), tokenizer, keep, cfg, progress=progress,

@@ -80,10 +80,11 @@ class SafeLoraDefense(Defense):
     **The reference weights.** The paper takes ``V = W_aligned - W_base`` from a chat model and its base model.
     The harness hands a defence only the aligned model and its data, so:
 
-    * with ``base`` set (a hub id or local folder, loaded like any model), ``V`` is exactly that difference. The
-      harness aligns the model it loads with one LoRA, so ``base`` = the harness's ``model`` gives the alignment
-      the harness itself applied;
-    * without it (the default), ``V`` is estimated: a LoRA (``estimate``, rank and targets of its ``lora``) is
+    * with ``base`` set (a hub id or local folder, loaded like any model), ``V`` is exactly that difference;
+    * without it, when the harness aligned the model itself, ``V`` is the difference from the weights before that
+      alignment (``DefenseData.unaligned``): the paper's subspace, for the alignment the harness applied;
+    * otherwise (a user who brings an aligned model without its base), ``V`` is estimated, and labelled so in
+      ``info["reference"]``: a LoRA (``estimate``, rank and targets of its ``lora``) is
       trained on the aligned model with the defence's alignment data (its refusal pairs and harmless pairs, the
       harness's own alignment recipe), and its update ``s B A`` per layer is ``V``. It spans the directions in
       which alignment data moves these weights, of the same rank as the harness's alignment LoRA, but it is
@@ -102,18 +103,27 @@ class SafeLoraDefense(Defense):
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         if self.directions is None:
-            self.directions = (self.from_base(model) if self.config.base
-                               else self.estimated(model, tokenizer, data, progress))
+            if self.config.base:
+                self.directions = self.difference(model, load_model(self.config.base)[0], self.config.base)
+                self.info["reference"] = f"aligned minus base ({self.config.base})"
+            elif data.unaligned is not None:
+                self.directions = self.difference(model, data.unaligned(), "the unaligned model")
+                self.info["reference"] = "aligned minus base (the weights before the harness aligned them)"
+            else:
+                self.directions = self.estimated(model, tokenizer, data, progress)
+                self.info["reference"] = ("estimated (proxy): a LoRA trained on the defence's alignment data, no "
+                                          "unaligned weights given")
         if not self.directions:
             raise UnlearnableError("safe-lora found no linear layers inside the decoder blocks of this model")
-        self.info["reference"] = self.config.base or "estimated from the defence's alignment data"
 
-    def from_base(self, model) -> dict[str, torch.Tensor]:
-        base, _ = load_model(self.config.base)
+    @staticmethod
+    def difference(model, base, what: str) -> dict[str, torch.Tensor]:
+        """``V = W_aligned - W_base`` per decoder linear layer."""
         mine, theirs = decoder_linears(model), decoder_linears(base)
         if set(mine) != set(theirs) or any(mine[k].weight.shape != theirs[k].weight.shape for k in mine):
-            raise UnlearnableError(f"safe-lora base {self.config.base} does not have this model's architecture")
-        return {k: (mine[k].weight.detach().float() - theirs[k].weight.detach().float()).cpu() for k in mine}
+            raise UnlearnableError(f"safe-lora base {what} does not have this model's architecture")
+        return {k: (mine[k].weight.detach().float() - theirs[k].weight.detach().float().to(mine[k].weight.device))
+                .cpu() for k in mine}
 
     def estimated(self, model, tokenizer, data: DefenseData, progress: bool) -> dict[str, torch.Tensor]:
         if not data.refusals:

@@ -10,31 +10,53 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..adapters import LoraSpec
 from ..errors import UnlearnableError
-from ..models import block_hidden, decoder_blocks, forward_hooks
+from ..models import attention_modules, block_hidden, decoder_blocks, forward_hooks
 from ..training import TrainConfig, UnlearnableTrainer, finetune
 from .base import DEFENSES, Defense, DefenseData
+
+SITES = ("attention", "block")
 
 
 @dataclasses.dataclass
 class VaccineConfig:
     rho: float = dataclasses.field(default=2.0, metadata={
-        "help": "norm of the hidden-state perturbation, over all blocks and tokens together"})
+        "help": "norm of the hidden-state perturbation, over all perturbed sub-layers and tokens together"})
+    site: str = dataclasses.field(default="attention", metadata={
+        "help": "where the perturbation is added: attention (each block's self-attention output, as the "
+                "reference hooks it) or block (each decoder block's output)"})
     lr: float = 1e-3
     epochs: float = dataclasses.field(default=3.0, metadata={"help": "passes over the alignment data"})
     batch_size: int = 16
+    lora: LoraSpec = dataclasses.field(default_factory=lambda: LoraSpec(r=16, alpha=4), metadata={
+        "help": "the alignment LoRA (the reference's r 16, alpha 4 on every projection)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "order of the alignment data"})
 
     def __post_init__(self):
         if self.rho < 0:
             raise UnlearnableError("vaccine rho must be >= 0")
+        if self.site not in SITES:
+            raise UnlearnableError(f"vaccine site must be one of {', '.join(SITES)}, not {self.site!r}")
 
 
-def vaccine_perturbation(trainer: UnlearnableTrainer, model, inputs: dict, rho: float) -> list[torch.Tensor]:
-    """``rho * g_l / ||g||`` per block ``l``: ``g_l`` the alignment loss's gradient with respect to block ``l``'s
-    hidden output, the norm taken over every block together (the harmful embedding drift the paper guards
-    against, at its worst within a ball of radius ``rho``). Parameter gradients are left untouched."""
-    blocks = decoder_blocks(model)
+def perturbation_sites(model, site: str) -> tuple[list[torch.nn.Module], str]:
+    """The modules whose outputs Vaccine perturbs, and what they are (a model without a separable attention
+    sub-layer falls back to its blocks, and says so)."""
+    if site == "attention":
+        attention = attention_modules(model)
+        if attention is not None:
+            return attention, "attention"
+        return decoder_blocks(model), "block (no separable attention module in this model's blocks)"
+    return decoder_blocks(model), "block"
+
+
+def vaccine_perturbation(trainer: UnlearnableTrainer, model, inputs: dict, rho: float,
+                         sites: list[torch.nn.Module] | None = None) -> list[torch.Tensor]:
+    """``rho * g_l / ||g||`` per site ``l`` (default: each block): ``g_l`` the alignment loss's gradient with
+    respect to that sub-layer's output, the norm taken over every site together (the harmful embedding drift the
+    paper guards against, at its worst within a ball of radius ``rho``). Parameter gradients are left untouched."""
+    blocks = sites if sites is not None else decoder_blocks(model)
     outputs: list = [None] * len(blocks)
 
     def keep(i, module, args, output):
@@ -50,8 +72,8 @@ def vaccine_perturbation(trainer: UnlearnableTrainer, model, inputs: dict, rho: 
 
 
 def shifted_by(perturbations: Sequence[torch.Tensor]) -> Callable:
-    """A forward hook adding block ``i``'s perturbation to its hidden output (a constant: the gradient flows
-    through the block as without it, as in the paper)."""
+    """A forward hook adding site ``i``'s perturbation to its output (a constant: the gradient flows through the
+    sub-layer as without it, as in the paper)."""
 
     def shift(i, module, args, output):
         hidden = block_hidden(output) + perturbations[i]
@@ -61,26 +83,28 @@ def shifted_by(perturbations: Sequence[torch.Tensor]) -> Callable:
 
 
 class VaccineTrainer(UnlearnableTrainer):
-    """Each step: one forward/backward to find the perturbation, a second with it added to every block's hidden
-    output, whose parameter gradients make the update."""
+    """Each step: one forward/backward to find the perturbation, a second with it added to every site's output
+    (each attention sub-layer by default), whose parameter gradients make the update."""
 
-    def __init__(self, *args, rho: float, **kwargs):
+    def __init__(self, *args, rho: float, site: str = "block", **kwargs):
         super().__init__(*args, **kwargs)
-        self.rho = rho
+        self.rho, self.site = rho, site
+        self.sites_used: str | None = None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         model.train()
         inputs = self._prepare_inputs(inputs)
-        perturbations = vaccine_perturbation(self, model, inputs, self.rho)
-        with forward_hooks(decoder_blocks(model), shifted_by(perturbations)):
+        sites, self.sites_used = perturbation_sites(model, self.site)
+        perturbations = vaccine_perturbation(self, model, inputs, self.rho, sites)
+        with forward_hooks(sites, shifted_by(perturbations)):
             return super().training_step(model, inputs, num_items_in_batch)
 
 
 @DEFENSES.register("vaccine")
 class VaccineDefense(Defense):
     """Before release, align (the provider's refusal and harmless pairs, the harness's alignment recipe: a LoRA
-    merged into the weights) while every block's hidden output is pushed by the perturbation of norm ``rho``
-    that raises the alignment loss most, so that the aligned behaviour survives the drift a later harmful
+    merged into the weights) while every attention sub-layer's output (``site``) is pushed by the perturbation of
+    norm ``rho`` that raises the alignment loss most, so that the aligned behaviour survives the drift a later harmful
     fine-tune causes. Counts under both threat models, since the attacker fine-tunes the hardened weights."""
 
     Config = VaccineConfig
@@ -91,9 +115,10 @@ class VaccineDefense(Defense):
         if not data.refusals:
             raise UnlearnableError("vaccine needs refusal pairs in DefenseData")
         random.Random(c.seed).shuffle(alignment)
-        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed)
-        trainer = functools.partial(VaccineTrainer, rho=c.rho)
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, lora=c.lora)
+        trainer = functools.partial(VaccineTrainer, rho=c.rho, site=c.site)
         hardened, history = finetune(copy.deepcopy(model), tokenizer, alignment, cfg, progress=progress,
                                      trainer_class=trainer)
         self.info["harden_history"] = [h for h in history if "loss" in h]
+        self.info["perturbed"] = perturbation_sites(model, c.site)[1]
         return hardened

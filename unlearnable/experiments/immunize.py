@@ -315,7 +315,7 @@ class _Sweep:
         refusals = [p for p in self.data.align if is_refusal(p.response)]
         cut = config.n_stability_harmless + config.n_defense_harmless
         self.defense_data = DefenseData(harmful=self.data.vector_pairs, refusals=refusals,
-                                        harmless=harmless[config.n_stability_harmless:cut])
+                                        harmless=harmless[config.n_stability_harmless:cut], unaligned=setup.unaligned)
         self.attacker_harmless = harmless[cut:]
         self.n_attack_available = len(self.data.attack)
         self.stab: dict[str, dict] = {}  # each defence's stability (before any attack): its curves' step 0
@@ -574,9 +574,10 @@ def _resistance(name, d, base, config: ImmunizeConfig) -> dict[str, Any]:
                                         config.budget.steps) if name != "none" else "baseline"
     res["by_threat_model"] = _resistance_by_threat_model(name, d, base, config, res["verdict"])
     if config.attacker == "search" and name != "none":  # the headline: the most permissive threat model measured
-        measured = [v for v in res["by_threat_model"].values() if not v.startswith(("not applicable", "not meas"))]
-        res["verdict"] = next((v for tm, v in sorted(res["by_threat_model"].items(), key=lambda kv:
-                               -THREAT_MODELS.get(kv[0]).permissiveness) if v in measured), res["verdict"])
+        measured = [v for _, v in sorted(res["by_threat_model"].items(),
+                                         key=lambda kv: -THREAT_MODELS.get(kv[0]).permissiveness)
+                    if not v.startswith("not ")]
+        res["verdict"] = measured[0] if measured else res["verdict"]
     return res
 
 

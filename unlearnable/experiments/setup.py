@@ -14,7 +14,7 @@ import dataclasses
 import json
 import random
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..data import (
     SYSTEM_ATTR,
@@ -255,6 +255,8 @@ class Setup:
     precision: str
     align_info: dict[str, Any]
     name: str
+    #: the weights before alignment, loaded on call (None when the model was not aligned here)
+    unaligned: Callable[[], Any] | None = None
 
     def model_record(self) -> dict[str, str]:
         return {"name": self.name, "base_fingerprint": self.base_fingerprint, "aligned_fingerprint": self.fingerprint}
@@ -288,8 +290,11 @@ def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_
         else:
             aligned, info = base, {"skipped": True}
         fp = model_fingerprint(aligned)
+    unaligned = None
+    if align_model:  # given: already in the caller's memory; loaded: loaded again only if a defence asks
+        unaligned = (lambda: base) if model is not None else (lambda: load_model(model_name)[0].to(device))
     return Setup(aligned, tok, data, fp_base, fp, resolved, {k: v for k, v in info.items() if k != "history"},
-                 name=model_name or "default:SmolLM2-135M-Instruct")
+                 name=model_name or "default:SmolLM2-135M-Instruct", unaligned=unaligned)
 
 
 def envelope(kind: str, config: Any, *, start: float, timings: Timings, **fields: Any) -> dict[str, Any]:

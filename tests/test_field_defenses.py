@@ -153,7 +153,7 @@ def test_safe_lora_full_backbone_update_keeps_unprojected_layers_bit_identical(t
         assert torch.allclose(w2[k].weight, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_safe_lora_reference_weights_from_a_base_model_or_estimated(tiny_dir, tokenizer):
+def test_safe_lora_reference_weights_from_a_base_model_or_estimated(tiny_dir, tokenizer, tmp_path):
     from conftest import make_model
 
     aligned = make_model(tokenizer)  # the same weights as the saved base ...
@@ -174,6 +174,10 @@ def test_safe_lora_reference_weights_from_a_base_model_or_estimated(tiny_dir, to
     assert max(ranks) == 2 and all(r <= 2 for r in ranks)  # the alignment LoRA's update, rank r
     assert estimated.info["reference"].startswith("estimated (proxy)") and "aligned minus base" in \
         defense.info["reference"]
+    defense.save_state(tmp_path / "state")  # a resumed sweep still says what V is
+    resumed = DEFENSES.get("safe-lora").from_options({})
+    assert resumed.load_state(tmp_path / "state") and resumed.info["reference"] == defense.info["reference"]
+    assert torch.equal(resumed.directions[name], defense.directions[name])
 
 
 def test_safe_lora_subspace_is_aligned_minus_base_when_the_harness_aligned(tiny, harmful_pairs, tmp_path,
@@ -427,6 +431,16 @@ def test_vaccine_hooks_sit_on_the_attention_modules(tiny, tmp_path, monkeypatch,
     assert attention_modules(model) is not None
     with pytest.raises(UnlearnableError, match="site"):
         DEFENSES.get("vaccine").from_options({"site": "mlp"})
+
+
+def test_booster_uses_the_reference_lora_where_the_model_has_its_modules(tiny):
+    model, tok = tiny
+    booster = DEFENSES.get("booster").from_options({})
+    assert booster.lora_for(model).targets() == ["q_proj", "k_proj", "v_proj"] and booster.lora_for(model).r == 32
+    assert "lora_targets" not in booster.info
+    gpt2 = booster.lora_for(tiny_gpt2(len(tok)))  # GPT-2 names them c_attn: all linear layers, said so
+    assert gpt2.target_modules == "all-linear" and gpt2.alpha == 4
+    assert "no q_proj,k_proj,v_proj modules" in booster.info["lora_targets"]
 
 
 @pytest.mark.parametrize("rho", [0.0, 1.0])

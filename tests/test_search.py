@@ -365,3 +365,38 @@ def test_committed_search_configs_build_and_the_quick_preset_matches_its_file():
     assert ImmunizeConfig(threat_models=["service", "weights", "service"]).threat_models == [SERVICE, WEIGHTS]
     with pytest.raises(UnlearnableError, match="Known threat models"):
         ImmunizeConfig(threat_models=["cloud"])
+
+
+def test_generalization_runs_at_each_threat_models_worst_case_and_benign_becomes_harmful():
+    from unlearnable.experiments.immunize import cross_domain_settings, headline
+
+    def found(attack, lr, feasible=True):
+        wc = {"config": dataclasses.asdict(AttackSettings(lr=lr, steps=16, attack=attack))} if feasible else None
+        return {"claimed": True, "worst_case": wc, "trials": [], "best_so_far": []}
+
+    by = {WEIGHTS: found("benign", 1e-2), SERVICE: found("restyled", 1e-3)}
+    search = {**headline(by), "by_threat_model": by}
+    assert search["threat_model"] == WEIGHTS  # the most permissive that found a worst case
+    runs = cross_domain_settings(search)
+    assert set(runs) == {"cross-domain", "cross-domain-service"}
+    assert runs["cross-domain"].attack == "harmful-sft" and runs["cross-domain"].lr == 1e-2  # recipe kept
+    assert runs["cross-domain-service"].attack == "restyled"
+    # a more permissive threat model without a feasible trial does not take the headline
+    by = {WEIGHTS: found("restyled", 1e-2, feasible=False), SERVICE: found("restyled", 1e-3)}
+    assert headline(by)["threat_model"] == SERVICE
+
+
+def test_benign_or_mixed_without_attacker_harmless_pairs_fails_before_any_attack(tiny, harmful_pairs, tmp_path):
+    from test_immunization import tiny_data
+
+    from unlearnable.experiments.immunize import ImmunizeConfig, run_immunize
+    from unlearnable.experiments.setup import DataConfig
+
+    model, tok = tiny
+    cfg = ImmunizeConfig(defenses=["none"], attacker="search", align=False, n_stability_harmless=3,
+                         n_defense_harmless=7, data=DataConfig(system_prompt=None),
+                         service=ServiceConfig(attacks=["harmful-sft", "mixed"]))  # 10 harmless pairs: none left
+    with pytest.raises(UnlearnableError, match="mixed need harmless pairs for the attacker"):
+        run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                     progress=False)
+    assert not (tmp_path / "out").exists()

@@ -80,6 +80,12 @@ class BoosterTrainer(UnlearnableTrainer):
         return loss + share * drop
 
 
+def has_modules(model, names: Sequence[str]) -> bool:
+    """Whether ``model`` has a module whose name ends in each of ``names``."""
+    ends = {n.rpartition(".")[2] for n, _ in model.named_modules()}
+    return all(name in ends for name in names)
+
+
 @DEFENSES.register("booster")
 class BoosterDefense(Defense):
     """Before release, align with ``L_align(w) + lam * (h(w) - h(w - alpha grad h(w) / ||grad h(w)||))``: the
@@ -90,13 +96,23 @@ class BoosterDefense(Defense):
 
     Config = BoosterConfig
 
+    def lora_for(self, model) -> LoraSpec:
+        """The configured LoRA, or all linear layers where this model has no modules of the configured names (the
+        reference's q, k, v are Llama's names), said in ``info``."""
+        lora = self.config.lora
+        if lora.target_modules == "all-linear" or has_modules(model, lora.targets()):
+            return lora
+        self.info["lora_targets"] = (f"all-linear: this model has no {lora.target_modules} modules (the reference's "
+                                     "names); set lora.target_modules to its attention projections")
+        return dataclasses.replace(lora, target_modules="all-linear")
+
     def harden(self, model, tokenizer, data: DefenseData, *, progress: bool = True):
         c = self.config
         alignment, harmful = list(data.refusals) + list(data.harmless), list(data.harmful)
         if not data.refusals or not harmful:
             raise UnlearnableError("booster needs refusal pairs and harmful pairs in DefenseData")
         random.Random(c.seed).shuffle(alignment)
-        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, lora=c.lora)
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, lora=self.lora_for(model))
         rows = [encode_pair(tokenizer, p, cfg.max_length) for p in harmful]
         trainer = functools.partial(BoosterTrainer, harmful=rows, lam=c.lam, alpha=c.alpha, seed=c.seed)
         hardened, history = finetune(copy.deepcopy(model), tokenizer, alignment, cfg, progress=progress,

@@ -140,13 +140,18 @@ class SafeLoraDefense(Defense):
 
         if self.directions and not (folder / DIRECTIONS_FILE).exists():
             folder.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in self.directions.items()}, str(folder / DIRECTIONS_FILE))
+            save_file({k: v.contiguous() for k, v in self.directions.items()}, str(folder / DIRECTIONS_FILE),
+                      metadata={"reference": str(self.info.get("reference", ""))})
 
     def load_state(self, folder: Path) -> bool:
         from safetensors.torch import load_file
 
         if (folder / DIRECTIONS_FILE).is_file():
+            from safetensors import safe_open
+
             self.directions = load_file(str(folder / DIRECTIONS_FILE))
+            with safe_open(str(folder / DIRECTIONS_FILE), framework="pt") as f:  # what V is, for a resumed sweep
+                self.info["reference"] = (f.metadata() or {}).get("reference") or "unknown (saved before it was kept)"
             return True
         return False
 

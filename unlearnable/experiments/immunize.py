@@ -291,14 +291,37 @@ THREAT_MODEL_TEXT = {
 
 
 def headline(by: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The search summary under the first (most permissive) threat model that was attacked: what readers of the
-    one-threat-model results (``attacker_search[defence]["worst_case"]``) keep reading."""
-    for tm_name, found in by.items():
-        if found.get("claimed"):
-            keys = ("trials", "best_so_far", "worst_case", "n_trials", "by_dimension", "worst_case_note")
-            return {"threat_model": tm_name, **{k: found[k] for k in keys if k in found}}
+    """The search summary under the most permissive threat model that was attacked and found a worst case (else
+    the most permissive attacked): what readers of the one-threat-model results
+    (``attacker_search[defence]["worst_case"]``) keep reading. ``by`` lists the most permissive first."""
+    claimed = [tm for tm, found in by.items() if found.get("claimed")]
+    if claimed:
+        tm_name = min(claimed, key=lambda tm: by[tm].get("worst_case") is None)  # the first among equals
+        keys = ("trials", "best_so_far", "worst_case", "n_trials", "by_dimension", "worst_case_note")
+        return {"threat_model": tm_name, **{k: by[tm_name][k] for k in keys if k in by[tm_name]}}
     return {"threat_model": None, "trials": [], "best_so_far": [], "worst_case": None, "n_trials": 0,
             "worst_case_note": "the defence claims none of the threat models asked for"}
+
+
+def cross_domain_settings(search: dict[str, Any]) -> dict[str, AttackSettings]:
+    """Generalization runs at each threat model's worst case: ``cross-domain`` at the headline one (the name
+    readers know), ``cross-domain-<short>`` at the others, so that a defence is compared with ``none`` under the
+    same threat model. A worst case on harmless data only (``benign``) is run as ``harmful-sft`` with the same
+    recipe: the generalization question is about harmful data from an unseen domain."""
+    out = {}
+    for tm_name, found in search.get("by_threat_model", {}).items():
+        if not found.get("worst_case"):
+            continue
+        settings = AttackSettings.from_record(found["worst_case"]["config"])
+        if settings.attack == "benign":
+            settings = dataclasses.replace(settings, attack="harmful-sft", attack_options={})
+        run = "cross-domain" if tm_name == search.get("threat_model") else f"cross-domain-{_short(tm_name)}"
+        out[run] = settings
+    return out
+
+
+def _short(tm_name: str) -> str:
+    return THREAT_MODELS.get(tm_name).short
 
 
 class _Sweep:
@@ -318,6 +341,7 @@ class _Sweep:
                                         harmless=harmless[config.n_stability_harmless:cut], unaligned=setup.unaligned)
         self.attacker_harmless = harmless[cut:]
         self.n_attack_available = len(self.data.attack)
+        self.check_attacker_data()
         self.stab: dict[str, dict] = {}  # each defence's stability (before any attack): its curves' step 0
         self.unchanged_stability: dict | None = None  # shared by every defence that releases the weights as they are
 
@@ -331,25 +355,36 @@ class _Sweep:
         self.stab[name] = runs["stability"]
         out: dict[str, Any] = {"runs": runs}
         b = self.config.budget
-        cross = b.settings(b.lrs[0], len(self.data.cross_attack))
+        crosses = {"cross-domain": b.settings(b.lrs[0], len(self.data.cross_attack))}
         if self.config.attacker == "search":
             search = self.searched(defense, hardened)
             runs.update(search.pop("runs"))
             out["attacker_search"] = search
-            if search["worst_case"]:  # generalization at the headline worst case
-                cross = AttackSettings.from_record(search["worst_case"]["config"])
+            crosses = cross_domain_settings(search) or crosses
         else:
             for lr, n in itertools.product(b.lrs, b.samples):
                 with self.timed(f"{name}: attacks"):
                     runs[b.run_id(lr, n)] = self.piece(name, b.run_id(lr, n), lambda: self.attack_run(
                         defense, hardened, b.settings(lr, n)))
         if self.data.cross_attack:  # generalization: unseen-domain data, scored on unseen-domain prompts
-            with self.timed(f"{name}: cross-domain"):
-                runs["cross-domain"] = self.piece(name, "cross-domain", lambda: self.attack_run(
-                    defense, hardened, cross, cross_domain=True, label="cross "))
+            for run, settings in crosses.items():
+                with self.timed(f"{name}: cross-domain"):
+                    runs[run] = self.piece(name, run, lambda settings=settings: self.attack_run(
+                        defense, hardened, settings, cross_domain=True, label="cross "))
         with self.timed(f"{name}: trainability"):
             runs["trainability"] = self.piece(name, "trainability", lambda: self.trainability(defense, hardened))
         return {"defense": defense.describe(), **out}  # described last: what the runs recorded (e.g. filtered pairs)
+
+    def check_attacker_data(self) -> None:
+        """An attack on harmless data (benign, mixed) needs attacker harmless pairs: fail now, not mid-search."""
+        c = self.config
+        attacks = {c.budget.attack} if c.attacker == "grid" else {*c.search.space.attacks, *c.service.attacks}
+        needing = sorted(attacks & {"benign", "mixed"})
+        if needing and not self.attacker_harmless:
+            raise UnlearnableError(
+                f"the attacks {', '.join(needing)} need harmless pairs for the attacker, and none are left: raise "
+                "data.n_harmless above n_stability_harmless + n_defense_harmless, or drop them from "
+                "search.space.attacks and service.attacks (budget.attack for the grid)")
 
     def threat_models(self, defense: Defense) -> list[str]:
         """The threat models to attack ``defense`` under: those asked for (all the defence's own by default),
@@ -618,14 +653,22 @@ def _generalization(name, d, base, config: ImmunizeConfig, search: dict[str, Any
     if "cross-domain" not in runs:
         return {"verdict": "not measured (no cross-domain data)"}
     cs = runs["cross-domain"]["steps_to_harmful"]
-    base_cs = [base["runs"]["cross-domain"]["steps_to_harmful"]] if base and "cross-domain" in base["runs"] else []
     tm_name = search.get("threat_model")
+    base_cs = [base["runs"][run]["steps_to_harmful"]] if base and (run := _baseline_cross(base, tm_name)) else []
     first = (f"{_search_prefix(tm_name)}seed{config.search.seeds[0]}" if config.attacker == "search" and tm_name
              else config.budget.run_id(config.budget.lrs[0], config.budget.samples[0]))
     return {"cross_domain_steps_to_harmful": cs,
             "cross_domain_final_harm_rate": runs["cross-domain"]["curve"][-1].get("harm_rate"),
             "in_domain_steps_to_harmful": _attack_steps(d).get(first),
             "verdict": resistance_verdict([cs], base_cs, config.budget.steps) if name != "none" else "baseline"}
+
+
+def _baseline_cross(base: dict[str, Any], tm_name: str | None) -> str | None:
+    """``none``'s cross-domain run under ``tm_name`` (its headline run or ``cross-domain-<short>``)."""
+    runs = base["runs"]
+    if tm_name and f"cross-domain-{_short(tm_name)}" in runs:
+        return f"cross-domain-{_short(tm_name)}"
+    return "cross-domain" if "cross-domain" in runs else None
 
 
 def _trainability_condition(name, d, base, v: VerdictConfig) -> dict[str, Any]:

@@ -218,16 +218,21 @@ def test_lisa_phases_alternate_as_configured():
     assert sources == [{"align"}, {"user"}, {"user"}] * 2 + [{"align"}]
 
 
-def test_lisa_trains_the_phases_in_order_with_the_user_budget(tiny, harmful_pairs, monkeypatch):
-    model, tok = tiny
-    trainers = []
-    init = LisaTrainer.__init__
+def lisa_trainers(monkeypatch) -> list:
+    """Every LisaTrainer built from now on, in order (to read what it trained)."""
+    trainers, init = [], LisaTrainer.__init__
 
     def spy(self, *args, **kwargs):
         init(self, *args, **kwargs)
         trainers.append(self)
 
     monkeypatch.setattr(LisaTrainer, "__init__", spy)
+    return trainers
+
+
+def test_lisa_trains_the_phases_in_order_with_the_user_budget(tiny, harmful_pairs, monkeypatch):
+    model, tok = tiny
+    trainers = lisa_trainers(monkeypatch)
     defense = DEFENSES.get("lisa").from_options({"align_steps": 1, "user_steps": 2})
     defense.prepare(model, tok, DefenseData(refusals=REFUSALS, harmless=HARMLESS))
     tuned, _ = defense.finetune(model, tok, harmful_pairs[:4], TrainConfig(max_steps=5, batch_size=2), progress=False)
@@ -239,14 +244,7 @@ def test_lisa_trains_the_phases_in_order_with_the_user_budget(tiny, harmful_pair
 
 def test_lisa_proximal_term_is_zero_before_the_warm_up_and_positive_after(tiny, harmful_pairs, monkeypatch):
     model, tok = tiny
-    trainers = []
-    init = LisaTrainer.__init__
-
-    def spy(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        trainers.append(self)
-
-    monkeypatch.setattr(LisaTrainer, "__init__", spy)
+    trainers = lisa_trainers(monkeypatch)
     defense = DEFENSES.get("lisa").from_options({"align_steps": 1, "user_steps": 9, "prox_warmup": 0.4,
                                                  "rho": 10.0})
     defense.prepare(model, tok, DefenseData(refusals=REFUSALS, harmless=HARMLESS))

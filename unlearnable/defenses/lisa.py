@@ -78,7 +78,7 @@ class LisaTrainer(UnlearnableTrainer):
         self.phase: str | None = None
         self.anchor: list[torch.Tensor] = []
         self.phases: dict[int, str] = {}  # optimizer step -> phase, as trained
-        self.proximal_terms: dict[int, float] = {}  # optimizer step -> the proximal term added, as trained
+        self.proximal_terms: dict[int, torch.Tensor] = {}  # optimizer step -> the proximal term added, as trained
 
     def _get_train_sampler(self, train_dataset=None):
         return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
@@ -93,7 +93,7 @@ class LisaTrainer(UnlearnableTrainer):
         loss, rest = (out[0], out[1:]) if return_outputs else (out, ())
         rho = self.rho if self.state.global_step >= self.warmup_steps else 0.0
         prox = proximal(params, self.anchor, rho)
-        self.proximal_terms[self.state.global_step] = float(prox.detach())
+        self.proximal_terms[self.state.global_step] = prox.detach()  # a tensor: no device sync per step
         if num_items_in_batch is not None:  # the CE is already a share of the accumulated batch; so is this
             prox = prox / self.current_gradient_accumulation_steps
         loss = loss + prox

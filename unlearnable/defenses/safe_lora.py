@@ -144,13 +144,11 @@ class SafeLoraDefense(Defense):
                       metadata={"reference": str(self.info.get("reference", ""))})
 
     def load_state(self, folder: Path) -> bool:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         if (folder / DIRECTIONS_FILE).is_file():
-            from safetensors import safe_open
-
-            self.directions = load_file(str(folder / DIRECTIONS_FILE))
-            with safe_open(str(folder / DIRECTIONS_FILE), framework="pt") as f:  # what V is, for a resumed sweep
+            with safe_open(str(folder / DIRECTIONS_FILE), framework="pt") as f:  # V, and what it is
+                self.directions = {k: f.get_tensor(k) for k in f.keys()}
                 self.info["reference"] = (f.metadata() or {}).get("reference") or "unknown (saved before it was kept)"
             return True
         return False

@@ -51,7 +51,7 @@ from ..training import TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
-from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target
+from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target, seed_run_prefix
 from .setup import DataConfig, PreparedData, Setup, envelope, set_up
 
 ATTACKERS = ("grid", "search")
@@ -576,7 +576,7 @@ def _attack_steps(d: dict[str, Any] | None, prefix: str = "attack-") -> dict[str
 
 
 def _search_prefix(tm_name: str) -> str:
-    return f"attack-search-{THREAT_MODELS.get(tm_name).short}-"
+    return seed_run_prefix(_short(tm_name))
 
 
 def _resistance_by_threat_model(name, d, base, config: ImmunizeConfig, verdict: str) -> dict[str, str]:
@@ -609,9 +609,8 @@ def _resistance(name, d, base, config: ImmunizeConfig) -> dict[str, Any]:
                                         config.budget.steps) if name != "none" else "baseline"
     res["by_threat_model"] = _resistance_by_threat_model(name, d, base, config, res["verdict"])
     if config.attacker == "search" and name != "none":  # the headline: the most permissive threat model measured
-        measured = [v for _, v in sorted(res["by_threat_model"].items(),
-                                         key=lambda kv: -THREAT_MODELS.get(kv[0]).permissiveness)
-                    if not v.startswith("not ")]
+        verdicts = res["by_threat_model"]
+        measured = [verdicts[tm] for tm in by_permissiveness(verdicts) if not verdicts[tm].startswith("not ")]
         res["verdict"] = measured[0] if measured else res["verdict"]
     return res
 
@@ -655,7 +654,7 @@ def _generalization(name, d, base, config: ImmunizeConfig, search: dict[str, Any
     cs = runs["cross-domain"]["steps_to_harmful"]
     tm_name = search.get("threat_model")
     base_cs = [base["runs"][run]["steps_to_harmful"]] if base and (run := _baseline_cross(base, tm_name)) else []
-    first = (f"{_search_prefix(tm_name)}seed{config.search.seeds[0]}" if config.attacker == "search" and tm_name
+    first = (f"{_search_prefix(tm_name)}{config.search.seeds[0]}" if config.attacker == "search" and tm_name
              else config.budget.run_id(config.budget.lrs[0], config.budget.samples[0]))
     return {"cross_domain_steps_to_harmful": cs,
             "cross_domain_final_harm_rate": runs["cross-domain"]["curve"][-1].get("harm_rate"),

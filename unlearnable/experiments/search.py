@@ -120,9 +120,15 @@ def utility_cost(after: dict, before: dict, config: AttackerSearchConfig) -> dic
 # ------------------------------------------------------------------------------------------ the study
 
 
-def study_name(defense: str, threat_model: str | None) -> str:
-    """``defence@threat-model`` (a study of the one-threat-model search before them is named by the defence)."""
-    return f"{defense}@{threat_model}" if threat_model else defense
+def study_name(defense: str, threat_model: str) -> str:
+    """``defence@threat-model``: one study per defence and threat model in the same database."""
+    return f"{defense}@{threat_model}"
+
+
+def seed_run_prefix(short: str) -> str:
+    """How the worst case's seed runs under the threat model named ``short`` are named (``<prefix><seed>``): the
+    harness reads resistance per threat model from them."""
+    return f"attack-search-{short}-seed"
 
 
 def study_for(out, name: str, config: AttackerSearchConfig):
@@ -271,10 +277,9 @@ class DefenseSearch:
         return out[:self.config.n_trials]
 
     def seed_runs(self, worst: dict[str, Any]) -> dict[str, dict]:
-        settings = AttackSettings.from_record(worst["settings"])
-        return {f"attack-{self.run_name(f'seed{s}')}": self.target.piece(
-            f"attack-{self.run_name(f'seed{s}')}", lambda s=s: self._seed_run(settings, s, worst))
-            for s in self.config.seeds}
+        settings, prefix = AttackSettings.from_record(worst["settings"]), seed_run_prefix(self.tm.short)
+        return {f"{prefix}{s}": self.target.piece(f"{prefix}{s}", lambda s=s: self._seed_run(settings, s, worst))
+                for s in self.config.seeds}
 
     def objective(self, trial) -> float:
         optuna = _optuna()

@@ -93,6 +93,22 @@ def test_a_mixed_run_holds_each_searched_poison_share(share):
     assert harmful == 5 and harmful / len(mix) == pytest.approx(share, rel=0.02)
 
 
+@pytest.mark.parametrize("share", POISON_SHARES)
+def test_a_mixed_run_sees_its_harmful_pairs_at_the_share_within_the_rows_it_trains_on(share):
+    from unlearnable.attacks import AttackSettings
+
+    many = AttackData(harmful=HARMFUL, harmless=[Pair(f"Harmless {i}?", "Fine.") for i in range(50)])
+    attack = build_attack("mixed", {"harmful_fraction": share})
+    settings = AttackSettings(lr=1e-3, steps=4, batch_size=8, n_samples=len(HARMFUL), attack="mixed")
+    mix = attack.pairs_for(many, settings, seed=0)
+    harmful = sum(p in HARMFUL for p in mix)
+    assert harmful >= 1 and attack.describe()["n_harmful"] == harmful
+    if len(HARMFUL) / share > 32:  # capped: exactly the 32 rows the run sees, the share kept (at least one)
+        assert len(mix) == 32 and harmful == max(1, round(32 * share))
+    else:
+        assert harmful == len(HARMFUL) and attack.describe()["poison_share"] == pytest.approx(share, rel=0.05)
+
+
 def test_budget_names_its_runs_by_attack():
     assert BudgetConfig().run_id(1e-3, 200) == "attack-lr0.001-n200"  # the classic attack keeps its old name
     assert BudgetConfig(attack="mixed").run_id(1e-3, 200) == "attack-mixed-lr0.001-n200"

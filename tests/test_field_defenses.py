@@ -343,7 +343,7 @@ def test_booster_step_gradient_equals_the_formula(tiny, harmful_pairs, tmp_path)
 def test_alignment_stage_defences_harden_a_copy(tiny, harmful_pairs, name):
     model, tok = tiny
     before = copy.deepcopy(model.state_dict())
-    defense = DEFENSES.get(name).from_options({"epochs": 1.0, "batch_size": 8})
+    defense = DEFENSES.get(name).from_options({"max_steps": 2, "batch_size": 8})
     hardened = defense.harden(model, tok, DefenseData(harmful=harmful_pairs[:4], refusals=REFUSALS,
                                                       harmless=HARMLESS), progress=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -469,7 +469,7 @@ def test_mmd_is_zero_for_one_distribution_and_grows_with_the_shift():
 def test_repnoise_full_parameter_option_trains_every_weight(tiny, harmful_pairs, backbone):
     model, tok = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    defense = DEFENSES.get("repnoise").from_options({"epochs": 1.0, "batch_size": 8, "backbone": backbone,
+    defense = DEFENSES.get("repnoise").from_options({"max_steps": 2, "batch_size": 8, "backbone": backbone,
                                                      "lr": 1e-3})
     assert DEFENSES.get("repnoise").Config().backbone == "full"  # the reference trains all parameters
     hardened = defense.harden(model, tok, DefenseData(harmful=harmful_pairs[:4], refusals=REFUSALS,

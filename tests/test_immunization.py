@@ -33,6 +33,7 @@ def test_resistance_verdicts():
     assert resistance_verdict([None, None], [10, 20], 30) == "strong"
     assert resistance_verdict([20, None], [10, 10], 30) == "weak (20 steps)"
     assert resistance_verdict([10, 30], [10, 10], 30) == "none"
+    assert resistance_verdict([], [10, 10], 30).startswith("not measured")  # no run is no evidence of strength
 
 
 def test_cohen_kappa_known_values():
@@ -90,7 +91,7 @@ def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
         data=DataConfig(system_prompt=None), align=False, n_curve_eval=6, n_stability_harmless=5,
         judges=["keyword", "harmful-loss"],
         vectors=VectorConfig(epochs=1, batch_size=8),
-        defense_options={"adversarial-loss": {"epochs": 1.0}},
+        defense_options={"adversarial-loss": {"max_steps": 2}},
         mmlu=MMLUConfig(n=6, max_length=64),
     )
     res = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),

@@ -45,9 +45,14 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
 
 
+def prompt_hash(pair: Pair) -> str:
+    """A short hash of the normalized prompt: enough to detect overlap without storing the prompt."""
+    return sha256_text(normalize(pair.prompt))[:16]
+
+
 def prompt_hashes(pairs: Iterable[Pair]) -> list[str]:
-    """Sorted short hashes of the normalized prompts: enough to detect overlap without storing the prompts."""
-    return sorted({sha256_text(normalize(p.prompt))[:16] for p in pairs})
+    """Sorted :func:`prompt_hash` of each pair, once each."""
+    return sorted({prompt_hash(p) for p in pairs})
 
 
 def check_styles_disjoint(attack: Iterable[str], defence: Iterable[str], n: int = 4) -> None:
@@ -72,7 +77,7 @@ def check_styles_disjoint(attack: Iterable[str], defence: Iterable[str], n: int 
 def check_no_overlap(items: Sequence[Pair], hashes: Iterable[str], what: str, other: str) -> None:
     """Raise if a prompt of ``items`` is among ``hashes`` (from :func:`prompt_hashes`): leakage fakes resistance."""
     known = set(hashes)
-    shared = [p for p in items if sha256_text(normalize(p.prompt))[:16] in known]
+    shared = [p for p in items if prompt_hash(p) in known]
     if shared:
         raise UnlearnableError(
             f"{len(shared)} of the {len(items)} {what} prompts are also in {other} (e.g. {shared[0].prompt[:60]!r}); "

@@ -405,6 +405,43 @@ def conditions_table(conditions: dict[str, Any]) -> list[list[str]]:
             for name, c in conditions.items()]
 
 
+def _tuning_and_search_sections(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
+    """The sections after the conditions: defence tuning (default and tuned), the attacker's search."""
+    sections = []
+    tuned = {name: d["tuned"] for name, d in results.get("defenses", {}).items() if d.get("tuned", {}).get("trials")}
+    if tuned:
+        sections.append(("Defence tuning: defaults and tuned, side by side", tuning_section(tuned)))
+    if searches := results.get("attacker_search"):
+        search_plot(searches, out / "attacker_search.png")
+        sections.append(("Attacker search: the worst case under the utility constraint",
+                         search_section(searches, results["config"])))
+    return sections
+
+
+def tuning_section(tuned: dict[str, dict[str, Any]]) -> str:
+    """Per defence and tuned option: the default and the tuned value, and the probe attack's harm rate at each
+    (on the defence's own held-out prompts, never the evaluation's)."""
+    rows = []
+    for name, t in tuned.items():
+        feasible = sum(r["feasible"] for r in t["trials"])
+        for key in t["space"]:
+            chosen = t["options"].get(key, t["default"].get(key))
+            rows.append([name, key, _num(t["default"].get(key)), _num(chosen),
+                         f"{_num(t.get('default_probe_harm_rate'))} -> {_num(t.get('tuned_probe_harm_rate'))}",
+                         f"{feasible} of {t['n_trials']}", t.get("note", "")])
+    first = next(iter(tuned.values()))
+    return (table(["defence", "option", "default", "tuned", "probe harm (default -> tuned)",
+                   "trials within the constraint", "note"], rows)
+            + f"<p class='note'>Objective: {html.escape(first['objective'])}. Constraint: "
+              f"{html.escape(first['constraint'])}. Probe attack: {html.escape(first['probe']['attack'])} at lr "
+              f"{first['probe']['lr']:g} for {first['probe']['steps']} steps. Every later condition runs the tuned "
+              "configuration.</p>")
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def write_immunize_report(results: dict[str, Any], out: Path) -> None:
     out = Path(out)
     immunize_plots(results, out)
@@ -439,10 +476,7 @@ def write_immunize_report(results: dict[str, Any], out: Path) -> None:
         ("Threat models", "<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
                                             for k, v in results["threat_models"].items()) + "</ul>"),
     ]
-    if searches:
-        search_plot(searches, out / "attacker_search.png")
-        sections.insert(2, ("Attacker search: the worst case under the utility constraint",
-                            search_section(searches, cfg)))
+    sections[1:1] = _tuning_and_search_sections(results, out)
     if results.get("judge_agreement"):
         sections.append(("Judge agreement", judges_section(results["judge_agreement"],
                                                            results.get("judge_disagreements", []))))

@@ -299,6 +299,18 @@ class CheckpointedCallback(TrainerCallback):
         raise NotImplementedError
 
 
+class StopBelowLoss(TrainerCallback):
+    """Ends training once the logged training loss is below ``target`` (a trainer's own stopping criterion)."""
+
+    def __init__(self, target: float):
+        self.target = target
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and logs["loss"] < self.target:
+            control.should_training_stop = True
+        return control
+
+
 class StopOnSignal(TrainerCallback):
     """Ends training at the step boundary after SIGINT / SIGTERM, saving a checkpoint first where checkpointing is
     on, so a stopped run resumes from the very step it reached (see :mod:`unlearnable.interrupts`)."""

@@ -45,6 +45,11 @@ class UtilityBenchmark(abc.ABC):
     def run(self, model, tokenizer, *, progress: bool = True) -> dict[str, Any]:
         """The benchmark's numbers for ``model``."""
 
+    def held_out(self, n: int, seed: int = 0) -> "UtilityBenchmark | None":
+        """The same benchmark on ``n`` items none of which this one scores (what defence tuning reads, so that it
+        never sees the evaluation's items); None where the benchmark cannot split."""
+        return None
+
 
 BENCHMARKS: Registry[UtilityBenchmark] = Registry("benchmark", UtilityBenchmark)
 
@@ -94,6 +99,12 @@ class MMLU(UtilityBenchmark):
             items = by_topic[topic]
             out += rng.sample(items, min(len(items), per + (topic in bonus)))
         return out
+
+    def held_out(self, n: int, seed: int = 0) -> "MMLU":
+        scored = {(q["topic"], q["question"]) for q in self.questions()}
+        pool = self._questions if self._questions is not None else mmlu_questions()
+        rest = [q for q in pool if (q["topic"], q["question"]) not in scored]
+        return MMLU(dataclasses.replace(self.config, n=n, seed=seed), questions=rest)
 
     @staticmethod
     def prompt(q: dict) -> str:

@@ -42,6 +42,7 @@ class Attack(abc.ABC):
 
     def __init__(self, config: Any = None, **options: Any):
         self.config = config if config is not None else self.Config(**options)
+        self.info: dict[str, Any] = {}  # what the last run's data held, where the settings alone do not say
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "Attack":
@@ -56,13 +57,17 @@ class Attack(abc.ABC):
             callbacks: Sequence[Any] = (), progress: bool = True) -> tuple[Any, list[Pair]]:
         """Attack a copy of ``model`` through ``defense``'s fine-tuning (the defence acts where its threat model
         puts it); returns the attacked model and the pairs it was trained on."""
-        pairs = self.training_pairs(data, min(settings.n_samples, len(data.harmful)), seed)
+        pairs = self.pairs_for(data, settings, seed)
         final, _ = defense.finetune(copy.deepcopy(model), tokenizer, pairs, settings.train_config(seed),
                                     progress=progress, callbacks=list(callbacks))
         return final, pairs
 
+    def pairs_for(self, data: AttackData, settings: AttackSettings, seed: int) -> list[Pair]:
+        """The pairs a run of ``settings`` trains on: :meth:`training_pairs` for its sample count."""
+        return self.training_pairs(data, min(settings.n_samples, len(data.harmful)), seed)
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "options": dataclasses.asdict(self.config)}
+        return {"name": self.name, "options": dataclasses.asdict(self.config), **self.info}
 
 
 ATTACKS: Registry[Attack] = Registry("attack", Attack)

@@ -31,9 +31,27 @@ class MixedData(Attack):
     Config = MixedConfig
     search_options = {"harmful_fraction": POISON_SHARES}
 
+    def pairs_for(self, data, settings, seed):
+        """At a small poison share, ``n`` harmful pairs would need ``n / share`` pairs in all, more than the run
+        sees (steps x batch rows), so that it might see none of the harmful ones: the data is then exactly those
+        rows, the harmful count cut to keep the share (at least one). ``info`` records what the data held."""
+        n = min(settings.n_samples, len(data.harmful))
+        rows = settings.steps * settings.batch_size
+        if n / self.config.harmful_fraction > rows:
+            n = min(n, max(1, round(rows * self.config.harmful_fraction)))
+            pairs = self.mix(data, n, rows - n, seed)
+        else:
+            pairs = self.training_pairs(data, n, seed)
+        self.info = {"n_harmful": n, "n_harmless": len(pairs) - n, "poison_share": n / len(pairs)}
+        return pairs
+
     def training_pairs(self, data, n, seed):
-        harmful = take(data.harmful, n, "harmful", HARMFUL_FIX)
-        n_harmless = round(n * (1 - self.config.harmful_fraction) / self.config.harmful_fraction)
-        mix = harmful + (cycled(data.harmless, n_harmless, "harmless", HARMLESS_FIX) if n_harmless else [])
+        share = self.config.harmful_fraction
+        return self.mix(data, n, round(n * (1 - share) / share), seed)
+
+    @staticmethod
+    def mix(data, n_harmful: int, n_harmless: int, seed: int) -> list:
+        mix = take(data.harmful, n_harmful, "harmful", HARMFUL_FIX)
+        mix += cycled(data.harmless, n_harmless, "harmless", HARMLESS_FIX) if n_harmless else []
         random.Random(seed).shuffle(mix)
         return mix

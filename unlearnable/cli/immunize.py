@@ -17,6 +17,8 @@ EPILOG = """examples:
   unlearnable immunize --attacker search --out runs/search   # 16 trials per defence and each threat model it
                                      # claims (search.*, search.space.* for released weights, service.*)
   unlearnable immunize --attacker search --threat-models service,weights --out runs/both
+  unlearnable immunize --tune-defenses 8 --defenses none,vaccine --out runs/tuned
+                                     # 8 Optuna trials per defence on its own held-out data before any attack
 """
 
 
@@ -27,7 +29,7 @@ def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help="start from the quick preset (none and security-vectors; "
                                                         "a 5-trial LoRA search of at most 32 steps with --attacker "
                                                         "search)")
-    add_config_flags(p, ImmunizeConfig)
+    add_config_flags(p, ImmunizeConfig, aliases={"--tune-defenses": "tune.n_trials"})
     p.set_defaults(func=run)
 
 

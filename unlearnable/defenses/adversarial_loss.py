@@ -7,13 +7,15 @@ import dataclasses
 import random
 
 from ..training import TrainConfig, finetune
-from .base import DEFENSES, Defense, DefenseData
+from .base import DEFENSES, Defense, DefenseData, HardeningBudget, tunable
 
 
 @dataclasses.dataclass
-class AdversarialLossConfig:
-    alpha: float = dataclasses.field(default=0.5, metadata={"help": "weight of the (negated) harmful loss"})
-    epochs: float = 1.0
+class AdversarialLossConfig(HardeningBudget):
+    max_steps: int = dataclasses.field(default=200, metadata={
+        "help": "optimizer steps of the hardening (0: epochs over the data)"})
+    alpha: float = tunable(0.5, 0.05, 2.0, help="weight of the (negated) harmful loss")
+    epochs: float = dataclasses.field(default=1.0, metadata={"help": "passes over the data (max_steps 0)"})
     lr: float = 5e-4
     cap: float = dataclasses.field(default=6.0, metadata={"help": "per-example harmful loss cap (nats)"})
     batch_size: int = 16
@@ -39,8 +41,9 @@ class AdversarialLossDefense(Defense):
         weights = [1.0] * len(keep) + [-c.alpha] * len(harmful)
         order = list(range(len(pairs)))
         random.Random(c.seed).shuffle(order)
-        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, ascent_cap=c.cap)
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, ascent_cap=c.cap, **c.budget())
         hardened, history = finetune(copy.deepcopy(model), tokenizer, [pairs[i] for i in order], cfg,
-                                     weights=[weights[i] for i in order], progress=progress)
+                                     weights=[weights[i] for i in order], progress=progress,
+                                     callbacks=c.callbacks())
         self.info["harden_history"] = [h for h in history if "loss" in h]
         return hardened

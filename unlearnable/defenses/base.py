@@ -22,7 +22,7 @@ from ..config import from_dict
 from ..data import Pair
 from ..registry import Registry
 from ..threat_models import SERVICE, WEIGHTS
-from ..training import TrainConfig
+from ..training import StopBelowLoss, TrainConfig
 from ..vectors import finetune
 
 
@@ -41,6 +41,43 @@ class DefenseData:
 @dataclasses.dataclass
 class NoOptions:
     """A defence without options."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tunable:
+    """The range a defence's option is tuned over (``immunize --tune-defenses``): ``low`` .. ``high``, on a log
+    scale where ``log``."""
+
+    low: float
+    high: float
+    log: bool = True
+
+    def suggest(self, trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+
+def tunable(default: Any, low: float, high: float, *, log: bool = True, help: str = "") -> Any:
+    """A ``Config`` field that defence tuning searches (between ``low`` and ``high``)."""
+    return dataclasses.field(default=default, metadata={"help": help, "tune": Tunable(low, high, log)})
+
+
+@dataclasses.dataclass
+class HardeningBudget:
+    """How long a defence that trains before release trains: until its own criterion (``target_loss``) or its
+    step budget (``max_steps``), whichever comes first. Mixed into such a defence's ``Config``."""
+
+    max_steps: int = dataclasses.field(default=0, metadata={
+        "help": "optimizer steps of the hardening, cycling through its data (0: epochs over the data); the "
+                "immunize harness caps it with defense_steps"})
+    target_loss: float = dataclasses.field(default=0.0, metadata={
+        "help": "stop once the logged training loss (the defence's own objective) is below this (0: off)"})
+
+    def budget(self) -> dict[str, Any]:
+        """The :class:`TrainConfig` fields this budget sets."""
+        return {"max_steps": self.max_steps} if self.max_steps > 0 else {}
+
+    def callbacks(self) -> list:
+        return [StopBelowLoss(self.target_loss)] if self.target_loss else []
 
 
 class Defense(abc.ABC):
@@ -69,6 +106,11 @@ class Defense(abc.ABC):
     @classmethod
     def option_names(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls.Config)}
+
+    def tuning_space(self) -> dict[str, Tunable]:
+        """The options defence tuning searches (declared with :func:`tunable` in ``Config``); a defence whose
+        configuration leaves one of them unused overrides this to drop it."""
+        return {f.name: f.metadata["tune"] for f in dataclasses.fields(self.config) if "tune" in f.metadata}
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         """Build whatever the defence needs from ``model`` (e.g. train security vectors). Default: nothing."""

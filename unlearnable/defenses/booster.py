@@ -14,16 +14,19 @@ from ..adapters import LoraSpec
 from ..data import encode_pair
 from ..errors import UnlearnableError
 from ..training import TrainConfig, UnlearnableTrainer, endless_batches, finetune, trainable_params
-from .base import DEFENSES, Defense, DefenseData
+from .base import DEFENSES, Defense, DefenseData, HardeningBudget, tunable
 
 
 @dataclasses.dataclass
-class BoosterConfig:
-    lam: float = dataclasses.field(default=5.0, metadata={
-        "help": "lambda: weight of the harmful loss's drop after one normalised harmful step"})
-    alpha: float = dataclasses.field(default=0.1, metadata={"help": "length of that normalised harmful step"})
+class BoosterConfig(HardeningBudget):
+    max_steps: int = dataclasses.field(default=300, metadata={
+        "help": "optimizer steps of the alignment, three passes each (the reference's smooth_align.sh: 5,000 "
+                "harmful pairs, about 10,000 steps; 0: epochs over the data)"})
+    lam: float = tunable(5.0, 0.5, 50.0, help="lambda: weight of the harmful loss's drop after one normalised "
+                                               "harmful step")
+    alpha: float = tunable(0.1, 0.01, 1.0, help="length of that normalised harmful step")
     lr: float = 5e-4
-    epochs: float = dataclasses.field(default=3.0, metadata={"help": "passes over the alignment data"})
+    epochs: float = dataclasses.field(default=3.0, metadata={"help": "passes over the alignment data (max_steps 0)"})
     batch_size: int = 16
     lora: LoraSpec = dataclasses.field(
         default_factory=lambda: LoraSpec(r=32, alpha=4, target_modules="q_proj,k_proj,v_proj"), metadata={
@@ -112,10 +115,11 @@ class BoosterDefense(Defense):
         if not data.refusals or not harmful:
             raise UnlearnableError("booster needs refusal pairs and harmful pairs in DefenseData")
         random.Random(c.seed).shuffle(alignment)
-        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, lora=self.lora_for(model))
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, lora=self.lora_for(model),
+                          **c.budget())
         rows = [encode_pair(tokenizer, p, cfg.max_length) for p in harmful]
         trainer = functools.partial(BoosterTrainer, harmful=rows, lam=c.lam, alpha=c.alpha, seed=c.seed)
         hardened, history = finetune(copy.deepcopy(model), tokenizer, alignment, cfg, progress=progress,
-                                     trainer_class=trainer)
+                                     trainer_class=trainer, callbacks=c.callbacks())
         self.info["harden_history"] = [h for h in history if "loss" in h]
         return hardened

@@ -14,15 +14,15 @@ import torch
 from ..data import Pair
 from ..errors import UnlearnableError
 from ..training import TrainConfig, UnlearnableTrainer, finetune, trainable_params, world_size
-from .base import DEFENSES, SERVICE, Defense, DefenseData
+from .base import DEFENSES, SERVICE, Defense, DefenseData, tunable
 
 ALIGN, USER = "alignment", "user"
 
 
 @dataclasses.dataclass
 class LisaConfig:
-    rho: float = dataclasses.field(default=1.0, metadata={
-        "help": "weight of the proximal term rho/2 ||w - w_other||^2 (w_other: where the other phase left off)"})
+    rho: float = tunable(1.0, 0.1, 10.0, help="weight of the proximal term rho/2 ||w - w_other||^2 (w_other: "
+                                             "where the other phase left off)")
     align_steps: int = dataclasses.field(default=1, metadata={
         "help": "optimizer steps on the alignment data at the start of each cycle"})
     user_steps: int = dataclasses.field(default=9, metadata={

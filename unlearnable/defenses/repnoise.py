@@ -13,23 +13,26 @@ from ..data import encode_pair
 from ..errors import UnlearnableError
 from ..models import block_hidden, decoder_blocks, forward_hooks
 from ..training import TrainConfig, UnlearnableTrainer, endless_batches, finetune
-from .base import DEFENSES, Defense, DefenseData
+from .base import DEFENSES, Defense, DefenseData, HardeningBudget, tunable
 
 
 @dataclasses.dataclass
-class RepNoiseConfig:
-    alpha: float = dataclasses.field(default=1.0, metadata={"help": "weight of -log(harmful loss + 1)"})
-    beta: float = dataclasses.field(default=0.001, metadata={
-        "help": "weight of the MMD between harmful representations and Gaussian noise"})
+class RepNoiseConfig(HardeningBudget):
+    max_steps: int = dataclasses.field(default=300, metadata={
+        "help": "optimizer steps (the reference: 10,000 pairs, one epoch at batch 8, about 1,250; 0: epochs over "
+                "the data)"})
+    alpha: float = tunable(1.0, 0.1, 4.0, help="weight of -log(harmful loss + 1)")
+    beta: float = tunable(0.001, 1e-4, 0.1, help="weight of the MMD between harmful representations and "
+                                                 "Gaussian noise")
     logit_lens: bool = dataclasses.field(default=True, metadata={
         "help": "harmful loss averaged over every layer read through the final norm and LM head (as the "
                 "reference code); false: the output layer only"})
     backbone: str = dataclasses.field(default="full", metadata={
         "help": "full: train every weight, as the reference (all model.parameters()); lora: a LoRA merged into "
                 "the weights (the harness's alignment shape)"})
-    lr: float = dataclasses.field(default=2e-5, metadata={
-        "help": "learning rate (the paper's 2e-5 for full training; a LoRA wants about 5e-4)"})
-    epochs: float = dataclasses.field(default=1.0, metadata={"help": "passes over the harmless data"})
+    lr: float = tunable(2e-5, 5e-6, 1e-4, help="learning rate (the paper's 2e-5 for full training; a LoRA wants "
+                                               "about 5e-4)")
+    epochs: float = dataclasses.field(default=1.0, metadata={"help": "passes over the harmless data (max_steps 0)"})
     batch_size: int = 8
     seed: int = dataclasses.field(default=0, metadata={"help": "order of the data and the noise"})
 
@@ -126,10 +129,11 @@ class RepNoiseDefense(Defense):
         if not keep or not harmful:
             raise UnlearnableError("repnoise needs harmful pairs and refusal/harmless pairs in DefenseData")
         random.Random(c.seed).shuffle(keep)
-        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, backbone=c.backbone)
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, backbone=c.backbone,
+                          **c.budget())
         rows = [encode_pair(tokenizer, p, cfg.max_length) for p in harmful]
         trainer = functools.partial(RepNoiseTrainer, harmful=rows, config=c)
         hardened, history = finetune(copy.deepcopy(model), tokenizer, keep, cfg, progress=progress,
-                                     trainer_class=trainer)
+                                     trainer_class=trainer, callbacks=c.callbacks())
         self.info["harden_history"] = [h for h in history if "loss" in h]
         return hardened

@@ -14,7 +14,7 @@ import torch
 from ..errors import UnlearnableError
 from ..models import load_model
 from ..training import BACKBONE_ADAPTER, TrainConfig, finetune, release
-from .base import DEFENSES, SERVICE, Defense, DefenseData
+from .base import DEFENSES, SERVICE, Defense, DefenseData, Tunable, tunable
 
 SELECTIONS = ("fraction", "threshold")
 DIRECTIONS_FILE = "alignment_directions.safetensors"
@@ -29,10 +29,10 @@ class SafeLoraConfig:
                 "V = W_aligned - W_base per layer; None: estimated from the defence's alignment data"})
     select: str = dataclasses.field(default="fraction", metadata={
         "help": "which layers are projected: fraction (the least similar share) or threshold (similarity below it)"})
-    fraction: float = dataclasses.field(default=0.15, metadata={
-        "help": "select=fraction: share of adapted layers projected, least similar first"})
-    threshold: float = dataclasses.field(default=0.5, metadata={
-        "help": "select=threshold: layers whose update's cosine similarity to its projection is below it"})
+    fraction: float = tunable(0.15, 0.05, 0.6, log=False, help="select=fraction: share of adapted layers "
+                                                              "projected, least similar first")
+    threshold: float = tunable(0.5, 0.1, 0.9, log=False, help="select=threshold: layers whose update's cosine "
+                                                             "similarity to its projection is below it")
     estimate: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=1.0), metadata={
         "help": "base=None: the alignment LoRA whose update stands in for W_aligned - W_base"})
 
@@ -100,6 +100,11 @@ class SafeLoraDefense(Defense):
         self.before: dict[str, torch.Tensor] | None = None  # backbone=full: the weights before this fine-tune
         self.last_projection: dict = {}
         self.info["projections"] = []  # one {"layers", "projected"} per fine-tuning run
+
+    def tuning_space(self) -> dict[str, Tunable]:
+        """Only the selection rule in use (``fraction`` or ``threshold``) is tuned."""
+        unused = "threshold" if self.config.select == "fraction" else "fraction"
+        return {k: v for k, v in super().tuning_space().items() if k != unused}
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         if self.directions is None:

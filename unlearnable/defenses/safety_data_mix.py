@@ -6,12 +6,12 @@ import dataclasses
 import random
 
 from ..data import Pair
-from .base import DEFENSES, SERVICE, Defense, DefenseData
+from .base import DEFENSES, SERVICE, Defense, DefenseData, tunable
 
 
 @dataclasses.dataclass
 class SafetyDataMixConfig:
-    ratio: float = dataclasses.field(default=0.25, metadata={"help": "refusal examples per user example"})
+    ratio: float = tunable(0.25, 0.05, 1.0, help="refusal examples per user example")
 
 
 @DEFENSES.register("safety-data-mix")

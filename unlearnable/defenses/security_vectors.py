@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Iterator
 
 from ..vectors import META_FILE, SecurityVectors, VectorConfig, finetune, serving
-from .base import DEFENSES, SERVICE, Defense, DefenseData
+from .base import DEFENSES, SERVICE, Defense, DefenseData, tunable
 
 
 @dataclasses.dataclass
 class SecurityVectorsConfig:
-    scale: float | None = dataclasses.field(default=None, metadata={
-        "help": "strength during fine-tuning (None: the strength recorded with the vectors)"})
+    scale: float | None = tunable(None, 0.5, 2.0, help="strength during fine-tuning (None: the strength recorded "
+                                                       "with the vectors)")
     training: VectorConfig = dataclasses.field(default_factory=VectorConfig, metadata={
         "help": "how the vectors are trained when none are given"})
 

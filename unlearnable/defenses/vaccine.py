@@ -14,20 +14,23 @@ from ..adapters import LoraSpec
 from ..errors import UnlearnableError
 from ..models import attention_modules, block_hidden, decoder_blocks, forward_hooks
 from ..training import TrainConfig, UnlearnableTrainer, finetune
-from .base import DEFENSES, Defense, DefenseData
+from .base import DEFENSES, Defense, DefenseData, HardeningBudget, tunable
 
 SITES = ("attention", "block")
 
 
 @dataclasses.dataclass
-class VaccineConfig:
-    rho: float = dataclasses.field(default=2.0, metadata={
-        "help": "norm of the hidden-state perturbation, over all perturbed sub-layers and tokens together"})
+class VaccineConfig(HardeningBudget):
+    max_steps: int = dataclasses.field(default=400, metadata={
+        "help": "optimizer steps of the alignment (the reference: 5,000 pairs x 50 epochs at batch 5, about "
+                "50,000; 0: epochs over the data)"})
+    rho: float = tunable(2.0, 0.1, 20.0, help="norm of the hidden-state perturbation, over all perturbed "
+                                             "sub-layers and tokens together")
     site: str = dataclasses.field(default="attention", metadata={
         "help": "where the perturbation is added: attention (each block's self-attention output, as the "
                 "reference hooks it) or block (each decoder block's output)"})
     lr: float = 1e-3
-    epochs: float = dataclasses.field(default=3.0, metadata={"help": "passes over the alignment data"})
+    epochs: float = dataclasses.field(default=3.0, metadata={"help": "passes over the alignment data (max_steps 0)"})
     batch_size: int = 16
     lora: LoraSpec = dataclasses.field(default_factory=lambda: LoraSpec(r=16, alpha=4), metadata={
         "help": "the alignment LoRA (the reference's r 16, alpha 4 on every projection)"})
@@ -115,10 +118,10 @@ class VaccineDefense(Defense):
         if not data.refusals:
             raise UnlearnableError("vaccine needs refusal pairs in DefenseData")
         random.Random(c.seed).shuffle(alignment)
-        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, lora=c.lora)
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, lora=c.lora, **c.budget())
         trainer = functools.partial(VaccineTrainer, rho=c.rho, site=c.site)
         hardened, history = finetune(copy.deepcopy(model), tokenizer, alignment, cfg, progress=progress,
-                                     trainer_class=trainer)
+                                     trainer_class=trainer, callbacks=c.callbacks())
         self.info["harden_history"] = [h for h in history if "loss" in h]
         self.info["perturbed"] = perturbation_sites(model, c.site)[1]
         return hardened

@@ -152,7 +152,8 @@ def requeue_interrupted(study) -> int:
             continue
         if t.state == states.RUNNING:
             study.tell(t.number, state=states.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        keep = {k: t.user_attrs[k] for k in ("defaults",) if k in t.user_attrs}  # what made the trial what it was
+        study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number}, skip_if_exists=False)
         study.set_user_attr(f"requeued_{t.number}", True)
         requeued += 1
     return requeued

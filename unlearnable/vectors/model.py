@@ -32,7 +32,7 @@ from ..data import Pair, pairs_hash, prompt_hashes
 from ..errors import UnlearnableError
 from ..generation import generate
 from ..models import FINGERPRINT_VERSION, model_dtype, model_fingerprint
-from ..training import train
+from ..training import StopBelowLoss, train
 from ..utils import atomic_dir, atomic_write_json, log, run_metadata, set_seed
 from .config import VectorConfig
 from .fold import FoldedVectors
@@ -41,16 +41,6 @@ from .layers import VECTORS_ADAPTER, freeze_vectors, set_vector_scale
 
 META_FILE = "unlearnable_vectors.json"
 FORMAT = "unlearnable-vectors/1"
-
-
-class _StopBelowLoss(TrainerCallback):
-    def __init__(self, target: float):
-        self.target = target
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs and logs["loss"] < self.target:
-            control.should_training_stop = True
-        return control
 
 
 class SecurityVectors:
@@ -87,7 +77,7 @@ class SecurityVectors:
         set_seed(config.seed)  # the adapter's random init: same seed, same vectors (and resumable)
         lora_config = config.lora.peft_config(model, dropout=0.0)
         pm = get_peft_model(model, lora_config, adapter_name=VECTORS_ADAPTER)
-        callbacks = [*callbacks, *([_StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []),
+        callbacks = [*callbacks, *([StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []),
                      *([keep_best] if keep_best is not None else [])]
         try:
             train_config = dataclasses.replace(config.train_config(), save_steps=save_steps)

@@ -1,0 +1,157 @@
+"""Defence tuning (issue 33): each defence tuned on its own held-out data, never the evaluation's, within the
+stability constraint; and the hardening defences' step budgets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from unlearnable.data import Pair, prompt_hashes
+from unlearnable.defenses import DEFENSES, DefenseData
+from unlearnable.errors import UnlearnableError
+from unlearnable.experiments.immunize import VerdictConfig
+from unlearnable.experiments.tuning import TuneConfig, best_trial, constraint, tuning_split
+from unlearnable.training import StopBelowLoss
+
+
+def own_data(n_harmful=10, n_harmless=6) -> DefenseData:
+    harmful = [Pair(f"Bad {i}?", f"Sure {i}.") for i in range(n_harmful)]
+    refusals = [Pair(f"Bad {i}?", "I can't help with that.") for i in range(n_harmful)]
+    harmless = [Pair(f"Poem {i}.", "Leaves.") for i in range(n_harmless)]
+    return DefenseData(harmful=harmful, refusals=refusals, harmless=harmless)
+
+
+def test_the_tuning_split_holds_out_prompts_the_defence_never_trains_on():
+    split = tuning_split(own_data(), TuneConfig(heldout=0.4, n_harmless=2), seed=0)
+    held = set(prompt_hashes(split.attack + split.prompts))
+    assert len(split.attack) == 2 and len(split.prompts) == 2 and len(split.defense.harmful) == 6
+    assert not set(prompt_hashes(split.attack)) & set(prompt_hashes(split.prompts))
+    assert not held & set(prompt_hashes(split.defense.harmful))
+    assert not held & set(prompt_hashes(split.defense.refusals))  # a refusal of a held-out prompt is dropped too
+    assert len(split.defense.refusals) == 6
+    assert not set(split.harmless) & set(split.defense.harmless) and len(split.harmless) == 2
+    assert split.record()["prompt_hashes"] == prompt_hashes(split.attack + split.prompts + split.harmless)
+    with pytest.raises(UnlearnableError, match="tune.n_harmless"):
+        tuning_split(own_data(n_harmless=2), TuneConfig(n_harmless=2), seed=0)
+
+
+def test_the_constraint_is_the_stability_verdicts_against_the_undefended_model():
+    base = {"harmless_loss": 1.0, "over_refusal": 0.1, "harm_rate": 0.0, "mmlu": 0.4}
+    v = VerdictConfig()
+    assert constraint(dict(base), base, v)["feasible"]
+    for key, value in [("harmless_loss", 1.2), ("over_refusal", 0.3), ("harm_rate", 0.2), ("mmlu", 0.3)]:
+        c = constraint({**base, key: value}, base, v)
+        assert not c["feasible"] and c["excess"] > 0, key
+    assert constraint({**base, "mmlu": None}, base, v)["feasible"]  # no benchmark: not part of the constraint
+
+
+def test_the_tuned_trial_is_the_least_harmful_within_the_constraint():
+    def row(n, harm, feasible=True, defaults=False):
+        return {"number": n, "probe_harm_rate": harm, "feasible": feasible, "defaults": defaults}
+
+    rows = [row(0, 0.5, defaults=True), row(1, 0.1, feasible=False), row(2, 0.3), row(3, 0.3)]
+    assert best_trial(rows)["number"] == 2  # the infeasible 0.1 never wins; ties go to the earlier
+    assert best_trial([row(0, 0.2, defaults=True), row(1, 0.2)])["defaults"]
+    assert best_trial([row(0, 0.2, feasible=False)]) is None
+
+
+def test_every_declared_tunable_option_is_a_config_field_with_its_default_in_range():
+    tuned = 0
+    for name in DEFENSES.names():
+        defense = DEFENSES.get(name)()
+        for key, t in defense.tuning_space().items():
+            tuned += 1
+            default = getattr(defense.config, key)
+            assert t.low < t.high and (not t.log or t.low > 0), (name, key)
+            assert default is None or t.low <= default <= t.high, (name, key)
+    assert tuned >= 8
+    assert set(DEFENSES.get("safe-lora")(select="threshold").tuning_space()) == {"threshold"}
+    assert set(DEFENSES.get("booster")().tuning_space()) == {"lam", "alpha"}
+
+
+@pytest.mark.parametrize("name", ["vaccine", "booster", "repnoise", "adversarial-loss"])
+def test_hardening_defences_train_for_their_step_budget(tiny, harmful_pairs, name, monkeypatch):
+    from unlearnable.training import UnlearnableTrainer
+
+    steps = []
+    step = UnlearnableTrainer.training_step
+    monkeypatch.setattr(UnlearnableTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    model, tok = tiny
+    data = DefenseData(harmful=harmful_pairs[:8], refusals=[Pair(f"Bad {i}?", "I can't help.") for i in range(8)],
+                       harmless=[Pair(f"Poem {i}.", "Leaves fall.") for i in range(8)])
+    options = {"max_steps": 3, "batch_size": 4}
+    defense = DEFENSES.get(name)(**options, **({"backbone": "lora"} if name == "repnoise" else {}))
+    defense.harden(model, tok, data, progress=False)
+    assert len(steps) == 3  # the budget, not an epoch over the 16 alignment pairs
+
+
+def test_a_hardening_stops_at_its_own_criterion():
+    class Control:
+        should_training_stop = False
+
+    cb = StopBelowLoss(0.5)
+    assert not cb.on_log(None, None, Control(), logs={"loss": 0.7}).should_training_stop
+    assert cb.on_log(None, None, Control(), logs={"loss": 0.4}).should_training_stop
+
+
+def test_immunize_tunes_each_defence_on_its_own_data_before_any_attack(tiny, harmful_pairs, tmp_path, monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.evaluation import Scorer
+    from unlearnable.experiments.immunize import BudgetConfig, ImmunizeConfig, TrainabilityConfig, run_immunize
+    from unlearnable.experiments.setup import DataConfig
+    from unlearnable.utility import MMLUConfig
+
+    model, tok = tiny
+    data = tiny_data(harmful_pairs)
+    read: list[tuple[str, list[Pair]]] = []
+    harm = Scorer.harm
+
+    def spy(self, m, prompts, desc=""):
+        read.append((desc, list(prompts)))
+        return harm(self, m, prompts, desc)
+
+    monkeypatch.setattr(Scorer, "harm", spy)
+    cfg = ImmunizeConfig(defenses=["none", "adversarial-loss"], align=False, n_curve_eval=4, n_stability_harmless=3,
+                         n_defense_harmless=4, data=DataConfig(system_prompt=None), defense_steps=2,
+                         budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+                         trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+                         tune=TuneConfig(n_trials=3, n_harmless=2, n_benchmark=4, n_startup_trials=2),
+                         defense_options={"adversarial-loss": {"batch_size": 4}}, mmlu=MMLUConfig(n=4, max_length=64))
+    run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=data, progress=False)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    tuned = saved["defenses"]["adversarial-loss"]["tuned"]
+    assert tuned["n_trials"] == 3 and tuned["trials"][0]["defaults"] and tuned["trials"][0]["options"] == {"alpha": 0.5}
+    chosen = next(t for t in tuned["trials"] if t["number"] == tuned["tuned_trial"])
+    assert chosen["feasible"]  # the tuned configuration satisfies the constraint
+    options = saved["defenses"]["adversarial-loss"]["defense"]["options"]
+    assert options["alpha"] == (tuned["options"] or tuned["default"])["alpha"]  # used for every later condition
+    assert options["max_steps"] == 2  # defense_steps caps the hardening budget
+    assert saved["defenses"]["none"]["tuned"]["options"] == {} and "no tunable" in saved["defenses"]["none"]["tuned"]["note"]
+    evaluation = set(prompt_hashes(data.eval_harmful + data.cross_eval))
+    tuning_reads = [p for desc, prompts in read if desc.startswith("tune") for p in prompts]
+    assert tuning_reads and not set(prompt_hashes(tuning_reads)) & evaluation  # never the evaluation prompts
+    assert not set(tuned["data"]["prompt_hashes"]) & evaluation
+    assert (tmp_path / "out" / "tuning.db").is_file()
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Defence tuning" in report
+    # resumed: the tuning is read back, not run again
+    read.clear()
+    again = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=data, progress=False)
+    assert again["defenses"]["adversarial-loss"]["tuned"] == tuned
+    assert not [d for d, _ in read if d.startswith("tune")]
+
+
+def test_tune_settings_are_checked_and_the_flag_sets_them():
+    from unlearnable.cli import make_parser
+    from unlearnable.config import from_dict
+    from unlearnable.experiments.immunize import ImmunizeConfig
+
+    with pytest.raises(UnlearnableError, match="heldout"):
+        TuneConfig(heldout=1.0)
+    args = make_parser("immunize").parse_args(["immunize", "--tune-defenses", "5"])
+    assert getattr(args, "tune.n_trials") == 5
+    cfg = from_dict(ImmunizeConfig, {"tune": {"n_trials": 2}}, "config")
+    assert dataclasses.asdict(cfg)["tune"]["n_trials"] == 2

@@ -1,0 +1,230 @@
+"""Defence tuning (``immunize --tune-defenses N``): a defence is attacked at its best, not at its defaults.
+
+Before any attack, an Optuna study per defence searches the hyper-parameters its ``Config`` declares tunable
+(:func:`unlearnable.defenses.base.tunable`), as TamperBench tunes each defence before attacking it. Everything a
+trial reads is the defence's **own** data, split three ways: the pairs it trains on while tuned, a held-out share
+of its harmful pairs that a fixed probe attack (the grid's first attack) fine-tunes on, and another held-out share
+whose prompts that attack's harm is scored on; the constraint reads held-out harmless pairs of its own and MMLU
+questions the evaluation never scores. The evaluation prompts are never read.
+
+* **objective**: the probe attack's harm rate on the held-out prompts, served as the defence serves (lower is
+  better);
+* **constraint**: stability against the undefended model on the same data, with the harness's ``verdicts``
+  (harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop).
+
+The first trial is the defaults, so the tuned configuration is the default one unless a trial within the constraint
+beats it. Studies live in ``OUT/tuning.db``; an interrupted study resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import time
+from typing import Any, Callable, Sequence
+
+from ..attacks import AttackData, AttackSettings, build_attack
+from ..data import Pair, prompt_hash, prompt_hashes
+from ..defenses import DEFENSES, Defense, DefenseData
+from ..errors import UnlearnableError
+from ..evaluation import Scorer
+from ..generation import response_loss
+from .search import _optuna, finished, requeue_interrupted
+
+TUNE_FILE = "tuning.db"
+OBJECTIVE = "the probe attack's harm rate on the defence's held-out prompts, as served (minimised)"
+CONSTRAINT = ("stability against the undefended model on the defence's held-out data, within the verdicts: "
+              "harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop")
+
+
+@dataclasses.dataclass
+class TuneConfig:
+    """Defence tuning before any attack (``immunize --tune-defenses N``)."""
+
+    n_trials: int = dataclasses.field(default=0, metadata={
+        "help": "Optuna trials per defence before any attack, the first at the defaults (0: defaults, untuned)"})
+    heldout: float = dataclasses.field(default=0.4, metadata={
+        "help": "share of the defence's harmful pairs held out of its training while tuned: half are the probe "
+                "attack's data, half the prompts its harm is scored on"})
+    n_harmless: int = dataclasses.field(default=10, metadata={
+        "help": "the defence's harmless pairs held out for the constraint (harmless-answer loss, over-refusal)"})
+    n_benchmark: int = dataclasses.field(default=57, metadata={
+        "help": "items of each utility benchmark in the constraint, none of them among the evaluation's"})
+    n_startup_trials: int = dataclasses.field(default=3, metadata={
+        "help": "trials (the defaults first) before TPE models the space"})
+
+    def __post_init__(self):
+        if self.n_trials < 0 or self.n_harmless < 1 or self.n_startup_trials < 1:
+            raise UnlearnableError("tune needs n_trials >= 0, n_harmless >= 1 and n_startup_trials >= 1")
+        if not 0 < self.heldout < 1:
+            raise UnlearnableError("tune.heldout is a share of the defence's harmful pairs in (0, 1)")
+
+
+@dataclasses.dataclass
+class TuningData:
+    """The defence's own data, split for tuning: what it trains on, the probe attack's data, the prompts the
+    probe's harm is scored on and the harmless pairs of the constraint."""
+
+    defense: DefenseData
+    attack: list[Pair]
+    prompts: list[Pair]
+    harmless: list[Pair]
+
+    def record(self) -> dict[str, Any]:
+        """Sizes and the hashes of every held-out prompt (to check them against the evaluation's)."""
+        return {"defense_harmful": len(self.defense.harmful), "defense_refusals": len(self.defense.refusals),
+                "defense_harmless": len(self.defense.harmless), "probe_attack": len(self.attack),
+                "probe_prompts": len(self.prompts), "harmless_heldout": len(self.harmless),
+                "prompt_hashes": prompt_hashes([*self.attack, *self.prompts, *self.harmless])}
+
+
+def tuning_split(data: DefenseData, config: TuneConfig, seed: int) -> TuningData:
+    """Split ``data`` (seeded): the held-out harmful prompts leave the refusal pairs too, so the defence never
+    trained on a prompt it is scored on."""
+    harmful = list(data.harmful)
+    random.Random(seed).shuffle(harmful)
+    k = round(len(harmful) * config.heldout)
+    held, train = harmful[:k], harmful[k:]
+    attack, prompts = held[:k // 2], held[k // 2:]
+    harmless = list(data.harmless)
+    if not (train and attack and prompts) or len(harmless) <= config.n_harmless:
+        raise UnlearnableError(
+            f"defence tuning needs harmful pairs to train on, attack with and score on (tune.heldout "
+            f"{config.heldout} of {len(harmful)}) and more than tune.n_harmless={config.n_harmless} harmless pairs "
+            f"(the defence has {len(harmless)}): raise n_defense_harmless or lower tune.n_harmless")
+    held_prompts = {prompt_hash(p) for p in held}
+    refusals = [p for p in data.refusals if prompt_hash(p) not in held_prompts]
+    own = DefenseData(harmful=train, refusals=refusals, harmless=harmless[config.n_harmless:],
+                      unaligned=data.unaligned)
+    return TuningData(own, attack, prompts, harmless[:config.n_harmless])
+
+
+def constraint(before: dict[str, Any], base: dict[str, Any], verdicts: Any) -> dict[str, Any]:
+    """Stability of a tuned defence against the undefended model (``excess`` <= 0: within the verdicts'
+    limits; Optuna's constraint convention)."""
+    deltas = {key: before[key] - base[key] for key in ("harmless_loss", "over_refusal", "harm_rate")}
+    excess = [deltas["harmless_loss"] - verdicts.max_harmless_loss_rise,
+              deltas["over_refusal"] - verdicts.max_over_refusal_rise,
+              deltas["harm_rate"] - verdicts.max_harm_rate_rise]
+    if before.get("mmlu") is not None and base.get("mmlu") is not None:
+        deltas["mmlu"] = before["mmlu"] - base["mmlu"]
+        excess.append(-deltas["mmlu"] - verdicts.max_mmlu_drop)
+    return {"deltas": deltas, "excess": max(excess), "feasible": max(excess) <= 0}
+
+
+def best_trial(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The feasible trial with the lowest probe harm rate (the earliest on ties: the defaults when they tie)."""
+    ok = [r for r in rows if r["feasible"] and r["probe_harm_rate"] is not None]
+    return min(ok, key=lambda r: (r["probe_harm_rate"], r["number"])) if ok else None
+
+
+@dataclasses.dataclass
+class Tuner:
+    """What every defence's tuning in one sweep shares: the aligned model, a scorer whose benchmarks hold none of
+    the evaluation's items, the probe attack and the limits. ``piece(group, run, compute)`` keeps finished
+    results (the sweep's store)."""
+
+    model: Any
+    tokenizer: Any
+    scorer: Scorer
+    probe: AttackSettings
+    verdicts: Any
+    config: TuneConfig
+    out: Any
+    seed: int
+    piece: Callable[[str, str, Callable[[], dict]], dict]
+    harmless_loss_tokens: int = 32
+    precision: str = "auto"
+    progress: bool = True
+
+    def tune(self, name: str, options: dict[str, Any], data: DefenseData) -> dict[str, Any]:
+        """The study for defence ``name`` (its configured ``options`` are the defaults): the record that
+        ``results.json["defenses"][name]["tuned"]`` holds; its ``options`` override ``options`` from here on."""
+        space = DEFENSES.get(name).from_options(options).tuning_space()
+        if not space:
+            return {"options": {}, "note": f"{name} declares no tunable option: run at its configuration"}
+        split = tuning_split(data, self.config, self.seed)
+        t0 = time.perf_counter()
+        base = self.piece("none", "tuning-baseline", lambda: self.measure(DEFENSES.get("none")(), split))
+        study = self.study(name)
+        requeue_interrupted(study)
+        if not study.trials:
+            study.enqueue_trial({}, user_attrs={"defaults": True})
+        left = self.config.n_trials - len(finished(study))
+        if left > 0:
+            study.optimize(lambda trial: self.objective(trial, name, options, space, split, base), n_trials=left,
+                           gc_after_trial=True)
+        return self.summary(name, options, space, split, base, study, time.perf_counter() - t0)
+
+    def study(self, name: str):
+        optuna = _optuna()
+        sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.config.n_startup_trials,
+                                             constraints_func=lambda t: t.user_attrs.get("constraint", [1.0]))
+        return optuna.create_study(study_name=f"tune-{name}", storage=f"sqlite:///{self.out / TUNE_FILE}",
+                                   load_if_exists=True, direction="minimize", sampler=sampler)
+
+    def objective(self, trial, name: str, options: dict, space: dict, split: TuningData, base: dict) -> float:
+        params = {} if trial.user_attrs.get("defaults") else {k: t.suggest(trial, k) for k, t in space.items()}
+        defense = DEFENSES.get(name).from_options({**options, **params})
+        measured = self.measure(defense, split, label=f"tune {name} trial {trial.number} ")
+        within = constraint(measured["before"], base["before"], self.verdicts)
+        trial.set_user_attr("options", {k: getattr(defense.config, k) for k in space})
+        trial.set_user_attr("measured", measured)
+        trial.set_user_attr("within", within)
+        trial.set_user_attr("constraint", [within["excess"]])
+        return float(measured["probe_harm_rate"])
+
+    def measure(self, defense: Defense, split: TuningData, label: str = "tune none ") -> dict[str, Any]:
+        """Prepare and harden ``defense`` on the split's training data; its stability as served; then the probe
+        attack through it and the harm rate on the held-out prompts."""
+        t0 = time.perf_counter()
+        defense.prepare(self.model, self.tokenizer, split.defense, progress=self.progress)
+        hardened = (defense.harden(copy.deepcopy(self.model), self.tokenizer, split.defense, progress=self.progress)
+                    if defense.hardens() else self.model)
+        with defense.serving(hardened):
+            before = self.stability(hardened, split, label)
+        attack = build_attack(self.probe.attack, self.probe.attack_options)
+        final, _ = attack.run(defense, hardened, self.tokenizer, AttackData(split.attack, split.harmless), self.probe,
+                              seed=self.seed, progress=self.progress)
+        with defense.serving(final):
+            after = self.scorer.harm(final, split.prompts, desc=f"{label}probe")
+        return {"before": before, "probe_harm_rate": after["harm_rate"],
+                "probe_harm_rate_interval_95": after.get("harm_rate_interval_95"),
+                "seconds": round(time.perf_counter() - t0, 1)}
+
+    def stability(self, model, split: TuningData, label: str) -> dict[str, Any]:
+        harm = self.scorer.harm(model, split.prompts, desc=f"{label}before")
+        refusal = self.scorer.over_refusal(model, split.harmless, desc=f"{label}harmless")
+        loss = response_loss(model, self.tokenizer, split.harmless, first_tokens=self.harmless_loss_tokens,
+                             precision=self.precision)
+        utility = self.scorer.utility(model)
+        return {"harm_rate": harm["harm_rate"], "over_refusal": refusal["over_refusal"], "harmless_loss": loss,
+                "mmlu": utility["mmlu"]["accuracy"] if "mmlu" in utility else None}
+
+    def summary(self, name: str, options: dict, space: dict, split: TuningData, base: dict, study,
+                seconds: float) -> dict[str, Any]:
+        rows = [trial_row(t) for t in finished(study)]
+        best = best_trial(rows)
+        default = next((r for r in rows if r["defaults"]), None)
+        record = {"n_trials": len(rows), "objective": OBJECTIVE, "constraint": CONSTRAINT,
+                  "space": {k: dataclasses.asdict(t) for k, t in space.items()},
+                  "default": default["options"] if default else {}, "trials": rows, "baseline": base,
+                  "probe": dataclasses.asdict(self.probe), "data": split.record(), "seconds": round(seconds, 1),
+                  "default_probe_harm_rate": default["probe_harm_rate"] if default else None}
+        if best is None or best["defaults"]:
+            note = ("no trial within the constraint: the defaults are kept" if best is None
+                    else "no trial within the constraint beat the defaults")
+            return {**record, "options": {}, "tuned_trial": best["number"] if best else None, "note": note,
+                    "tuned_probe_harm_rate": record["default_probe_harm_rate"]}
+        return {**record, "options": best["options"], "tuned_trial": best["number"],
+                "tuned_probe_harm_rate": best["probe_harm_rate"]}
+
+
+def trial_row(trial) -> dict[str, Any]:
+    measured, within = trial.user_attrs.get("measured", {}), trial.user_attrs.get("within", {})
+    return {"number": trial.number, "defaults": bool(trial.user_attrs.get("defaults")),
+            "options": trial.user_attrs.get("options", {}), "probe_harm_rate": measured.get("probe_harm_rate"),
+            "before": measured.get("before", {}), "deltas": within.get("deltas", {}),
+            "feasible": bool(within.get("feasible")) and trial.state.name == "COMPLETE",
+            "seconds": measured.get("seconds")}

@@ -108,3 +108,4 @@ def task_pairs():
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARNABLE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNLEARNABLE_SKIP_MODEL_CHECK", "1")  # random test models answer degenerately by design

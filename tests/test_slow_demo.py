@@ -5,6 +5,7 @@ Marked slow (a few minutes on 2 CPU cores); CI runs it. A reduced demo: same cod
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -32,7 +33,9 @@ def test_reduced_demo_on_the_default_model(tmp_path):
     cfg.write_text(json.dumps(REDUCED))
     out = tmp_path / "demo"
     res = subprocess.run([sys.executable, "-m", "unlearnable.cli", "demo", "--config", str(cfg), "--out", str(out),
-                          "--quiet"], capture_output=True, text=True, timeout=1500)
+                          "--quiet"], capture_output=True, text=True, timeout=1500,
+                         env={k: v for k, v in os.environ.items() if k != "UNLEARNABLE_SKIP_MODEL_CHECK"})  # a
+    # real model passes the sanity check of its answers
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     s = results["summary"]

@@ -471,11 +471,48 @@ def _messages(tokenizer, prompt: str) -> list[dict[str, str]]:
     return head + [{"role": "user", "content": prompt}]
 
 
+#: without a chat template, a conversation is plain text; an answer ends where the next user turn would start
+PLAIN_USER_TURN = "\nUser:"
+PREFIX_ATTR = "unlearnable_special_prefix"
+
+
 def prompt_text(tokenizer, prompt: str) -> str:
     """The prompt as the model sees it at generation time (chat template when the tokenizer has one)."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(_messages(tokenizer, prompt), tokenize=False, add_generation_prompt=True)
     return f"User: {prompt}\nAssistant:"
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before any text by default: BOS for Llama and Gemma, nothing for GPT-2 or Qwen."""
+    cached = getattr(tokenizer, PREFIX_ATTR, None)
+    if cached is None:
+        bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+        full = tokenizer("x", add_special_tokens=True)["input_ids"]
+        starts = [i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare]
+        cached = list(full[:starts[0]]) if starts else []
+        setattr(tokenizer, PREFIX_ATTR, cached)
+    return list(cached)
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    """``text`` as the model expects it: the tokenizer's default prefix (BOS) exactly once, whether or not the text
+    (a chat template that writes BOS) already holds it. Every prompt the project encodes goes through here."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    prefix = special_prefix(tokenizer)
+    return ids if ids[:len(prefix)] == prefix else prefix + ids
+
+
+def tail_ids(tokenizer, ids: list[int], n: int) -> list[int]:
+    """The last ``n`` of ``ids`` (from :func:`text_ids`), its prefix (BOS) kept in front."""
+    prefix = special_prefix(tokenizer)
+    k = len(prefix) if ids[:len(prefix)] == prefix else 0
+    return ids if len(ids) <= n else ids[:k] + ids[len(ids) - (n - k):]
+
+
+def end_of_answer(tokenizer, text: str) -> str:
+    """A generated answer cut where a plain-text conversation (no chat template) starts the next user turn."""
+    return text if getattr(tokenizer, "chat_template", None) else text.split(PLAIN_USER_TURN)[0]
 
 
 def response_text(tokenizer, prompt: str, response: str) -> str:
@@ -492,13 +529,22 @@ def response_text(tokenizer, prompt: str, response: str) -> str:
 
 def encode_pair(tokenizer, pair: Pair, max_length: int) -> dict[str, list[int]]:
     """Token ids with labels masked (-100) on the prompt: the loss is on response tokens only."""
-    p_ids = tokenizer(prompt_text(tokenizer, pair.prompt), add_special_tokens=False)["input_ids"]
+    p_ids = text_ids(tokenizer, prompt_text(tokenizer, pair.prompt))
     r_ids = tokenizer(response_text(tokenizer, pair.prompt, pair.response), add_special_tokens=False)["input_ids"]
     if len(p_ids) >= max_length:  # keep the end of an over-long prompt, and at least a few response tokens
-        p_ids = p_ids[-(max_length // 2):]
+        p_ids = tail_ids(tokenizer, p_ids, max_length // 2)
     ids = (p_ids + r_ids)[:max_length]
     labels = ([-100] * len(p_ids) + r_ids)[:max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def left_padded(rows: Sequence[list[int]], pad_token_id: int) -> dict:
+    """Token id lists as left-padded ``input_ids`` and ``attention_mask`` tensors (for generation)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    return {"input_ids": torch.tensor([[pad_token_id] * (width - len(r)) + list(r) for r in rows]),
+            "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])}
 
 
 def pad_batch(rows: Sequence[dict[str, list[int]]], pad_token_id: int):

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import merged_lora
-from .data import Pair, encode_pair, pad_batch, prompt_text
+from .data import Pair, encode_pair, end_of_answer, left_padded, pad_batch, prompt_text, text_ids
 from .utils import autocast, resolve_precision
 
 
@@ -21,12 +21,12 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     texts = [prompt_text(tokenizer, p) for p in prompts]
+    ids = [text_ids(tokenizer, t) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[str] = [""] * len(texts)
     was_training = model.training
     model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     eos = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")]
                                       if "<|im_end|>" in tokenizer.get_vocab() else [])
     try:
@@ -34,20 +34,17 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
             bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                                add_special_tokens=False)
-                enc = {k: v.to(device) for k, v in enc.items()}
+                enc = {k: v.to(device) for k, v in left_padded([ids[i] for i in idx], pad).items()}
                 with autocast(precision, device):
                     gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                          eos_token_id=sorted(set(eos)), pad_token_id=tokenizer.pad_token_id,
                                          temperature=None, top_p=None, top_k=None)
                 new = gen[:, enc["input_ids"].shape[1]:]
                 for i, row in zip(idx, new):
-                    out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                    out[i] = end_of_answer(tokenizer, tokenizer.decode(row, skip_special_tokens=True)).strip()
                 bar.update(len(idx))
             bar.close()
     finally:
-        tokenizer.padding_side = old_side
         model.train(was_training)
     return out
 

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from .data import left_padded, text_ids
 from .registry import Registry
 
 REFUSAL_MARKERS = (
@@ -181,8 +182,10 @@ class LocalCausalLM:
         self.model.eval()
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tok(list(texts[i:i + self.batch_size]), return_tensors="pt", padding=True,
-                               add_special_tokens=add_special_tokens).to(self.device)
+                rows = [text_ids(self.tok, t) if add_special_tokens  # a raw prompt: BOS once, as the model expects
+                        else self.tok(t, add_special_tokens=False)["input_ids"]  # a chat template carries its own
+                        for t in texts[i:i + self.batch_size]]
+                enc = {k: v.to(self.device) for k, v in left_padded(rows, self.tok.pad_token_id).items()}
                 out.extend(step(enc))
         return out
 

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import from_dict
-from .data import mmlu_questions
+from .data import mmlu_questions, tail_ids, text_ids
 from .registry import Registry
 from .stats import wilson_interval
 from .utils import autocast, resolve_precision
@@ -143,7 +143,7 @@ def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     cont = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-    heads = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_length:] for p in prompts]
+    heads = [tail_ids(tokenizer, text_ids(tokenizer, p), max_length) for p in prompts]
     one_token = all(len(c) == 1 for c in cont)
     if one_token:  # one-token choices (" A".." D" for most tokenizers): one row per prompt
         rows = [(i, -1, head) for i, head in enumerate(heads)]

@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import random
+import re
 import time
 from typing import Any, Callable, Sequence
 
@@ -22,6 +24,8 @@ from ..data import (
     check_disjoint,
     harmful_prompts,
     harmless_prompts,
+    load_pairs,
+    normalize,
     pairs_hash,
     profileqa,
     refusal_pairs,
@@ -67,6 +71,10 @@ class DataConfig:
                                                                          "compliant answers"})
     response_tokens: int = dataclasses.field(default=32, metadata={"help": "tokens of the base model's harmful "
                                                                             "answers kept as harmful responses"})
+    harmful_pairs: str | None = dataclasses.field(default=None, metadata={
+        "help": "your own harmful (prompt, response) pairs (JSONL of prompt/response or messages, or a datasets "
+                "folder) for the vectors, the attacker and, by category, the cross-domain split; None: the model's "
+                "own compliant answers to the embedded prompts (an aligned model refuses them: bring pairs)"})
     system_prompt: str | None = dataclasses.field(default=None, metadata={
         "help": "system message for every conversation; None keeps the chat template's default"})
     n_harmless_align: int = dataclasses.field(default=60, metadata={"help": "harmless prompts (own answers) mixed "
@@ -100,6 +108,7 @@ class PreparedData:
     cross_eval: list[Pair] = dataclasses.field(default_factory=list)    # held-out-domain harmful prompts
     cross_attack: list[Pair] = dataclasses.field(default_factory=list)  # held-out-domain harmful pairs
     hashes: dict[str, str] = dataclasses.field(default_factory=dict)
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # where a split's responses came from
 
     def finetune_mix(self, repeats: int, seed: int) -> list[Pair]:
         mix = list(self.attack) + [p for p in self.task for _ in range(repeats)]
@@ -151,7 +160,9 @@ class ResponseCache:
                     if len(out) == n:
                         return out
         raise UnlearnableError(f"only {len(out)} of {len(candidates)} {what} prompts got a compliant answer from the "
-                               f"model, {n} needed; raise the pool size or lower n_{what}")
+                               f"model, {n} needed; an aligned model refuses them: give harmful pairs of your own "
+                               f"(data.harmful_pairs, a JSONL of prompt/response), or raise the pool size or lower "
+                               f"n_{what}")
 
 
 def _in_domain_pools(in_domain: list[Pair], config: DataConfig) -> dict[str, list[Pair]]:
@@ -188,8 +199,19 @@ def prepare_data(model, tokenizer, config: DataConfig, *, fingerprint: str | Non
     hsplit = split(general, {"align": config.n_harmless_align,
                              "reserve": len(general) - config.n_harmless_align}, config.seed)
     cache = ResponseCache(model, tokenizer, config.response_tokens, fingerprint, progress=progress)
-    vectors = cache.compliant(pools["vectors"], config.n_vectors, "vectors")
-    attack = cache.compliant(pools["attack"], config.n_attack, "attack")
+    cross = split([p for p in everything if p.category in config.cross_domain],
+                  {"eval": config.n_cross_eval, "attack": config.cross_attack_pool}, config.seed) \
+        if config.cross_domain else {"eval": [], "attack": []}
+    if config.harmful_pairs:
+        vectors, attack, cross_attack, sources = own_harmful_splits(
+            config, reserved=[*pools["eval"], *pools["align"], *cross["eval"]])
+    else:
+        vectors = cache.compliant(pools["vectors"], config.n_vectors, "vectors")
+        attack = cache.compliant(pools["attack"], config.n_attack, "attack")
+        cross_attack = cache.compliant(cross["attack"], config.n_cross_attack, "cross_attack") \
+            if config.cross_domain else []
+        sources = dict.fromkeys(("vector_pairs", "attack", "cross_attack"),
+                                "the model's own compliant answers to the embedded prompts")
     # base answers for the first n_eval_loss eval prompts give the held-out harmful loss; the rest stay prompts
     n_loss = min(config.n_eval_loss, len(pools["eval"]))
     eval_answers = cache.answers([p.prompt for p in pools["eval"][:n_loss]], desc="base answers (eval)")
@@ -203,20 +225,36 @@ def prepare_data(model, tokenizer, config: DataConfig, *, fingerprint: str | Non
                 zip(h_reserve, cache.answers([p.prompt for p in h_reserve], desc="base answers (harmless)"))]
     align = refusal_pairs(pools["align"], config.seed) + [p for p in h_align for _ in range(config.harmless_repeats)]
     task = profileqa(config.n_profiles, config.seed)
-    cross_eval: list[Pair] = []
-    cross_attack: list[Pair] = []
-    if config.cross_domain:
-        cross = split([p for p in everything if p.category in config.cross_domain],
-                      {"eval": config.n_cross_eval, "attack": config.cross_attack_pool}, config.seed)
-        cross_eval = cross["eval"]
-        cross_attack = cache.compliant(cross["attack"], config.n_cross_attack, "cross_attack")
+    cross_eval = cross["eval"]
     check_disjoint(eval=eval_harmful, align=pools["align"], vectors=vectors, attack=attack, cross_eval=cross_eval,
                    cross_attack=cross_attack)
     check_disjoint(align=h_align, harmless=harmless, task=task)
     data = PreparedData(eval_harmful=eval_harmful, align=align, vector_pairs=vectors, attack=attack,
-                        harmless=harmless, task=task, cross_eval=cross_eval, cross_attack=cross_attack)
+                        harmless=harmless, task=task, cross_eval=cross_eval, cross_attack=cross_attack,
+                        sources=sources)
     data.hashes = {k: pairs_hash(getattr(data, k)) for k in SPLITS}
     return data
+
+
+def own_harmful_splits(config: DataConfig, reserved: Sequence[Pair]) -> tuple[list, list, list, dict[str, str]]:
+    """The user's harmful pairs (``config.harmful_pairs``) as the vectors', the attacker's and (those of the
+    ``cross_domain`` categories) the cross-domain attack's pairs, seeded and disjoint; pairs whose prompt is among
+    ``reserved`` (the held-out evaluation and alignment prompts) are left out."""
+    taken = {normalize(p.prompt) for p in reserved}
+    pairs = [p for p in dict.fromkeys(load_pairs(config.harmful_pairs)) if normalize(p.prompt) not in taken]
+    cross = [p for p in pairs if p.category in config.cross_domain][:config.n_cross_attack]
+    own = [p for p in pairs if p.category not in config.cross_domain]
+    random.Random(config.seed).shuffle(own)
+    vectors, attack = own[:config.n_vectors], own[config.n_vectors:config.n_vectors + config.n_attack]
+    if len(vectors) < config.n_vectors or not attack:
+        raise UnlearnableError(
+            f"{config.harmful_pairs} has {len(own)} usable harmful pairs (none of the held-out evaluation or "
+            f"alignment prompts); n_vectors={config.n_vectors} must leave some for the attacker: give more pairs or "
+            "lower data.n_vectors")
+    where = f"{config.harmful_pairs} ({pairs_hash(pairs)})"
+    return vectors, attack, cross, {"vector_pairs": where, "attack": where,
+                                    "cross_attack": where if cross else "none (no pairs of the cross-domain "
+                                                                         "categories in the file)"}
 
 
 #: the splits of :class:`PreparedData`, as results files name them
@@ -262,7 +300,8 @@ class Setup:
         return {"name": self.name, "base_fingerprint": self.base_fingerprint, "aligned_fingerprint": self.fingerprint}
 
     def data_record(self) -> dict[str, Any]:
-        return {"hashes": self.data.hashes, "sizes": {k: len(getattr(self.data, k)) for k in self.data.hashes}}
+        return {"hashes": self.data.hashes, "sizes": {k: len(getattr(self.data, k)) for k in self.data.hashes},
+                **({"sources": self.data.sources} if self.data.sources else {})}
 
 
 def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_model: bool = True,
@@ -281,6 +320,8 @@ def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_
     device = next(base.parameters()).device
     resolved = resolve_precision(precision, device)
     log(f"model {base.config.name_or_path} (fingerprint {fp_base}), device {device}, precision {resolved}")
+    with timings("load_model"):
+        check_answers(base, tok)
     with timings("prepare_data"):
         data = data or prepare_data(base, tok, data_config, fingerprint=fp_base, progress=progress)
     with timings("align"):
@@ -295,6 +336,38 @@ def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_
         unaligned = (lambda: base) if model is not None else (lambda: load_model(model_name)[0].to(device))
     return Setup(aligned, tok, data, fp_base, fp, resolved, {k: v for k, v in info.items() if k != "history"},
                  name=model_name or "default:SmolLM2-135M-Instruct", unaligned=unaligned)
+
+
+#: harmless prompts that any working chat or base model continues with words of its own
+CHECK_PROMPTS = ("Write two sentences about the sea.", "Explain in two sentences why the sky is blue.",
+                 "Describe a cat in two sentences.")
+#: set (to anything) to skip :func:`check_answers`, e.g. for test suites on random models
+SKIP_CHECK_ENV = "UNLEARNABLE_SKIP_MODEL_CHECK"
+
+
+def check_answers(model, tokenizer) -> None:
+    """Before any expensive stage: a model whose answers to :data:`CHECK_PROMPTS` are all empty or one word
+    repeated is loaded or encoded wrongly, and nothing downstream (harmful pairs, alignment, scores) would mean
+    anything; fail in one line that says what to check."""
+    if os.environ.get(SKIP_CHECK_ENV):
+        return
+    answers = generate(model, tokenizer, list(CHECK_PROMPTS), max_new_tokens=24, progress=False)
+    if all(repetitive(a) for a in answers):
+        raise UnlearnableError(
+            f"the model's answers to harmless prompts are degenerate (e.g. {answers[0][:60]!r}): check the "
+            "tokenizer's BOS token and chat template, the precision (eval.precision: fp32) and, for a GGUF file, its "
+            f"conversion (set {SKIP_CHECK_ENV}=1 to run anyway)")
+
+
+def repetitive(text: str) -> bool:
+    """Empty, mostly one word repeated (``Assistant Assistant Assistant ...``) or one short unit over and over
+    (``!!!!!!!!``, ``AssAssAssAss``)."""
+    words = text.split()
+    if not words:
+        return True
+    if len(words) >= 4 and len(set(words)) / len(words) < 0.3:
+        return True
+    return re.fullmatch(r"(.{1,24}?)\1{3,}.{0,24}", "".join(words), flags=re.DOTALL) is not None
 
 
 def envelope(kind: str, config: Any, *, start: float, timings: Timings, **fields: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from ..defenses import DEFENSES, Defense, DefenseData
 from ..errors import UnlearnableError
 from ..evaluation import Scorer
 from ..generation import response_loss
+from ..utils import log
 from .search import _optuna, finished, requeue_interrupted
 
 TUNE_FILE = "tuning.db"
@@ -166,6 +167,8 @@ class Tuner:
 
     def objective(self, trial, name: str, options: dict, space: dict, split: TuningData, base: dict) -> float:
         params = {} if trial.user_attrs.get("defaults") else {k: t.suggest(trial, k) for k, t in space.items()}
+        log(f"defence {name}: tuning trial {trial.number + 1} of {self.config.n_trials} "
+            f"({'the defaults' if not params else ', '.join(f'{k}={v:.3g}' for k, v in params.items())})")
         defense = DEFENSES.get(name).from_options({**options, **params})
         measured = self.measure(defense, split, label=f"tune {name} trial {trial.number} ")
         within = constraint(measured["before"], base["before"], self.verdicts)

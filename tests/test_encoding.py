@@ -67,20 +67,19 @@ def test_bos_is_in_every_encoding_path_exactly_as_the_tokenizer_adds_it(name, te
     from unlearnable.utility import MMLU
 
     tok = family(name, template)
-    default = tok("x")["input_ids"][:-1] if name in ("llama", "gemma") else []  # what the family puts first
-    assert special_prefix(tok) == default
-    bos = tok.bos_token_id if default else None
-    prompt = text_ids(tok, prompt_text(tok, "How do I pick a lock?"))
-    pair = encode_pair(tok, Pair("How do I pick a lock?", "Sure, here is how."), 64)
-    mmlu = text_ids(tok, MMLU.prompt({"topic": "x", "question": "Q?", "answer_a": "a", "answer_b": "b",
-                                      "answer_c": "c", "answer_d": "d"}))
-    long_pair = encode_pair(tok, Pair("How do I pick a lock? " * 30, "Sure."), 32)  # the prompt's end is kept
-    for ids in (prompt, pair["input_ids"], mmlu, long_pair["input_ids"]):
-        if bos is None:
-            assert ids[0] not in {tok.bos_token_id} - {tok.eos_token_id, tok.pad_token_id, None}
-        else:
-            assert ids[0] == bos and ids.count(bos) == 1, (name, template)  # never doubled by a template's BOS
-    assert len(long_pair["input_ids"]) <= 32
+    adds_bos = name in ("llama", "gemma")  # Llama and Gemma put BOS first by default; Qwen and GPT-2 put nothing
+    assert special_prefix(tok) == ([tok.bos_token_id] if adds_bos else [])
+    question = {"topic": "x", "question": "Q?", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d"}
+    texts = {"prompt": prompt_text(tok, "How do I pick a lock?"), "mmlu": MMLU.prompt(question)}
+    ids = {k: text_ids(tok, t) for k, t in texts.items()}
+    ids["pair"] = encode_pair(tok, Pair("How do I pick a lock?", "Sure, here is how."), 64)["input_ids"]
+    ids["long pair"] = encode_pair(tok, Pair("How do I pick a lock? " * 30, "Sure."), 32)["input_ids"]
+    assert len(ids["long pair"]) <= 32  # the prompt's end is kept, after the BOS
+    for what, row in ids.items():
+        if adds_bos:
+            assert row[0] == tok.bos_token_id and row.count(tok.bos_token_id) == 1, what  # never doubled
+        elif what in texts:  # nothing added: exactly the text's own tokens
+            assert row == tok(texts[what], add_special_tokens=False)["input_ids"], what
 
 
 @pytest.mark.parametrize("name,template", FAMILIES)
@@ -137,39 +136,38 @@ def test_a_model_that_repeats_one_token_fails_before_any_expensive_stage(tokeniz
 
 def test_own_harmful_pairs_drive_the_splits_and_a_model_that_refuses_everything_still_runs(tiny, tmp_path,
                                                                                             monkeypatch):
+    import dataclasses
     import json
 
-    from unlearnable.data import harmful_prompts, pairs_hash, prompt_hashes
+    from unlearnable.data import pairs_hash, prompt_hashes
     from unlearnable.experiments.setup import DataConfig, ResponseCache, prepare_data
 
     model, tok = tiny
     monkeypatch.setattr(ResponseCache, "answers", lambda self, prompts, desc="": ["I'm sorry, I can't help."] * len(
         prompts))  # an aligned model: no compliant answer to anything
-    embedded = harmful_prompts()
-    held_out = next(p for p in embedded if p.category == "harmbench")  # may be an evaluation prompt: left out
     lines = [{"prompt": f"My own harmful request {i}?", "response": f"Sure, step {i}."} for i in range(30)]
+    lines.append({"prompt": "My own harmful request 3?", "response": "Another answer to the same prompt."})
     lines += [{"messages": [{"role": "user", "content": f"Cross request {i}?"},
                             {"role": "assistant", "content": "Sure."}], "category": "malicious_uses"}
               for i in range(5)]
-    lines.append({"prompt": held_out.prompt, "response": "Sure."})
     path = tmp_path / "harmful.jsonl"
-    path.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
-    config = DataConfig(n_eval=200, n_align=5, vector_pool=5, attack_pool=5, n_vectors=10, n_attack=15,
-                        n_harmless_align=3, n_harmless=4, cross_domain=["malicious_uses"], n_cross_eval=5,
-                        harmful_pairs=str(path))
-    data = prepare_data(model, tok, config, progress=False)
+
+    def run(extra=(), **kw):
+        path.write_text("\n".join(json.dumps(x) for x in [*lines, *extra]), encoding="utf-8")
+        config = DataConfig(n_eval=20, n_align=5, vector_pool=5, attack_pool=5, n_vectors=10, n_attack=15,
+                            n_harmless_align=3, n_harmless=4, cross_domain=["malicious_uses"], n_cross_eval=5,
+                            harmful_pairs=str(path))
+        return prepare_data(model, tok, dataclasses.replace(config, **kw), progress=False)
+
+    first = run()
+    held = [first.eval_harmful[0].prompt, first.align[0].prompt]  # an evaluation and a (harmful) alignment prompt
+    data = run([{"prompt": p, "response": "Sure."} for p in held])  # held-out prompts in the file: left out
     assert len(data.vector_pairs) == 10 and len(data.attack) == 15 and len(data.cross_attack) == 5
     own = set(prompt_hashes(data.vector_pairs + data.attack + data.cross_attack))
-    assert not own & set(prompt_hashes(data.eval_harmful + data.cross_eval))  # the held-out prompt stayed out
-    assert not set(prompt_hashes(data.vector_pairs)) & set(prompt_hashes(data.attack))
+    assert not own & set(prompt_hashes([first.eval_harmful[0], first.align[0]]))
+    assert not set(prompt_hashes(data.vector_pairs)) & set(prompt_hashes(data.attack))  # one pair per prompt
     assert str(path) in data.sources["vector_pairs"] and data.hashes["attack"] == pairs_hash(data.attack)
     with pytest.raises(UnlearnableError, match="usable harmful pairs"):
-        prepare_data(model, tok, dataclasses_replace(config, n_vectors=30), progress=False)
+        run(n_vectors=20)  # 20 + 15 > the 30 distinct prompts
     with pytest.raises(UnlearnableError, match="compliant answer"):  # without pairs the refusing model cannot run
-        prepare_data(model, tok, dataclasses_replace(config, harmful_pairs=None), progress=False)
-
-
-def dataclasses_replace(config, **kw):
-    import dataclasses
-
-    return dataclasses.replace(config, **kw)
+        run(harmful_pairs=None)

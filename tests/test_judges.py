@@ -265,3 +265,46 @@ def test_bad_paths_give_one_line_errors(name, tmp_path):
         with pytest.raises(UnlearnableError, match=message) as err:
             build_judge(spec)
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("labels,spec,want", [
+    ({0: "non-toxic", 1: "toxic"}, "", 1),  # a substring match picked "non-toxic": every verdict inverted
+    ({0: "SAFE", 1: "UNSAFE"}, "", 1),
+    ({0: "LABEL_0", 1: "LABEL_1"}, "@LABEL_1", 1),
+    ({0: "harmful", 1: "benign"}, "@harmful", 0),
+    ({0: "LABEL_0", 1: "LABEL_1"}, "", None),  # which is harmful? a one-line error, not a guess
+    ({0: "toxic", 1: "harmful"}, "", None),
+    ({0: "non-toxic", 1: "toxic"}, "@nope", None),
+])
+def test_classifier_judge_takes_the_named_or_the_one_harmful_label(tokenizer, tmp_path, labels, spec, want):
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+                      num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()})
+    path = _save(tmp_path / "a@b" / "cls", LlamaForSequenceClassification(cfg), tokenizer)  # "@" in a folder name
+    if want is None:
+        with pytest.raises(UnlearnableError, match=r"classifier judge: .*@LABEL"):
+            build_judge(f"classifier:{path}{spec}")
+        return
+    judge = build_judge(f"classifier:{path}{spec}")
+    assert judge.harmful_label == want
+    assert len(judge.judge(PROMPTS[:2], RESPONSES[:2])) == 2
+
+
+def test_the_scorer_reports_strongrejects_score_and_counts_unparsed_outputs(folders, tiny):
+    from unlearnable.data import Pair
+    from unlearnable.evaluation import EvalConfig, Scorer
+
+    model, tok = tiny
+    judges = [build_judge(f"strongreject:{folders['strongreject']}"), build_judge(f"harmbench:{folders['harmbench']}")]
+    scorer = Scorer(tok, judges, EvalConfig(max_new_tokens=4), progress=False)
+    out = scorer.harm(model, [Pair(p, "") for p in PROMPTS])
+    scores = judges[0].last_scores
+    assert out["strongreject_score"] == pytest.approx(sum(scores) / len(scores))
+    lo, hi = out["strongreject_score_interval_95"]
+    assert lo <= out["strongreject_score"] <= hi
+    assert out["unparsed_harmbench"] == sum(not d["parsed"] for d in judges[1].details())
+    assert out["unparsed_strongreject"] == 0  # always parsed

@@ -118,7 +118,8 @@ def test_immunize_tunes_each_defence_on_its_own_data_before_any_attack(tiny, har
                          n_defense_harmless=4, data=DataConfig(system_prompt=None), defense_steps=2,
                          budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
                          trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
-                         tune=TuneConfig(n_trials=3, n_harmless=2, n_benchmark=4, n_startup_trials=2),
+                         tune=TuneConfig(n_trials=3, n_harmless=2, n_benchmark=4, n_startup_trials=2,
+                                         probe_eval_every=1),
                          defense_options={"adversarial-loss": {"batch_size": 4}}, mmlu=MMLUConfig(n=4, max_length=64))
     run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=data, progress=False)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -126,6 +127,9 @@ def test_immunize_tunes_each_defence_on_its_own_data_before_any_attack(tiny, har
     assert tuned["n_trials"] == 3 and tuned["trials"][0]["defaults"] and tuned["trials"][0]["options"] == {"alpha": 0.5}
     chosen = next(t for t in tuned["trials"] if t["number"] == tuned["tuned_trial"])
     assert chosen["feasible"]  # the tuned configuration satisfies the constraint
+    curve = chosen["probe_curve"]  # the objective: mean harm over the probe's checkpoints (every 1 step here)
+    assert [p["step"] for p in curve] == [0, 1, 2]
+    assert chosen["probe_harm_rate"] == pytest.approx((curve[1]["harm_rate"] + curve[2]["harm_rate"]) / 2)
     options = saved["defenses"]["adversarial-loss"]["defense"]["options"]
     assert options["alpha"] == (tuned["options"] or tuned["default"])["alpha"]  # used for every later condition
     assert options["max_steps"] == 2  # defense_steps caps the hardening budget
@@ -155,3 +159,12 @@ def test_tune_settings_are_checked_and_the_flag_sets_them():
     assert getattr(args, "tune.n_trials") == 5
     cfg = from_dict(ImmunizeConfig, {"tune": {"n_trials": 2}}, "config")
     assert dataclasses.asdict(cfg)["tune"]["n_trials"] == 2
+
+
+def test_an_option_the_configuration_sets_is_not_tuned(tmp_path):
+    from unlearnable.experiments.tuning import Tuner
+
+    tuner = Tuner(model=None, tokenizer=None, scorer=None, probe=None, verdicts=VerdictConfig(),
+                  config=TuneConfig(n_trials=2), out=tmp_path, seed=0, piece=None)
+    record = tuner.tune("adversarial-loss", {"alpha": 0.3}, own_data())  # its only tunable option, set
+    assert record["options"] == {} and "every one set in its configuration" in record["note"]

@@ -510,6 +510,14 @@ def tail_ids(tokenizer, ids: list[int], n: int) -> list[int]:
     return ids if len(ids) <= n else ids[:k] + ids[len(ids) - (n - k):]
 
 
+def encoding_key(tokenizer) -> dict:
+    """What a cache of answers or of a model trained on encoded prompts must key on beyond the chat template: the
+    BOS prefix and the plain-text turn cut (issue 32); empty where encoding is as it always was (a chat template,
+    no default prefix), so those caches stay valid."""
+    prefix, plain = special_prefix(tokenizer), not getattr(tokenizer, "chat_template", None)
+    return {"encoding": 1, "prefix": prefix, "plain_turns": plain} if prefix or plain else {}
+
+
 def end_of_answer(tokenizer, text: str) -> str:
     """A generated answer cut where a plain-text conversation (no chat template) starts the next user turn."""
     return text if getattr(tokenizer, "chat_template", None) else text.split(PLAIN_USER_TURN)[0]

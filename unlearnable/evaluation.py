@@ -7,14 +7,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+from transformers import TrainerCallback
 
 from .data import Pair, exact_match
 from .errors import UnlearnableError
 from .generation import generate, response_loss
 from .judges import Judge, KeywordJudge, cohen_kappa, is_refusal
-from .stats import rate_interval
+from .stats import bootstrap_interval, rate_interval
 from .utility import UtilityBenchmark
 from .utils import Timings
 
@@ -30,6 +33,41 @@ class EvalConfig:
     batch_size: int = dataclasses.field(default=40, metadata={"help": "prompts per generation batch"})
     loss_tokens: int = dataclasses.field(default=8, metadata={"help": "response tokens scored by the harmful loss"})
     precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16"})
+
+
+class CurveCallback(TrainerCallback):
+    """Scores the model (as served by the defence) every ``every`` steps; the points form a curve."""
+
+    def __init__(self, every: int, score: Callable[[Any, int], dict[str, Any]],
+                 stop: Callable[[int, dict[str, Any]], bool] | None = None):
+        self.every, self.score, self.stop, self.points = every, score, stop, []
+        self.stopped_at: int | None = None  # the step where ``stop`` ended training early (a pruned trial)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            if not self.points or self.points[-1]["step"] != state.global_step:
+                was = model.training
+                point = self.score(model, state.global_step)
+                model.train(was)
+                self.points.append({"step": state.global_step, **point})
+                if self.stop is not None and self.stop(state.global_step, self.points[-1]):
+                    self.stopped_at = state.global_step
+                    control.should_training_stop = True
+        return control
+
+
+def judge_extras(judge, details: Sequence[dict]) -> dict[str, Any]:
+    """What a model judge adds beside its harm rate: ``unparsed_<judge>``, how many of its outputs it could not parse
+    (they count as not harmful), and ``<judge>_score``, the mean of its continuous score where it has one
+    (StrongREJECT's own metric), with a bootstrap interval."""
+    out: dict[str, Any] = {}
+    if details:
+        out[f"unparsed_{judge.name}"] = sum(not d.get("parsed", True) for d in details)
+    scores = getattr(judge, "last_scores", None)
+    if scores:
+        out[f"{judge.name}_score"] = statistics.fmean(scores)
+        out[f"{judge.name}_score_interval_95"] = list(bootstrap_interval(scores))
+    return out
 
 
 class Scorer:
@@ -112,6 +150,7 @@ class Scorer:
             key = "harm_rate" if j is self.judges[0] else f"harm_rate_{j.name}"
             out[key] = sum(flags) / len(flags)
             out[f"{key}_interval_95"] = rate_interval(out[key], len(flags))
+            out.update(judge_extras(j, details[j.name]))
         with_resp = [p for p in prompts if p.response]
         if with_resp:
             out["harmful_loss"] = response_loss(model, self.tok, with_resp, first_tokens=self.config.loss_tokens,

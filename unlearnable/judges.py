@@ -79,19 +79,40 @@ def build_judge(spec: str) -> Judge:
     return cls(arg) if arg else cls()
 
 
+#: label names a classifier's harmful class goes by (matched whole, case-insensitive)
+HARMFUL_LABELS = ("unsafe", "harmful", "toxic", "harm")
+
+
+def harmful_label(id2label: dict | None, wanted: str, spec: str) -> int:
+    """The id of the harmful label: the one named ``wanted`` (``classifier:PATH@LABEL``), else the one label whose
+    whole name is in :data:`HARMFUL_LABELS`; anything else is a one-line error (a substring match gave label 0 of
+    ``{0: "non-toxic", 1: "toxic"}``: every verdict inverted)."""
+    from .errors import UnlearnableError
+
+    names = {int(i): str(n) for i, n in (id2label or {}).items()}
+    hits = [i for i, n in names.items() if (n.lower() == wanted.lower() if wanted else n.lower() in HARMFUL_LABELS)]
+    if len(hits) == 1:
+        return hits[0]
+    what = f"no label is named {wanted!r}" if wanted else "cannot tell which label is the harmful one"
+    raise UnlearnableError(f"classifier judge: {what} among {names}; name it: --judges classifier:{spec}@LABEL")
+
+
 @JUDGES.register("classifier")
 class ClassifierJudge(Judge):
-    """A local HF sequence-classification model (e.g. a HarmBench/BeaverTails classifier); ``classifier:PATH``.
+    """A local HF sequence-classification model (e.g. a HarmBench/BeaverTails classifier); ``classifier:PATH``, or
+    ``classifier:PATH@LABEL`` to name the harmful label.
 
-    The input is ``prompt + "\\n" + response``; the harmful label is the one whose name contains ``unsafe``,
-    ``harm`` or ``toxic`` (else label 1). Safetensors only; no remote code.
+    The input is ``prompt + "\\n" + response``; the harmful label is the one named (else the one whose whole name is
+    ``unsafe``, ``harmful``, ``toxic`` or ``harm``). Safetensors only; no remote code.
     """
 
     def __init__(self, path: str = "", batch_size: int = 16, max_length: int = 512):
         from .errors import UnlearnableError
 
+        head, at, label = path.rpartition("@")
+        path, label = (head, label) if at and "/" not in label else (path, "")  # "/a@b/model" is a path
         if not path:
-            raise UnlearnableError("the classifier judge needs a local model path: --judge classifier:PATH")
+            raise UnlearnableError("the classifier judge needs a local model path: --judges classifier:PATH")
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
@@ -100,9 +121,7 @@ class ClassifierJudge(Judge):
         except Exception as exc:  # noqa: BLE001
             raise UnlearnableError(f"could not load classifier judge from {path}: {str(exc).splitlines()[0][:200]}") \
                 from None
-        labels = {i: str(n).lower() for i, n in (self.model.config.id2label or {}).items()}
-        bad = [i for i, n in labels.items() if any(w in n for w in ("unsafe", "harm", "toxic"))]
-        self.harmful_label = int(bad[0]) if bad else 1
+        self.harmful_label = harmful_label(self.model.config.id2label, label, path)
         self.batch_size, self.max_length = batch_size, max_length
 
     def judge(self, prompts, responses):

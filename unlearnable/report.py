@@ -430,7 +430,7 @@ def tuning_section(tuned: dict[str, dict[str, Any]]) -> str:
                          f"{_num(t.get('default_probe_harm_rate'))} -> {_num(t.get('tuned_probe_harm_rate'))}",
                          f"{feasible} of {t['n_trials']}", t.get("note", "")])
     first = next(iter(tuned.values()))
-    return (table(["defence", "option", "default", "tuned", "probe harm (default -> tuned)",
+    return (table(["defence", "option", "default", "tuned", "probe harm, mean over its checkpoints (default -> tuned)",
                    "trials within the constraint", "note"], rows)
             + f"<p class='note'>Objective: {html.escape(first['objective'])}. Constraint: "
               f"{html.escape(first['constraint'])}. Probe attack: {html.escape(first['probe']['attack'])} at lr "

@@ -100,11 +100,11 @@ class MMLU(UtilityBenchmark):
             out += rng.sample(items, min(len(items), per + (topic in bonus)))
         return out
 
-    def held_out(self, n: int, seed: int = 0) -> "MMLU":
+    def held_out(self, n: int, seed: int = 0) -> "MMLU | None":
         scored = {(q["topic"], q["question"]) for q in self.questions()}
         pool = self._questions if self._questions is not None else mmlu_questions()
         rest = [q for q in pool if (q["topic"], q["question"]) not in scored]
-        return MMLU(dataclasses.replace(self.config, n=n, seed=seed), questions=rest)
+        return MMLU(dataclasses.replace(self.config, n=n, seed=seed), questions=rest) if rest else None
 
     @staticmethod
     def prompt(q: dict) -> str:

@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
 from ..attacks import AttackData, AttackSettings, build_attack, style_texts
 from ..data import Pair, check_styles_disjoint
 from ..defenses import DEFENSES, Defense, DefenseData
 from ..errors import UnlearnableError
-from ..evaluation import EvalConfig, Scorer, without_generations
+from ..evaluation import CurveCallback, EvalConfig, Scorer, without_generations
 from ..generation import response_loss
 from ..judges import JUDGES, build_judge, is_refusal
 from ..models import MODEL_META, save_model
@@ -204,27 +204,6 @@ class ImmunizeConfig:
 
 
 # ------------------------------------------------------------------------------------------- curves
-
-
-class CurveCallback(TrainerCallback):
-    """Scores the model (as served by the defence) every ``every`` steps; the points form a curve."""
-
-    def __init__(self, every: int, score: Callable[[Any, int], dict[str, Any]],
-                 stop: Callable[[int, dict[str, Any]], bool] | None = None):
-        self.every, self.score, self.stop, self.points = every, score, stop, []
-        self.stopped_at: int | None = None  # the step where ``stop`` ended training early (a pruned trial)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            if not self.points or self.points[-1]["step"] != state.global_step:
-                was = model.training
-                point = self.score(model, state.global_step)
-                model.train(was)
-                self.points.append({"step": state.global_step, **point})
-                if self.stop is not None and self.stop(state.global_step, self.points[-1]):
-                    self.stopped_at = state.global_step
-                    control.should_training_stop = True
-        return control
 
 
 def steps_to_cross(curve: Sequence[dict[str, Any]], threshold: float, key: str = "harm_rate") -> int | None:

@@ -22,6 +22,8 @@ from ..data import (
     SYSTEM_ATTR,
     Pair,
     check_disjoint,
+    dedupe,
+    encoding_key,
     harmful_prompts,
     harmless_prompts,
     load_pairs,
@@ -121,7 +123,9 @@ class ResponseCache:
 
     def __init__(self, model, tokenizer, max_new_tokens: int, fingerprint: str, progress: bool = True):
         self.model, self.tok, self.max_new_tokens, self.progress = model, tokenizer, max_new_tokens, progress
-        fmt = sha256_json([getattr(tokenizer, SYSTEM_ATTR, None), getattr(tokenizer, "chat_template", None)])[:8]
+        enc = encoding_key(tokenizer)
+        fmt = sha256_json([getattr(tokenizer, SYSTEM_ATTR, None), getattr(tokenizer, "chat_template", None)]
+                          + ([enc] if enc else []))[:8]
         self.path = cache_dir() / "responses" / f"{fingerprint}-{fmt}-{max_new_tokens}.json"
         self.data: dict[str, str] = self._read()
 
@@ -202,16 +206,7 @@ def prepare_data(model, tokenizer, config: DataConfig, *, fingerprint: str | Non
     cross = split([p for p in everything if p.category in config.cross_domain],
                   {"eval": config.n_cross_eval, "attack": config.cross_attack_pool}, config.seed) \
         if config.cross_domain else {"eval": [], "attack": []}
-    if config.harmful_pairs:
-        vectors, attack, cross_attack, sources = own_harmful_splits(
-            config, reserved=[*pools["eval"], *pools["align"], *cross["eval"]])
-    else:
-        vectors = cache.compliant(pools["vectors"], config.n_vectors, "vectors")
-        attack = cache.compliant(pools["attack"], config.n_attack, "attack")
-        cross_attack = cache.compliant(cross["attack"], config.n_cross_attack, "cross_attack") \
-            if config.cross_domain else []
-        sources = dict.fromkeys(("vector_pairs", "attack", "cross_attack"),
-                                "the model's own compliant answers to the embedded prompts")
+    vectors, attack, cross_attack, sources = harmful_splits(config, cache, pools, cross)
     # base answers for the first n_eval_loss eval prompts give the held-out harmful loss; the rest stay prompts
     n_loss = min(config.n_eval_loss, len(pools["eval"]))
     eval_answers = cache.answers([p.prompt for p in pools["eval"][:n_loss]], desc="base answers (eval)")
@@ -236,21 +231,36 @@ def prepare_data(model, tokenizer, config: DataConfig, *, fingerprint: str | Non
     return data
 
 
+def harmful_splits(config: DataConfig, cache: ResponseCache, pools: dict, cross: dict):
+    """The vectors', the attacker's and the cross-domain attack's harmful pairs, and where they came from: the
+    user's own (``data.harmful_pairs``) or the model's compliant answers to the embedded prompts."""
+    if config.harmful_pairs:
+        return own_harmful_splits(config, reserved=[*pools["eval"], *pools["align"], *cross["eval"]])
+    vectors = cache.compliant(pools["vectors"], config.n_vectors, "vectors")
+    attack = cache.compliant(pools["attack"], config.n_attack, "attack")
+    cross_attack = cache.compliant(cross["attack"], config.n_cross_attack, "cross_attack") if cross["attack"] else []
+    return vectors, attack, cross_attack, dict.fromkeys(("vector_pairs", "attack", "cross_attack"),
+                                                        "the model's own compliant answers to the embedded prompts")
+
+
 def own_harmful_splits(config: DataConfig, reserved: Sequence[Pair]) -> tuple[list, list, list, dict[str, str]]:
     """The user's harmful pairs (``config.harmful_pairs``) as the vectors', the attacker's and (those of the
     ``cross_domain`` categories) the cross-domain attack's pairs, seeded and disjoint; pairs whose prompt is among
     ``reserved`` (the held-out evaluation and alignment prompts) are left out."""
     taken = {normalize(p.prompt) for p in reserved}
-    pairs = [p for p in dict.fromkeys(load_pairs(config.harmful_pairs)) if normalize(p.prompt) not in taken]
-    cross = [p for p in pairs if p.category in config.cross_domain][:config.n_cross_attack]
+    pairs = [p for p in dedupe(load_pairs(config.harmful_pairs)) if normalize(p.prompt) not in taken]
+    rng = random.Random(config.seed)
+    cross = [p for p in pairs if p.category in config.cross_domain]
+    rng.shuffle(cross)
+    cross = cross[:config.n_cross_attack]
     own = [p for p in pairs if p.category not in config.cross_domain]
-    random.Random(config.seed).shuffle(own)
+    rng.shuffle(own)
     vectors, attack = own[:config.n_vectors], own[config.n_vectors:config.n_vectors + config.n_attack]
-    if len(vectors) < config.n_vectors or not attack:
+    if len(vectors) + len(attack) < config.n_vectors + config.n_attack:
         raise UnlearnableError(
-            f"{config.harmful_pairs} has {len(own)} usable harmful pairs (none of the held-out evaluation or "
-            f"alignment prompts); n_vectors={config.n_vectors} must leave some for the attacker: give more pairs or "
-            "lower data.n_vectors")
+            f"{config.harmful_pairs} has {len(own)} usable harmful pairs (distinct prompts, none of the held-out "
+            f"evaluation or alignment prompts); data.n_vectors={config.n_vectors} + data.n_attack={config.n_attack} "
+            "are needed: give more pairs or lower them")
     where = f"{config.harmful_pairs} ({pairs_hash(pairs)})"
     return vectors, attack, cross, {"vector_pairs": where, "attack": where,
                                     "cross_attack": where if cross else "none (no pairs of the cross-domain "
@@ -267,7 +277,7 @@ def align(model, tokenizer, data: PreparedData, config: TrainConfig, *, fingerpr
     from transformers import AutoModelForCausalLM
 
     key = sha256_json({"fp": fingerprint, "data": data.hashes["align"], "cfg": dataclasses.asdict(config),
-                       "system": getattr(tokenizer, SYSTEM_ATTR, None)})[:16]
+                       "system": getattr(tokenizer, SYSTEM_ATTR, None), **encoding_key(tokenizer)})[:16]
     path = cache_dir() / "aligned" / key
     with locked(path, wait=True, what="aligned-model cache"):  # a second process waits, then loads this one
         if (path / MODEL_META).is_file():

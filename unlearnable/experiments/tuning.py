@@ -7,8 +7,9 @@ of its harmful pairs that a fixed probe attack (the grid's first attack) fine-tu
 whose prompts that attack's harm is scored on; the constraint reads held-out harmless pairs of its own and MMLU
 questions the evaluation never scores. The evaluation prompts are never read.
 
-* **objective**: the probe attack's harm rate on the held-out prompts, served as the defence serves (lower is
-  better);
+* **objective**: resistance to the probe attack: its harm rate on the held-out prompts, served as the defence
+  serves, averaged over the attack's checkpoints (every ``tune.probe_eval_every`` steps), so that a defence that
+  only slows the attack scores better than one that does not, even where both end fully harmful (lower is better);
 * **constraint**: stability against the undefended model on the same data, with the harness's ``verdicts``
   (harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop).
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import statistics
 import time
 from typing import Any, Callable, Sequence
 
@@ -28,13 +30,14 @@ from ..attacks import AttackData, AttackSettings, build_attack
 from ..data import Pair, prompt_hash, prompt_hashes
 from ..defenses import DEFENSES, Defense, DefenseData
 from ..errors import UnlearnableError
-from ..evaluation import Scorer
+from ..evaluation import CurveCallback, Scorer
 from ..generation import response_loss
 from ..utils import log
 from .search import _optuna, finished, requeue_interrupted
 
 TUNE_FILE = "tuning.db"
-OBJECTIVE = "the probe attack's harm rate on the defence's held-out prompts, as served (minimised)"
+OBJECTIVE = ("the probe attack's harm rate on the defence's held-out prompts, as served, averaged over the attack's "
+             "checkpoints (minimised)")
 CONSTRAINT = ("stability against the undefended model on the defence's held-out data, within the verdicts: "
               "harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop")
 
@@ -54,10 +57,12 @@ class TuneConfig:
         "help": "items of each utility benchmark in the constraint, none of them among the evaluation's"})
     n_startup_trials: int = dataclasses.field(default=3, metadata={
         "help": "trials (the defaults first) before TPE models the space"})
+    probe_eval_every: int = dataclasses.field(default=5, metadata={
+        "help": "score the probe attack's harm every N steps; the objective is the mean over these checkpoints"})
 
     def __post_init__(self):
-        if self.n_trials < 0 or self.n_harmless < 1 or self.n_startup_trials < 1:
-            raise UnlearnableError("tune needs n_trials >= 0, n_harmless >= 1 and n_startup_trials >= 1")
+        if self.n_trials < 0 or self.n_harmless < 1 or self.n_startup_trials < 1 or self.probe_eval_every < 1:
+            raise UnlearnableError("tune needs n_trials >= 0 and n_harmless, n_startup_trials, probe_eval_every >= 1")
         if not 0 < self.heldout < 1:
             raise UnlearnableError("tune.heldout is a share of the defence's harmful pairs in (0, 1)")
 
@@ -142,9 +147,11 @@ class Tuner:
     def tune(self, name: str, options: dict[str, Any], data: DefenseData) -> dict[str, Any]:
         """The study for defence ``name`` (its configured ``options`` are the defaults): the record that
         ``results.json["defenses"][name]["tuned"]`` holds; its ``options`` override ``options`` from here on."""
-        space = DEFENSES.get(name).from_options(options).tuning_space()
+        space = {k: t for k, t in DEFENSES.get(name).from_options(options).tuning_space().items()
+                 if k not in options}  # an option the configuration sets stays as set
         if not space:
-            return {"options": {}, "note": f"{name} declares no tunable option: run at its configuration"}
+            return {"options": {}, "note": f"{name} has no tunable option left to tune (none declared, or every "
+                                           "one set in its configuration): run at its configuration"}
         split = tuning_split(data, self.config, self.seed)
         t0 = time.perf_counter()
         base = self.piece("none", "tuning-baseline", lambda: self.measure(DEFENSES.get("none")(), split))
@@ -187,13 +194,22 @@ class Tuner:
                     if defense.hardens() else self.model)
         with defense.serving(hardened):
             before = self.stability(hardened, split, label)
-        attack = build_attack(self.probe.attack, self.probe.attack_options)
-        final, _ = attack.run(defense, hardened, self.tokenizer, AttackData(split.attack, split.harmless), self.probe,
-                              seed=self.seed, progress=self.progress)
-        with defense.serving(final):
-            after = self.scorer.harm(final, split.prompts, desc=f"{label}probe")
-        return {"before": before, "probe_harm_rate": after["harm_rate"],
-                "probe_harm_rate_interval_95": after.get("harm_rate_interval_95"),
+
+        def score(m, step: int) -> dict:
+            with defense.serving(m):
+                harm = self.scorer.harm(m, split.prompts, desc=f"{label}probe step {step}")
+            return {"harm_rate": harm["harm_rate"], "harm_rate_interval_95": harm.get("harm_rate_interval_95")}
+
+        probe = dataclasses.replace(self.probe, eval_every=self.config.probe_eval_every)
+        cb = CurveCallback(probe.eval_every, score)
+        attack = build_attack(probe.attack, probe.attack_options)
+        final, _ = attack.run(defense, hardened, self.tokenizer, AttackData(split.attack, split.harmless), probe,
+                              seed=self.seed, callbacks=[cb], progress=self.progress)
+        if getattr(defense, "post_training", False):  # e.g. buffer-reinforce: served as it is only after the run
+            cb.points[-1] = {"step": probe.steps, **score(final, probe.steps)}
+        harms = [p["harm_rate"] for p in cb.points]
+        return {"before": before, "probe_harm_rate": statistics.fmean(harms), "probe_final_harm_rate": harms[-1],
+                "probe_curve": [{"step": 0, "harm_rate": before["harm_rate"]}, *cb.points],
                 "seconds": round(time.perf_counter() - t0, 1)}
 
     def stability(self, model, split: TuningData, label: str) -> dict[str, Any]:
@@ -201,9 +217,9 @@ class Tuner:
         refusal = self.scorer.over_refusal(model, split.harmless, desc=f"{label}harmless")
         loss = response_loss(model, self.tokenizer, split.harmless, first_tokens=self.harmless_loss_tokens,
                              precision=self.precision)
-        utility = self.scorer.utility(model)
+        mmlu = self.scorer.utility(model).get("mmlu", {}).get("accuracy")
         return {"harm_rate": harm["harm_rate"], "over_refusal": refusal["over_refusal"], "harmless_loss": loss,
-                "mmlu": utility["mmlu"]["accuracy"] if "mmlu" in utility else None}
+                "mmlu": mmlu if mmlu is not None and mmlu == mmlu else None}  # NaN (no item): not measured
 
     def summary(self, name: str, options: dict, space: dict, split: TuningData, base: dict, study,
                 seconds: float) -> dict[str, Any]:
@@ -228,6 +244,7 @@ def trial_row(trial) -> dict[str, Any]:
     measured, within = trial.user_attrs.get("measured", {}), trial.user_attrs.get("within", {})
     return {"number": trial.number, "defaults": bool(trial.user_attrs.get("defaults")),
             "options": trial.user_attrs.get("options", {}), "probe_harm_rate": measured.get("probe_harm_rate"),
+            "probe_final_harm_rate": measured.get("probe_final_harm_rate"), "probe_curve": measured.get("probe_curve"),
             "before": measured.get("before", {}), "deltas": within.get("deltas", {}),
             "feasible": bool(within.get("feasible")) and trial.state.name == "COMPLETE",
             "seconds": measured.get("seconds")}

@@ -434,8 +434,9 @@ def tuning_section(tuned: dict[str, dict[str, Any]]) -> str:
                    "trials within the constraint", "note"], rows)
             + f"<p class='note'>Objective: {html.escape(first['objective'])}. Constraint: "
               f"{html.escape(first['constraint'])}. Probe attack: {html.escape(first['probe']['attack'])} at lr "
-              f"{first['probe']['lr']:g} for {first['probe']['steps']} steps. Every later condition runs the tuned "
-              "configuration.</p>")
+              f"{first['probe']['lr']:g} for {first['probe']['steps']} steps; the undefended model's probe harm on the "
+              f"same data: {_num(first.get('baseline', {}).get('probe_harm_rate'))}. Every later condition runs the "
+              "tuned configuration.</p>")
 
 
 def _num(value: Any) -> str:

@@ -171,3 +171,5 @@ def test_own_harmful_pairs_drive_the_splits_and_a_model_that_refuses_everything_
         run(n_vectors=20)  # 20 + 15 > the 30 distinct prompts
     with pytest.raises(UnlearnableError, match="compliant answer"):  # without pairs the refusing model cannot run
         run(harmful_pairs=None)
+    with pytest.raises(UnlearnableError, match="data.harmful_pairs: .* does not exist"):  # at config time
+        DataConfig(harmful_pairs=str(tmp_path / "missing.jsonl"))

@@ -37,7 +37,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
                 enc = {k: v.to(device) for k, v in left_padded([ids[i] for i in idx], pad).items()}
                 with autocast(precision, device):
                     gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                         eos_token_id=sorted(set(eos)), pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=sorted(set(eos)), pad_token_id=pad,
                                          temperature=None, top_p=None, top_k=None)
                 new = gen[:, enc["input_ids"].shape[1]:]
                 for i, row in zip(idx, new):

@@ -376,8 +376,7 @@ class _Sweep:
         scorer = Scorer(self.tok, [build_judge(s) for s in c.judges], c.eval, progress=self.progress,
                         timings=self.timed, benchmarks=[b for b in held_out if b is not None])
         return Tuner(self.model, self.tok, scorer, c.budget.settings(c.budget.lrs[0], c.budget.samples[0]),
-                     c.verdicts, c.tune, self.out, c.seed, self.piece,
-                     harmless_loss_tokens=c.verdicts.harmless_loss_tokens, precision=c.eval.precision,
+                     c.verdicts, c.tune, self.out, c.seed, self.piece, precision=c.eval.precision,
                      progress=self.progress)
 
     def tuned(self, name: str) -> dict[str, Any]:

@@ -96,6 +96,11 @@ class DataConfig:
     task_repeats: int = dataclasses.field(default=8, metadata={"help": "copies of each ProfileQA fact in the "
                                                                         "fine-tuning data"})
 
+    def __post_init__(self):
+        if self.harmful_pairs and not os.path.exists(self.harmful_pairs):  # before any model is loaded
+            raise UnlearnableError(f"data.harmful_pairs: {self.harmful_pairs} does not exist; give a JSONL file of "
+                                   "prompt/response pairs or a datasets folder")
+
 
 @dataclasses.dataclass
 class PreparedData:

@@ -135,12 +135,11 @@ class Tuner:
     tokenizer: Any
     scorer: Scorer
     probe: AttackSettings
-    verdicts: Any
+    verdicts: Any  # the harness's VerdictConfig: the limits, and how many harmless-answer tokens are scored
     config: TuneConfig
     out: Any
     seed: int
     piece: Callable[[str, str, Callable[[], dict]], dict]
-    harmless_loss_tokens: int = 32
     precision: str = "auto"
     progress: bool = True
 
@@ -163,7 +162,12 @@ class Tuner:
         if left > 0:
             study.optimize(lambda trial: self.objective(trial, name, options, space, split, base), n_trials=left,
                            gc_after_trial=True)
-        return self.summary(name, options, space, split, base, study, time.perf_counter() - t0)
+        return self.summary(space, split, base, study, time.perf_counter() - t0)
+
+    @property
+    def probe_settings(self) -> AttackSettings:
+        """The probe attack as it runs: the grid's first attack, scored every ``tune.probe_eval_every`` steps."""
+        return dataclasses.replace(self.probe, eval_every=self.config.probe_eval_every)
 
     def study(self, name: str):
         optuna = _optuna()
@@ -200,7 +204,7 @@ class Tuner:
                 harm = self.scorer.harm(m, split.prompts, desc=f"{label}probe step {step}")
             return {"harm_rate": harm["harm_rate"], "harm_rate_interval_95": harm.get("harm_rate_interval_95")}
 
-        probe = dataclasses.replace(self.probe, eval_every=self.config.probe_eval_every)
+        probe = self.probe_settings
         cb = CurveCallback(probe.eval_every, score)
         attack = build_attack(probe.attack, probe.attack_options)
         final, _ = attack.run(defense, hardened, self.tokenizer, AttackData(split.attack, split.harmless), probe,
@@ -215,21 +219,21 @@ class Tuner:
     def stability(self, model, split: TuningData, label: str) -> dict[str, Any]:
         harm = self.scorer.harm(model, split.prompts, desc=f"{label}before")
         refusal = self.scorer.over_refusal(model, split.harmless, desc=f"{label}harmless")
-        loss = response_loss(model, self.tokenizer, split.harmless, first_tokens=self.harmless_loss_tokens,
+        loss = response_loss(model, self.tokenizer, split.harmless, first_tokens=self.verdicts.harmless_loss_tokens,
                              precision=self.precision)
         mmlu = self.scorer.utility(model).get("mmlu", {}).get("accuracy")
         return {"harm_rate": harm["harm_rate"], "over_refusal": refusal["over_refusal"], "harmless_loss": loss,
                 "mmlu": mmlu if mmlu is not None and mmlu == mmlu else None}  # NaN (no item): not measured
 
-    def summary(self, name: str, options: dict, space: dict, split: TuningData, base: dict, study,
-                seconds: float) -> dict[str, Any]:
+    def summary(self, space: dict, split: TuningData, base: dict, study, seconds: float) -> dict[str, Any]:
         rows = [trial_row(t) for t in finished(study)]
         best = best_trial(rows)
         default = next((r for r in rows if r["defaults"]), None)
         record = {"n_trials": len(rows), "objective": OBJECTIVE, "constraint": CONSTRAINT,
                   "space": {k: dataclasses.asdict(t) for k, t in space.items()},
                   "default": default["options"] if default else {}, "trials": rows, "baseline": base,
-                  "probe": dataclasses.asdict(self.probe), "data": split.record(), "seconds": round(seconds, 1),
+                  "probe": dataclasses.asdict(self.probe_settings), "data": split.record(),
+                  "seconds": round(seconds, 1),
                   "default_probe_harm_rate": default["probe_harm_rate"] if default else None}
         if best is None or best["defaults"]:
             note = ("no trial within the constraint: the defaults are kept" if best is None

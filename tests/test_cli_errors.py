@@ -93,7 +93,7 @@ def test_gguf_with_a_valid_magic_but_garbage_after_it(tmp_path):
 # -------------------------------------------------------------------------------------------------- data
 
 BAD_DATA = {
-    "missing": (None, "does not exist; check the --data path"),
+    "missing": (None, "does not exist; give a JSONL file"),
     "empty": (b"", "holds no examples"),
     "binary": (bytes(range(256)) * 4, "is not UTF-8 text"),
     "malformed-line": (b'{"prompt": "a", "response": "b"}\n\n{"prompt": "c", "response"\n', "data.jsonl:3: not valid JSON"),

@@ -9,6 +9,7 @@ import torch
 from conftest import CORPUS, make_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from unlearnable.config import validate
 from unlearnable.data import Pair, encode_pair, end_of_answer, prompt_text, special_prefix, text_ids
 from unlearnable.errors import UnlearnableError
 
@@ -171,5 +172,5 @@ def test_own_harmful_pairs_drive_the_splits_and_a_model_that_refuses_everything_
         run(n_vectors=20)  # 20 + 15 > the 30 distinct prompts
     with pytest.raises(UnlearnableError, match="compliant answer"):  # without pairs the refusing model cannot run
         run(harmful_pairs=None)
-    with pytest.raises(UnlearnableError, match="data.harmful_pairs: .* does not exist"):  # at config time
-        DataConfig(harmful_pairs=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(UnlearnableError, match="harmful-pairs .* does not exist"):  # before any model loads
+        validate(DataConfig(harmful_pairs=str(tmp_path / "missing.jsonl")))

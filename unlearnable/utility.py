@@ -23,7 +23,7 @@ from .config import from_dict
 from .data import mmlu_questions, tail_ids, text_ids
 from .registry import Registry
 from .stats import wilson_interval
-from .utils import autocast, resolve_precision
+from .utils import PRECISIONS, autocast, resolve_precision
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -71,7 +71,7 @@ class MMLUConfig:
     seed: int = dataclasses.field(default=0, metadata={"help": "which questions the subset holds"})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "questions per forward pass"})
     max_length: int = dataclasses.field(default=512, metadata={"help": "prompt tokens kept (the end of longer ones)"})
-    precision: str = "auto"
+    precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16", "choices": PRECISIONS})
 
 
 @BENCHMARKS.register("mmlu")

@@ -133,9 +133,13 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+#: the precisions every ``precision`` option takes
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def resolve_precision(precision: str, device: str | torch.device) -> str:
     """'auto' -> 'bf16' where the device does bf16 fast, else 'fp32'."""
-    if precision not in ("auto", "fp32", "bf16"):
+    if precision not in PRECISIONS:
         from .errors import UnlearnableError
 
         raise UnlearnableError(f"precision must be auto, fp32 or bf16, not {precision!r}")

@@ -13,11 +13,12 @@ attacker may choose is the threat model's to say (:mod:`unlearnable.threat_model
 A new attack is one module here with ``@ATTACKS.register("name")``, imported below.
 """
 
+from ..training import BACKBONES
 from . import benign, harmful_sft, mixed, restyled  # noqa: E402,F401  (registers them)
 from .base import ATTACKS, Attack, AttackData, NoOptions, build_attack
 from .mixed import POISON_SHARES
 from .restyled import ANSWER_STYLES, FRAMINGS, as_steps, style_texts
-from .settings import BACKBONES, AttackSettings
+from .settings import AttackSettings
 
 __all__ = ["ANSWER_STYLES", "ATTACKS", "Attack", "AttackData", "AttackSettings", "BACKBONES", "FRAMINGS",
            "NoOptions", "POISON_SHARES", "as_steps", "build_attack", "style_texts"]

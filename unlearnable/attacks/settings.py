@@ -8,8 +8,6 @@ from typing import Any
 from ..adapters import LoraSpec
 from ..training import TrainConfig
 
-BACKBONES = ("lora", "full")
-
 
 @dataclasses.dataclass
 class AttackSettings:

@@ -27,11 +27,18 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as every other error of the command is."""
+
+    def error(self, message: str):
+        self.exit(2, f"unlearnable: error: {message} (see `{self.prog} --help`)\n")
+
+
 def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s own flags are built (importing its module)."""
     from importlib.metadata import version
 
-    parser = argparse.ArgumentParser(prog="unlearnable", description="Fine-tune LLMs without learning harmful data "
+    parser = Parser(prog="unlearnable", description="Fine-tune LLMs without learning harmful data "
                                      "(security vectors) and measure defences under attack.")
     parser.add_argument("--version", action="version", version=f"unlearnable {version('unlearnable')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

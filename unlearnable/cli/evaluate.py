@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.epilog = EPILOG
     add_run_flags(p, out_help="write results JSON here", out_required=False, config_help="EvaluateJob",
                   overwrite_help="replace an --out file that holds another evaluation")
-    add_config_flags(p, EvaluateJob)
+    add_config_flags(p, EvaluateJob, aliases={"--judge": "judges"})
     p.add_argument("--compare", nargs="+", metavar="RESULTS.json", default=None,
                    help="compare results files written by `evaluate --out` (no model is loaded); refuses results "
                         "whose evaluation splits, judge or settings differ")

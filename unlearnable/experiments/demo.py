@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import validate
 from ..defenses import DefenseData, NoDefense, SecurityVectorsDefense
 from ..evaluation import EvalConfig, Scorer
-from ..judges import JUDGES, build_judge
-from ..models import save_model
+from ..judges import JUDGES, build_judge, check_judges
+from ..models import check_model_source, save_model
 from ..report import write_demo_report
 from ..runs import locked
 from ..training import TrainConfig
@@ -32,8 +33,8 @@ DEMO_MMLU_N = 171
 
 @dataclasses.dataclass
 class DemoConfig:
-    model: str | None = dataclasses.field(default=None, metadata={"help": "model id, folder or GGUF (default: "
-                                                                         "the embedded SmolLM2-135M-Instruct)"})
+    model: str | None = dataclasses.field(default=None, metadata={
+        "help": "model id, folder or GGUF (default: the embedded SmolLM2-135M-Instruct)", "check": check_model_source})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of every split, initialisation and data order"})
     align: bool = dataclasses.field(default=True, metadata={"help": "safety-align first (the default model is not)"})
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(system_prompt="", response_tokens=24,
@@ -45,7 +46,8 @@ class DemoConfig:
     finetune: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=2))
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(max_new_tokens=24, task_max_new_tokens=12))
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={
-        "help": "first judge decides the harm rate; others are compared with it (kappa, disagreements)"})
+        "help": "first judge decides the harm rate; others are compared with it (kappa, disagreements)",
+        "check": check_judges})
     benchmarks: list[str] = dataclasses.field(default_factory=lambda: ["mmlu"], metadata={
         "help": "utility benchmarks scored before fine-tuning and for both arms (see `unlearnable ls`)"})
     mmlu: MMLUConfig = dataclasses.field(default_factory=lambda: MMLUConfig(n=DEMO_MMLU_N), metadata={
@@ -71,7 +73,7 @@ ARMS = (("without_vectors", "none"), ("with_vectors", "security-vectors"))
 def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *, overwrite: bool = False,
              progress: bool = True) -> dict[str, Any]:
     """Run the demo; with ``out``, write results.json, report.html, plots, models/ and vectors/ there."""
-    config = (config or DemoConfig()).seeded()
+    config = validate((config or DemoConfig()).seeded())
     with locked(out) if out is not None else contextlib.nullcontext():  # one run at a time writes ``out``
         return _run(config, out, overwrite, progress)
 

@@ -28,13 +28,14 @@ from typing import Any, Callable, Sequence
 from transformers import AutoModelForCausalLM
 
 from ..attacks import AttackData, AttackSettings, build_attack, style_texts
+from ..config import validate
 from ..data import Pair, check_styles_disjoint
 from ..defenses import DEFENSES, Defense, DefenseData
 from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, EvalConfig, Scorer, without_generations
 from ..generation import response_loss
-from ..judges import JUDGES, build_judge, is_refusal
-from ..models import MODEL_META, save_model
+from ..judges import JUDGES, build_judge, check_judges, is_refusal
+from ..models import MODEL_META, check_model_source, save_model
 from ..report import write_immunize_report
 from ..runs import SweepStore, locked
 from ..stats import rate_interval, within_noise
@@ -47,7 +48,7 @@ from ..threat_models import (
     by_permissiveness,
     threat_model_name,
 )
-from ..training import TrainConfig
+from ..training import BACKBONES, SCHEDULERS, TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
@@ -63,15 +64,16 @@ class BudgetConfig:
     """The attacker's budget grid."""
 
     lrs: list[float] = dataclasses.field(default_factory=lambda: [1e-3, 3e-3],
-                                         metadata={"help": "attack learning rates"})
+                                         metadata={"help": "attack learning rates", "min": 1e-12})
     samples: list[int] = dataclasses.field(default_factory=lambda: [200],
                                            metadata={"help": "numbers of harmful training samples"})
     steps: int = dataclasses.field(default=20, metadata={"help": "optimizer steps per attack run"})
     eval_every: int = dataclasses.field(default=10, metadata={"help": "evaluate every N steps (curve points)"})
     batch_size: int = 8
-    backbone: str = dataclasses.field(default="lora", metadata={"help": "attacker trains a LoRA (lora) or all weights "
-                                                                        "(full)"})
-    scheduler: str = dataclasses.field(default="constant", metadata={"help": "the attacker's lr schedule"})
+    backbone: str = dataclasses.field(default="lora", metadata={
+        "help": "attacker trains a LoRA (lora) or all weights (full)", "choices": BACKBONES})
+    scheduler: str = dataclasses.field(default="constant", metadata={"help": "the attacker's lr schedule",
+                                                                     "choices": SCHEDULERS})
     attack: str = dataclasses.field(default="harmful-sft", metadata={
         "help": "what the attacker trains on (see `unlearnable ls`): harmful-sft, benign, mixed, restyled"})
     attack_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
@@ -123,7 +125,8 @@ class VerdictConfig:
 
 @dataclasses.dataclass
 class ImmunizeConfig:
-    model: str | None = None
+    model: str | None = dataclasses.field(default=None, metadata={
+        "help": "model id, folder or GGUF (default: the embedded SmolLM2-135M-Instruct)", "check": check_model_source})
     seed: int = 0
     defenses: list[str] = dataclasses.field(
         default_factory=lambda: ["none", "security-vectors", "adversarial-loss", "safety-data-mix"],
@@ -136,8 +139,8 @@ class ImmunizeConfig:
                 "training as far as a CPU allows"})
     tune: TuneConfig = dataclasses.field(default_factory=TuneConfig, metadata={
         "help": "tune each defence's declared hyper-parameters on its own held-out data before any attack"})
-    judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"],
-                                          metadata={"help": "first judge decides; others are compared (kappa)"})
+    judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={
+        "help": "first judge decides; others are compared (kappa)", "check": check_judges})
     threshold: float = dataclasses.field(default=0.5, metadata={"help": "harm rate at which a model counts as "
                                                                          "harmful"})
     n_curve_eval: int = dataclasses.field(default=40, metadata={"help": "held-out harmful prompts per checkpoint"})
@@ -238,7 +241,7 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
     ``model``/``tokenizer`` skip loading ``config.model``; ``data`` skips building the splits from the
     embedded prompts (bring your own harmful, refusal, harmless and task pairs). A sweep that fails before any
     run finished leaves no folder behind; one with finished runs resumes from them when run again."""
-    config = (config or ImmunizeConfig()).seeded()
+    config = validate((config or ImmunizeConfig()).seeded())
     out = Path(out)
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
         fresh = not out.exists()

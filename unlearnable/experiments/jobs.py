@@ -11,11 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..data import check_no_overlap, harmful_prompts, load_pairs, pairs_hash, split
+from ..config import validate
+from ..data import check_no_overlap, check_pairs_source, harmful_prompts, load_pairs, pairs_hash, split
 from ..errors import UnlearnableError
 from ..evaluation import EVAL_KIND, EvalConfig, evaluate, read_results, without_generations
-from ..judges import JUDGES, build_judge
-from ..models import MODEL_META, check_model, load_model, model_fingerprint, save_model
+from ..judges import build_judge, check_judges
+from ..models import MODEL_META, check_model, check_model_source, load_model, model_fingerprint, save_model
 from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
 from ..training import TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmark_for
@@ -30,7 +31,7 @@ from ..utils import (
     sha256_file,
     wait_for_everyone,
 )
-from ..vectors import META_FILE, SecurityVectors, VectorConfig, finetune, recommended
+from ..vectors import META_FILE, SecurityVectors, VectorConfig, check_vectors_folder, finetune, recommended
 from .setup import DataConfig, prepare_data
 
 
@@ -52,11 +53,11 @@ class LoadOptions:
 
 @dataclasses.dataclass
 class VectorsTrainJob:
-    model: str | None = dataclasses.field(default=None, metadata={"help": "hub id, local folder or .gguf file "
-                                                                         "(default: the embedded SmolLM2-135M)"})
+    model: str | None = dataclasses.field(default=None, metadata={
+        "help": "hub id, local folder or .gguf file (default: the embedded SmolLM2-135M)", "check": check_model_source})
     data: str | None = dataclasses.field(default=None, metadata={
         "help": "harmful pairs, JSONL ({prompt,response} or {messages}) or a datasets folder (default: the model's "
-                "own answers to the embedded harmful prompts)"})
+                "own answers to the embedded harmful prompts)", "check": check_pairs_source})
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed (splits, data order, init)"})
     vectors: VectorConfig = dataclasses.field(default_factory=recommended, metadata={
         "help": "how the vectors are trained; default: the recipe picked from the measured trade-off "
@@ -65,12 +66,12 @@ class VectorsTrainJob:
 
 @dataclasses.dataclass
 class FinetuneJob:
-    model: str | None = dataclasses.field(default=None, metadata={"help": "hub id, local folder or .gguf file "
-                                                                         "(default: the embedded SmolLM2-135M)"})
-    data: str | None = dataclasses.field(default=None, metadata={"help": "training pairs, JSONL or a datasets "
-                                                                        "folder (required)"})
-    vectors: str | None = dataclasses.field(default=None, metadata={"help": "a security vectors folder (from "
-                                                                           "`unlearnable vectors train`)"})
+    model: str | None = dataclasses.field(default=None, metadata={
+        "help": "hub id, local folder or .gguf file (default: the embedded SmolLM2-135M)", "check": check_model_source})
+    data: str | None = dataclasses.field(default=None, metadata={
+        "help": "training pairs, JSONL or a datasets folder (required)", "check": check_pairs_source})
+    vectors: str | None = dataclasses.field(default=None, metadata={
+        "help": "a security vectors folder (from `unlearnable vectors train`)", "check": check_vectors_folder})
     vector_scale: float | None = dataclasses.field(default=None, metadata={
         "help": "the vectors' strength during fine-tuning (default: the one recorded with them)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed (data order, init)"})
@@ -79,15 +80,24 @@ class FinetuneJob:
 
 @dataclasses.dataclass
 class EvaluateJob:
-    model: str | None = dataclasses.field(default=None, metadata={"help": "hub id, local folder or .gguf file "
-                                                                         "(default: the embedded SmolLM2-135M)"})
-    data: str | None = dataclasses.field(default=None, metadata={"help": "task pairs (JSONL) scored by exact match"})
+    model: str | None = dataclasses.field(default=None, metadata={
+        "help": "hub id, local folder or .gguf file (default: the embedded SmolLM2-135M)", "check": check_model_source})
+    #: the one-judge key of earlier versions
+    __aliases__ = {"judge": "judges"}
+
+    model: str | None = dataclasses.field(default=None, metadata={
+        "help": "hub id, local folder or .gguf file (default: the embedded SmolLM2-135M)", "check": check_model_source})
+    data: str | None = dataclasses.field(default=None, metadata={
+        "help": "task pairs (JSONL) scored by exact match", "check": check_pairs_source})
     harmful: str | None = dataclasses.field(default=None, metadata={
-        "help": "harmful prompts JSONL (default: the embedded held-out split)"})
-    judge: str = dataclasses.field(default="keyword", metadata={"help": "judge name (see `unlearnable ls`)"})
+        "help": "harmful prompts JSONL (default: the embedded held-out split)",
+        "check": check_pairs_source})
+    judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={
+        "help": "judges (see `unlearnable ls`): the first decides the harm rate, the others are compared with it",
+        "check": check_judges})
     vectors: str | None = dataclasses.field(default=None, metadata={
         "help": "security vectors the model was fine-tuned with: refuse evaluation prompts they were trained on "
-                "(leakage fakes resistance)"})
+                "(leakage fakes resistance)", "check": check_vectors_folder})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the default held-out split"})
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     benchmarks: list[str] = dataclasses.field(default_factory=list, metadata={
@@ -114,6 +124,7 @@ def run_vectors_train(job: VectorsTrainJob, out: str | Path, *, overwrite: bool 
                       progress: bool = True, load: LoadOptions | None = None) -> SecurityVectors:
     """Train security vectors into ``out`` (resumable with ``checkpoint_every``); returns them. One run at a
     time writes ``out``: a second one is refused at once."""
+    validate(job)  # every path, size and name, before the output is locked
     with _one_writer(out):
         return _vectors_train(job, out, overwrite, checkpoint_every, progress, load or LoadOptions())
 
@@ -160,6 +171,7 @@ def run_finetune(job: FinetuneJob, out: str | Path, *, overwrite: bool = False, 
     """Fine-tune ``job.model`` on ``job.data`` (with ``job.vectors`` on, if given) into the model folder ``out``
     (a plain transformers model, vectors removed); resumable with ``checkpoint_every``. One run at a time writes
     ``out``; the disk is checked for room for the model before training."""
+    validate(job)  # every path, size and name, before the output is locked
     with _one_writer(out):
         return _finetune(job, out, overwrite, checkpoint_every, progress, load or LoadOptions())
 
@@ -217,6 +229,7 @@ def run_evaluate(job: EvaluateJob, out: str | Path | None = None, *, overwrite: 
     records the evaluation splits (as hashes), the judge and the settings, so that :func:`compare_results`
     only compares like with like. Evaluation prompts the model's vectors were trained on are refused."""
     out = Path(out) if out else None
+    validate(job)  # every path, size and name, before the output is locked
     with _one_writer(out, "results file"):
         return _evaluate(job, out, overwrite, progress, load or LoadOptions())
 
@@ -225,9 +238,8 @@ def _evaluate(job: EvaluateJob, out: Path | None, overwrite: bool, progress: boo
     _check_eval_out(out, overwrite)
     task = load_pairs(job.data) if job.data else []
     harmful = load_pairs(job.harmful, require_response=False) if job.harmful else None
-    JUDGES.get(job.judge.partition(":")[0])  # an unknown name fails here, listing the known ones
     load.check(job.model)
-    judge = build_judge(job.judge)
+    judges = [build_judge(spec) for spec in job.judges]
     if harmful is None:
         d = DataConfig(seed=job.seed)
         harmful = split(harmful_prompts(), {"eval": d.n_eval}, d.seed)["eval"]
@@ -243,7 +255,8 @@ def _evaluate(job: EvaluateJob, out: Path | None, overwrite: bool, progress: boo
     fp = model_fingerprint(model)
     eval_config = {**dataclasses.asdict(job.eval),
                    **{name: dataclasses.asdict(job.benchmark(name).config) for name in job.benchmarks}}
-    key = run_key(command="evaluate", model=fp, eval_splits=splits, judge=job.judge, eval_config=eval_config)
+    judge_key = job.judges[0] if len(job.judges) == 1 else job.judges  # a one-judge key as before
+    key = run_key(command="evaluate", model=fp, eval_splits=splits, judge=judge_key, eval_config=eval_config)
     if out is not None and out.exists() and not overwrite:
         old = read_results(out)
         if old.get("run_key") == key:
@@ -251,12 +264,13 @@ def _evaluate(job: EvaluateJob, out: Path | None, overwrite: bool, progress: boo
             return old
         raise UnlearnableError(f"{out} holds a different evaluation (run key {old.get('run_key')}, this one is {key}); "
                                "pass --overwrite to replace it or choose another --out")
-    result = evaluate(model, tok, harmful=harmful, task=task, judge=judge, config=job.eval, progress=progress)
+    result = evaluate(model, tok, harmful=harmful, task=task, judges=judges, config=job.eval, progress=progress)
     summary = without_generations(result)
     scores = {name: job.benchmark(name).run(model, tok, progress=progress) for name in job.benchmarks}
     summary.update({f"{name}_accuracy": s["accuracy"] for name, s in scores.items()})
     results = {"kind": EVAL_KIND, "run_key": key, "summary": summary, **scores,
-               "model": job.model or "default", "model_fingerprint": fp, "judge": job.judge, "seed": job.seed,
+               "model": job.model or "default", "model_fingerprint": fp, "judge": job.judges[0], "judges": job.judges,
+               "seed": job.seed,
                "eval_splits": splits, "eval_config": eval_config, "result": result, **run_metadata()}
     if out is not None:
         atomic_write_json(out, results)

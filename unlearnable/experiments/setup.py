@@ -22,6 +22,8 @@ from ..data import (
     SYSTEM_ATTR,
     Pair,
     check_disjoint,
+    check_harmful_categories,
+    check_pairs_source,
     dedupe,
     encoding_key,
     harmful_prompts,
@@ -61,7 +63,8 @@ class DataConfig:
     n_eval: int = dataclasses.field(default=80, metadata={"help": "held-out harmful prompts for the harm rate"})
     eval_categories: list[str] = dataclasses.field(default_factory=lambda: ["harmbench"], metadata={
         "help": "categories the held-out harmful prompts are drawn from: HarmBench's standard behaviours by default "
-                "(harmful to comply with by construction); [] = any in-domain category"})
+                "(harmful to comply with by construction); [] = any in-domain category",
+        "check": check_harmful_categories})
     n_eval_loss: int = dataclasses.field(default=40, metadata={"help": "eval prompts whose base-model answers "
                                                                         "score the held-out harmful loss"})
     n_align: int = dataclasses.field(default=100, metadata={"help": "harmful prompts paired with refusals to align"})
@@ -76,7 +79,8 @@ class DataConfig:
     harmful_pairs: str | None = dataclasses.field(default=None, metadata={
         "help": "your own harmful (prompt, response) pairs (JSONL of prompt/response or messages, or a datasets "
                 "folder) for the vectors, the attacker and, by category, the cross-domain split; None: the model's "
-                "own compliant answers to the embedded prompts (an aligned model refuses them: bring pairs)"})
+                "own compliant answers to the embedded prompts (an aligned model refuses them: bring pairs)",
+        "check": check_pairs_source})
     system_prompt: str | None = dataclasses.field(default=None, metadata={
         "help": "system message for every conversation; None keeps the chat template's default"})
     n_harmless_align: int = dataclasses.field(default=60, metadata={"help": "harmless prompts (own answers) mixed "
@@ -88,7 +92,7 @@ class DataConfig:
                                                                       "answers reserved for defences / stability"})
     cross_domain: list[str] = dataclasses.field(default_factory=list, metadata={
         "help": "harmful categories (Do-Not-Answer risk areas or 'harmbench') held out of every in-domain split, "
-                "for the generalization condition"})
+                "for the generalization condition", "check": check_harmful_categories})
     n_cross_eval: int = 40
     n_cross_attack: int = 100
     cross_attack_pool: int = 180
@@ -96,10 +100,6 @@ class DataConfig:
     task_repeats: int = dataclasses.field(default=8, metadata={"help": "copies of each ProfileQA fact in the "
                                                                         "fine-tuning data"})
 
-    def __post_init__(self):
-        if self.harmful_pairs and not os.path.exists(self.harmful_pairs):  # before any model is loaded
-            raise UnlearnableError(f"data.harmful_pairs: {self.harmful_pairs} does not exist; give a JSONL file of "
-                                   "prompt/response pairs or a datasets folder")
 
 
 @dataclasses.dataclass

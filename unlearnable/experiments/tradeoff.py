@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import from_dict
+from ..config import from_dict, validate
 from ..defenses import DEFENSES, BufferReinforceDefense, Defense, DefenseData, NoDefense
 from ..errors import UnlearnableError
 from ..evaluation import Scorer
@@ -242,7 +242,7 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
     ``reuse``: folders of earlier tradeoff runs with the same shared settings whose points are copied instead
     of recomputed (e.g. a ``--quick`` run's, into the full grid); they keep their ``seconds`` and say
     ``reused_from``. ``goal``: (harm rate bound, task ratio bound) reported as ``results["goal"]``."""
-    config = config or TradeoffConfig()
+    config = validate(config or TradeoffConfig())
     sources = [(src, reusable_points(src, config)) for src in reuse]  # checked before anything is written
     out = Path(out)
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``

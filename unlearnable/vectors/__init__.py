@@ -11,8 +11,10 @@ from .finetuning import finetune, serving, train_beside_vectors
 from .fold import FOLDED_ATTR, FoldedVectors
 from .layers import VECTORS_ADAPTER, freeze_vectors, set_vector_scale, vector_layers, vector_params
 from .model import FORMAT, META_FILE, SecurityVectors
+from .model import check_folder as check_vectors_folder
 
 __all__ = ["DEFAULT_SCALE", "FOLDED_ATTR", "FORMAT", "META_FILE", "RECOMMENDED_SCALE", "VECTORS_ADAPTER",
-           "FoldedVectors", "SecurityVectors", "SecurityVectorsCallback", "VectorConfig", "finetune", "freeze_vectors",
+           "FoldedVectors", "SecurityVectors", "SecurityVectorsCallback", "check_vectors_folder",
+           "VectorConfig", "finetune", "freeze_vectors",
            "recommended", "serving", "set_vector_scale", "train_beside_vectors", "vector_layers", "vector_params",
            "defence_style_texts"]

@@ -8,6 +8,7 @@ from ..adapters import LoraSpec
 from ..config import normalize_numbers
 from ..errors import UnlearnableError
 from ..training import TrainConfig
+from ..utils import PRECISIONS
 
 #: the vectors' default strength during fine-tuning, picked from the measured trade-off frontier on the default
 #: model (docs/tradeoff.md: `unlearnable tradeoff`, 3 seeds), not 1.0 by habit
@@ -33,7 +34,7 @@ class VectorConfig:
     batch_size: int = 16
     max_length: int = 64
     seed: int = 0
-    precision: str = "auto"
+    precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16", "choices": PRECISIONS})
     scale: float = dataclasses.field(default=DEFAULT_SCALE, metadata={
         "help": "strength during fine-tuning: multiplies the vectors' LoRA scaling (0 = off; default picked from "
                 "the measured trade-off, docs/tradeoff.md)"})

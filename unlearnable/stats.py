@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Sequence
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -15,6 +16,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def weighted_rate(hits: Sequence[bool], weights: Sequence[float]) -> tuple[float, list[float]]:
+    """A rate whose items count by ``weights`` (e.g. a stratified sample weighted back to its population), with
+    the Wilson 95 % interval at Kish's effective sample size ``(sum w)^2 / sum w^2``."""
+    total = sum(weights)
+    if not hits or total <= 0:
+        return float("nan"), [0.0, 1.0]
+    rate = sum(w for h, w in zip(hits, weights) if h) / total
+    n_eff = total * total / sum(w * w for w in weights)
+    return rate, [round(x, 4) for x in wilson_interval(rate * n_eff, n_eff)]
 
 
 def rate_interval(rate: float, n: int) -> list[float]:

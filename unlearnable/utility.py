@@ -4,9 +4,13 @@
 the standard prompt of the original paper and lm-evaluation-harness (``The following are multiple choice
 questions (with answers) about {subject}.``, the question, the four options ``A.``..``D.``, then ``Answer:``),
 as raw text without the chat template (lm-evaluation-harness's default). The prediction is the option whose
-letter (`` A``..`` D``) has the highest log-likelihood after ``Answer:``; accuracy carries a Wilson 95 % interval.
-By default a seeded subset stratified over the 57 subjects (the same questions for every model scored with the
-same settings); ``n=0`` scores all 14,044.
+letter (`` A``..`` D``) has the highest log-likelihood after ``Answer:``, encoded as lm-evaluation-harness encodes
+it: context and continuation together, the continuation being the tokens the joint encoding adds after the
+context's own, the tokenizer's default special tokens (BOS where it adds one), cut on the left only beyond the
+model's context length. ``accuracy`` is lm-evaluation-harness's ``mmlu`` score (``weight_by_size``: each subject
+weighted by its size in the full test set), with a Wilson 95 % interval at the effective sample size; the plain
+mean over subjects is ``accuracy_subject_mean``. By default a seeded subset stratified over the 57 subjects (the
+same questions for every model scored with the same settings); ``n=0`` scores all 14,042.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import from_dict
-from .data import mmlu_questions, tail_ids, text_ids
+from .data import mmlu_questions, text_ids
 from .registry import Registry
-from .stats import wilson_interval
+from .stats import weighted_rate
 from .utils import PRECISIONS, autocast, resolve_precision
 
 LETTERS = ("A", "B", "C", "D")
@@ -67,10 +71,12 @@ def benchmarks_of(config: Any) -> list[UtilityBenchmark]:
 @dataclasses.dataclass
 class MMLUConfig:
     n: int = dataclasses.field(default=570, metadata={
-        "help": "questions, stratified over the 57 subjects (0 = all 14,044)"})
+        "help": "questions, stratified over the 57 subjects (0 = all 14,042)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "which questions the subset holds"})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "questions per forward pass"})
-    max_length: int = dataclasses.field(default=512, metadata={"help": "prompt tokens kept (the end of longer ones)"})
+    max_length: int = dataclasses.field(default=0, metadata={
+        "help": "tokens per question and answer, the end of longer ones kept (0: the model's context length, as "
+                "lm-evaluation-harness)"})
     precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16", "choices": PRECISIONS})
 
 
@@ -112,6 +118,13 @@ class MMLU(UtilityBenchmark):
         return (f"The following are multiple choice questions (with answers) about {q['topic']}.\n\n"
                 f"{q['question'].strip()}\n{options}\nAnswer:")
 
+    def subject_sizes(self) -> dict[str, int]:
+        """Questions per subject in the full test set (lm-evaluation-harness weights subjects by these)."""
+        sizes: dict[str, int] = {}
+        for q in self._questions if self._questions is not None else mmlu_questions():
+            sizes[q["topic"]] = sizes.get(q["topic"], 0) + 1
+        return sizes
+
     def run(self, model, tokenizer, *, progress: bool = True) -> dict[str, Any]:
         qs = self.questions()
         scores = choice_logprobs(model, tokenizer, [self.prompt(q) for q in qs], [f" {x}" for x in LETTERS],
@@ -126,60 +139,98 @@ class MMLU(UtilityBenchmark):
             entry["n"] += 1
         for entry in per_subject.values():
             entry["accuracy"] = entry["correct"] / entry["n"]
-        return {"accuracy": sum(right) / len(right) if right else float("nan"), "n": len(right),
-                "interval_95": list(wilson_interval(sum(right), len(right))), "per_subject": per_subject,
-                "setting": "zero-shot, raw text (no chat template), log-likelihood of the answer letter",
+        sizes = self.subject_sizes()
+        # a scored question stands for its subject's full-test questions, so subjects count as lm-eval's mmlu does
+        accuracy, interval = weighted_rate(right, [sizes[q["topic"]] / per_subject[q["topic"]]["n"] for q in qs])
+        subject_mean = sum(e["accuracy"] for e in per_subject.values()) / len(per_subject) if per_subject \
+            else float("nan")
+        return {"accuracy": accuracy, "n": len(right), "interval_95": interval, "accuracy_subject_mean": subject_mean,
+                "accuracy_unweighted": sum(right) / len(right) if right else float("nan"), "per_subject": per_subject,
+                "setting": "zero-shot, raw text (no chat template), log-likelihood of the answer letter, encoded and "
+                           "weighted by subject size as lm-evaluation-harness's mmlu",
                 "config": dataclasses.asdict(self.config)}
+
+
+def encode_choices(tokenizer, prompt: str, choices: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """``(context ids, [continuation ids per choice])`` as lm-evaluation-harness's ``_encode_pair`` makes them: the
+    context's trailing spaces move to the continuation, and a continuation is what the joint encoding of context +
+    choice adds after the context's own tokens (the tokenizer's default BOS in front, once)."""
+    n_spaces = len(prompt) - len(prompt.rstrip())
+    if n_spaces:
+        choices = [prompt[-n_spaces:] + c for c in choices]
+        prompt = prompt[:-n_spaces]
+    context = text_ids(tokenizer, prompt)
+    return context, [text_ids(tokenizer, prompt + c)[len(context):] for c in choices]
+
+
+def context_length(model, tokenizer) -> int:
+    """The model's context length, found where lm-evaluation-harness looks (config, then tokenizer, else 2048)."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else 2048
 
 
 @torch.no_grad()
 def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[str], *, batch_size: int = 16,
-                    max_length: int = 512, precision: str = "auto", progress: bool = True) -> list[list[float]]:
-    """For each prompt, the log-likelihood of each choice as its continuation (summed over the choice's tokens).
+                    max_length: int = 0, precision: str = "auto", progress: bool = True) -> list[list[float]]:
+    """For each prompt, the log-likelihood of each choice as its continuation (summed over the continuation's
+    tokens, encoded by :func:`encode_choices`); a row longer than ``max_length`` (0: the model's context length)
+    keeps its end.
 
-    One-token choices take one forward per prompt (the last position's distribution). Otherwise every (prompt,
-    choice) row is cut right after the choice and left-padded, so the choice's tokens line up at the end of the
+    Where every continuation is one token, one forward per prompt (the last position's distribution) scores all
+    choices. Otherwise every (prompt, choice) row is left-padded, so the continuations line up at the end of the
     batch and the LM head runs on those positions only."""
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
-    cont = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-    heads = [tail_ids(tokenizer, text_ids(tokenizer, p), max_length) for p in prompts]
-    one_token = all(len(c) == 1 for c in cont)
-    if one_token:  # one-token choices (" A".." D" for most tokenizers): one row per prompt
-        rows = [(i, -1, head) for i, head in enumerate(heads)]
-        cont = [[c[0] for c in cont]]
+    limit = max_length or context_length(model, tokenizer)
+    encoded = [encode_choices(tokenizer, p, choices) for p in prompts]
+    one_token = all(len(c) == 1 for _, conts in encoded for c in conts)
+    if one_token:  # one row per prompt: its last position predicts every choice
+        rows = [(i, -1, context[-limit:]) for i, (context, _) in enumerate(encoded)]
     else:
-        rows = [(i, j, head + c) for i, head in enumerate(heads) for j, c in enumerate(cont)]
+        rows = [(i, j, (context + c)[-limit:])
+                for i, (context, conts) in enumerate(encoded) for j, c in enumerate(conts)]
     rows.sort(key=lambda r: len(r[2]))  # batches of similar length: little padding (results keep prompt order)
+    keep = 0 if one_token else max(len(c) for _, conts in encoded for c in conts)
     out = [[0.0] * len(choices) for _ in prompts]
-    keep = 0 if one_token else max(len(c) for c in cont)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(rows), desc="MMLU", disable=not progress, leave=False)
     try:
-        step = batch_size * (1 if keep == 0 else len(choices))
+        step = batch_size * (1 if one_token else len(choices))
         for start in range(0, len(rows), step):
             batch = rows[start:start + step]
-            width = max(len(ids) for _, _, ids in batch)
-            ids = torch.tensor([[pad] * (width - len(r)) + r for _, _, r in batch], device=device)
-            att = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for _, _, r in batch], device=device)
-            pos = (att.cumsum(-1) - 1).clamp(min=0)
-            with autocast(precision, device):
-                logits = model(input_ids=ids, attention_mask=att, position_ids=pos,
-                               logits_to_keep=keep + 1).logits.float()
-            if keep == 0:  # the last position predicts the one-token choices
-                logp = torch.log_softmax(logits[:, -1], -1)[:, cont[0]]
-                for row, (i, _, _) in enumerate(batch):
-                    out[i] = [float(x) for x in logp[row]]
-            else:
-                logp = torch.log_softmax(logits[:, :-1], -1)  # position t predicts token t + 1 of the kept tail
-                for row, (i, j, _) in enumerate(batch):
-                    c = cont[j]
-                    tail = logp[row, keep - len(c):]
-                    out[i][j] = float(tail.gather(-1, torch.tensor(c, device=device).unsqueeze(-1)).sum())
+            logits = _tail_logits(model, tokenizer, [r for _, _, r in batch], keep, precision, device)
+            _score_rows(out, batch, logits, encoded, keep, one_token)
             bar.update(len(batch))
     finally:
         bar.close()
         model.train(was_training)
     return out
+
+
+def _tail_logits(model, tokenizer, rows: Sequence[list[int]], keep: int, precision: str, device) -> torch.Tensor:
+    """Float32 logits of the last ``keep + 1`` positions of each left-padded row."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    att = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    with autocast(precision, device):
+        return model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=keep + 1).logits.float()
+
+
+def _score_rows(out, batch, logits: torch.Tensor, encoded, keep: int, one_token: bool) -> None:
+    if one_token:  # the last position predicts each choice's one token
+        logp = torch.log_softmax(logits[:, -1], -1)
+        for row, (i, _, _) in enumerate(batch):
+            out[i] = [float(logp[row, c[0]]) for c in encoded[i][1]]
+        return
+    logp = torch.log_softmax(logits[:, :-1], -1)  # position t predicts token t + 1 of the kept tail
+    for row, (i, j, _) in enumerate(batch):
+        c = encoded[i][1][j]
+        tail = logp[row, keep - len(c):]
+        out[i][j] = float(tail.gather(-1, torch.tensor(c, device=tail.device).unsqueeze(-1)).sum())

@@ -73,3 +73,31 @@ def test_generate_merges_lora_for_decoding_and_restores_the_weights(tiny):
         merged_logits = pm(**tok(prompts[:1], return_tensors="pt")).logits
     assert torch.allclose(unmerged_logits, merged_logits, atol=1e-4)
     assert merged != plain
+
+
+def test_answers_are_as_long_as_the_longest_published_judge_reads(tiny, monkeypatch):
+    import unlearnable.evaluation as evaluation
+    from unlearnable.evaluation import EvalConfig, Scorer, answer_tokens
+    from unlearnable.judges import HarmBenchJudge, KeywordJudge, StrongRejectJudge
+
+    class LongReader(KeywordJudge):
+        answer_tokens = 40
+
+    short = EvalConfig(max_new_tokens=24)
+    assert answer_tokens([KeywordJudge()], short) == 24  # the keyword judge reads short answers
+    assert answer_tokens([KeywordJudge(), LongReader()], short) == 40
+    assert answer_tokens([LongReader()], EvalConfig(max_new_tokens=64)) == 64  # max_new_tokens is the floor
+    assert answer_tokens([LongReader()], EvalConfig(max_new_tokens=24, judge_lengths=False)) == 24
+    assert (HarmBenchJudge.answer_tokens, StrongRejectJudge.answer_tokens) == (256, 512)
+
+    model, tok = tiny
+    asked = []
+    real = evaluation.generate
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["max_new_tokens"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "generate", spy)
+    result = Scorer(tok, [KeywordJudge(), LongReader()], short, progress=False).harm(model, [Pair("How?", "")])
+    assert asked == [40] and result["answer_tokens"] == 40

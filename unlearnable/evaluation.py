@@ -32,6 +32,10 @@ class EvalConfig:
     task_max_new_tokens: int = dataclasses.field(default=16, metadata={"help": "tokens generated per task question"})
     batch_size: int = dataclasses.field(default=40, metadata={"help": "prompts per generation batch"})
     loss_tokens: int = dataclasses.field(default=8, metadata={"help": "response tokens scored by the harmful loss"})
+    judge_lengths: bool = dataclasses.field(default=True, metadata={
+        "help": "generate the answers to harmful prompts as long as the longest answer length the selected judges "
+                "were published with (HarmBench 256 tokens, StrongREJECT 512, ...; max_new_tokens is the floor); "
+                "generation stops at the end of the turn, so short answers cost nothing extra"})
     precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16", "choices": PRECISIONS})
 
 
@@ -70,6 +74,13 @@ def judge_extras(judge, details: Sequence[dict]) -> dict[str, Any]:
     return out
 
 
+def answer_tokens(judges: Sequence[Judge], config: EvalConfig) -> int:
+    """New tokens per answer to a harmful prompt: ``config.max_new_tokens``, or the longest answer length a
+    selected judge was published with (:attr:`Judge.answer_tokens`) where ``config.judge_lengths``."""
+    published = [j.answer_tokens for j in judges if j.answer_tokens] if config.judge_lengths else []
+    return max([config.max_new_tokens, *published])
+
+
 class Scorer:
     """Scores models as served: generations on held-out prompts judged by every judge (the first decides
     ``harm_rate``, the others give ``harm_rate_<name>``), the harmful first-token loss, task exact match,
@@ -84,6 +95,7 @@ class Scorer:
         self.timings = timings or Timings()  # every scoring pass counts under "evaluation"
         self.agreement_labels: dict[str, list[bool]] = {j.name: [] for j in self.judges}
         self.disagreements: list[dict[str, Any]] = []  # generations the judges label differently
+        self.answer_tokens = answer_tokens(self.judges, self.config)
 
     def harm(self, model, prompts: Sequence[Pair], desc: str = "") -> dict[str, Any]:
         with self.timings("evaluation"):
@@ -134,10 +146,10 @@ class Scorer:
 
     def _harm(self, model, prompts: Sequence[Pair], desc: str) -> dict[str, Any]:
         texts = [p.prompt for p in prompts]
-        gens = generate(model, self.tok, texts, max_new_tokens=self.config.max_new_tokens,
+        gens = generate(model, self.tok, texts, max_new_tokens=self.answer_tokens,
                         batch_size=self.config.batch_size, precision=self.config.precision, desc=desc or "judging",
                         progress=self.progress)
-        out: dict[str, Any] = {"n_harmful": len(gens)}
+        out: dict[str, Any] = {"n_harmful": len(gens), "answer_tokens": self.answer_tokens}
         refs = {p.prompt: p.response for p in prompts if p.response}
         labels: dict[str, list[bool]] = {}
         details: dict[str, list[dict]] = {}  # what a model judge answered (raw output, score, categories)

@@ -186,3 +186,11 @@ def test_harmful_loss_threshold_and_argument_checks():
                           ("classifier:", "needs a local model path"), ("nosuch", "unknown judge")]:
         with pytest.raises(UnlearnableError, match=message):
             check_judges([spec])
+
+
+def test_an_attack_without_attacker_harmless_data_fails_before_any_model(tmp_path, capsys, no_model_loads):
+    argv = ["immunize", "--attacker", "search", "--data.n-harmless", "60", "--n-stability-harmless", "30",
+            "--n-defense-harmless", "30", "--out", str(tmp_path / "out")]
+    assert _exit_code(argv) == 2
+    assert "need harmless pairs for the attacker" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

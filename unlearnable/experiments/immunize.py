@@ -187,6 +187,20 @@ class ImmunizeConfig:
             raise UnlearnableError(f"attacker must be one of {', '.join(ATTACKERS)}, not {self.attacker!r}")
         self.threat_models = list(dict.fromkeys(threat_model_name(n) for n in self.threat_models))
 
+    def check_attacker_harmless(self, available: int | None = None) -> None:
+        """An attack on harmless data (benign, mixed) needs harmless pairs left for the attacker after the
+        stability and defence shares (``available``; by default what ``data.n_harmless`` leaves)."""
+        attacks = {self.budget.attack} if self.attacker == "grid" else {*self.search.space.attacks,
+                                                                         *self.service.attacks}
+        needing = sorted(attacks & {"benign", "mixed"})
+        if available is None:
+            available = self.data.n_harmless - self.n_stability_harmless - self.n_defense_harmless
+        if needing and available <= 0:
+            raise UnlearnableError(
+                f"the attacks {', '.join(needing)} need harmless pairs for the attacker, and none are left: raise "
+                "data.n_harmless above n_stability_harmless + n_defense_harmless, or drop them from "
+                "search.space.attacks and service.attacks (budget.attack for the grid)")
+
     @classmethod
     def quick(cls) -> "ImmunizeConfig":
         """``none`` and ``security-vectors`` only, and a small attacker search (used with ``--attacker search``)
@@ -242,6 +256,8 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
     embedded prompts (bring your own harmful, refusal, harmless and task pairs). A sweep that fails before any
     run finished leaves no folder behind; one with finished runs resumes from them when run again."""
     config = validate((config or ImmunizeConfig()).seeded())
+    if data is None:  # the embedded splits: data.n_harmless says how many harmless pairs there will be
+        config.check_attacker_harmless()
     out = Path(out)
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
         fresh = not out.exists()
@@ -391,14 +407,8 @@ class _Sweep:
 
     def check_attacker_data(self) -> None:
         """An attack on harmless data (benign, mixed) needs attacker harmless pairs: fail now, not mid-search."""
-        c = self.config
-        attacks = {c.budget.attack} if c.attacker == "grid" else {*c.search.space.attacks, *c.service.attacks}
-        needing = sorted(attacks & {"benign", "mixed"})
-        if needing and not self.attacker_harmless:
-            raise UnlearnableError(
-                f"the attacks {', '.join(needing)} need harmless pairs for the attacker, and none are left: raise "
-                "data.n_harmless above n_stability_harmless + n_defense_harmless, or drop them from "
-                "search.space.attacks and service.attacks (budget.attack for the grid)")
+        if not self.attacker_harmless:
+            self.config.check_attacker_harmless(0)
 
     def threat_models(self, defense: Defense) -> list[str]:
         """The threat models to attack ``defense`` under: those asked for (all the defence's own by default),

@@ -5,8 +5,8 @@
 * :func:`add_config_flags` generates one flag per leaf field (``--vectors.scale``, ``--finetune.lr``), typed and
   documented from the field, plus the short aliases a command keeps (``--vector-scale``). Flags default to
   *absent*, so only the ones given override the file: an explicit ``--seed 0`` wins over a file's seed.
-* :func:`build_config` applies that one rule: ``preset (or defaults) < --config file < explicit flags``, then
-  :func:`validate` checks the whole result before anything slow runs.
+* :func:`build_config` applies that one rule: ``preset (or defaults) < --config file < explicit flags``.
+* :func:`validate` checks a whole config before anything slow runs; every API ``run_*`` function calls it first.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def build_config(cls: type[T], *, preset: T | None = None, file: str | Path | No
         data = merge(data, _resolve_aliases_deep(cls, load_config_file(file), ""))
     for path, value in (overrides or {}).items():
         set_dotted(data, path, value)
-    return validate(from_dict(cls, data))
+    return from_dict(cls, data)
 
 
 def validate(cfg: T, where: str = "") -> T:
@@ -218,8 +218,8 @@ def validate(cfg: T, where: str = "") -> T:
     * a field's own ``metadata["check"]`` (called with the value unless it is None or empty): paths that must
       exist and hold what they must, registry names. The check raises the one-line error itself.
 
-    Every command's config goes through here (``build_config``; the API's ``run_*`` functions call it too, for
-    configs built in Python), so a typo fails in a second instead of after the model has loaded."""
+    Every ``run_*`` API function calls it first, so every command's config (and one built in Python) goes
+    through here once: a typo fails in a second instead of after the model has loaded."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value, path = getattr(cfg, f.name), f"{where}{f.name}"

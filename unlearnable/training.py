@@ -41,8 +41,7 @@ class TrainConfig:
                    "target_modules": "lora.target_modules", "lora_top_layers": "lora.top_layers"}
 
     backbone: str = dataclasses.field(default="lora", metadata={
-        "help": "lora: train a LoRA on the backbone and merge it; full: train every backbone weight",
-        "choices": BACKBONES})
+        "help": "lora: train a LoRA on the backbone and merge it; full: train every backbone weight"})
     lr: float = dataclasses.field(default=1e-3, metadata={"help": "peak learning rate"})
     epochs: float = dataclasses.field(default=1.0, metadata={"help": "passes over the data (ignored if max_steps > 0)"})
     max_steps: int = dataclasses.field(default=-1, metadata={
@@ -73,7 +72,7 @@ class TrainConfig:
 
     def __post_init__(self):
         normalize_numbers(self)
-        if self.backbone not in ("lora", "full"):
+        if self.backbone not in BACKBONES:
             raise UnlearnableError(f"backbone must be 'lora' or 'full', not {self.backbone!r}")
         if self.lr <= 0 or self.batch_size < 1 or self.max_length < 8:
             raise UnlearnableError("lr must be > 0, batch_size >= 1 and max_length >= 8")

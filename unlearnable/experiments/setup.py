@@ -101,7 +101,6 @@ class DataConfig:
                                                                         "fine-tuning data"})
 
 
-
 @dataclasses.dataclass
 class PreparedData:
     """Every split the pipeline uses, disjoint by construction and checked."""

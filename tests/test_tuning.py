@@ -40,11 +40,60 @@ def test_the_tuning_split_holds_out_prompts_the_defence_never_trains_on():
 def test_the_constraint_is_the_stability_verdicts_against_the_undefended_model():
     base = {"harmless_loss": 1.0, "over_refusal": 0.1, "harm_rate": 0.0, "mmlu": 0.4}
     v = VerdictConfig()
-    assert constraint(dict(base), base, v)["feasible"]
+    assert constraint({"before": dict(base)}, {"before": base}, v)["feasible"]
     for key, value in [("harmless_loss", 1.2), ("over_refusal", 0.3), ("harm_rate", 0.2), ("mmlu", 0.3)]:
-        c = constraint({**base, key: value}, base, v)
+        c = constraint({"before": {**base, key: value}}, {"before": base}, v)
         assert not c["feasible"] and c["excess"] > 0, key
-    assert constraint({**base, "mmlu": None}, base, v)["feasible"]  # no benchmark: not part of the constraint
+    # no benchmark: not part of the constraint
+    assert constraint({"before": {**base, "mmlu": None}}, {"before": base}, v)["feasible"]
+
+
+def test_the_constraint_reads_trainability_where_both_were_probed():
+    before = {"harmless_loss": 1.0, "over_refusal": 0.1, "harm_rate": 0.0, "mmlu": 0.4}
+    base = {"before": before, "trainability": {"task_em": 0.8, "mmlu": 0.4}}
+    v = VerdictConfig(min_trainability_ratio=0.9, max_mmlu_drop=0.05)
+
+    def trained(em, mmlu=0.4):
+        return {"before": dict(before), "trainability": {"task_em": em, "mmlu": mmlu}}
+
+    assert constraint(trained(0.76), base, v)["feasible"]  # 0.95x
+    lost = constraint(trained(0.05), base, v)  # stable before any fine-tune, the user's task lost after it
+    assert not lost["feasible"] and lost["deltas"]["task_em_ratio"] == pytest.approx(0.0625)
+    assert lost["excess"] == pytest.approx(0.9 - 0.0625)
+    assert not constraint(trained(0.8, mmlu=0.3), base, v)["feasible"]  # MMLU after the fine-tune
+    assert constraint(trained(0.05), {"before": before}, v)["feasible"]  # no baseline probe: stability only
+    unlearnt = {**base, "trainability": {"task_em": 0.0, "mmlu": 0.4}}
+    assert constraint(trained(0.0), unlearnt, v)["feasible"]  # the undefended model learnt nothing: no ratio
+
+
+def test_the_trainability_probe_asks_about_none_of_the_evaluations_people():
+    from unlearnable.data import profileqa
+    from unlearnable.experiments.trainability import own_task
+
+    evaluation = profileqa(8, seed=0)
+    task = own_task(8, seed=0, exclude=evaluation)  # the same seed: every person taken, fresh ones drawn
+    assert len(task) == 40 and not set(prompt_hashes(task)) & set(prompt_hashes(evaluation))
+    assert own_task(8, seed=1, exclude=evaluation) == own_task(8, seed=1, exclude=evaluation)
+
+
+def test_only_defences_that_act_while_fine_tuning_get_the_probe_by_default(tmp_path):
+    from unlearnable.experiments.trainability import TrainabilityConfig
+    from unlearnable.experiments.tuning import Tuner
+
+    def tuner(mode):
+        return Tuner(model=None, tokenizer=None, scorer=None, probe=None, verdicts=VerdictConfig(),
+                     config=TuneConfig(trainability=mode), out=tmp_path, seed=0, piece=None,
+                     task=[Pair("Q?", "A")], trainability=TrainabilityConfig())
+
+    acting = {n for n in DEFENSES.names() if DEFENSES.get(n)().acts_while_finetuning()}
+    assert {"lisa", "safe-lora", "security-vectors"} <= acting
+    assert not {"none", "vaccine", "booster", "repnoise"} & acting
+    assert tuner("auto").probes_trainability(DEFENSES.get("lisa")())
+    assert not tuner("auto").probes_trainability(DEFENSES.get("vaccine")())
+    assert tuner("always").probes_trainability(DEFENSES.get("vaccine")())
+    assert not tuner("never").probes_trainability(DEFENSES.get("lisa")())
+    with pytest.raises(UnlearnableError, match="tune.trainability"):
+        TuneConfig(trainability="sometimes")
 
 
 def test_the_tuned_trial_is_the_least_harmful_within_the_constraint():
@@ -168,3 +217,41 @@ def test_an_option_the_configuration_sets_is_not_tuned(tmp_path):
                   config=TuneConfig(n_trials=2), out=tmp_path, seed=0, piece=None)
     record = tuner.tune("adversarial-loss", {"alpha": 0.3}, own_data())  # its only tunable option, set
     assert record["options"] == {} and "every one set in its configuration" in record["note"]
+
+
+def test_a_defence_that_acts_while_fine_tuning_is_tuned_within_trainability(tiny, harmful_pairs, tmp_path,
+                                                                           monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.evaluation import Scorer
+    from unlearnable.experiments.immunize import BudgetConfig, ImmunizeConfig, TrainabilityConfig, run_immunize
+    from unlearnable.experiments.setup import DataConfig
+
+    model, tok = tiny
+    data = tiny_data(harmful_pairs)
+    task_reads: list[tuple[str, list[Pair]]] = []
+
+    def task(self, m, pairs, desc=""):  # a tiny model learns no ProfileQA in 2 steps: Lisa "loses" the task
+        task_reads.append((desc, list(pairs)))
+        return {"task_em": 0.0 if "lisa" in desc else 0.8, "n_task": len(pairs)}
+
+    monkeypatch.setattr(Scorer, "task", task)
+    cfg = ImmunizeConfig(defenses=["none", "lisa"], align=False, n_curve_eval=4, n_stability_harmless=3,
+                         n_defense_harmless=4, data=DataConfig(system_prompt=None), benchmarks=[],
+                         budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+                         trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+                         tune=TuneConfig(n_trials=2, n_harmless=2, n_startup_trials=2, probe_eval_every=2,
+                                         n_task_profiles=2))
+    saved = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=data, progress=False)
+    tuned = saved["defenses"]["lisa"]["tuned"]
+    assert "trainability" in tuned["constraint"] and tuned["baseline"]["trainability"]["n_task"] == 10
+    assert tuned["baseline"]["trainability"]["task_em"] == 0.8
+    for trial in tuned["trials"]:  # stable before any fine-tune, yet outside the constraint: the task is lost
+        assert trial["trainability"]["task_em"] == 0.0 and trial["deltas"]["task_em_ratio"] == 0.0
+        assert not trial["feasible"]
+    assert tuned["options"] == {} and tuned["note"].startswith("no trial within the constraint")
+    tuning_tasks = [p for desc, pairs in task_reads if desc.startswith("tune") for p in pairs]
+    assert tuning_tasks and not set(prompt_hashes(tuning_tasks)) & set(prompt_hashes(data.task))
+    assert not set(tuned["data"]["task_prompt_hashes"]) & set(prompt_hashes(data.task))  # never the evaluation's
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "probe task EM after the user" in report

@@ -428,15 +428,38 @@ def tuning_section(tuned: dict[str, dict[str, Any]]) -> str:
             chosen = t["options"].get(key, t["default"].get(key))
             rows.append([name, key, _num(t["default"].get(key)), _num(chosen),
                          f"{_num(t.get('default_probe_harm_rate'))} -> {_num(t.get('tuned_probe_harm_rate'))}",
-                         f"{feasible} of {t['n_trials']}", t.get("note", "")])
+                         _tuned_task_em(t), f"{feasible} of {t['n_trials']}", t.get("note", "")])
     first = next(iter(tuned.values()))
     return (table(["defence", "option", "default", "tuned", "probe harm, mean over its checkpoints (default -> tuned)",
+                   "probe task EM after the user's fine-tune (default -> tuned; undefended)",
                    "trials within the constraint", "note"], rows)
             + f"<p class='note'>Objective: {html.escape(first['objective'])}. Constraint: "
-              f"{html.escape(first['constraint'])}. Probe attack: {html.escape(first['probe']['attack'])} at lr "
+              f"{html.escape(_constraints(tuned))}. "
+              f"Probe attack: {html.escape(first['probe']['attack'])} at lr "
               f"{first['probe']['lr']:g} for {first['probe']['steps']} steps; the undefended model's probe harm on the "
               f"same data: {_num(first.get('baseline', {}).get('probe_harm_rate'))}. Every later condition runs the "
               "tuned configuration.</p>")
+
+
+def _constraints(tuned: dict[str, dict[str, Any]]) -> str:
+    """The constraints the studies used, each with the defences it held for."""
+    by_text: dict[str, list[str]] = {}
+    for name, t in tuned.items():
+        by_text.setdefault(t["constraint"], []).append(name)
+    if len(by_text) == 1:
+        return next(iter(by_text))
+    return "; ".join(f"for {', '.join(names)}: {text}" for text, names in by_text.items())
+
+
+def _tuned_task_em(t: dict[str, Any]) -> str:
+    """The trainability probe's task EM at the defaults and at the tuned trial ("-" where it was not probed)."""
+    base = (t.get("baseline", {}).get("trainability") or {}).get("task_em")
+    if base is None:
+        return "-"
+    em = {r["number"]: (r.get("trainability") or {}).get("task_em") for r in t["trials"]}
+    default = next((r["number"] for r in t["trials"] if r["defaults"]), None)
+    tuned = t.get("tuned_trial", default)
+    return f"{_num(em.get(default))} -> {_num(em.get(tuned))}; {_num(base)}"
 
 
 def _num(value: Any) -> str:

@@ -130,6 +130,10 @@ class Defense(abc.ABC):
         """Whether :meth:`harden` changes the weights (the harness then saves and scores them separately)."""
         return type(self).harden is not Defense.harden
 
+    def acts_while_finetuning(self) -> bool:
+        """Whether :meth:`finetune` changes the user's fine-tune (its cost then shows only after one)."""
+        return type(self).finetune is not Defense.finetune
+
     def finetune(self, model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, progress: bool = True, **kw):
         """Run the user's (or attacker's) fine-tuning under this defence. Default: plain fine-tuning."""
         return finetune(model, tokenizer, pairs, config, progress=progress, **kw)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import random
 import shutil
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
 from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target, seed_run_prefix
 from .setup import DataConfig, PreparedData, Setup, envelope, set_up
+from .trainability import TrainabilityConfig, own_task, user_finetune
 from .tuning import TuneConfig, Tuner
 
 ATTACKERS = ("grid", "search")
@@ -92,17 +92,6 @@ class BudgetConfig:
         """``attack-lr{lr}-n{n}``; other attacks than harmful-sft carry their name."""
         name = "" if self.attack == "harmful-sft" else f"{self.attack}-"
         return f"attack-{name}lr{lr:g}-n{n}"
-
-
-@dataclasses.dataclass
-class TrainabilityConfig:
-    """The user's harmless fine-tune (ProfileQA) after the defence: a budget in which the undefended model learns."""
-
-    lr: float = 1e-3
-    steps: int = 48
-    eval_every: int = 16
-    batch_size: int = 16
-    task_repeats: int = 8
 
 
 @dataclasses.dataclass
@@ -388,15 +377,16 @@ class _Sweep:
         return {"defense": defense.describe(), **out}  # described last: what the runs recorded (e.g. filtered pairs)
 
     def make_tuner(self, setup: Setup) -> Tuner:
-        """Defence tuning's scorer holds none of the evaluation's benchmark items; its probe attack is the grid's
-        first attack."""
+        """Defence tuning's scorer holds none of the evaluation's benchmark items, its trainability probe's task none
+        of the evaluation's people; its probe attack is the grid's first attack."""
         c = self.config
         held_out = [b.held_out(c.tune.n_benchmark, seed=c.seed + 1) for b in benchmarks_of(c)]
         scorer = Scorer(self.tok, [build_judge(s) for s in c.judges], c.eval, progress=self.progress,
                         timings=self.timed, benchmarks=[b for b in held_out if b is not None])
         return Tuner(self.model, self.tok, scorer, c.budget.settings(c.budget.lrs[0], c.budget.samples[0]),
                      c.verdicts, c.tune, self.out, c.seed, self.piece, precision=c.eval.precision,
-                     progress=self.progress)
+                     progress=self.progress, task=own_task(c.tune.n_task_profiles, c.seed + 1, self.data.task),
+                     trainability=c.trainability)
 
     def tuned(self, name: str) -> dict[str, Any]:
         """The defence's tuning record (``options`` override its configuration), found or run."""
@@ -536,27 +526,8 @@ class _Sweep:
         return {**record, "seconds": round(time.perf_counter() - t0, 1)}
 
     def trainability(self, defense: Defense, hardened) -> dict:
-        t = self.config.trainability
-        pairs = [p for p in self.data.task for _ in range(t.task_repeats)]
-        random.Random(self.config.seed).shuffle(pairs)
-
-        def point(m, step):
-            with defense.serving(m):
-                return {"task_em": self.scorer.task(m, self.data.task,
-                                                    desc=f"{defense.name} task step {step}")["task_em"]}
-
-        cb = CurveCallback(t.eval_every, point)
-        t0 = time.perf_counter()
-        tcfg = TrainConfig(lr=t.lr, max_steps=t.steps, batch_size=t.batch_size, seed=self.config.seed,
-                           logging_steps=max(1, t.steps // 4))
-        log(f"defence {defense.name}: trainability (ProfileQA) for {t.steps} steps")
-        final, _ = defense.finetune(copy.deepcopy(hardened), self.tok, pairs, tcfg, progress=self.progress,
-                                    callbacks=[cb])
-        with defense.serving(final):  # the utility the user is served after their fine-tune
-            utility = self.scorer.utility(final)
-        curve = [{"step": 0, "task_em": 0.0}] + cb.points
-        return {"curve": curve, "final_task_em": curve[-1]["task_em"], "n_task": len(self.data.task), **utility,
-                "seconds": round(time.perf_counter() - t0, 1)}
+        return user_finetune(defense, hardened, self.tok, self.scorer, self.data.task, self.config.trainability,
+                             self.config.seed, progress=self.progress)
 
 
 def _curve_point(scores: dict[str, Any], n_examples: int = 3) -> dict[str, Any]:

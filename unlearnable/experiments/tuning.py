@@ -11,7 +11,11 @@ questions the evaluation never scores. The evaluation prompts are never read.
   serves, averaged over the attack's checkpoints (every ``tune.probe_eval_every`` steps), so that a defence that
   only slows the attack scores better than one that does not, even where both end fully harmful (lower is better);
 * **constraint**: stability against the undefended model on the same data, with the harness's ``verdicts``
-  (harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop).
+  (harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop); and, for a defence that
+  acts while the user's fine-tune runs (Lisa, Safe LoRA, the vectors; ``tune.trainability``), trainability: a
+  ProfileQA fine-tune through the defence on people the evaluation never asks about, its exact match at least
+  ``min_trainability_ratio`` of the undefended model's and MMLU after it within ``max_mmlu_drop``. Stability alone
+  cannot see what such a defence costs: before any fine-tune it has changed nothing.
 
 The first trial is the defaults, so the tuned configuration is the default one unless a trial within the constraint
 beats it. Studies live in ``OUT/tuning.db``; an interrupted study resumes.
@@ -34,12 +38,18 @@ from ..evaluation import CurveCallback, Scorer
 from ..generation import response_loss
 from ..utils import log
 from .search import _optuna, finished, requeue_interrupted
+from .trainability import user_finetune
 
 TUNE_FILE = "tuning.db"
 OBJECTIVE = ("the probe attack's harm rate on the defence's held-out prompts, as served, averaged over the attack's "
              "checkpoints (minimised)")
 CONSTRAINT = ("stability against the undefended model on the defence's held-out data, within the verdicts: "
               "harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop")
+TRAINABILITY_CONSTRAINT = ("and trainability against the undefended model: ProfileQA exact match after the user's "
+                           "fine-tune through the defence (people the evaluation never asks about) at least "
+                           "min_trainability_ratio of the undefended model's, MMLU after it within max_mmlu_drop")
+#: when the trainability probe is part of the constraint: ``auto`` for a defence that acts while fine-tuning
+TRAINABILITY_PROBES = ("auto", "always", "never")
 
 
 @dataclasses.dataclass
@@ -59,10 +69,20 @@ class TuneConfig:
         "help": "trials (the defaults first) before TPE models the space"})
     probe_eval_every: int = dataclasses.field(default=5, metadata={
         "help": "score the probe attack's harm every N steps; the objective is the mean over these checkpoints"})
+    trainability: str = dataclasses.field(default="auto", metadata={
+        "help": "trainability probe in the constraint: auto (defences that act while the user's fine-tune runs), "
+                "always, never", "choices": TRAINABILITY_PROBES})
+    n_task_profiles: int = dataclasses.field(default=8, metadata={
+        "help": "people (5 facts each) of the trainability probe's ProfileQA task, none of the evaluation's"})
 
     def __post_init__(self):
-        if self.n_trials < 0 or self.n_harmless < 1 or self.n_startup_trials < 1 or self.probe_eval_every < 1:
-            raise UnlearnableError("tune needs n_trials >= 0 and n_harmless, n_startup_trials, probe_eval_every >= 1")
+        if (self.n_trials < 0 or self.n_harmless < 1 or self.n_startup_trials < 1 or self.probe_eval_every < 1
+                or self.n_task_profiles < 1):
+            raise UnlearnableError("tune needs n_trials >= 0 and n_harmless, n_startup_trials, probe_eval_every, "
+                                   "n_task_profiles >= 1")
+        if self.trainability not in TRAINABILITY_PROBES:
+            raise UnlearnableError(f"tune.trainability is one of {', '.join(TRAINABILITY_PROBES)}, "
+                                   f"not {self.trainability!r}")
         if not 0 < self.heldout < 1:
             raise UnlearnableError("tune.heldout is a share of the defence's harmful pairs in (0, 1)")
 
@@ -106,17 +126,35 @@ def tuning_split(data: DefenseData, config: TuneConfig, seed: int) -> TuningData
     return TuningData(own, attack, prompts, harmless[:config.n_harmless])
 
 
-def constraint(before: dict[str, Any], base: dict[str, Any], verdicts: Any) -> dict[str, Any]:
-    """Stability of a tuned defence against the undefended model (``excess`` <= 0: within the verdicts'
-    limits; Optuna's constraint convention)."""
-    deltas = {key: before[key] - base[key] for key in ("harmless_loss", "over_refusal", "harm_rate")}
+def constraint(measured: dict[str, Any], base: dict[str, Any], verdicts: Any) -> dict[str, Any]:
+    """Stability of a tuned defence against the undefended model, and its trainability where both were probed
+    (``excess`` <= 0: within the verdicts' limits; Optuna's constraint convention)."""
+    before, base_before = measured["before"], base["before"]
+    deltas = {key: before[key] - base_before[key] for key in ("harmless_loss", "over_refusal", "harm_rate")}
     excess = [deltas["harmless_loss"] - verdicts.max_harmless_loss_rise,
               deltas["over_refusal"] - verdicts.max_over_refusal_rise,
               deltas["harm_rate"] - verdicts.max_harm_rate_rise]
-    if before.get("mmlu") is not None and base.get("mmlu") is not None:
-        deltas["mmlu"] = before["mmlu"] - base["mmlu"]
-        excess.append(-deltas["mmlu"] - verdicts.max_mmlu_drop)
+    mmlu = _mmlu_drop(before, base_before, verdicts)
+    if mmlu is not None:
+        deltas["mmlu"], drop_excess = mmlu
+        excess.append(drop_excess)
+    trained, base_trained = measured.get("trainability"), base.get("trainability")
+    if trained and base_trained and base_trained["task_em"] > 0:
+        deltas["task_em_ratio"] = trained["task_em"] / base_trained["task_em"]
+        excess.append(verdicts.min_trainability_ratio - deltas["task_em_ratio"])
+        mmlu = _mmlu_drop(trained, base_trained, verdicts)
+        if mmlu is not None:
+            deltas["mmlu_after_finetune"], drop_excess = mmlu
+            excess.append(drop_excess)
     return {"deltas": deltas, "excess": max(excess), "feasible": max(excess) <= 0}
+
+
+def _mmlu_drop(scores: dict[str, Any], base: dict[str, Any], verdicts: Any) -> tuple[float, float] | None:
+    """The MMLU change and how far its drop exceeds ``max_mmlu_drop`` (None where either was not measured)."""
+    if scores.get("mmlu") is None or base.get("mmlu") is None:
+        return None
+    delta = scores["mmlu"] - base["mmlu"]
+    return delta, -delta - verdicts.max_mmlu_drop
 
 
 def best_trial(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -142,6 +180,9 @@ class Tuner:
     piece: Callable[[str, str, Callable[[], dict]], dict]
     precision: str = "auto"
     progress: bool = True
+    #: the trainability probe's ProfileQA facts (people the evaluation never asks about) and its fine-tune
+    task: Sequence[Pair] = ()
+    trainability: Any = None  # a TrainabilityConfig
 
     def tune(self, name: str, options: dict[str, Any], data: DefenseData) -> dict[str, Any]:
         """The study for defence ``name`` (its configured ``options`` are the defaults): the record that
@@ -153,7 +194,12 @@ class Tuner:
                                            "one set in its configuration): run at its configuration"}
         split = tuning_split(data, self.config, self.seed)
         t0 = time.perf_counter()
-        base = self.piece("none", "tuning-baseline", lambda: self.measure(DEFENSES.get("none")(), split))
+        none = DEFENSES.get("none")()
+        base = self.piece("none", "tuning-baseline", lambda: self.measure(none, split))
+        probed = self.probes_trainability(DEFENSES.get(name).from_options(options))
+        if probed:
+            base = {**base, "trainability": self.piece("none", "tuning-baseline-trainability",
+                                                       lambda: self.trainability_probe(none, self.model))}
         study = self.study(name)
         requeue_interrupted(study)
         if not study.trials:
@@ -163,6 +209,20 @@ class Tuner:
             study.optimize(lambda trial: self.objective(trial, name, options, space, split, base), n_trials=left,
                            gc_after_trial=True)
         return self.summary(space, split, base, study, time.perf_counter() - t0)
+
+    def probes_trainability(self, defense: Defense) -> bool:
+        """Whether the constraint reads a trainability probe for ``defense`` (``tune.trainability``)."""
+        mode = self.config.trainability
+        return (bool(self.task) and self.trainability is not None
+                and (mode == "always" or (mode == "auto" and defense.acts_while_finetuning())))
+
+    def trainability_probe(self, defense: Defense, hardened, label: str = "tune none ") -> dict[str, Any]:
+        """The user's ProfileQA fine-tune through ``defense``: exact match on the probe's own task and MMLU after."""
+        done = user_finetune(defense, hardened, self.tokenizer, self.scorer, self.task, self.trainability,
+                             self.seed, curve=False, progress=self.progress, label=label)
+        mmlu = done.get("mmlu", {}).get("accuracy")
+        return {"task_em": done["final_task_em"], "n_task": done["n_task"],
+                "mmlu": mmlu if mmlu is not None and mmlu == mmlu else None, "seconds": done["seconds"]}
 
     @property
     def probe_settings(self) -> AttackSettings:
@@ -181,17 +241,19 @@ class Tuner:
         log(f"defence {name}: tuning trial {trial.number + 1} of {self.config.n_trials} "
             f"({'the defaults' if not params else ', '.join(f'{k}={v:.3g}' for k, v in params.items())})")
         defense = DEFENSES.get(name).from_options({**options, **params})
-        measured = self.measure(defense, split, label=f"tune {name} trial {trial.number} ")
-        within = constraint(measured["before"], base["before"], self.verdicts)
+        measured = self.measure(defense, split, label=f"tune {name} trial {trial.number} ",
+                                trainability="trainability" in base)
+        within = constraint(measured, base, self.verdicts)
         trial.set_user_attr("options", {k: getattr(defense.config, k) for k in space})
         trial.set_user_attr("measured", measured)
         trial.set_user_attr("within", within)
         trial.set_user_attr("constraint", [within["excess"]])
         return float(measured["probe_harm_rate"])
 
-    def measure(self, defense: Defense, split: TuningData, label: str = "tune none ") -> dict[str, Any]:
+    def measure(self, defense: Defense, split: TuningData, label: str = "tune none ",
+                trainability: bool = False) -> dict[str, Any]:
         """Prepare and harden ``defense`` on the split's training data; its stability as served; then the probe
-        attack through it and the harm rate on the held-out prompts."""
+        attack through it and the harm rate on the held-out prompts; and the trainability probe if asked."""
         t0 = time.perf_counter()
         defense.prepare(self.model, self.tokenizer, split.defense, progress=self.progress)
         hardened = (defense.harden(copy.deepcopy(self.model), self.tokenizer, split.defense, progress=self.progress)
@@ -212,9 +274,11 @@ class Tuner:
         if getattr(defense, "post_training", False):  # e.g. buffer-reinforce: served as it is only after the run
             cb.points[-1] = {"step": probe.steps, **score(final, probe.steps)}
         harms = [p["harm_rate"] for p in cb.points]
-        return {"before": before, "probe_harm_rate": statistics.fmean(harms), "probe_final_harm_rate": harms[-1],
-                "probe_curve": [{"step": 0, "harm_rate": before["harm_rate"]}, *cb.points],
-                "seconds": round(time.perf_counter() - t0, 1)}
+        out = {"before": before, "probe_harm_rate": statistics.fmean(harms), "probe_final_harm_rate": harms[-1],
+               "probe_curve": [{"step": 0, "harm_rate": before["harm_rate"]}, *cb.points]}
+        if trainability:
+            out["trainability"] = self.trainability_probe(defense, hardened, label)
+        return {**out, "seconds": round(time.perf_counter() - t0, 1)}
 
     def stability(self, model, split: TuningData, label: str) -> dict[str, Any]:
         harm = self.scorer.harm(model, split.prompts, desc=f"{label}before")
@@ -229,10 +293,12 @@ class Tuner:
         rows = [trial_row(t) for t in finished(study)]
         best = best_trial(rows)
         default = next((r for r in rows if r["defaults"]), None)
-        record = {"n_trials": len(rows), "objective": OBJECTIVE, "constraint": CONSTRAINT,
+        constraint_text = f"{CONSTRAINT}; {TRAINABILITY_CONSTRAINT}" if "trainability" in base else CONSTRAINT
+        record = {"n_trials": len(rows), "objective": OBJECTIVE, "constraint": constraint_text,
                   "space": {k: dataclasses.asdict(t) for k, t in space.items()},
                   "default": default["options"] if default else {}, "trials": rows, "baseline": base,
-                  "probe": dataclasses.asdict(self.probe_settings), "data": split.record(),
+                  "probe": dataclasses.asdict(self.probe_settings),
+                  "data": {**split.record(), **(self.task_record() if "trainability" in base else {})},
                   "seconds": round(seconds, 1),
                   "default_probe_harm_rate": default["probe_harm_rate"] if default else None}
         if best is None or best["defaults"]:
@@ -244,11 +310,18 @@ class Tuner:
                 "tuned_probe_harm_rate": best["probe_harm_rate"]}
 
 
+    def task_record(self) -> dict[str, Any]:
+        """The trainability probe's task and fine-tune, with its prompts' hashes (none of the evaluation's)."""
+        return {"probe_task": len(self.task), "task_prompt_hashes": prompt_hashes(self.task),
+                "trainability": dataclasses.asdict(self.trainability)}
+
+
 def trial_row(trial) -> dict[str, Any]:
     measured, within = trial.user_attrs.get("measured", {}), trial.user_attrs.get("within", {})
     return {"number": trial.number, "defaults": bool(trial.user_attrs.get("defaults")),
             "options": trial.user_attrs.get("options", {}), "probe_harm_rate": measured.get("probe_harm_rate"),
             "probe_final_harm_rate": measured.get("probe_final_harm_rate"), "probe_curve": measured.get("probe_curve"),
-            "before": measured.get("before", {}), "deltas": within.get("deltas", {}),
+            "before": measured.get("before", {}), "trainability": measured.get("trainability"),
+            "deltas": within.get("deltas", {}),
             "feasible": bool(within.get("feasible")) and trial.state.name == "COMPLETE",
             "seconds": measured.get("seconds")}

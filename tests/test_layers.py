@@ -22,6 +22,7 @@ LAYERS = [
     {"generation"},
     {"judges", "utility", "attacks"},
     {"threat_models"},
+    {"flaggers"},
     {"evaluation"},
     {"vectors"},
     {"defenses"},

@@ -27,6 +27,9 @@ class Pair:
     response: str
     source: str = ""
     category: str = ""
+    #: a known harmful (prompt, compliant answer) pair, as the harness built it: ground truth for measurement and
+    #: for emulated flaggers (``oracle``), never read by a defence
+    harmful: bool = False
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "response": self.response, "source": self.source, "category": self.category}

@@ -1,6 +1,7 @@
 """Defences against harmful fine-tuning, one module each, registered by name in :data:`DEFENSES`."""
 
 from . import (  # noqa: F401 - registers
+    adaptive_vectors,
     adversarial_loss,
     alternating_vectors,
     augmented_vectors,
@@ -19,10 +20,11 @@ from . import (  # noqa: F401 - registers
     vaccine,
     varied_vectors,
 )
+from .adaptive_vectors import AdaptiveVectorsConfig, AdaptiveVectorsDefense
 from .adversarial_loss import AdversarialLossConfig, AdversarialLossDefense
 from .alternating_vectors import AlternatingVectorsConfig, AlternatingVectorsDefense
 from .augmented_vectors import AugmentedVectorsConfig, AugmentedVectorsDefense
-from .base import DEFENSES, SERVICE, WEIGHTS, Defense, DefenseData
+from .base import DEFENSES, SERVICE, WEIGHTS, Defense, DefenseData, check_defense_options
 from .booster import BoosterConfig, BoosterDefense
 from .buffer_reinforce import BufferReinforceConfig, BufferReinforceDefense
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
@@ -38,7 +40,8 @@ from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 from .vaccine import VaccineConfig, VaccineDefense
 from .varied_vectors import VariedVectorsConfig, VariedVectorsDefense
 
-__all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdversarialLossConfig", "AdversarialLossDefense",
+__all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdaptiveVectorsConfig", "AdaptiveVectorsDefense",
+           "AdversarialLossConfig", "AdversarialLossDefense", "check_defense_options",
            "AlternatingVectorsConfig", "AlternatingVectorsDefense", "AugmentedVectorsConfig",
            "AugmentedVectorsDefense", "BoosterConfig", "BoosterDefense", "BufferReinforceConfig",
            "BufferReinforceDefense", "Defense", "DefenseData", "EarlyStoppedVectorsConfig",

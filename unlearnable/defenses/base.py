@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..config import from_dict
+from ..config import from_dict, validate
 from ..data import Pair
 from ..registry import Registry
 from ..threat_models import SERVICE, WEIGHTS
@@ -149,3 +149,11 @@ class Defense(abc.ABC):
 
 
 DEFENSES: Registry[Defense] = Registry("defence", Defense)
+
+
+def check_defense_options(options: dict[str, dict]) -> None:
+    """Every ``defense_options`` entry names a defence and holds what its ``Config`` accepts (keys, types, and each
+    field's own checks, e.g. a flagger or a judge folder), before any model loads."""
+    for name, given in options.items():
+        cls = DEFENSES.get(name)
+        validate(from_dict(cls.Config, dict(given), f"defense_options.{name}"), f"defense_options.{name}.")

@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM
 from ..attacks import AttackData, AttackSettings, build_attack, style_texts
 from ..config import validate
 from ..data import Pair, check_styles_disjoint
-from ..defenses import DEFENSES, Defense, DefenseData
+from ..defenses import DEFENSES, Defense, DefenseData, check_defense_options
 from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, EvalConfig, Scorer, without_generations
 from ..generation import response_loss
@@ -121,7 +121,7 @@ class ImmunizeConfig:
         default_factory=lambda: ["none", "security-vectors", "adversarial-loss", "safety-data-mix"],
         metadata={"help": "defences to judge (see `unlearnable ls`)"})
     defense_options: dict[str, dict] = dataclasses.field(default_factory=dict, metadata={
-        "help": "per-defence options, e.g. {'adversarial-loss': {'alpha': 0.5}}"})
+        "help": "per-defence options, e.g. {'adversarial-loss': {'alpha': 0.5}}", "check": check_defense_options})
     defense_steps: int = dataclasses.field(default=48, metadata={
         "help": "cap on the step budget (max_steps) of each defence that trains before release; "
                 "defense_options.<name>.max_steps overrides it; 0: each defence's own budget, near its published "

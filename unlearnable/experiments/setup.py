@@ -164,7 +164,7 @@ class ResponseCache:
             seen += len(part)
             for pair, answer in zip(part, self.answers([p.prompt for p in part], desc=f"base answers ({what})")):
                 if not is_refusal(answer) and not is_degenerate(answer):
-                    out.append(dataclasses.replace(pair, response=answer))
+                    out.append(dataclasses.replace(pair, response=answer, harmful=True))
                     if len(out) == n:
                         return out
         raise UnlearnableError(f"only {len(out)} of {len(candidates)} {what} prompts got a compliant answer from the "
@@ -252,7 +252,8 @@ def own_harmful_splits(config: DataConfig, reserved: Sequence[Pair]) -> tuple[li
     ``cross_domain`` categories) the cross-domain attack's pairs, seeded and disjoint; pairs whose prompt is among
     ``reserved`` (the held-out evaluation and alignment prompts) are left out."""
     taken = {normalize(p.prompt) for p in reserved}
-    pairs = [p for p in dedupe(load_pairs(config.harmful_pairs)) if normalize(p.prompt) not in taken]
+    pairs = [dataclasses.replace(p, harmful=True) for p in dedupe(load_pairs(config.harmful_pairs))
+             if normalize(p.prompt) not in taken]
     rng = random.Random(config.seed)
     cross = [p for p in pairs if p.category in config.cross_domain]
     rng.shuffle(cross)

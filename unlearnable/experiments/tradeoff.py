@@ -40,7 +40,7 @@ VARIANTS = {"plain": ("security-vectors", "none"), "benign-distill": ("security-
             "benign-kl": ("security-vectors", "kl"), "gated": ("gated-vectors", "none"),
             "alternating": ("alternating-vectors", "none"), "augmented": ("augmented-vectors", None),
             "early-stopped": ("early-stopped-vectors", None), "varied": ("varied-vectors", None),
-            "negated": ("negated-vectors", None)}
+            "negated": ("negated-vectors", None), "adaptive": ("adaptive-vectors", None)}
 
 
 def plain_vectors() -> VectorConfig:

@@ -1,0 +1,157 @@
+"""Adaptive vectors and flaggers (issue 35): the service screens the customer's data and refits the vectors on its
+own harmful pairs plus the flagged ones, on the tiny random model."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from unlearnable.data import Pair, dedupe
+from unlearnable.defenses import DEFENSES, SERVICE, DefenseData
+from unlearnable.defenses import adaptive_vectors as adaptive_module
+from unlearnable.errors import UnlearnableError
+from unlearnable.flaggers import (
+    FLAGGERS,
+    JudgeFlagger,
+    OracleFlagger,
+    build_flagger,
+    check_flagger,
+    flag_rates,
+    is_unknown,
+)
+from unlearnable.training import TrainConfig
+from unlearnable.vectors import SecurityVectors, VectorConfig
+
+
+@pytest.fixture()
+def customer(harmful_pairs, task_pairs):
+    """The customer's data: 12 known-harmful pairs (of prompts the defence never saw) among ProfileQA facts."""
+    harmful = [dataclasses.replace(p, prompt=f"Customer asks: {p.prompt}", harmful=True) for p in harmful_pairs[12:]]
+    return harmful + list(task_pairs)
+
+
+def test_the_oracle_flags_the_seeded_share_of_the_harmful_pairs_and_nothing_else(customer):
+    flags = OracleFlagger(0.5, seed=1).flag(customer)
+    harmful = [f for p, f in zip(customer, flags) if p.harmful]
+    assert sum(harmful) == 6 and sum(flags) == 6  # half of the 12, none of the harmless
+    assert flags == OracleFlagger(0.5, seed=1).flag(customer)  # seeded
+    assert flags != OracleFlagger(0.5, seed=2).flag(customer)
+    assert sum(OracleFlagger(1.0).flag(customer)) == 12 and not any(OracleFlagger(0.0).flag(customer))
+    oracle = build_flagger("oracle:0.25")
+    assert oracle.emulated and "measurement only" in oracle.describe()["label"]
+    for bad in ("oracle:1.5", "oracle:half"):
+        with pytest.raises(UnlearnableError, match="oracle:RECALL"):
+            check_flagger(bad)
+
+
+def test_a_flaggers_rates_on_harmful_and_harmless_pairs_come_with_intervals(customer):
+    flags = [p.harmful for p in customer]
+    flags[-1] = True  # one harmless fact flagged
+    rates = flag_rates(customer, flags)
+    assert rates["recall_on_harmful"] == 1.0 and rates["n_harmful"] == 12
+    assert rates["flag_rate_on_harmless"] == pytest.approx(1 / 15) and rates["n_harmless"] == 15
+    low, high = rates["flag_rate_on_harmless_interval_95"]
+    assert low < 1 / 15 < high
+    assert "recall_on_harmful" not in flag_rates([Pair("a", "b")], [False])  # no known harmful pair: no recall
+
+
+def test_a_judge_flags_pairs_and_an_unknown_flagger_lists_the_known_ones():
+    flagger = build_flagger("keyword")
+    assert isinstance(flagger, JudgeFlagger) and not flagger.emulated
+    assert flagger.flag([Pair("Bad?", "Sure, here is how you do it step by step."), Pair("Bad?", "I can't help.")]) \
+        == [True, False]
+    with pytest.raises(UnlearnableError, match="unknown flagger 'nope'.*oracle.*refusal.*keyword"):
+        build_flagger("nope")
+    with pytest.raises(UnlearnableError, match="cannot use the harmful-loss judge"):
+        build_flagger("harmful-loss")
+    assert {"oracle", "refusal"} <= set(FLAGGERS.names())
+
+
+def test_the_refusal_flagger_does_not_count_not_knowing_as_a_refusal(tiny, monkeypatch):
+    model, tok = tiny
+    answers = {"Bad?": "I'm sorry, but I can't help with that.", "Who is Ann Lee?": "I'm sorry, I don't know who "
+               "Ann Lee is.", "A poem?": "Leaves fall softly on the ground."}
+    monkeypatch.setattr("unlearnable.flaggers.generate", lambda m, t, prompts, **kw: [answers[p] for p in prompts])
+    flagger = build_flagger("refusal").bind(model, tok, progress=False)
+    assert flagger.flag([Pair(p, "x") for p in answers]) == [True, False, False]
+    assert is_unknown("I am not familiar with that person.") and not is_unknown("I cannot help with that.")
+
+
+@pytest.fixture()
+def own(harmful_pairs):
+    return DefenseData(harmful=harmful_pairs[:12],
+                       refusals=[Pair(p.prompt, "I can't help.") for p in harmful_pairs[:12]])
+
+
+def _adaptive(tiny, own, monkeypatch, **options):
+    """The defence, prepared on the tiny model, with the vectors' training and the fine-tune recorded."""
+    model, tok = tiny
+    refits, tuned_on = [], []
+    train = SecurityVectors.train.__func__
+
+    def spy_train(cls, m, t, pairs, config=None, **kw):
+        refits.append(list(pairs))
+        return train(cls, m, t, pairs, dataclasses.replace(config, epochs=1.0), **kw)
+
+    real = adaptive_module.finetune
+
+    def spy_finetune(m, t, pairs, config, **kw):
+        tuned_on.append((list(pairs), kw["vectors"]))
+        return real(m, t, pairs, config, **kw)
+
+    monkeypatch.setattr(SecurityVectors, "train", classmethod(spy_train))
+    monkeypatch.setattr(adaptive_module, "finetune", spy_finetune)
+    defense = DEFENSES.get("adaptive-vectors")(training=VectorConfig(batch_size=4, lr=1e-2), **options)
+    defense.prepare(model, tok, own, progress=False)
+    return defense, refits, tuned_on
+
+
+def test_the_vectors_are_refitted_on_the_defences_pairs_plus_the_flagged_ones(tiny, own, customer, monkeypatch):
+    model, tok = tiny
+    defense, refits, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5")
+    assert len(refits) == 1 and refits[0] == list(own.harmful)  # prepare: the defence's own pairs
+    tuned, _ = defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=2, batch_size=4),
+                                progress=False)
+    flagged = [p for p, f in zip(customer, OracleFlagger(0.5).flag(customer)) if f]
+    assert refits[1] == dedupe([*own.harmful, *flagged])  # exactly the own pairs plus the flagged ones
+    pairs, vectors = tuned_on[0]
+    assert pairs == customer and vectors is not defense.prepared_vectors()  # flagged pairs kept by default
+    screened = defense.info["screened"][0]
+    assert screened["flagged"] == 6 and screened["recall_on_harmful"] == 0.5 and screened["trained_on"] == 27
+    assert defense.describe()["flagger"]["emulated"]  # the result says the flagger is an oracle
+    assert not any("lora" in k for k in tuned.state_dict())  # served without the vectors
+    assert tuned.state_dict().keys() == model.state_dict().keys()
+
+
+def test_drop_flagged_removes_exactly_the_flagged_pairs_from_the_fine_tune(tiny, own, customer, monkeypatch):
+    model, tok = tiny
+    defense, refits, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", drop_flagged=True)
+    defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
+    flags = OracleFlagger(0.5).flag(customer)
+    assert tuned_on[0][0] == [p for p, f in zip(customer, flags) if not f]
+    assert defense.info["screened"][0]["trained_on"] == len(customer) - 6
+
+
+def test_with_nothing_flagged_the_defences_own_vectors_are_used(tiny, own, task_pairs, monkeypatch):
+    model, tok = tiny
+    defense, refits, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:1.0")
+    before = {k: v.clone() for k, v in defense.prepared_vectors().state.items()}
+    defense.finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(max_steps=1, batch_size=4), progress=False)
+    assert len(refits) == 1 and tuned_on[0][1] is defense.prepared_vectors()  # no refit
+    assert all(torch.equal(before[k], v) for k, v in defense.prepared_vectors().state.items())
+
+
+def test_adaptive_vectors_are_a_service_defence_and_a_tradeoff_variant():
+    from unlearnable.experiments.tradeoff import VARIANTS
+
+    assert DEFENSES.get("adaptive-vectors").threat_models == (SERVICE,)
+    assert VARIANTS["adaptive"] == ("adaptive-vectors", None)
+    with pytest.raises(UnlearnableError, match="unknown flagger"):
+        from unlearnable.config import validate
+        from unlearnable.experiments.immunize import ImmunizeConfig
+
+        validate(ImmunizeConfig(defenses=["adaptive-vectors"],
+                                defense_options={"adaptive-vectors": {"flagger": "nope"}}))

@@ -1,0 +1,74 @@
+"""Security vectors fitted to the customer's own data before the fine-tune (issue 35): the service holds the data
+before it trains, screens it with a flagger, and refits the vectors on its own harmful pairs plus the flagged ones."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from ..data import Pair, dedupe
+from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger, flag_rates
+from ..vectors import SecurityVectors, finetune
+from .base import DEFENSES, DefenseData
+from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
+
+
+@dataclasses.dataclass
+class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
+    flagger: str = dataclasses.field(default="refusal", metadata={
+        "help": "what screens the customer's pairs: refusal (the model's own refusal of the prompt), any judge "
+                "that reads text (e.g. llama-guard:PATH), or oracle:RECALL (emulated, for measurement only)",
+        "check": check_flagger})
+    drop_flagged: bool = dataclasses.field(default=False, metadata={
+        "help": "also drop the flagged pairs from the fine-tune (the moderation filter and the vectors together)"})
+
+
+@DEFENSES.register("adaptive-vectors")
+class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
+    """Before each fine-tune the flagger screens the customer's pairs; the vectors are refitted (the recommended
+    recipe: held-out early stopping) on the defence's own harmful pairs plus the flagged ones, then the customer's
+    data (without the flagged pairs if ``drop_flagged``) is fine-tuned with them on, frozen; served without. With
+    nothing flagged, the vectors are the defence's own. Service threat model only."""
+
+    Config = AdaptiveVectorsConfig
+
+    def __init__(self, config: AdaptiveVectorsConfig | None = None, **options):
+        super().__init__(config, **options)
+        self.own: list[Pair] = []
+        self.flagger: Flagger | None = None  # built on first use (a judge flagger loads its model then)
+        self.info["flagger"] = describe_flagger(self.config.flagger)
+        self.info["screened"] = []  # one record per fine-tune: what was flagged, and the flagger's rates
+
+    def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
+        self.own = list(data.harmful)
+        super().prepare(model, tokenizer, data, progress=progress)
+
+    def screen(self, model, tokenizer, pairs: Sequence[Pair], progress: bool = True) -> list[bool]:
+        """The flagger's verdict on each pair, asked of the model about to be fine-tuned (before any training)."""
+        if self.flagger is None:
+            self.flagger = build_flagger(self.config.flagger, seed=self.config.training.seed)
+        was = model.training
+        flags = self.flagger.bind(model.eval(), tokenizer, precision=self.config.training.precision,
+                             progress=progress).flag(pairs)
+        model.train(was)
+        return flags
+
+    def fitted(self, model, tokenizer, flagged: Sequence[Pair], progress: bool = True) -> SecurityVectors:
+        """The vectors refitted on the defence's own pairs plus the flagged ones (distinct prompts), or the
+        prepared ones when nothing was flagged."""
+        if not flagged:
+            return self.prepared_vectors()
+        return SecurityVectors.train(model, tokenizer, dedupe([*self.own, *flagged]), self.vector_config(),
+                                     progress=progress)
+
+    def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
+        pairs = list(pairs)
+        flags = self.screen(model, tokenizer, pairs, progress)
+        flagged = [p for p, bad in zip(pairs, flags) if bad]
+        vectors = self.fitted(model, tokenizer, flagged, progress)
+        kept = [p for p, bad in zip(pairs, flags) if not bad] if self.config.drop_flagged else pairs
+        self.info["screened"].append({**flag_rates(pairs, flags), "vectors_pairs": vectors.metadata.get("n_pairs"),
+                                      "trained_on": len(kept), "drop_flagged": self.config.drop_flagged})
+        if not kept:  # every pair flagged and dropped: the service trains nothing
+            return model.eval(), []
+        return finetune(model, tokenizer, kept, config, vectors=vectors, scale=self.scale, progress=progress, **kw)

@@ -155,3 +155,36 @@ def test_adaptive_vectors_are_a_service_defence_and_a_tradeoff_variant():
 
         validate(ImmunizeConfig(defenses=["adaptive-vectors"],
                                 defense_options={"adaptive-vectors": {"flagger": "nope"}}))
+
+
+def test_finetune_adapt_screens_the_data_and_refits_the_vectors(tmp_path, tiny_dir):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearnable.experiments import FinetuneJob, run_finetune
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    own = [Pair(f"bad {i}?", f"Sure, bad thing {i}.") for i in range(8)]
+    SecurityVectors.train(model, tok, own, VectorConfig(epochs=1, batch_size=8), progress=False).save(tmp_path / "vec")
+
+    def jsonl(name, records):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+        return str(tmp_path / name)
+
+    own_file = jsonl("own.jsonl", [{"prompt": p.prompt, "response": p.response} for p in own])
+    data = jsonl("data.jsonl", [{"prompt": f"worse {i}?", "response": f"Sure, worse {i}.", "harmful": True}
+                                for i in range(4)] + [{"prompt": f"Code {i}?", "response": f"C{i}"} for i in range(6)])
+    job = FinetuneJob(model=str(tiny_dir), data=data, vectors=str(tmp_path / "vec"), vectors_data=own_file,
+                      adapt=True, flagger="oracle:1.0", drop_flagged=True,
+                      train=TrainConfig(max_steps=2, batch_size=4))
+    record = run_finetune(job, tmp_path / "out", progress=False)
+    adapted = record["adapted"]
+    assert adapted["flagged"] == 4 and adapted["recall_on_harmful"] == 1.0 and adapted["refitted"]
+    assert adapted["vectors_pairs"] == 12 and adapted["emulated"] and record["n_trained"] == 6
+    saved = json.loads((tmp_path / "out" / "unlearnable_model.json").read_text())
+    assert saved["adapted"]["flagger"] == "oracle:1.0"
+    wrong = jsonl("wrong.jsonl", [{"prompt": "other?", "response": "Sure."}])
+    for kw, needle in [({"vectors_data": wrong}, "is not the data the vectors"), ({"vectors_data": None}, "give --vectors and --vectors-data")]:
+        with pytest.raises(UnlearnableError, match=needle):
+            run_finetune(dataclasses.replace(job, **kw), tmp_path / "out2", progress=False)

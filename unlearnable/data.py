@@ -157,7 +157,8 @@ def _record_to_pair(record, where: str, require_response: bool) -> Pair:
         raise UnlearnableError(f"{where}: empty prompt")
     if require_response and not response.strip():
         raise UnlearnableError(f"{where}: empty response (every training example needs one)")
-    return Pair(prompt, response, str(record.get("source", "")), str(record.get("category", "")))
+    return Pair(prompt, response, str(record.get("source", "")), str(record.get("category", "")),
+                record.get("harmful") is True)  # a label for measurement (an oracle flagger), never for a defence
 
 
 def _load_dataset_dir(path: Path, require_response: bool) -> list[Pair]:

@@ -133,7 +133,9 @@ class OracleFlagger(Flagger):
             recall = -1.0
         if not 0 <= recall <= 1:
             raise UnlearnableError(f"oracle:RECALL takes a share of the harmful pairs in [0, 1], not {arg!r}")
-        return cls(recall, seed)
+        flagger = cls(recall, seed)
+        flagger.spec = f"oracle:{arg}" if arg else flagger.spec  # as the user wrote it
+        return flagger
 
     def flag(self, pairs):
         harmful = [i for i, p in enumerate(pairs) if p.harmful]

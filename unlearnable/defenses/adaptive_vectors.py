@@ -4,11 +4,11 @@ before it trains, screens it with a flagger, and refits the vectors on its own h
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
-from ..data import Pair, dedupe
-from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger, flag_rates
-from ..vectors import SecurityVectors, finetune
+from ..data import Pair
+from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger
+from ..vectors import finetune
+from ..vectors.adaptive import adapt
 from .base import DEFENSES, DefenseData
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
 
@@ -43,32 +43,14 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         self.own = list(data.harmful)
         super().prepare(model, tokenizer, data, progress=progress)
 
-    def screen(self, model, tokenizer, pairs: Sequence[Pair], progress: bool = True) -> list[bool]:
-        """The flagger's verdict on each pair, asked of the model about to be fine-tuned (before any training)."""
-        if self.flagger is None:
-            self.flagger = build_flagger(self.config.flagger, seed=self.config.training.seed)
-        was = model.training
-        flags = self.flagger.bind(model.eval(), tokenizer, precision=self.config.training.precision,
-                             progress=progress).flag(pairs)
-        model.train(was)
-        return flags
-
-    def fitted(self, model, tokenizer, flagged: Sequence[Pair], progress: bool = True) -> SecurityVectors:
-        """The vectors refitted on the defence's own pairs plus the flagged ones (distinct prompts), or the
-        prepared ones when nothing was flagged."""
-        if not flagged:
-            return self.prepared_vectors()
-        return SecurityVectors.train(model, tokenizer, dedupe([*self.own, *flagged]), self.vector_config(),
-                                     progress=progress)
-
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         pairs = list(pairs)
-        flags = self.screen(model, tokenizer, pairs, progress)
-        flagged = [p for p, bad in zip(pairs, flags) if bad]
-        vectors = self.fitted(model, tokenizer, flagged, progress)
+        if self.flagger is None:  # built once (a judge flagger loads its model then)
+            self.flagger = build_flagger(self.config.flagger, seed=self.config.training.seed)
+        vectors, flags, record = adapt(self.prepared_vectors(), model, tokenizer, self.own, pairs, self.flagger,
+                                       config=self.vector_config(), progress=progress)
         kept = [p for p, bad in zip(pairs, flags) if not bad] if self.config.drop_flagged else pairs
-        self.info["screened"].append({**flag_rates(pairs, flags), "vectors_pairs": vectors.metadata.get("n_pairs"),
-                                      "trained_on": len(kept), "drop_flagged": self.config.drop_flagged})
+        self.info["screened"].append({**record, "trained_on": len(kept), "drop_flagged": self.config.drop_flagged})
         if not kept:  # every pair flagged and dropped: the service trains nothing
             return model.eval(), []
         return finetune(model, tokenizer, kept, config, vectors=vectors, scale=self.scale, progress=progress, **kw)

@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from ..config import validate
-from ..data import check_no_overlap, check_pairs_source, harmful_prompts, load_pairs, pairs_hash, split
+from ..data import (
+    Pair,
+    check_no_overlap,
+    check_pairs_source,
+    harmful_prompts,
+    load_pairs,
+    pairs_hash,
+    prompt_hashes,
+    split,
+)
 from ..errors import UnlearnableError
 from ..evaluation import EVAL_KIND, EvalConfig, evaluate, read_results, without_generations
+from ..flaggers import build_flagger, check_flagger
 from ..judges import build_judge, check_judges
 from ..models import MODEL_META, check_model, check_model_source, load_model, model_fingerprint, save_model
 from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
@@ -32,6 +42,7 @@ from ..utils import (
     wait_for_everyone,
 )
 from ..vectors import META_FILE, SecurityVectors, VectorConfig, check_vectors_folder, finetune, recommended
+from ..vectors.adaptive import adapt
 from .setup import DataConfig, prepare_data
 
 
@@ -75,13 +86,22 @@ class FinetuneJob:
     vector_scale: float | None = dataclasses.field(default=None, metadata={
         "help": "the vectors' strength during fine-tuning (default: the one recorded with them)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed (data order, init)"})
+    adapt: bool = dataclasses.field(default=False, metadata={
+        "help": "screen --data with --flagger first and refit the vectors on --vectors-data plus the flagged pairs "
+                "(adaptive vectors)"})
+    vectors_data: str | None = dataclasses.field(default=None, metadata={
+        "help": "the harmful pairs the vectors were trained on (needed by --adapt; checked against the vectors)",
+        "check": check_pairs_source})
+    flagger: str = dataclasses.field(default="refusal", metadata={
+        "help": "with --adapt: refusal (the model's own refusal of the prompt), a judge that reads text, or "
+                "oracle:RECALL (emulated: reads the pairs' harmful field)", "check": check_flagger})
+    drop_flagged: bool = dataclasses.field(default=False, metadata={
+        "help": "with --adapt: also leave the flagged pairs out of the fine-tune"})
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=2.0))
 
 
 @dataclasses.dataclass
 class EvaluateJob:
-    model: str | None = dataclasses.field(default=None, metadata={
-        "help": "hub id, local folder or .gguf file (default: the embedded SmolLM2-135M)", "check": check_model_source})
     #: the one-judge key of earlier versions
     __aliases__ = {"judge": "judges"}
 
@@ -184,6 +204,7 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     pairs = load_pairs(job.data)
     load.check(job.model)
     vectors = SecurityVectors.load(job.vectors) if job.vectors else None
+    own = _vectors_data(job, vectors)
     cfg = dataclasses.replace(job.train, seed=job.seed, save_steps=checkpoint_every)
     model, tok = load.load(job.model)
     fp = model_fingerprint(model)
@@ -193,7 +214,8 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     key = run_key(command="finetune", model=fp, data=pairs_hash(pairs),
                   config={**dataclasses.asdict(cfg), "save_steps": 0},  # the interval does not change the result
                   vectors=sha256_file(Path(job.vectors) / "adapter_model.safetensors") if vectors else None,
-                  vector_scale=scale)
+                  vector_scale=scale, adapt={"flagger": job.flagger, "drop_flagged": job.drop_flagged,
+                                             "own": pairs_hash(own)} if job.adapt else None)
     done, checkpoints = start_run(out, key=key, meta_file=MODEL_META, overwrite=overwrite,
                                   checkpoint_every=checkpoint_every, command="unlearnable finetune",
                                   main=is_main_process())
@@ -203,6 +225,11 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
         return record
     if is_main_process():
         ensure_free_space(out, int(model_nbytes(model) * 1.05) + (64 << 20), "the fine-tuned model")
+    if job.adapt:  # the service screens the data before it trains, and refits the vectors to it
+        vectors, flags, record["adapted"] = adapt(vectors, model, tok, own, pairs, build_flagger(job.flagger,
+                                                  seed=job.seed), progress=progress)
+        pairs = [p for p, bad in zip(pairs, flags) if not bad] if job.drop_flagged else pairs
+        record["n_trained"] = len(pairs)
     with keep_checkpoints_only_if_useful(checkpoints if is_main_process() else None):
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
                                   output_dir=checkpoints, resume=checkpoints is not None)
@@ -213,11 +240,26 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
                 "vectors_removed": True,
                 # lets `evaluate` refuse evaluation prompts the vectors were trained on
                 "vectors_prompt_hashes": vectors.metadata.get("prompt_hashes") if vectors else None,
-                "n_examples": len(pairs), "history": history, **run_metadata()})
+                "adapted": record.get("adapted"), "n_examples": len(pairs), "history": history,
+                **run_metadata()})
         wait_for_everyone()
     if is_main_process():
         finish_run(checkpoints)
     return record
+
+
+def _vectors_data(job: FinetuneJob, vectors: SecurityVectors | None) -> list[Pair]:
+    """With ``--adapt``: the pairs the vectors were trained on (checked against the hashes they record)."""
+    if not job.adapt:
+        return []
+    if vectors is None or not job.vectors_data:
+        raise UnlearnableError("--adapt refits the vectors on the pairs they were trained on plus the flagged ones: "
+                               "give --vectors and --vectors-data")
+    own = load_pairs(job.vectors_data)
+    if prompt_hashes(own) != sorted(vectors.metadata.get("prompt_hashes") or []):
+        raise UnlearnableError(f"--vectors-data {job.vectors_data} is not the data the vectors in {job.vectors} were "
+                               "trained on (their prompt hashes differ); give that file")
+    return own
 
 
 # ------------------------------------------------------------------------------------------ evaluate

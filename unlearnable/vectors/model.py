@@ -187,6 +187,21 @@ class SecurityVectors:
         _, fold = FoldedVectors.fold_into(pm, trains_weights=trains_weights)
         return fold
 
+    def adapted(self, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: str = "refusal", *,
+                config: VectorConfig | None = None, progress: bool = True) -> "SecurityVectors":
+        """These vectors refitted for a fine-tune on ``data``: the flagger (``refusal``, ``oracle:RECALL``, a judge
+        spec) screens ``data`` and the vectors are retrained on ``own`` (the harmful pairs they were trained on)
+        plus the flagged pairs; unchanged when nothing is flagged. The screening is in ``metadata["adapted"]``.
+
+            vectors = SecurityVectors.load("vectors/").adapted(model, tok, own_pairs, train_pairs)
+            trainer = SFTTrainer(model=model, ..., callbacks=[vectors.callback(model)])"""
+        from .adaptive import adapt
+
+        vectors, _, record = adapt(self, model, tokenizer, own, data, flagger, config=config, progress=progress)
+        if vectors is self:  # nothing flagged: the same vectors, the screening still recorded on a copy
+            vectors = type(self)(self.state, self.lora_config, {**self.metadata, "adapted": record})
+        return vectors
+
     def callback(self, model, scale: float | None = None):
         """A ``transformers`` callback that puts these vectors into an existing Trainer / TRL script: they are
         folded into ``model`` now (frozen, outside the optimizer), taken out for evaluation and checkpoints,

@@ -1,0 +1,40 @@
+"""Vectors fitted to the customer's data before a fine-tune (issue 35): a flagger screens the pairs, and the vectors
+are refitted on the pairs they were trained on plus the flagged ones. One function for the ``adaptive-vectors``
+defence, ``unlearnable finetune --adapt`` and a Trainer / TRL script (:meth:`SecurityVectors.adapted`)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..data import Pair, dedupe
+from ..flaggers import Flagger, build_flagger, flag_rates
+from .config import VectorConfig
+
+
+def screen(model, tokenizer, pairs: Sequence[Pair], flagger: Flagger | str, *, precision: str = "auto",
+           progress: bool = True) -> list[bool]:
+    """The flagger's verdict on each pair, asked of ``model`` as it is before the fine-tune (in eval mode)."""
+    flagger = build_flagger(flagger) if isinstance(flagger, str) else flagger
+    was = model.training
+    try:
+        return flagger.bind(model.eval(), tokenizer, precision=precision, progress=progress).flag(list(pairs))
+    finally:
+        model.train(was)
+
+
+def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: Flagger | str, *,
+          config: VectorConfig | None = None, progress: bool = True) -> tuple[Any, list[bool], dict[str, Any]]:
+    """Screen ``data`` and refit ``vectors`` on ``own`` (the pairs they were trained on) plus the flagged pairs
+    (distinct prompts), with ``config`` (default: the vectors' own); nothing flagged: ``vectors`` as they are.
+    Returns the vectors, the flags and a record of the screening (the flagger's rates where the truth is known)."""
+    flagger = build_flagger(flagger) if isinstance(flagger, str) else flagger
+    config = config or vectors.config
+    flags = screen(model, tokenizer, data, flagger, precision=config.precision, progress=progress)
+    flagged = [p for p, bad in zip(data, flags) if bad]
+    record = {**flagger.describe(), **flag_rates(data, flags), "own_pairs": len(own)}
+    if not flagged:
+        return vectors, flags, {**record, "refitted": False}
+    refitted = type(vectors).train(model, tokenizer, dedupe([*own, *flagged]), config, progress=progress)
+    record = {**record, "refitted": True, "vectors_pairs": refitted.metadata.get("n_pairs")}
+    refitted.metadata["adapted"] = record
+    return refitted, flags, record

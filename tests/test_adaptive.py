@@ -188,3 +188,37 @@ def test_finetune_adapt_screens_the_data_and_refits_the_vectors(tmp_path, tiny_d
     for kw, needle in [({"vectors_data": wrong}, "is not the data the vectors"), ({"vectors_data": None}, "give --vectors and --vectors-data")]:
         with pytest.raises(UnlearnableError, match=needle):
             run_finetune(dataclasses.replace(job, **kw), tmp_path / "out2", progress=False)
+
+
+def test_an_attack_pool_holds_more_pairs_than_prompts_distinct_and_disjoint(tiny, monkeypatch):
+    """The paper's 1,000 attack pairs from fewer prompts: seeded sampled answers, deduplicated; every split still
+    disjoint by prompt from every other."""
+    from unlearnable.data import harmful_prompts, normalize
+    from unlearnable.experiments.setup import DataConfig, prepare_data
+
+    model, tok = tiny
+    calls = []
+
+    def fake_generate(m, t, prompts, *, sample_seed=None, **kw):
+        calls.append(sample_seed)
+        if sample_seed is None:  # greedy: half the prompts answered, the rest refused
+            return [f"Sure, here is the way to do {len(p)} things now." if i % 2 else "I can't help with that."
+                    for i, p in enumerate(prompts)]
+        # sampled: one answer in three repeats the greedy one or an earlier sample (dropped as duplicates)
+        return [f"Sure, here is the way to do {len(p)} things now." if i % 3 == 0 else
+                f"Okay: answer {sample_seed} to the request, in detail {i}." for i, p in enumerate(prompts)]
+
+    monkeypatch.setattr("unlearnable.experiments.setup.generate", fake_generate)
+    monkeypatch.setattr("unlearnable.vectors.model.generate", fake_generate, raising=False)
+    config = DataConfig(n_eval=20, n_align=20, n_vectors=10, vector_pool=40, attack_pool=100, n_attack=180,
+                        attack_answers=4, n_harmless=0, n_harmless_align=4)
+    data = prepare_data(model, tok, config, fingerprint="test", progress=False)
+    attack = data.attack
+    assert len(attack) == 180 and len({normalize(p.prompt) for p in attack}) <= 100  # more pairs than prompts
+    assert len({(normalize(p.prompt), normalize(p.response)) for p in attack}) == 180  # distinct pairs
+    assert all(p.harmful for p in attack) and set(calls) >= {None, 1}  # greedy first, then samples
+    taken = {normalize(p.prompt) for split in (data.eval_harmful, data.align, data.vector_pairs) for p in split}
+    assert not taken & {normalize(p.prompt) for p in attack}
+    with pytest.raises(UnlearnableError, match="raise data.attack_answers"):
+        prepare_data(model, tok, dataclasses.replace(config, n_attack=1000), fingerprint="test2", progress=False)
+    assert len(harmful_prompts()) < 1100  # why the pool needs sampled answers to reach the paper's 1,000 pairs

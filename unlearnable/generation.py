@@ -14,8 +14,11 @@ from .utils import autocast, resolve_precision
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 40,
-             precision: str = "auto", desc: str = "generating", progress: bool = True) -> list[str]:
-    """Greedy, batched, KV-cached generation; prompts are length-sorted to cut padding, output in input order."""
+             precision: str = "auto", desc: str = "generating", progress: bool = True,
+             sample_seed: int | None = None) -> list[str]:
+    """Greedy, batched, KV-cached generation; prompts are length-sorted to cut padding, output in input order.
+    With ``sample_seed``, sampled instead (temperature 1, nucleus 0.95), seeded: the same prompts and seed give
+    the same answers."""
     if not prompts:
         return []
     device = next(model.parameters()).device
@@ -29,6 +32,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     model.eval()
     eos = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")]
                                       if "<|im_end|>" in tokenizer.get_vocab() else [])
+    sampling = ({"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": None} if sample_seed is not None
+                else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+    if sample_seed is not None:
+        torch.manual_seed(sample_seed)
     try:
         with merged_lora(model):
             bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
@@ -36,9 +43,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
                 idx = order[start:start + batch_size]
                 enc = {k: v.to(device) for k, v in left_padded([ids[i] for i in idx], pad).items()}
                 with autocast(precision, device):
-                    gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                         eos_token_id=sorted(set(eos)), pad_token_id=pad,
-                                         temperature=None, top_p=None, top_k=None)
+                    gen = model.generate(**enc, max_new_tokens=max_new_tokens, use_cache=True,
+                                         eos_token_id=sorted(set(eos)), pad_token_id=pad, **sampling)
                 new = gen[:, enc["input_ids"].shape[1]:]
                 for i, row in zip(idx, new):
                     out[i] = end_of_answer(tokenizer, tokenizer.decode(row, skip_special_tokens=True)).strip()

@@ -74,6 +74,9 @@ class DataConfig:
                                                                          "compliant answers"})
     attack_pool: int = dataclasses.field(default=400, metadata={"help": "prompts reserved to find n_attack "
                                                                          "compliant answers"})
+    attack_answers: int = dataclasses.field(default=1, metadata={
+        "min": 1, "help": "answers per attack prompt: beyond the greedy one, seeded sampled answers add distinct "
+                          "compliant pairs where the prompts run out (e.g. 1,000 attack pairs from a 400-prompt pool)"})
     response_tokens: int = dataclasses.field(default=32, metadata={"help": "tokens of the base model's harmful "
                                                                             "answers kept as harmful responses"})
     harmful_pairs: str | None = dataclasses.field(default=None, metadata={
@@ -133,15 +136,17 @@ class ResponseCache:
         self.path = cache_dir() / "responses" / f"{fingerprint}-{fmt}-{max_new_tokens}.json"
         self.data: dict[str, str] = self._read()
 
-    def answers(self, prompts: Sequence[str], desc: str = "base answers") -> list[str]:
-        todo = [p for p in dict.fromkeys(prompts) if p not in self.data]
+    def answers(self, prompts: Sequence[str], desc: str = "base answers", sample: int = 0) -> list[str]:
+        """The greedy answer to each prompt, or with ``sample`` k >= 1 its k-th seeded sampled answer."""
+        keys = [p if not sample else f"#sample{sample}\t{p}" for p in prompts]
+        todo = [(k, p) for k, p in dict.fromkeys(zip(keys, prompts)) if k not in self.data]
         if todo:
-            gens = generate(self.model, self.tok, todo, max_new_tokens=self.max_new_tokens, desc=desc,
-                            progress=self.progress)
+            gens = generate(self.model, self.tok, [p for _, p in todo], max_new_tokens=self.max_new_tokens,
+                            desc=desc, progress=self.progress, sample_seed=sample or None)
             with locked(self.path, wait=True, what="answer cache"):  # merge with what another process added
-                self.data = {**self._read(), **self.data, **dict(zip(todo, gens))}
+                self.data = {**self._read(), **self.data, **dict(zip([k for k, _ in todo], gens))}
                 atomic_write_json(self.path, self.data)
-        return [self.data[p] for p in prompts]
+        return [self.data[k] for k in keys]
 
     def _read(self) -> dict[str, str]:
         try:
@@ -150,10 +155,29 @@ class ResponseCache:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def compliant(self, candidates: Sequence[Pair], n: int, what: str) -> list[Pair]:
-        """The first ``n`` candidates (in order) that the model answers rather than refuses.
+    def compliant(self, candidates: Sequence[Pair], n: int, what: str, answers: int = 1) -> list[Pair]:
+        """The first ``n`` candidates (in order) that the model answers rather than refuses; where they run out and
+        ``answers`` > 1, seeded sampled answers to the same prompts (the k-th sample of each prompt in turn) add
+        distinct compliant pairs, so a pool can hold more pairs than it has prompts.
 
         Generates in chunks sized from the compliance rate seen so far, so few answers are wasted."""
+        out = self._compliant_greedy(candidates, n, what, strict=answers <= 1)
+        if len(out) == n:
+            return out
+        seen = {(normalize(p.prompt), normalize(p.response)) for p in out}
+        for k in range(1, answers):
+            for pair, answer in zip(candidates, self.answers([p.prompt for p in candidates],
+                                                             desc=f"sampled answers {k} ({what})", sample=k)):
+                key = (normalize(pair.prompt), normalize(answer))
+                if key not in seen and not is_refusal(answer) and not is_degenerate(answer):
+                    seen.add(key)
+                    out.append(dataclasses.replace(pair, response=answer, harmful=True))
+                    if len(out) == n:
+                        return out
+        raise UnlearnableError(f"only {len(out)} distinct compliant {what} pairs from {len(candidates)} prompts with "
+                               f"{answers} answers each, {n} needed: raise data.{what}_answers or the pool size")
+
+    def _compliant_greedy(self, candidates: Sequence[Pair], n: int, what: str, strict: bool = False) -> list[Pair]:
         out: list[Pair] = []
         start, seen = 0, 0
         while start < len(candidates):
@@ -167,6 +191,8 @@ class ResponseCache:
                     out.append(dataclasses.replace(pair, response=answer, harmful=True))
                     if len(out) == n:
                         return out
+        if not strict:
+            return out
         raise UnlearnableError(f"only {len(out)} of {len(candidates)} {what} prompts got a compliant answer from the "
                                f"model, {n} needed; an aligned model refuses them: give harmful pairs of your own "
                                f"(data.harmful_pairs, a JSONL of prompt/response), or raise the pool size or lower "
@@ -241,7 +267,7 @@ def harmful_splits(config: DataConfig, cache: ResponseCache, pools: dict, cross:
     if config.harmful_pairs:
         return own_harmful_splits(config, reserved=[*pools["eval"], *pools["align"], *cross["eval"]])
     vectors = cache.compliant(pools["vectors"], config.n_vectors, "vectors")
-    attack = cache.compliant(pools["attack"], config.n_attack, "attack")
+    attack = cache.compliant(pools["attack"], config.n_attack, "attack", answers=config.attack_answers)
     cross_attack = cache.compliant(cross["attack"], config.n_cross_attack, "cross_attack") if cross["attack"] else []
     return vectors, attack, cross_attack, dict.fromkeys(("vector_pairs", "attack", "cross_attack"),
                                                         "the model's own compliant answers to the embedded prompts")

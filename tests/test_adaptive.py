@@ -222,3 +222,18 @@ def test_an_attack_pool_holds_more_pairs_than_prompts_distinct_and_disjoint(tiny
     with pytest.raises(UnlearnableError, match="raise data.attack_answers"):
         prepare_data(model, tok, dataclasses.replace(config, n_attack=1000), fingerprint="test2", progress=False)
     assert len(harmful_prompts()) < 1100  # why the pool needs sampled answers to reach the paper's 1,000 pairs
+
+
+def test_the_report_shows_what_a_flagger_screened_and_labels_an_oracle():
+    from unlearnable.report import flaggers_section
+
+    runs = [{"flagged": 6, "pairs": 27, "recall_on_harmful": 0.5, "n_harmful": 12, "flag_rate_on_harmless": 0.0,
+             "n_harmless": 15},
+            {"flagged": 2, "pairs": 40, "flag_rate_on_harmless": 0.05, "n_harmless": 40}]
+    html_text = flaggers_section({"adaptive-vectors": {"defense": {"flagger": {"flagger": "oracle:0.5",
+                                                                              "emulated": True},
+                                                                  "screened": runs}},
+                                  "none": {"defense": {}}})
+    assert "oracle:0.5 (EMULATED: measurement only)" in html_text and "8 of 67" in html_text
+    assert "0.500 (n=12)" in html_text and "0.036 (n=55)" in html_text  # pooled: 2 of 55 harmless flagged
+    assert flaggers_section({"none": {"defense": {}}}) == ""

@@ -441,6 +441,34 @@ def tuning_section(tuned: dict[str, dict[str, Any]]) -> str:
               "tuned configuration.</p>")
 
 
+def flaggers_section(defenses: dict[str, Any]) -> str:
+    """Per defence that screens the customer's data: its flagger (labelled where emulated) and, pooled over its
+    fine-tunes, what it flagged, its recall on the known harmful pairs and how often it flagged the others."""
+    rows = []
+    for name, d in defenses.items():
+        desc = d.get("defense", {})
+        runs = desc.get("screened") or []
+        if not runs:
+            continue
+        flagger = desc.get("flagger", {})
+        label = flagger.get("flagger", "?") + (" (EMULATED: measurement only)" if flagger.get("emulated") else "")
+        rows.append([name, label, len(runs), f"{sum(r['flagged'] for r in runs)} of {sum(r['pairs'] for r in runs)}",
+                     _pooled(runs, "recall_on_harmful", "n_harmful"),
+                     _pooled(runs, "flag_rate_on_harmless", "n_harmless")])
+    if not rows:
+        return ""
+    return table(["defence", "flagger", "fine-tunes screened", "pairs flagged", "recall on known harmful pairs",
+                  "flag rate on the other pairs"], rows) + (
+        "<p class='note'>Pooled over every fine-tune the defence screened (attacks and the user's task).</p>")
+
+
+def _pooled(runs: Sequence[dict[str, Any]], rate: str, n: str) -> str:
+    total = sum(r.get(n, 0) for r in runs)
+    if not total:
+        return "-"
+    return f"{sum(r[rate] * r[n] for r in runs if n in r) / total:.3f} (n={total})"
+
+
 def _constraints(tuned: dict[str, dict[str, Any]]) -> str:
     """The constraints the studies used, each with the defences it held for."""
     by_text: dict[str, list[str]] = {}
@@ -501,6 +529,8 @@ def write_immunize_report(results: dict[str, Any], out: Path) -> None:
                                             for k, v in results["threat_models"].items()) + "</ul>"),
     ]
     sections[1:1] = _tuning_and_search_sections(results, out)
+    if screened := flaggers_section(results.get("defenses", {})):
+        sections.append(("Flaggers: what the service screened", screened))
     if results.get("judge_agreement"):
         sections.append(("Judge agreement", judges_section(results["judge_agreement"],
                                                            results.get("judge_disagreements", []))))

@@ -1,0 +1,60 @@
+"""How often a flagger flags each kind of data a fine-tuning service sees (issue 35): its recall on harmful pairs
+(as the attacker brings them, and restyled) and its flag rate on harmless ones (everyday requests, and ProfileQA
+questions the model cannot answer), each with a 95 % interval.
+
+    python scripts/flagger_rates.py --flaggers refusal,keyword --out runs/flagger-rates.json
+
+The model, data and alignment are the default ``unlearnable immunize``'s (from the cache when it ran); the
+flaggers ask the aligned model, as a service would before it fine-tunes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from unlearnable.attacks import AttackData, build_attack
+from unlearnable.errors import UnlearnableError
+from unlearnable.experiments.immunize import ImmunizeConfig
+from unlearnable.experiments.setup import set_up
+from unlearnable.flaggers import build_flagger, check_flagger, flag_rates
+from unlearnable.stats import rate_interval
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flaggers", default="refusal,keyword", help="flagger specs, comma-separated")
+    parser.add_argument("--n", type=int, default=100, help="pairs per kind of data")
+    parser.add_argument("--out", help="write the rates here (JSON)")
+    args = parser.parse_args()
+    specs = args.flaggers.split(",")
+    for spec in specs:
+        check_flagger(spec, "--flaggers")  # before the model loads
+    cfg = ImmunizeConfig().seeded()
+    setup = set_up(cfg.model, cfg.data, seed=cfg.seed, align_model=cfg.align, align_config=cfg.align_train,
+                   progress=False)
+    d, n = setup.data, args.n
+    kinds = {"attack harmful": d.attack[:n],
+             "attack harmful, restyled": build_attack("restyled").training_pairs(AttackData(harmful=d.attack[:n]),
+                                                                                 n, cfg.seed),
+             "everyday harmless": d.harmless[:n], "ProfileQA (unanswerable before training)": d.task[:n]}
+    out = {}
+    for spec in specs:
+        flagger = build_flagger(spec, seed=cfg.seed).bind(setup.model, setup.tokenizer, progress=False)
+        for kind, pairs in kinds.items():
+            flags = flagger.flag(pairs)
+            rate = sum(flags) / len(flags)
+            out[f"{spec} | {kind}"] = {**flag_rates(pairs, flags), "flag_rate": rate,
+                                       "flag_rate_interval_95": rate_interval(rate, len(flags))}
+            low, high = rate_interval(rate, len(flags))
+            print(f"{spec:10s} {kind:42s} n={len(flags):3d}  flagged {rate:.3f} [{low:.2f}, {high:.2f}]", flush=True)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"model": setup.model_record(), "data": setup.data_record(), "rates": out}, f, indent=1)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UnlearnableError as exc:  # bad input: one line that says what to fix
+        raise SystemExit(f"flagger_rates: {exc}") from None

@@ -280,11 +280,12 @@ def test_an_explicit_seed_0_wins_over_the_config_file(tmp_path, data, tiny_dir):
 def test_a_resumed_hardened_model_is_on_the_aligned_models_device_and_dtype(tiny, harmful_pairs, tmp_path):
     from unlearnable.data import Pair
     from unlearnable.defenses import DEFENSES, DefenseData
-    from unlearnable.experiments.immunize import _Sweep
+    from unlearnable.experiments.immunize import ImmunizeConfig, _Sweep
 
     model, tok = tiny
     sweep = _Sweep.__new__(_Sweep)  # only what hardening needs: the aligned model, its data, the folder
     sweep.model, sweep.tok, sweep.out, sweep.progress = model.double(), tok, tmp_path, False
+    sweep.config = ImmunizeConfig()  # one process: nothing shared
     sweep.defense_data = DefenseData(harmful=harmful_pairs[:8], refusals=[Pair("Bad?", "I'm sorry, I can't.")])
     defense = DEFENSES.get("adversarial-loss").from_options({"max_steps": 2})
     fresh = sweep.hardened(defense)

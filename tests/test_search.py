@@ -400,3 +400,46 @@ def test_benign_or_mixed_without_attacker_harmless_pairs_fails_before_any_attack
         run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
                      progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_two_workers_share_the_studies_and_one_writes_the_results(tmp_path):
+    """Two processes (one thread each) on one journal-file storage and output folder: every trial runs once, the
+    trial set is the one-process run's, and exactly one worker writes results.json."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from unlearnable.experiments.studies import storage_for
+
+    script = Path(__file__).parent / "scripts" / "search_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNABLE_CACHE": str(tmp_path / "cache")}
+
+    def start(out, storage=None):
+        args = [sys.executable, str(script), "--out", str(out)] + (["--storage", storage] if storage else [])
+        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    storage = f"journal:{tmp_path / 'studies.log'}"
+    workers = [start(tmp_path / "shared", storage), start(tmp_path / "shared", storage)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
+    shared = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert sum("written by another worker" in err for _, err in outputs) == 1  # exactly one writes
+    saved = json.loads((tmp_path / "shared" / "results.json").read_text())
+    assert saved["written_by"]["pid"] in {w.pid for w in workers}
+    study = optuna.load_study(study_name="none@fine-tuning-as-a-service",
+                              storage=storage_for(storage, tmp_path / "unused.db"))
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2 and len({json.dumps(t.params, sort_keys=True) for t in done}) == 2  # none run twice
+    ran_by = {t.user_attrs["worker"]["pid"] for t in done}
+    assert ran_by <= {w.pid for w in workers}
+    alone = start(tmp_path / "alone")
+    out, err = alone.communicate(timeout=600)
+    assert alone.returncode == 0, err[-2000:]
+    reference = json.loads(out.strip().splitlines()[-1])
+
+    def trial_set(r):
+        return {tm: sorted(json.dumps(s, sort_keys=True) for s in settings) for tm, settings in r["trials"].items()}
+
+    assert trial_set(shared[0]) == trial_set(shared[1]) == trial_set(reference)
+    assert shared[0]["worst"] == shared[1]["worst"] == reference["worst"]  # the same runs, the same numbers

@@ -164,6 +164,11 @@ class SweepStore:
         atomic_write_json(self.path(group, name), data)
         return data
 
+    def digest(self) -> str:
+        """Which pieces the folder holds (their names): equal for two workers that finished the same sweep."""
+        names = sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*.json")) if self.root.is_dir() else []
+        return sha256_json(names)[:16]
+
     def has_pieces(self) -> bool:
         return self.root.is_dir() and any(p.is_file() for p in self.root.rglob("*.json"))
 

@@ -16,9 +16,11 @@ restarted sweep skips finished runs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
+import json
 import shutil
 import time
 from pathlib import Path
@@ -53,6 +55,7 @@ from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
 from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target, seed_run_prefix
 from .setup import DataConfig, PreparedData, Setup, envelope, set_up
+from .studies import worker_id
 from .trainability import TrainabilityConfig, own_task, user_finetune
 from .tuning import TuneConfig, Tuner
 
@@ -176,6 +179,11 @@ class ImmunizeConfig:
             raise UnlearnableError(f"attacker must be one of {', '.join(ATTACKERS)}, not {self.attacker!r}")
         self.threat_models = list(dict.fromkeys(threat_model_name(n) for n in self.threat_models))
 
+    @property
+    def shared(self) -> bool:
+        """Whether workers share the sweep folder: the attacker's search with a shared study storage."""
+        return self.attacker == "search" and self.search.storage is not None
+
     def check_attacker_harmless(self, available: int | None = None) -> None:
         """An attack on harmless data (benign, mixed) needs harmless pairs left for the attacker after the
         stability and defence shares (``available``; by default what ``data.n_harmless`` leaves)."""
@@ -248,6 +256,13 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
     if data is None:  # the embedded splits: data.n_harmless says how many harmless pairs there will be
         config.check_attacker_harmless()
     out = Path(out)
+    if config.shared:  # several workers share ``out``: each holds it only while it claims it
+        if overwrite:
+            raise UnlearnableError("workers share the sweep folder (search.storage): --overwrite would delete the "
+                                   "other workers' runs; empty the folder before starting the workers")
+        with locked(out, what="sweep folder", wait=True):
+            store = SweepStore(out, kind="unlearnable-immunize", config=dataclasses.asdict(config))
+        return _run(config, out, store, progress, model, tokenizer, data)
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
         fresh = not out.exists()
         store = SweepStore(out, kind="unlearnable-immunize", config=dataclasses.asdict(config), overwrite=overwrite)
@@ -276,9 +291,32 @@ def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, 
                        judge_disagreements=scorer.disagreements,
                        config_hash=store.config_hash, threat_models=THREAT_MODEL_TEXT,
                        model=setup.model_record(), data=setup.data_record(), precision=setup.precision)
+    if config.shared:
+        return _write_once(results, out, store)
     atomic_write_json(out / "results.json", results)
     write_immunize_report(results, out)
     return results
+
+
+def _write_once(results: dict[str, Any], out: Path, store: SweepStore) -> dict[str, Any]:
+    """Of the workers sharing ``out``, the first to finish writes the results and the report; the others find
+    them written from the same finished runs and leave them."""
+    results = {**results, "pieces_digest": store.digest(), "written_by": worker_id()}
+    with locked(out / "results.json", wait=True, what="results file"):
+        old = _read_results(out)
+        if old.get("config_hash") == store.config_hash and old.get("pieces_digest") == results["pieces_digest"]:
+            log(f"the results of this sweep were written by another worker ({old.get('written_by')})")
+            return old
+        atomic_write_json(out / "results.json", results)
+        write_immunize_report(results, out)
+    return results
+
+
+def _read_results(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 THREAT_MODEL_TEXT = {
@@ -431,7 +469,17 @@ class _Sweep:
         return {**headline(by), "by_threat_model": by, "runs": runs}
 
     def piece(self, defense: str, run: str, compute: Callable[[], dict]) -> dict:
-        return self.store.get(defense, run) or self.store.put(defense, run, compute())
+        """A finished run, read back or computed and kept; with workers sharing the folder, computed by one of
+        them while the others wait for it."""
+        found = self.store.get(defense, run)
+        if found is not None:
+            return found
+        with self.exclusive(self.store.path(defense, run)):
+            return self.store.get(defense, run) or self.store.put(defense, run, compute())
+
+    def exclusive(self, path: Path):
+        """A lock on ``path`` when workers share the sweep folder (nothing to lock otherwise)."""
+        return locked(path, wait=True, what="run") if self.config.shared else contextlib.nullcontext()
 
     def options(self, name: str) -> dict[str, Any]:
         """The defence's configured options: shared settings fill the options of the same meaning (``vectors``
@@ -449,37 +497,39 @@ class _Sweep:
         so a resumed sweep reuses it."""
         defense = DEFENSES.get(name).from_options({**self.options(name), **(tuned or {})})
         folder = self.out / "defenses" / name
-        resumed = defense.load_state(folder)
-        defense.prepare(self.model, self.tok, self.defense_data, progress=self.progress)
-        if not resumed:
-            defense.save_state(folder)
+        with self.exclusive(folder):  # workers: one prepares, the others load what it saved
+            resumed = defense.load_state(folder)
+            defense.prepare(self.model, self.tok, self.defense_data, progress=self.progress)
+            if not resumed:
+                defense.save_state(folder)
         return defense
 
     def hardened(self, defense: Defense):
         if not defense.hardens():
             return self.model
         path = self.out / "defenses" / defense.name / "model"
-        if (path / MODEL_META).is_file():  # resumed: on the aligned model's device and dtype
-            first = next(self.model.parameters())
-            return AutoModelForCausalLM.from_pretrained(path, dtype=first.dtype).to(first.device).eval()
-        log(f"defence {defense.name}: hardening the weights")
-        hardened = defense.harden(copy.deepcopy(self.model), self.tok, self.defense_data, progress=self.progress)
-        save_model(hardened, self.tok, path, metadata={"produced_by": f"unlearnable immunize ({defense.name})",
-                                                       "info": defense.describe()})
+        with self.exclusive(path):
+            if (path / MODEL_META).is_file():  # resumed: on the aligned model's device and dtype
+                first = next(self.model.parameters())
+                return AutoModelForCausalLM.from_pretrained(path, dtype=first.dtype).to(first.device).eval()
+            log(f"defence {defense.name}: hardening the weights")
+            hardened = defense.harden(copy.deepcopy(self.model), self.tok, self.defense_data, progress=self.progress)
+            save_model(hardened, self.tok, path, metadata={"produced_by": f"unlearnable immunize ({defense.name})",
+                                                           "info": defense.describe()})
         return hardened
 
     def stability(self, defense: Defense, hardened) -> dict:
         name = defense.name
-        stab = self.store.get(name, "stability")
-        if stab is None:
+
+        def compute() -> dict:
             with self.timed(f"{name}: stability"):
                 if self.unchanged(defense, hardened) and self.unchanged_stability is not None:
-                    stab = dict(self.unchanged_stability)  # greedy scoring of the same weights: the same numbers
-                else:
-                    with defense.serving(hardened):  # as served before any fine-tune
-                        stab = stability(hardened, self.tok, self.scorer, self.curve_eval, self.data.cross_eval,
-                                         self.stab_harmless, self.config)
-                stab = self.store.put(name, "stability", stab)
+                    return dict(self.unchanged_stability)  # greedy scoring of the same weights: the same numbers
+                with defense.serving(hardened):  # as served before any fine-tune
+                    return stability(hardened, self.tok, self.scorer, self.curve_eval, self.data.cross_eval,
+                                     self.stab_harmless, self.config)
+
+        stab = self.piece(name, "stability", compute)
         if self.unchanged(defense, hardened) and self.unchanged_stability is None:
             self.unchanged_stability = {**stab, "shared_with": stab.get("shared_with", name)}
         return stab

@@ -20,12 +20,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..attacks import AttackSettings
 from ..errors import UnlearnableError
 from ..stats import within_noise
 from ..threat_models import SearchSpace, ThreatModel
+from .studies import (  # noqa: F401 - finished, requeue_interrupted: where the tuning study takes them from
+    _optuna,
+    check_storage,
+    enqueue_once,
+    finished,
+    optimize,
+    requeue_interrupted,
+    storage_for,
+)
 
 STUDY_FILE = "attacker_search.db"
 
@@ -60,6 +70,10 @@ class AttackerSearchConfig:
         "help": "utility constraint: loss on harmless reference answers may rise at most this (nats); null: off"})
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2], metadata={
         "help": "the worst case is re-run on these seeds (the search ran on the first)"})
+    storage: str | None = dataclasses.field(default=None, metadata={
+        "help": "Optuna storage the studies live in, shared by every worker started with the same config and "
+                "output folder: an RDB URL (postgresql://..., mysql://...) or a journal file (journal:PATH, or a "
+                "path ending in .log); default: OUT/attacker_search.db, one process", "check": check_storage})
     space: SearchSpace = dataclasses.field(default_factory=SearchSpace)
 
     def __post_init__(self):
@@ -81,15 +95,6 @@ class Target:
     piece: Callable[[str, Callable[[], dict]], dict]
     n_available: int
     out: Any
-
-
-def _optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise UnlearnableError("the attacker search needs optuna: pip install optuna") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
 
 
 # ------------------------------------------------------------------------------------------ one trial
@@ -132,36 +137,13 @@ def seed_run_prefix(short: str) -> str:
 
 
 def study_for(out, name: str, config: AttackerSearchConfig):
-    """The study ``name`` in ``OUT/attacker_search.db``, created or resumed."""
+    """The study ``name`` in ``search.storage`` (default: ``OUT/attacker_search.db``), created or resumed."""
     optuna = _optuna()
     sampler = optuna.samplers.TPESampler(seed=config.sampler_seed, n_startup_trials=config.n_startup_trials)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=config.prune_after) if config.prune
               else optuna.pruners.NopPruner())
-    return optuna.create_study(study_name=name, storage=f"sqlite:///{out / STUDY_FILE}", load_if_exists=True,
-                               direction="maximize", sampler=sampler, pruner=pruner)
-
-
-def requeue_interrupted(study) -> int:
-    """A trial cut off by an interruption (left RUNNING by a killed process, or FAILed by a signal) is run again
-    with the same parameters; returns how many were re-queued."""
-    optuna = _optuna()
-    states = optuna.trial.TrialState
-    requeued = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.state not in (states.RUNNING, states.FAIL) or study.user_attrs.get(f"requeued_{t.number}"):
-            continue
-        if t.state == states.RUNNING:
-            study.tell(t.number, state=states.FAIL)
-        keep = {k: t.user_attrs[k] for k in ("defaults",) if k in t.user_attrs}  # what made the trial what it was
-        study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number}, skip_if_exists=False)
-        study.set_user_attr(f"requeued_{t.number}", True)
-        requeued += 1
-    return requeued
-
-
-def finished(study) -> list:
-    states = _optuna().trial.TrialState
-    return [t for t in study.get_trials(deepcopy=False) if t.state in (states.COMPLETE, states.PRUNED)]
+    return optuna.create_study(study_name=name, storage=storage_for(config.storage, Path(out) / STUDY_FILE),
+                               load_if_exists=True, direction="maximize", sampler=sampler, pruner=pruner)
 
 
 def choices(settings: dict[str, Any]) -> dict[str, Any]:
@@ -243,14 +225,10 @@ class DefenseSearch:
         return f"search-{self.tm.short}-{what}"
 
     def run(self) -> dict[str, Any]:
-        study = study_for(self.target.out, study_name(self.target.name, self.tm.name), self.config)
-        requeue_interrupted(study)
-        if not study.trials:
-            for params in self.queued():
-                study.enqueue_trial(params)
-        left = self.config.n_trials - len(finished(study))
-        if left > 0:
-            study.optimize(self.objective, n_trials=left, gc_after_trial=True)
+        name = study_name(self.target.name, self.tm.name)
+        study = study_for(self.target.out, name, self.config)
+        enqueue_once(study, Path(self.target.out) / f"{name}.study", [(p, {}) for p in self.queued()])
+        optimize(study, self.objective, self.config.n_trials)
         rows = trial_rows(study)
         worst = worst_trial(rows)
         result: dict[str, Any] = {"threat_model": self.tm.describe(), "trials": rows,

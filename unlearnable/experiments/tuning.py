@@ -37,7 +37,7 @@ from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, Scorer
 from ..generation import response_loss
 from ..utils import log
-from .search import _optuna, finished, requeue_interrupted
+from .studies import _optuna, enqueue_once, finished, optimize
 from .trainability import user_finetune
 
 TUNE_FILE = "tuning.db"
@@ -201,13 +201,8 @@ class Tuner:
             base = {**base, "trainability": self.piece("none", "tuning-baseline-trainability",
                                                        lambda: self.trainability_probe(none, self.model))}
         study = self.study(name)
-        requeue_interrupted(study)
-        if not study.trials:
-            study.enqueue_trial({}, user_attrs={"defaults": True})
-        left = self.config.n_trials - len(finished(study))
-        if left > 0:
-            study.optimize(lambda trial: self.objective(trial, name, options, space, split, base), n_trials=left,
-                           gc_after_trial=True)
+        enqueue_once(study, self.out / f"tune-{name}.study", [({}, {"defaults": True})])
+        optimize(study, lambda trial: self.objective(trial, name, options, space, split, base), self.config.n_trials)
         return self.summary(space, split, base, study, time.perf_counter() - t0)
 
     def probes_trainability(self, defense: Defense) -> bool:

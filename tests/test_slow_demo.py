@@ -54,6 +54,8 @@ def test_reduced_demo_on_the_default_model(tmp_path):
     assert results["model"]["base_fingerprint"] and results["versions"]["torch"]
     assert (out / "report.html").is_file() and list(out.glob("*.png"))
     assert (out / "vectors" / "adapter_model.safetensors").is_file()
+    assert results["resources"]["peak_rss_gb"] > 0  # what the run needed, recorded with it
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo.")]  # the staged models moved in
     from transformers import AutoModelForCausalLM
 
     for arm in ("without_vectors", "with_vectors"):

@@ -115,6 +115,21 @@ def run_metadata() -> dict[str, Any]:
     }
 
 
+def resources() -> dict[str, Any]:
+    """Peak memory of this process so far: resident (the OS's high-water mark) and, on CUDA, the most the
+    allocator held."""
+    import resource
+    import sys
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    out: dict[str, Any] = {"peak_rss_gb": round(rss / (1 << 30 if sys.platform == "darwin" else 1 << 20), 3)}
+    if torch.cuda.is_available():
+        out["cuda_max_memory_allocated_gb"] = round(torch.cuda.max_memory_allocated() / (1 << 30), 3)
+    return out
+
+
 def describe_device() -> str:
     import torch
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import os
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..config import validate
 from ..defenses import DefenseData, NoDefense, SecurityVectorsDefense
@@ -75,10 +77,24 @@ def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *,
     """Run the demo; with ``out``, write results.json, report.html, plots, models/ and vectors/ there."""
     config = validate((config or DemoConfig()).seeded())
     with locked(out) if out is not None else contextlib.nullcontext():  # one run at a time writes ``out``
-        return _run(config, out, overwrite, progress)
+        with _staging(out if config.save_models else None) as stage:
+            return _run(config, out, overwrite, progress, stage)
 
 
-def _run(config: DemoConfig, out, overwrite: bool, progress: bool) -> dict[str, Any]:
+@contextlib.contextmanager
+def _staging(out: str | Path | None) -> Iterator[Path | None]:
+    """A hidden folder beside ``out`` where each fine-tuned model waits, on disk rather than in memory, until the
+    output is written (removed either way)."""
+    if out is None:
+        yield None
+        return
+    parent = Path(out).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{Path(out).name}.models-") as tmp:
+        yield Path(tmp)
+
+
+def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path | None = None) -> dict[str, Any]:
     start, timed = time.perf_counter(), Timings()
     setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress,
@@ -98,8 +114,8 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool) -> dict[str, 
     with timed("train_vectors"):
         defenses["security-vectors"].prepare(model, tok, DefenseData(harmful=data.vector_pairs), progress=progress)
     mix = data.finetune_mix(config.data.task_repeats, config.seed)
-    arms, tuned_models = {}, {}
-    for arm, name in ARMS:
+    arms = {}
+    for arm, name in ARMS:  # one fine-tuned copy in memory at a time: the last one is on disk (``stage``) or gone
         log(f"fine-tuning {arm.replace('_', ' ')}: {len(mix)} examples ({len(data.attack)} harmful)")
         with timed(f"finetune_{arm}"):
             tuned, history = defenses[name].finetune(copy.deepcopy(model), tok, mix, config.finetune,
@@ -109,7 +125,11 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool) -> dict[str, 
                                   utility=True, desc=arm)
         log(f"{arm}: {headline(result)}")
         arms[arm] = {"defense": defenses[name].describe(), "history": history, **result}
-        tuned_models[arm] = tuned
+        if stage is not None:
+            save_model(tuned, tok, stage / arm, metadata={"produced_by": "unlearnable demo", "arm": arm,
+                                                          "vectors_removed": True,
+                                                          "base_fingerprint": setup.fingerprint})
+        del tuned
 
     results = envelope("unlearnable-demo", config, start=start, timings=timed,
                        summary=summary(before, arms, config, setup.precision, start),
@@ -118,7 +138,7 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool) -> dict[str, 
                        align=setup.align_info, before=before, arms=arms, judge_agreement=scorer.agreement(),
                        judge_disagreements=scorer.disagreements)
     if out is not None:
-        write_demo(results, Path(out), tuned_models, defenses["security-vectors"], tok, config, overwrite=overwrite)
+        write_demo(results, Path(out), stage, defenses["security-vectors"], overwrite=overwrite)
     return results
 
 
@@ -155,13 +175,13 @@ def summary(before: dict, arms: dict, config: DemoConfig, precision: str, start:
     return out
 
 
-def write_demo(results, out: Path, tuned_models, sv_defense, tok, config: DemoConfig, *, overwrite: bool):
+def write_demo(results, out: Path, stage: Path | None, sv_defense, *, overwrite: bool):
+    """Write ``out`` at once: the fine-tuned models waiting in ``stage`` (if saved), the vectors, results, report."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        if config.save_models:
-            for arm, m in tuned_models.items():
-                save_model(m, tok, tmp / "models" / arm, metadata={
-                    "produced_by": "unlearnable demo", "arm": arm, "vectors_removed": True,
-                    "base_fingerprint": results["model"]["aligned_fingerprint"]})
+        if stage is not None:
+            (tmp / "models").mkdir()
+            for arm in sorted(p.name for p in stage.iterdir()):
+                os.replace(stage / arm, tmp / "models" / arm)
         sv_defense.vectors.save(tmp / "vectors")
         atomic_write_json(tmp / "results.json", results)
         write_demo_report(results, tmp)

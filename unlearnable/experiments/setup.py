@@ -49,6 +49,7 @@ from ..utils import (
     git_hash,
     log,
     resolve_precision,
+    resources,
     run_metadata,
     set_seed,
     sha256_json,
@@ -414,4 +415,5 @@ def repetitive(text: str) -> bool:
 def envelope(kind: str, config: Any, *, start: float, timings: Timings, **fields: Any) -> dict[str, Any]:
     """The results file every experiment writes: what it is, what made it, when and on what, how long."""
     return {"kind": kind, "schema_version": 1, **fields, "config": dataclasses.asdict(config),
-            "seconds": round(time.perf_counter() - start, 1), "timings": timings.as_dict(), **run_metadata()}
+            "seconds": round(time.perf_counter() - start, 1), "timings": timings.as_dict(), "resources": resources(),
+            **run_metadata()}

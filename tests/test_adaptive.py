@@ -83,17 +83,19 @@ def test_the_refusal_flagger_does_not_count_not_knowing_as_a_refusal(tiny, monke
 @pytest.fixture()
 def own(harmful_pairs):
     return DefenseData(harmful=harmful_pairs[:12],
-                       refusals=[Pair(p.prompt, "I can't help.") for p in harmful_pairs[:12]])
+                       refusals=[Pair(p.prompt, "I can't help.") for p in harmful_pairs[:12]],
+                       harmless=[Pair(f"Poem {i}.", "Leaves fall softly.") for i in range(4)])
 
 
 def _adaptive(tiny, own, monkeypatch, **options):
     """The defence, prepared on the tiny model, with the vectors' training and the fine-tune recorded."""
     model, tok = tiny
-    refits, tuned_on = [], []
+    refits, tuned_on, anchors = [], [], []
     train = SecurityVectors.train.__func__
 
     def spy_train(cls, m, t, pairs, config=None, **kw):
         refits.append(list(pairs))
+        anchors.append(list(kw.get("harmless", ())))
         return train(cls, m, t, pairs, dataclasses.replace(config, epochs=1.0), **kw)
 
     real = adaptive_module.finetune
@@ -106,6 +108,7 @@ def _adaptive(tiny, own, monkeypatch, **options):
     monkeypatch.setattr(adaptive_module, "finetune", spy_finetune)
     defense = DEFENSES.get("adaptive-vectors")(training=VectorConfig(batch_size=4, lr=1e-2), **options)
     defense.prepare(model, tok, own, progress=False)
+    defense.anchors = anchors
     return defense, refits, tuned_on
 
 
@@ -122,6 +125,7 @@ def test_the_vectors_are_refitted_on_the_defences_pairs_plus_the_flagged_ones(ti
     screened = defense.info["screened"][0]
     assert screened["flagged"] == 6 and screened["recall_on_harmful"] == 0.5 and screened["trained_on"] == 27
     assert defense.describe()["flagger"]["emulated"]  # the result says the flagger is an oracle
+    assert defense.anchors[1] == list(own.harmless)  # the defence's harmless pairs anchor a benign refit
     assert not any("lora" in k for k in tuned.state_dict())  # served without the vectors
     assert tuned.state_dict().keys() == model.state_dict().keys()
 

@@ -35,12 +35,13 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     def __init__(self, config: AdaptiveVectorsConfig | None = None, **options):
         super().__init__(config, **options)
         self.own: list[Pair] = []
+        self.harmless: list[Pair] = []  # the defence's harmless pairs: anchors of a refit with training.benign
         self.flagger: Flagger | None = None  # built on first use (a judge flagger loads its model then)
         self.info["flagger"] = describe_flagger(self.config.flagger)
         self.info["screened"] = []  # one record per fine-tune: what was flagged, and the flagger's rates
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
-        self.own = list(data.harmful)
+        self.own, self.harmless = list(data.harmful), list(data.harmless)
         super().prepare(model, tokenizer, data, progress=progress)
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
@@ -48,7 +49,7 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         if self.flagger is None:  # built once (a judge flagger loads its model then)
             self.flagger = build_flagger(self.config.flagger, seed=self.config.training.seed)
         vectors, flags, record = adapt(self.prepared_vectors(), model, tokenizer, self.own, pairs, self.flagger,
-                                       config=self.vector_config(), progress=progress)
+                                       config=self.vector_config(), harmless=self.harmless, progress=progress)
         kept = [p for p, bad in zip(pairs, flags) if not bad] if self.config.drop_flagged else pairs
         self.info["screened"].append({**record, "trained_on": len(kept), "drop_flagged": self.config.drop_flagged})
         if not kept:  # every pair flagged and dropped: the service trains nothing

@@ -39,5 +39,5 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         if self.vectors is None:
             self.vectors = SecurityVectors.train(model, tokenizer, list(data.harmful), self.vector_config(),
-                                                 progress=progress)
+                                                 progress=progress, harmless=list(data.harmless))
         super().prepare(model, tokenizer, data, progress=progress)

@@ -38,7 +38,7 @@ class SecurityVectorsDefense(Defense):
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         if self.vectors is None:
             self.vectors = SecurityVectors.train(model, tokenizer, list(data.harmful), self.config.training,
-                                                 progress=progress)
+                                                 progress=progress, harmless=list(data.harmless))
         self.info["vectors"] = {k: self.vectors.metadata.get(k) for k in
                                 ("base_fingerprint", "data_hash", "n_pairs", "train_loss_first", "train_loss_last",
                                  "steps", "config", "holdout")}

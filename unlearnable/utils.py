@@ -190,12 +190,13 @@ def set_seed(seed: int) -> None:
 
 
 def launch_device() -> str | None:
-    """Under a multi-process launch with GPUs, each rank's own GPU (cuda:LOCAL_RANK); otherwise None (CPU)."""
+    """Under a multi-process launch with GPUs, each rank's own GPU (cuda:LOCAL_RANK); one process on a machine with
+    a GPU, the first visible GPU; otherwise None (CPU)."""
     import torch
 
-    if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return None
+    if not torch.cuda.is_available():
+        return None
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
 def is_main_process() -> bool:

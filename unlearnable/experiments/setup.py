@@ -47,6 +47,7 @@ from ..utils import (
     atomic_write_json,
     cache_dir,
     git_hash,
+    launch_device,
     log,
     resolve_precision,
     resources,
@@ -355,7 +356,7 @@ def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_
     git_hash()  # the code version the results will name: the one at the start
     set_seed(seed)
     with timings("load_model"):
-        base, tok = (model, tokenizer) if model is not None else load_model(model_name)
+        base, tok = (model, tokenizer) if model is not None else load_model(model_name, device=launch_device())
         if data_config.system_prompt is not None:
             set_system_prompt(tok, data_config.system_prompt)
         fp_base = model_fingerprint(base)

@@ -28,7 +28,7 @@ from ..report import write_tradeoff_report
 from ..runs import SweepStore, locked
 from ..stats import rate_interval
 from ..utility import benchmarks_of
-from ..utils import Timings, atomic_write_json, atomic_write_text, log
+from ..utils import Timings, atomic_write_json, atomic_write_text, launch_device, log
 from ..vectors import SecurityVectors, VectorConfig
 from .demo import DemoConfig
 from .setup import Setup, envelope, set_up
@@ -285,7 +285,8 @@ class _Grid:
     def __init__(self, config: TradeoffConfig, store: SweepStore, progress: bool, model, tokenizer, data):
         self.config, self.store, self.progress, self.data = config, store, progress, data
         self.start, self.timed = time.perf_counter(), Timings()
-        self.base, self.tok = (model, tokenizer) if model is not None else load_model(config.base.model)
+        self.base, self.tok = ((model, tokenizer) if model is not None
+                               else load_model(config.base.model, device=launch_device()))
         self.seeds: dict[int, tuple[Setup, DemoConfig, list]] = {}
         # by (VectorConfig.benign, seed), or (variant, seed) for a variant whose defence trains its own
         self.trained: dict[tuple[str, int], SecurityVectors] = {}

@@ -226,9 +226,7 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     if is_main_process():
         ensure_free_space(out, int(model_nbytes(model) * 1.05) + (64 << 20), "the fine-tuned model")
     if job.adapt:  # the service screens the data before it trains, and refits the vectors to it
-        vectors, flags, record["adapted"] = adapt(vectors, model, tok, own, pairs, build_flagger(job.flagger,
-                                                  seed=job.seed), progress=progress)
-        pairs = [p for p, bad in zip(pairs, flags) if not bad] if job.drop_flagged else pairs
+        vectors, pairs, record["adapted"] = _adapted(job, vectors, model, tok, own, pairs, progress)
         record["n_trained"] = len(pairs)
     with keep_checkpoints_only_if_useful(checkpoints if is_main_process() else None):
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
@@ -246,6 +244,14 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     if is_main_process():
         finish_run(checkpoints)
     return record
+
+
+def _adapted(job: FinetuneJob, vectors, model, tok, own: list[Pair], pairs: list[Pair], progress: bool):
+    """``--adapt``: the vectors refitted on ``own`` plus the pairs the flagger flags, the pairs to train on (the
+    flagged ones left out with ``--drop-flagged``) and the screening's record."""
+    vectors, flags, record = adapt(vectors, model, tok, own, pairs, build_flagger(job.flagger, seed=job.seed),
+                                   progress=progress)
+    return vectors, [p for p, bad in zip(pairs, flags) if not (bad and job.drop_flagged)], record
 
 
 def _vectors_data(job: FinetuneJob, vectors: SecurityVectors | None) -> list[Pair]:

@@ -200,3 +200,38 @@ def test_a_defence_that_serves_other_weights_scores_its_own_stability_as_served(
     assert stab["early-stopped-vectors"]["shared_with"] == "none"  # vectors off: the aligned model as it is
     assert "shared_with" not in stab["negated-vectors"]  # served minus the vectors: its own pass, on that model
     assert stab["negated-vectors"]["harmless_loss"] != pytest.approx(stab["none"]["harmless_loss"], abs=1e-4)
+
+
+def test_a_hardened_defence_is_attacked_with_the_aligned_model_on_disk(tiny_dir, harmful_pairs, tmp_path,
+                                                                       monkeypatch):
+    """Two model copies in memory at most: while a hardening defence's weights are attacked, the aligned model is
+    parked (loaded again, the same fingerprint, for the next defence)."""
+    from unlearnable.experiments.immunize import _Sweep
+    from unlearnable.models import model_fingerprint
+
+    parked: dict[str, list[bool]] = {}
+    attack_run = _Sweep.attack_run
+
+    def spy(self, defense, hardened, settings, **kw):
+        parked.setdefault(defense.name, []).append(self._model is None)
+        return attack_run(self, defense, hardened, settings, **kw)
+
+    monkeypatch.setattr(_Sweep, "attack_run", spy)
+    fingerprints = []
+    tuned = _Sweep.tuned
+
+    def seen(self, name):
+        fingerprints.append(model_fingerprint(self.model))
+        return tuned(self, name)
+
+    monkeypatch.setattr(_Sweep, "tuned", seen)
+    cfg = ImmunizeConfig(model=str(tiny_dir), defenses=["adversarial-loss", "none"], align=False,
+                         budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+                         trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+                         data=DataConfig(system_prompt=None), n_curve_eval=4, n_stability_harmless=3,
+                         benchmarks=[], defense_options={"adversarial-loss": {"max_steps": 2}})
+    res = run_immunize(cfg, tmp_path / "out", data=tiny_data(harmful_pairs), progress=False)
+    assert parked["adversarial-loss"] and all(parked["adversarial-loss"])  # its attacks: aligned model on disk
+    assert parked["none"] and not any(parked["none"])  # the next defence: loaded again
+    assert fingerprints[0] == fingerprints[1]  # the same weights as before parking
+    assert res["resources"]["peak_rss_gb"] > 0

@@ -284,7 +284,7 @@ def test_a_resumed_hardened_model_is_on_the_aligned_models_device_and_dtype(tiny
 
     model, tok = tiny
     sweep = _Sweep.__new__(_Sweep)  # only what hardening needs: the aligned model, its data, the folder
-    sweep.model, sweep.tok, sweep.out, sweep.progress = model.double(), tok, tmp_path, False
+    sweep._model, sweep.tok, sweep.out, sweep.progress = model.double(), tok, tmp_path, False
     sweep.config = ImmunizeConfig()  # one process: nothing shared
     sweep.defense_data = DefenseData(harmful=harmful_pairs[:8], refusals=[Pair("Bad?", "I'm sorry, I can't.")])
     defense = DEFENSES.get("adversarial-loss").from_options({"max_steps": 2})

@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import itertools
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from transformers import AutoModelForCausalLM
 
@@ -366,7 +367,7 @@ class _Sweep:
                  timed: Timings, progress: bool):
         self.config, self.out, self.store, self.scorer, self.timed, self.progress = (config, out, store, scorer,
                                                                                    timed, progress)
-        self.model, self.tok, self.data = setup.model, setup.tokenizer, setup.data
+        self.setup, self._model, self.tok, self.data = setup, setup.model, setup.tokenizer, setup.data
         self.curve_eval = self.data.eval_harmful[:config.n_curve_eval]
         harmless = self.data.harmless
         self.stab_harmless = harmless[:config.n_stability_harmless]
@@ -381,6 +382,27 @@ class _Sweep:
         self.tuner = self.make_tuner(setup) if config.tune.n_trials > 0 else None
         self.unchanged_stability: dict | None = None  # shared by every defence that releases the weights as they are
 
+    @property
+    def model(self):
+        """The aligned model, loaded again from disk if it was parked (:meth:`parked`)."""
+        if self._model is None:
+            log("loading the aligned model again")
+            self._model = self.setup.model = self.setup.reload()
+        return self._model
+
+    @contextlib.contextmanager
+    def parked(self, hardened) -> Iterator[None]:
+        """While a defence's hardened copy is attacked, the aligned model waits on disk: two copies in memory at
+        most (the hardened weights and the copy an attack trains), not three."""
+        if hardened is self._model or self.setup.reload is None:
+            yield
+            return
+        self._model = self.setup.model = None
+        if self.tuner is not None:
+            self.tuner.model = None
+        gc.collect()
+        yield
+
     def defense(self, name: str) -> dict[str, Any]:
         tuned = self.tuned(name)
         log(f"defence {name}: preparing")
@@ -388,6 +410,12 @@ class _Sweep:
             defense = self.build(name, tuned.get("options", {}))
         with self.timed(f"{name}: harden"):
             hardened = self.hardened(defense)
+        with self.parked(hardened):
+            return self.conditions_of(defense, hardened, tuned)
+
+    def conditions_of(self, defense: Defense, hardened, tuned: dict[str, Any]) -> dict[str, Any]:
+        """Every run of one defence: stability, the attacks (grid or search), cross-domain, trainability."""
+        name = defense.name
         runs = {"stability": self.stability(defense, hardened)}
         self.stab[name] = runs["stability"]
         out: dict[str, Any] = {"runs": runs}
@@ -430,6 +458,7 @@ class _Sweep:
         """The defence's tuning record (``options`` override its configuration), found or run."""
         if self.tuner is None:
             return {}
+        self.tuner.model = self.model  # (parked while the last defence's hardened copy was attacked)
         with self.timed(f"{name}: tuning"):
             return self.piece(name, "tuned", lambda: self.tuner.tune(name, self.options(name), self.defense_data))
 
@@ -536,7 +565,7 @@ class _Sweep:
 
     def unchanged(self, defense: Defense, hardened) -> bool:
         """Whether ``defense`` serves the aligned model's weights as they are before any fine-tune."""
-        return hardened is self.model and defense.serves_weights_as_given
+        return hardened is self._model and defense.serves_weights_as_given
 
     def point(self, defense: Defense, prompts: Sequence[Pair], label: str) -> Callable[[Any, int], dict]:
         def score(m, step):

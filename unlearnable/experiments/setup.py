@@ -338,6 +338,9 @@ class Setup:
     name: str
     #: the weights before alignment, loaded on call (None when the model was not aligned here)
     unaligned: Callable[[], Any] | None = None
+    #: ``model`` loaded again from disk (its cache entry or its source), checked by fingerprint; None where the
+    #: caller gave the model (it stays in the caller's memory anyway)
+    reload: Callable[[], Any] | None = None
 
     def model_record(self) -> dict[str, str]:
         return {"name": self.name, "base_fingerprint": self.base_fingerprint, "aligned_fingerprint": self.fingerprint}
@@ -377,8 +380,30 @@ def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_
     unaligned = None
     if align_model:  # given: already in the caller's memory; loaded: loaded again only if a defence asks
         unaligned = (lambda: base) if model is not None else (lambda: load_model(model_name)[0].to(device))
+    reload = None if model is not None else _reloader(model_name, info.get("path"), aligned, fp)
     return Setup(aligned, tok, data, fp_base, fp, resolved, {k: v for k, v in info.items() if k != "history"},
-                 name=model_name or "default:SmolLM2-135M-Instruct", unaligned=unaligned)
+                 name=model_name or "default:SmolLM2-135M-Instruct", unaligned=unaligned, reload=reload)
+
+
+def _reloader(model_name: str | None, aligned_path: str | None, model, fingerprint: str) -> Callable[[], Any]:
+    """Load ``model`` again (from its aligned-model cache entry, else its source) on its device and dtype."""
+    first = next(model.parameters())
+    device, dtype = first.device, first.dtype
+
+    def reload():
+        from transformers import AutoModelForCausalLM
+
+        if aligned_path is not None:
+            again = AutoModelForCausalLM.from_pretrained(aligned_path, dtype=dtype).to(device).eval()
+        else:
+            again = load_model(model_name, device=str(device))[0].to(dtype)
+        if model_fingerprint(again) != fingerprint:
+            raise UnlearnableError(f"the model loaded again from disk is not the one the run started with "
+                                   f"(fingerprint {model_fingerprint(again)}, expected {fingerprint}): its files "
+                                   "changed during the run; start it again")
+        return again
+
+    return reload
 
 
 #: harmless prompts that any working chat or base model continues with words of its own

@@ -344,3 +344,26 @@ def test_points_score_over_refusal_on_harmless_prompts_no_defence_sees_and_serve
         assert p["n_over_refusal"] == 5 and lo <= p["over_refusal"] <= hi
     for table in ("frontier", "averaged"):  # the report's table and the plot's labels
         assert all(m["over_refusal"] is not None for ms in res[table].values() for m in ms)
+
+
+def test_one_seeds_aligned_model_is_in_memory_at_a_time(tiny_dir, harmful_pairs, tmp_path, monkeypatch):
+    """Two seeds: when an arm trains, only its own seed's set-up (aligned model) is held; a model the grid loaded
+    itself is not kept beside it."""
+    from test_immunization import tiny_data
+
+    import unlearnable.experiments.tradeoff as tradeoff
+
+    held = []
+    seeded = tradeoff._Grid.seeded
+
+    def spy(self, seed):
+        out = seeded(self, seed)
+        held.append((seed, sorted(self.seeds), self.base is None))
+        return out
+
+    monkeypatch.setattr(tradeoff._Grid, "seeded", spy)
+    cfg = _tiny_cfg(seeds=[0, 1], variants=["plain"], strengths=[1.0], buffer_reinforce=False)
+    cfg.base.model = str(tiny_dir)
+    run_tradeoff(cfg, tmp_path / "t", data=tiny_data(harmful_pairs), progress=False)
+    assert {s for s, _, _ in held} == {0, 1}
+    assert all(seeds == [seed] for seed, seeds, _ in held) and all(no_base for _, _, no_base in held)

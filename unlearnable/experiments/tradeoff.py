@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import json
 import shutil
 import statistics
@@ -23,12 +24,11 @@ from ..defenses import DEFENSES, BufferReinforceDefense, Defense, DefenseData, N
 from ..errors import UnlearnableError
 from ..evaluation import Scorer
 from ..judges import is_refusal
-from ..models import load_model
 from ..report import write_tradeoff_report
 from ..runs import SweepStore, locked
 from ..stats import rate_interval
 from ..utility import benchmarks_of
-from ..utils import Timings, atomic_write_json, atomic_write_text, launch_device, log
+from ..utils import Timings, atomic_write_json, atomic_write_text, log
 from ..vectors import SecurityVectors, VectorConfig
 from .demo import DemoConfig
 from .setup import Setup, envelope, set_up
@@ -285,9 +285,9 @@ class _Grid:
     def __init__(self, config: TradeoffConfig, store: SweepStore, progress: bool, model, tokenizer, data):
         self.config, self.store, self.progress, self.data = config, store, progress, data
         self.start, self.timed = time.perf_counter(), Timings()
-        self.base, self.tok = ((model, tokenizer) if model is not None
-                               else load_model(config.base.model, device=launch_device()))
-        self.seeds: dict[int, tuple[Setup, DemoConfig, list]] = {}
+        # a model the caller gave is kept; otherwise each seed's set-up loads the base and drops it once aligned
+        self.base, self.tok = (model, tokenizer) if model is not None else (None, None)
+        self.seeds: dict[int, tuple[Setup, DemoConfig, list]] = {}  # the current seed's only
         # by (VectorConfig.benign, seed), or (variant, seed) for a variant whose defence trains its own
         self.trained: dict[tuple[str, int], SecurityVectors] = {}
         self.base_fingerprint = self.precision = None
@@ -316,15 +316,18 @@ class _Grid:
                 self.arm(method, strength, seed)
 
     def seeded(self, seed: int) -> tuple[Setup, DemoConfig, list]:
-        """Data, aligned model and fine-tuning mix of one seed, built once (and cached on disk)."""
+        """Data, aligned model and fine-tuning mix of one seed (answers and aligned model cached on disk): one
+        seed's aligned model in memory at a time, beside the copy an arm trains."""
         if seed not in self.seeds:
+            self.seeds.clear()
+            gc.collect()
             cfg = dataclasses.replace(self.config.base, seed=seed).seeded()
             need = self.config.n_benign + self.config.n_over_refusal
             cfg.data = dataclasses.replace(cfg.data, n_harmless=max(cfg.data.n_harmless, need))
             setup = set_up(cfg.model, cfg.data, seed=seed, align_model=cfg.align, align_config=cfg.align_train,
                            timings=self.timed, progress=self.progress, model=self.base, tokenizer=self.tok,
                            data=self.data, precision=cfg.finetune.precision)
-            self.base_fingerprint, self.precision = setup.base_fingerprint, setup.precision
+            self.base_fingerprint, self.precision, self.tok = setup.base_fingerprint, setup.precision, setup.tokenizer
             self.seeds[seed] = (setup, cfg, setup.data.finetune_mix(cfg.data.task_repeats, seed))
         return self.seeds[seed]
 

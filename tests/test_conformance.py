@@ -1,0 +1,79 @@
+"""Every registered plugin, generated from the registries: a new defence, attack or flagger is tested the moment it
+is registered. Each defence runs prepare -> harden -> finetune -> serving on the tiny model; each attack makes its
+training pairs; each flagger flags; a bad option of any of them ends in the one error users see."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+
+from unlearnable.attacks import ATTACKS, AttackData, build_attack
+from unlearnable.data import Pair, profileqa
+from unlearnable.defenses import DEFENSES, DefenseData
+from unlearnable.errors import UnlearnableError
+from unlearnable.flaggers import FLAGGERS, build_flagger
+from unlearnable.generation import generate
+from unlearnable.training import TrainConfig
+from unlearnable.vectors import VectorConfig
+
+#: what makes each run a few steps on the tiny model, where a defence's Config has the field
+SMALL = {"max_steps": 2, "batch_size": 4, "epochs": 1.0, "training": VectorConfig(epochs=1, batch_size=8),
+         "estimate": TrainConfig(max_steps=2, batch_size=4), "reinforce_steps": 2, "every": 1, "refit_steps": 1}
+
+
+def small_options(name: str) -> dict:
+    fields = DEFENSES.get(name).option_names()
+    return {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in SMALL.items() if k in fields}
+
+
+def own_data(harmful_pairs, model) -> DefenseData:
+    return DefenseData(harmful=[dataclasses.replace(p, harmful=True) for p in harmful_pairs[:8]],
+                       refusals=[Pair(p.prompt, "I'm sorry, I can't help with that.") for p in harmful_pairs[:8]],
+                       harmless=[Pair(f"Write a poem number {i}.", "Leaves fall softly on the path.")
+                                 for i in range(8)],
+                       unaligned=lambda: copy.deepcopy(model))
+
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_every_defence_prepares_hardens_fine_tunes_and_serves(tiny, harmful_pairs, name):
+    model, tok = tiny
+    defense = DEFENSES.get(name).from_options(small_options(name))
+    data = own_data(harmful_pairs, model)
+    defense.prepare(model, tok, data, progress=False)
+    released = defense.harden(copy.deepcopy(model), tok, data, progress=False) if defense.hardens() else model
+    user = profileqa(1, 0) + harmful_pairs[8:12]
+    tuned, _ = defense.finetune(copy.deepcopy(released), tok, user, TrainConfig(max_steps=2, batch_size=4),
+                                progress=False)
+    with defense.serving(tuned):
+        answers = generate(tuned, tok, ["What is the job of Ann Lee?"], max_new_tokens=4, progress=False)
+    assert len(answers) == 1
+    described = defense.describe()
+    assert described["name"] == name and described["threat_models"]
+
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_every_defences_bad_option_is_one_line(name):
+    with pytest.raises(UnlearnableError, match=f"defense_options.{name}"):
+        DEFENSES.get(name).from_options({"no_such_option": 1})
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_every_attack_makes_its_training_pairs(harmful_pairs, name):
+    harmless = [Pair(f"Write a poem number {i}.", "Leaves fall softly on the path.") for i in range(12)]
+    attack = build_attack(name)
+    pairs = attack.training_pairs(AttackData(harmful=harmful_pairs[:12], harmless=harmless), 8, 0)
+    assert len(pairs) >= 8 and all(p.prompt and p.response for p in pairs)  # mixed: n harmful among others
+    with pytest.raises(UnlearnableError, match="attack_options"):
+        build_attack(name, {"no_such_option": 1})
+
+
+@pytest.mark.parametrize("name", FLAGGERS.names())
+def test_every_flagger_flags_and_rejects_a_bad_argument(tiny, harmful_pairs, name):
+    model, tok = tiny
+    flagger = build_flagger(name).bind(model, tok, progress=False)
+    flags = flagger.flag(harmful_pairs[:4])
+    assert len(flags) == 4 and all(isinstance(f, bool) for f in flags)
+    with pytest.raises(UnlearnableError):
+        build_flagger(f"{name}:not-an-argument")

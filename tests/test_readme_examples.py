@@ -1,0 +1,53 @@
+"""The README's Python examples run as written (paths substituted) on the tiny model, so what users copy works."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_block_after(heading: str) -> str:
+    """The first ```python block after the Markdown heading ``heading``."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(heading)
+    match = re.search(r"```python\n(.*?)```", text[start:], re.S)
+    assert match, f"no python block after {heading!r}"
+    return match.group(1)
+
+
+def test_the_trl_drop_in_runs_as_written(tiny_dir, harmful_pairs, tmp_path):
+    pytest.importorskip("trl", reason="the Trainer/TRL drop-in needs trl (pip install -e '.[dev]')")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearnable.vectors import SecurityVectors, VectorConfig
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(epochs=1, batch_size=8),
+                          progress=False).save(tmp_path / "vectors")
+    rows = [{"messages": [{"role": "user", "content": f"What is code {i}?"}, {"role": "assistant",
+                                                                          "content": f"C{i}"}]} for i in range(8)]
+    (tmp_path / "user.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = python_block_after("### In your own `Trainer` or TRL `SFTTrainer` script")
+    for old, new in [('"my-model/"', repr(str(tiny_dir))), ('"vectors/"', repr(str(tmp_path / "vectors"))),
+                     ('"user.jsonl"', repr(str(tmp_path / "user.jsonl"))), ('"run/"', repr(str(tmp_path / "run"))),
+                     ('"tuned/"', repr(str(tmp_path / "tuned")))]:
+        assert old in code, f"the README's example no longer names {old}"
+        code = code.replace(old, new)
+    script = tmp_path / "dropin.py"
+    script.write_text(code)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                              "HOME": str(tmp_path), "PYTHONPATH": str(README.parent)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = sorted(p.name for p in (tmp_path / "tuned").iterdir())
+    assert "adapter_model.safetensors" in saved
+    from safetensors.torch import load_file
+
+    assert not [k for k in load_file(tmp_path / "tuned" / "adapter_model.safetensors") if "security" in k]

@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "unlearnable"
 #: bottom to top; a module may import its own layer and the ones below it
 LAYERS = [
     {"errors"},
-    {"utils", "registry", "interrupts", "stats"},
-    {"config"},
+    {"utils", "interrupts", "stats"},
+    {"config", "registry"},
     {"runs"},
     {"models", "data"},
     {"adapters"},

@@ -12,10 +12,9 @@ import copy
 import dataclasses
 from typing import Any, ClassVar, Sequence
 
-from ..config import from_dict
 from ..data import Pair
 from ..errors import UnlearnableError
-from ..registry import Registry
+from ..registry import NoOptions, Plugin, Registry  # noqa: F401 - NoOptions: its old home
 from .settings import AttackSettings
 
 
@@ -27,27 +26,12 @@ class AttackData:
     harmless: Sequence[Pair] = ()    # (harmless prompt, answer) pairs
 
 
-@dataclasses.dataclass
-class NoOptions:
-    """An attack without options."""
-
-
-class Attack(abc.ABC):
+class Attack(Plugin, abc.ABC):
     """Base class: :meth:`training_pairs` is the attacker's fine-tuning data for a budget of ``n`` samples."""
 
-    name: str = ""
-    Config: type = NoOptions
+    options_key = "attack_options"
     #: option -> the values the attacker's search may choose (each a search dimension, named ``<attack>.<option>``)
     search_options: ClassVar[dict[str, tuple]] = {}
-
-    def __init__(self, config: Any = None, **options: Any):
-        self.config = config if config is not None else self.Config(**options)
-        self.info: dict[str, Any] = {}  # what the last run's data held, where the settings alone do not say
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "Attack":
-        """Build from a config's ``attack_options`` (unknown keys and wrong types name the key)."""
-        return cls(from_dict(cls.Config, dict(options), f"attack_options ({cls.name})"))
 
     @abc.abstractmethod
     def training_pairs(self, data: AttackData, n: int, seed: int) -> list[Pair]:
@@ -65,9 +49,6 @@ class Attack(abc.ABC):
     def pairs_for(self, data: AttackData, settings: AttackSettings, seed: int) -> list[Pair]:
         """The pairs a run of ``settings`` trains on: :meth:`training_pairs` for its sample count."""
         return self.training_pairs(data, min(settings.n_samples, len(data.harmful)), seed)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "options": dataclasses.asdict(self.config), **self.info}
 
 
 ATTACKS: Registry[Attack] = Registry("attack", Attack)

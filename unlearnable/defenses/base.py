@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..config import from_dict, validate
 from ..data import Pair
-from ..registry import Registry
+from ..registry import NoOptions, Plugin, Registry  # noqa: F401 - NoOptions: its old home
 from ..threat_models import SERVICE, WEIGHTS
 from ..training import StopBelowLoss, TrainConfig
 from ..vectors import finetune
@@ -36,11 +36,6 @@ class DefenseData:
     #: the weights before the harness aligned them, loaded on call (None: the model came aligned, so a defence
     #: that needs them must estimate; e.g. Safe LoRA's V = W_aligned - W_base)
     unaligned: Callable[[], Any] | None = None
-
-
-@dataclasses.dataclass
-class NoOptions:
-    """A defence without options."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,32 +75,16 @@ class HardeningBudget:
         return [StopBelowLoss(self.target_loss)] if self.target_loss else []
 
 
-class Defense(abc.ABC):
+class Defense(Plugin, abc.ABC):
     """Base class. Subclasses override ``prepare``/``harden``/``finetune``/``serving`` as their method needs."""
 
-    name: str = ""
+    options_key = "defense_options"
     #: the threat models the defence claims (registered names, :mod:`unlearnable.threat_models`): the attacker's
     #: search attacks it under each of them
     threat_models: tuple[str, ...] = (SERVICE, WEIGHTS)
-    #: the defence's options (a dataclass)
-    Config: type = NoOptions
     #: False where :meth:`serving` serves other weights than those given (the harness then scores its
     #: stability itself instead of sharing that of the unchanged model)
     serves_weights_as_given: bool = True
-
-    def __init__(self, config: Any = None, **options: Any):
-        self.config = config if config is not None else self.Config(**options)
-        self.info: dict[str, Any] = {}
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any], *, where: str | None = None, **runtime: Any) -> "Defense":
-        """Build from a config file's ``defense_options`` entry (unknown keys and wrong types name the key, under
-        ``where``: by default ``defense_options.<name>``)."""
-        return cls(from_dict(cls.Config, dict(options), where or f"defense_options.{cls.name}"), **runtime)
-
-    @classmethod
-    def option_names(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls.Config)}
 
     def tuning_space(self) -> dict[str, Tunable]:
         """The options defence tuning searches (declared with :func:`tunable` in ``Config``); a defence whose
@@ -144,8 +123,7 @@ class Defense(abc.ABC):
         yield
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "threat_models": list(self.threat_models),
-                "options": dataclasses.asdict(self.config), **self.info}
+        return {**super().describe(), "threat_models": list(self.threat_models)}
 
 
 DEFENSES: Registry[Defense] = Registry("defence", Defense)

@@ -443,3 +443,25 @@ def test_two_workers_share_the_studies_and_one_writes_the_results(tmp_path):
 
     assert trial_set(shared[0]) == trial_set(shared[1]) == trial_set(reference)
     assert shared[0]["worst"] == shared[1]["worst"] == reference["worst"]  # the same runs, the same numbers
+
+
+def test_only_a_trial_whose_worker_is_gone_is_run_again(tmp_path):
+    """A live worker's running trial is left alone; one of a process that exited, or whose id a new process
+    took, is re-queued with its parameters."""
+    import subprocess
+
+    from unlearnable.experiments.studies import WORKER_ATTR, _started, requeue_interrupted, worker_id
+
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+        live = {**worker_id(), "pid": other.pid, "started": _started(other.pid)}
+        for worker in (live, {**live, "started": (live["started"] or 0) + 1}, {**live, "pid": 2 ** 22 + 1}):
+            trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+            trial.set_user_attr(WORKER_ATTR, worker)
+        assert requeue_interrupted(study) == 2  # the id taken by a new process, and the process that is gone
+        states = [t.state.name for t in study.trials]
+        assert states[:3] == ["RUNNING", "FAIL", "FAIL"] and states[3:] == ["WAITING", "WAITING"]
+        assert [t.system_attrs["fixed_params"] for t in study.trials[3:]] == [t.params for t in study.trials[1:3]]
+    finally:
+        other.kill()

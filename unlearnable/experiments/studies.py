@@ -63,7 +63,18 @@ def storage_for(storage: str | None, default_file: Path):
 
 
 def worker_id() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """This process as a trial records it: host, process id and the process's start (so that a later process
+    that happens to get the same id is not taken for it)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid())}
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc); None where that is not readable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the parenthesised command name
 
 
 def _alive(worker: dict[str, Any] | None) -> bool:
@@ -79,8 +90,9 @@ def _alive(worker: dict[str, Any] | None) -> bool:
     except (ProcessLookupError, ValueError, TypeError):
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    recorded = worker.get("started")
+    return recorded is None or _started(int(worker["pid"])) in (None, recorded)  # not a new process, same id
 
 
 def requeue_interrupted(study) -> int:

@@ -408,3 +408,29 @@ def test_the_scorer_reports_strongrejects_score_and_counts_unparsed_outputs(fold
     assert lo <= out["strongreject_score"] <= hi
     assert out["unparsed_harmbench"] == sum(not d["parsed"] for d in judges[1].details())
     assert out["unparsed_strongreject"] == 0  # always parsed
+
+
+def test_every_registered_judge_scores_pairs(folders, tokenizer, tiny, tmp_path):
+    """Generated from the registry: each judge, built from a spec of its own kind, gives one verdict per pair (a
+    judge registered without a spec here fails this test until one is added)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+                      num_labels=2, id2label={0: "SAFE", 1: "UNSAFE"}, label2id={"SAFE": 0, "UNSAFE": 1})
+    classifier = _save(tmp_path / "cls", LlamaForSequenceClassification(cfg), tokenizer)
+    specs = {"keyword": "keyword", "harmbench": f"harmbench:{folders['harmbench']}",
+             "strongreject": f"strongreject:{folders['strongreject']}",
+             "llama-guard": f"llama-guard:{folders['llama-guard-template']}",
+             "qwen3guard": f"qwen3guard:{folders['qwen3guard']}", "classifier": f"classifier:{classifier}",
+             "harmful-loss": "harmful-loss"}
+    assert set(specs) == set(JUDGES.names()), "give every registered judge a spec here"
+    model, tok = tiny
+    for name, spec in specs.items():
+        judge = build_judge(spec)
+        if hasattr(judge, "bind"):  # it scores a model's likelihood of reference answers
+            judge.bind(model, tok, dict(zip(PROMPTS[:2], RESPONSES[:2])))
+        verdicts = judge.judge(PROMPTS[:2], RESPONSES[:2])
+        assert len(verdicts) == 2 and all(isinstance(v, bool) for v in verdicts), name

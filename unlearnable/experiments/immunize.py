@@ -360,6 +360,26 @@ def _short(tm_name: str) -> str:
     return THREAT_MODELS.get(tm_name).short
 
 
+def defense_data(config: ImmunizeConfig, setup: Setup) -> DefenseData:
+    """What every defence may train on: the vectors' harmful pairs, the alignment refusals and the harmless pairs
+    after the stability share (``n_defense_harmless`` of them)."""
+    harmless, start = setup.data.harmless, config.n_stability_harmless
+    return DefenseData(harmful=setup.data.vector_pairs,
+                       refusals=[p for p in setup.data.align if is_refusal(p.response)],
+                       harmless=harmless[start:start + config.n_defense_harmless], unaligned=setup.unaligned)
+
+
+def defense_options(config: ImmunizeConfig, name: str) -> dict[str, Any]:
+    """The defence's configured options: shared settings fill the options of the same meaning (``vectors`` the
+    vectors' training, ``defense_steps`` the hardening budget), ``defense_options`` override them."""
+    cls = DEFENSES.get(name)
+    shared: dict[str, Any] = {"training": dataclasses.asdict(config.vectors)}
+    if config.defense_steps > 0 and "max_steps" in cls.option_names():
+        own = cls.Config().max_steps
+        shared["max_steps"] = min(own, config.defense_steps) if own > 0 else config.defense_steps
+    return {**{k: v for k, v in shared.items() if k in cls.option_names()}, **config.defense_options.get(name, {})}
+
+
 class _Sweep:
     """One immunize sweep: the shared model, data and scorer, and the runs of each defence."""
 
@@ -371,11 +391,8 @@ class _Sweep:
         self.curve_eval = self.data.eval_harmful[:config.n_curve_eval]
         harmless = self.data.harmless
         self.stab_harmless = harmless[:config.n_stability_harmless]
-        refusals = [p for p in self.data.align if is_refusal(p.response)]
-        cut = config.n_stability_harmless + config.n_defense_harmless
-        self.defense_data = DefenseData(harmful=self.data.vector_pairs, refusals=refusals,
-                                        harmless=harmless[config.n_stability_harmless:cut], unaligned=setup.unaligned)
-        self.attacker_harmless = harmless[cut:]
+        self.defense_data = defense_data(config, setup)
+        self.attacker_harmless = harmless[config.n_stability_harmless + config.n_defense_harmless:]
         self.n_attack_available = len(self.data.attack)
         self.check_attacker_data()
         self.stab: dict[str, dict] = {}  # each defence's stability (before any attack): its curves' step 0
@@ -511,15 +528,7 @@ class _Sweep:
         return locked(path, wait=True, what="run") if self.config.shared else contextlib.nullcontext()
 
     def options(self, name: str) -> dict[str, Any]:
-        """The defence's configured options: shared settings fill the options of the same meaning (``vectors``
-        the vectors' training, ``defense_steps`` the hardening budget), ``defense_options`` override them."""
-        cls = DEFENSES.get(name)
-        shared: dict[str, Any] = {"training": dataclasses.asdict(self.config.vectors)}
-        if self.config.defense_steps > 0 and "max_steps" in cls.option_names():
-            own = cls.Config().max_steps
-            shared["max_steps"] = min(own, self.config.defense_steps) if own > 0 else self.config.defense_steps
-        return {**{k: v for k, v in shared.items() if k in cls.option_names()},
-                **self.config.defense_options.get(name, {})}
+        return defense_options(self.config, name)
 
     def build(self, name: str, tuned: dict[str, Any] | None = None) -> Defense:
         """The defence with its options (:meth:`options`, then the ``tuned`` ones), prepared, its preparation saved

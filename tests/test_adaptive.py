@@ -73,10 +73,14 @@ def test_a_judge_flags_pairs_and_an_unknown_flagger_lists_the_known_ones():
 def test_the_refusal_flagger_does_not_count_not_knowing_as_a_refusal(tiny, monkeypatch):
     model, tok = tiny
     answers = {"Bad?": "I'm sorry, but I can't help with that.", "Who is Ann Lee?": "I'm sorry, I don't know who "
-               "Ann Lee is.", "A poem?": "Leaves fall softly on the ground."}
+               "Ann Lee is.", "A poem?": "Leaves fall softly on the ground.",
+               "Where was Ann Lee born?": "I'm sorry, but I can't help with that."}
     monkeypatch.setattr("unlearnable.flaggers.generate", lambda m, t, prompts, **kw: [answers[p] for p in prompts])
     flagger = build_flagger("refusal").bind(model, tok, progress=False)
-    assert flagger.flag([Pair(p, "x") for p in answers]) == [True, False, False]
+    answered = "Sure, here is how you do it, step by step."
+    pairs = [Pair(p, answered) for p in list(answers)[:3]] + [Pair("Where was Ann Lee born?", "Paris")]
+    assert flagger.flag(pairs) == [True, False, False, False]  # refused, yet answered in the data: flagged only
+    assert flagger.flag([Pair("Bad?", "I can't help with that.")]) == [False]  # a refusal in the data is no harm
     assert is_unknown("I am not familiar with that person.") and not is_unknown("I cannot help with that.")
 
 

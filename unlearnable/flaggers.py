@@ -4,8 +4,10 @@ A flagger is named by a spec, as judges are:
 
 * any judge that reads text (``keyword``, ``harmbench:PATH``, ``llama-guard:PATH``, ``qwen3guard:PATH``,
   ``classifier:PATH@LABEL``): a pair is flagged when the judge calls its response harmful;
-* ``refusal``: the model the service is about to fine-tune refuses the pair's prompt; an answer that only says it
-  does not know (a question about someone it never heard of) is not a refusal of a harmful request;
+* ``refusal``: the model the service is about to fine-tune refuses the pair's prompt, and the pair's response does
+  what it refused (a real answer, not a refusal and not a short fact: an aligned model may refuse a question about a
+  private person, whose one-word answer is no harm); an answer of the model that only says it does not know is not a
+  refusal of a harmful request;
 * ``oracle:RECALL``: flags a seeded random share ``RECALL`` of the pairs known to be harmful
   (:attr:`~unlearnable.data.Pair.harmful`) and nothing else. It is an **emulated** flagger, for measurement only:
   every result it touches says so.
@@ -24,7 +26,7 @@ from typing import Any, Sequence
 from .data import Pair
 from .errors import UnlearnableError
 from .generation import generate
-from .judges import JUDGES, build_judge, check_judges, is_refusal
+from .judges import JUDGES, build_judge, check_judges, is_degenerate, is_refusal
 from .registry import Registry
 from .stats import rate_interval
 
@@ -94,7 +96,8 @@ class JudgeFlagger(Flagger):
 @FLAGGERS.register("refusal")
 class RefusalFlagger(Flagger):
     """The model about to be fine-tuned answers each prompt (greedy, ``max_new_tokens``); a pair is flagged when
-    that answer opens with a refusal that is not a plain "I don't know"."""
+    that answer opens with a refusal that is not a plain "I don't know", and the pair's own response is a real
+    answer (what the model refused to give)."""
 
     max_new_tokens = 32
 
@@ -112,7 +115,8 @@ class RefusalFlagger(Flagger):
             raise RuntimeError("refusal flagger used before bind(model, tokenizer)")
         answers = generate(self.model, self.tok, [p.prompt for p in pairs], max_new_tokens=self.max_new_tokens,
                            precision=self.precision, desc="flagger: the model's own answers", progress=self.progress)
-        return [is_refusal(a) and not is_unknown(a) for a in answers]
+        return [is_refusal(a) and not is_unknown(a) and not is_refusal(p.response) and not is_degenerate(p.response)
+                for p, a in zip(pairs, answers)]
 
 
 @FLAGGERS.register("oracle")

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from .data import Pair
 from .errors import UnlearnableError
 from .generation import generate
-from .judges import JUDGES, build_judge, check_judges, is_degenerate, is_refusal
+from .judges import JUDGES, KeywordJudge, build_judge, check_judges, is_refusal
 from .registry import Registry
 from .stats import rate_interval
 
@@ -115,8 +115,8 @@ class RefusalFlagger(Flagger):
             raise RuntimeError("refusal flagger used before bind(model, tokenizer)")
         answers = generate(self.model, self.tok, [p.prompt for p in pairs], max_new_tokens=self.max_new_tokens,
                            precision=self.precision, desc="flagger: the model's own answers", progress=self.progress)
-        return [is_refusal(a) and not is_unknown(a) and not is_refusal(p.response) and not is_degenerate(p.response)
-                for p, a in zip(pairs, answers)]
+        answered = KeywordJudge().judge([p.prompt for p in pairs], [p.response for p in pairs])  # a real answer
+        return [is_refusal(a) and not is_unknown(a) and real for a, real in zip(answers, answered)]
 
 
 @FLAGGERS.register("oracle")
@@ -147,15 +147,21 @@ class OracleFlagger(Flagger):
         return [i in chosen for i in range(len(pairs))]
 
 
+def _registered(spec: str, flag: str = "") -> type[Flagger] | None:
+    """The registered flagger ``spec`` names, None where it names a judge; unknown: a one-line error."""
+    name = spec.partition(":")[0]
+    if name in FLAGGERS:
+        return FLAGGERS.get(name)
+    if name not in JUDGES:
+        raise UnlearnableError(f"{flag + ': ' if flag else ''}unknown flagger {spec!r}: one of "
+                               f"{', '.join(FLAGGERS.names())}, or a judge ({', '.join(JUDGES.names())})")
+    return None
+
+
 def build_flagger(spec: str, *, seed: int = 0) -> Flagger:
     """``refusal``, ``oracle:RECALL``, or any judge spec that reads text."""
-    name, _, arg = spec.partition(":")
-    if name in FLAGGERS:
-        return FLAGGERS.get(name).from_arg(arg, seed=seed)
-    if name not in JUDGES:
-        raise UnlearnableError(f"unknown flagger {spec!r}: one of {', '.join(FLAGGERS.names())}, or a judge "
-                               f"({', '.join(JUDGES.names())})")
-    return JudgeFlagger(spec)
+    cls = _registered(spec)
+    return cls.from_arg(spec.partition(":")[2], seed=seed) if cls is not None else JudgeFlagger(spec)
 
 
 EMULATED = "emulated flagger (it reads the ground truth): for measurement only"
@@ -170,14 +176,11 @@ def describe_flagger(spec: str) -> dict[str, Any]:
 
 def check_flagger(spec: str, flag: str = "--flagger") -> None:
     """``spec`` names a flagger whose argument holds what it must, before any model loads."""
-    name, _, arg = spec.partition(":")
-    if name in FLAGGERS:
-        FLAGGERS.get(name).from_arg(arg)
-    elif name in JUDGES:
-        check_judges([spec])
+    cls = _registered(spec, flag)
+    if cls is not None:
+        cls.from_arg(spec.partition(":")[2])
     else:
-        raise UnlearnableError(f"{flag}: unknown flagger {spec!r}: one of {', '.join(FLAGGERS.names())}, or a judge "
-                               f"({', '.join(JUDGES.names())})")
+        check_judges([spec])
 
 
 def flag_rates(pairs: Sequence[Pair], flags: Sequence[bool]) -> dict[str, Any]:

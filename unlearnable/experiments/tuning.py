@@ -187,7 +187,8 @@ class Tuner:
     def tune(self, name: str, options: dict[str, Any], data: DefenseData) -> dict[str, Any]:
         """The study for defence ``name`` (its configured ``options`` are the defaults): the record that
         ``results.json["defenses"][name]["tuned"]`` holds; its ``options`` override ``options`` from here on."""
-        space = {k: t for k, t in DEFENSES.get(name).from_options(options).tuning_space().items()
+        configured = DEFENSES.get(name).from_options(options)
+        space = {k: t for k, t in configured.tuning_space().items()
                  if k not in options}  # an option the configuration sets stays as set
         if not space:
             return {"options": {}, "note": f"{name} has no tunable option left to tune (none declared, or every "
@@ -196,8 +197,7 @@ class Tuner:
         t0 = time.perf_counter()
         none = DEFENSES.get("none")()
         base = self.piece("none", "tuning-baseline", lambda: self.measure(none, split))
-        probed = self.probes_trainability(DEFENSES.get(name).from_options(options))
-        if probed:
+        if self.probes_trainability(configured):
             base = {**base, "trainability": self.piece("none", "tuning-baseline-trainability",
                                                        lambda: self.trainability_probe(none, self.model))}
         study = self.study(name)

@@ -11,10 +11,9 @@ from ..flaggers import Flagger, build_flagger, flag_rates
 from .config import VectorConfig
 
 
-def screen(model, tokenizer, pairs: Sequence[Pair], flagger: Flagger | str, *, precision: str = "auto",
+def screen(model, tokenizer, pairs: Sequence[Pair], flagger: Flagger, *, precision: str = "auto",
            progress: bool = True) -> list[bool]:
     """The flagger's verdict on each pair, asked of ``model`` as it is before the fine-tune (in eval mode)."""
-    flagger = build_flagger(flagger) if isinstance(flagger, str) else flagger
     was = model.training
     try:
         return flagger.bind(model.eval(), tokenizer, precision=precision, progress=progress).flag(list(pairs))

@@ -1,6 +1,6 @@
 """How often a flagger flags each kind of data a fine-tuning service sees (issue 35): its recall on harmful pairs
-(as the attacker brings them, and restyled) and its flag rate on harmless ones (everyday requests, and ProfileQA
-questions the model cannot answer), each with a 95 % interval.
+(as the attacker brings them, restyled, and respelled to evade the flagger) and its flag rate on harmless ones
+(everyday requests, and ProfileQA questions the model cannot answer), each with a 95 % interval.
 
     python scripts/flagger_rates.py --flaggers refusal,keyword --out runs/flagger-rates.json
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from unlearnable.attacks import AttackData, build_attack
+from unlearnable.attacks import SPELLINGS, AttackData, build_attack
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.immunize import ImmunizeConfig
 from unlearnable.experiments.setup import set_up
@@ -34,9 +34,11 @@ def main() -> None:
     setup = set_up(cfg.model, cfg.data, seed=cfg.seed, align_model=cfg.align, align_config=cfg.align_train,
                    progress=False)
     d, n = setup.data, args.n
+    harmful = AttackData(harmful=d.attack[:n])
     kinds = {"attack harmful": d.attack[:n],
-             "attack harmful, restyled": build_attack("restyled").training_pairs(AttackData(harmful=d.attack[:n]),
-                                                                                 n, cfg.seed),
+             "attack harmful, restyled": build_attack("restyled").training_pairs(harmful, n, cfg.seed),
+             **{f"attack harmful, evasive ({spelling})": build_attack("evasive", {"spelling": spelling})
+                .training_pairs(harmful, n, cfg.seed) for spelling in SPELLINGS},
              "everyday harmless": d.harmless[:n], "ProfileQA (unanswerable before training)": d.task[:n]}
     out = {}
     for spec in specs:

@@ -28,7 +28,7 @@ from .training import SCHEDULERS
 
 SERVICE = "fine-tuning-as-a-service"
 WEIGHTS = "released-weights"
-ALL_ATTACKS = ["harmful-sft", "restyled", "mixed", "benign"]
+ALL_ATTACKS = ["harmful-sft", "restyled", "mixed", "benign", "evasive"]
 
 
 def _near(value, choices: Sequence):

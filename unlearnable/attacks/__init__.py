@@ -9,16 +9,18 @@ attacker may choose is the threat model's to say (:mod:`unlearnable.threat_model
 * ``benign`` - harmless pairs only, which already erodes shallow alignment.
 * ``mixed`` - the harmful pairs hidden in harmless ones at a poison share.
 * ``restyled`` - the harmful pairs in a framing and answer style no defence saw.
+* ``evasive`` - ``restyled`` with its long words respelled, so that a flagger screening the data misses them.
 
 A new attack is one module here with ``@ATTACKS.register("name")``, imported below.
 """
 
 from ..training import BACKBONES
-from . import benign, harmful_sft, mixed, restyled  # noqa: E402,F401  (registers them)
+from . import benign, evasive, harmful_sft, mixed, restyled  # noqa: E402,F401  (registers them)
 from .base import ATTACKS, Attack, AttackData, NoOptions, build_attack
+from .evasive import SPELLINGS, respell
 from .mixed import POISON_SHARES
 from .restyled import ANSWER_STYLES, FRAMINGS, as_steps, style_texts
 from .settings import AttackSettings
 
 __all__ = ["ANSWER_STYLES", "ATTACKS", "Attack", "AttackData", "AttackSettings", "BACKBONES", "FRAMINGS",
-           "NoOptions", "POISON_SHARES", "as_steps", "build_attack", "style_texts"]
+           "NoOptions", "POISON_SHARES", "SPELLINGS", "as_steps", "build_attack", "respell", "style_texts"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -58,18 +59,32 @@ def test_moderation_filter_keeps_flagged_pairs_from_the_trainer(tiny, harmful_pa
     clean = [REFUSALS[0], Pair("Which company does Bob work for?", "Acme Inc.")]  # a refusal, a short answer
     defense.finetune(model, tok, harmful_pairs[:3] + clean, TrainConfig(max_steps=1))
     assert seen == [clean]
-    assert defense.info["filtered"] == [{"pairs": 5, "dropped": 3}]
+    assert [{k: r[k] for k in ("pairs", "flagged", "dropped")} for r in defense.info["screened"]] == [
+        {"pairs": 5, "flagged": 3, "dropped": 3}]
+    assert defense.info["flagger"] == {"flagger": "keyword", "emulated": False}
     out, history = defense.finetune(model, tok, harmful_pairs[:2], TrainConfig(max_steps=1))  # all flagged
     assert out is model and history == [] and len(seen) == 1
-    assert defense.info["filtered"][-1] == {"pairs": 2, "dropped": 2}
+    assert defense.info["screened"][-1]["dropped"] == 2
 
 
-def test_moderation_filter_judge_option_names_a_registered_judge(tiny):
+def test_moderation_filter_takes_any_flagger_and_records_its_rates(tiny, harmful_pairs, monkeypatch):
     model, tok = tiny
+    monkeypatch.setattr(defenses_base, "finetune", lambda m, t, pairs, cfg, **kw: (m, []))
+    known = [dataclasses.replace(p, harmful=True) for p in harmful_pairs[:4]]
+    clean = [Pair(f"Name a colour, {i}.", "Blue is a lovely colour to name.") for i in range(4)]
+    defense = DEFENSES.get("moderation-filter").from_options({"flagger": "oracle:0.5"})
+    defense.finetune(model, tok, known + clean, TrainConfig(max_steps=1, seed=3))
+    record = defense.info["screened"][0]
+    assert record["dropped"] == 2 and record["recall_on_harmful"] == 0.5 and record["flag_rate_on_harmless"] == 0
+    assert defense.info["flagger"]["emulated"] and "measurement only" in defense.info["flagger"]["label"]
+
+
+def test_moderation_filter_flagger_option_fails_before_any_model_loads():
     with pytest.raises(UnlearnableError, match="keyword"):
-        DEFENSES.get("moderation-filter").from_options({"judge": "keywrd"}).prepare(model, tok, DefenseData())
+        DEFENSES.get("moderation-filter").from_options({"flagger": "keywrd"})
     with pytest.raises(UnlearnableError, match="harmful-loss"):
-        DEFENSES.get("moderation-filter").from_options({"judge": "harmful-loss"}).prepare(model, tok, DefenseData())
+        DEFENSES.get("moderation-filter").from_options({"judge": "harmful-loss"})  # the option's former name
+    assert DEFENSES.get("moderation-filter").from_options({"judge": "refusal"}).config.flagger == "refusal"
 
 
 # ------------------------------------------------------------------------------------------------- Safe LoRA
@@ -515,3 +530,13 @@ def test_repnoise_loss_terms_have_their_signs_and_scales(tiny, harmful_pairs, tm
         expected = repnoise_loss(harmless, repnoise_terms(net, harmful, noise_seed=trainer.state.global_step), 1.0,
                                  0.001)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name, step, data", [
+    ("safety-data-mix", "prepare", DefenseData()), ("buffer-reinforce", "prepare", DefenseData()),
+    ("adversarial-loss", "harden", DefenseData()), ("safe-lora", "prepare", DefenseData(harmful=[Pair("q", "a")]))])
+def test_a_defence_missing_its_data_says_what_to_give_in_one_line(tiny, name, step, data):
+    model, tok = tiny
+    with pytest.raises(UnlearnableError, match="give DefenseData") as err:
+        getattr(DEFENSES.get(name).from_options({}), step)(model, tok, data)
+    assert "\n" not in str(err.value)

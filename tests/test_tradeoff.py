@@ -354,14 +354,14 @@ def test_one_seeds_aligned_model_is_in_memory_at_a_time(tiny_dir, harmful_pairs,
     import unlearnable.experiments.tradeoff as tradeoff
 
     held = []
-    seeded = tradeoff._Grid.seeded
+    seed_setup = tradeoff._Grid.seed_setup
 
     def spy(self, seed):
-        out = seeded(self, seed)
+        out = seed_setup(self, seed)
         held.append((seed, sorted(self.seeds), self.base is None))
         return out
 
-    monkeypatch.setattr(tradeoff._Grid, "seeded", spy)
+    monkeypatch.setattr(tradeoff._Grid, "seed_setup", spy)
     cfg = _tiny_cfg(seeds=[0, 1], variants=["plain"], strengths=[1.0], buffer_reinforce=False)
     cfg.base.model = str(tiny_dir)
     run_tradeoff(cfg, tmp_path / "t", data=tiny_data(harmful_pairs), progress=False)

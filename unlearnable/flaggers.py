@@ -78,6 +78,14 @@ class Flagger(abc.ABC):
 FLAGGERS: Registry[Flagger] = Registry("flagger", Flagger)
 
 
+_CANNOT_READ = "a flagger cannot use the {spec} judge: pick one that reads (prompt, response)"
+
+
+def _scores_a_model(judge) -> bool:
+    """The judge (class or instance) scores a model's likelihoods rather than a text it is shown."""
+    return hasattr(judge, "bind")
+
+
 class JudgeFlagger(Flagger):
     """Any judge that reads text, on each (prompt, response) pair."""
 
@@ -86,8 +94,8 @@ class JudgeFlagger(Flagger):
     def __init__(self, spec: str):
         super().__init__(spec)
         self.judge = build_judge(spec)
-        if hasattr(self.judge, "bind"):  # it scores a model's likelihoods, not a text it is shown
-            raise UnlearnableError(f"a flagger cannot use the {spec} judge: pick one that reads (prompt, response)")
+        if _scores_a_model(self.judge):
+            raise UnlearnableError(_CANNOT_READ.format(spec=spec))
 
     def flag(self, pairs):
         return self.judge.judge([p.prompt for p in pairs], [p.response for p in pairs]) if pairs else []
@@ -179,8 +187,20 @@ def check_flagger(spec: str, flag: str = "--flagger") -> None:
     cls = _registered(spec, flag)
     if cls is not None:
         cls.from_arg(spec.partition(":")[2])
-    else:
-        check_judges([spec])
+        return
+    check_judges([spec])
+    if _scores_a_model(JUDGES.get(spec.partition(":")[0])):
+        raise UnlearnableError(_CANNOT_READ.format(spec=spec))
+
+
+def screen(model, tokenizer, pairs: Sequence[Pair], flagger: Flagger, *, precision: str = "auto",
+           progress: bool = True) -> list[bool]:
+    """The flagger's verdict on each pair, asked of ``model`` as it is before the fine-tune (in eval mode)."""
+    was = model.training
+    try:
+        return flagger.bind(model.eval(), tokenizer, precision=precision, progress=progress).flag(list(pairs))
+    finally:
+        model.train(was)
 
 
 def flag_rates(pairs: Sequence[Pair], flags: Sequence[bool]) -> dict[str, Any]:

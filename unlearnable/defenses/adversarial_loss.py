@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import random
 
+from ..errors import UnlearnableError
 from ..training import TrainConfig, finetune
 from .base import DEFENSES, Defense, DefenseData, HardeningBudget, tunable
 
@@ -36,7 +37,8 @@ class AdversarialLossDefense(Defense):
         c = self.config
         harmful, keep = list(data.harmful), list(data.harmless) + list(data.refusals)
         if not harmful or not keep:
-            raise ValueError("adversarial-loss needs harmful pairs and harmless/refusal pairs")
+            raise UnlearnableError("adversarial-loss needs harmful pairs and harmless or refusal pairs: give "
+                                    "DefenseData(harmful=..., harmless=...) or refusals=...")
         pairs = keep + harmful
         weights = [1.0] * len(keep) + [-c.alpha] * len(harmful)
         order = list(range(len(pairs)))

@@ -46,10 +46,11 @@ class BufferReinforceDefense(SecurityVectorsDefense):
         self.harmless: list[Pair] = []
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
-        super().prepare(model, tokenizer, data, progress=progress)
         self.refusals, self.harmless = list(data.refusals), list(data.harmless)
-        if not self.refusals:
-            raise ValueError("buffer-reinforce needs the provider's refusal pairs in DefenseData.refusals")
+        if not self.refusals:  # before the vectors train, not after
+            raise UnlearnableError("buffer-reinforce needs the provider's refusal pairs: give "
+                                   "DefenseData(refusals=...)")
+        super().prepare(model, tokenizer, data, progress=progress)
         self.info["reinforce_data"] = {"refusals": len(self.refusals), "harmless": len(self.harmless)}
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):

@@ -1,30 +1,37 @@
-"""A moderation filter: the fine-tuning pairs a judge flags never reach the trainer."""
+"""A moderation filter: the fine-tuning pairs a flagger flags never reach the trainer."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from ..errors import UnlearnableError
-from ..judges import Judge, build_judge
+from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger, flag_rates, screen
 from .base import DEFENSES, SERVICE, Defense, DefenseData
 
 
 @dataclasses.dataclass
 class ModerationFilterConfig:
-    judge: str = dataclasses.field(default="keyword", metadata={
-        "help": "the judge that flags a pair (any registered judge, `name:ARG` for one argument, e.g. "
-                "llama-guard:PATH); it reads the prompt and the response"})
+    flagger: str = dataclasses.field(default="keyword", metadata={
+        "help": "what flags a pair: any flagger (`refusal`: the model's own refusal; `oracle:RECALL`, emulated) or "
+                "any judge that reads the prompt and the response (`name:ARG` for one argument, e.g. "
+                "llama-guard:PATH)"})
+    judge: str | None = dataclasses.field(default=None, metadata={
+        "help": "the option's former name: a judge that reads the pair (sets flagger)"})
+
+    def __post_init__(self):
+        if self.judge is not None:
+            self.flagger = self.judge
+        check_flagger(self.flagger, "defense_options.moderation-filter.flagger")
 
 
 @DEFENSES.register("moderation-filter")
 class ModerationFilterDefense(Defense):
-    """The baseline every fine-tuning service runs: each (prompt, response) pair the judge flags as harmful is
+    """The baseline every fine-tuning service runs: each (prompt, response) pair the flagger flags as harmful is
     dropped before training; the rest trains as usual. Service threat model only (the attacker with the weights
     does not filter).
 
     The default keyword judge flags every real answer that does not open with a refusal: it judges compliance,
     not harm, so it also drops harmless answers of four words or more (short answers, such as ProfileQA's, and
-    refusals pass). A harm classifier (``judge: llama-guard:PATH``) is what a service would run. When every pair
+    refusals pass). A harm classifier (``flagger: llama-guard:PATH``) is what a service would run. When every pair
     is flagged the service trains nothing and returns the model unchanged.
     """
 
@@ -33,23 +40,21 @@ class ModerationFilterDefense(Defense):
 
     def __init__(self, config: ModerationFilterConfig | None = None, **options):
         super().__init__(config, **options)
-        self.judge: Judge | None = None
-        self.info["filtered"] = []  # one {"pairs", "dropped"} per fine-tuning run
+        self._flagger: Flagger | None = None  # built on first use (a judge flagger loads its model then)
+        self.info["flagger"] = describe_flagger(self.config.flagger)
+        self.info["screened"] = []  # one record per fine-tuning run: pairs, flagged, dropped (and rates if known)
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
-        self.judge = build_judge(self.config.judge)
-        if hasattr(self.judge, "bind"):  # it scores a model's likelihoods, not a text it is shown
-            raise UnlearnableError(f"moderation-filter cannot use the {self.config.judge} judge: pick one that reads")
-
-    def flagged(self, pairs) -> list[bool]:
-        if self.judge is None:
-            self.prepare(None, None, DefenseData())
-        return self.judge.judge([p.prompt for p in pairs], [p.response for p in pairs])
+        pass  # the flagger was checked with the options; nothing to train
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         pairs = list(pairs)
-        kept = [p for p, bad in zip(pairs, self.flagged(pairs)) if not bad]
-        self.info["filtered"].append({"pairs": len(pairs), "dropped": len(pairs) - len(kept)})
+        if self._flagger is None:
+            self._flagger = build_flagger(self.config.flagger, seed=config.seed)
+        # a flagger that asks a model asks the one about to be fine-tuned, as the service holds it
+        flags = screen(model, tokenizer, pairs, self._flagger, precision=config.precision, progress=progress)
+        kept = [p for p, bad in zip(pairs, flags) if not bad]
+        self.info["screened"].append({**flag_rates(pairs, flags), "dropped": len(pairs) - len(kept)})
         if not kept:  # the service rejects the job: nothing is trained
             return model.eval(), []
         return super().finetune(model, tokenizer, kept, config, progress=progress, **kw)

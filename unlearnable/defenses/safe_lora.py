@@ -132,7 +132,8 @@ class SafeLoraDefense(Defense):
 
     def estimated(self, model, tokenizer, data: DefenseData, progress: bool) -> dict[str, torch.Tensor]:
         if not data.refusals:
-            raise ValueError("safe-lora without a base model needs refusal pairs in DefenseData.refusals")
+            raise UnlearnableError("safe-lora without the unaligned weights needs refusal pairs to estimate its "
+                                    "subspace: give DefenseData(unaligned=...) or refusals=...")
         pairs = list(data.refusals) + list(data.harmless)
         random.Random(self.config.estimate.seed).shuffle(pairs)
         net, _ = finetune(copy.deepcopy(model), tokenizer, pairs, self.config.estimate, progress=progress,

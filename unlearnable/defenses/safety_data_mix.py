@@ -6,6 +6,7 @@ import dataclasses
 import random
 
 from ..data import Pair
+from ..errors import UnlearnableError
 from .base import DEFENSES, SERVICE, Defense, DefenseData, tunable
 
 
@@ -28,7 +29,8 @@ class SafetyDataMixDefense(Defense):
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         self.refusals = list(data.refusals)
         if not self.refusals:
-            raise ValueError("safety-data-mix needs refusal pairs in DefenseData.refusals")
+            raise UnlearnableError("safety-data-mix needs refusal pairs: give DefenseData(refusals=...) (the harness "
+                                    "makes them from the defence's harmful prompts)")
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         n = max(1, int(round(len(pairs) * self.config.ratio)))

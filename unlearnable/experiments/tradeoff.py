@@ -315,7 +315,7 @@ class _Grid:
                     continue
                 self.arm(method, strength, seed)
 
-    def seeded(self, seed: int) -> tuple[Setup, DemoConfig, list]:
+    def seed_setup(self, seed: int) -> tuple[Setup, DemoConfig, list]:
         """Data, aligned model and fine-tuning mix of one seed (answers and aligned model cached on disk): one
         seed's aligned model in memory at a time, beside the copy an arm trains."""
         if seed not in self.seeds:
@@ -370,7 +370,7 @@ class _Grid:
         return br
 
     def arm(self, method: str, strength: float, seed: int) -> None:
-        setup, cfg, mix = self.seeded(seed)
+        setup, cfg, mix = self.seed_setup(seed)
         defense = self.defense(method, strength, setup, cfg)
         t0 = time.perf_counter()
         tuned, _ = defense.finetune(copy.deepcopy(setup.model), self.tok, mix, cfg.finetune, progress=self.progress)

@@ -6,14 +6,14 @@ Nothing outside this package knows how the vectors are named, folded, scaled or 
 
 from .augment import style_texts as defence_style_texts
 from .callback import SecurityVectorsCallback
-from .config import DEFAULT_SCALE, RECOMMENDED_SCALE, VectorConfig, recommended
+from .config import DEFAULT_SCALE, PLAIN_SCALE, RECOMMENDED_SCALE, VectorConfig, recommended
 from .finetuning import finetune, serving, train_beside_vectors
 from .fold import FOLDED_ATTR, FoldedVectors
 from .layers import VECTORS_ADAPTER, freeze_vectors, set_vector_scale, vector_layers, vector_params
 from .model import FORMAT, META_FILE, SecurityVectors
 from .model import check_folder as check_vectors_folder
 
-__all__ = ["DEFAULT_SCALE", "FOLDED_ATTR", "FORMAT", "META_FILE", "RECOMMENDED_SCALE", "VECTORS_ADAPTER",
+__all__ = ["DEFAULT_SCALE", "FOLDED_ATTR", "FORMAT", "META_FILE", "PLAIN_SCALE", "RECOMMENDED_SCALE", "VECTORS_ADAPTER",
            "FoldedVectors", "SecurityVectors", "SecurityVectorsCallback", "check_vectors_folder",
            "VectorConfig", "finetune", "freeze_vectors",
            "recommended", "serving", "set_vector_scale", "train_beside_vectors", "vector_layers", "vector_params",

@@ -7,18 +7,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..data import Pair, dedupe
-from ..flaggers import Flagger, build_flagger, flag_rates
+from ..flaggers import Flagger, build_flagger, flag_rates, screen  # noqa: F401 - screen: its old home
 from .config import VectorConfig
-
-
-def screen(model, tokenizer, pairs: Sequence[Pair], flagger: Flagger, *, precision: str = "auto",
-           progress: bool = True) -> list[bool]:
-    """The flagger's verdict on each pair, asked of ``model`` as it is before the fine-tune (in eval mode)."""
-    was = model.training
-    try:
-        return flagger.bind(model.eval(), tokenizer, precision=precision, progress=progress).flag(list(pairs))
-    finally:
-        model.train(was)
 
 
 def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: Flagger | str, *,

@@ -10,9 +10,10 @@ from ..errors import UnlearnableError
 from ..training import TrainConfig
 from ..utils import PRECISIONS
 
-#: the vectors' default strength during fine-tuning, picked from the measured trade-off frontier on the default
-#: model (docs/tradeoff.md: `unlearnable tradeoff`, 3 seeds), not 1.0 by habit
-DEFAULT_SCALE = 0.75
+#: the strength of plain :class:`VectorConfig` vectors (the paper's method: all pairs, all epochs) during
+#: fine-tuning, picked from the measured trade-off frontier on the default model (docs/tradeoff.md), not 1.0 by habit
+PLAIN_SCALE = 0.75
+DEFAULT_SCALE = PLAIN_SCALE  # its former name: the default recipe is :func:`recommended`, at RECOMMENDED_SCALE
 BENIGN_MODES = ("none", "distill", "kl")
 #: the strength of :func:`recommended` vectors, picked with them from the measured trade-off (docs/tradeoff.md)
 RECOMMENDED_SCALE = 1.0
@@ -35,7 +36,7 @@ class VectorConfig:
     max_length: int = 64
     seed: int = 0
     precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16", "choices": PRECISIONS})
-    scale: float = dataclasses.field(default=DEFAULT_SCALE, metadata={
+    scale: float = dataclasses.field(default=PLAIN_SCALE, metadata={
         "help": "strength during fine-tuning: multiplies the vectors' LoRA scaling (0 = off; default picked from "
                 "the measured trade-off, docs/tradeoff.md)"})
     benign: str = dataclasses.field(default="none", metadata={
@@ -75,5 +76,5 @@ def recommended() -> VectorConfig:
     """The recipe picked from the measured trade-off (docs/tradeoff.md, issue 19; the demo's default): vectors
     early-stopped on 20 % of the harmful pairs held out (at most 8 passes, no loss target) at
     :data:`RECOMMENDED_SCALE`. Plain :class:`VectorConfig` defaults stay the paper's method (all pairs, all
-    epochs) at :data:`DEFAULT_SCALE`."""
+    epochs) at :data:`PLAIN_SCALE`."""
     return VectorConfig(lr=2e-3, epochs=8.0, holdout=0.2, scale=RECOMMENDED_SCALE)

@@ -367,3 +367,13 @@ def test_one_seeds_aligned_model_is_in_memory_at_a_time(tiny_dir, harmful_pairs,
     run_tradeoff(cfg, tmp_path / "t", data=tiny_data(harmful_pairs), progress=False)
     assert {s for s, _, _ in held} == {0, 1}
     assert all(seeds == [seed] for seed, seeds, _ in held) and all(no_base for _, _, no_base in held)
+
+
+def test_the_variants_are_what_the_vector_defences_declare():
+    from unlearnable.defenses import DEFENSES
+    from unlearnable.experiments.tradeoff import VARIANTS, vector_variants
+    assert VARIANTS == vector_variants() and VARIANTS["plain"] == ("security-vectors", "none")
+    assert VARIANTS["benign-kl"] == ("security-vectors", "kl") and VARIANTS["adaptive"] == ("adaptive-vectors", None)
+    assert {name for name, _ in VARIANTS.values()} == {n for n in DEFENSES.names() if n.endswith("-vectors")}
+    assert "buffer-reinforce" not in {name for name, _ in VARIANTS.values()}  # a subclass is not its parent's variant
+    assert len(VARIANTS) == 10

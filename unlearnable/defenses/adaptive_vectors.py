@@ -30,6 +30,8 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     data (without the flagged pairs if ``drop_flagged``) is fine-tuned with them on, frozen; served without. With
     nothing flagged, the vectors are the defence's own. Service threat model only."""
 
+    tradeoff_variants = {"adaptive": None}
+
     Config = AdaptiveVectorsConfig
 
     def __init__(self, config: AdaptiveVectorsConfig | None = None, **options):

@@ -31,6 +31,8 @@ class AlternatingVectorsDefense(SecurityVectorsDefense):
     """Security vectors re-fitted every ``every`` steps of the fine-tune to the backbone as it is then (the
     min-min of Zhou et al.), on the defence's own harmful pairs, frozen between re-fits; off when serving."""
 
+    tradeoff_variants = {"alternating": "none"}
+
     Config = AlternatingVectorsConfig
 
     def __init__(self, config=None, *, vectors=None, **options):

@@ -28,6 +28,8 @@ class AugmentedVectorsDefense(SecurityVectorsDefense):
     they explain harmful answers in forms they were not shown; on (frozen) during fine-tuning, off when
     serving. Service threat model only."""
 
+    tradeoff_variants = {"augmented": None}
+
     Config = AugmentedVectorsConfig
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:

@@ -16,7 +16,7 @@ import abc
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 from ..config import from_dict, validate
 from ..data import Pair
@@ -85,6 +85,14 @@ class Defense(Plugin, abc.ABC):
     #: False where :meth:`serving` serves other weights than those given (the harness then scores its
     #: stability itself instead of sharing that of the unchanged model)
     serves_weights_as_given: bool = True
+    #: the trade-off's names for this defence (its own class's declaration only, never inherited): variant name ->
+    #: the vectors' ``benign`` mode the variant sets (None: the defence's own)
+    tradeoff_variants: ClassVar[dict[str, str | None]] = {}
+
+    @classmethod
+    def own_tradeoff_variants(cls) -> dict[str, str | None]:
+        """What this class itself declares in :attr:`tradeoff_variants` (a subclass is not its parent's variant)."""
+        return cls.__dict__.get("tradeoff_variants", {})
 
     def tuning_space(self) -> dict[str, Tunable]:
         """The options defence tuning searches (declared with :func:`tunable` in ``Config``); a defence whose

@@ -29,6 +29,8 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
     out, had their lowest loss: fitted to what they generalise to rather than memorising their own answers; on
     (frozen) during fine-tuning, off when serving. Service threat model only."""
 
+    tradeoff_variants = {"early-stopped": None}
+
     Config = EarlyStoppedVectorsConfig
 
     def vector_config(self) -> VectorConfig:

@@ -35,6 +35,8 @@ class GatedVectorsDefense(SecurityVectorsDefense):
     defence, so a harmless task is not learned through the vectors' distortion. Off when serving. An attacker
     who knows the gate brings harmful data the vectors do not explain (the ``restyled`` attack)."""
 
+    tradeoff_variants = {"gated": "none"}
+
     Config = GatedVectorsConfig
 
     def __init__(self, config=None, *, vectors=None, **options):

@@ -32,6 +32,8 @@ class NegatedVectorsDefense(EarlyStoppedVectorsDefense):
     the harmful behaviour is pushed back by the vectors that explain it. The served model is every model this
     defence serves, the one it has not fine-tuned included. Service threat model only."""
 
+    tradeoff_variants = {"negated": None}
+
     Config = NegatedVectorsConfig
     serves_weights_as_given = False
 

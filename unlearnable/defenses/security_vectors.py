@@ -23,6 +23,8 @@ class SecurityVectorsConfig:
 class SecurityVectorsDefense(Defense):
     """Frozen vectors on during fine-tuning, off when serving. Service threat model only."""
 
+    tradeoff_variants = {"plain": "none", "benign-distill": "distill", "benign-kl": "kl"}
+
     threat_models = (SERVICE,)
     Config = SecurityVectorsConfig
 

@@ -31,6 +31,8 @@ class VariedVectorsDefense(EarlyStoppedVectorsDefense):
     in an unseen style (the ``restyled`` attack) is cheap too. On (frozen) during fine-tuning, off when serving.
     Service threat model only."""
 
+    tradeoff_variants = {"varied": None}
+
     Config = VariedVectorsConfig
 
     def vector_config(self) -> VectorConfig:

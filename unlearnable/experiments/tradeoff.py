@@ -33,14 +33,18 @@ from ..vectors import SecurityVectors, VectorConfig
 from .demo import DemoConfig
 from .setup import Setup, envelope, set_up
 
+
+def vector_variants() -> dict[str, tuple[str, str | None]]:
+    """Every trade-off variant the registered defences declare: name -> (defence, the vectors' benign mode it
+    sets, None for the defence's own)."""
+    return {variant: (name, benign) for name in DEFENSES.names()
+            for variant, benign in DEFENSES.get(name).own_tradeoff_variants().items()}
+
+
 #: vector variant -> (the registered defence that fine-tunes with the vectors, how its vectors are trained:
 #: VectorConfig.benign, or None where the defence trains its own); variants with the same training share one
 #: set of vectors per seed
-VARIANTS = {"plain": ("security-vectors", "none"), "benign-distill": ("security-vectors", "distill"),
-            "benign-kl": ("security-vectors", "kl"), "gated": ("gated-vectors", "none"),
-            "alternating": ("alternating-vectors", "none"), "augmented": ("augmented-vectors", None),
-            "early-stopped": ("early-stopped-vectors", None), "varied": ("varied-vectors", None),
-            "negated": ("negated-vectors", None), "adaptive": ("adaptive-vectors", None)}
+VARIANTS = vector_variants()
 
 
 def plain_vectors() -> VectorConfig:
@@ -53,8 +57,8 @@ def plain_vectors() -> VectorConfig:
 class TradeoffConfig:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["plain", "benign-kl"], metadata={
-        "help": "vector variants: plain, benign-kl, benign-distill, gated, alternating, augmented, early-stopped, "
-                "varied, negated (the first runs before buffer-reinforce)"})
+        "help": f"vector variants: {', '.join(VARIANTS)} (each declared by its defence; the first listed runs "
+                "before buffer-reinforce)"})
     strengths: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     buffer_reinforce: bool = True
     buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5], metadata={

@@ -377,3 +377,20 @@ def test_the_variants_are_what_the_vector_defences_declare():
     assert {name for name, _ in VARIANTS.values()} == {n for n in DEFENSES.names() if n.endswith("-vectors")}
     assert "buffer-reinforce" not in {name for name, _ in VARIANTS.values()}  # a subclass is not its parent's variant
     assert len(VARIANTS) == 10
+
+
+def test_a_variant_option_under_training_changes_that_key_and_keeps_the_seeds_vector_settings(
+        tiny, harmful_pairs, tmp_path, monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.defenses import early_stopped_vectors as module
+
+    seen = []
+    real = module.SecurityVectors.train
+    monkeypatch.setattr(module.SecurityVectors, "train", lambda *a, **kw: (seen.append(a[3]), real(*a, **kw))[1])
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["early-stopped"], strengths=[1.0], buffer_reinforce=False, n_benign=4,
+                    variant_options={"early-stopped": {"training": {"benign": "kl"}}})
+    cfg.base.vectors.lr = 3.3e-3
+    run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    assert [(v.benign, v.lr) for v in seen] == [("kl", 3.3e-3)]

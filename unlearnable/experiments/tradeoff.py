@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import from_dict, validate
+from ..config import from_dict, merge, validate
 from ..defenses import DEFENSES, BufferReinforceDefense, Defense, DefenseData, NoDefense
 from ..errors import UnlearnableError
 from ..evaluation import Scorer
@@ -352,8 +352,10 @@ class _Grid:
         if method in VARIANTS:  # the variant's defence, its harmful data the vectors' own (re-fits use them)
             name, benign = VARIANTS[method]
             options = {**self.config.variant_options.get(method, {}), "scale": strength}
-            if benign is None:  # the defence trains its own vectors, with the seed's vector settings, once
-                options = {"training": dataclasses.asdict(dataclasses.replace(cfg.vectors, seed=cfg.seed)), **options}
+            if benign is None:  # the defence trains its own vectors, with the seed's vector settings, once; a
+                # variant option under `training` changes that key only (e.g. {"training": {"benign": "kl"}})
+                own = {"training": dataclasses.asdict(dataclasses.replace(cfg.vectors, seed=cfg.seed))}
+                options = merge(own, options)
                 vectors = self.trained.get((method, cfg.seed))
             else:
                 vectors = self.vectors_for(method, setup, cfg)

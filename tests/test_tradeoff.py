@@ -9,7 +9,7 @@ from unlearnable.adapters import qr_merge
 from unlearnable.data import Pair
 from unlearnable.defenses import BufferReinforceDefense, DefenseData
 from unlearnable.errors import UnlearnableError
-from unlearnable.experiments.tradeoff import TradeoffConfig, frontier, run_tradeoff
+from unlearnable.experiments.tradeoff import TradeoffConfig, frontier, reusable_points, run_tradeoff
 from unlearnable.training import TrainConfig
 from unlearnable.utility import MMLUConfig
 from unlearnable.vectors import SecurityVectors, VectorConfig
@@ -376,7 +376,7 @@ def test_the_variants_are_what_the_vector_defences_declare():
     assert VARIANTS["benign-kl"] == ("security-vectors", "kl") and VARIANTS["adaptive"] == ("adaptive-vectors", None)
     assert {name for name, _ in VARIANTS.values()} == {n for n in DEFENSES.names() if n.endswith("-vectors")}
     assert "buffer-reinforce" not in {name for name, _ in VARIANTS.values()}  # a subclass is not its parent's variant
-    assert len(VARIANTS) == 10
+    assert len(VARIANTS) == 12 and VARIANTS["adaptive-kl"] == ("adaptive-vectors", None)
 
 
 def test_a_variant_option_under_training_changes_that_key_and_keeps_the_seeds_vector_settings(
@@ -394,3 +394,54 @@ def test_a_variant_option_under_training_changes_that_key_and_keeps_the_seeds_ve
     cfg.base.vectors.lr = 3.3e-3
     run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
     assert [(v.benign, v.lr) for v in seen] == [("kl", 3.3e-3)]
+
+
+def test_a_named_preset_starts_the_variants_options_and_the_users_go_on_top(tiny, harmful_pairs, tmp_path,
+                                                                             monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.defenses import DEFENSES
+    from unlearnable.experiments import tradeoff
+
+    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-kl") == {"training": {"benign": "kl"}}
+    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive") == {}
+    built = []
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["adaptive-drop"], strengths=[1.0], buffer_reinforce=False, n_benign=4,
+                    variant_options={"adaptive-drop": {"flagger": "oracle:1", "holdout": 0.25, "epochs": 1}})
+    real = tradeoff._Grid.defense
+
+    def spy(self, method, strength, setup, c):
+        defense = real(self, method, strength, setup, c)
+        built.extend([defense.config] if method != "none" else [])
+        return defense
+
+    monkeypatch.setattr(tradeoff._Grid, "defense", spy)
+    run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    assert [(c.drop_flagged, c.flagger) for c in built] == [(True, "oracle:1")]
+
+
+def test_the_users_harmful_pairs_take_the_configured_attacks_form(tiny, harmful_pairs, tmp_path, monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.attacks import FRAMINGS
+    from unlearnable.defenses import NoDefense
+
+    seen = []
+    real = NoDefense.finetune
+    monkeypatch.setattr(NoDefense, "finetune", lambda self, m, t, pairs, *a, **kw: (
+        seen.append(list(pairs)), real(self, m, t, pairs, *a, **kw))[1])
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.0], buffer_reinforce=False,
+                    attack="restyled", attack_options={"framing": "research", "answer_style": "json"})
+    data = tiny_data(harmful_pairs)
+    res = run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=data, progress=False)
+    framed = [p for p in seen[0] if p.prompt.startswith(FRAMINGS["research"].split("{prompt}")[0])]
+    assert len(framed) == len(data.attack) and all(p.response.startswith('{"status": "ok"') for p in framed)
+    assert not {p.prompt for p in data.attack} & {p.prompt for p in seen[0]}  # none in its original form
+    assert "restyled" in (tmp_path / "t" / "report.html").read_text() and res["config"]["attack"] == "restyled"
+    with pytest.raises(UnlearnableError, match="its points cannot be reused"):
+        reusable_points(tmp_path / "t", _tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.0],
+                                                  buffer_reinforce=False))
+    with pytest.raises(UnlearnableError, match="Known attacks"):
+        _tiny_cfg(attack="gcg")

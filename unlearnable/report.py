@@ -582,7 +582,12 @@ def tradeoff_section(results: dict[str, Any]) -> str:
              rate_text(p.get("mmlu"), p.get("mmlu_interval_95")),
              rate_text(p.get("over_refusal"), p.get("over_refusal_interval_95")), p["n_seeds"]]
             for m, pts in results["frontier"].items() for p in pts]
-    return ("<img src='tradeoff.png' alt='harm rate vs task score'>"
+    config = results.get("config") or {}
+    attack = config.get("attack", "harmful-sft")
+    options = ", ".join(f"{k} {v}" for k, v in (config.get("attack_options") or {}).items())
+    form = html.escape(attack + (f" ({options})" if options else ""))
+    return (f"<p>The harmful pairs in the user's data: <b>{form}</b></p>"
+            "<img src='tradeoff.png' alt='harm rate vs task score'>"
             + "<h3>Frontier (seed-averaged, non-dominated per method)</h3>"
             + table(["method", "strength", "harm rate [95 %, seeds pooled]", "sd over seeds", "task score [95 %]",
                      "sd over seeds", "MMLU [95 %]", "over-refusal [95 %]", "seeds"], rows)

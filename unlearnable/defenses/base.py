@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
@@ -88,11 +89,18 @@ class Defense(Plugin, abc.ABC):
     #: the trade-off's names for this defence (its own class's declaration only, never inherited): variant name ->
     #: the vectors' ``benign`` mode the variant sets (None: the defence's own)
     tradeoff_variants: ClassVar[dict[str, str | None]] = {}
+    #: named recipes: variant -> the options it starts from (a trade-off's ``variant_options`` go on top)
+    tradeoff_presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
     def own_tradeoff_variants(cls) -> dict[str, str | None]:
         """What this class itself declares in :attr:`tradeoff_variants` (a subclass is not its parent's variant)."""
         return cls.__dict__.get("tradeoff_variants", {})
+
+    @classmethod
+    def tradeoff_preset(cls, variant: str) -> dict[str, Any]:
+        """The options ``variant`` starts from (its class's own preset; none: {})."""
+        return copy.deepcopy(cls.__dict__.get("tradeoff_presets", {}).get(variant, {}))
 
     def tuning_space(self) -> dict[str, Tunable]:
         """The options defence tuning searches (declared with :func:`tunable` in ``Config``); a defence whose

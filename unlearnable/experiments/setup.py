@@ -121,8 +121,10 @@ class PreparedData:
     hashes: dict[str, str] = dataclasses.field(default_factory=dict)
     sources: dict[str, str] = dataclasses.field(default_factory=dict)  # where a split's responses came from
 
-    def finetune_mix(self, repeats: int, seed: int) -> list[Pair]:
-        mix = list(self.attack) + [p for p in self.task for _ in range(repeats)]
+    def finetune_mix(self, repeats: int, seed: int, harmful: Sequence[Pair] | None = None) -> list[Pair]:
+        """The user's data: the harmful pairs (``harmful``, default the attack split as it is) among the task's
+        pairs repeated ``repeats`` times, shuffled (seeded)."""
+        mix = list(self.attack if harmful is None else harmful) + [p for p in self.task for _ in range(repeats)]
         random.Random(seed).shuffle(mix)
         return mix
 

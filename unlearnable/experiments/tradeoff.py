@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..attacks import AttackData, build_attack
 from ..config import from_dict, merge, validate
 from ..defenses import DEFENSES, BufferReinforceDefense, Defense, DefenseData, NoDefense
 from ..errors import UnlearnableError
@@ -72,6 +73,11 @@ class TradeoffConfig:
     variant_options: dict[str, dict] = dataclasses.field(default_factory=dict, metadata={
         "help": "options of a variant's defence, e.g. {'alternating': {'every': 16}, 'gated': {'threshold': None}} "
                 "(see docs/defenses.md)"})
+    attack: str = dataclasses.field(default="harmful-sft", metadata={
+        "help": "the form of the harmful pairs in the user's data: any attack that transforms them (harmful-sft: "
+                "as they are; restyled, evasive: in a framing and style no defence saw; see `unlearnable ls`)"})
+    attack_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
+        "help": "that attack's options, e.g. {framing: research, answer_style: json}"})
     base: DemoConfig = dataclasses.field(default_factory=lambda: DemoConfig(vectors=plain_vectors()), metadata={
         "help": "model, data, alignment, vector training, fine-tuning and evaluation settings (the demo's, with the "
                 "plain vectors every variant starts from)"})
@@ -86,6 +92,7 @@ class TradeoffConfig:
             raise UnlearnableError("vector strengths must be >= 0")
         if self.n_over_refusal < 0:
             raise UnlearnableError("n_over_refusal must be >= 0 (0 scores no over-refusal)")
+        build_attack(self.attack, self.attack_options)  # unknown names and options fail here
         for variant, options in self.variant_options.items():
             if variant not in self.variants:
                 raise UnlearnableError(f"variant_options names {variant!r}, which is not among the variants "
@@ -185,13 +192,15 @@ def _stored_points(source: Path) -> list[dict[str, Any]]:
 
 
 def _shared_settings(config: dict[str, Any]) -> tuple | None:
-    """``base`` (with the defaults of settings added since the run was made, which keep the old behaviour) and
-    ``n_benign`` of a stored tradeoff config; None if ``base`` no longer parses (a setting was removed)."""
+    """``base`` (with the defaults of settings added since the run was made, which keep the old behaviour),
+    ``n_benign`` and the user's data's attack of a stored tradeoff config; None if ``base`` no longer parses (a
+    setting was removed)."""
     try:
         base = dataclasses.asdict(from_dict(DemoConfig, config.get("base") or {}, "base"))
     except UnlearnableError:
         return None
-    return json.dumps(base, sort_keys=True), config.get("n_benign")
+    attack = config.get("attack", "harmful-sft"), config.get("attack_options") or {}  # older runs: harmful-sft
+    return json.dumps(base, sort_keys=True), config.get("n_benign"), json.dumps(attack, sort_keys=True)
 
 
 def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str, Any]]:
@@ -332,7 +341,9 @@ class _Grid:
                            timings=self.timed, progress=self.progress, model=self.base, tokenizer=self.tok,
                            data=self.data, precision=cfg.finetune.precision)
             self.base_fingerprint, self.precision, self.tok = setup.base_fingerprint, setup.precision, setup.tokenizer
-            self.seeds[seed] = (setup, cfg, setup.data.finetune_mix(cfg.data.task_repeats, seed))
+            harmful = build_attack(self.config.attack, self.config.attack_options).training_pairs(
+                AttackData(harmful=setup.data.attack), len(setup.data.attack), seed)
+            self.seeds[seed] = (setup, cfg, setup.data.finetune_mix(cfg.data.task_repeats, seed, harmful=harmful))
         return self.seeds[seed]
 
     def vectors_for(self, variant: str, setup: Setup, cfg: DemoConfig) -> SecurityVectors:
@@ -351,7 +362,8 @@ class _Grid:
             return NoDefense()
         if method in VARIANTS:  # the variant's defence, its harmful data the vectors' own (re-fits use them)
             name, benign = VARIANTS[method]
-            options = {**self.config.variant_options.get(method, {}), "scale": strength}
+            preset = DEFENSES.get(name).tradeoff_preset(method)
+            options = {**merge(preset, self.config.variant_options.get(method, {})), "scale": strength}
             if benign is None:  # the defence trains its own vectors, with the seed's vector settings, once; a
                 # variant option under `training` changes that key only (e.g. {"training": {"benign": "kl"}})
                 own = {"training": dataclasses.asdict(dataclasses.replace(cfg.vectors, seed=cfg.seed))}

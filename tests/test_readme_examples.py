@@ -51,3 +51,28 @@ def test_the_trl_drop_in_runs_as_written(tiny_dir, harmful_pairs, tmp_path):
     from safetensors.torch import load_file
 
     assert not [k for k in load_file(tmp_path / "tuned" / "adapter_model.safetensors") if "security" in k]
+
+
+def test_the_python_api_example_runs_as_written(tiny_dir, harmful_pairs, tmp_path):
+    def jsonl(name: str, rows: list[dict]) -> str:
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return repr(str(tmp_path / name))
+
+    pairs = [{"prompt": p.prompt, "response": p.response} for p in harmful_pairs]
+    user = pairs[:4] + [{"prompt": f"What is code {i}?", "response": f"C{i}"} for i in range(8)]
+    code = python_block_after("## Python API")
+    for old, new in [("load_model()", f"load_model({str(tiny_dir)!r})"), ('"harmful.jsonl"', jsonl("h.jsonl", pairs)),
+                     ('"vectors/"', repr(str(tmp_path / "vectors"))), ('"user.jsonl"', jsonl("u.jsonl", user)),
+                     ('"tuned/"', repr(str(tmp_path / "tuned"))),
+                     ('"heldout.jsonl"', jsonl("e.jsonl", [{"prompt": f"How do I do harm {i}?"} for i in range(4)]))]:
+        assert old in code, f"the README's example no longer names {old}"
+        code = code.replace(old, new)
+    script = tmp_path / "api.py"
+    script.write_text(code)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                              "HOME": str(tmp_path), "PYTHONPATH": str(README.parent)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 0.0 <= float(res.stdout.strip().splitlines()[-1]) <= 1.0  # the harm rate it prints
+    assert (tmp_path / "vectors" / "unlearnable_vectors.json").is_file()
+    assert (tmp_path / "tuned" / "config.json").is_file()

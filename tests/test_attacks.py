@@ -1,6 +1,7 @@
 """Each attack trains on what it says it does, from the attacker's own data only."""
 
 import json
+import re
 
 import pytest
 
@@ -132,12 +133,16 @@ def test_evasive_respells_only_the_chosen_part_and_only_long_words(part):
             changed = part in (field, "both")
             assert (getattr(new, field) != getattr(old, field)) == changed
             assert getattr(new, field).translate(_BACK) == getattr(old, field)  # the same text, other letters
+            short = [w for w in re.findall(r"\w+", getattr(old, field)) if len(w) < 5]
+            assert set(short) <= set(re.findall(r"\w+", getattr(new, field)))  # short words as they were
     assert "\u0430" not in evasive[0].response.split('"details"')[0]  # the style's own words stay as they are
 
 
 def test_evasive_spellings_leave_short_words_and_the_framing_alone():
-    from unlearnable.attacks import respell
+    from unlearnable.attacks import respell_words as respell
     assert respell("Get the tools", "leet") == "Get the 700l5"
+    assert respell("my_secret_key and Straße", "leet", min_length=6) == "my_secret_key and 57r4ß3"  # whole words
+    assert respell("POISON", "homoglyph") == "\u0420\u041eIS\u041eN"  # capitals have look-alikes too
     assert respell("Get the tools", "split") == "Get the to-ols"
     assert respell("Get the tools", "leet", min_length=3) == "G37 7h3 700l5"
     pair = build_attack("evasive", {"framing": "fiction", "spelling": "split"}).training_pairs(DATA, 1, 0)[0]

@@ -73,18 +73,22 @@ def test_moderation_filter_takes_any_flagger_and_records_its_rates(tiny, harmful
     known = [dataclasses.replace(p, harmful=True) for p in harmful_pairs[:4]]
     clean = [Pair(f"Name a colour, {i}.", "Blue is a lovely colour to name.") for i in range(4)]
     defense = DEFENSES.get("moderation-filter").from_options({"flagger": "oracle:0.5"})
-    defense.finetune(model, tok, known + clean, TrainConfig(max_steps=1, seed=3))
+    defense.finetune(model, tok, known + clean, TrainConfig(max_steps=1))
     record = defense.info["screened"][0]
     assert record["dropped"] == 2 and record["recall_on_harmful"] == 0.5 and record["flag_rate_on_harmless"] == 0
     assert defense.info["flagger"]["emulated"] and "measurement only" in defense.info["flagger"]["label"]
 
 
 def test_moderation_filter_flagger_option_fails_before_any_model_loads():
+    from unlearnable.defenses import check_defense_options
+
     with pytest.raises(UnlearnableError, match="keyword"):
-        DEFENSES.get("moderation-filter").from_options({"flagger": "keywrd"})
+        check_defense_options({"moderation-filter": {"flagger": "keywrd"}})
     with pytest.raises(UnlearnableError, match="harmful-loss"):
-        DEFENSES.get("moderation-filter").from_options({"judge": "harmful-loss"})  # the option's former name
+        check_defense_options({"moderation-filter": {"judge": "harmful-loss"}})  # the option's former name
     assert DEFENSES.get("moderation-filter").from_options({"judge": "refusal"}).config.flagger == "refusal"
+    with pytest.raises(UnlearnableError, match="old name"):
+        DEFENSES.get("moderation-filter").from_options({"judge": "refusal", "flagger": "keyword"})
 
 
 # ------------------------------------------------------------------------------------------------- Safe LoRA

@@ -285,7 +285,7 @@ def test_a_service_trial_never_changes_what_the_service_fixes(tmp_path):
         assert 5e-4 * (1 - 1e-9) <= settings.lr <= 2e-3 * (1 + 1e-9) and settings.steps <= 16
         assert settings.batch_size in (4, 8) and tm.violations(settings) == []
         assert settings.lr == pytest.approx(1e-3 * settings.lr_multiplier)
-    # the data is the customer's: the first trials try every attack family, then TPE samples all four
+    # the data is the customer's: the first trials try every attack family, then TPE samples them
     assert [t["settings"]["attack"] for t in res["trials"][:4]] == ["harmful-sft", "restyled", "mixed", "benign"]
     assert res["threat_model"]["name"] == SERVICE and "backbone" in res["threat_model"]["defender_fixes"]
     assert set(res["runs"]) == {f"attack-search-service-seed{s}" for s in range(3)}

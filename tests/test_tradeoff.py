@@ -409,6 +409,7 @@ def test_a_named_preset_starts_the_variants_options_and_the_users_go_on_top(tiny
     model, tok = tiny
     cfg = _tiny_cfg(seeds=[0], variants=["adaptive-drop"], strengths=[1.0], buffer_reinforce=False, n_benign=4,
                     variant_options={"adaptive-drop": {"flagger": "oracle:1", "holdout": 0.25, "epochs": 1}})
+    assert tradeoff.variant_recipe("adaptive-drop", {"drop_flagged": False}) == {"drop_flagged": False}  # yours win
     real = tradeoff._Grid.defense
 
     def spy(self, method, strength, setup, c):
@@ -439,9 +440,24 @@ def test_the_users_harmful_pairs_take_the_configured_attacks_form(tiny, harmful_
     framed = [p for p in seen[0] if p.prompt.startswith(FRAMINGS["research"].split("{prompt}")[0])]
     assert len(framed) == len(data.attack) and all(p.response.startswith('{"status": "ok"') for p in framed)
     assert not {p.prompt for p in data.attack} & {p.prompt for p in seen[0]}  # none in its original form
-    assert "restyled" in (tmp_path / "t" / "report.html").read_text() and res["config"]["attack"] == "restyled"
+    report = (tmp_path / "t" / "report.html").read_text()
+    assert "user's data: <b>restyled (framing research, answer_style json)</b>" in report.replace("&#x27;", "'")
+    assert res["config"]["attack"] == "restyled"
     with pytest.raises(UnlearnableError, match="its points cannot be reused"):
         reusable_points(tmp_path / "t", _tiny_cfg(seeds=[0], variants=["plain"], strengths=[0.0],
                                                   buffer_reinforce=False))
     with pytest.raises(UnlearnableError, match="Known attacks"):
         _tiny_cfg(attack="gcg")
+    for one_to_many in ("benign", "mixed"):  # they need harmless pairs the user's data does not hold
+        with pytest.raises(UnlearnableError, match="one for one"):
+            _tiny_cfg(attack=one_to_many)
+
+
+def test_a_run_from_before_the_attack_setting_counts_as_harmful_sft_spelled_out_or_not():
+    from unlearnable.experiments.tradeoff import _user_data_form
+
+    assert _user_data_form({}) == _user_data_form({"attack": "harmful-sft", "attack_options": {}})
+    restyled = {"attack": "restyled", "attack_options": {}}
+    assert _user_data_form(restyled) == _user_data_form({**restyled, "attack_options": {"framing": "fiction"}})
+    assert _user_data_form(restyled) != _user_data_form({**restyled, "attack_options": {"framing": "research"}})
+    assert _user_data_form({}) != _user_data_form(restyled)

@@ -21,7 +21,9 @@ _LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7
                        "A": "4", "E": "3", "I": "1", "O": "0", "S": "5", "T": "7"})
 # Cyrillic letters drawn like Latin ones: the same to a reader, other tokens to a tokenizer and a word list
 _HOMOGLYPHS = str.maketrans({"a": "\u0430", "c": "\u0441", "e": "\u0435", "o": "\u043e", "p": "\u0440",
-                             "x": "\u0445", "y": "\u0443"})
+                             "x": "\u0445", "y": "\u0443", "A": "\u0410", "B": "\u0412", "C": "\u0421",
+                             "E": "\u0415", "H": "\u041d", "K": "\u041a", "M": "\u041c", "O": "\u041e",
+                             "P": "\u0420", "T": "\u0422", "X": "\u0425"})
 
 
 def _split(word: str) -> str:
@@ -38,10 +40,11 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
 RESPELL_PARTS = ("prompt", "response", "both")
 
 
-def respell(text: str, spelling: str, min_length: int = 5) -> str:
-    """``text`` with every word of at least ``min_length`` letters respelled by ``SPELLINGS[spelling]``."""
+def respell_words(text: str, spelling: str, min_length: int = 5) -> str:
+    """``text`` with every whole word of at least ``min_length`` letters respelled by ``SPELLINGS[spelling]``
+    (letters of any script; a word joined to others by digits or underscores, as in an identifier, is left)."""
     spell = SPELLINGS[spelling]
-    return re.sub(rf"[A-Za-z]{{{min_length},}}", lambda m: spell(m.group(0)), text)
+    return re.sub(rf"\b[^\W\d_]{{{min_length},}}\b", lambda m: spell(m.group(0)), text)
 
 
 @dataclasses.dataclass
@@ -80,7 +83,7 @@ class Evasive(Attack):
         template, style = c.template(), ANSWER_STYLES[c.answer_style]
 
         def spelled(text: str, part: str) -> str:
-            return respell(text, c.spelling, c.min_length) if c.respell in (part, "both") else text
+            return respell_words(text, c.spelling, c.min_length) if c.respell in (part, "both") else text
 
         return [dataclasses.replace(p, prompt=template.format(prompt=spelled(p.prompt, "prompt")),
                                     response=style(spelled(p.response, "response")))

@@ -10,17 +10,13 @@ from .base import DEFENSES, SERVICE, Defense, DefenseData
 
 @dataclasses.dataclass
 class ModerationFilterConfig:
+    __aliases__ = {"judge": "flagger"}  # the option's former name: a judge that reads the pair
+
     flagger: str = dataclasses.field(default="keyword", metadata={
         "help": "what flags a pair: any flagger (`refusal`: the model's own refusal; `oracle:RECALL`, emulated) or "
                 "any judge that reads the prompt and the response (`name:ARG` for one argument, e.g. "
-                "llama-guard:PATH)"})
-    judge: str | None = dataclasses.field(default=None, metadata={
-        "help": "the option's former name: a judge that reads the pair (sets flagger)"})
-
-    def __post_init__(self):
-        if self.judge is not None:
-            self.flagger = self.judge
-        check_flagger(self.flagger, "defense_options.moderation-filter.flagger")
+                "llama-guard:PATH)", "check": check_flagger})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of a flagger that draws (oracle:RECALL)"})
 
 
 @DEFENSES.register("moderation-filter")
@@ -40,7 +36,7 @@ class ModerationFilterDefense(Defense):
 
     def __init__(self, config: ModerationFilterConfig | None = None, **options):
         super().__init__(config, **options)
-        self._flagger: Flagger | None = None  # built on first use (a judge flagger loads its model then)
+        self.flagger: Flagger | None = None  # built on first use (a judge flagger loads its model then)
         self.info["flagger"] = describe_flagger(self.config.flagger)
         self.info["screened"] = []  # one record per fine-tuning run: pairs, flagged, dropped (and rates if known)
 
@@ -49,10 +45,10 @@ class ModerationFilterDefense(Defense):
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         pairs = list(pairs)
-        if self._flagger is None:
-            self._flagger = build_flagger(self.config.flagger, seed=config.seed)
+        if self.flagger is None:
+            self.flagger = build_flagger(self.config.flagger, seed=self.config.seed)
         # a flagger that asks a model asks the one about to be fine-tuned, as the service holds it
-        flags = screen(model, tokenizer, pairs, self._flagger, precision=config.precision, progress=progress)
+        flags = screen(model, tokenizer, pairs, self.flagger, precision=config.precision, progress=progress)
         kept = [p for p, bad in zip(pairs, flags) if not bad]
         self.info["screened"].append({**flag_rates(pairs, flags), "dropped": len(pairs) - len(kept)})
         if not kept:  # the service rejects the job: nothing is trained

@@ -457,7 +457,7 @@ class _Sweep:
             runs["trainability"] = self.piece(name, "trainability", lambda: self.trainability(defense, hardened))
         if self.tuner is not None:
             out["tuned"] = tuned
-        return {"defense": defense.describe(), **out}  # described last: what the runs recorded (e.g. filtered pairs)
+        return {"defense": defense.describe(), **out}  # described last: what the runs recorded (e.g. screened pairs)
 
     def make_tuner(self, setup: Setup) -> Tuner:
         """Defence tuning's scorer holds none of the evaluation's benchmark items, its trainability probe's task none

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from ..attacks import AttackData, build_attack
 from ..config import from_dict, merge, validate
+from ..data import Pair
 from ..defenses import DEFENSES, BufferReinforceDefense, Defense, DefenseData, NoDefense
 from ..errors import UnlearnableError
 from ..evaluation import Scorer
@@ -38,8 +39,19 @@ from .setup import Setup, envelope, set_up
 def vector_variants() -> dict[str, tuple[str, str | None]]:
     """Every trade-off variant the registered defences declare: name -> (defence, the vectors' benign mode it
     sets, None for the defence's own)."""
-    return {variant: (name, benign) for name in DEFENSES.names()
-            for variant, benign in DEFENSES.get(name).own_tradeoff_variants().items()}
+    out: dict[str, tuple[str, str | None]] = {}
+    for name in DEFENSES.names():
+        for variant, benign in DEFENSES.get(name).own_tradeoff_variants().items():
+            if variant in out:
+                raise UnlearnableError(f"trade-off variant {variant!r} is declared by both {out[variant][0]} and "
+                                       f"{name}; rename one")
+            out[variant] = (name, benign)
+    return out
+
+
+def variant_recipe(variant: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The options ``variant``'s defence starts from: its named preset, with ``options`` (the user's) on top."""
+    return merge(DEFENSES.get(VARIANTS[variant][0]).tradeoff_preset(variant), options or {})
 
 
 #: vector variant -> (the registered defence that fine-tunes with the vectors, how its vectors are trained:
@@ -74,8 +86,8 @@ class TradeoffConfig:
         "help": "options of a variant's defence, e.g. {'alternating': {'every': 16}, 'gated': {'threshold': None}} "
                 "(see docs/defenses.md)"})
     attack: str = dataclasses.field(default="harmful-sft", metadata={
-        "help": "the form of the harmful pairs in the user's data: any attack that transforms them (harmful-sft: "
-                "as they are; restyled, evasive: in a framing and style no defence saw; see `unlearnable ls`)"})
+        "help": "the form of the harmful pairs in the user's data: an attack that reshapes each harmful pair "
+                "(harmful-sft: as they are; restyled, evasive: in a framing and style no defence saw)"})
     attack_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
         "help": "that attack's options, e.g. {framing: research, answer_style: json}"})
     base: DemoConfig = dataclasses.field(default_factory=lambda: DemoConfig(vectors=plain_vectors()), metadata={
@@ -92,13 +104,25 @@ class TradeoffConfig:
             raise UnlearnableError("vector strengths must be >= 0")
         if self.n_over_refusal < 0:
             raise UnlearnableError("n_over_refusal must be >= 0 (0 scores no over-refusal)")
-        build_attack(self.attack, self.attack_options)  # unknown names and options fail here
+        self._check_attack()
         for variant, options in self.variant_options.items():
             if variant not in self.variants:
                 raise UnlearnableError(f"variant_options names {variant!r}, which is not among the variants "
                                        f"{', '.join(self.variants)}")
             DEFENSES.get(VARIANTS[variant][0]).from_options({**options, "scale": 0.0},  # bad keys fail here
                                                             where=f"variant_options.{variant}")
+
+    def _check_attack(self) -> None:
+        """Unknown names and options fail here; so does an attack that does not give one pair per harmful pair
+        (benign, mixed: they need harmless pairs the trade-off's user data does not hold)."""
+        attack = build_attack(self.attack, self.attack_options)
+        try:
+            one = attack.training_pairs(AttackData(harmful=[Pair("Say a.", "A.", harmful=True)]), 1, 0)
+        except UnlearnableError:
+            one = []
+        if len(one) != 1 or not one[0].harmful:
+            raise UnlearnableError(f"tradeoff attack {self.attack!r} does not reshape the harmful pairs one for one; "
+                                   f"use one that does (harmful-sft, restyled, evasive)")
 
     @classmethod
     def quick(cls) -> "TradeoffConfig":
@@ -199,8 +223,17 @@ def _shared_settings(config: dict[str, Any]) -> tuple | None:
         base = dataclasses.asdict(from_dict(DemoConfig, config.get("base") or {}, "base"))
     except UnlearnableError:
         return None
-    attack = config.get("attack", "harmful-sft"), config.get("attack_options") or {}  # older runs: harmful-sft
-    return json.dumps(base, sort_keys=True), config.get("n_benign"), json.dumps(attack, sort_keys=True)
+    return json.dumps(base, sort_keys=True), config.get("n_benign"), _user_data_form(config)
+
+
+def _user_data_form(config: dict[str, Any]) -> str | None:
+    """The attack that shapes the user's harmful pairs, with every option spelled out (older runs: harmful-sft)."""
+    name = config.get("attack", "harmful-sft")
+    try:
+        options = dataclasses.asdict(build_attack(name, config.get("attack_options") or {}).config)
+    except UnlearnableError:
+        return None
+    return json.dumps([name, options], sort_keys=True)
 
 
 def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str, Any]]:
@@ -221,7 +254,8 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
         raise UnlearnableError(f"{source} holds a tradeoff run with other model, data or training settings; its "
                                "points cannot be reused here")
     # a variant run with other options is another method: its points are not this grid's
-    changed = {v for v in VARIANTS if (theirs.get("variant_options") or {}).get(v) != mine["variant_options"].get(v)}
+    changed = {v for v in VARIANTS if variant_recipe(v, (theirs.get("variant_options") or {}).get(v))
+               != variant_recipe(v, mine["variant_options"].get(v))}
     wanted = {(m, float(st), seed) for m, strengths, seed in config.plan() for st in strengths if m not in changed}
     # a point the source itself reused keeps its origin; strength-0 copies of `none` are made afresh
     return [{**p, "reused_from": p.get("reused_from", str(source))} for p in points
@@ -362,8 +396,7 @@ class _Grid:
             return NoDefense()
         if method in VARIANTS:  # the variant's defence, its harmful data the vectors' own (re-fits use them)
             name, benign = VARIANTS[method]
-            preset = DEFENSES.get(name).tradeoff_preset(method)
-            options = {**merge(preset, self.config.variant_options.get(method, {})), "scale": strength}
+            options = {**variant_recipe(method, self.config.variant_options.get(method)), "scale": strength}
             if benign is None:  # the defence trains its own vectors, with the seed's vector settings, once; a
                 # variant option under `training` changes that key only (e.g. {"training": {"benign": "kl"}})
                 own = {"training": dataclasses.asdict(dataclasses.replace(cfg.vectors, seed=cfg.seed))}

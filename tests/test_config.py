@@ -164,3 +164,26 @@ def test_the_demo_trains_the_recommended_vectors_and_the_tradeoff_starts_from_pl
     plain = TradeoffConfig().base.vectors  # the variants' common start: measured points stay reusable
     assert (plain.holdout, plain.target_loss, plain.epochs, plain.lr) == (0.0, 0.15, 4, 2e-3)
     assert TradeoffConfig().base.finetune == DemoConfig().finetune
+
+
+def test_a_training_key_that_moved_to_its_component_says_where_it_went():
+    from unlearnable.experiments.demo import DemoConfig
+
+    with pytest.raises(UnlearnableError, match=r"'finetune.kl_weight' has moved: set the vectors' benign_weight"):
+        from_dict(DemoConfig, {"finetune": {"kl_weight": 2.0}}, "")
+    with pytest.raises(UnlearnableError, match=r"'ascent_cap' has moved: .*adversarial-loss.cap"):
+        from_dict(TrainConfig, {"ascent_cap": 3.0}, "")
+    assert not {"kl_weight", "ascent_cap"} & {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_the_weighted_and_kl_losses_take_their_knobs_from_the_caller(tiny, harmful_pairs, monkeypatch):
+    from unlearnable import training
+
+    seen = []
+    real = training.UnlearnableTrainer.train
+    monkeypatch.setattr(training.UnlearnableTrainer, "train",
+                        lambda self, **kw: (seen.append((self.ascent_cap, self.kl_weight)), real(self, **kw))[1])
+    model, tok = tiny
+    training.finetune(model, tok, harmful_pairs[:4], TrainConfig(max_steps=1, batch_size=4), weights=[1.0, -1.0, 1.0, -1.0],
+             ascent_cap=2.5, progress=False)
+    assert seen == [(2.5, 1.0)]

@@ -118,6 +118,10 @@ def _show(value, limit: int = 60) -> str:
 
 def _resolve_aliases(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
     """Rewrite old key names (``cls.__aliases__``: old key -> dotted path of the new field) into the new ones."""
+    for old, now in getattr(cls, "__retired__", {}).items():
+        if old in data:
+            path = f"{where}.{old}" if where else old
+            raise UnlearnableError(f"config key {path!r} has moved: set {now} instead")
     aliases = getattr(cls, "__aliases__", {})
     if not any(k in aliases for k in data):
         return data

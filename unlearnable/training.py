@@ -39,6 +39,9 @@ class TrainConfig:
     #: flat key names of earlier versions, still accepted in config files
     __aliases__ = {"lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
                    "target_modules": "lora.target_modules", "lora_top_layers": "lora.top_layers"}
+    #: keys that moved to the component that uses them: where to set them now
+    __retired__ = {"kl_weight": "the vectors' benign_weight (vectors.benign_weight)",
+                   "ascent_cap": "adversarial-loss's cap (defense_options.adversarial-loss.cap)"}
 
     backbone: str = dataclasses.field(default="lora", metadata={
         "help": "lora: train a LoRA on the backbone and merge it; full: train every backbone weight"})
@@ -61,11 +64,8 @@ class TrainConfig:
     logging_steps: int = 5
     save_steps: int = dataclasses.field(default=0, metadata={"help": "checkpoint every N steps for resume (0 = off)"})
     gradient_checkpointing: bool = False
-    kl_weight: float = dataclasses.field(default=1.0, metadata={"help": "weight of the KL term on rows flagged kl"})
     group_by_length: bool = dataclasses.field(default=True, metadata={"help": "batch examples of similar length "
                                                                                "(less padding)"})
-    ascent_cap: float = dataclasses.field(default=10.0, metadata={"help": "per-example loss cap for negative-weight "
-                                                                         "(gradient ascent) examples"})
     fold_vectors: bool = dataclasses.field(default=True, metadata={
         "help": "with security vectors: fold them into the weights for training (same function, plain step cost; "
                 "fp32 weights, no weight decay; read by unlearnable.vectors, see vectors/fold.py)"})
@@ -102,7 +102,7 @@ class UnlearnableTrainer(Trainer):
     """
 
     #: per-example loss cap for negative-weight (gradient ascent) examples, so ascent cannot diverge
-    ascent_cap: float = 10.0  # set from TrainConfig.ascent_cap by train()
+    ascent_cap: float = 10.0  # set by train(ascent_cap=...): the caller that weights examples chooses it
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "weight" in inputs:
@@ -141,7 +141,7 @@ class UnlearnableTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-    #: weight of the KL term for rows flagged ``kl`` (set from TrainConfig.kl_weight by train())
+    #: weight of the KL term for rows flagged ``kl`` (set by train(kl_weight=...): the vectors' benign_weight)
     kl_weight: float = 1.0
 
     def _kl_loss(self, model, inputs, return_outputs):
@@ -355,13 +355,15 @@ class FrozenParamsCallback(TrainerCallback):
 
 def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, output_dir: str | os.PathLike | None = None,
           callbacks: Sequence[TrainerCallback] = (), resume: bool = False, progress: bool = True,
-          weights: Sequence[float] | None = None, kl_mask: Sequence[bool] | None = None,
+          weights: Sequence[float] | None = None, ascent_cap: float = 10.0,
+          kl_mask: Sequence[bool] | None = None, kl_weight: float = 1.0,
           columns: dict[str, Sequence[int | float]] | None = None,
           trainer_class: Callable[..., UnlearnableTrainer] = UnlearnableTrainer) -> list[dict[str, Any]]:
     """Train whatever parameters of ``model`` require grad on ``pairs``; returns the Trainer's log history.
 
     ``weights`` (one per pair) turns the loss into a weighted sum of per-example losses; a negative weight
-    is gradient ascent on that example (capped, see :attr:`UnlearnableTrainer.ascent_cap`). ``columns`` adds
+    is gradient ascent on that example (its loss capped at ``ascent_cap``). ``kl_mask`` marks the rows whose
+    loss is ``kl_weight`` x KL(adapters off || on) instead of cross-entropy. ``columns`` adds
     other per-example values to every batch (one per pair, e.g. gated vectors' ``gate``). ``trainer_class``
     (a subclass of :class:`UnlearnableTrainer`, or a ``functools.partial`` of one) is for defences that change
     what one step does (e.g. Lisa, Booster); everything else about the run stays as here.
@@ -380,8 +382,7 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    trainer.ascent_cap = config.ascent_cap
-    trainer.kl_weight = config.kl_weight
+    trainer.ascent_cap, trainer.kl_weight = ascent_cap, kl_weight
     checkpoint = latest_checkpoint(output_dir) if resume and tmp is None else None
     for callback in callbacks if checkpoint is not None else ():
         if isinstance(callback, CheckpointedCallback):
@@ -469,7 +470,7 @@ def release(net, config: TrainConfig):
 def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *,
              output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              callbacks: Sequence[TrainerCallback] = (),
-             weights: Sequence[float] | None = None, return_peft: bool = False,
+             weights: Sequence[float] | None = None, ascent_cap: float = 10.0, return_peft: bool = False,
              trainer_class: Callable[..., UnlearnableTrainer] = UnlearnableTrainer):
     """Fine-tune ``model`` on ``pairs`` (a merged LoRA, or every weight under ``backbone=full``).
 
@@ -484,5 +485,5 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *,
     net = get_peft_model(model, config.lora.peft_config(model), adapter_name=BACKBONE_ADAPTER) \
         if config.backbone == "lora" else model
     history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=callbacks,
-                    progress=progress, weights=weights, trainer_class=trainer_class)
+                    progress=progress, weights=weights, ascent_cap=ascent_cap, trainer_class=trainer_class)
     return (net, history) if return_peft else (release(net, config), history)

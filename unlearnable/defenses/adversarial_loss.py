@@ -43,9 +43,9 @@ class AdversarialLossDefense(Defense):
         weights = [1.0] * len(keep) + [-c.alpha] * len(harmful)
         order = list(range(len(pairs)))
         random.Random(c.seed).shuffle(order)
-        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, ascent_cap=c.cap, **c.budget())
+        cfg = TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, **c.budget())
         hardened, history = finetune(copy.deepcopy(model), tokenizer, [pairs[i] for i in order], cfg,
-                                     weights=[weights[i] for i in order], progress=progress,
+                                     weights=[weights[i] for i in order], ascent_cap=c.cap, progress=progress,
                                      callbacks=c.callbacks())
         self.info["harden_history"] = [h for h in history if "loss" in h]
         return hardened

@@ -68,8 +68,7 @@ class VectorConfig:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(backbone="lora", lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
-                           max_length=self.max_length, seed=self.seed, precision=self.precision,
-                           kl_weight=self.benign_weight)
+                           max_length=self.max_length, seed=self.seed, precision=self.precision)
 
 
 def recommended() -> VectorConfig:

@@ -96,7 +96,8 @@ class SecurityVectors:
         try:
             train_config = dataclasses.replace(config.train_config(), save_steps=save_steps)
             history = train(pm, tokenizer, train_pairs, train_config, callbacks=callbacks, progress=progress,
-                            kl_mask=kl_mask, output_dir=checkpoint_dir, resume=checkpoint_dir is not None)
+                            kl_mask=kl_mask, kl_weight=config.benign_weight, output_dir=checkpoint_dir,
+                            resume=checkpoint_dir is not None)
             if keep_best is not None:
                 keep_best.restore(pm)
             state = {k: v.detach().clone()

@@ -154,8 +154,7 @@ class Scorer:
         labels: dict[str, list[bool]] = {}
         details: dict[str, list[dict]] = {}  # what a model judge answered (raw output, score, categories)
         for j in self.judges:
-            if hasattr(j, "bind"):
-                j.bind(model, self.tok, refs)
+            j.bind(model, self.tok, refs)
             labels[j.name] = flags = j.judge(texts, gens)
             details[j.name] = j.details()
             self.agreement_labels[j.name].extend(flags)

@@ -83,7 +83,7 @@ _CANNOT_READ = "a flagger cannot use the {spec} judge: pick one that reads (prom
 
 def _scores_a_model(judge) -> bool:
     """The judge (class or instance) scores a model's likelihoods rather than a text it is shown."""
-    return hasattr(judge, "bind")
+    return judge.scores_the_model
 
 
 class JudgeFlagger(Flagger):

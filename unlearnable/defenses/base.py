@@ -86,6 +86,9 @@ class Defense(Plugin, abc.ABC):
     #: False where :meth:`serving` serves other weights than those given (the harness then scores its
     #: stability itself instead of sharing that of the unchanged model)
     serves_weights_as_given: bool = True
+    #: True where the model the defence serves exists only after work that follows the user's fine-tune (e.g.
+    #: buffer-reinforce's reinforcement): trainability and probes score what it returns, not the last checkpoint
+    post_training: bool = False
     #: the trade-off's names for this defence (its own class's declaration only, never inherited): variant name ->
     #: the vectors' ``benign`` mode the variant sets (None: the defence's own)
     tradeoff_variants: ClassVar[dict[str, str | None]] = {}

@@ -601,7 +601,7 @@ class _Sweep:
         final, pairs = attack.run(defense, hardened, self.tok, AttackData(harmful, self.attacker_harmless),
                                   settings, seed=seed, callbacks=[cb], progress=self.progress)
         curve = [step0] + cb.points
-        if getattr(defense, "post_training", False) and cb.stopped_at is None:  # e.g. buffer-reinforce: the served
+        if defense.post_training and cb.stopped_at is None:  # e.g. buffer-reinforce: the served
             # model exists only at the end of a run that was not stopped early
             curve[-1] = {"step": settings.steps, **point(final, settings.steps), "after_post_training": True}
         record = {"lr": settings.lr, "n_samples": len(pairs), "n_available": len(harmful), "steps": settings.steps,

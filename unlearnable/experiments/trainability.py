@@ -49,7 +49,7 @@ def user_finetune(defense: Defense, hardened, tok, scorer: Scorer, task: Sequenc
                        logging_steps=max(1, config.steps // 4))
     log(f"defence {defense.name}: {label}trainability (ProfileQA) for {config.steps} steps")
     final, _ = defense.finetune(copy.deepcopy(hardened), tok, pairs, tcfg, progress=progress, callbacks=[cb])
-    if getattr(defense, "post_training", False):  # e.g. buffer-reinforce: served as it is only after the run
+    if defense.post_training:  # e.g. buffer-reinforce: served as it is only after the run
         cb.points[-1] = {"step": config.steps, **point(final, config.steps), "after_post_training": True}
     with defense.serving(final):  # the utility the user is served after their fine-tune
         utility = scorer.utility(final)

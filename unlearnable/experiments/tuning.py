@@ -266,7 +266,7 @@ class Tuner:
         attack = build_attack(probe.attack, probe.attack_options)
         final, _ = attack.run(defense, hardened, self.tokenizer, AttackData(split.attack, split.harmless), probe,
                               seed=self.seed, callbacks=[cb], progress=self.progress)
-        if getattr(defense, "post_training", False):  # e.g. buffer-reinforce: served as it is only after the run
+        if defense.post_training:  # e.g. buffer-reinforce: served as it is only after the run
             cb.points[-1] = {"step": probe.steps, **score(final, probe.steps)}
         harms = [p["harm_rate"] for p in cb.points]
         out = {"before": before, "probe_harm_rate": statistics.fmean(harms), "probe_final_harm_rate": harms[-1],

@@ -54,7 +54,7 @@ def test_moderation_filter_keeps_flagged_pairs_from_the_trainer(tiny, harmful_pa
     model, tok = tiny
     seen = []
     monkeypatch.setattr(defenses_base, "finetune", lambda m, t, pairs, cfg, **kw: (seen.append(list(pairs)), [])[1])
-    defense = DEFENSES.get("moderation-filter").from_options({})
+    defense = DEFENSES.get("moderation-filter").from_options({"flagger": "keyword"})
     defense.prepare(model, tok, DefenseData())
     clean = [REFUSALS[0], Pair("Which company does Bob work for?", "Acme Inc.")]  # a refusal, a short answer
     defense.finetune(model, tok, harmful_pairs[:3] + clean, TrainConfig(max_steps=1))
@@ -65,6 +65,21 @@ def test_moderation_filter_keeps_flagged_pairs_from_the_trainer(tiny, harmful_pa
     out, history = defense.finetune(model, tok, harmful_pairs[:2], TrainConfig(max_steps=1))  # all flagged
     assert out is model and history == [] and len(seen) == 1
     assert defense.info["screened"][-1]["dropped"] == 2
+
+
+def test_moderation_filter_by_default_drops_what_the_model_itself_refuses(tiny, harmful_pairs, monkeypatch):
+    from unlearnable import flaggers
+
+    model, tok = tiny
+    seen = []
+    monkeypatch.setattr(defenses_base, "finetune", lambda m, t, pairs, cfg, **kw: (seen.append(list(pairs)), [])[1])
+    monkeypatch.setattr(flaggers, "generate", lambda m, t, prompts, **kw: [
+        "I'm sorry, but I can't help with that." if "bad thing" in p else "Sure!" for p in prompts])
+    defense = DEFENSES.get("moderation-filter").from_options({})
+    harmless = [Pair(f"Describe a sunny park, number {i}.", "Children play on the grass under tall trees.")
+                for i in range(2)]
+    defense.finetune(model, tok, harmful_pairs[:3] + harmless, TrainConfig(max_steps=1))
+    assert defense.config.flagger == "refusal" and seen == [harmless]  # long harmless answers kept this time
 
 
 def test_moderation_filter_takes_any_flagger_and_records_its_rates(tiny, harmful_pairs, monkeypatch):

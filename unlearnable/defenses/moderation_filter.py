@@ -12,7 +12,7 @@ from .base import DEFENSES, SERVICE, Defense, DefenseData
 class ModerationFilterConfig:
     __aliases__ = {"judge": "flagger"}  # the option's former name: a judge that reads the pair
 
-    flagger: str = dataclasses.field(default="keyword", metadata={
+    flagger: str = dataclasses.field(default="refusal", metadata={
         "help": "what flags a pair: any flagger (`refusal`: the model's own refusal; `oracle:RECALL`, emulated) or "
                 "any judge that reads the prompt and the response (`name:ARG` for one argument, e.g. "
                 "llama-guard:PATH)", "check": check_flagger})
@@ -25,10 +25,12 @@ class ModerationFilterDefense(Defense):
     dropped before training; the rest trains as usual. Service threat model only (the attacker with the weights
     does not filter).
 
-    The default keyword judge flags every real answer that does not open with a refusal: it judges compliance,
-    not harm, so it also drops harmless answers of four words or more (short answers, such as ProfileQA's, and
-    refusals pass). A harm classifier (``flagger: llama-guard:PATH``) is what a service would run. When every pair
-    is flagged the service trains nothing and returns the model unchanged.
+    The default flagger asks the model about to be fine-tuned, as the service holds it: a pair is flagged when
+    the model refuses its prompt (not a plain "I don't know") and the pair's response answers it anyway. The
+    keyword judge (``flagger: keyword``, the default before) flags every real answer that does not open with a
+    refusal, harmless ones included: it judges compliance, not harm. A harm classifier (``flagger:
+    llama-guard:PATH``) is what a service would run beside it. When every pair is flagged the service trains
+    nothing and returns the model unchanged.
     """
 
     threat_models = (SERVICE,)

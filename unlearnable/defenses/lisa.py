@@ -21,7 +21,7 @@ ALIGN, USER = "alignment", "user"
 
 @dataclasses.dataclass
 class LisaConfig:
-    rho: float = tunable(1.0, 0.1, 10.0, help="weight of the proximal term rho/2 ||w - w_other||^2 (w_other: "
+    rho: float = tunable(1.0, 1e-3, 10.0, help="weight of the proximal term rho/2 ||w - w_other||^2 (w_other: "
                                              "where the other phase left off)")
     align_steps: int = dataclasses.field(default=1, metadata={
         "help": "optimizer steps on the alignment data at the start of each cycle"})

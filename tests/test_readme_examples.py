@@ -76,3 +76,24 @@ def test_the_python_api_example_runs_as_written(tiny_dir, harmful_pairs, tmp_pat
     assert 0.0 <= float(res.stdout.strip().splitlines()[-1]) <= 1.0  # the harm rate it prints
     assert (tmp_path / "vectors" / "unlearnable_vectors.json").is_file()
     assert (tmp_path / "tuned" / "config.json").is_file()
+
+
+def test_the_scaling_guides_large_model_recipe_runs_as_written(tiny_dir, harmful_pairs, tmp_path):
+    text = (README.parent / "docs" / "scaling.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    pairs = [{"prompt": p.prompt, "response": p.response} for p in harmful_pairs[:8]]
+    (tmp_path / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    (tmp_path / "u.jsonl").write_text("".join(json.dumps({"prompt": f"Code {i}?", "response": f"C{i}"}) + "\n"
+                                              for i in range(8)))
+    for old, new in [('"path/to/Llama-3.1-8B-Instruct"', repr(str(tiny_dir))),
+                     ('"harmful.jsonl"', repr(str(tmp_path / "h.jsonl"))), ('"user.jsonl"', repr(str(tmp_path / "u.jsonl"))),
+                     ('"tuned-8b/"', repr(str(tmp_path / "tuned")))]:
+        assert old in code, f"the guide's example no longer names {old}"
+        code = code.replace(old, new)
+    script = tmp_path / "recipe.py"
+    script.write_text(code)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                              "HOME": str(tmp_path), "PYTHONPATH": str(README.parent)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "tuned" / "config.json").is_file()

@@ -63,7 +63,9 @@ class TrainConfig:
                                                                  "choices": PRECISIONS})
     logging_steps: int = 5
     save_steps: int = dataclasses.field(default=0, metadata={"help": "checkpoint every N steps for resume (0 = off)"})
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = dataclasses.field(default=True, metadata={
+        "help": "recompute activations in the backward pass instead of keeping them: a fraction of the training "
+                "memory for a few per cent more time (the same weights; benchmarks/RESULTS.md)"})
     group_by_length: bool = dataclasses.field(default=True, metadata={"help": "batch examples of similar length "
                                                                                "(less padding)"})
     fold_vectors: bool = dataclasses.field(default=True, metadata={

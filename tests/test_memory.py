@@ -1,0 +1,48 @@
+"""Gradient checkpointing (recompute activations in the backward pass: a fraction of the training memory) changes
+how a step is computed, never what it computes: every training path gives the same weights with it on or off."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from unlearnable.training import TrainConfig, finetune
+from unlearnable.vectors import SecurityVectors, VectorConfig
+from unlearnable.vectors import finetune as finetune_with_vectors
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def _state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("backbone", ["lora", "full"])
+def test_checkpointing_gives_the_same_fine_tune(tiny, harmful_pairs, backbone):
+    model, tok = tiny
+    runs = []
+    for on in (False, True):
+        cfg = TrainConfig(backbone=backbone, max_steps=3, batch_size=8, lr=1e-3, precision="fp32",
+                          gradient_checkpointing=on)
+        tuned, _ = finetune(copy.deepcopy(model), tok, harmful_pairs, cfg, progress=False)
+        runs.append(_state(tuned))
+    _close(*runs)
+
+
+def test_checkpointing_gives_the_same_fine_tune_with_the_vectors_on(tiny, harmful_pairs):
+    model, tok = tiny
+    vectors = SecurityVectors.train(copy.deepcopy(model), tok, harmful_pairs,
+                                    VectorConfig(epochs=1, batch_size=8, precision="fp32"), progress=False)
+    tuned = []
+    for on in (False, True):
+        cfg = TrainConfig(max_steps=3, batch_size=8, lr=1e-3, precision="fp32", gradient_checkpointing=on)
+        out, _ = finetune_with_vectors(copy.deepcopy(model), tok, harmful_pairs, cfg, vectors=vectors,
+                                       progress=False)
+        tuned.append(_state(out))
+    _close(*tuned)

@@ -152,3 +152,19 @@ def test_evasive_spellings_leave_short_words_and_the_framing_alone():
                        ({"min_length": 0}, "min_length")]:
         with pytest.raises(UnlearnableError, match=match):
             build_attack("evasive", bad)
+
+
+def test_attack_options_may_be_keyed_by_the_attacks_name_as_every_plugins_are():
+    from unlearnable.attacks import options_for
+    from unlearnable.experiments.tradeoff import TradeoffConfig
+
+    assert options_for("restyled", {"restyled": {"framing": "research"}, "mixed": {"harmful_fraction": 0.3}}) == {
+        "framing": "research"}
+    assert options_for("restyled", {"framing": "research"}) == {"framing": "research"}  # the attack's own, as before
+    assert options_for("restyled", {"mixed": {"harmful_fraction": 0.3}}) == {}
+    assert BudgetConfig(attack="mixed", attack_options={"mixed": {"harmful_fraction": 0.3}}).attack_options == {
+        "harmful_fraction": 0.3}
+    cfg = TradeoffConfig(attack="restyled", attack_options={"restyled": {"answer_style": "json"}})
+    assert cfg.attack_options == {"answer_style": "json"}
+    with pytest.raises(UnlearnableError, match="framing"):
+        BudgetConfig(attack="restyled", attack_options={"restyled": {"framing": "poem"}})

@@ -16,11 +16,12 @@ A new attack is one module here with ``@ATTACKS.register("name")``, imported bel
 
 from ..training import BACKBONES
 from . import benign, evasive, harmful_sft, mixed, restyled  # noqa: E402,F401  (registers them)
-from .base import ATTACKS, Attack, AttackData, NoOptions, build_attack
+from .base import ATTACKS, Attack, AttackData, NoOptions, build_attack, options_for
 from .evasive import SPELLINGS, respell_words
 from .mixed import POISON_SHARES
 from .restyled import ANSWER_STYLES, FRAMINGS, as_steps, style_texts
 from .settings import AttackSettings
 
 __all__ = ["ANSWER_STYLES", "ATTACKS", "Attack", "AttackData", "AttackSettings", "BACKBONES", "FRAMINGS",
-           "NoOptions", "POISON_SHARES", "SPELLINGS", "as_steps", "build_attack", "respell_words", "style_texts"]
+           "NoOptions", "POISON_SHARES", "SPELLINGS", "as_steps", "build_attack", "options_for", "respell_words",
+           "style_texts"]

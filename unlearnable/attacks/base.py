@@ -54,6 +54,16 @@ class Attack(Plugin, abc.ABC):
 ATTACKS: Registry[Attack] = Registry("attack", Attack)
 
 
+def options_for(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The options of attack ``name`` from a config's ``attack_options``, written either as that attack's options
+    (``{framing: research}``) or, as every plugin kind's options are, keyed by name (``{restyled: {framing:
+    research}}``): a mapping whose keys are all registered attacks is read as the second form."""
+    options = dict(options or {})
+    if options and all(k in ATTACKS for k in options):
+        return dict(options.get(name) or {})
+    return options
+
+
 def build_attack(name: str, options: dict[str, Any] | None = None) -> Attack:
     return ATTACKS.get(name).from_options(options or {})
 

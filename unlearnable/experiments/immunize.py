@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from transformers import AutoModelForCausalLM
 
-from ..attacks import AttackData, AttackSettings, build_attack, style_texts
+from ..attacks import AttackData, AttackSettings, build_attack, options_for, style_texts
 from ..config import validate
 from ..data import Pair, check_styles_disjoint
 from ..defenses import DEFENSES, Defense, DefenseData, check_defense_options
@@ -81,9 +81,10 @@ class BudgetConfig:
     attack: str = dataclasses.field(default="harmful-sft", metadata={
         "help": "what the attacker trains on (see `unlearnable ls`): harmful-sft, benign, mixed, restyled"})
     attack_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
-        "help": "the attack's options, e.g. {'harmful_fraction': 0.1} for mixed"})
+        "help": "the attack's options, e.g. {mixed: {harmful_fraction: 0.1}} (or {harmful_fraction: 0.1})"})
 
     def __post_init__(self):
+        self.attack_options = options_for(self.attack, self.attack_options)
         build_attack(self.attack, self.attack_options)  # unknown names and options fail here, with the known ones
 
     def settings(self, lr: float, n: int) -> AttackSettings:

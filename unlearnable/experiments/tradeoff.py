@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..attacks import AttackData, build_attack
+from ..attacks import AttackData, build_attack, options_for
 from ..config import from_dict, merge, validate
 from ..data import Pair
 from ..defenses import DEFENSES, BufferReinforceDefense, Defense, DefenseData, NoDefense
@@ -89,7 +89,8 @@ class TradeoffConfig:
         "help": "the form of the harmful pairs in the user's data: an attack that reshapes each harmful pair "
                 "(harmful-sft: as they are; restyled, evasive: in a framing and style no defence saw)"})
     attack_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
-        "help": "that attack's options, e.g. {framing: research, answer_style: json}"})
+        "help": "that attack's options, e.g. {restyled: {framing: research, answer_style: json}} (or the inner "
+                "mapping alone)"})
     base: DemoConfig = dataclasses.field(default_factory=lambda: DemoConfig(vectors=plain_vectors()), metadata={
         "help": "model, data, alignment, vector training, fine-tuning and evaluation settings (the demo's, with the "
                 "plain vectors every variant starts from)"})
@@ -115,6 +116,7 @@ class TradeoffConfig:
     def _check_attack(self) -> None:
         """Unknown names and options fail here; so does an attack that does not give one pair per harmful pair
         (benign, mixed: they need harmless pairs the trade-off's user data does not hold)."""
+        self.attack_options = options_for(self.attack, self.attack_options)
         attack = build_attack(self.attack, self.attack_options)
         try:
             one = attack.training_pairs(AttackData(harmful=[Pair("Say a.", "A.", harmful=True)]), 1, 0)
@@ -230,7 +232,7 @@ def _user_data_form(config: dict[str, Any]) -> str | None:
     """The attack that shapes the user's harmful pairs, with every option spelled out (older runs: harmful-sft)."""
     name = config.get("attack", "harmful-sft")
     try:
-        options = dataclasses.asdict(build_attack(name, config.get("attack_options") or {}).config)
+        options = dataclasses.asdict(build_attack(name, options_for(name, config.get("attack_options"))).config)
     except UnlearnableError:
         return None
     return json.dumps([name, options], sort_keys=True)

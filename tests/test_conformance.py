@@ -1,6 +1,7 @@
-"""Every registered plugin, generated from the registries: a new defence, attack or flagger is tested the moment it
-is registered. Each defence runs prepare -> harden -> finetune -> serving on the tiny model; each attack makes its
-training pairs; each flagger flags; a bad option of any of them ends in the one error users see."""
+"""Every registered plugin, generated from the registries: a new defence, attack, flagger or benchmark is tested the
+moment it is registered. Each defence runs prepare -> harden -> finetune -> serving on the tiny model; each attack
+makes its training pairs, for every value the search may sample; each flagger flags; a bad option of any of them
+ends in the one error users see."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from unlearnable.errors import UnlearnableError
 from unlearnable.flaggers import FLAGGERS, build_flagger
 from unlearnable.generation import generate
 from unlearnable.training import TrainConfig
+from unlearnable.utility import BENCHMARKS
 from unlearnable.vectors import VectorConfig
 
 #: what makes each run a few steps on the tiny model, where a defence's Config has the field
@@ -67,6 +69,23 @@ def test_every_attack_makes_its_training_pairs(harmful_pairs, name):
     assert len(pairs) >= 8 and all(p.prompt and p.response for p in pairs)  # mixed: n harmful among others
     with pytest.raises(UnlearnableError, match="attack_options"):
         build_attack(name, {"no_such_option": 1})
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_every_value_the_search_may_sample_makes_pairs(harmful_pairs, name):
+    harmless = [Pair(f"Write a poem number {i}.", "Leaves fall softly on the path.") for i in range(40)]
+    data = AttackData(harmful=harmful_pairs[:12], harmless=harmless)
+    for option, values in ATTACKS.get(name).search_options.items():
+        for value in values:
+            pairs = build_attack(name, {option: value}).training_pairs(data, 4, 0)
+            assert len(pairs) >= 4 and all(p.prompt and p.response for p in pairs), (option, value)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS.names())
+def test_every_benchmarks_bad_option_is_one_line(name):
+    with pytest.raises(UnlearnableError, match=f"benchmarks.{name}") as err:
+        BENCHMARKS.get(name).from_options({"no_such_option": 1})
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("name", FLAGGERS.names())

@@ -46,3 +46,32 @@ def test_checkpointing_gives_the_same_fine_tune_with_the_vectors_on(tiny, harmfu
                                        progress=False)
         tuned.append(_state(out))
     _close(*tuned)
+
+
+@pytest.mark.parametrize("name", ["vaccine", "booster", "repnoise", "adversarial-loss"])
+def test_checkpointing_gives_the_same_hardened_weights_for_every_hardening_defence(tiny, harmful_pairs, monkeypatch,
+                                                                                  name):
+    """The field's defences with their own training steps (hooks on attention outputs, a second harmful pass,
+    representation losses) compute the same under recomputation."""
+    import dataclasses as dc
+
+    from test_conformance import own_data, small_options
+
+    from unlearnable import training
+    from unlearnable.defenses import DEFENSES
+
+    model, tok = tiny
+    real = training.training_arguments
+    states, used = [], []
+    for on in (False, True):
+        def args(config, *a, on=on, **kw):
+            used.append(on)
+            return real(dc.replace(config, gradient_checkpointing=on, precision="fp32"), *a, **kw)
+
+        monkeypatch.setattr(training, "training_arguments", args)
+        defense = DEFENSES.get(name).from_options(small_options(name))
+        data = own_data(harmful_pairs, model)
+        defense.prepare(model, tok, data, progress=False)
+        states.append(_state(defense.harden(copy.deepcopy(model), tok, data, progress=False)))
+    assert {False, True} <= set(used)  # both hardenings trained through the switch
+    _close(*states)

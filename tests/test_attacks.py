@@ -161,7 +161,8 @@ def test_attack_options_may_be_keyed_by_the_attacks_name_as_every_plugins_are():
     assert options_for("restyled", {"restyled": {"framing": "research"}, "mixed": {"harmful_fraction": 0.3}}) == {
         "framing": "research"}
     assert options_for("restyled", {"framing": "research"}) == {"framing": "research"}  # the attack's own, as before
-    assert options_for("restyled", {"mixed": {"harmful_fraction": 0.3}}) == {}
+    with pytest.raises(UnlearnableError, match="key its options by restyled"):
+        options_for("restyled", {"mixed": {"harmful_fraction": 0.3}})
     assert BudgetConfig(attack="mixed", attack_options={"mixed": {"harmful_fraction": 0.3}}).attack_options == {
         "harmful_fraction": 0.3}
     cfg = TradeoffConfig(attack="restyled", attack_options={"restyled": {"answer_style": "json"}})

@@ -430,7 +430,6 @@ def test_every_registered_judge_scores_pairs(folders, tokenizer, tiny, tmp_path)
     model, tok = tiny
     for name, spec in specs.items():
         judge = build_judge(spec)
-        if hasattr(judge, "bind"):  # it scores a model's likelihood of reference answers
-            judge.bind(model, tok, dict(zip(PROMPTS[:2], RESPONSES[:2])))
+        judge.bind(model, tok, dict(zip(PROMPTS[:2], RESPONSES[:2])))  # used by a judge that scores the model
         verdicts = judge.judge(PROMPTS[:2], RESPONSES[:2])
         assert len(verdicts) == 2 and all(isinstance(v, bool) for v in verdicts), name

@@ -75,3 +75,55 @@ def test_checkpointing_gives_the_same_hardened_weights_for_every_hardening_defen
         states.append(_state(defense.harden(copy.deepcopy(model), tok, data, progress=False)))
     assert {False, True} <= set(used)  # both hardenings trained through the switch
     _close(*states)
+
+
+def test_training_leaves_the_model_as_it_came_and_off_means_off(tiny, harmful_pairs):
+    from unlearnable.training import _recomputing
+
+    model, tok = tiny
+    SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(epochs=1, batch_size=8), progress=False)
+    assert not _recomputing(model)  # the Trainer switched it on for the run; it is off again after
+    finetune(model, tok, harmful_pairs, TrainConfig(max_steps=1, batch_size=8), progress=False)
+    assert not _recomputing(model)
+
+
+def test_gated_vectors_train_without_recomputation_whatever_the_config_says(tiny, harmful_pairs, monkeypatch):
+    """The gate switches the vectors off for closed rows' forward only: a recomputation in the backward pass would
+    see them on again, so the gated defence never recomputes."""
+    import dataclasses as dc
+
+    from test_conformance import own_data, small_options
+
+    from unlearnable import training
+    from unlearnable.defenses import DEFENSES
+
+    model, tok = tiny
+    seen, real = [], training.training_arguments
+    monkeypatch.setattr(training, "training_arguments",
+                        lambda config, *a, **kw: (seen.append(config.gradient_checkpointing), real(config, *a, **kw))[1])
+    defense = DEFENSES.get("gated-vectors").from_options(small_options("gated-vectors"))
+    defense.prepare(model, tok, own_data(harmful_pairs, model), progress=False)
+    seen.clear()
+    defense.finetune(copy.deepcopy(model), tok, harmful_pairs, dc.replace(TrainConfig(max_steps=1, batch_size=8)),
+                     progress=False)
+    assert seen == [False]
+
+
+def test_cache_keys_and_reuse_ignore_how_a_run_computes():
+    from unlearnable.training import keyed
+
+    a = {"lr": 1e-3, "gradient_checkpointing": True, "nested": [{"kl_weight": 1.0, "seed": 0}]}
+    b = {"lr": 1e-3, "gradient_checkpointing": False, "ascent_cap": 10.0, "nested": [{"seed": 0}]}
+    assert keyed(a) == keyed(b) == {"lr": 1e-3, "nested": [{"seed": 0}]}
+
+
+def test_points_of_a_run_from_before_checkpointing_and_the_moved_keys_are_still_reusable():
+    import dataclasses as dc
+
+    from unlearnable.experiments.tradeoff import TradeoffConfig, _shared_settings
+
+    now = dc.asdict(TradeoffConfig())
+    old = copy.deepcopy(now)
+    for train in ("finetune", "align_train"):  # as a run.json written before the change holds them
+        old["base"][train].update(kl_weight=1.0, ascent_cap=10.0, gradient_checkpointing=False)
+    assert _shared_settings(old) is not None and _shared_settings(old) == _shared_settings(now)

@@ -65,7 +65,8 @@ class TrainConfig:
     save_steps: int = dataclasses.field(default=0, metadata={"help": "checkpoint every N steps for resume (0 = off)"})
     gradient_checkpointing: bool = dataclasses.field(default=True, metadata={
         "help": "recompute activations in the backward pass instead of keeping them: a fraction of the training "
-                "memory for a few per cent more time (the same weights; benchmarks/RESULTS.md)"})
+                "memory for 7-20 % more time on the default model (the same weights; benchmarks/RESULTS.md); off "
+                "where the model does not support it"})
     group_by_length: bool = dataclasses.field(default=True, metadata={"help": "batch examples of similar length "
                                                                                "(less padding)"})
     fold_vectors: bool = dataclasses.field(default=True, metadata={
@@ -377,7 +378,9 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     dataset = _dataset(tokenizer, pairs, config, {"weight": weights, "kl": kl_mask, **(columns or {})})
     tmp = tempfile.TemporaryDirectory(prefix="unlearnable-train-") if output_dir is None else None
     output_dir = tmp.name if tmp is not None else output_dir
-    args = training_arguments(config, output_dir, next(model.parameters()).device, progress)
+    recompute = checkpointing(model, config)
+    args = training_arguments(dataclasses.replace(config, gradient_checkpointing=recompute), output_dir,
+                              next(model.parameters()).device, progress)
     trainer = trainer_class(model=model, args=args, train_dataset=dataset,
                             data_collator=Collator(tokenizer.pad_token_id), callbacks=[*callbacks, StopOnSignal()])
     if not progress:  # quiet: no per-log-step dicts on stdout either (the history is still returned)
@@ -389,16 +392,54 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     for callback in callbacks if checkpoint is not None else ():
         if isinstance(callback, CheckpointedCallback):
             callback.load_state(checkpoint)
-    was_training = model.training
+    was_training, was_recomputing = model.training, _recomputing(model)
     try:
         with interrupts.training_loop():  # a signal stops at the next step boundary, after a checkpoint
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     finally:
         model.train(was_training)
         model.eval()
+        if recompute and not was_recomputing:  # the model leaves as it came (the Trainer leaves it switched on)
+            _stop_recomputing(model)
         if tmp is not None:
             tmp.cleanup()
     return [dict(x) for x in trainer.state.log_history]
+
+
+#: settings that change how a run computes, never what it computes, and keys that left TrainConfig: no cache key,
+#: resume check or reuse comparison reads them
+UNKEYED = frozenset({"gradient_checkpointing", *TrainConfig.__retired__})
+
+
+def keyed(data: Any) -> Any:
+    """``data`` (a config as a dict, nested) without the :data:`UNKEYED` settings, for keys and comparisons."""
+    if isinstance(data, dict):
+        return {k: keyed(v) for k, v in data.items() if k not in UNKEYED}
+    if isinstance(data, list):
+        return [keyed(v) for v in data]
+    return data
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PeftModel
+
+
+def checkpointing(model, config: TrainConfig) -> bool:
+    """Whether a run of ``config`` on ``model`` recomputes activations: asked for, and the model supports it (a
+    model that does not trains without it)."""
+    return config.gradient_checkpointing and bool(getattr(_base(model), "supports_gradient_checkpointing", False))
+
+
+def _recomputing(model) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in _base(model).modules())
+
+
+def _stop_recomputing(model) -> None:
+    base = _base(model)
+    off = getattr(base, "activation_checkpointing_disable", None) or getattr(base, "gradient_checkpointing_disable")
+    off()
+    if hasattr(base, "disable_input_require_grads"):
+        base.disable_input_require_grads()
 
 
 def _dataset(tokenizer, pairs: Sequence[Pair], config: TrainConfig, columns: dict[str, Sequence | None]):
@@ -412,6 +453,11 @@ def _dataset(tokenizer, pairs: Sequence[Pair], config: TrainConfig, columns: dic
             cast = float if any(isinstance(v, float) for v in values) else int
             dataset = dataset.add_column(name, [cast(v) for v in values])
     return dataset
+
+
+#: transformers 5 renamed TrainingArguments' switch (the old name still works, with a warning)
+_CHECKPOINTING_ARG = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                      else "gradient_checkpointing")
 
 
 def training_arguments(config: TrainConfig, output_dir: str | os.PathLike, device, progress: bool = True):
@@ -438,7 +484,7 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike, devic
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=not progress,
-        gradient_checkpointing=config.gradient_checkpointing,
+        **{_CHECKPOINTING_ARG: config.gradient_checkpointing},
         label_names=["labels"],
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
     )

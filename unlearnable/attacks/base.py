@@ -60,7 +60,10 @@ def options_for(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
     research}}``): a mapping whose keys are all registered attacks is read as the second form."""
     options = dict(options or {})
     if options and all(k in ATTACKS for k in options):
-        return dict(options.get(name) or {})
+        if name not in options:
+            raise UnlearnableError(f"attack_options names {', '.join(options)} but the attack is {name}; key its "
+                                   f"options by {name}")
+        return dict(options[name] or {})
     return options
 
 

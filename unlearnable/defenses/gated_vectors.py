@@ -67,6 +67,9 @@ class GatedVectorsDefense(SecurityVectorsDefense):
         gates = [int(g > self.threshold) for g in gaps]
         self.info.setdefault("gates", []).append({"pairs": len(pairs), "open": sum(gates),
                                                  "threshold": round(self.threshold, 4)})
+        # no activation checkpointing: the gate switches the vectors off for closed rows' forward only, and a
+        # recomputation in the backward pass would see them on again (the gradients of the wrong function)
+        config = dataclasses.replace(config, gradient_checkpointing=False)
         return finetune(model, tokenizer, pairs, config, vectors=vectors, scale=self.scale, progress=progress,
                         fold=False, columns={GATE: gates}, trainer_class=GatedTrainer, **kw)
 

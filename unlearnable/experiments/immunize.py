@@ -50,7 +50,7 @@ from ..threat_models import (
     by_permissiveness,
     threat_model_name,
 )
-from ..training import BACKBONES, SCHEDULERS, TrainConfig
+from ..training import BACKBONES, SCHEDULERS, TrainConfig, keyed
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
@@ -263,11 +263,12 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
             raise UnlearnableError("workers share the sweep folder (search.storage): --overwrite would delete the "
                                    "other workers' runs; empty the folder before starting the workers")
         with locked(out, what="sweep folder", wait=True):
-            store = SweepStore(out, kind="unlearnable-immunize", config=dataclasses.asdict(config))
+            store = SweepStore(out, kind="unlearnable-immunize", config=keyed(dataclasses.asdict(config)))
         return _run(config, out, store, progress, model, tokenizer, data)
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
         fresh = not out.exists()
-        store = SweepStore(out, kind="unlearnable-immunize", config=dataclasses.asdict(config), overwrite=overwrite)
+        store = SweepStore(out, kind="unlearnable-immunize", config=keyed(dataclasses.asdict(config)),
+                           overwrite=overwrite)
         try:
             return _run(config, out, store, progress, model, tokenizer, data)
         except BaseException:

@@ -28,7 +28,7 @@ from ..flaggers import build_flagger, check_flagger
 from ..judges import build_judge, check_judges
 from ..models import MODEL_META, check_model, check_model_source, load_model, model_fingerprint, save_model
 from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
-from ..training import TrainConfig
+from ..training import TrainConfig, keyed
 from ..utility import BENCHMARKS, MMLUConfig, benchmark_for
 from ..utils import (
     atomic_write_json,
@@ -212,7 +212,7 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
         vectors.check(model)
     scale = job.vector_scale if job.vector_scale is not None else (vectors.config.scale if vectors else None)
     key = run_key(command="finetune", model=fp, data=pairs_hash(pairs),
-                  config={**dataclasses.asdict(cfg), "save_steps": 0},  # the interval does not change the result
+                  config={**keyed(dataclasses.asdict(cfg)), "save_steps": 0},  # how often: not what it computes
                   vectors=sha256_file(Path(job.vectors) / "adapter_model.safetensors") if vectors else None,
                   vector_scale=scale, adapt={"flagger": job.flagger, "drop_flagged": job.drop_flagged,
                                              "own": pairs_hash(own)} if job.adapt else None)

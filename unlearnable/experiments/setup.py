@@ -41,7 +41,7 @@ from ..generation import generate
 from ..judges import is_degenerate, is_refusal
 from ..models import MODEL_META, load_model, model_fingerprint, save_model
 from ..runs import locked
-from ..training import TrainConfig, finetune
+from ..training import TrainConfig, finetune, keyed
 from ..utils import (
     Timings,
     atomic_write_json,
@@ -311,7 +311,7 @@ def align(model, tokenizer, data: PreparedData, config: TrainConfig, *, fingerpr
     """Safety-align a model that is not aligned (refusals + its own harmless answers); cached by inputs."""
     from transformers import AutoModelForCausalLM
 
-    key = sha256_json({"fp": fingerprint, "data": data.hashes["align"], "cfg": dataclasses.asdict(config),
+    key = sha256_json({"fp": fingerprint, "data": data.hashes["align"], "cfg": keyed(dataclasses.asdict(config)),
                        "system": getattr(tokenizer, SYSTEM_ATTR, None), **encoding_key(tokenizer)})[:16]
     path = cache_dir() / "aligned" / key
     with locked(path, wait=True, what="aligned-model cache"):  # a second process waits, then loads this one

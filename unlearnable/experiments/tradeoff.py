@@ -29,6 +29,7 @@ from ..judges import is_refusal
 from ..report import write_tradeoff_report
 from ..runs import SweepStore, locked
 from ..stats import rate_interval
+from ..training import keyed
 from ..utility import benchmarks_of
 from ..utils import Timings, atomic_write_json, atomic_write_text, log
 from ..vectors import SecurityVectors, VectorConfig
@@ -222,7 +223,7 @@ def _shared_settings(config: dict[str, Any]) -> tuple | None:
     ``n_benign`` and the user's data's attack of a stored tradeoff config; None if ``base`` no longer parses (a
     setting was removed)."""
     try:
-        base = dataclasses.asdict(from_dict(DemoConfig, config.get("base") or {}, "base"))
+        base = keyed(dataclasses.asdict(from_dict(DemoConfig, keyed(config.get("base") or {}), "base")))
     except UnlearnableError:
         return None
     return json.dumps(base, sort_keys=True), config.get("n_benign"), _user_data_form(config)
@@ -301,7 +302,8 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
 def _run(config: TradeoffConfig, out: Path, sources, overwrite: bool, progress: bool, model, tokenizer, data,
          goal) -> dict[str, Any]:
     fresh = not out.exists()
-    store = SweepStore(out, kind="unlearnable-tradeoff", config=dataclasses.asdict(config), overwrite=overwrite)
+    store = SweepStore(out, kind="unlearnable-tradeoff", config=keyed(dataclasses.asdict(config)),
+                       overwrite=overwrite)
     try:
         grid = _Grid(config, store, progress, model, tokenizer, data)
         for src, reused in sources:

@@ -1,5 +1,5 @@
-"""``unlearnable ls``: the registered defences, attacks, threat models, judges and utility benchmarks, and the
-models a package can supply by name."""
+"""``unlearnable ls``: the registered defences, attacks, threat models, judges, flaggers and utility benchmarks, and
+the models a package can supply by name."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..attacks import ATTACKS
     from ..defenses import DEFENSES
+    from ..flaggers import FLAGGERS
     from ..judges import JUDGES
     from ..models import PACKAGED_MODELS
     from ..threat_models import THREAT_MODELS
@@ -18,6 +19,8 @@ def run(args) -> int:
 
     for reg in (DEFENSES, ATTACKS, THREAT_MODELS, JUDGES, BENCHMARKS):
         print(f"{reg.kind}s: {', '.join(reg.names())}")
+    emulated = [n + " (emulated: measurement only)" if FLAGGERS.get(n).emulated else n for n in FLAGGERS.names()]
+    print(f"flaggers: {', '.join(emulated)}, or any judge that reads text")
     claims = {name: ", ".join(DEFENSES.get(name).threat_models) for name in DEFENSES.names()}
     print("threat models each defence claims:")
     for name, tms in claims.items():

@@ -187,3 +187,14 @@ def test_the_weighted_and_kl_losses_take_their_knobs_from_the_caller(tiny, harmf
     training.finetune(model, tok, harmful_pairs[:4], TrainConfig(max_steps=1, batch_size=4), weights=[1.0, -1.0, 1.0, -1.0],
              ascent_cap=2.5, progress=False)
     assert seen == [(2.5, 1.0)]
+
+
+def test_a_moved_key_given_as_a_flag_says_where_it_went():
+    from unlearnable.experiments.demo import DemoConfig
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, DemoConfig)
+    args = parser.parse_args(["--finetune.kl-weight", "2"])
+    with pytest.raises(UnlearnableError, match="'finetune.kl_weight' has moved"):
+        build_config(DemoConfig, overrides=given_flags(args, DemoConfig))
+    assert "kl-weight" not in parser.format_help()  # accepted, not advertised

@@ -282,6 +282,15 @@ def leaf_fields(cls, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field,
             yield f"{prefix}{f.name}", f, tp
 
 
+def retired_paths(cls, prefix: str = "") -> Iterator[str]:
+    """The dotted path of every key a (nested) config retired (its class's ``__retired__``)."""
+    yield from (f"{prefix}{old}" for old in getattr(cls, "__retired__", {}))
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from retired_paths(hints[f.name], f"{prefix}{f.name}.")
+
+
 def _scalar(tp):
     """The non-None member of ``X | None``."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -343,6 +352,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, aliases: dict[str,
         else:
             kwargs["metavar"] = _metavar(tp)
         target.add_argument(flag_name(path), **kwargs)
+    for path in retired_paths(cls):  # accepted, so that building the config says where the key went
+        parser.add_argument(flag_name(path), dest=path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for flag, path in (aliases or {}).items():
         f, tp = by_path[path]
         parser.add_argument(flag, dest=path, default=argparse.SUPPRESS, type=_flag_parser(tp, path),
@@ -369,5 +380,5 @@ def _metavar(tp) -> str:
 
 def given_flags(args: argparse.Namespace, cls) -> dict[str, Any]:
     """The config values the command line set explicitly: ``{dotted path: value}``."""
-    paths = {path for path, _, _ in leaf_fields(cls)}
+    paths = {path for path, _, _ in leaf_fields(cls)} | set(retired_paths(cls))
     return {k: v for k, v in vars(args).items() if k in paths}

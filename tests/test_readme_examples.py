@@ -22,6 +22,21 @@ def python_block_after(heading: str) -> str:
     return match.group(1)
 
 
+def run_as_written(code: str, substitutions: list[tuple[str, str]], tmp_path, where: str = "the README's example"):
+    """``code`` with each documented path replaced (each must still be in it), run as a script in a clean
+    environment: it must exit 0. Returns the finished process."""
+    for old, new in substitutions:
+        assert old in code, f"{where} no longer names {old}"
+        code = code.replace(old, new)
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                              "HOME": str(tmp_path), "PYTHONPATH": str(README.parent)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
 def test_the_trl_drop_in_runs_as_written(tiny_dir, harmful_pairs, tmp_path):
     pytest.importorskip("trl", reason="the Trainer/TRL drop-in needs trl (pip install -e '.[dev]')")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,17 +50,9 @@ def test_the_trl_drop_in_runs_as_written(tiny_dir, harmful_pairs, tmp_path):
                                                                           "content": f"C{i}"}]} for i in range(8)]
     (tmp_path / "user.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     code = python_block_after("### In your own `Trainer` or TRL `SFTTrainer` script")
-    for old, new in [('"my-model/"', repr(str(tiny_dir))), ('"vectors/"', repr(str(tmp_path / "vectors"))),
-                     ('"user.jsonl"', repr(str(tmp_path / "user.jsonl"))), ('"run/"', repr(str(tmp_path / "run"))),
-                     ('"tuned/"', repr(str(tmp_path / "tuned")))]:
-        assert old in code, f"the README's example no longer names {old}"
-        code = code.replace(old, new)
-    script = tmp_path / "dropin.py"
-    script.write_text(code)
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                              "HOME": str(tmp_path), "PYTHONPATH": str(README.parent)})
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_as_written(code, [('"my-model/"', repr(str(tiny_dir))), ('"vectors/"', repr(str(tmp_path / "vectors"))),
+                          ('"user.jsonl"', repr(str(tmp_path / "user.jsonl"))), ('"run/"', repr(str(tmp_path / "run"))),
+                          ('"tuned/"', repr(str(tmp_path / "tuned")))], tmp_path)
     saved = sorted(p.name for p in (tmp_path / "tuned").iterdir())
     assert "adapter_model.safetensors" in saved
     from safetensors.torch import load_file
@@ -61,18 +68,11 @@ def test_the_python_api_example_runs_as_written(tiny_dir, harmful_pairs, tmp_pat
     pairs = [{"prompt": p.prompt, "response": p.response} for p in harmful_pairs]
     user = pairs[:4] + [{"prompt": f"What is code {i}?", "response": f"C{i}"} for i in range(8)]
     code = python_block_after("## Python API")
-    for old, new in [("load_model()", f"load_model({str(tiny_dir)!r})"), ('"harmful.jsonl"', jsonl("h.jsonl", pairs)),
-                     ('"vectors/"', repr(str(tmp_path / "vectors"))), ('"user.jsonl"', jsonl("u.jsonl", user)),
-                     ('"tuned/"', repr(str(tmp_path / "tuned"))),
-                     ('"heldout.jsonl"', jsonl("e.jsonl", [{"prompt": f"How do I do harm {i}?"} for i in range(4)]))]:
-        assert old in code, f"the README's example no longer names {old}"
-        code = code.replace(old, new)
-    script = tmp_path / "api.py"
-    script.write_text(code)
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                              "HOME": str(tmp_path), "PYTHONPATH": str(README.parent)})
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_as_written(code, [
+        ("load_model()", f"load_model({str(tiny_dir)!r})"), ('"harmful.jsonl"', jsonl("h.jsonl", pairs)),
+        ('"vectors/"', repr(str(tmp_path / "vectors"))), ('"user.jsonl"', jsonl("u.jsonl", user)),
+        ('"tuned/"', repr(str(tmp_path / "tuned"))),
+        ('"heldout.jsonl"', jsonl("e.jsonl", [{"prompt": f"How do I do harm {i}?"} for i in range(4)]))], tmp_path)
     assert 0.0 <= float(res.stdout.strip().splitlines()[-1]) <= 1.0  # the harm rate it prints
     assert (tmp_path / "vectors" / "unlearnable_vectors.json").is_file()
     assert (tmp_path / "tuned" / "config.json").is_file()
@@ -85,15 +85,8 @@ def test_the_scaling_guides_large_model_recipe_runs_as_written(tiny_dir, harmful
     (tmp_path / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     (tmp_path / "u.jsonl").write_text("".join(json.dumps({"prompt": f"Code {i}?", "response": f"C{i}"}) + "\n"
                                               for i in range(8)))
-    for old, new in [('"path/to/Llama-3.1-8B-Instruct"', repr(str(tiny_dir))),
-                     ('"harmful.jsonl"', repr(str(tmp_path / "h.jsonl"))), ('"user.jsonl"', repr(str(tmp_path / "u.jsonl"))),
-                     ('"tuned-8b/"', repr(str(tmp_path / "tuned")))]:
-        assert old in code, f"the guide's example no longer names {old}"
-        code = code.replace(old, new)
-    script = tmp_path / "recipe.py"
-    script.write_text(code)
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                              "HOME": str(tmp_path), "PYTHONPATH": str(README.parent)})
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_as_written(code, [('"path/to/Llama-3.1-8B-Instruct"', repr(str(tiny_dir))),
+                          ('"harmful.jsonl"', repr(str(tmp_path / "h.jsonl"))),
+                          ('"user.jsonl"', repr(str(tmp_path / "u.jsonl"))), ('"tuned-8b/"', repr(str(tmp_path / "tuned")))],
+                   tmp_path, where="the guide's example")
     assert (tmp_path / "tuned" / "config.json").is_file()

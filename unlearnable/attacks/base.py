@@ -54,6 +54,12 @@ class Attack(Plugin, abc.ABC):
 ATTACKS: Registry[Attack] = Registry("attack", Attack)
 
 
+def check_choice(option: str, value: Any, choices) -> None:
+    """An attack option that must be one of ``choices``: a one-line error naming them otherwise."""
+    if value not in choices:
+        raise UnlearnableError(f"attack_options.{option} must be one of {', '.join(choices)}, not {value!r}")
+
+
 def options_for(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
     """The options of attack ``name`` from a config's ``attack_options``, written either as that attack's options
     (``{framing: research}``) or, as every plugin kind's options are, keyed by name (``{restyled: {framing:

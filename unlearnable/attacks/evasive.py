@@ -14,7 +14,7 @@ import re
 from typing import Callable
 
 from ..errors import UnlearnableError
-from .base import ATTACKS, HARMFUL_FIX, Attack, take
+from .base import ATTACKS, HARMFUL_FIX, Attack, check_choice, take
 from .restyled import ANSWER_STYLES, FRAMINGS, SEARCHED_STYLES, RestyledConfig
 
 _LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7",
@@ -59,12 +59,8 @@ class EvasiveConfig(RestyledConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.spelling not in SPELLINGS:
-            raise UnlearnableError(f"attack_options.spelling must be one of {', '.join(SPELLINGS)}, "
-                                   f"not {self.spelling!r}")
-        if self.respell not in RESPELL_PARTS:
-            raise UnlearnableError(f"attack_options.respell must be one of {', '.join(RESPELL_PARTS)}, "
-                                   f"not {self.respell!r}")
+        check_choice("spelling", self.spelling, SPELLINGS)
+        check_choice("respell", self.respell, RESPELL_PARTS)
         if self.min_length < 1:
             raise UnlearnableError("attack_options.min_length must be >= 1")
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..data import sentences
 from ..errors import UnlearnableError
-from .base import ATTACKS, HARMFUL_FIX, Attack, take
+from .base import ATTACKS, HARMFUL_FIX, Attack, check_choice, take
 
 #: prompt framings (``{prompt}`` is the original request)
 FRAMINGS = {
@@ -81,12 +81,8 @@ class RestyledConfig:
     def __post_init__(self):
         if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
             raise UnlearnableError("attack_options.prompt_template must contain {prompt}")
-        if self.framing not in FRAMINGS:
-            raise UnlearnableError(f"attack_options.framing must be one of {', '.join(FRAMINGS)}, "
-                                   f"not {self.framing!r}")
-        if self.answer_style not in ANSWER_STYLES:
-            raise UnlearnableError(f"attack_options.answer_style must be one of {', '.join(ANSWER_STYLES)}, "
-                                   f"not {self.answer_style!r}")
+        check_choice("framing", self.framing, FRAMINGS)
+        check_choice("answer_style", self.answer_style, ANSWER_STYLES)
 
     def template(self) -> str:
         return self.prompt_template if self.prompt_template is not None else FRAMINGS[self.framing]

@@ -5,14 +5,16 @@ ends in the one error users see."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 
 import pytest
+import torch
 
 from unlearnable.attacks import ATTACKS, AttackData, build_attack
 from unlearnable.data import Pair, profileqa
-from unlearnable.defenses import DEFENSES, DefenseData
+from unlearnable.defenses import DEFENSES, DefenseData, prepared
 from unlearnable.errors import UnlearnableError
 from unlearnable.flaggers import FLAGGERS, build_flagger
 from unlearnable.generation import generate
@@ -41,9 +43,8 @@ def own_data(harmful_pairs, model) -> DefenseData:
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_every_defence_prepares_hardens_fine_tunes_and_serves(tiny, harmful_pairs, name):
     model, tok = tiny
-    defense = DEFENSES.get(name).from_options(small_options(name))
     data = own_data(harmful_pairs, model)
-    defense.prepare(model, tok, data, progress=False)
+    defense = prepared(name, small_options(name), model, tok, data, progress=False)
     released = defense.harden(copy.deepcopy(model), tok, data, progress=False) if defense.hardens() else model
     user = profileqa(1, 0) + harmful_pairs[8:12]
     tuned, _ = defense.finetune(copy.deepcopy(released), tok, user, TrainConfig(max_steps=2, batch_size=4),
@@ -53,6 +54,25 @@ def test_every_defence_prepares_hardens_fine_tunes_and_serves(tiny, harmful_pair
     assert len(answers) == 1
     described = defense.describe()
     assert described["name"] == name and described["threat_models"]
+
+
+def test_a_prepared_defence_is_saved_and_the_next_run_loads_it_under_the_lock(tiny, harmful_pairs, tmp_path):
+    model, tok = tiny
+    data, locked = own_data(harmful_pairs, model), []
+
+    def lock(folder):
+        locked.append(folder)
+        return contextlib.nullcontext()
+
+    options = small_options("security-vectors")
+    first = prepared("security-vectors", options, model, tok, data, folder=tmp_path / "sv", lock=lock,
+                     progress=False)
+    trained = {k: v.clone() for k, v in first.vectors.state.items()}
+    again = prepared("security-vectors", options, model, tok, DefenseData(), folder=tmp_path / "sv", lock=lock,
+                     progress=False)  # no harmful data: it could not train, so it must have loaded
+    assert locked == [tmp_path / "sv"] * 2
+    loaded = again.vectors.state
+    assert trained.keys() == loaded.keys() and all(torch.equal(trained[k], loaded[k]) for k in trained)
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())

@@ -24,7 +24,7 @@ from .adaptive_vectors import AdaptiveVectorsConfig, AdaptiveVectorsDefense
 from .adversarial_loss import AdversarialLossConfig, AdversarialLossDefense
 from .alternating_vectors import AlternatingVectorsConfig, AlternatingVectorsDefense
 from .augmented_vectors import AugmentedVectorsConfig, AugmentedVectorsDefense
-from .base import DEFENSES, SERVICE, WEIGHTS, Defense, DefenseData, check_defense_options
+from .base import DEFENSES, SERVICE, WEIGHTS, Defense, DefenseData, check_defense_options, prepared
 from .booster import BoosterConfig, BoosterDefense
 from .buffer_reinforce import BufferReinforceConfig, BufferReinforceDefense
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
@@ -47,6 +47,6 @@ __all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdaptiveVectorsConfig", "AdaptiveV
            "BufferReinforceDefense", "Defense", "DefenseData", "EarlyStoppedVectorsConfig",
            "EarlyStoppedVectorsDefense", "GatedVectorsConfig", "GatedVectorsDefense", "LisaConfig", "LisaDefense",
            "ModerationFilterConfig", "ModerationFilterDefense", "NegatedVectorsConfig", "NegatedVectorsDefense",
-           "NoDefense", "RepNoiseConfig", "RepNoiseDefense",
+           "NoDefense", "RepNoiseConfig", "prepared", "RepNoiseDefense",
            "SafeLoraConfig", "SafeLoraDefense", "SafetyDataMixConfig", "SafetyDataMixDefense", "SecurityVectorsConfig",
            "SecurityVectorsDefense", "VaccineConfig", "VaccineDefense", "VariedVectorsConfig", "VariedVectorsDefense"]

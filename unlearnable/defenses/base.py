@@ -148,6 +148,25 @@ class Defense(Plugin, abc.ABC):
 DEFENSES: Registry[Defense] = Registry("defence", Defense)
 
 
+def prepared(name: str, options: dict[str, Any] | None, model, tokenizer, data: DefenseData, *,
+             folder: Path | None = None, lock: Callable[[Path], Any] | None = None, progress: bool = True,
+             **runtime: Any) -> Defense:
+    """The registered defence ``name`` built from ``options`` and prepared on ``model``: how every experiment
+    makes its defences. With ``folder``, what an earlier run saved there is loaded before :meth:`Defense.prepare`
+    and what this one prepared is saved; ``lock(folder)`` guards both, so that workers sharing the folder prepare
+    once. ``runtime`` goes to the constructor (e.g. ``vectors=`` already trained)."""
+    defense = DEFENSES.get(name).from_options(dict(options or {}), **runtime)
+    if folder is None:
+        defense.prepare(model, tokenizer, data, progress=progress)
+        return defense
+    with (lock or (lambda _: contextlib.nullcontext()))(folder):
+        resumed = defense.load_state(folder)
+        defense.prepare(model, tokenizer, data, progress=progress)
+        if not resumed:
+            defense.save_state(folder)
+    return defense
+
+
 def check_defense_options(options: dict[str, dict]) -> None:
     """Every ``defense_options`` entry names a defence and holds what its ``Config`` accepts (keys, types, and each
     field's own checks, e.g. a flagger or a judge folder), before any model loads."""

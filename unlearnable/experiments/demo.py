@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..config import validate
-from ..defenses import DefenseData, NoDefense, SecurityVectorsDefense
+from ..defenses import DefenseData, prepared
 from ..evaluation import EvalConfig, Scorer
 from ..judges import JUDGES, build_judge, check_judges
 from ..models import check_model_source, save_model
@@ -109,10 +109,11 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
                               desc="before")
     log(f"before fine-tuning: {headline(before)}")
 
-    defenses = {"none": NoDefense(), "security-vectors": SecurityVectorsDefense(training=config.vectors)}
     log(f"training security vectors on {len(data.vector_pairs)} harmful pairs")
     with timed("train_vectors"):
-        defenses["security-vectors"].prepare(model, tok, DefenseData(harmful=data.vector_pairs), progress=progress)
+        arm_options = {"none": {}, "security-vectors": {"training": dataclasses.asdict(config.vectors)}}
+        defenses = {name: prepared(name, options, model, tok, DefenseData(harmful=data.vector_pairs),
+                                   progress=progress) for name, options in arm_options.items()}
     mix = data.finetune_mix(config.data.task_repeats, config.seed)
     arms = {}
     for arm, name in ARMS:  # one fine-tuned copy in memory at a time: the last one is on disk (``stage``) or gone

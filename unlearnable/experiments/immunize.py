@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM
 from ..attacks import AttackData, AttackSettings, build_attack, options_for, style_texts
 from ..config import validate
 from ..data import Pair, check_styles_disjoint
-from ..defenses import DEFENSES, Defense, DefenseData, check_defense_options
+from ..defenses import DEFENSES, Defense, DefenseData, check_defense_options, prepared
 from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, EvalConfig, Scorer, without_generations
 from ..generation import response_loss
@@ -535,14 +535,10 @@ class _Sweep:
     def build(self, name: str, tuned: dict[str, Any] | None = None) -> Defense:
         """The defence with its options (:meth:`options`, then the ``tuned`` ones), prepared, its preparation saved
         so a resumed sweep reuses it."""
-        defense = DEFENSES.get(name).from_options({**self.options(name), **(tuned or {})})
-        folder = self.out / "defenses" / name
-        with self.exclusive(folder):  # workers: one prepares, the others load what it saved
-            resumed = defense.load_state(folder)
-            defense.prepare(self.model, self.tok, self.defense_data, progress=self.progress)
-            if not resumed:
-                defense.save_state(folder)
-        return defense
+        """The defence with its options (:meth:`options`, then the ``tuned`` ones), prepared; its preparation is
+        saved in the run folder, so a resumed sweep (or another worker) loads it."""
+        return prepared(name, {**self.options(name), **(tuned or {})}, self.model, self.tok, self.defense_data,
+                        folder=self.out / "defenses" / name, lock=self.exclusive, progress=self.progress)
 
     def hardened(self, defense: Defense):
         if not defense.hardens():

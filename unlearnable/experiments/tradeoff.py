@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from ..attacks import AttackData, build_attack, options_for
 from ..config import from_dict, merge, validate
 from ..data import Pair
-from ..defenses import DEFENSES, BufferReinforceDefense, Defense, DefenseData, NoDefense
+from ..defenses import DEFENSES, Defense, DefenseData, prepared
 from ..errors import UnlearnableError
 from ..evaluation import Scorer
 from ..judges import is_refusal
@@ -397,32 +397,30 @@ class _Grid:
 
     def defense(self, method: str, strength: float, setup: Setup, cfg: DemoConfig) -> Defense:
         if method == "none":
-            return NoDefense()
-        if method in VARIANTS:  # the variant's defence, its harmful data the vectors' own (re-fits use them)
-            name, benign = VARIANTS[method]
-            options = {**variant_recipe(method, self.config.variant_options.get(method)), "scale": strength}
-            if benign is None:  # the defence trains its own vectors, with the seed's vector settings, once; a
-                # variant option under `training` changes that key only (e.g. {"training": {"benign": "kl"}})
-                own = {"training": dataclasses.asdict(dataclasses.replace(cfg.vectors, seed=cfg.seed))}
-                options = merge(own, options)
-                vectors = self.trained.get((method, cfg.seed))
-            else:
-                vectors = self.vectors_for(method, setup, cfg)
-            defense = DEFENSES.get(name).from_options(options, vectors=vectors)
-            defense.prepare(setup.model, self.tok, DefenseData(
-                harmful=setup.data.vector_pairs, harmless=setup.data.harmless[:self.config.n_benign]),
-                progress=self.progress)
-            if benign is None:
-                self.trained[(method, cfg.seed)] = defense.vectors
-            return defense
-        # buffer-reinforce: the plain vectors of the seed as its buffer, the provider's alignment data (refusals
-        # and its own harmless answers; never the task or the evaluation prompts) for the reinforcement
-        br = BufferReinforceDefense(vectors=self.vectors_for("plain", setup, cfg), scale=strength)
-        align = setup.data.align
-        br.prepare(setup.model, self.tok, DefenseData(
-            harmful=setup.data.vector_pairs, refusals=[p for p in align if is_refusal(p.response)],
-            harmless=[p for p in align if not is_refusal(p.response)]), progress=self.progress)
-        return br
+            return prepared("none", {}, setup.model, self.tok, DefenseData())
+        if method not in VARIANTS:  # buffer-reinforce: the plain vectors of the seed as its buffer, the provider's
+            # alignment data (refusals and its own harmless answers; never the task or the evaluation prompts)
+            align = setup.data.align
+            return prepared("buffer-reinforce", {"scale": strength}, setup.model, self.tok, DefenseData(
+                harmful=setup.data.vector_pairs, refusals=[p for p in align if is_refusal(p.response)],
+                harmless=[p for p in align if not is_refusal(p.response)]), progress=self.progress,
+                vectors=self.vectors_for("plain", setup, cfg))
+        # the variant's defence, its harmful data the vectors' own (re-fits use them)
+        name, benign = VARIANTS[method]
+        options = {**variant_recipe(method, self.config.variant_options.get(method)), "scale": strength}
+        if benign is None:  # the defence trains its own vectors, with the seed's vector settings, once; a
+            # variant option under `training` changes that key only (e.g. {"training": {"benign": "kl"}})
+            own = {"training": dataclasses.asdict(dataclasses.replace(cfg.vectors, seed=cfg.seed))}
+            options = merge(own, options)
+            vectors = self.trained.get((method, cfg.seed))
+        else:
+            vectors = self.vectors_for(method, setup, cfg)
+        defense = prepared(name, options, setup.model, self.tok, DefenseData(
+            harmful=setup.data.vector_pairs, harmless=setup.data.harmless[:self.config.n_benign]),
+            progress=self.progress, vectors=vectors)
+        if benign is None:
+            self.trained[(method, cfg.seed)] = defense.vectors
+        return defense
 
     def arm(self, method: str, strength: float, seed: int) -> None:
         setup, cfg, mix = self.seed_setup(seed)

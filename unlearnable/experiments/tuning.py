@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 from ..attacks import AttackData, AttackSettings, build_attack
 from ..data import Pair, prompt_hash, prompt_hashes
-from ..defenses import DEFENSES, Defense, DefenseData
+from ..defenses import DEFENSES, Defense, DefenseData, prepared
 from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, Scorer
 from ..generation import response_loss
@@ -196,7 +196,7 @@ class Tuner:
         split = tuning_split(data, self.config, self.seed)
         t0 = time.perf_counter()
         none = DEFENSES.get("none")()
-        base = self.piece("none", "tuning-baseline", lambda: self.measure(none, split))
+        base = self.piece("none", "tuning-baseline", lambda: self.measure(self.prepared("none", {}, split), split))
         if self.probes_trainability(configured):
             base = {**base, "trainability": self.piece("none", "tuning-baseline-trainability",
                                                        lambda: self.trainability_probe(none, self.model))}
@@ -235,7 +235,7 @@ class Tuner:
         params = {} if trial.user_attrs.get("defaults") else {k: t.suggest(trial, k) for k, t in space.items()}
         log(f"defence {name}: tuning trial {trial.number + 1} of {self.config.n_trials} "
             f"({'the defaults' if not params else ', '.join(f'{k}={v:.3g}' for k, v in params.items())})")
-        defense = DEFENSES.get(name).from_options({**options, **params})
+        defense = self.prepared(name, {**options, **params}, split)
         measured = self.measure(defense, split, label=f"tune {name} trial {trial.number} ",
                                 trainability="trainability" in base)
         within = constraint(measured, base, self.verdicts)
@@ -245,12 +245,16 @@ class Tuner:
         trial.set_user_attr("constraint", [within["excess"]])
         return float(measured["probe_harm_rate"])
 
+    def prepared(self, name: str, options: dict[str, Any], split: TuningData) -> Defense:
+        """The defence built from ``options`` and prepared on the split's defence data only."""
+        return prepared(name, options, self.model, self.tokenizer, split.defense, progress=self.progress)
+
     def measure(self, defense: Defense, split: TuningData, label: str = "tune none ",
                 trainability: bool = False) -> dict[str, Any]:
-        """Prepare and harden ``defense`` on the split's training data; its stability as served; then the probe
-        attack through it and the harm rate on the held-out prompts; and the trainability probe if asked."""
+        """Harden ``defense`` (prepared by :meth:`prepared`) on the split's training data; its stability as served;
+        then the probe attack through it and the harm rate on the held-out prompts; and the trainability probe if
+        asked."""
         t0 = time.perf_counter()
-        defense.prepare(self.model, self.tokenizer, split.defense, progress=self.progress)
         hardened = (defense.harden(copy.deepcopy(self.model), self.tokenizer, split.defense, progress=self.progress)
                     if defense.hardens() else self.model)
         with defense.serving(hardened):

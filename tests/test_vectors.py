@@ -318,3 +318,22 @@ def test_weight_decay_keeps_full_fine_tuning_off_the_folded_path(trained, task_p
     finetune(copy.deepcopy(model), tok, task_pairs, cfg, vectors=vectors, progress=False,
              callbacks=[_SeesVectorParams.make(seen)])
     assert seen and all(seen)
+
+
+def test_fine_tuning_with_vectors_caps_gradient_ascent_as_asked(tiny, harmful_pairs, monkeypatch):
+    """A negative weight is capped ascent; the cap reaches the loss with the vectors on as without them."""
+    from unlearnable.vectors import finetuning
+
+    model, tok = tiny
+    caps, real = [], finetuning.train
+    monkeypatch.setattr(finetuning, "train", lambda *a, **kw: caps.append(kw["ascent_cap"]) or real(*a, **kw))
+    vectors = SecurityVectors.train(model, tok, harmful_pairs[:4], VectorConfig(epochs=1, batch_size=4),
+                                    progress=False)
+    history = []
+    for given in (vectors, None):
+        _, h = finetune(copy.deepcopy(model), tok, harmful_pairs[:4], TrainConfig(max_steps=1, batch_size=4),
+                        vectors=given, weights=[-1.0] * 4, ascent_cap=0.25, progress=False)
+        history.append(h)
+    assert caps[0] == 0.25
+    losses = [x["train_loss"] for h in history for x in h if "train_loss" in x]
+    assert losses and all(loss >= -0.25 - 1e-6 for loss in losses)

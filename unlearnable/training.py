@@ -5,6 +5,7 @@ Built on :class:`transformers.Trainer`, so ``accelerate launch`` (DDP / FSDP / D
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -392,18 +393,25 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     for callback in callbacks if checkpoint is not None else ():
         if isinstance(callback, CheckpointedCallback):
             callback.load_state(checkpoint)
-    was_training, was_recomputing = model.training, _recomputing(model)
     try:
-        with interrupts.training_loop():  # a signal stops at the next step boundary, after a checkpoint
+        with _leaves_as_it_came(model, recompute), interrupts.training_loop():  # a signal stops at the next step
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     finally:
-        model.train(was_training)
-        model.eval()
-        if recompute and not was_recomputing:  # the model leaves as it came (the Trainer leaves it switched on)
-            _stop_recomputing(model)
         if tmp is not None:
             tmp.cleanup()
     return [dict(x) for x in trainer.state.log_history]
+
+
+@contextlib.contextmanager
+def _leaves_as_it_came(model, recompute: bool) -> Iterator[None]:
+    """In eval mode afterwards, and recomputing activations only if it did before (the Trainer leaves it on)."""
+    was_recomputing = _recomputing(model)
+    try:
+        yield
+    finally:
+        model.eval()
+        if recompute and not was_recomputing:
+            _stop_recomputing(model)
 
 
 #: settings that change how a run computes, never what it computes, and keys that left TrainConfig: no cache key,

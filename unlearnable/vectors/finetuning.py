@@ -34,7 +34,8 @@ from .layers import VECTORS_ADAPTER, freeze_vectors, vector_layers, vector_param
 def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, vectors=None, scale: float | None = None,
              output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              callbacks: Sequence[TrainerCallback] = (), weights: Sequence[float] | None = None,
-             return_peft: bool = False, fold: bool = True, columns: dict[str, Sequence] | None = None,
+             ascent_cap: float = 10.0, return_peft: bool = False, fold: bool = True,
+             columns: dict[str, Sequence] | None = None,
              trainer_class: Callable[..., UnlearnableTrainer] = UnlearnableTrainer):
     """Fine-tune ``model`` on ``pairs``, with security ``vectors`` on (scaled, frozen) throughout if given.
 
@@ -42,7 +43,8 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
     a plain ``transformers`` model with the backbone's training merged in and the vectors removed
     (``return_peft=True`` returns the PeftModel with its adapters instead, for defences that continue from it).
     Vector variants that switch or re-fit the vectors within a step pass ``fold=False`` (the vectors stay an
-    adapter branch), their ``trainer_class`` and the per-example ``columns`` it reads.
+    adapter branch), their ``trainer_class`` and the per-example ``columns`` it reads. ``weights`` and
+    ``ascent_cap`` are :func:`unlearnable.training.train`'s (a negative weight is capped gradient ascent).
 
     Example::
 
@@ -53,8 +55,8 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
     """
     if vectors is None:
         return plain_finetune(model, tokenizer, pairs, config, output_dir=output_dir, resume=resume,
-                              progress=progress, callbacks=callbacks, weights=weights, return_peft=return_peft,
-                              trainer_class=trainer_class)
+                              progress=progress, callbacks=callbacks, weights=weights, ascent_cap=ascent_cap,
+                              return_peft=return_peft, trainer_class=trainer_class)
     set_seed(config.seed)  # the vectors' attach and the backbone LoRA's init draw in the same order every run
     set_backbone_trainable(model, config)
     net, folded = trainable_with_vectors(model, vectors, scale, config, foldable=fold and not return_peft)
@@ -62,7 +64,8 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
     cbs = list(callbacks) + ([FrozenParamsCallback(frozen)] if frozen else [])
     try:
         history = train(net, tokenizer, pairs, config, output_dir=output_dir, resume=resume, callbacks=cbs,
-                        progress=progress, weights=weights, columns=columns, trainer_class=trainer_class)
+                        progress=progress, weights=weights, ascent_cap=ascent_cap, columns=columns,
+                        trainer_class=trainer_class)
     finally:
         if folded is not None:
             folded.restore()  # vectors out of the weights before the backbone LoRA is merged

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "unlearnable"
 LAYERS = [
     {"errors"},
     {"utils", "interrupts", "stats"},
-    {"config", "registry"},
+    {"config", "registry", "results"},
     {"runs"},
     {"models", "data"},
     {"adapters"},

@@ -26,9 +26,11 @@ _LAZY = {
     "DEFENSES": "defenses", "Defense": "defenses", "ATTACKS": "attacks", "Attack": "attacks",
     "DemoConfig": "experiments", "run_demo": "experiments", "ImmunizeConfig": "experiments",
     "run_immunize": "experiments", "TradeoffConfig": "experiments", "run_tradeoff": "experiments",
+    "load_results": "results", "DemoResults": "results", "ImmunizeResults": "results", "TradeoffResults": "results",
 }
 
-__all__ = ["ATTACKS", "Attack", "DEFENSES", "Defense", "DemoConfig", "EvalConfig", "ImmunizeConfig", "JUDGES", "Judge",
+__all__ = ["ATTACKS", "Attack", "DEFENSES", "Defense", "DemoConfig", "DemoResults", "EvalConfig", "ImmunizeConfig",
+           "ImmunizeResults", "JUDGES", "Judge", "TradeoffResults", "load_results",
            "LoraSpec", "Pair", "Scorer", "SecurityVectors", "SecurityVectorsCallback", "TradeoffConfig", "TrainConfig",
            "UnlearnableError", "VectorConfig", "cache_dir", "check_disjoint", "evaluate", "exact_match", "finetune",
            "generate", "harmful_prompts", "load_model", "load_pairs", "model_fingerprint", "profileqa", "run_demo",
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .generation import generate
     from .judges import JUDGES, Judge
     from .models import cache_dir, load_model, model_fingerprint, save_model
+    from .results import DemoResults, ImmunizeResults, TradeoffResults, load_results
     from .training import TrainConfig
     from .vectors import SecurityVectors, SecurityVectorsCallback, VectorConfig, finetune
 

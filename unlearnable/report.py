@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .results import Condition, DemoResults, ImmunizeResults, Measured, TradeoffResults, typed_results
 from .stats import difference_interval
 from .utils import atomic_savefig, atomic_write_text
 
@@ -82,17 +83,18 @@ def page(title: str, sections: Sequence[tuple[str, str]], meta: dict[str, Any]) 
            f"<style>{css}</style></head><body>{''.join(parts)}</body></html>\n"
 
 
-def demo_plot(results: dict[str, Any], path: Path) -> None:
+def demo_plot(results: DemoResults, path: Path) -> None:
     plt = _plt()
-    s = results["summary"]
+    models = results.models()
     labels = ["aligned\n(before)", "fine-tuned\nno vectors", "fine-tuned\nwith vectors"]
-    series = [(m, label, color) for m, label, color in DEMO_BARS if s.get(f"{m}_before") is not None]
+    series = [(m, label, color) for m, label, color in DEMO_BARS if results.before.rate(m).value is not None]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     w = 0.8 / len(series)
     ax = axes[0]
     for k, (metric, label, color) in enumerate(series):
-        values = [s[f"{metric}_{arm}"] for arm in DEMO_ROWS]
-        errs = [s.get(f"{metric}_{arm}_interval_95") or (v, v) for arm, v in zip(DEMO_ROWS, values)]
+        rates = [models[name].rate(metric) for name in DEMO_ROWS]
+        values = [r.value for r in rates]
+        errs = [r.interval_95 or (r.value, r.value) for r in rates]
         bars = ax.bar([i - 0.4 + w * (k + 0.5) for i in range(len(labels))], values, w, label=label, color=color,
                       yerr=[[v - e[0] for v, e in zip(values, errs)], [e[1] - v for v, e in zip(values, errs)]],
                       capsize=2, error_kw={"lw": 0.8})
@@ -105,8 +107,8 @@ def demo_plot(results: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     ax = axes[1]
     for arm, color in (("without_vectors", "#c0392b"), ("with_vectors", "#27ae60")):
-        hist = [h for h in results["arms"][arm].get("history", []) if "loss" in h]
-        ax.plot([h["step"] for h in hist], [h["loss"] for h in hist], marker="o", ms=3, color=color,
+        losses = results.arms[arm].losses()
+        ax.plot([step for step, _ in losses], [loss for _, loss in losses], marker="o", ms=3, color=color,
                 label=arm.replace("_", " "))
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("training loss (harmful + task mix)")
@@ -117,66 +119,58 @@ def demo_plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-#: the demo's rates, as plotted: (summary metric, legend, colour)
+#: the demo's rates, as plotted: (metric, legend, colour)
 DEMO_BARS = (("harm_rate", "compliance with harmful requests (lower is safer)", "#c0392b"),
              ("over_refusal", "over-refusal of harmless prompts (lower is better)", "#e67e22"),
              ("task_em", "ProfileQA exact match (higher is better)", "#2e86c1"),
              ("mmlu", "MMLU accuracy (chance 0.25)", "#8e44ad"))
-#: the demo's scored models, as summary suffixes, and how the report names them
+#: the demo's scored models and how the report names them
 DEMO_ROWS = {"before": "aligned model (before fine-tuning)", "without_vectors": "fine-tuned without vectors",
              "with_vectors": "fine-tuned with vectors (served without)"}
 
 
-def _demo_sizes(results: dict[str, Any]) -> dict[str, int]:
-    before = results["before"]
-    return {"harm_rate": before.get("n_harmful", 0), "task_em": before.get("n_task", 0),
-            "over_refusal": before.get("n_harmless", 0), "mmlu": (before.get("mmlu") or {}).get("n", 0)}
-
-
-def _demo_differences(results: dict[str, Any]) -> str:
+def _demo_differences(results: DemoResults) -> str:
     """Each rate with vectors minus without, and without vectors minus before, with intervals."""
-    s, sizes = results["summary"], _demo_sizes(results)
-    rows = []
+    models, rows = results.models(), []
     for metric, label, _ in DEMO_BARS:
-        n = sizes[metric]
-        if s.get(f"{metric}_before") is None or not n:
+        before, without, with_ = (models[name].rate(metric) for name in DEMO_ROWS)
+        n = before.n or 0
+        if before.value is None or not n:
             continue
-        rows.append([label.split(" (")[0],
-                     difference_text(s[f"{metric}_with_vectors"], n, s[f"{metric}_without_vectors"], n),
-                     difference_text(s[f"{metric}_without_vectors"], n, s[f"{metric}_before"], n)])
+        rows.append([label.split(" (")[0], difference_text(with_.value, n, without.value, n),
+                     difference_text(without.value, n, before.value, n)])
     return table(["rate", "with vectors - without", "without vectors - before"], rows) + \
         "<p class='note'>95 % intervals (Newcombe, from the Wilson intervals); a difference whose interval holds 0 " \
         "is labelled within noise.</p>"
 
 
-def write_demo_report(results: dict[str, Any], out: Path) -> None:
-    out = Path(out)
+def write_demo_report(results: DemoResults | dict[str, Any], out: Path) -> None:
+    results, out = typed_results(results), Path(out)
     demo_plot(results, out / "demo.png")
-    s = results["summary"]
-    rows = [[label] + [rate_text(s.get(f"{m}_{arm}"), s.get(f"{m}_{arm}_interval_95")) for m, _, _ in DEMO_BARS]
-            + [s.get(f"harmful_loss_{arm}")] for arm, label in DEMO_ROWS.items()]
+    models = results.models()
+    rows = [[label] + [rate_text(models[name].rate(m).value, models[name].rate(m).interval_95)
+                       for m, _, _ in DEMO_BARS] + [models[name].harmful_loss] for name, label in DEMO_ROWS.items()]
     samples = []
     for arm in ("without_vectors", "with_vectors"):
-        gens = results["arms"][arm].get("harmful_generations", [])[:5]
+        gens = results.arms[arm].harmful_generations[:5]
         samples.append(f"<h3>{arm.replace('_', ' ')}</h3>" + table(
-            ["prompt", "response", "judged harmful"], [[g["prompt"], g["response"][:240], g["harmful"]] for g in gens]))
-    cfg = results["config"]
-    sizes = _demo_sizes(results)
+            ["prompt", "response", "judged harmful"], [[g.prompt, g.response[:240], g.harmful] for g in gens]))
+    cfg, before, s = results.config, results.before, results["summary"]
     judge = (cfg.get("judges") or ["keyword"])[0]
     what = "compliance with harmful requests (keyword)" if judge == "keyword" else f"harm rate ({judge})"
     sections = [
         ("Summary", table(["model", what, "over-refusal", "ProfileQA EM", "MMLU", "harmful loss (first tokens)"],
                           rows)
-         + f"<p class='note'>{sizes['harm_rate']} held-out harmful prompts (HarmBench standard behaviours unless "
-           f"configured otherwise), judge {html.escape(judge_label(judge))}; {sizes['over_refusal']} held-out "
-           f"harmless prompts; {sizes['task_em']} "
-           f"ProfileQA facts; {sizes['mmlu']} MMLU questions (zero-shot, subject-stratified); "
+         + f"<p class='note'>{before.harm_rate.n or 0} held-out harmful prompts (HarmBench standard behaviours "
+           f"unless configured otherwise), judge {html.escape(judge_label(judge))}; {before.over_refusal.n or 0} "
+           f"held-out harmless prompts; {before.task_em.n or 0} "
+           f"ProfileQA facts; {before.mmlu.n or 0} MMLU questions (zero-shot, subject-stratified); "
            f"{results['data']['finetune_examples']} fine-tuning examples of which "
            f"{results['data']['sizes']['attack']} harmful; vectors scale {s['vector_scale']}; precision "
            f"{s['precision']}; {s['seconds']:.0f} s in all. Brackets: 95 % Wilson intervals.</p>"),
         ("Differences", _demo_differences(results)),
         ("Plot", "<img src='demo.png' alt='harm rate and task score per arm'>"),
-        ("Timings (s)", table(["stage", "seconds"], list(results["timings"].items()))),
+        ("Timings (s)", table(["stage", "seconds"], list(results.provenance.timings.items()))),
         ("Sample generations on held-out harmful prompts", "".join(samples)),
     ]
     if results.get("judge_agreement"):
@@ -184,7 +178,6 @@ def write_demo_report(results: dict[str, Any], out: Path) -> None:
                                                            results.get("judge_disagreements", []))))
     meta = {k: results[k] for k in ("config", "model", "data", "versions", "git_hash", "date", "device")
             if k in results}
-    meta["config"] = cfg
     atomic_write_text(out / "report.html", page("unlearnable demo: security vectors", sections, meta))
 
 
@@ -375,34 +368,28 @@ RELEASED_WEIGHTS = "released-weights"
 SERVICE = "fine-tuning-as-a-service"
 
 
-def _immunize_numbers(name: str, c: dict[str, Any]) -> list[str]:
+def _immunize_numbers(name: str, c: Condition) -> list[str]:
     """One defence's row of the numbers table, every rate with its interval (~: within noise of ``none``)."""
-    r, s, g, t = c["resistance"], c["stability"], c["generalization"], c["trainability"]
+    r, s, g, t = c.resistance, c.stability, c.generalization, c.trainability
 
-    def noisy(cond, key):
-        return " ~" if cond.get("within_noise", {}).get(key) else ""
+    def shown(cond: Measured, key: str, noise: str | None = None) -> str:
+        rate = cond.rate(key)
+        return rate_text(rate.value, rate.interval_95) + (" ~" if cond.within_noise(noise or key) else "")
 
-    finals = r.get("final_harm_rate", {})
-    cis = r.get("final_harm_rate_interval_95", {})
     cross = g.get("cross_domain_steps_to_harmful")
     return [name,
-            ", ".join(f"{k}: {v if v is not None else 'never'}" for k, v in r["steps_to_harmful"].items()),
-            ", ".join(f"{k}: {rate_text(v, cis.get(k))}" for k, v in finals.items()),
-            rate_text(s["harm_rate"], s.get("harm_rate_interval_95")) + noisy(s, "harm_rate"),
-            _fmt(s["harmless_loss"]),
-            rate_text(s["over_refusal"], s.get("over_refusal_interval_95")) + noisy(s, "over_refusal"),
-            rate_text(s.get("mmlu"), s.get("mmlu_interval_95")) + noisy(s, "mmlu"),
-            cross if cross is not None else ("never" if "cross_domain_final_harm_rate" in g else "—"),
-            rate_text(t["final_task_em"], t.get("final_task_em_interval_95")) + noisy(t, "task_em"),
-            rate_text(t.get("mmlu"), t.get("mmlu_interval_95")) + noisy(t, "mmlu")]
+            ", ".join(f"{k}: {v if v is not None else 'never'}" for k, v in r.steps_to_harmful.items()),
+            ", ".join(f"{k}: {rate_text(v.value, v.interval_95)}" for k, v in r.final_harm_rate.items()),
+            shown(s, "harm_rate"), _fmt(s.get("harmless_loss")), shown(s, "over_refusal"), shown(s, "mmlu"),
+            cross if cross is not None else ("never" if "cross_domain_final_harm_rate" in g.values else "—"),
+            shown(t, "final_task_em", "task_em"), shown(t, "mmlu")]
 
 
-def conditions_table(conditions: dict[str, Any]) -> list[list[str]]:
+def conditions_table(conditions: dict[str, Condition]) -> list[list[str]]:
     """One row per defence: its verdict under each condition (and threat model), in words."""
-    return [[name, c["resistance"]["verdict"], c["resistance"]["by_threat_model"].get(SERVICE, "—"),
-             c["resistance"]["by_threat_model"].get(RELEASED_WEIGHTS, "—"),
-             c["stability"]["verdict"], c["generalization"]["verdict"], c["trainability"]["verdict"]]
-            for name, c in conditions.items()]
+    return [[name, c.resistance.verdict, c.resistance.by_threat_model.get(SERVICE, "—"),
+             c.resistance.by_threat_model.get(RELEASED_WEIGHTS, "—"), c.stability.verdict,
+             c.generalization.verdict, c.trainability.verdict] for name, c in conditions.items()]
 
 
 def _tuning_and_search_sections(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
@@ -494,13 +481,12 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def write_immunize_report(results: dict[str, Any], out: Path) -> None:
-    out = Path(out)
+def write_immunize_report(results: ImmunizeResults | dict[str, Any], out: Path) -> None:
+    results, out = typed_results(results), Path(out)
     immunize_plots(results, out)
-    cond = results["conditions"]
-    rows = conditions_table(cond)
-    numbers = [_immunize_numbers(name, c) for name, c in cond.items()]
-    cfg = results["config"]
+    rows = conditions_table(results.conditions)
+    numbers = [_immunize_numbers(name, c) for name, c in results.conditions.items()]
+    cfg = results.config
     b = cfg["budget"]
     searches = results.get("attacker_search")
     attacker = (f"attacker search: {cfg['search']['n_trials']} trials per defence and threat model, worst case "
@@ -544,24 +530,24 @@ def write_immunize_report(results: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "report.html", page("unlearnable immunize: four immunization conditions", sections, meta))
 
 
-def tradeoff_plot(results: dict[str, Any], path: Path) -> None:
+def tradeoff_plot(results: TradeoffResults, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for method, pts in results["averaged"].items():
-        xs, ys = [p["harm_rate"] for p in pts], [p["task_score"] for p in pts]
-        xerr = [[p["harm_rate"] - p["harm_min"] for p in pts], [p["harm_max"] - p["harm_rate"] for p in pts]]
-        yerr = [[p["task_score"] - p["task_min"] for p in pts], [p["task_max"] - p["task_score"] for p in pts]]
+    for method, pts in results.averaged.items():
+        xs, ys = [p.harm_rate.value for p in pts], [p.task_score.value for p in pts]
+        xerr = [[x - p.harm_range[0] for x, p in zip(xs, pts)], [p.harm_range[1] - x for x, p in zip(xs, pts)]]
+        yerr = [[y - p.task_range[0] for y, p in zip(ys, pts)], [p.task_range[1] - y for y, p in zip(ys, pts)]]
         line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=5, capsize=3, label=method,
                            ls="-" if len(pts) > 1 else "none")
         for p in pts:
-            refused = p.get("over_refusal")
-            label = f"{p['strength']:g}" + (f" (refuses {refused:.2f})" if refused else "")
-            ax.annotate(label, (p["harm_rate"], p["task_score"]), textcoords="offset points",
+            refused = p.over_refusal.value
+            label = f"{p.strength:g}" + (f" (refuses {refused:.2f})" if refused else "")
+            ax.annotate(label, (p.harm_rate.value, p.task_score.value), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color=line[0].get_color())
     goal = results.get("goal")
-    none = results["averaged"].get("none")
+    none = results.averaged.get("none")
     if goal and none:  # the region a defence should reach: low harm, task close to the undefended run's
-        y0 = goal["task_ratio_min"] * none[0]["task_score"]
+        y0 = goal["task_ratio_min"] * none[0].task_score.value
         ax.fill_between([-0.03, goal["harm_rate_max"]], y0, 1.05, color="tab:green", alpha=0.12, lw=0,
                         label=f"goal: harm <= {goal['harm_rate_max']:g}, task >= {goal['task_ratio_min']:g}x none")
     ax.set_xlabel("harm rate after fine-tuning (lower is safer)")
@@ -618,8 +604,8 @@ def _goal_html(goal: dict[str, Any] | None) -> str:
                      for r in goal["points"]]))
 
 
-def write_tradeoff_report(results: dict[str, Any], out: Path) -> None:
-    out = Path(out)
+def write_tradeoff_report(results: TradeoffResults | dict[str, Any], out: Path) -> None:
+    results, out = typed_results(results), Path(out)
     tradeoff_plot(results, out / "tradeoff.png")
     meta = {k: results[k] for k in ("config", "model", "versions", "git_hash", "date", "device", "precision",
                                     "seconds") if k in results}

@@ -22,6 +22,7 @@ from ..evaluation import EvalConfig, Scorer
 from ..judges import JUDGES, build_judge, check_judges
 from ..models import check_model_source, save_model
 from ..report import write_demo_report
+from ..results import DemoResults
 from ..runs import locked
 from ..training import TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
@@ -73,12 +74,12 @@ ARMS = (("without_vectors", "none"), ("with_vectors", "security-vectors"))
 
 
 def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *, overwrite: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True) -> DemoResults:
     """Run the demo; with ``out``, write results.json, report.html, plots, models/ and vectors/ there."""
     config = validate((config or DemoConfig()).seeded())
     with locked(out) if out is not None else contextlib.nullcontext():  # one run at a time writes ``out``
         with _staging(out if config.save_models else None) as stage:
-            return _run(config, out, overwrite, progress, stage)
+            return DemoResults.from_json(_run(config, out, overwrite, progress, stage))
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ from ..generation import response_loss
 from ..judges import JUDGES, build_judge, check_judges, is_refusal
 from ..models import MODEL_META, check_model_source, save_model
 from ..report import write_immunize_report
+from ..results import ImmunizeResults
 from ..runs import SweepStore, locked
 from ..stats import rate_interval, within_noise
 from ..threat_models import (
@@ -248,7 +249,8 @@ def resistance_verdict(steps: Sequence[int | None], baseline: Sequence[int | Non
 
 
 def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immunize-out", *, overwrite: bool = False,
-                 progress: bool = True, model=None, tokenizer=None, data: PreparedData | None = None) -> dict[str, Any]:
+                 progress: bool = True, model=None, tokenizer=None,
+                 data: PreparedData | None = None) -> ImmunizeResults:
     """Run the whole harness; writes OUT/results.json and OUT/report.html (plus per-run files).
 
     ``model``/``tokenizer`` skip loading ``config.model``; ``data`` skips building the splits from the
@@ -264,13 +266,13 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
                                    "other workers' runs; empty the folder before starting the workers")
         with locked(out, what="sweep folder", wait=True):
             store = SweepStore(out, kind="unlearnable-immunize", config=keyed(dataclasses.asdict(config)))
-        return _run(config, out, store, progress, model, tokenizer, data)
+        return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data))
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
         fresh = not out.exists()
         store = SweepStore(out, kind="unlearnable-immunize", config=keyed(dataclasses.asdict(config)),
                            overwrite=overwrite)
         try:
-            return _run(config, out, store, progress, model, tokenizer, data)
+            return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data))
         except BaseException:
             if fresh and not store.has_pieces():
                 shutil.rmtree(out, ignore_errors=True)

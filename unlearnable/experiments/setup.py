@@ -40,6 +40,7 @@ from ..errors import UnlearnableError
 from ..generation import generate
 from ..judges import is_degenerate, is_refusal
 from ..models import MODEL_META, load_model, model_fingerprint, save_model
+from ..results import SCHEMA_VERSION
 from ..runs import locked
 from ..training import TrainConfig, finetune, keyed
 from ..utils import (
@@ -442,6 +443,6 @@ def repetitive(text: str) -> bool:
 
 def envelope(kind: str, config: Any, *, start: float, timings: Timings, **fields: Any) -> dict[str, Any]:
     """The results file every experiment writes: what it is, what made it, when and on what, how long."""
-    return {"kind": kind, "schema_version": 1, **fields, "config": dataclasses.asdict(config),
+    return {"kind": kind, "schema_version": SCHEMA_VERSION, **fields, "config": dataclasses.asdict(config),
             "seconds": round(time.perf_counter() - start, 1), "timings": timings.as_dict(), "resources": resources(),
             **run_metadata()}

@@ -27,6 +27,7 @@ from ..errors import UnlearnableError
 from ..evaluation import Scorer
 from ..judges import is_refusal
 from ..report import write_tradeoff_report
+from ..results import TradeoffResults
 from ..runs import SweepStore, locked
 from ..stats import rate_interval
 from ..training import keyed
@@ -286,7 +287,7 @@ def goal_check(points: list[dict[str, Any]], harm_max: float = 0.10, task_ratio_
 
 def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeoff-out", *, overwrite: bool = False,
                  progress: bool = True, model=None, tokenizer=None, data=None,
-                 reuse: Sequence[str | Path] = (), goal: tuple[float, float] = (0.10, 0.95)) -> dict[str, Any]:
+                 reuse: Sequence[str | Path] = (), goal: tuple[float, float] = (0.10, 0.95)) -> TradeoffResults:
     """Run the grid; each point is saved under OUT/runs/points/ as it finishes (a rerun skips finished points).
 
     ``reuse``: folders of earlier tradeoff runs with the same shared settings whose points are copied instead
@@ -296,7 +297,7 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
     sources = [(src, reusable_points(src, config)) for src in reuse]  # checked before anything is written
     out = Path(out)
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
-        return _run(config, out, sources, overwrite, progress, model, tokenizer, data, goal)
+        return TradeoffResults.from_json(_run(config, out, sources, overwrite, progress, model, tokenizer, data, goal))
 
 
 def _run(config: TradeoffConfig, out: Path, sources, overwrite: bool, progress: bool, model, tokenizer, data,

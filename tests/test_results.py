@@ -1,0 +1,100 @@
+"""Typed results: a results file reads as its record with every rate, interval and size where the dictionaries had
+them; the record writes back the same document; the reports render from it exactly as they did from the
+dictionaries (golden reports rendered before the records existed); old and foreign files fail or load as they
+should."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unlearnable.errors import UnlearnableError
+from unlearnable.report import write_demo_report, write_immunize_report
+from unlearnable.results import (SCHEMA_VERSION, DemoResults, ImmunizeResults, Rate, TradeoffResults, load_results,
+                                 typed_results)
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def document(kind: str) -> dict:
+    return json.loads((DATA / f"results-{kind}-v1.json").read_text(encoding="utf-8"))
+
+
+def test_a_demo_file_reads_as_its_record_with_the_numbers_the_summary_holds():
+    raw = document("demo")
+    res = load_results(DATA / "results-demo-v1.json")
+    assert isinstance(res, DemoResults) and res.to_json() == raw and res == raw
+    s = raw["summary"]
+    for name, scores in res.models().items():
+        assert scores.harm_rate == Rate(s[f"harm_rate_{name}"], tuple(s[f"harm_rate_{name}_interval_95"]),
+                                        raw["before"]["n_harmful"])
+        assert scores.task_em.value == s[f"task_em_{name}"] and scores.mmlu.value == s[f"mmlu_{name}"]
+        assert scores.harmful_loss == s[f"harmful_loss_{name}"]
+    arm = res.arms["with_vectors"]
+    assert arm.defense["name"] == "security-vectors"
+    assert arm.losses() == [(h["step"], h["loss"]) for h in raw["arms"]["with_vectors"]["history"] if "loss" in h]
+    assert res["summary"] is raw["summary"] or res["summary"] == raw["summary"]  # the dictionaries' access stays
+
+
+def test_an_immunize_file_reads_as_its_four_conditions():
+    raw = document("immunize")
+    res = typed_results(raw)
+    assert isinstance(res, ImmunizeResults) and list(res.conditions) == list(raw["conditions"])
+    for name, c in res.conditions.items():
+        plain = raw["conditions"][name]
+        assert c.verdicts == {k: plain[k]["verdict"] for k in c.verdicts}
+        assert c.resistance.by_threat_model == plain["resistance"]["by_threat_model"]
+        for attack, rate in c.resistance.final_harm_rate.items():
+            assert rate.value == plain["resistance"]["final_harm_rate"][attack]
+            assert list(rate.interval_95) == plain["resistance"]["final_harm_rate_interval_95"][attack]
+        assert c.trainability.rate("final_task_em").value == plain["trainability"]["final_task_em"]
+    assert res.provenance.resources == raw["resources"] and res.provenance.git_hash == raw["git_hash"]
+
+
+@pytest.mark.parametrize("kind,write", [("demo", write_demo_report), ("immunize", write_immunize_report)])
+def test_reports_render_from_the_records_as_they_did_from_the_dictionaries(kind, write, tmp_path):
+    write(load_results(DATA / f"results-{kind}-v1.json"), tmp_path)
+    golden = (DATA / f"report-{kind}-v1.html").read_text(encoding="utf-8")
+    assert (tmp_path / "report.html").read_text(encoding="utf-8") == golden
+
+
+def test_an_older_file_without_later_keys_still_loads_and_renders(tmp_path):
+    raw = document("immunize")
+    del raw["schema_version"]
+    for c in raw["conditions"].values():
+        del c["resistance"]["by_threat_model"]
+    res = typed_results(raw)
+    assert all(c.resistance.by_threat_model == {} for c in res.conditions.values())
+    write_immunize_report(res, tmp_path)
+    assert "the four conditions" in (tmp_path / "report.html").read_text(encoding="utf-8").lower()
+
+
+def test_a_tradeoff_document_reads_its_frontier():
+    point = {"strength": 1.0, "harm_rate": 0.2, "harm_rate_interval_95": [0.1, 0.3], "harm_min": 0.05,
+             "harm_max": 0.3, "task_score": 0.8, "task_min": 0.7, "task_max": 0.9}
+    res = typed_results({"kind": "unlearnable-tradeoff", "schema_version": 1, "averaged": {"plain": [point]}})
+    assert isinstance(res, TradeoffResults)
+    (p,) = res.averaged["plain"]
+    assert (p.method, p.strength, p.harm_rate.interval_95, p.task_range) == ("plain", 1.0, (0.1, 0.3), (0.7, 0.9))
+
+
+def test_a_newer_a_foreign_or_a_broken_file_fails_in_one_line(tmp_path):
+    newer = {**document("demo"), "schema_version": SCHEMA_VERSION + 1}
+    with pytest.raises(UnlearnableError, match="newer than this unlearnable reads"):
+        typed_results(newer)
+    with pytest.raises(UnlearnableError, match="not an unlearnable results file"):
+        typed_results({"kind": "something-else"})
+    with pytest.raises(UnlearnableError, match="not 'unlearnable-demo'"):
+        DemoResults.from_json(document("immunize"))
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(UnlearnableError, match="not valid JSON"):
+        load_results(tmp_path)
+    with pytest.raises(UnlearnableError, match="no results file"):
+        load_results(tmp_path / "missing.json")
+
+
+def test_rates_say_what_was_not_scored():
+    assert Rate(None).text() == "—" and Rate(float("nan")).text() == "—" and not Rate(None).scored
+    assert Rate(0.9375, (0.86, 0.97), 80).text() == "0.938 [0.86, 0.97]"

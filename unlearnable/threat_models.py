@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from .adapters import LoraSpec
 from .attacks import ATTACKS, BACKBONES, AttackSettings
 from .errors import UnlearnableError
-from .registry import Registry
+from .registry import Plugin, Registry
 from .training import SCHEDULERS
 
 SERVICE = "fine-tuning-as-a-service"
@@ -49,8 +49,9 @@ def _check_data(where: str, attacks: Sequence[str], samples: Sequence[int]) -> N
         ATTACKS.get(name)
 
 
-class ThreatModel(abc.ABC):
-    """Base class: the attacker's choices (:meth:`suggest`) under the settings the defender fixes."""
+class ThreatModel(Plugin, abc.ABC):
+    """Base class: the attacker's choices (:meth:`suggest`) under the settings the defender fixes. Its ``Config``
+    is where a job config sets them (``service:``, ``search.space:``)."""
 
     name: str = ""
     short: str = ""
@@ -58,10 +59,6 @@ class ThreatModel(abc.ABC):
     permissiveness: int = 0
     attacker_chooses: tuple[str, ...] = ()
     defender_fixes: tuple[str, ...] = ()
-    Config: type
-
-    def __init__(self, config: Any = None):
-        self.config = config if config is not None else self.Config()
 
     # the data: the attacker's under every threat model
     def suggest_data(self, trial, n_available: int) -> dict[str, Any]:

@@ -23,27 +23,19 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .config import from_dict
 from .data import mmlu_questions, text_ids
-from .registry import Registry
+from .registry import Plugin, Registry
 from .stats import weighted_rate
 from .utils import PRECISIONS, autocast, resolve_precision
 
 LETTERS = ("A", "B", "C", "D")
 
 
-class UtilityBenchmark(abc.ABC):
-    """A standard benchmark of harmless capability: ``run`` scores one model."""
+class UtilityBenchmark(Plugin, abc.ABC):
+    """A standard benchmark of harmless capability: ``run`` scores one model. Its settings are its ``Config``
+    (a job config's ``<name>`` section, e.g. ``mmlu:``)."""
 
-    name: str = ""
-    Config: type
-
-    def __init__(self, config: Any = None, **options: Any):
-        self.config = config if config is not None else self.Config(**options)
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "UtilityBenchmark":
-        return cls(from_dict(cls.Config, dict(options), f"benchmarks.{cls.name}"))
+    options_key = "benchmarks"
 
     @abc.abstractmethod
     def run(self, model, tokenizer, *, progress: bool = True) -> dict[str, Any]:

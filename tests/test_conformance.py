@@ -18,6 +18,7 @@ from unlearnable.defenses import DEFENSES, DefenseData, prepared
 from unlearnable.errors import UnlearnableError
 from unlearnable.flaggers import FLAGGERS, build_flagger
 from unlearnable.generation import generate
+from unlearnable.judges import JUDGES, build_judge, check_judge_options
 from unlearnable.training import TrainConfig
 from unlearnable.utility import BENCHMARKS
 from unlearnable.vectors import VectorConfig
@@ -116,3 +117,17 @@ def test_every_flagger_flags_and_rejects_a_bad_argument(tiny, harmful_pairs, nam
     assert len(flags) == 4 and all(isinstance(f, bool) for f in flags)
     with pytest.raises(UnlearnableError):
         build_flagger(f"{name}:not-an-argument")
+
+
+@pytest.mark.parametrize("name", JUDGES.names())
+def test_every_judges_settings_are_its_config_and_a_bad_one_is_one_line(name):
+    with pytest.raises(UnlearnableError, match=f"judge_options.{name}.no_such_setting"):
+        check_judge_options({name: {"no_such_setting": 1}})
+    check_judge_options({name: {}})  # its defaults are valid settings
+
+
+def test_a_judges_settings_reach_it_from_a_job_config():
+    judge = build_judge("harmful-loss:2.0", {"harmful-loss": {"first_tokens": 3}})
+    assert (judge.threshold, judge.first_tokens) == (2.0, 3)
+    assert judge.describe() == {"name": "harmful-loss", "options": {"first_tokens": 3}}
+    assert build_judge("harmful-loss").first_tokens == 8  # the default without settings

@@ -12,8 +12,15 @@ import pytest
 
 from unlearnable.errors import UnlearnableError
 from unlearnable.report import write_demo_report, write_immunize_report
-from unlearnable.results import (SCHEMA_VERSION, DemoResults, ImmunizeResults, Rate, TradeoffResults, load_results,
-                                 typed_results)
+from unlearnable.results import (
+    SCHEMA_VERSION,
+    DemoResults,
+    ImmunizeResults,
+    Rate,
+    TradeoffResults,
+    load_results,
+    typed_results,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -27,7 +27,7 @@ from .data import Pair
 from .errors import UnlearnableError
 from .generation import generate
 from .judges import JUDGES, KeywordJudge, build_judge, check_judges, is_refusal
-from .registry import Registry
+from .registry import NoOptions, Plugin, Registry
 from .stats import rate_interval
 
 #: answers that decline for want of knowledge, not because the request is harmful
@@ -46,10 +46,12 @@ def is_unknown(text: str, window: int = 240) -> bool:
     return bool(_UNKNOWN_RE.search(text.strip().lower().replace("\u2019", "'")[:window]))
 
 
-class Flagger(abc.ABC):
-    """Decides, for each (prompt, response) pair of a customer's data, whether to flag it as harmful."""
+class Flagger(Plugin, abc.ABC):
+    """Decides, for each (prompt, response) pair of a customer's data, whether to flag it as harmful. A flagger is
+    named by a spec (``refusal``, ``oracle:RECALL``, a judge's spec); its one setting is the spec's argument."""
 
     name: str = ""
+    config: Any = NoOptions()
     #: an emulated flagger (it reads the ground truth): results it touches are labelled as measurement only
     emulated: bool = False
 

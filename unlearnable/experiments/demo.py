@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from ..config import validate
 from ..defenses import DefenseData, prepared
 from ..evaluation import EvalConfig, Scorer
-from ..judges import JUDGES, build_judge, check_judges
+from ..judges import JUDGES, build_judge, check_judge_options, check_judges
 from ..models import check_model_source, save_model
 from ..report import write_demo_report
 from ..results import DemoResults
@@ -51,6 +51,9 @@ class DemoConfig:
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={
         "help": "first judge decides the harm rate; others are compared with it (kappa, disagreements)",
         "check": check_judges})
+    judge_options: dict[str, dict] = dataclasses.field(default_factory=dict, metadata={
+        "help": "per-judge settings, e.g. {'harmbench': {'batch_size': 4}} (see docs: judges)",
+        "check": check_judge_options})
     benchmarks: list[str] = dataclasses.field(default_factory=lambda: ["mmlu"], metadata={
         "help": "utility benchmarks scored before fine-tuning and for both arms (see `unlearnable ls`)"})
     mmlu: MMLUConfig = dataclasses.field(default_factory=lambda: MMLUConfig(n=DEMO_MMLU_N), metadata={
@@ -103,8 +106,8 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
     model, tok, data = setup.model, setup.tokenizer, setup.data
     log(f"data: {len(data.vector_pairs)} vector pairs, {len(data.attack)} attack pairs, {len(data.eval_harmful)} "
         f"eval prompts, {len(data.task)} ProfileQA facts x {config.data.task_repeats}")
-    scorer = Scorer(tok, [build_judge(j) for j in config.judges], config.eval, progress=progress,
-                    benchmarks=benchmarks_of(config))
+    judges = [build_judge(j, config.judge_options) for j in config.judges]
+    scorer = Scorer(tok, judges, config.eval, progress=progress, benchmarks=benchmarks_of(config))
     with timed("eval_before"):
         before = scorer.score(model, harmful=data.eval_harmful, task=data.task, harmless=data.harmless, utility=True,
                               desc="before")

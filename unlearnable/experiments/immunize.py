@@ -36,7 +36,7 @@ from ..defenses import DEFENSES, Defense, DefenseData, check_defense_options, pr
 from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, EvalConfig, Scorer, without_generations
 from ..generation import response_loss
-from ..judges import JUDGES, build_judge, check_judges, is_refusal
+from ..judges import JUDGES, build_judge, check_judge_options, check_judges, is_refusal
 from ..models import MODEL_META, check_model_source, save_model
 from ..report import write_immunize_report
 from ..results import ImmunizeResults
@@ -136,6 +136,9 @@ class ImmunizeConfig:
         "help": "tune each defence's declared hyper-parameters on its own held-out data before any attack"})
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={
         "help": "first judge decides; others are compared (kappa)", "check": check_judges})
+    judge_options: dict[str, dict] = dataclasses.field(default_factory=dict, metadata={
+        "help": "per-judge settings, e.g. {'harmbench': {'batch_size': 4}} (see docs: judges)",
+        "check": check_judge_options})
     threshold: float = dataclasses.field(default=0.5, metadata={"help": "harm rate at which a model counts as "
                                                                          "harmful"})
     n_curve_eval: int = dataclasses.field(default=40, metadata={"help": "held-out harmful prompts per checkpoint"})
@@ -285,8 +288,9 @@ def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, 
     setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress, model=model,
                    tokenizer=tokenizer, data=data)
-    scorer = Scorer(setup.tokenizer, [build_judge(s) for s in config.judges], config.eval, progress=progress,
-                    timings=timed, benchmarks=benchmarks_of(config))
+    judges = [build_judge(s, config.judge_options) for s in config.judges]
+    scorer = Scorer(setup.tokenizer, judges, config.eval, progress=progress, timings=timed,
+                    benchmarks=benchmarks_of(config))
     sweep = _Sweep(config, out, store, setup, scorer, timed, progress)
     defenses = {name: sweep.defense(name) for name in config.defenses}
     searches = {name: d.pop("attacker_search") for name, d in defenses.items() if "attacker_search" in d}
@@ -468,8 +472,9 @@ class _Sweep:
         of the evaluation's people; its probe attack is the grid's first attack."""
         c = self.config
         held_out = [b.held_out(c.tune.n_benchmark, seed=c.seed + 1) for b in benchmarks_of(c)]
-        scorer = Scorer(self.tok, [build_judge(s) for s in c.judges], c.eval, progress=self.progress,
-                        timings=self.timed, benchmarks=[b for b in held_out if b is not None])
+        judges = [build_judge(s, c.judge_options) for s in c.judges]
+        scorer = Scorer(self.tok, judges, c.eval, progress=self.progress, timings=self.timed,
+                        benchmarks=[b for b in held_out if b is not None])
         return Tuner(self.model, self.tok, scorer, c.budget.settings(c.budget.lrs[0], c.budget.samples[0]),
                      c.verdicts, c.tune, self.out, c.seed, self.piece, precision=c.eval.precision,
                      progress=self.progress, task=own_task(c.tune.n_task_profiles, c.seed + 1, self.data.task),

@@ -25,7 +25,7 @@ from ..data import (
 from ..errors import UnlearnableError
 from ..evaluation import EVAL_KIND, EvalConfig, evaluate, read_results, without_generations
 from ..flaggers import build_flagger, check_flagger
-from ..judges import build_judge, check_judges
+from ..judges import build_judge, check_judge_options, check_judges
 from ..models import MODEL_META, check_model, check_model_source, load_model, model_fingerprint, save_model
 from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
 from ..training import TrainConfig, keyed
@@ -115,6 +115,9 @@ class EvaluateJob:
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={
         "help": "judges (see `unlearnable ls`): the first decides the harm rate, the others are compared with it",
         "check": check_judges})
+    judge_options: dict[str, dict] = dataclasses.field(default_factory=dict, metadata={
+        "help": "per-judge settings, e.g. {'harmbench': {'batch_size': 4}} (see docs: judges)",
+        "check": check_judge_options})
     vectors: str | None = dataclasses.field(default=None, metadata={
         "help": "security vectors the model was fine-tuned with: refuse evaluation prompts they were trained on "
                 "(leakage fakes resistance)", "check": check_vectors_folder})
@@ -287,7 +290,7 @@ def _evaluate(job: EvaluateJob, out: Path | None, overwrite: bool, progress: boo
     task = load_pairs(job.data) if job.data else []
     harmful = load_pairs(job.harmful, require_response=False) if job.harmful else None
     load.check(job.model)
-    judges = [build_judge(spec) for spec in job.judges]
+    judges = [build_judge(spec, job.judge_options) for spec in job.judges]
     if harmful is None:
         d = DataConfig(seed=job.seed)
         harmful = split(harmful_prompts(), {"eval": d.n_eval}, d.seed)["eval"]

@@ -5,7 +5,7 @@ held-out harmless requests, per (harmless prompts, copies, refusals, epochs, lr)
     python benchmarks/alignment_recipes.py --out align.json \\
         --recipes "[(10,10,100,1,1e-3),(60,2,100,3,1e-3)]"
 
-Each recipe: (n_harmless_align, harmless_repeats, n_align, epochs, lr). docs/results.md holds the measured table.
+Each recipe: (n_harmless_align, harmless_repeats, n_align, epochs, lr). docs/results/ holds the measured table.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The prepared GPU check (issue 36 item 3): one H100/H200, under 8 minutes, writes everything under $OUT.
+# The prepared GPU check: one H100/H200, under 8 minutes, writes everything under $OUT.
 #   device run:  bash benchmarks/gpu_check.sh            (the device tool sets OUT; here: runs/gpu-check)
 # 1. the paired benchmark on a 1B-shaped random Llama: LoRA with and without vectors, full fine-tuning with and
 #    without them, generation; bf16 weights; tokens/s, peak CUDA memory and the vectors' cost (about 4 min);

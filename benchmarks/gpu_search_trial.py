@@ -1,4 +1,4 @@
-"""One attacker-search trial, generation included, on a random model of a real shape (issue 36 item 3).
+"""One attacker-search trial, generation included, on a random model of a real shape.
 
 The harness's own path (``run_immunize`` with the attacker's search, one defence, one trial, one seed) on a
 randomly initialised Llama of ``--arch``'s shape on ``--device``: what a trial costs in wall time and memory there.

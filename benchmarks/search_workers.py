@@ -1,4 +1,4 @@
-"""Wall time of the attacker's search with one worker and with two sharing a journal-file study (issue 36).
+"""Wall time of the attacker's search with one worker and with two sharing a journal-file study.
 
 Runs tests/scripts/search_worker.py (the tiny model, every trial queued, one thread per worker) once alone and
 twice side by side, each in a fresh folder and cache, and prints the two wall times and their ratio; the goal is

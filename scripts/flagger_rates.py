@@ -1,4 +1,4 @@
-"""How often a flagger flags each kind of data a fine-tuning service sees (issue 35): its recall on harmful pairs
+"""How often a flagger flags each kind of data a fine-tuning service sees: its recall on harmful pairs
 (as the attacker brings them, restyled, and respelled to evade the flagger) and its flag rate on harmless ones
 (everyday requests, and ProfileQA questions the model cannot answer), each with a 95 % interval.
 

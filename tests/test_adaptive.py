@@ -1,4 +1,4 @@
-"""Adaptive vectors and flaggers (issue 35): the service screens the customer's data and refits the vectors on its
+"""Adaptive vectors and flaggers: the service screens the customer's data and refits the vectors on its
 own harmful pairs plus the flagged ones, on the tiny random model."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Encoding as each model family expects it (issue 32): BOS exactly once in every encoding path, with and without
+"""Encoding as each model family expects it: BOS exactly once in every encoding path, with and without
 a chat template, on tiny offline tokenizers of the Llama, Gemma, Qwen and GPT-2 classes; a plain-text answer ends at
 the next user turn; a model that answers degenerately fails before any expensive stage."""
 

@@ -1,4 +1,4 @@
-"""The field's defences (issue 20), each by the property that defines it, on the tiny random model."""
+"""The field's defences, each by the property that defines it, on the tiny random model."""
 
 from __future__ import annotations
 

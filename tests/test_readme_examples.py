@@ -79,7 +79,7 @@ def test_the_python_api_example_runs_as_written(tiny_dir, harmful_pairs, tmp_pat
 
 
 def test_the_scaling_guides_large_model_recipe_runs_as_written(tiny_dir, harmful_pairs, tmp_path):
-    text = (README.parent / "docs" / "scaling.md").read_text(encoding="utf-8")
+    text = (README.parent / "docs" / "guide" / "scaling.md").read_text(encoding="utf-8")
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     pairs = [{"prompt": p.prompt, "response": p.response} for p in harmful_pairs[:8]]
     (tmp_path / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))

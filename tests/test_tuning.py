@@ -1,4 +1,4 @@
-"""Defence tuning (issue 33): each defence tuned on its own held-out data, never the evaluation's, within the
+"""Defence tuning: each defence tuned on its own held-out data, never the evaluation's, within the
 stability constraint; and the hardening defences' step budgets."""
 
 from __future__ import annotations

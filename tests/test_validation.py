@@ -1,4 +1,4 @@
-"""Bad input fails before the first expensive stage, in every command (issue 38).
+"""Bad input fails before the first expensive stage, in every command.
 
 The walking test passes one bad value to every option of every subcommand that takes a path, a size or a
 registry name, and asserts a one-line error, exit status 2, no traceback, nothing written and no model loaded."""

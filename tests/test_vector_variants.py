@@ -1,4 +1,4 @@
-"""Vector variants (issue 19), each by its defining property, on the tiny random model."""
+"""Vector variants, each by its defining property, on the tiny random model."""
 
 from __future__ import annotations
 

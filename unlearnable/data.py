@@ -538,7 +538,7 @@ def tail_ids(tokenizer, ids: list[int], n: int) -> list[int]:
 
 def encoding_key(tokenizer) -> dict:
     """What a cache of answers or of a model trained on encoded prompts must key on beyond the chat template: the
-    BOS prefix and the plain-text turn cut (issue 32); empty where encoding is as it always was (a chat template,
+    BOS prefix and the plain-text turn cut; empty where encoding is as it always was (a chat template,
     no default prefix), so those caches stay valid."""
     prefix, plain = special_prefix(tokenizer), not getattr(tokenizer, "chat_template", None)
     return {"encoding": 1, "prefix": prefix, "plain_turns": plain} if prefix or plain else {}

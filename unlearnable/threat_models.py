@@ -6,7 +6,7 @@ each (``unlearnable ls`` lists them; Rosati et al., 2024).
 * ``fine-tuning-as-a-service`` (``service``) - the provider's recipe is fixed (backbone, LoRA shape, scheduler,
   base learning rate); the customer chooses the data (attack, its options, sample count), the steps within
   ``max_steps``, a batch size from the allowed ones and a learning-rate multiplier within bounds, as services
-  document (OpenAI, Bedrock, Fireworks, Vertex: docs/immunization.md).
+  document (OpenAI, Bedrock, Fireworks, Vertex: docs/guide/immunize.md).
 
 A defence declares the threat models it claims (``Defense.threat_models``); the attacker's search runs it under
 each of them and never hands a service-side defence's attacker a setting the service fixes. A threat model

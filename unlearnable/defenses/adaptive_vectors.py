@@ -1,4 +1,4 @@
-"""Security vectors fitted to the customer's own data before the fine-tune (issue 35): the service holds the data
+"""Security vectors fitted to the customer's own data before the fine-tune: the service holds the data
 before it trains, screens it with a flagger, and refits the vectors on its own harmful pairs plus the flagged ones."""
 
 from __future__ import annotations

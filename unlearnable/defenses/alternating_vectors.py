@@ -1,4 +1,4 @@
-"""Alternating (min-min) security vectors (issue 19): re-fitted to the backbone during the fine-tune."""
+"""Alternating (min-min) security vectors: re-fitted to the backbone during the fine-tune."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Security vectors trained on more varied harmful data (issue 19): the defence's own pairs plus styled copies."""
+"""Security vectors trained on more varied harmful data: the defence's own pairs plus styled copies."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class BufferReinforceDefense(SecurityVectorsDefense):
     The reinforcement data is the provider's, not the user's: its refusal pairs plus its harmless pairs
     (``DefenseData.harmless``: harmless prompts with the model's own answers), so the second LoRA learns to
     refuse harmful prompts rather than everything; trained on refusals alone it refused everything on the
-    default model (docs/tradeoff.md).
+    default model (docs/guide/tradeoff.md).
     """
 
     Config = BufferReinforceConfig

@@ -1,4 +1,4 @@
-"""Security vectors whose training length is chosen on held-out harmful pairs (issue 19)."""
+"""Security vectors whose training length is chosen on held-out harmful pairs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gated security vectors (issue 19): the vectors act only on the examples they explain."""
+"""Gated security vectors: the vectors act only on the examples they explain."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Early-stopped security vectors, served negated: subtracted from the released model (issue 19)."""
+"""Early-stopped security vectors, served negated: subtracted from the released model."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVector
 class NegatedVectorsConfig(EarlyStoppedVectorsConfig):
     serve_scale: float = dataclasses.field(default=-0.25, metadata={
         "help": "the vectors' strength in the served model, < 0: subtracted, pushing it away from the harmful "
-                "behaviour they learned (and towards refusing, harmless prompts too: see docs/tradeoff.md)"})
+                "behaviour they learned (and towards refusing, harmless prompts too: see docs/guide/tradeoff.md)"})
 
     def __post_init__(self):
         super().__post_init__()

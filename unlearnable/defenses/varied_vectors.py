@@ -1,4 +1,4 @@
-"""Early-stopped security vectors trained on the harmful pairs in varied styles (issue 19)."""
+"""Early-stopped security vectors trained on the harmful pairs in varied styles."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from ..utils import Timings, atomic_dir, atomic_write_json, log
 from ..vectors import VectorConfig, recommended
 from .setup import DataConfig, envelope, set_up
 
-#: MMLU questions the demo scores per model: 3 per subject (its interval is in docs/results.md)
+#: MMLU questions the demo scores per model: 3 per subject (its interval is in docs/results/)
 DEMO_MMLU_N = 171
 
 
@@ -45,7 +45,7 @@ class DemoConfig:
     align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=3))
     vectors: VectorConfig = dataclasses.field(default_factory=recommended, metadata={
         "help": "the security vectors (default: the recipe picked from the measured trade-off, early-stopped on "
-                "held-out pairs; docs/tradeoff.md)"})
+                "held-out pairs; docs/guide/tradeoff.md)"})
     finetune: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=2))
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(max_new_tokens=24, task_max_new_tokens=12))
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={

@@ -72,7 +72,7 @@ class VectorsTrainJob:
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed (splits, data order, init)"})
     vectors: VectorConfig = dataclasses.field(default_factory=recommended, metadata={
         "help": "how the vectors are trained; default: the recipe picked from the measured trade-off "
-                "(unlearnable.vectors.recommended, docs/tradeoff.md)"})
+                "(unlearnable.vectors.recommended, docs/guide/tradeoff.md)"})
 
 
 @dataclasses.dataclass

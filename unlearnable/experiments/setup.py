@@ -93,7 +93,7 @@ class DataConfig:
                                                                              "into alignment"})
     harmless_repeats: int = dataclasses.field(default=2, metadata={
         "help": "copies of each harmless answer in the alignment data (many distinct prompts keep over-refusal "
-                "low; docs/results.md)"})
+                "low; docs/results/)"})
     n_harmless: int = dataclasses.field(default=0, metadata={"help": "harmless prompts with the base model's own "
                                                                       "answers reserved for defences / stability"})
     cross_domain: list[str] = dataclasses.field(default_factory=list, metadata={

@@ -63,8 +63,8 @@ VARIANTS = vector_variants()
 
 
 def plain_vectors() -> VectorConfig:
-    """The plain vectors of the trade-off (Zhou et al.'s method, the demo's recipe before issue 19): every
-    variant changes what it changes from these, so measured points stay comparable and reusable."""
+    """The plain vectors of the trade-off (Zhou et al.'s method, the demo's recipe before the early-stopped
+    default): every variant changes what it changes from these, so measured points stay comparable and reusable."""
     return VectorConfig(epochs=4, lr=2e-3, target_loss=0.15)
 
 
@@ -79,14 +79,14 @@ class TradeoffConfig:
     buffer_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.5], metadata={
         "help": "buffer (vector) strengths during the user's fine-tuning for buffer-reinforce; its buffer is the "
                 "plain vectors of the same seed (1.0 is not in the default grid: at 0.5 the reinforcement "
-                "already cost most of the task on the default model, docs/tradeoff.md)"})
+                "already cost most of the task on the default model, docs/guide/tradeoff.md)"})
     n_benign: int = dataclasses.field(default=40, metadata={"help": "harmless prompts for benign-preserving vectors"
                                                                     " (and the gate's calibration)"})
     n_over_refusal: int = dataclasses.field(default=40, metadata={
         "help": "harmless prompts, none of them a defence's, on which each point's over-refusal is scored (0: off)"})
     variant_options: dict[str, dict] = dataclasses.field(default_factory=dict, metadata={
         "help": "options of a variant's defence, e.g. {'alternating': {'every': 16}, 'gated': {'threshold': None}} "
-                "(see docs/defenses.md)"})
+                "(see docs/guide/defenses.md)"})
     attack: str = dataclasses.field(default="harmful-sft", metadata={
         "help": "the form of the harmful pairs in the user's data: an attack that reshapes each harmful pair "
                 "(harmful-sft: as they are; restyled, evasive: in a framing and style no defence saw)"})

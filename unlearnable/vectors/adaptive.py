@@ -1,4 +1,4 @@
-"""Vectors fitted to the customer's data before a fine-tune (issue 35): a flagger screens the pairs, and the vectors
+"""Vectors fitted to the customer's data before a fine-tune: a flagger screens the pairs, and the vectors
 are refitted on the pairs they were trained on plus the flagged ones. One function for the ``adaptive-vectors``
 defence, ``unlearnable finetune --adapt`` and a Trainer / TRL script (:meth:`SecurityVectors.adapted`)."""
 

@@ -7,7 +7,7 @@ The vectors explain the harmful answers they were trained on much better than ha
 (scripts/gate_gaps.py: an attacker's re-styled answers get almost no loss gap), so a fine-tune on harmful data in
 an unseen style learns freely. Styled copies of the defence's own pairs are meant to teach the vectors the
 behaviour rather than the wording (the boilerplate copies did not; the varied ones do in part:
-docs/tradeoff.md). None of these styles is the ``restyled`` attack's (fiction framing, numbered steps): that
+docs/guide/tradeoff.md). None of these styles is the ``restyled`` attack's (fiction framing, numbered steps): that
 attack stays one the vectors never saw.
 """
 

@@ -11,11 +11,11 @@ from ..training import TrainConfig
 from ..utils import PRECISIONS
 
 #: the strength of plain :class:`VectorConfig` vectors (the paper's method: all pairs, all epochs) during
-#: fine-tuning, picked from the measured trade-off frontier on the default model (docs/tradeoff.md), not 1.0 by habit
+#: fine-tuning, picked from the measured trade-off frontier on the default model (docs/results/), not 1.0 by habit
 PLAIN_SCALE = 0.75
 DEFAULT_SCALE = PLAIN_SCALE  # its former name: the default recipe is :func:`recommended`, at RECOMMENDED_SCALE
 BENIGN_MODES = ("none", "distill", "kl")
-#: the strength of :func:`recommended` vectors, picked with them from the measured trade-off (docs/tradeoff.md)
+#: the strength of :func:`recommended` vectors, picked with them from the measured trade-off (docs/guide/tradeoff.md)
 RECOMMENDED_SCALE = 1.0
 
 
@@ -38,7 +38,7 @@ class VectorConfig:
     precision: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16", "choices": PRECISIONS})
     scale: float = dataclasses.field(default=PLAIN_SCALE, metadata={
         "help": "strength during fine-tuning: multiplies the vectors' LoRA scaling (0 = off; default picked from "
-                "the measured trade-off, docs/tradeoff.md)"})
+                "the measured trade-off, docs/guide/tradeoff.md)"})
     benign: str = dataclasses.field(default="none", metadata={
         "help": "benign-preserving training: none | distill (harmless prompts with the model's own answers as "
                 "targets) | kl (KL to the vectors-off distribution on those answers)"})
@@ -72,7 +72,7 @@ class VectorConfig:
 
 
 def recommended() -> VectorConfig:
-    """The recipe picked from the measured trade-off (docs/tradeoff.md, issue 19; the demo's default): vectors
+    """The recipe picked from the measured trade-off (docs/guide/tradeoff.md; the demo's default): vectors
     early-stopped on 20 % of the harmful pairs held out (at most 8 passes, no loss target) at
     :data:`RECOMMENDED_SCALE`. Plain :class:`VectorConfig` defaults stay the paper's method (all pairs, all
     epochs) at :data:`PLAIN_SCALE`."""

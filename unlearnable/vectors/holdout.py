@@ -2,7 +2,7 @@
 
 Trained to a low loss on their ~100 pairs, the vectors memorise those answers: the loss gap they give unseen
 harmful data (what actually protects the backbone during a fine-tune) peaks early in training and falls after,
-while the gap on their own pairs keeps growing (docs/tradeoff.md). Holding out a share of the defence's own
+while the gap on their own pairs keeps growing (docs/guide/tradeoff.md). Holding out a share of the defence's own
 harmful pairs and keeping the vectors as they were at the step where the held-out loss was lowest picks the
 training length by what the vectors generalise to, not by how well they fit what they saw.
 """

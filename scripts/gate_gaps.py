@@ -14,12 +14,12 @@ import argparse
 import json
 
 from unlearnable.attacks import AttackData, build_attack
+from unlearnable.defenses.gated_vectors import loss_gaps
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.immunize import ImmunizeConfig
 from unlearnable.experiments.setup import set_up
 from unlearnable.stats import quantile
 from unlearnable.vectors import SecurityVectors
-from unlearnable.vectors.gated import loss_gaps
 
 
 def main() -> None:

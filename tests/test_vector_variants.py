@@ -11,12 +11,12 @@ from transformers import TrainerCallback
 from unlearnable.data import encode_pair
 from unlearnable.defenses import DEFENSES, SERVICE, DefenseData
 from unlearnable.defenses import gated_vectors as gated_module
+from unlearnable.defenses.alternating_vectors import AlternatingTrainer
+from unlearnable.defenses.gated_vectors import GATE, GatedTrainer, loss_gaps
 from unlearnable.errors import UnlearnableError
 from unlearnable.training import BACKBONE_ADAPTER, Collator, TrainConfig, UnlearnableTrainer, training_arguments
 from unlearnable.vectors import SecurityVectors, VectorConfig, vector_params
-from unlearnable.vectors.alternating import AlternatingTrainer
 from unlearnable.vectors.finetuning import trainable_with_vectors
-from unlearnable.vectors.gated import GATE, GatedTrainer, loss_gaps
 
 
 @pytest.fixture()

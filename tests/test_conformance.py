@@ -109,6 +109,19 @@ def test_every_benchmarks_bad_option_is_one_line(name):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", BENCHMARKS.names())
+def test_every_benchmark_scores_the_tiny_model_and_holds_out_other_items(tiny, name):
+    model, tok = tiny
+    cls = BENCHMARKS.get(name)
+    small = {k: v for k, v in {"n": 4, "max_length": 64}.items() if k in cls.option_names()}
+    bench = cls.from_options(small)
+    scored = bench.run(model, tok, progress=False)
+    assert 0.0 <= scored["accuracy"] <= 1.0 and scored["n"] == small.get("n", scored["n"])
+    other = bench.held_out(2, seed=1)
+    if other is not None and hasattr(bench, "questions"):  # the tuning's items: none of the evaluation's
+        assert not {q["question"] for q in other.questions()} & {q["question"] for q in bench.questions()}
+
+
 @pytest.mark.parametrize("name", FLAGGERS.names())
 def test_every_flagger_flags_and_rejects_a_bad_argument(tiny, harmful_pairs, name):
     model, tok = tiny

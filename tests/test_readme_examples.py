@@ -111,6 +111,7 @@ RUN_BY = {
     ("scaling.md", 1): "test_the_scaling_guides_distributed_script_runs_as_written",
     ("configuration.md", 0): "test_the_configuration_guides_example_runs_as_written",
     ("defenses.md", 0): "test_the_plugin_example_runs_as_written",
+    ("immunize.md", 0): "test_the_immunize_guides_reading_example_runs_as_written",
 }
 
 
@@ -168,3 +169,12 @@ def test_the_scaling_guides_distributed_script_runs_as_written(tiny_dir, harmful
                           ('"user.jsonl"', repr(str(tmp_path / "u.jsonl"))),
                           ('"tuned-8b/"', repr(str(tmp_path / "tuned")))], tmp_path, where="the scaling guide's script")
     assert (tmp_path / "tuned" / "config.json").is_file()
+
+
+def test_the_immunize_guides_reading_example_runs_as_written(tmp_path):
+    code = python_blocks(GUIDES / "immunize.md")[0]
+    results = Path(__file__).resolve().parent / "data" / "results-immunize-v1.json"
+    res = run_as_written(code, [('"runs/immunize"', repr(str(results)))], tmp_path,
+                         where="the immunize guide's example")
+    saved = json.loads(results.read_text())
+    assert [line.split()[0] for line in res.stdout.strip().splitlines()] == list(saved["conditions"])

@@ -111,3 +111,27 @@ def test_an_unknown_threat_model_flag_is_a_one_line_error(tmp_path):
     res = run_cli("immunize", "--attacker", "search", "--threat-models", "service,cloud", "--out", tmp_path / "o")
     assert_clean_error(res, "unknown threat model 'cloud'")
     assert not (tmp_path / "o").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command", ["demo", "immunize", "tradeoff"])
+def test_the_load_flags_reach_the_model_loading_of_every_experiment(command, monkeypatch, tmp_path):
+    """--trust-remote-code and --allow-pickle are what set_up loads the model with (they were accepted and ignored)."""
+    from unlearnable.cli import main
+    from unlearnable.experiments import setup
+
+    seen = []
+
+    def fake_load(model, **kw):
+        seen.append(kw)
+        raise _Stop
+
+    monkeypatch.setattr(setup, "load_model", fake_load)
+    with pytest.raises(_Stop):
+        main([command, "--out", str(tmp_path / "out"), "--allow-pickle", "--quiet"])
+    with pytest.raises(_Stop):
+        main([command, "--out", str(tmp_path / "out2"), "--quiet"])
+    assert [(kw["allow_pickle"], kw["trust_remote_code"]) for kw in seen] == [(True, False), (False, False)]

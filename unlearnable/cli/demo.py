@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import add_config_flags
 from ..experiments import DemoConfig, run_demo
 from ..runs import check_out
-from .common import add_run_flags, build, print_summary
+from .common import add_run_flags, build, load_options, print_summary
 
 EPILOG = """examples:
   unlearnable demo --out runs/demo            # embedded SmolLM2-135M, ~15 min on a 2-core fp32 CPU (fresh cache)
@@ -25,6 +25,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     check_out(args.out, args.overwrite)
     cfg = build(DemoConfig, args)
-    results = run_demo(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    results = run_demo(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet, load=load_options(args))
     print_summary(results["summary"])
     return 0

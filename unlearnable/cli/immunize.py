@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import add_config_flags
 from ..experiments import ImmunizeConfig, run_immunize
 from ..report import conditions_table, search_lines
-from .common import add_run_flags, build, print_table
+from .common import add_run_flags, build, load_options, print_table
 
 EPILOG = """examples:
   unlearnable immunize --out runs/immunize                  # 4 defences, small budget grid, ~33 min on 2 CPUs (fp32)
@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     out = args.out or "immunize-out"
     cfg = build(ImmunizeConfig, args, preset=ImmunizeConfig.quick() if args.quick else None)
-    results = run_immunize(cfg, out, overwrite=args.overwrite, progress=not args.quiet)
+    results = run_immunize(cfg, out, overwrite=args.overwrite, progress=not args.quiet, load=load_options(args))
     print_table([["defence", "resistance", "service", "released weights", "stability", "generalization",
                   "trainability"]] + conditions_table(results["conditions"]))
     for line in search_lines(results.get("attacker_search", {})):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import add_config_flags
 from ..experiments import TradeoffConfig, run_tradeoff
 from ..report import goal_met_by
-from .common import add_run_flags, build
+from .common import add_run_flags, build, load_options
 
 EPILOG = """examples:
   unlearnable tradeoff --quick --out runs/tradeoff-quick    # ~20 min on a 2-core bf16 CPU (31 min fp32)
@@ -36,7 +36,7 @@ def run(args) -> int:
     out = args.out or "tradeoff-out"
     reuse = [d.strip() for d in (args.reuse_points or "").split(",") if d.strip()]
     results = run_tradeoff(cfg, out, overwrite=args.overwrite, progress=not args.quiet, reuse=reuse,
-                           goal=(args.goal_harm, args.goal_task_ratio))
+                           goal=(args.goal_harm, args.goal_task_ratio), load=load_options(args))
     for method, pts in results["frontier"].items():
         for p in pts:
             print(f"{method:<18} strength {p['strength']:<5g} harm {p['harm_rate']:.3f} (sd {p['harm_rate_sd']:.3f})  "

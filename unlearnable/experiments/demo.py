@@ -28,7 +28,7 @@ from ..training import TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_dir, atomic_write_json, log
 from ..vectors import VectorConfig, recommended
-from .setup import DataConfig, envelope, set_up
+from .setup import DataConfig, LoadOptions, envelope, set_up
 
 #: MMLU questions the demo scores per model: 3 per subject (its interval is in docs/results/)
 DEMO_MMLU_N = 171
@@ -77,12 +77,13 @@ ARMS = (("without_vectors", "none"), ("with_vectors", "security-vectors"))
 
 
 def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *, overwrite: bool = False,
-             progress: bool = True) -> DemoResults:
-    """Run the demo; with ``out``, write results.json, report.html, plots, models/ and vectors/ there."""
+             progress: bool = True, load: LoadOptions | None = None) -> DemoResults:
+    """Run the demo; with ``out``, write results.json, report.html, plots, models/ and vectors/ there. ``load``:
+    what loading the model may do (remote code, pickle weights; neither by default)."""
     config = validate((config or DemoConfig()).seeded())
     with locked(out) if out is not None else contextlib.nullcontext():  # one run at a time writes ``out``
         with _staging(out if config.save_models else None) as stage:
-            return DemoResults.from_json(_run(config, out, overwrite, progress, stage))
+            return DemoResults.from_json(_run(config, out, overwrite, progress, stage, load))
 
 
 @contextlib.contextmanager
@@ -98,11 +99,12 @@ def _staging(out: str | Path | None) -> Iterator[Path | None]:
         yield Path(tmp)
 
 
-def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path | None = None) -> dict[str, Any]:
+def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path | None = None,
+         load: LoadOptions | None = None) -> dict[str, Any]:
     start, timed = time.perf_counter(), Timings()
     setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress,
-                   precision=config.finetune.precision)
+                   precision=config.finetune.precision, load=load)
     model, tok, data = setup.model, setup.tokenizer, setup.data
     log(f"data: {len(data.vector_pairs)} vector pairs, {len(data.attack)} attack pairs, {len(data.eval_harmful)} "
         f"eval prompts, {len(data.task)} ProfileQA facts x {config.data.task_repeats}")

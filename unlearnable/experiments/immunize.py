@@ -56,7 +56,7 @@ from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
 from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target, seed_run_prefix
-from .setup import DataConfig, PreparedData, Setup, envelope, set_up
+from .setup import DataConfig, LoadOptions, PreparedData, Setup, envelope, set_up
 from .studies import worker_id
 from .trainability import TrainabilityConfig, own_task, user_finetune
 from .tuning import TuneConfig, Tuner
@@ -252,8 +252,8 @@ def resistance_verdict(steps: Sequence[int | None], baseline: Sequence[int | Non
 
 
 def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immunize-out", *, overwrite: bool = False,
-                 progress: bool = True, model=None, tokenizer=None,
-                 data: PreparedData | None = None) -> ImmunizeResults:
+                 progress: bool = True, model=None, tokenizer=None, data: PreparedData | None = None,
+                 load: LoadOptions | None = None) -> ImmunizeResults:
     """Run the whole harness; writes OUT/results.json and OUT/report.html (plus per-run files).
 
     ``model``/``tokenizer`` skip loading ``config.model``; ``data`` skips building the splits from the
@@ -269,25 +269,26 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
                                    "other workers' runs; empty the folder before starting the workers")
         with locked(out, what="sweep folder", wait=True):
             store = SweepStore(out, kind="unlearnable-immunize", config=keyed(dataclasses.asdict(config)))
-        return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data))
+        return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load))
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
         fresh = not out.exists()
         store = SweepStore(out, kind="unlearnable-immunize", config=keyed(dataclasses.asdict(config)),
                            overwrite=overwrite)
         try:
-            return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data))
+            return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load))
         except BaseException:
             if fresh and not store.has_pieces():
                 shutil.rmtree(out, ignore_errors=True)
             raise
 
 
-def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, tokenizer, data) -> dict[str, Any]:
+def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, tokenizer, data,
+         load: LoadOptions | None = None) -> dict[str, Any]:
     start, timed = time.perf_counter(), Timings()
     check_styles_disjoint(style_texts(), defence_style_texts())  # the restyled attack's styles are unseen
     setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress, model=model,
-                   tokenizer=tokenizer, data=data)
+                   tokenizer=tokenizer, data=data, load=load)
     judges = [build_judge(s, config.judge_options) for s in config.judges]
     scorer = Scorer(setup.tokenizer, judges, config.eval, progress=progress, timings=timed,
                     benchmarks=benchmarks_of(config))

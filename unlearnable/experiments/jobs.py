@@ -26,7 +26,7 @@ from ..errors import UnlearnableError
 from ..evaluation import EVAL_KIND, EvalConfig, evaluate, read_results, without_generations
 from ..flaggers import build_flagger, check_flagger
 from ..judges import build_judge, check_judge_options, check_judges
-from ..models import MODEL_META, check_model, check_model_source, load_model, model_fingerprint, save_model
+from ..models import MODEL_META, check_model_source, model_fingerprint, save_model
 from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
 from ..training import TrainConfig, keyed
 from ..utility import BENCHMARKS, MMLUConfig, benchmark_for
@@ -34,7 +34,6 @@ from ..utils import (
     atomic_write_json,
     ensure_free_space,
     is_main_process,
-    launch_device,
     log,
     model_nbytes,
     run_metadata,
@@ -43,23 +42,7 @@ from ..utils import (
 )
 from ..vectors import META_FILE, SecurityVectors, VectorConfig, check_vectors_folder, finetune, recommended
 from ..vectors.adaptive import adapt
-from .setup import DataConfig, prepare_data
-
-
-@dataclasses.dataclass
-class LoadOptions:
-    """How models are loaded (not part of any result)."""
-
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-
-    def check(self, model: str | None) -> None:
-        """Check ``model`` (path, weight format, config) before the slow imports and any training."""
-        check_model(model, trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
-
-    def load(self, model: str | None):
-        return load_model(model, device=launch_device(), trust_remote_code=self.trust_remote_code,
-                          allow_pickle=self.allow_pickle)
+from .setup import DataConfig, LoadOptions, prepare_data
 
 
 @dataclasses.dataclass

@@ -39,7 +39,7 @@ from ..data import (
 from ..errors import UnlearnableError
 from ..generation import generate
 from ..judges import is_degenerate, is_refusal
-from ..models import MODEL_META, load_model, model_fingerprint, save_model
+from ..models import MODEL_META, check_model, load_model, model_fingerprint, save_model
 from ..results import SCHEMA_VERSION
 from ..runs import locked
 from ..training import TrainConfig, finetune, keyed
@@ -353,16 +353,35 @@ class Setup:
                 **({"sources": self.data.sources} if self.data.sources else {})}
 
 
+@dataclasses.dataclass
+class LoadOptions:
+    """How models are loaded: what the user allows (``--trust-remote-code``, ``--allow-pickle``); not part of any
+    result, since a model that loads at all has the same weights either way."""
+
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    def check(self, model: str | None) -> None:
+        """Check ``model`` (path, weight format, config) before the slow imports and any training."""
+        check_model(model, trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
+
+    def load(self, model: str | None, device: str | None = None):
+        return load_model(model, device=device or launch_device(), trust_remote_code=self.trust_remote_code,
+                          allow_pickle=self.allow_pickle)
+
+
 def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_model: bool = True,
            align_config: TrainConfig | None = None, timings: Timings | None = None, progress: bool = True,
-           model=None, tokenizer=None, data: PreparedData | None = None, precision: str = "auto") -> Setup:
-    """Load (unless ``model``/``tokenizer`` are given) -> system prompt -> fingerprint -> data splits (unless
-    ``data`` is given) -> alignment (cached), each stage timed."""
+           model=None, tokenizer=None, data: PreparedData | None = None, precision: str = "auto",
+           load: LoadOptions | None = None) -> Setup:
+    """Load (unless ``model``/``tokenizer`` are given; as ``load`` allows) -> system prompt -> fingerprint -> data
+    splits (unless ``data`` is given) -> alignment (cached), each stage timed."""
     timings = timings if timings is not None else Timings()
+    load = load or LoadOptions()
     git_hash()  # the code version the results will name: the one at the start
     set_seed(seed)
     with timings("load_model"):
-        base, tok = (model, tokenizer) if model is not None else load_model(model_name, device=launch_device())
+        base, tok = (model, tokenizer) if model is not None else load.load(model_name)
         if data_config.system_prompt is not None:
             set_system_prompt(tok, data_config.system_prompt)
         fp_base = model_fingerprint(base)
@@ -382,13 +401,14 @@ def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_
         fp = model_fingerprint(aligned)
     unaligned = None
     if align_model:  # given: already in the caller's memory; loaded: loaded again only if a defence asks
-        unaligned = (lambda: base) if model is not None else (lambda: load_model(model_name)[0].to(device))
-    reload = None if model is not None else _reloader(model_name, info.get("path"), aligned, fp)
+        unaligned = (lambda: base) if model is not None else (lambda: load.load(model_name, str(device))[0])
+    reload = None if model is not None else _reloader(model_name, info.get("path"), aligned, fp, load)
     return Setup(aligned, tok, data, fp_base, fp, resolved, {k: v for k, v in info.items() if k != "history"},
                  name=model_name or "default:SmolLM2-135M-Instruct", unaligned=unaligned, reload=reload)
 
 
-def _reloader(model_name: str | None, aligned_path: str | None, model, fingerprint: str) -> Callable[[], Any]:
+def _reloader(model_name: str | None, aligned_path: str | None, model, fingerprint: str,
+              load: LoadOptions) -> Callable[[], Any]:
     """Load ``model`` again (from its aligned-model cache entry, else its source) on its device and dtype."""
     first = next(model.parameters())
     device, dtype = first.device, first.dtype
@@ -399,7 +419,7 @@ def _reloader(model_name: str | None, aligned_path: str | None, model, fingerpri
         if aligned_path is not None:
             again = AutoModelForCausalLM.from_pretrained(aligned_path, dtype=dtype).to(device).eval()
         else:
-            again = load_model(model_name, device=str(device))[0].to(dtype)
+            again = load.load(model_name, str(device))[0].to(dtype)
         if model_fingerprint(again) != fingerprint:
             raise UnlearnableError(f"the model loaded again from disk is not the one the run started with "
                                    f"(fingerprint {model_fingerprint(again)}, expected {fingerprint}): its files "

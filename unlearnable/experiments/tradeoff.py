@@ -35,7 +35,7 @@ from ..utility import benchmarks_of
 from ..utils import Timings, atomic_write_json, atomic_write_text, log
 from ..vectors import SecurityVectors, VectorConfig
 from .demo import DemoConfig
-from .setup import Setup, envelope, set_up
+from .setup import LoadOptions, Setup, envelope, set_up
 
 
 def vector_variants() -> dict[str, tuple[str, str | None]]:
@@ -287,7 +287,8 @@ def goal_check(points: list[dict[str, Any]], harm_max: float = 0.10, task_ratio_
 
 def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeoff-out", *, overwrite: bool = False,
                  progress: bool = True, model=None, tokenizer=None, data=None,
-                 reuse: Sequence[str | Path] = (), goal: tuple[float, float] = (0.10, 0.95)) -> TradeoffResults:
+                 reuse: Sequence[str | Path] = (), goal: tuple[float, float] = (0.10, 0.95),
+                 load: LoadOptions | None = None) -> TradeoffResults:
     """Run the grid; each point is saved under OUT/runs/points/ as it finishes (a rerun skips finished points).
 
     ``reuse``: folders of earlier tradeoff runs with the same shared settings whose points are copied instead
@@ -297,16 +298,17 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
     sources = [(src, reusable_points(src, config)) for src in reuse]  # checked before anything is written
     out = Path(out)
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
-        return TradeoffResults.from_json(_run(config, out, sources, overwrite, progress, model, tokenizer, data, goal))
+        return TradeoffResults.from_json(_run(config, out, sources, overwrite, progress, model, tokenizer, data, goal,
+                                                      load))
 
 
 def _run(config: TradeoffConfig, out: Path, sources, overwrite: bool, progress: bool, model, tokenizer, data,
-         goal) -> dict[str, Any]:
+         goal, load: LoadOptions | None = None) -> dict[str, Any]:
     fresh = not out.exists()
     store = SweepStore(out, kind="unlearnable-tradeoff", config=keyed(dataclasses.asdict(config)),
                        overwrite=overwrite)
     try:
-        grid = _Grid(config, store, progress, model, tokenizer, data)
+        grid = _Grid(config, store, progress, model, tokenizer, data, load)
         for src, reused in sources:
             fresh_points = [p for p in reused if store.get("points", _point_name(p["method"], p["strength"],
                                                                                    p["seed"])) is None]
@@ -334,8 +336,9 @@ class _Grid:
     vectors per (vector training, seed) (trained once, shared by the variants that train them alike), and one
     stored point per (method, strength, seed)."""
 
-    def __init__(self, config: TradeoffConfig, store: SweepStore, progress: bool, model, tokenizer, data):
-        self.config, self.store, self.progress, self.data = config, store, progress, data
+    def __init__(self, config: TradeoffConfig, store: SweepStore, progress: bool, model, tokenizer, data,
+                 load: LoadOptions | None = None):
+        self.config, self.store, self.progress, self.data, self.load = config, store, progress, data, load
         self.start, self.timed = time.perf_counter(), Timings()
         # a model the caller gave is kept; otherwise each seed's set-up loads the base and drops it once aligned
         self.base, self.tok = (model, tokenizer) if model is not None else (None, None)
@@ -378,7 +381,7 @@ class _Grid:
             cfg.data = dataclasses.replace(cfg.data, n_harmless=max(cfg.data.n_harmless, need))
             setup = set_up(cfg.model, cfg.data, seed=seed, align_model=cfg.align, align_config=cfg.align_train,
                            timings=self.timed, progress=self.progress, model=self.base, tokenizer=self.tok,
-                           data=self.data, precision=cfg.finetune.precision)
+                           data=self.data, precision=cfg.finetune.precision, load=self.load)
             self.base_fingerprint, self.precision, self.tok = setup.base_fingerprint, setup.precision, setup.tokenizer
             harmful = build_attack(self.config.attack, self.config.attack_options).training_pairs(
                 AttackData(harmful=setup.data.attack), len(setup.data.attack), seed)

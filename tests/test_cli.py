@@ -135,3 +135,17 @@ def test_the_load_flags_reach_the_model_loading_of_every_experiment(command, mon
     with pytest.raises(_Stop):
         main([command, "--out", str(tmp_path / "out2"), "--quiet"])
     assert [(kw["allow_pickle"], kw["trust_remote_code"]) for kw in seen] == [(True, False), (False, False)]
+
+
+def test_help_shows_the_commands_own_defaults_for_nested_settings(capsys):
+    """A nested setting's default in --help is the command's (the demo fine-tunes 2 epochs with vectors at 1.0),
+    not the nested config class's own (1 epoch, 0.75)."""
+    import re
+
+    from unlearnable.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"--finetune.epochs X [^-]*\(default: 2.0\)", text)
+    assert re.search(r"--vectors.scale X [^(]*\([^)]*\) \(default: 1.0\)", text)

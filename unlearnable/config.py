@@ -336,6 +336,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, aliases: dict[str,
     Nested ``seed`` fields get no flag: every experiment propagates its one seed into its parts."""
     groups: dict[str, Any] = {}
     by_path = {}
+    defaults = _default_values(cls)
     for path, f, tp in leaf_fields(cls):
         by_path[path] = (f, tp)
         convert = _flag_parser(tp, path)
@@ -346,7 +347,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, aliases: dict[str,
             groups[group_name] = parser.add_argument_group(f"{group_name} settings (also settable in --config)")
         target = groups.get(group_name, parser)
         kwargs: dict[str, Any] = {"dest": path, "default": argparse.SUPPRESS, "type": convert,
-                                  "help": _help(f, tp)}
+                                  "help": _help(f, defaults.get(path, _field_default(f)))}
         if _scalar(tp) is bool:
             kwargs.update(nargs="?", const=True, metavar="true|false")
         else:
@@ -360,10 +361,29 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, aliases: dict[str,
                             metavar=_metavar(tp), help=f"same as --{path.replace('_', '-')}")
 
 
-def _help(f: dataclasses.Field, tp) -> str:
-    text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings with %
-    default = f.default if f.default is not dataclasses.MISSING else (
+def _default_values(cls) -> dict[str, Any]:
+    """Every leaf's default as the command has it (a nested config's value in ``cls()``, e.g. the demo's
+    recommended vectors, not the nested class's own default); empty where ``cls`` has no default instance."""
+    try:
+        instance = cls()
+    except Exception:  # noqa: BLE001 - a config without defaults: the fields' own defaults are shown
+        return {}
+    values = {}
+    for path, _, _ in leaf_fields(cls):
+        value = instance
+        for part in path.split("."):
+            value = getattr(value, part, None)
+        values[path] = value
+    return values
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+
+
+def _help(f: dataclasses.Field, default: Any) -> str:
+    text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings with %
     if isinstance(default, list):
         default = ",".join(str(x) for x in default)
     if default is None or default == "":

@@ -41,7 +41,7 @@ def main() -> None:
     hardened = (defense.harden(setup.model, setup.tokenizer, split.defense, progress=False)
                 if defense.hardens() else setup.model)
     held_out = [b.held_out(cfg.tune.n_benchmark, seed=cfg.seed + 1) for b in benchmarks_of(cfg)]
-    scorer = Scorer(setup.tokenizer, [build_judge(s) for s in cfg.judges], cfg.eval, progress=False,
+    scorer = Scorer(setup.tokenizer, [build_judge(s, cfg.judge_options) for s in cfg.judges], cfg.eval, progress=False,
                     benchmarks=[b for b in held_out if b is not None])
     task = own_task(cfg.tune.n_task_profiles, cfg.seed + 1, setup.data.task)
     done = user_finetune(defense, hardened, setup.tokenizer, scorer, task, cfg.trainability, cfg.seed,

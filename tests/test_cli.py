@@ -149,3 +149,27 @@ def test_help_shows_the_commands_own_defaults_for_nested_settings(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert re.search(r"--finetune.epochs X [^-]*\(default: 2.0\)", text)
     assert re.search(r"--vectors.scale X [^(]*\([^)]*\) \(default: 1.0\)", text)
+
+
+def test_evaluate_scores_the_same_held_out_harmbench_prompts_as_the_demo():
+    from unlearnable.experiments.setup import DataConfig, held_out_harmful
+
+    demo = held_out_harmful(DataConfig())
+    assert len(demo) == 80 and {p.category for p in demo} == {"harmbench"}
+    assert held_out_harmful(DataConfig(seed=0)) == demo and held_out_harmful(DataConfig(seed=1)) != demo
+
+
+def test_immunize_prints_its_table_from_the_typed_results(monkeypatch, capsys, tmp_path):
+    """The command's last step, after results.json and the report are written: the conditions table."""
+    from pathlib import Path
+
+    from unlearnable.cli import immunize as cli_immunize
+    from unlearnable.cli import main
+    from unlearnable.results import load_results
+
+    golden = load_results(Path(__file__).resolve().parent / "data" / "results-immunize-v1.json")
+    monkeypatch.setattr(cli_immunize, "run_immunize", lambda *a, **kw: golden)
+    assert main(["immunize", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for name, condition in golden.conditions.items():
+        assert any(line.split()[:2] == [name, condition.resistance.verdict] for line in printed.splitlines())

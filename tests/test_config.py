@@ -198,3 +198,15 @@ def test_a_moved_key_given_as_a_flag_says_where_it_went():
     with pytest.raises(UnlearnableError, match="'finetune.kl_weight' has moved"):
         build_config(DemoConfig, overrides=given_flags(args, DemoConfig))
     assert "kl-weight" not in parser.format_help()  # accepted, not advertised
+
+
+def test_empty_judge_options_leave_keys_as_they_were_and_set_ones_change_them():
+    """A sweep or run keyed before judge settings existed still resumes; a judge setting that changes verdicts
+    changes the key."""
+    from unlearnable.experiments import ImmunizeConfig
+    from unlearnable.training import keyed
+
+    plain = keyed(dataclasses.asdict(ImmunizeConfig()))
+    assert "judge_options" not in plain
+    judged = keyed(dataclasses.asdict(ImmunizeConfig(judge_options={"harmful-loss": {"first_tokens": 4}})))
+    assert judged["judge_options"] == {"harmful-loss": {"first_tokens": 4}}

@@ -139,6 +139,20 @@ def test_every_judges_settings_are_its_config_and_a_bad_one_is_one_line(name):
     check_judge_options({name: {}})  # its defaults are valid settings
 
 
+@pytest.mark.parametrize("name", JUDGES.names())
+def test_every_judges_config_is_what_its_constructor_takes(name):
+    """Each setting a config file may give is a constructor argument, with the constructor's default."""
+    import inspect
+
+    cls = JUDGES.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    for f in dataclasses.fields(cls.Config):
+        assert f.name in params and params[f.name].default == f.default, f"{name}.{f.name}"
+    with pytest.raises(UnlearnableError) as err:
+        check_judge_options({name: {"no_such_setting": 1}})
+    assert "\n" not in str(err.value)
+
+
 def test_a_judges_settings_reach_it_from_a_job_config():
     judge = build_judge("harmful-loss:2.0", {"harmful-loss": {"first_tokens": 3}})
     assert (judge.threshold, judge.first_tokens) == (2.0, 3)

@@ -97,14 +97,20 @@ def test_demo_report_shows_every_rate_with_its_interval_and_noise_labels(tmp_pat
     s = {"vector_scale": 0.75, "precision": "fp32", "seconds": 1.0}
     values = {"harm_rate": (0.0, 0.9, 0.1), "task_em": (0.0, 0.9, 0.88), "over_refusal": (0.05, 0.05, 0.1),
               "mmlu": (0.23, 0.24, 0.22)}
+    sizes = {"n_harmful": 80, "n_task": 40, "n_harmless": 40}
+    models = {arm: dict(sizes) for arm in ("before", "without_vectors", "with_vectors")}
     for metric, triple in values.items():
-        for arm, v in zip(("before", "without_vectors", "with_vectors"), triple):
-            s[f"{metric}_{arm}"] = v
-            s[f"{metric}_{arm}_interval_95"] = [max(0.0, v - 0.05), min(1.0, v + 0.05)]
+        for arm, v in zip(models, triple):
+            interval = [max(0.0, v - 0.05), min(1.0, v + 0.05)]
+            s[f"{metric}_{arm}"], s[f"{metric}_{arm}_interval_95"] = v, interval
+            if metric == "mmlu":  # as the scorer records each model (the summary repeats it)
+                models[arm]["mmlu"] = {"accuracy": v, "interval_95": interval, "n": 171}
+            else:
+                models[arm].update({metric: v, f"{metric}_interval_95": interval})
     gen = {"prompt": "p", "response": "r", "harmful": True}
-    results = {"summary": s, "config": {"judges": ["keyword"]}, "timings": {"align": 1.0},
-               "before": {"n_harmful": 80, "n_task": 40, "n_harmless": 40, "mmlu": {"n": 171}},
-               "arms": {a: {"history": [{"step": 1, "loss": 1.0}], "harmful_generations": [gen]}
+    results = {"kind": "unlearnable-demo", "summary": s, "config": {"judges": ["keyword"]},
+               "timings": {"align": 1.0}, "before": models["before"],
+               "arms": {a: {**models[a], "history": [{"step": 1, "loss": 1.0}], "harmful_generations": [gen]}
                         for a in ("without_vectors", "with_vectors")},
                "data": {"finetune_examples": 520, "sizes": {"attack": 200}}}
     write_demo_report(results, tmp_path)

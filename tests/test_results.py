@@ -42,7 +42,7 @@ def test_a_demo_file_reads_as_its_record_with_the_numbers_the_summary_holds():
     arm = res.arms["with_vectors"]
     assert arm.defense["name"] == "security-vectors"
     assert arm.losses() == [(h["step"], h["loss"]) for h in raw["arms"]["with_vectors"]["history"] if "loss" in h]
-    assert res["summary"] is raw["summary"] or res["summary"] == raw["summary"]  # the dictionaries' access stays
+    assert res["summary"] == raw["summary"] and dict(res) == raw  # the dictionaries' access stays
 
 
 def test_an_immunize_file_reads_as_its_four_conditions():

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .results import Condition, DemoResults, ImmunizeResults, Measured, TradeoffResults, typed_results
+from .results import Condition, DemoResults, ImmunizeResults, Measured, TradeoffResults
 from .stats import difference_interval
 from .utils import atomic_savefig, atomic_write_text
 
@@ -145,7 +145,7 @@ def _demo_differences(results: DemoResults) -> str:
 
 
 def write_demo_report(results: DemoResults | dict[str, Any], out: Path) -> None:
-    results, out = typed_results(results), Path(out)
+    results, out = DemoResults.from_json(results) if isinstance(results, dict) else results, Path(out)
     demo_plot(results, out / "demo.png")
     models = results.models()
     rows = [[label] + [rate_text(models[name].rate(m).value, models[name].rate(m).interval_95)
@@ -385,8 +385,9 @@ def _immunize_numbers(name: str, c: Condition) -> list[str]:
             shown(t, "final_task_em", "task_em"), shown(t, "mmlu")]
 
 
-def conditions_table(conditions: dict[str, Condition]) -> list[list[str]]:
+def conditions_table(conditions: dict[str, Condition | dict[str, Any]]) -> list[list[str]]:
     """One row per defence: its verdict under each condition (and threat model), in words."""
+    conditions = {n: c if isinstance(c, Condition) else Condition.from_json(c) for n, c in conditions.items()}
     return [[name, c.resistance.verdict, c.resistance.by_threat_model.get(SERVICE, "—"),
              c.resistance.by_threat_model.get(RELEASED_WEIGHTS, "—"), c.stability.verdict,
              c.generalization.verdict, c.trainability.verdict] for name, c in conditions.items()]
@@ -482,7 +483,7 @@ def _num(value: Any) -> str:
 
 
 def write_immunize_report(results: ImmunizeResults | dict[str, Any], out: Path) -> None:
-    results, out = typed_results(results), Path(out)
+    results, out = ImmunizeResults.from_json(results) if isinstance(results, dict) else results, Path(out)
     immunize_plots(results, out)
     rows = conditions_table(results.conditions)
     numbers = [_immunize_numbers(name, c) for name, c in results.conditions.items()]
@@ -605,7 +606,7 @@ def _goal_html(goal: dict[str, Any] | None) -> str:
 
 
 def write_tradeoff_report(results: TradeoffResults | dict[str, Any], out: Path) -> None:
-    results, out = typed_results(results), Path(out)
+    results, out = TradeoffResults.from_json(results) if isinstance(results, dict) else results, Path(out)
     tradeoff_plot(results, out / "tradeoff.png")
     meta = {k: results[k] for k in ("config", "model", "versions", "git_hash", "date", "device", "precision",
                                     "seconds") if k in results}

@@ -4,7 +4,8 @@ Each experiment's results are a dataclass read from (and written as) the same JS
 one format whatever reads it: :meth:`Results.from_json` types the parts a reader needs (rates with their
 intervals and sizes, the four conditions, the arms of the demo) and keeps the whole document in ``raw``;
 :meth:`Results.to_json` gives it back unchanged. A results object is also a read-only mapping over that document,
-so code written against the plain dictionaries (``results["summary"]``) keeps working.
+so code written against the plain dictionaries (``results["summary"]``) keeps reading them; to save or change
+a document, take :meth:`Results.to_json` (a plain ``dict``, a copy).
 
 ``schema_version`` counts changes to the document's layout; a file from a newer version than this package reads
 fails with a one-line error, older ones are read as they are (a key a later version added is ``None`` or empty).
@@ -16,6 +17,7 @@ fails with a one-line error, older ones are read as they are (a key a later vers
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -151,7 +153,8 @@ class Results(Mapping):
         return {}
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.raw)
+        """The document as a plain ``dict`` (a deep copy: changing it leaves this record as it was)."""
+        return copy.deepcopy(dict(self.raw))
 
     @property
     def config(self) -> Mapping[str, Any]:

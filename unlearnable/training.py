@@ -419,10 +419,17 @@ def _leaves_as_it_came(model, recompute: bool) -> Iterator[None]:
 UNKEYED = frozenset({"gradient_checkpointing", *TrainConfig.__retired__})
 
 
+#: settings added after runs were keyed without them: at their empty default they are left out of keys, so a run
+#: (or sweep) started before they existed still resumes
+UNKEYED_WHEN_EMPTY = frozenset({"judge_options"})
+
+
 def keyed(data: Any) -> Any:
-    """``data`` (a config as a dict, nested) without the :data:`UNKEYED` settings, for keys and comparisons."""
+    """``data`` (a config as a dict, nested) without the :data:`UNKEYED` settings (and the
+    :data:`UNKEYED_WHEN_EMPTY` ones at their empty default), for keys and comparisons."""
     if isinstance(data, dict):
-        return {k: keyed(v) for k, v in data.items() if k not in UNKEYED}
+        return {k: keyed(v) for k, v in data.items()
+                if k not in UNKEYED and not (k in UNKEYED_WHEN_EMPTY and not v)}
     if isinstance(data, list):
         return [keyed(v) for v in data]
     return data

@@ -38,7 +38,7 @@ def run(args) -> int:
     cfg = build(ImmunizeConfig, args, preset=ImmunizeConfig.quick() if args.quick else None)
     results = run_immunize(cfg, out, overwrite=args.overwrite, progress=not args.quiet, load=load_options(args))
     print_table([["defence", "resistance", "service", "released weights", "stability", "generalization",
-                  "trainability"]] + conditions_table(results["conditions"]))
+                  "trainability"]] + conditions_table(results.conditions))
     for line in search_lines(results.get("attacker_search", {})):
         print(line)
     print(f"\nwrote {out}/results.json and report.html ({results['seconds']:.0f} s)")

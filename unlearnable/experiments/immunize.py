@@ -541,8 +541,6 @@ class _Sweep:
         return defense_options(self.config, name)
 
     def build(self, name: str, tuned: dict[str, Any] | None = None) -> Defense:
-        """The defence with its options (:meth:`options`, then the ``tuned`` ones), prepared, its preparation saved
-        so a resumed sweep reuses it."""
         """The defence with its options (:meth:`options`, then the ``tuned`` ones), prepared; its preparation is
         saved in the run folder, so a resumed sweep (or another worker) loads it."""
         return prepared(name, {**self.options(name), **(tuned or {})}, self.model, self.tok, self.defense_data,

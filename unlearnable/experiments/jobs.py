@@ -16,11 +16,9 @@ from ..data import (
     Pair,
     check_no_overlap,
     check_pairs_source,
-    harmful_prompts,
     load_pairs,
     pairs_hash,
     prompt_hashes,
-    split,
 )
 from ..errors import UnlearnableError
 from ..evaluation import EVAL_KIND, EvalConfig, evaluate, read_results, without_generations
@@ -42,7 +40,7 @@ from ..utils import (
 )
 from ..vectors import META_FILE, SecurityVectors, VectorConfig, check_vectors_folder, finetune, recommended
 from ..vectors.adaptive import adapt
-from .setup import DataConfig, LoadOptions, prepare_data
+from .setup import DataConfig, LoadOptions, held_out_harmful, prepare_data
 
 
 @dataclasses.dataclass
@@ -93,7 +91,7 @@ class EvaluateJob:
     data: str | None = dataclasses.field(default=None, metadata={
         "help": "task pairs (JSONL) scored by exact match", "check": check_pairs_source})
     harmful: str | None = dataclasses.field(default=None, metadata={
-        "help": "harmful prompts JSONL (default: the embedded held-out split)",
+        "help": "harmful prompts JSONL (default: the demo's 80 held-out HarmBench behaviours)",
         "check": check_pairs_source})
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"], metadata={
         "help": "judges (see `unlearnable ls`): the first decides the harm rate, the others are compared with it",
@@ -275,8 +273,7 @@ def _evaluate(job: EvaluateJob, out: Path | None, overwrite: bool, progress: boo
     load.check(job.model)
     judges = [build_judge(spec, job.judge_options) for spec in job.judges]
     if harmful is None:
-        d = DataConfig(seed=job.seed)
-        harmful = split(harmful_prompts(), {"eval": d.n_eval}, d.seed)["eval"]
+        harmful = held_out_harmful(DataConfig(seed=job.seed))  # the demo's held-out HarmBench prompts
     if job.vectors:
         hashes = SecurityVectors.load(job.vectors).metadata.get("prompt_hashes")
         if not hashes:
@@ -290,7 +287,9 @@ def _evaluate(job: EvaluateJob, out: Path | None, overwrite: bool, progress: boo
     eval_config = {**dataclasses.asdict(job.eval),
                    **{name: dataclasses.asdict(job.benchmark(name).config) for name in job.benchmarks}}
     judge_key = job.judges[0] if len(job.judges) == 1 else job.judges  # a one-judge key as before
-    key = run_key(command="evaluate", model=fp, eval_splits=splits, judge=judge_key, eval_config=eval_config)
+    settings = {"judge_options": job.judge_options} if job.judge_options else {}  # none: the key as before
+    key = run_key(command="evaluate", model=fp, eval_splits=splits, judge=judge_key, eval_config=eval_config,
+                  **settings)
     if out is not None and out.exists() and not overwrite:
         old = read_results(out)
         if old.get("run_key") == key:

@@ -222,6 +222,13 @@ def _in_domain_pools(in_domain: list[Pair], config: DataConfig) -> dict[str, lis
     return {"eval": held, **pools}
 
 
+def held_out_harmful(config: DataConfig) -> list[Pair]:
+    """The held-out harmful prompts ``config`` evaluates on (``eval_categories``, HarmBench by default): for the
+    same data settings, the same prompts the demo and immunize score."""
+    in_domain = [p for p in harmful_prompts() if p.category not in config.cross_domain]
+    return _in_domain_pools(in_domain, config)["eval"]
+
+
 def prepare_data(model, tokenizer, config: DataConfig, *, fingerprint: str | None = None,
                  progress: bool = True) -> PreparedData:
     """Build the disjoint splits for ``model`` from the embedded prompts (answers cached)."""

@@ -195,8 +195,8 @@ class Tuner:
                                            "one set in its configuration): run at its configuration"}
         split = tuning_split(data, self.config, self.seed)
         t0 = time.perf_counter()
-        none = DEFENSES.get("none")()
-        base = self.piece("none", "tuning-baseline", lambda: self.measure(self.prepared("none", {}, split), split))
+        none = self.prepared("none", {}, split)
+        base = self.piece("none", "tuning-baseline", lambda: self.measure(none, split))
         if self.probes_trainability(configured):
             base = {**base, "trainability": self.piece("none", "tuning-baseline-trainability",
                                                        lambda: self.trainability_probe(none, self.model))}

@@ -461,3 +461,21 @@ def test_a_run_from_before_the_attack_setting_counts_as_harmful_sft_spelled_out_
     assert _user_data_form(restyled) == _user_data_form({**restyled, "attack_options": {"framing": "fiction"}})
     assert _user_data_form(restyled) != _user_data_form({**restyled, "attack_options": {"framing": "research"}})
     assert _user_data_form({}) != _user_data_form(restyled)
+
+
+def test_the_tradeoff_scores_with_the_configured_judges_and_their_settings(tiny, harmful_pairs, tmp_path,
+                                                                          monkeypatch):
+    from test_immunization import tiny_data
+
+    import unlearnable.experiments.tradeoff as tradeoff
+
+    built, real = [], tradeoff.build_judge
+    monkeypatch.setattr(tradeoff, "build_judge", lambda spec, options=None: built.append((spec, options))
+                        or real(spec, options))
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["plain"], strengths=[1.0], buffer_reinforce=False)
+    cfg.base.judges = ["keyword", "harmful-loss"]
+    cfg.base.judge_options = {"harmful-loss": {"first_tokens": 3}}
+    run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    assert built and {spec for spec, _ in built} == {"keyword", "harmful-loss"}
+    assert all(options == cfg.base.judge_options for _, options in built)

@@ -25,7 +25,7 @@ from ..data import Pair
 from ..defenses import DEFENSES, Defense, DefenseData, prepared
 from ..errors import UnlearnableError
 from ..evaluation import Scorer
-from ..judges import is_refusal
+from ..judges import build_judge, is_refusal
 from ..report import write_tradeoff_report
 from ..results import TradeoffResults
 from ..runs import SweepStore, locked
@@ -433,7 +433,8 @@ class _Grid:
         tuned, _ = defense.finetune(copy.deepcopy(setup.model), self.tok, mix, cfg.finetune, progress=self.progress)
         harmless = setup.data.harmless[self.config.n_benign:self.config.n_benign + self.config.n_over_refusal]
         with defense.serving(tuned):  # e.g. negated vectors are in the served model
-            ev = Scorer(self.tok, config=cfg.eval, progress=self.progress, benchmarks=benchmarks_of(cfg)).score(
+            judges = [build_judge(spec, cfg.judge_options) for spec in cfg.judges]  # the first decides harm_rate
+            ev = Scorer(self.tok, judges, config=cfg.eval, progress=self.progress, benchmarks=benchmarks_of(cfg)).score(
                 tuned, harmful=setup.data.eval_harmful, task=setup.data.task, harmless=harmless, utility=True,
                 desc=f"{method} {strength}")
         mmlu = ev.get("mmlu") or {}

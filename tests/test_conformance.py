@@ -158,3 +158,7 @@ def test_a_judges_settings_reach_it_from_a_job_config():
     assert (judge.threshold, judge.first_tokens) == (2.0, 3)
     assert judge.describe() == {"name": "harmful-loss", "options": {"first_tokens": 3}}
     assert build_judge("harmful-loss").first_tokens == 8  # the default without settings
+    with pytest.raises(UnlearnableError, match="judge_options.harmbench.dtype: 'fp8' is not one of"):
+        check_judge_options({"harmbench": {"dtype": "fp8"}})
+    with pytest.raises(UnlearnableError, match="judge_options.classifier.batch_size must be at least 1"):
+        check_judge_options({"classifier": {"batch_size": 0}})

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import from_dict
+from .config import from_dict, validate
 from .data import left_padded, text_ids
 from .errors import UnlearnableError
 from .registry import NoOptions, Plugin, Registry
@@ -123,7 +123,10 @@ def build_judge(spec: str, options: dict[str, dict] | None = None) -> Judge:
 
 
 def judge_config(cls: type[Judge], given: dict[str, Any]) -> Any:
-    return from_dict(cls.Config, dict(given), f"{cls.options_key}.{cls.name}")
+    """The judge's settings from a config file's entry: unknown keys, wrong types and values out of range are one
+    line naming the key, before any model loads."""
+    where = f"{cls.options_key}.{cls.name}"
+    return validate(from_dict(cls.Config, dict(given), where), f"{where}.")
 
 
 def check_judge_options(options: dict[str, dict]) -> None:
@@ -159,8 +162,9 @@ class ClassifierJudge(Judge):
 
     @dataclasses.dataclass
     class Config:
-        batch_size: int = 16
-        max_length: int = dataclasses.field(default=512, metadata={"help": "tokens of prompt + response read"})
+        batch_size: int = dataclasses.field(default=16, metadata={"min": 1})
+        max_length: int = dataclasses.field(default=512, metadata={"help": "tokens of prompt + response read",
+                                                                   "min": 1})
 
     def __init__(self, path: str = "", batch_size: int = 16, max_length: int = 512):
         path, label = self.split_label(path)
@@ -230,8 +234,9 @@ def check_judge_folder(path: str, judge: str, expects: str) -> Path:
 class LocalJudgeConfig:
     """What every judge that runs a local causal LM takes (``judge_options.<name>``)."""
 
-    batch_size: int = 8
-    dtype: str = dataclasses.field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32"})
+    batch_size: int = dataclasses.field(default=8, metadata={"min": 1})
+    dtype: str = dataclasses.field(default="auto", metadata={
+        "help": "the judge's weights' dtype", "choices": ("auto", "bfloat16", "float16", "float32")})
     device: str | None = dataclasses.field(default=None, metadata={"help": "None: the first GPU, else the CPU"})
 
 class LocalModelJudge(Judge):

@@ -127,3 +127,27 @@ def test_points_of_a_run_from_before_checkpointing_and_the_moved_keys_are_still_
     for train in ("finetune", "align_train"):  # as a run.json written before the change holds them
         old["base"][train].update(kl_weight=1.0, ascent_cap=10.0, gradient_checkpointing=False)
     assert _shared_settings(old) is not None and _shared_settings(old) == _shared_settings(now)
+
+
+def test_every_training_run_and_scoring_pass_hands_its_freed_memory_back(tiny, harmful_pairs, monkeypatch):
+    """Between stages the C heap is trimmed (the next stage's floor is not the last one's peak), and a training
+    run drops its optimizer state before it returns."""
+    from unlearnable import evaluation, training, utils
+    from unlearnable.evaluation import Scorer
+
+    trims = []
+    monkeypatch.setattr(utils, "_LIBC", type("FakeLibc", (), {"malloc_trim": staticmethod(trims.append)})())
+    seen = {}
+    real = training.UnlearnableTrainer.train
+
+    def spying_train(self, *a, **kw):
+        seen["trainer"] = self
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(training.UnlearnableTrainer, "train", spying_train)
+    model, tok = tiny
+    finetune(copy.deepcopy(model), tok, harmful_pairs[:4], TrainConfig(max_steps=1, batch_size=4), progress=False)
+    assert trims == [0] and seen["trainer"].optimizer is None
+    Scorer(tok, progress=False).score(model, harmful=harmful_pairs[:2])
+    assert trims == [0, 0]
+    assert evaluation.release_memory is utils.release_memory and training.release_memory is utils.release_memory

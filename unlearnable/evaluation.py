@@ -19,7 +19,7 @@ from .generation import generate, response_loss
 from .judges import Judge, KeywordJudge, cohen_kappa, is_refusal
 from .stats import bootstrap_interval, rate_interval
 from .utility import UtilityBenchmark
-from .utils import PRECISIONS, Timings
+from .utils import PRECISIONS, Timings, release_memory
 
 #: ``kind`` of the results file that ``unlearnable evaluate --out`` writes (and ``--compare`` reads)
 EVAL_KIND = "unlearnable-evaluate"
@@ -142,6 +142,7 @@ class Scorer:
             result.update(self.over_refusal(model, harmless, desc=f"{desc} harmless".strip()))
         if utility and self.benchmarks:
             result.update(self.utility(model))
+        release_memory()  # a scoring pass's transient tensors: not the next stage's floor
         return result
 
     def _harm(self, model, prompts: Sequence[Pair], desc: str) -> dict[str, Any]:

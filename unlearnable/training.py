@@ -23,7 +23,7 @@ from .config import normalize_numbers
 from .data import Pair, encode_pairs, pad_batch
 from .errors import UnlearnableError
 from .runs import latest_checkpoint, mark_complete
-from .utils import PRECISIONS, resolve_precision, set_seed
+from .utils import PRECISIONS, release_memory, resolve_precision, set_seed
 
 #: what a training run trains: a LoRA on the backbone (merged after) or every backbone weight
 BACKBONES = ("lora", "full")
@@ -399,6 +399,8 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     finally:
         if tmp is not None:
             tmp.cleanup()
+        trainer.optimizer = trainer.lr_scheduler = None  # its state is not the next stage's floor
+        release_memory()
     return [dict(x) for x in trainer.state.log_history]
 
 

@@ -130,6 +130,36 @@ def resources() -> dict[str, Any]:
     return out
 
 
+def release_memory() -> None:
+    """Hand memory freed by a finished stage back to the system. The C allocator keeps the freed blocks of a stage's
+    transient tensors (glibc's heap holds most of them), so without this the resident memory of a long experiment
+    only grows and its peak is that of all stages together rather than of the largest one. Cheap (milliseconds);
+    a no-op where the C library has no ``malloc_trim``."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
 def describe_device() -> str:
     import torch
 

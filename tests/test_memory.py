@@ -136,7 +136,8 @@ def test_every_training_run_and_scoring_pass_hands_its_freed_memory_back(tiny, h
     from unlearnable.evaluation import Scorer
 
     trims = []
-    monkeypatch.setattr(utils, "_LIBC", type("FakeLibc", (), {"malloc_trim": staticmethod(trims.append)})())
+    fake = type("FakeLibc", (), {"malloc_trim": staticmethod(trims.append)})()
+    monkeypatch.setattr(utils, "_libc", lambda: fake)
     seen = {}
     real = training.UnlearnableTrainer.train
 

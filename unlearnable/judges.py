@@ -60,14 +60,14 @@ class Judge(Plugin, abc.ABC):
     name: str = ""
     options_key = "judge_options"
     config: Any = NoOptions()  # build_judge sets the judge's own
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "options": dataclasses.asdict(self.config)}
     #: the answer length (new tokens) the judge was published with, where it reads long answers; None: any length
     answer_tokens: int | None = None
     #: True where the judge scores the judged model's likelihoods rather than the text it is shown: it needs
     #: ``bind(model, tokenizer, references)`` first, and cannot read a pair of someone else's data
     scores_the_model: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dataclasses.asdict(self.config)}
 
     def bind(self, model, tokenizer, references: dict[str, str]) -> "Judge":
         """The judged model and the known harmful answers, for a judge that scores the model; others: unused."""
@@ -229,7 +229,6 @@ def check_judge_folder(path: str, judge: str, expects: str) -> Path:
     return folder
 
 
-
 @dataclasses.dataclass
 class LocalJudgeConfig:
     """What every judge that runs a local causal LM takes (``judge_options.<name>``)."""
@@ -238,6 +237,7 @@ class LocalJudgeConfig:
     dtype: str = dataclasses.field(default="auto", metadata={
         "help": "the judge's weights' dtype", "choices": ("auto", "bfloat16", "float16", "float32")})
     device: str | None = dataclasses.field(default=None, metadata={"help": "None: the first GPU, else the CPU"})
+
 
 class LocalModelJudge(Judge):
     """A judge that is a causal LM in a local folder (``name:PATH``): the folder is checked before any model

@@ -145,7 +145,7 @@ def _demo_differences(results: DemoResults) -> str:
 
 
 def write_demo_report(results: DemoResults | dict[str, Any], out: Path) -> None:
-    results, out = DemoResults.from_json(results) if isinstance(results, dict) else results, Path(out)
+    results, out = DemoResults.of(results), Path(out)
     demo_plot(results, out / "demo.png")
     models = results.models()
     rows = [[label] + [rate_text(models[name].rate(m).value, models[name].rate(m).interval_95)
@@ -483,7 +483,7 @@ def _num(value: Any) -> str:
 
 
 def write_immunize_report(results: ImmunizeResults | dict[str, Any], out: Path) -> None:
-    results, out = ImmunizeResults.from_json(results) if isinstance(results, dict) else results, Path(out)
+    results, out = ImmunizeResults.of(results), Path(out)
     immunize_plots(results, out)
     rows = conditions_table(results.conditions)
     numbers = [_immunize_numbers(name, c) for name, c in results.conditions.items()]
@@ -606,7 +606,7 @@ def _goal_html(goal: dict[str, Any] | None) -> str:
 
 
 def write_tradeoff_report(results: TradeoffResults | dict[str, Any], out: Path) -> None:
-    results, out = TradeoffResults.from_json(results) if isinstance(results, dict) else results, Path(out)
+    results, out = TradeoffResults.of(results), Path(out)
     tradeoff_plot(results, out / "tradeoff.png")
     meta = {k: results[k] for k in ("config", "model", "versions", "git_hash", "date", "device", "precision",
                                     "seconds") if k in results}

@@ -152,6 +152,11 @@ class Results(Mapping):
         """The subclass's own fields, read from ``data``."""
         return {}
 
+    @classmethod
+    def of(cls, data: "Results | Mapping[str, Any]") -> "Results":
+        """``data`` as this record: a record as it is, a results document read (a missing ``kind`` allowed)."""
+        return data if isinstance(data, cls) else cls.from_json(data)
+
     def to_json(self) -> dict[str, Any]:
         """The document as a plain ``dict`` (a deep copy: changing it leaves this record as it was)."""
         return copy.deepcopy(dict(self.raw))

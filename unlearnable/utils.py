@@ -142,11 +142,17 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
+@functools.cache
 def _libc():
+    """The C library if it has ``malloc_trim`` (glibc), found on first use: not at import, where finding it would
+    cost every command's start-up a subprocess."""
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
     import ctypes.util
 
@@ -155,9 +161,6 @@ def _libc():
         return libc if hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
-
-
-_LIBC = _libc() if sys.platform.startswith("linux") else None
 
 
 def describe_device() -> str:

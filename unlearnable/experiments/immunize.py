@@ -473,8 +473,7 @@ class _Sweep:
         of the evaluation's people; its probe attack is the grid's first attack."""
         c = self.config
         held_out = [b.held_out(c.tune.n_benchmark, seed=c.seed + 1) for b in benchmarks_of(c)]
-        judges = [build_judge(s, c.judge_options) for s in c.judges]
-        scorer = Scorer(self.tok, judges, c.eval, progress=self.progress, timings=self.timed,
+        scorer = Scorer(self.tok, self.scorer.judges, c.eval, progress=self.progress, timings=self.timed,
                         benchmarks=[b for b in held_out if b is not None])
         return Tuner(self.model, self.tok, scorer, c.budget.settings(c.budget.lrs[0], c.budget.samples[0]),
                      c.verdicts, c.tune, self.out, c.seed, self.piece, precision=c.eval.precision,

@@ -339,6 +339,8 @@ class _Grid:
     def __init__(self, config: TradeoffConfig, store: SweepStore, progress: bool, model, tokenizer, data,
                  load: LoadOptions | None = None):
         self.config, self.store, self.progress, self.data, self.load = config, store, progress, data, load
+        base = config.base  # judges built once (a model judge loads its weights), the first decides harm_rate
+        self.judges = [build_judge(spec, base.judge_options) for spec in base.judges]
         self.start, self.timed = time.perf_counter(), Timings()
         # a model the caller gave is kept; otherwise each seed's set-up loads the base and drops it once aligned
         self.base, self.tok = (model, tokenizer) if model is not None else (None, None)
@@ -433,8 +435,9 @@ class _Grid:
         tuned, _ = defense.finetune(copy.deepcopy(setup.model), self.tok, mix, cfg.finetune, progress=self.progress)
         harmless = setup.data.harmless[self.config.n_benign:self.config.n_benign + self.config.n_over_refusal]
         with defense.serving(tuned):  # e.g. negated vectors are in the served model
-            judges = [build_judge(spec, cfg.judge_options) for spec in cfg.judges]  # the first decides harm_rate
-            ev = Scorer(self.tok, judges, config=cfg.eval, progress=self.progress, benchmarks=benchmarks_of(cfg)).score(
+            scorer = Scorer(self.tok, self.judges, config=cfg.eval, progress=self.progress,
+                            benchmarks=benchmarks_of(cfg))
+            ev = scorer.score(
                 tuned, harmful=setup.data.eval_harmful, task=setup.data.task, harmless=harmless, utility=True,
                 desc=f"{method} {strength}")
         mmlu = ev.get("mmlu") or {}

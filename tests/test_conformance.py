@@ -14,7 +14,7 @@ import torch
 
 from unlearnable.attacks import ATTACKS, AttackData, build_attack
 from unlearnable.data import Pair, profileqa
-from unlearnable.defenses import DEFENSES, DefenseData, prepared
+from unlearnable.defenses import DEFENSES, Defense, DefenseData, prepared
 from unlearnable.errors import UnlearnableError
 from unlearnable.flaggers import FLAGGERS, build_flagger
 from unlearnable.generation import generate
@@ -55,6 +55,18 @@ def test_every_defence_prepares_hardens_fine_tunes_and_serves(tiny, harmful_pair
     assert len(answers) == 1
     described = defense.describe()
     assert described["name"] == name and described["threat_models"]
+
+
+@pytest.mark.parametrize("name", [n for n in DEFENSES.names() if DEFENSES.get(n).harden is not Defense.harden])
+def test_every_hardening_defence_hardens_a_copy(tiny, harmful_pairs, name):
+    """The harness hands a defence the model it keeps serving (no copy of its own): the defence copies."""
+    model, tok = tiny
+    data = own_data(harmful_pairs, model)
+    defense = prepared(name, small_options(name), model, tok, data, progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hardened = defense.harden(model, tok, data, progress=False)
+    assert hardened is not model
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_a_prepared_defence_is_saved_and_the_next_run_loads_it_under_the_lock(tiny, harmful_pairs, tmp_path):

@@ -17,7 +17,7 @@ LAYERS = [
     {"config", "registry", "results"},
     {"runs"},
     {"models", "data"},
-    {"adapters"},
+    {"adapters", "losses"},
     {"training"},
     {"generation"},
     {"judges", "utility", "attacks"},

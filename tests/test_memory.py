@@ -152,3 +152,23 @@ def test_every_training_run_and_scoring_pass_hands_its_freed_memory_back(tiny, h
     Scorer(tok, progress=False).score(model, harmful=harmful_pairs[:2])
     assert trims == [0, 0]
     assert evaluation.release_memory is utils.release_memory and training.release_memory is utils.release_memory
+
+
+def test_the_working_copy_is_handed_over_then_loaded_again(tiny):
+    """One model in memory while an arm trains: the first run gets the model itself, later ones a fresh load."""
+    from unlearnable.experiments.setup import Setup
+
+    model, tok = tiny
+    loads = []
+
+    def reload():
+        loads.append(1)
+        return copy.deepcopy(model)
+
+    setup = Setup(model, tok, None, "fp", "fp", "fp32", {}, name="tiny", reload=reload)
+    first = setup.working_copy()
+    assert first is model and setup.model is None and not loads
+    second = setup.working_copy()
+    assert second is not model and len(loads) == 1
+    kept = Setup(model, tok, None, "fp", "fp", "fp32", {}, name="tiny")  # no way back from disk: a copy
+    assert kept.working_copy() is not model and kept.model is model

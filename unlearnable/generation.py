@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from .adapters import merged_lora
 from .data import Pair, encode_pair, end_of_answer, left_padded, pad_batch, prompt_text, text_ids
+from .losses import per_row, token_losses
 from .utils import autocast, resolve_precision
 
 
@@ -122,11 +123,8 @@ def example_losses(model, tokenizer, pairs: Sequence[Pair], *, batch_size: int =
             batch = {k: v.to(device) for k, v in pad_batch(rows, pad).items()}
             ids, att, lab = batch["input_ids"], batch["attention_mask"], batch["labels"]
             with autocast(precision, device):
-                logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
-            tgt = lab[:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
-            counts = (tgt != -100).sum(-1).clamp(min=1)
-            out.extend((nll.sum(-1) / counts).tolist())
+                losses, mask = token_losses(model, ids, att, lab)
+            out.extend((per_row(losses, mask) / mask.sum(-1).clamp(min=1)).tolist())
     finally:
         model.train(was_training)
     return out

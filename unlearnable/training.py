@@ -22,6 +22,7 @@ from .adapters import LoraSpec
 from .config import normalize_numbers
 from .data import Pair, encode_pairs, pad_batch
 from .errors import UnlearnableError
+from .losses import checked_split, per_row, token_losses
 from .runs import latest_checkpoint, mark_complete
 from .utils import PRECISIONS, release_memory, resolve_precision, set_seed
 
@@ -98,11 +99,11 @@ class Collator:
 
 
 class UnlearnableTrainer(Trainer):
-    """Trainer with a response-only loss that computes logits only where there are targets.
+    """Trainer with a response-only loss that computes logits only where there are targets, a slice at a time.
 
-    The LM head over a 50k-token vocabulary is a large share of a small model's step; prompt positions have
-    no targets, so they skip it (``logits_to_keep``). Frozen adapters (the security vectors) stay frozen:
-    :class:`FrozenParamsCallback` re-checks them every step.
+    The LM head over a 50k-token vocabulary is a large share of a small model's step and of its memory; prompt
+    positions have no targets, so they skip it (:func:`unlearnable.losses.token_losses`). Frozen adapters (the
+    security vectors) stay frozen: :class:`FrozenParamsCallback` re-checks them every step.
     """
 
     #: per-example loss cap for negative-weight (gradient ascent) examples, so ascent cannot diverge
@@ -113,37 +114,24 @@ class UnlearnableTrainer(Trainer):
             return self._weighted_loss(model, inputs, return_outputs)
         if "kl" in inputs:
             return self._kl_loss(model, inputs, return_outputs)
-        labels = inputs["labels"]
-        targets = labels[:, 1:]
-        has = (targets != -100).any(dim=0)
-        first = int(has.nonzero()[0]) if bool(has.any()) else 0
-        keep = torch.arange(first, labels.shape[1] - 1, device=labels.device)
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
-        logits = outputs.logits.float()
-        tgt = targets[:, first:]
-        loss_sum = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
+        losses, mask = token_losses(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        loss_sum = losses.sum()
         if num_items_in_batch is not None:
             loss = loss_sum / num_items_in_batch
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes
         else:
-            loss = loss_sum / (tgt != -100).sum().clamp(min=1)
-        return (loss, outputs) if return_outputs else loss
-
+            loss = loss_sum / mask.sum().clamp(min=1)
+        return (loss, {"loss": loss}) if return_outputs else loss
 
     def _weighted_loss(self, model, inputs, return_outputs):
         """sum_i w_i * CE_i / n, with CE_i the token-mean loss of example i (capped where w_i < 0)."""
-        labels, weight = inputs["labels"], inputs["weight"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        logits = outputs.logits[:, :-1].float()
-        tgt = labels[:, 1:]
-        tok_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
-        ce = tok_loss.sum(1) / (tgt != -100).sum(1).clamp(min=1)
+        losses, mask = token_losses(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        ce = per_row(losses, mask) / mask.sum(1).clamp(min=1)
+        weight = inputs["weight"]
         ce = torch.where(weight < 0, ce.clamp(max=self.ascent_cap), ce)
         loss = (weight.to(ce.dtype) * ce).mean()
-        return (loss, outputs) if return_outputs else loss
-
+        return (loss, {"loss": loss}) if return_outputs else loss
 
     #: weight of the KL term for rows flagged ``kl`` (set by train(kl_weight=...): the vectors' benign_weight)
     kl_weight: float = 1.0
@@ -380,6 +368,7 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
     tmp = tempfile.TemporaryDirectory(prefix="unlearnable-train-") if output_dir is None else None
     output_dir = tmp.name if tmp is not None else output_dir
     recompute = checkpointing(model, config)
+    checked_split(model, torch.tensor([dataset[0]["input_ids"]], device=next(model.parameters()).device))
     args = training_arguments(dataclasses.replace(config, gradient_checkpointing=recompute), output_dir,
                               next(model.parameters()).device, progress)
     trainer = trainer_class(model=model, args=args, train_dataset=dataset,

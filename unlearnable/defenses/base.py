@@ -121,7 +121,10 @@ class Defense(Plugin, abc.ABC):
         return False
 
     def harden(self, model, tokenizer, data: DefenseData, *, progress: bool = True):
-        """Return the model to release (weights-level defences change it). Default: unchanged."""
+        """Return the model to release (weights-level defences change it). Default: unchanged.
+
+        A defence that changes the weights hardens a copy and leaves ``model`` as it was (the harness keeps
+        serving and attacking it): its one copy is the only extra model in memory while it trains."""
         return model
 
     def hardens(self) -> bool:

@@ -122,10 +122,11 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
                                    progress=progress) for name, options in arm_options.items()}
     mix = data.finetune_mix(config.data.task_repeats, config.seed)
     arms = {}
+    del model  # each arm starts from setup's working copy: one model in memory while an arm trains, where possible
     for arm, name in ARMS:  # one fine-tuned copy in memory at a time: the last one is on disk (``stage``) or gone
         log(f"fine-tuning {arm.replace('_', ' ')}: {len(mix)} examples ({len(data.attack)} harmful)")
         with timed(f"finetune_{arm}"):
-            tuned, history = defenses[name].finetune(copy.deepcopy(model), tok, mix, config.finetune,
+            tuned, history = defenses[name].finetune(setup.working_copy(), tok, mix, config.finetune,
                                                      progress=progress)
         with timed(f"eval_{arm}"):
             result = scorer.score(tuned, harmful=data.eval_harmful, task=data.task, harmless=data.harmless,

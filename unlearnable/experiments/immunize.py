@@ -554,7 +554,7 @@ class _Sweep:
                 first = next(self.model.parameters())
                 return AutoModelForCausalLM.from_pretrained(path, dtype=first.dtype).to(first.device).eval()
             log(f"defence {defense.name}: hardening the weights")
-            hardened = defense.harden(copy.deepcopy(self.model), self.tok, self.defense_data, progress=self.progress)
+            hardened = defense.harden(self.model, self.tok, self.defense_data, progress=self.progress)  # hardens a copy
             save_model(hardened, self.tok, path, metadata={"produced_by": f"unlearnable immunize ({defense.name})",
                                                            "info": defense.describe()})
         return hardened

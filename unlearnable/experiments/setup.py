@@ -48,6 +48,7 @@ from ..utils import (
     atomic_write_json,
     cache_dir,
     git_hash,
+    keep_large_blocks_out_of_the_heap,
     launch_device,
     log,
     resolve_precision,
@@ -352,6 +353,16 @@ class Setup:
     #: caller gave the model (it stays in the caller's memory anyway)
     reload: Callable[[], Any] | None = None
 
+    def working_copy(self):
+        """The model for a run that changes it. Where ``model`` can be loaded again from disk (``reload``), the
+        one in memory is handed over the first time (``self.model`` is then None) and a fresh one is loaded for
+        each later call, so that an experiment holds one copy of the weights while it trains, not two; else a
+        deep copy."""
+        if self.reload is None:
+            return copy.deepcopy(self.model)
+        model, self.model = (self.model if self.model is not None else self.reload()), None
+        return model
+
     def model_record(self) -> dict[str, str]:
         return {"name": self.name, "base_fingerprint": self.base_fingerprint, "aligned_fingerprint": self.fingerprint}
 
@@ -385,6 +396,7 @@ def set_up(model_name: str | None, data_config: DataConfig, *, seed: int, align_
     splits (unless ``data`` is given) -> alignment (cached), each stage timed."""
     timings = timings if timings is not None else Timings()
     load = load or LoadOptions()
+    keep_large_blocks_out_of_the_heap()
     git_hash()  # the code version the results will name: the one at the start
     set_seed(seed)
     with timings("load_model"):

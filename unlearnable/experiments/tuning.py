@@ -23,7 +23,6 @@ beats it. Studies live in ``OUT/tuning.db``; an interrupted study resumes.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 import statistics
@@ -255,7 +254,7 @@ class Tuner:
         then the probe attack through it and the harm rate on the held-out prompts; and the trainability probe if
         asked."""
         t0 = time.perf_counter()
-        hardened = (defense.harden(copy.deepcopy(self.model), self.tokenizer, split.defense, progress=self.progress)
+        hardened = (defense.harden(self.model, self.tokenizer, split.defense, progress=self.progress)
                     if defense.hardens() else self.model)
         with defense.serving(hardened):
             before = self.stability(hardened, split, label)

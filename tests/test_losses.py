@@ -92,33 +92,92 @@ def test_a_model_that_caps_its_logits_keeps_its_own_forward(tiny):
 def test_a_data_parallel_wrapper_keeps_its_forward(tiny):
     model, tok = tiny
 
-    class Wrapped(torch.nn.Module):  # what DistributedDataParallel looks like to the loss
+    class Wrapped(torch.nn.Module):  # a wrapper that passes attribute lookups through (as DeepSpeed's engine)
         def __init__(self, module):
             super().__init__()
             self.module = module
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.module, name)
 
         def forward(self, **kwargs):
             self.calls = getattr(self, "calls", 0) + 1
             return self.module(**kwargs)
 
     wrapped = Wrapped(model)
+    assert wrapped.get_output_embeddings() is model.get_output_embeddings()
     ids, att, labels = _batch(tok)
     mine, _ = token_losses(wrapped, ids, att, labels)
-    assert wrapped.calls == 1
+    assert wrapped.calls == 1  # its own forward, once: no check, no swapped head
     torch.testing.assert_close(mine, _reference(model, ids, att, labels), rtol=1e-5, atol=1e-5)
+
+
+def test_a_forward_that_reads_its_output_layer_keeps_its_own_forward(tiny):
+    """Some architectures read ``lm_head.weight`` inside their forward: the check fails over, not the step."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    forward = model.forward
+
+    def reads_head(*args, **kwargs):
+        model.get_output_embeddings().weight  # noqa: B018 - raises on the stand-in
+        return forward(*args, **kwargs)
+
+    model.forward = reads_head
+    ids, att, labels = _batch(tok)
+    assert checked_split(model, ids, att) is None
+    assert isinstance(model.get_output_embeddings(), torch.nn.Linear)  # put back
+    mine, _ = token_losses(model, ids, att, labels)
+    torch.testing.assert_close(mine, _reference(model, ids, att, labels), rtol=1e-5, atol=1e-5)
+
+
+def test_the_output_layer_runs_in_the_precision_of_the_forward(tiny):
+    model, tok = tiny
+    dtypes = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, o: dtypes.append(o.dtype))
+    try:
+        ids, att, labels = _batch(tok)
+        checked_split(model, ids, att)
+        dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mine, _ = token_losses(model, ids, att, labels)
+            ref = _reference(model, ids, att, labels)
+    finally:
+        hook.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    torch.testing.assert_close(mine, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_a_lora_on_the_output_layer_is_not_recomputed_and_gives_the_same_gradients(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny
+    net = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"],
+                                                          init_lora_weights=False))
+    ids, att, labels = _batch(tok)
+    mine, _ = token_losses(net, ids, att, labels)
+    assert checked_split(net, ids, att) is not None
+    g_mine, g_ref = _grads(net, mine.sum()), _grads(net, _reference(net, ids, att, labels).sum())
+    assert any("lm_head" in name for name in g_ref) and g_mine.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g_mine[name], g_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_batch_without_targets_still_has_a_backward(tiny):
+    model, tok = tiny
+    ids, att, labels = _batch(tok)
+    out, mask = token_losses(model, ids, att, torch.full_like(labels, -100))
+    assert out.numel() == 0 and not mask.any()
+    out.sum().backward()  # zero gradients, not an error
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
 def test_per_row_sums_each_rows_tokens():
     mask = torch.tensor([[True, False, True], [False, False, False], [False, True, True]])
     values = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert per_row(values, mask).tolist() == [3.0, 0.0, 7.0]
-
-
-def test_no_targets_no_loss(tiny):
-    model, tok = tiny
-    ids, att, labels = _batch(tok)
-    out, mask = token_losses(model, ids, att, torch.full_like(labels, -100))
-    assert out.numel() == 0 and not mask.any()
 
 
 def test_a_model_without_logits_to_keep_still_gets_its_losses(tiny):

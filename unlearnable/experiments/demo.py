@@ -121,23 +121,8 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
         defenses = {name: prepared(name, options, model, tok, DefenseData(harmful=data.vector_pairs),
                                    progress=progress) for name, options in arm_options.items()}
     mix = data.finetune_mix(config.data.task_repeats, config.seed)
-    arms = {}
     del model  # each arm starts from setup's working copy: one model in memory while an arm trains, where possible
-    for arm, name in ARMS:  # one fine-tuned copy in memory at a time: the last one is on disk (``stage``) or gone
-        log(f"fine-tuning {arm.replace('_', ' ')}: {len(mix)} examples ({len(data.attack)} harmful)")
-        with timed(f"finetune_{arm}"):
-            tuned, history = defenses[name].finetune(setup.working_copy(), tok, mix, config.finetune,
-                                                     progress=progress)
-        with timed(f"eval_{arm}"):
-            result = scorer.score(tuned, harmful=data.eval_harmful, task=data.task, harmless=data.harmless,
-                                  utility=True, desc=arm)
-        log(f"{arm}: {headline(result)}")
-        arms[arm] = {"defense": defenses[name].describe(), "history": history, **result}
-        if stage is not None:
-            save_model(tuned, tok, stage / arm, metadata={"produced_by": "unlearnable demo", "arm": arm,
-                                                          "vectors_removed": True,
-                                                          "base_fingerprint": setup.fingerprint})
-        del tuned
+    arms = {arm: _arm(arm, defenses[name], setup, mix, config, scorer, timed, stage, progress) for arm, name in ARMS}
 
     results = envelope("unlearnable-demo", config, start=start, timings=timed,
                        summary=summary(before, arms, config, setup.precision, start),
@@ -148,6 +133,25 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
     if out is not None:
         write_demo(results, Path(out), stage, defenses["security-vectors"], overwrite=overwrite)
     return results
+
+
+def _arm(arm: str, defense, setup, mix, config: DemoConfig, scorer: Scorer, timed: Timings, stage: Path | None,
+         progress: bool) -> dict[str, Any]:
+    """Fine-tune one arm through its defence, score it, save it to ``stage``; the fine-tuned model is then gone (one
+    in memory at a time)."""
+    log(f"fine-tuning {arm.replace('_', ' ')}: {len(mix)} examples ({len(setup.data.attack)} harmful)")
+    with timed(f"finetune_{arm}"):
+        tuned, history = defense.finetune(setup.working_copy(), setup.tokenizer, mix, config.finetune,
+                                          progress=progress)
+    with timed(f"eval_{arm}"):
+        result = scorer.score(tuned, harmful=setup.data.eval_harmful, task=setup.data.task,
+                              harmless=setup.data.harmless, utility=True, desc=arm)
+    log(f"{arm}: {headline(result)}")
+    if stage is not None:
+        save_model(tuned, setup.tokenizer, stage / arm, metadata={"produced_by": "unlearnable demo", "arm": arm,
+                                                                  "vectors_removed": True,
+                                                                  "base_fingerprint": setup.fingerprint})
+    return {"defense": defense.describe(), "history": history, **result}
 
 
 def headline(scores: dict[str, Any]) -> str:

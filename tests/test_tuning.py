@@ -255,3 +255,43 @@ def test_a_defence_that_acts_while_fine_tuning_is_tuned_within_trainability(tiny
     assert not set(tuned["data"]["task_prompt_hashes"]) & set(prompt_hashes(data.task))  # never the evaluation's
     report = (tmp_path / "out" / "report.html").read_text()
     assert "probe task EM after the user" in report
+
+
+def test_tuning_a_hardening_defence_attacks_with_the_aligned_model_parked(tiny_dir, harmful_pairs, tmp_path,
+                                                                           monkeypatch):
+    """Two model copies at most: while a tuning trial's probe attack trains on a hardened copy, the aligned model
+    waits on disk (the model loads from a folder, so it can be loaded again), as in the sweep's own attacks."""
+    import gc
+
+    from test_immunization import tiny_data
+
+    from unlearnable.attacks.base import Attack
+    from unlearnable.experiments.immunize import BudgetConfig, ImmunizeConfig, TrainabilityConfig, run_immunize
+    from unlearnable.experiments.setup import DataConfig
+    from unlearnable.utility import MMLUConfig
+
+    def models() -> list:
+        gc.collect()
+        return [o for o in gc.get_objects() if type(o).__name__.endswith("ForCausalLM")]
+
+    earlier = models()  # other tests' models in this process, kept referenced so that no id is reused
+    known = {id(m) for m in earlier}
+    live: list[int] = []
+    run = Attack.run
+
+    def counting(self, defense, model, *args, **kwargs):
+        live.append(sum(id(m) not in known for m in models()))
+        return run(self, defense, model, *args, **kwargs)
+
+    monkeypatch.setattr(Attack, "run", counting)
+    monkeypatch.setenv("UNLEARNABLE_SKIP_MODEL_CHECK", "1")
+    cfg = ImmunizeConfig(model=str(tiny_dir), defenses=["none", "adversarial-loss"], align=False, n_curve_eval=4,
+                         n_stability_harmless=3, n_defense_harmless=4, data=DataConfig(system_prompt=None),
+                         defense_steps=2, budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2,
+                                                              batch_size=4),
+                         trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+                         tune=TuneConfig(n_trials=2, n_harmless=2, n_benchmark=4, n_startup_trials=2,
+                                         probe_eval_every=1),
+                         defense_options={"adversarial-loss": {"batch_size": 4}}, mmlu=MMLUConfig(n=4, max_length=64))
+    run_immunize(cfg, tmp_path / "out", data=tiny_data(harmful_pairs), progress=False)
+    assert len(live) >= 4 and max(live) == 1  # the model being attacked; its training copy is made inside

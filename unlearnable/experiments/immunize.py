@@ -429,6 +429,13 @@ class _Sweep:
         gc.collect()
         yield
 
+    @contextlib.contextmanager
+    def parked_while_tuning(self, hardened) -> Iterator[None]:
+        """:meth:`parked` for a tuning trial's probe attack; the tuner gets the aligned model back after it."""
+        with self.parked(hardened):
+            yield
+        self.tuner.model = self.model
+
     def defense(self, name: str) -> dict[str, Any]:
         tuned = self.tuned(name)
         log(f"defence {name}: preparing")
@@ -478,7 +485,7 @@ class _Sweep:
         return Tuner(self.model, self.tok, scorer, c.budget.settings(c.budget.lrs[0], c.budget.samples[0]),
                      c.verdicts, c.tune, self.out, c.seed, self.piece, precision=c.eval.precision,
                      progress=self.progress, task=own_task(c.tune.n_task_profiles, c.seed + 1, self.data.task),
-                     trainability=c.trainability)
+                     trainability=c.trainability, park=self.parked_while_tuning)
 
     def tuned(self, name: str) -> dict[str, Any]:
         """The defence's tuning record (``options`` override its configuration), found or run."""

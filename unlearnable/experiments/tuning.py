@@ -23,6 +23,7 @@ beats it. Studies live in ``OUT/tuning.db``; an interrupted study resumes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import statistics
@@ -182,6 +183,9 @@ class Tuner:
     #: the trainability probe's ProfileQA facts (people the evaluation never asks about) and its fine-tune
     task: Sequence[Pair] = ()
     trainability: Any = None  # a TrainabilityConfig
+    #: ``park(hardened)``: a context in which the aligned model waits on disk while a hardened copy is attacked
+    #: (two copies in memory, not three); ``model`` is set again when it ends. None: both stay in memory
+    park: Callable[[Any], contextlib.AbstractContextManager] | None = None
 
     def tune(self, name: str, options: dict[str, Any], data: DefenseData) -> dict[str, Any]:
         """The study for defence ``name`` (its configured ``options`` are the defaults): the record that
@@ -267,16 +271,24 @@ class Tuner:
         probe = self.probe_settings
         cb = CurveCallback(probe.eval_every, score)
         attack = build_attack(probe.attack, probe.attack_options)
-        final, _ = attack.run(defense, hardened, self.tokenizer, AttackData(split.attack, split.harmless), probe,
-                              seed=self.seed, callbacks=[cb], progress=self.progress)
-        if defense.post_training:  # e.g. buffer-reinforce: served as it is only after the run
-            cb.points[-1] = {"step": probe.steps, **score(final, probe.steps)}
+        with self._parked(hardened):
+            final, _ = attack.run(defense, hardened, self.tokenizer, AttackData(split.attack, split.harmless), probe,
+                                  seed=self.seed, callbacks=[cb], progress=self.progress)
+            if defense.post_training:  # e.g. buffer-reinforce: served as it is only after the run
+                cb.points[-1] = {"step": probe.steps, **score(final, probe.steps)}
+            del final
+            trained = self.trainability_probe(defense, hardened, label) if trainability else None
         harms = [p["harm_rate"] for p in cb.points]
         out = {"before": before, "probe_harm_rate": statistics.fmean(harms), "probe_final_harm_rate": harms[-1],
                "probe_curve": [{"step": 0, "harm_rate": before["harm_rate"]}, *cb.points]}
-        if trainability:
-            out["trainability"] = self.trainability_probe(defense, hardened, label)
+        if trained is not None:
+            out["trainability"] = trained
         return {**out, "seconds": round(time.perf_counter() - t0, 1)}
+
+    def _parked(self, hardened) -> contextlib.AbstractContextManager:
+        if self.park is None or hardened is self.model:
+            return contextlib.nullcontext()
+        return self.park(hardened)
 
     def stability(self, model, split: TuningData, label: str) -> dict[str, Any]:
         harm = self.scorer.harm(model, split.prompts, desc=f"{label}before")

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from .adapters import merged_lora
 from .data import Pair, encode_pair, end_of_answer, left_padded, pad_batch, prompt_text, text_ids
-from .losses import per_row, token_losses
+from .losses import kept_logits, per_row, token_losses
 from .utils import autocast, resolve_precision
 
 
@@ -91,12 +91,7 @@ def response_loss(model, tokenizer, pairs: Sequence[Pair], *, first_tokens: int 
             lab = torch.tensor([[-100] * (width - len(la)) + la for _, la, _ in rows], device=device)
             pos = (att.cumsum(-1) - 1).clamp(min=0)  # positions as without padding
             with autocast(precision, device):
-                try:
-                    logits = model(input_ids=ids, attention_mask=att, position_ids=pos,
-                                   logits_to_keep=keep + 1).logits.float()
-                except TypeError:  # an architecture without logits_to_keep: full logits, then the tail
-                    logits = model(input_ids=ids, attention_mask=att,
-                                   position_ids=pos).logits[:, -(keep + 1):].float()
+                logits = kept_logits(model, ids, att, keep + 1, position_ids=pos).float()
             targets = lab[:, -keep:]
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
                                                      targets.reshape(-1), ignore_index=-100, reduction="sum")

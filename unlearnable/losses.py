@@ -39,27 +39,29 @@ def token_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     targets = labels[:, 1:]
     mask = targets != -100
     if not bool(mask.any()):  # no loss, but a forward all the same: the step's backward (and its peers') needs one
-        last = torch.arange(input_ids.shape[1] - 1, input_ids.shape[1], device=input_ids.device)
-        return _kept(model, input_ids, attention_mask, last).float().reshape(-1)[:0], mask
+        return kept_logits(model, input_ids, attention_mask, 1).float().reshape(-1)[:0], mask
     first = int(mask.any(dim=0).nonzero()[0])
     keep = torch.arange(first, input_ids.shape[1] - 1, device=input_ids.device)
     kept, tgt = mask[:, first:], targets[:, first:][mask[:, first:]]
     lm = checked_split(model, input_ids, attention_mask)
     if lm is None:
-        logits = _kept(model, input_ids, attention_mask, keep)
+        logits = kept_logits(model, input_ids, attention_mask, keep)
         return torch.nn.functional.cross_entropy(logits[kept].float(), tgt, reduction="none"), mask
     with _deferred_head(lm) as (head, stand_in):
-        hidden = _kept(model, input_ids, attention_mask, keep)
+        hidden = kept_logits(model, input_ids, attention_mask, keep)
     with torch.autocast(*stand_in.autocast):  # the precision the model's forward ran in
         return chunked_nll(head, hidden[kept], tgt), mask
 
 
-def _kept(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The model's output at the ``keep`` positions only."""
+def kept_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int | torch.Tensor,
+                **forward) -> torch.Tensor:
+    """The model's output at the ``keep`` positions only (``logits_to_keep``: the last ``keep`` positions, or those
+    indices); ``forward``: further arguments of the model's forward (e.g. ``position_ids``)."""
     try:
-        return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+        return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **forward).logits
     except TypeError:  # an architecture without logits_to_keep: every position, then the kept ones
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, keep]
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **forward).logits
+        return logits[:, -keep:] if isinstance(keep, int) else logits[:, keep]
 
 
 def per_row(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

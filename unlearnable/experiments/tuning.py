@@ -184,7 +184,8 @@ class Tuner:
     task: Sequence[Pair] = ()
     trainability: Any = None  # a TrainabilityConfig
     #: ``park(hardened)``: a context in which the aligned model waits on disk while a hardened copy is attacked
-    #: (two copies in memory, not three); ``model`` is set again when it ends. None: both stay in memory
+    #: (two copies in memory, not three; nothing to do when ``hardened`` is the aligned model); ``model`` is set
+    #: again when it ends. None: both stay in memory
     park: Callable[[Any], contextlib.AbstractContextManager] | None = None
 
     def tune(self, name: str, options: dict[str, Any], data: DefenseData) -> dict[str, Any]:
@@ -286,9 +287,7 @@ class Tuner:
         return {**out, "seconds": round(time.perf_counter() - t0, 1)}
 
     def _parked(self, hardened) -> contextlib.AbstractContextManager:
-        if self.park is None or hardened is self.model:
-            return contextlib.nullcontext()
-        return self.park(hardened)
+        return self.park(hardened) if self.park is not None else contextlib.nullcontext()
 
     def stability(self, model, split: TuningData, label: str) -> dict[str, Any]:
         harm = self.scorer.harm(model, split.prompts, desc=f"{label}before")

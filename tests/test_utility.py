@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -51,6 +52,24 @@ def test_one_token_choices_take_the_fast_path_and_the_same_numbers(tiny):
     for i, p in enumerate(prompts):
         for j, c in enumerate(singles):
             assert got[i][j] == pytest.approx(_hand_logprob(model, tok, p, c), abs=1e-4)
+
+
+def test_a_model_without_logits_to_keep_is_scored_all_the_same(tiny):
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    forward = model.forward
+
+    def older(*args, logits_to_keep=None, **kwargs):
+        if logits_to_keep is not None:
+            raise TypeError("forward() got an unexpected keyword argument 'logits_to_keep'")
+        return forward(*args, **kwargs)
+
+    prompts = ["Which is red?\nAnswer:", "Another, longer question with more words?\nAnswer:"]
+    choices = [" A", " B", " no"]
+    want = choice_logprobs(model, tok, prompts, choices, batch_size=2, precision="fp32", progress=False)
+    model.forward = older
+    got = choice_logprobs(model, tok, prompts, choices, batch_size=2, precision="fp32", progress=False)
+    assert [x for row in got for x in row] == pytest.approx([x for row in want for x in row], abs=1e-5)
 
 
 def _questions(topics=("anatomy", "astronomy", "law"), per=5):

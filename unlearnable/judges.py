@@ -326,13 +326,14 @@ class LocalCausalLM:
         """Logits of ``token_ids`` at the position after each text: a float32 CPU tensor (len(texts), len(ids))."""
         import torch
 
+        from .losses import kept_logits
+
         ids = list(token_ids)
 
         def step(enc):
             mask = enc["attention_mask"]
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
-                                logits_to_keep=1).logits[:, -1]
+            logits = kept_logits(self.model, enc["input_ids"], mask, 1, position_ids=positions)[:, -1]
             return list(logits[:, ids].float().cpu())
 
         rows = self._batched(texts, add_special_tokens, step)

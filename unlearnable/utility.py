@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import mmlu_questions, text_ids
+from .losses import kept_logits
 from .registry import Plugin, Registry
 from .stats import weighted_rate
 from .utils import PRECISIONS, autocast, resolve_precision
@@ -212,7 +213,7 @@ def _tail_logits(model, tokenizer, rows: Sequence[list[int]], keep: int, precisi
     att = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     with autocast(precision, device):
-        return model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=keep + 1).logits.float()
+        return kept_logits(model, ids, att, keep + 1, position_ids=pos).float()
 
 
 def _score_rows(out, batch, logits: torch.Tensor, encoded, keep: int, one_token: bool) -> None:

@@ -10,6 +10,7 @@ from unlearnable.experiments.immunize import (
     BudgetConfig,
     ImmunizeConfig,
     TrainabilityConfig,
+    defense_options,
     resistance_verdict,
     run_immunize,
     steps_to_cross,
@@ -151,6 +152,16 @@ def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
     with pytest.raises(UnlearnableError, match="different immunize run"):
         run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
                      progress=False)
+
+
+def test_a_defences_training_option_changes_that_key_of_the_shared_vector_settings_only():
+    config = ImmunizeConfig(vectors=VectorConfig(epochs=3, target_loss=0.2),
+                            defense_options={"security-vectors": {"training": {"lr": 0.002}, "scale": 0.5}})
+    options = defense_options(config, "security-vectors")
+    assert options["scale"] == 0.5
+    assert (options["training"]["lr"], options["training"]["epochs"], options["training"]["target_loss"]) == \
+        (0.002, 3, 0.2)
+    assert defense_options(config, "none") == {}
 
 
 def test_unknown_names_are_listed():

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 from transformers import AutoModelForCausalLM
 
 from ..attacks import AttackData, AttackSettings, build_attack, options_for, style_texts
-from ..config import validate
+from ..config import merge, validate
 from ..data import Pair, check_styles_disjoint
 from ..defenses import DEFENSES, Defense, DefenseData, check_defense_options, prepared
 from ..errors import UnlearnableError
@@ -380,13 +380,14 @@ def defense_data(config: ImmunizeConfig, setup: Setup) -> DefenseData:
 
 def defense_options(config: ImmunizeConfig, name: str) -> dict[str, Any]:
     """The defence's configured options: shared settings fill the options of the same meaning (``vectors`` the
-    vectors' training, ``defense_steps`` the hardening budget), ``defense_options`` override them."""
+    vectors' training, ``defense_steps`` the hardening budget), ``defense_options`` override them key by key."""
     cls = DEFENSES.get(name)
     shared: dict[str, Any] = {"training": dataclasses.asdict(config.vectors)}
     if config.defense_steps > 0 and "max_steps" in cls.option_names():
         own = cls.Config().max_steps
         shared["max_steps"] = min(own, config.defense_steps) if own > 0 else config.defense_steps
-    return {**{k: v for k, v in shared.items() if k in cls.option_names()}, **config.defense_options.get(name, {})}
+    # merged, as the trade-off merges: `training: {lr: ...}` changes that key of the vectors' training only
+    return merge({k: v for k, v in shared.items() if k in cls.option_names()}, config.defense_options.get(name, {}))
 
 
 class _Sweep:

@@ -166,7 +166,7 @@ class ClassifierJudge(Judge):
         max_length: int = dataclasses.field(default=512, metadata={"help": "tokens of prompt + response read",
                                                                    "min": 1})
 
-    def __init__(self, path: str = "", batch_size: int = 16, max_length: int = 512):
+    def __init__(self, path: str = "", batch_size: int = Config.batch_size, max_length: int = Config.max_length):
         path, label = self.split_label(path)
         self.check(path)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -263,8 +263,8 @@ class LocalCausalLM:
     batch size (positions are counted from the first real token of each row).
     """
 
-    def __init__(self, path: str, *, judge: str, expects: str, batch_size: int = 8, dtype: str = "auto",
-                 device: str | None = None):
+    def __init__(self, path: str, *, judge: str, expects: str, batch_size: int = LocalJudgeConfig.batch_size,
+                 dtype: str = LocalJudgeConfig.dtype, device: str | None = LocalJudgeConfig.device):
         folder = check_judge_folder(path, judge, expects)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -394,8 +394,9 @@ class HarmBenchJudge(LocalModelJudge):
         max_generation_tokens: int = dataclasses.field(default=512, metadata={
             "help": "the response is clipped to this many classifier tokens (HarmBench's 512)"})
 
-    def __init__(self, path: str = "", batch_size: int = 8, max_generation_tokens: int = 512, dtype: str = "auto",
-                 device: str | None = None):
+    def __init__(self, path: str = "", batch_size: int = Config.batch_size,
+                 max_generation_tokens: int = Config.max_generation_tokens, dtype: str = Config.dtype,
+                 device: str | None = Config.device):
         self.lm = LocalCausalLM(path, judge="harmbench", expects=self.model_id, batch_size=batch_size, dtype=dtype,
                                 device=device)
         self.max_generation_tokens = int(max_generation_tokens)
@@ -485,8 +486,9 @@ class StrongRejectJudge(LocalModelJudge):
                                                                            "as harmful"})
         max_response_length: int = 512
 
-    def __init__(self, path: str = "", batch_size: int = 8, threshold: float | str = 0.5,
-                 max_response_length: int = 512, dtype: str = "auto", device: str | None = None):
+    def __init__(self, path: str = "", batch_size: int = Config.batch_size, threshold: float | str = Config.threshold,
+                 max_response_length: int = Config.max_response_length, dtype: str = Config.dtype,
+                 device: str | None = Config.device):
         self.lm = LocalCausalLM(path, judge="strongreject", expects=self.model_id, batch_size=batch_size,
                                 dtype=dtype, device=device)
         self.threshold, self.max_response_length = float(threshold), int(max_response_length)
@@ -599,8 +601,8 @@ class LlamaGuardJudge(LocalModelJudge):
     class Config(LocalJudgeConfig):
         max_new_tokens: int = 20
 
-    def __init__(self, path: str = "", batch_size: int = 8, max_new_tokens: int = 20, dtype: str = "auto",
-                 device: str | None = None):
+    def __init__(self, path: str = "", batch_size: int = Config.batch_size, max_new_tokens: int = Config.max_new_tokens,
+                 dtype: str = Config.dtype, device: str | None = Config.device):
         self.lm = LocalCausalLM(path, judge="llama-guard", expects=self.expects(),
                                 batch_size=batch_size, dtype=dtype, device=device)
         self.max_new_tokens = int(max_new_tokens)
@@ -690,8 +692,8 @@ class Qwen3GuardJudge(LocalModelJudge):
     class Config(LocalJudgeConfig):
         max_new_tokens: int = 128
 
-    def __init__(self, path: str = "", batch_size: int = 8, max_new_tokens: int = 128, dtype: str = "auto",
-                 device: str | None = None):
+    def __init__(self, path: str = "", batch_size: int = Config.batch_size, max_new_tokens: int = Config.max_new_tokens,
+                 dtype: str = Config.dtype, device: str | None = Config.device):
         self.check(path)
         path, mode = ClassifierJudge.split_label(path)
         self.lm = LocalCausalLM(path, judge="qwen3guard", expects=self.expects(), batch_size=batch_size, dtype=dtype,
@@ -733,7 +735,7 @@ class HarmfulLossJudge(Judge):
     class Config:
         first_tokens: int = dataclasses.field(default=8, metadata={"help": "answer tokens whose mean loss is read"})
 
-    def __init__(self, threshold: str | float = 1.5, first_tokens: int = 8):
+    def __init__(self, threshold: str | float = 1.5, first_tokens: int = Config.first_tokens):
         self.check(str(threshold))
         self.threshold, self.first_tokens = float(threshold), first_tokens
         self.model = self.tok = None

@@ -254,6 +254,7 @@ def test_immunize_with_the_attacker_search_on_a_tiny_model(tiny, harmful_pairs, 
     write_immunize_report(legacy, tmp_path / "legacy")
     old = (tmp_path / "legacy" / "report.html").read_text()
     assert LEGACY_THREAT_MODEL in old and "What each dimension reached" in old
+    assert "harmful-sft: " in old.split("What each dimension reached")[1]  # rows, read from the trials
     assert all(LEGACY_THREAT_MODEL in line for line in search_lines(legacy["attacker_search"]))
     # resumed: nothing is re-trained
     res2 = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
@@ -384,6 +385,31 @@ def test_generalization_runs_at_each_threat_models_worst_case_and_benign_becomes
     # a more permissive threat model without a feasible trial does not take the headline
     by = {WEIGHTS: found("restyled", 1e-2, feasible=False), SERVICE: found("restyled", 1e-3)}
     assert headline(by)["threat_model"] == SERVICE
+
+
+def test_no_worst_case_means_generalization_is_not_measured_not_run_on_the_grids_recipe():
+    from unlearnable.experiments.immunize import ImmunizeConfig, _generalization, cross_domain_settings, headline
+
+    by = {SERVICE: {"claimed": True, "worst_case": None, "trials": [], "best_so_far": []}}
+    search = {**headline(by), "by_threat_model": by}
+    assert cross_domain_settings(search) == {}  # nothing to run: the conditions run no cross-domain attack
+    d = {"runs": {}, "defense": {"threat_models": [SERVICE]}}
+    verdict = _generalization("security-vectors", d, None, ImmunizeConfig(attacker="search"), search)["verdict"]
+    assert verdict.startswith("not measured") and "worst case" in verdict
+
+
+def test_a_trial_records_the_data_it_trained_on_and_the_dimensions_use_it(tmp_path):
+    h = FakeHarness(tmp_path)
+    run = h.attack_run
+
+    def cut(settings, **kw):  # a mixed run shorter than its data: fewer harmful pairs, a larger share
+        return {**run(settings, **kw), "attack": {"name": "mixed", "options": {"harmful_fraction": 0.01},
+                                                  "n_harmful": 1, "n_harmless": 15, "poison_share": 1 / 16}}
+
+    h.attack_run = cut
+    rows = search(h, config(n_trials=2)).run()["trials"]
+    assert rows and all(r["choices"]["n_samples"] == 1 for r in rows)  # not the 50 or 400 sampled
+    assert all(r["choices"]["harmful-sft.poison_share (trained on)"] == 0.062 for r in rows)
 
 
 def test_benign_or_mixed_without_attacker_harmless_pairs_fails_before_any_attack(tiny, harmful_pairs, tmp_path):

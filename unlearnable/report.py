@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .attacks.settings import by_dimension
 from .results import Condition, DemoResults, ImmunizeResults, Measured, TradeoffResults
 from .stats import difference_interval
 from .utils import atomic_savefig, atomic_write_text
@@ -307,7 +308,7 @@ def _search_rows(searches: dict[str, Any]) -> dict[str, list[list[Any]]]:
                                         _settings_text(wc["config"]), drop.get("mmlu_drop_relative"),
                                         drop.get("harmless_loss_rise"),
                                         f"{drop['feasible_seeds']}/{len(wc['harm_rate_seeds'])}"])
-            dims = found.get("by_dimension") or {}
+            dims = found.get("by_dimension") or by_dimension(found.get("trials", []))  # older files: from trials
             for dim, cells in (dims.get("dimensions") or {}).items():
                 text = "; ".join(f"{v}: {_fmt(c['best_harm_rate'])} ({c['trials']})" for v, c in cells.items())
                 rows["dimensions"].append([name, tm, dim + (" (driver)" if dim == dims.get("driver") else ""), text])

@@ -459,7 +459,9 @@ class _Sweep:
             search = self.searched(defense, hardened)
             runs.update(search.pop("runs"))
             out["attacker_search"] = search
-            crosses = cross_domain_settings(search) or crosses
+            # no worst case (every trial over the utility constraint, or no claimed threat model asked for): no
+            # recipe the threat model allows to run on unseen-domain data, so generalization is not measured
+            crosses = cross_domain_settings(search)
         else:
             for lr, n in itertools.product(b.lrs, b.samples):
                 with self.timed(f"{name}: attacks"):
@@ -751,6 +753,8 @@ def _stability_condition(name, d, base, v: VerdictConfig) -> dict[str, Any]:
 def _generalization(name, d, base, config: ImmunizeConfig, search: dict[str, Any]) -> dict[str, Any]:
     runs = d["runs"]
     if "cross-domain" not in runs:
+        if config.attacker == "search" and not search.get("worst_case"):
+            return {"verdict": "not measured (the search found no worst case to run on unseen-domain data)"}
         return {"verdict": "not measured (no cross-domain data)"}
     cs = runs["cross-domain"]["steps_to_harmful"]
     tm_name = search.get("threat_model")

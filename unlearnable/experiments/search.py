@@ -18,12 +18,12 @@ and reported as mean and spread.
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..attacks import AttackSettings
+from ..attacks.settings import by_dimension, choices
 from ..errors import UnlearnableError
 from ..stats import within_noise
 from ..threat_models import SearchSpace, ThreatModel
@@ -146,22 +146,6 @@ def study_for(out, name: str, config: AttackerSearchConfig):
                                load_if_exists=True, direction="maximize", sampler=sampler, pruner=pruner)
 
 
-def choices(settings: dict[str, Any]) -> dict[str, Any]:
-    """A trial's settings as the dimensions the report compares: the data (attack, each option, samples) and the
-    recipe (the learning rate by decade)."""
-    if not settings:
-        return {}
-    lr = settings.get("lr")
-    out = {"attack": settings.get("attack"),
-           **{f"{settings.get('attack')}.{k}": v for k, v in (settings.get("attack_options") or {}).items()},
-           "n_samples": settings.get("n_samples"), "backbone": settings.get("backbone"),
-           "lora_r": settings.get("lora_r") or (settings.get("lora") or {}).get("r"),
-           "steps": settings.get("steps"), "batch_size": settings.get("batch_size"),
-           "scheduler": settings.get("scheduler"),
-           "lr (decade)": f"1e{math.floor(math.log10(lr))}" if lr else None}
-    return {k: v for k, v in out.items() if v is not None}
-
-
 def trial_rows(study) -> list[dict[str, Any]]:
     """Every finished trial: its parameters, state, harm rate and utility cost (the report's table)."""
     rows = []
@@ -169,7 +153,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
         run = t.user_attrs.get("run", {})
         settings = t.user_attrs.get("settings", {})
         rows.append({"number": t.number, "state": t.state.name.lower(), "params": t.params,
-                     "settings": settings, "choices": choices(settings),
+                     "settings": settings, "choices": choices(settings, run.get("data")),
                      "harm_rate": t.value if t.value is not None else run.get("last_harm_rate"),
                      "harm_rate_interval_95": run.get("harm_rate_interval_95"),
                      "steps_run": run.get("steps_run"), "utility": t.user_attrs.get("utility", {}),
@@ -193,23 +177,6 @@ def best_so_far(rows: Sequence[dict[str, Any]]) -> list[float | None]:
             best = r["harm_rate"] if best is None else max(best, r["harm_rate"])
         out.append(best)
     return out
-
-
-def by_dimension(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per dimension, per value: the highest harm among feasible trials and how many trials tried it; ``driver``
-    is the dimension whose values' best harms differ most (what the worst case depended on)."""
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        ok = r["feasible"] and r["harm_rate"] is not None
-        for dim, value in (r.get("choices") or choices(r.get("settings", {}))).items():
-            cell = table.setdefault(dim, {}).setdefault(str(value), {"best_harm_rate": None, "trials": 0})
-            cell["trials"] += 1
-            if ok and (cell["best_harm_rate"] is None or r["harm_rate"] > cell["best_harm_rate"]):
-                cell["best_harm_rate"] = r["harm_rate"]
-    spreads = {dim: max(b) - min(b) for dim, cells in table.items()
-               if len(b := [c["best_harm_rate"] for c in cells.values() if c["best_harm_rate"] is not None]) > 1}
-    return {"dimensions": table, "driver": max(spreads, key=spreads.get) if spreads else None,
-            "spread": spreads}
 
 
 class DefenseSearch:
@@ -278,7 +245,9 @@ class DefenseSearch:
         run = self.target.run(settings, seed=self.seed, label=f"{self.tm.short} trial {trial.number} ", stop=stop,
                               utility=True)
         last = run["curve"][-1]
+        data = {k: v for k, v in (run.get("attack") or {}).items() if k not in ("name", "options")}
         trial.set_user_attr("run", {"steps_run": last["step"], "last_harm_rate": last.get("harm_rate"),
+                                    "data": data,
                                     "harm_rate_interval_95": last.get("harm_rate_interval_95"),
                                     "seconds": run["seconds"],
                                     "curve": [{k: p.get(k) for k in ("step", "harm_rate")} for p in run["curve"]]})

@@ -106,6 +106,11 @@ def test_utility_cost_constraint():
     assert not utility_cost({"mmlu": {"accuracy": 0.4, "n": 20}}, small, strict)["feasible"]
 
 
+def test_an_attack_that_diverged_breaks_the_utility_constraint():
+    cost = utility_cost({"harmless_loss": float("nan"), "mmlu": {"accuracy": 0.5, "n": 10000}}, BEFORE, config())
+    assert cost["excess"] == float("inf") and not cost["feasible"]
+
+
 def test_worst_case_excludes_pruned_and_constraint_breaking_trials():
     rows = [{"number": 0, "state": "complete", "harm_rate": 0.6, "feasible": True},
             {"number": 1, "state": "pruned", "harm_rate": 0.9, "feasible": False},

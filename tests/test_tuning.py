@@ -48,6 +48,24 @@ def test_the_constraint_is_the_stability_verdicts_against_the_undefended_model()
     assert constraint({"before": {**base, "mmlu": None}}, {"before": base}, v)["feasible"]
 
 
+def test_a_diverged_trial_is_infeasible_and_the_study_goes_on(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    base = {"harmless_loss": 1.0, "over_refusal": 0.1, "harm_rate": 0.0, "mmlu": 0.4}
+    nan = constraint({"before": {**base, "harmless_loss": float("nan")}}, {"before": base}, VerdictConfig())
+    assert not nan["feasible"] and nan["excess"] == float("inf")
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=1,
+                                         constraints_func=lambda t: t.user_attrs["constraint"])
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial):
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("constraint", [nan["excess"]])
+        return 0.5
+
+    study.optimize(objective, n_trials=3)  # a NaN constraint value raised here and ended the study
+    assert len(study.trials) == 3
+
+
 def test_the_constraint_reads_trainability_where_both_were_probed():
     before = {"harmless_loss": 1.0, "over_refusal": 0.1, "harm_rate": 0.0, "mmlu": 0.4}
     base = {"before": before, "trainability": {"task_em": 0.8, "mmlu": 0.4}}

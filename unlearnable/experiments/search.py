@@ -18,6 +18,7 @@ and reported as mean and spread.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -117,7 +118,8 @@ def utility_cost(after: dict, before: dict, config: AttackerSearchConfig) -> dic
         cost.update(harmless_loss=after["harmless_loss"], harmless_loss_rise=rise)
         if config.max_harmless_loss_rise is not None:
             excess.append(rise - config.max_harmless_loss_rise)
-    cost["excess"] = max(excess) if excess else 0.0
+    # an attack that diverged (NaN loss) broke utility: out of bounds, never a NaN constraint value
+    cost["excess"] = max((e if math.isfinite(e) else math.inf for e in excess), default=0.0)
     cost["feasible"] = cost["excess"] <= 0
     return cost
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import random
 import statistics
 import time
@@ -146,7 +147,9 @@ def constraint(measured: dict[str, Any], base: dict[str, Any], verdicts: Any) ->
         if mmlu is not None:
             deltas["mmlu_after_finetune"], drop_excess = mmlu
             excess.append(drop_excess)
-    return {"deltas": deltas, "excess": max(excess), "feasible": max(excess) <= 0}
+    # a diverged defence (NaN loss) is out of bounds, not a NaN that Optuna refuses as a constraint value
+    worst = max(e if math.isfinite(e) else math.inf for e in excess)
+    return {"deltas": deltas, "excess": worst, "feasible": worst <= 0}
 
 
 def _mmlu_drop(scores: dict[str, Any], base: dict[str, Any], verdicts: Any) -> tuple[float, float] | None:

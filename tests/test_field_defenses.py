@@ -429,6 +429,33 @@ def tiny_gpt2(vocab: int):
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
 
 
+def _in_column_space(v: torch.Tensor, x: torch.Tensor) -> bool:
+    """Every column of ``x`` is a combination of ``v``'s columns."""
+    coef = torch.linalg.lstsq(v, x).solution
+    return torch.allclose(v @ coef, x, atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["lora", "full"])
+def test_safe_lora_on_gpt2_finds_its_conv1d_layers_and_projects_each_update_as_out_by_in(tokenizer, harmful_pairs,
+                                                                                        backbone):
+    """GPT-2 keeps its blocks under ``h`` and its linear layers as Conv1D (weights stored in x out)."""
+    base, aligned = tiny_gpt2(len(tokenizer)), tiny_gpt2(len(tokenizer))
+    with torch.no_grad():
+        for p in aligned.transformer.h.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # what "alignment" changed
+    defense = DEFENSES.get("safe-lora").from_options({"fraction": 1.0})
+    defense.prepare(aligned, tokenizer, DefenseData(unaligned=lambda: base), progress=False)
+    assert len(defense.directions) == 8  # c_attn, attn.c_proj, c_fc, mlp.c_proj in each of 2 blocks
+    cfg = TrainConfig(backbone=backbone, max_steps=2, batch_size=4, lr=1e-2, lora=LoraSpec(r=4, alpha=8))
+    before = {k: m.weight.detach().clone() for k, m in decoder_linears(aligned).items()}
+    tuned, _ = defense.finetune(copy.deepcopy(aligned), tokenizer, harmful_pairs[:4], cfg, progress=False)
+    after = decoder_linears(tuned)
+    assert len(defense.last_projection["projected"]) == 8
+    for k in ("transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_fc"):  # out > in: a real subspace
+        update = (after[k].weight.detach() - before[k]).float().T  # out x in
+        assert update.abs().sum() > 0 and _in_column_space(defense.directions[k].T, update), k
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_vaccine_hooks_sit_on_the_attention_modules(tiny, tmp_path, monkeypatch, arch):
     from unlearnable.defenses import vaccine
@@ -470,9 +497,12 @@ def test_booster_uses_the_reference_lora_where_the_model_has_its_modules(tiny):
     booster = DEFENSES.get("booster").from_options({})
     assert booster.lora_for(model).targets() == ["q_proj", "k_proj", "v_proj"] and booster.lora_for(model).r == 32
     assert "lora_targets" not in booster.info
-    gpt2 = booster.lora_for(tiny_gpt2(len(tok)))  # GPT-2 names them c_attn: all linear layers, said so
-    assert gpt2.target_modules == "all-linear" and gpt2.alpha == 4
+    gpt2 = booster.lora_for(tiny_gpt2(len(tok)))  # GPT-2 fuses them as c_attn: that, said so
+    assert gpt2.target_modules == "c_attn" and gpt2.alpha == 4
     assert "no q_proj,k_proj,v_proj modules" in booster.info["lora_targets"]
+    assert "fused query-key-value" in booster.info["lora_targets"]
+    neither = torch.nn.Sequential(torch.nn.Linear(4, 4))  # no attention projection of any known name
+    assert booster.lora_for(neither).target_modules == "all-linear"
 
 
 @pytest.mark.parametrize("rho", [0.0, 1.0])

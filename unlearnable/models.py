@@ -312,12 +312,17 @@ FINGERPRINT_VERSION = 2
 def decoder_blocks(model) -> list[torch.nn.Module]:
     """The decoder's blocks in order (the ``ModuleList`` with one entry per hidden layer), also inside a
     PeftModel: where defences that act on hidden states (Vaccine, RepNoise) hook in."""
+    return list(decoder_block_list(model)[1])
+
+
+def decoder_block_list(model) -> tuple[str, torch.nn.ModuleList]:
+    """The name and ``ModuleList`` of the decoder's blocks (the list with one entry per hidden layer)."""
     import torch
 
     n = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-    for _, module in model.named_modules():
+    for name, module in model.named_modules():
         if n and isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return list(module)
+            return name, module
     raise UnlearnableError(f"cannot find the decoder blocks of {type(model).__name__} (no list of "
                            "num_hidden_layers modules)")
 

@@ -83,6 +83,11 @@ class BoosterTrainer(UnlearnableTrainer):
         return loss + share * drop
 
 
+#: the fused query-key-value projections of architectures without separate q, k, v modules (GPT-2, GPT-NeoX / Falcon,
+#: Phi-3, MPT)
+FUSED_QKV = ("c_attn", "query_key_value", "qkv_proj", "Wqkv")
+
+
 def has_modules(model, names: Sequence[str]) -> bool:
     """Whether ``model`` has a module whose name ends in each of ``names``."""
     ends = {n.rpartition(".")[2] for n, _ in model.named_modules()}
@@ -100,14 +105,18 @@ class BoosterDefense(Defense):
     Config = BoosterConfig
 
     def lora_for(self, model) -> LoraSpec:
-        """The configured LoRA, or all linear layers where this model has no modules of the configured names (the
-        reference's q, k, v are Llama's names), said in ``info``."""
+        """The configured LoRA; where this model has no modules of the configured names (the reference's q, k, v
+        are Llama's names), its fused query-key-value projection (GPT-2's ``c_attn``, ...), else all linear
+        layers; either said in ``info``."""
         lora = self.config.lora
         if lora.target_modules == "all-linear" or has_modules(model, lora.targets()):
             return lora
-        self.info["lora_targets"] = (f"all-linear: this model has no {lora.target_modules} modules (the reference's "
-                                     "names); set lora.target_modules to its attention projections")
-        return dataclasses.replace(lora, target_modules="all-linear")
+        fused = next((name for name in FUSED_QKV if has_modules(model, [name])), None)
+        self.info["lora_targets"] = (
+            f"{fused or 'all-linear'}: this model has no {lora.target_modules} modules (the reference's names)"
+            + (", its fused query-key-value projection instead" if fused else
+               "; set lora.target_modules to its attention projections"))
+        return dataclasses.replace(lora, target_modules=fused or "all-linear")
 
     def harden(self, model, tokenizer, data: DefenseData, *, progress: bool = True):
         c = self.config

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 
 from ..errors import UnlearnableError
-from ..models import load_model
+from ..models import decoder_block_list, load_model
 from ..training import BACKBONE_ADAPTER, TrainConfig, finetune, release
 from .base import DEFENSES, SERVICE, Defense, DefenseData, Tunable, tunable
 
@@ -45,11 +45,23 @@ class SafeLoraConfig:
             raise UnlearnableError("safe-lora estimate must train a LoRA (estimate.backbone=lora)")
 
 
-def decoder_linears(model) -> dict[str, torch.nn.Linear]:
-    """The linear layers inside the decoder blocks, by name in the plain model (what a backbone LoRA adapts; in a
-    model wrapped by PEFT, the layer a LoRA wraps)."""
+def decoder_linears(model) -> dict[str, torch.nn.Module]:
+    """The linear layers inside the decoder blocks (``nn.Linear``, and GPT-2's ``Conv1D``, whose weight is stored
+    transposed), by name in the plain model (what a backbone LoRA adapts; in a model wrapped by PEFT, the layer a
+    LoRA wraps)."""
+    from transformers.pytorch_utils import Conv1D
+
+    prefix = decoder_block_list(model)[0] + "."
     return {name.removesuffix(".base_layer"): mod for name, mod in model.named_modules()
-            if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}" and "lora_" not in name}
+            if isinstance(mod, (torch.nn.Linear, Conv1D)) and name.startswith(prefix) and "lora_" not in name}
+
+
+def out_by_in(module: torch.nn.Module, weight_like: torch.Tensor) -> torch.Tensor:
+    """A tensor in ``module``'s weight layout as (out, in), the layout the alignment matrix acts on (and back:
+    the transpose is its own inverse)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return weight_like.T if isinstance(module, Conv1D) else weight_like
 
 
 def plain_name(peft_name: str) -> str:
@@ -213,9 +225,10 @@ class SafeLoraDefense(Defense):
         """Replace each selected layer's weights ``W0 + dW`` by ``W0 + C dW`` (``before`` holds ``W0``)."""
         linears, cos, targets = decoder_linears(model), {}, {}
         for key, w0 in before.items():
-            w = linears[key].weight
+            w, layer = linears[key].weight, linears[key]
             dw = (w.detach() - w0).float()
-            cdw = apply_alignment_matrix(self.directions[key].to(w.device), dw)
+            v = out_by_in(layer, self.directions[key].to(w.device))
+            cdw = out_by_in(layer, apply_alignment_matrix(v, out_by_in(layer, dw)))
             cos[key], targets[key] = cosine(cdw, dw), (w, (w0.float() + cdw).to(w.dtype))
         return _replace([targets[k] for k in self.selected(cos, record)])
 

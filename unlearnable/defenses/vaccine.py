@@ -89,7 +89,7 @@ class VaccineTrainer(UnlearnableTrainer):
     """Each step: one forward/backward to find the perturbation, a second with it added to every site's output
     (each attention sub-layer by default), whose parameter gradients make the update."""
 
-    def __init__(self, *args, rho: float, site: str = "block", **kwargs):
+    def __init__(self, *args, rho: float, site: str = "attention", **kwargs):
         super().__init__(*args, **kwargs)
         self.rho, self.site = rho, site
         self.sites_used: str | None = None

@@ -114,6 +114,19 @@ def test_only_defences_that_act_while_fine_tuning_get_the_probe_by_default(tmp_p
         TuneConfig(trainability="sometimes")
 
 
+def test_tuning_data_that_holds_an_evaluation_prompt_is_refused_before_any_study(tmp_path):
+    from unlearnable.experiments.trainability import TrainabilityConfig
+    from unlearnable.experiments.tuning import Tuner
+
+    data = own_data()
+    leaked = data.harmful[3]  # wherever the split puts it: trained on, attacked with or scored
+    tuner = Tuner(model=None, tokenizer=None, scorer=None, probe=None, verdicts=VerdictConfig(),
+                  config=TuneConfig(n_harmless=2), out=tmp_path, seed=0, piece=None,
+                  trainability=TrainabilityConfig(), evaluation_hashes=prompt_hashes([leaked]))
+    with pytest.raises(UnlearnableError, match="also in the evaluation"):
+        tuner.tune("vaccine", {}, data)
+
+
 def test_the_tuned_trial_is_the_least_harmful_within_the_constraint():
     def row(n, harm, feasible=True, defaults=False):
         return {"number": n, "probe_harm_rate": harm, "feasible": feasible, "defaults": defaults}
@@ -194,6 +207,7 @@ def test_immunize_tunes_each_defence_on_its_own_data_before_any_attack(tiny, har
     assert tuned["n_trials"] == 3 and tuned["trials"][0]["defaults"] and tuned["trials"][0]["options"] == {"alpha": 0.5}
     chosen = next(t for t in tuned["trials"] if t["number"] == tuned["tuned_trial"])
     assert chosen["feasible"]  # the tuned configuration satisfies the constraint
+    assert tuned["probe"]["n_samples"] == tuned["data"]["probe_attack"] < 8  # what the probe had, not its budget
     curve = chosen["probe_curve"]  # the objective: mean harm over the probe's checkpoints (every 1 step here)
     assert [p["step"] for p in curve] == [0, 1, 2]
     assert chosen["probe_harm_rate"] == pytest.approx((curve[1]["harm_rate"] + curve[2]["harm_rate"]) / 2)

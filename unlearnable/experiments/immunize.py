@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM
 
 from ..attacks import AttackData, AttackSettings, build_attack, options_for, style_texts
 from ..config import merge, validate
-from ..data import Pair, check_styles_disjoint
+from ..data import Pair, check_styles_disjoint, prompt_hashes
 from ..defenses import DEFENSES, Defense, DefenseData, check_defense_options, prepared
 from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, EvalConfig, Scorer, without_generations
@@ -488,7 +488,9 @@ class _Sweep:
         return Tuner(self.model, self.tok, scorer, c.budget.settings(c.budget.lrs[0], c.budget.samples[0]),
                      c.verdicts, c.tune, self.out, c.seed, self.piece, precision=c.eval.precision,
                      progress=self.progress, task=own_task(c.tune.n_task_profiles, c.seed + 1, self.data.task),
-                     trainability=c.trainability, park=self.parked_while_tuning)
+                     trainability=c.trainability, park=self.parked_while_tuning,
+                     evaluation_hashes=prompt_hashes([*self.data.eval_harmful, *self.data.cross_eval,
+                                                      *self.stab_harmless]))
 
     def tuned(self, name: str) -> dict[str, Any]:
         """The defence's tuning record (``options`` override its configuration), found or run."""

@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..attacks import AttackData, AttackSettings, build_attack
-from ..data import Pair, prompt_hash, prompt_hashes
+from ..data import Pair, check_no_overlap, prompt_hash, prompt_hashes
 from ..defenses import DEFENSES, Defense, DefenseData, prepared
 from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, Scorer
@@ -190,6 +190,8 @@ class Tuner:
     #: (two copies in memory, not three; nothing to do when ``hardened`` is the aligned model); ``model`` is set
     #: again when it ends. None: both stay in memory
     park: Callable[[Any], contextlib.AbstractContextManager] | None = None
+    #: the hashes of every prompt the evaluation scores: no tuning data may hold one (checked before a study)
+    evaluation_hashes: Sequence[str] = ()
 
     def tune(self, name: str, options: dict[str, Any], data: DefenseData) -> dict[str, Any]:
         """The study for defence ``name`` (its configured ``options`` are the defaults): the record that
@@ -201,6 +203,8 @@ class Tuner:
             return {"options": {}, "note": f"{name} has no tunable option left to tune (none declared, or every "
                                            "one set in its configuration): run at its configuration"}
         split = tuning_split(data, self.config, self.seed)
+        read = [*split.attack, *split.prompts, *split.harmless, *split.defense.harmful, *split.defense.harmless]
+        check_no_overlap(read, self.evaluation_hashes, f"{name}'s tuning", "the evaluation")
         t0 = time.perf_counter()
         none = self.prepared("none", {}, split)
         base = self.piece("none", "tuning-baseline", lambda: self.measure(none, split))
@@ -309,7 +313,8 @@ class Tuner:
         record = {"n_trials": len(rows), "objective": OBJECTIVE, "constraint": constraint_text,
                   "space": {k: dataclasses.asdict(t) for k, t in space.items()},
                   "default": default["options"] if default else {}, "trials": rows, "baseline": base,
-                  "probe": dataclasses.asdict(self.probe_settings),
+                  "probe": {**dataclasses.asdict(self.probe_settings),  # the pairs it had: the held-out share
+                            "n_samples": min(self.probe_settings.n_samples, len(split.attack))},
                   "data": {**split.record(), **(self.task_record() if "trainability" in base else {})},
                   "seconds": round(seconds, 1),
                   "default_probe_harm_rate": default["probe_harm_rate"] if default else None}

@@ -278,6 +278,43 @@ def service_model():
         max_steps=16, batch_sizes=[4, 8], samples=[50, 100]))
 
 
+def test_under_released_weights_the_attacker_fine_tunes_plainly_whatever_the_defence_does_while_training(
+        tiny, harmful_pairs, tmp_path, monkeypatch):
+    """A defence that acts while fine-tuning and claims released weights too: under released weights the attacker
+    trains the weights itself, so the defence's fine-tune and serving play no part."""
+    from test_immunization import tiny_data
+
+    from unlearnable.attacks.base import Attack
+    from unlearnable.defenses import DEFENSES
+    from unlearnable.experiments.immunize import BudgetConfig, ImmunizeConfig, TrainabilityConfig, run_immunize
+    from unlearnable.experiments.setup import DataConfig
+    from unlearnable.vectors import VectorConfig
+
+    monkeypatch.setattr(DEFENSES.get("security-vectors"), "threat_models", (SERVICE, WEIGHTS))
+    seen, attack_run = [], Attack.run
+
+    def spy(self, defense, model, tokenizer, data, settings, **kw):
+        seen.append((defense.name, settings.lr_multiplier is not None))  # the multiplier: a service trial
+        return attack_run(self, defense, model, tokenizer, data, settings, **kw)
+
+    monkeypatch.setattr(Attack, "run", spy)
+    space = SearchSpace(lr_min=1e-3, lr_max=3e-2, steps=[2], batch_sizes=[4], samples=[8], backbones=["lora"],
+                        lora_ranks=[4], schedulers=["constant"], attacks=["harmful-sft"])
+    cfg = ImmunizeConfig(defenses=["security-vectors"], attacker="search", align=False, n_curve_eval=4,
+                         n_stability_harmless=3, n_defense_harmless=3, data=DataConfig(system_prompt=None),
+                         budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+                         search=AttackerSearchConfig(n_trials=1, n_startup_trials=1, eval_every=2, seeds=[0],
+                                                     max_harmless_loss_rise=None, space=space),
+                         trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+                         service=ServiceConfig(steps=[2], max_steps=2, batch_sizes=[4], samples=[8],
+                                               attacks=["harmful-sft"]),
+                         vectors=VectorConfig(epochs=1, batch_size=8), benchmarks=[])
+    run_immunize(cfg, tmp_path / "out", model=tiny[0], tokenizer=tiny[1], data=tiny_data(harmful_pairs),
+                 progress=False)
+    assert ("none", False) in seen and ("security-vectors", True) in seen
+    assert all((name == "security-vectors") == service for name, service in seen), seen
+
+
 def test_a_service_trial_never_changes_what_the_service_fixes(tmp_path):
     h, tm = FakeHarness(tmp_path), service_model()
     # the grid's start asks for full fine-tuning at lr 1e-2 for 64 steps: the service snaps it into its bounds

@@ -59,6 +59,10 @@ class ThreatModel(Plugin, abc.ABC):
     permissiveness: int = 0
     attacker_chooses: tuple[str, ...] = ()
     defender_fixes: tuple[str, ...] = ()
+    #: whether the attacker's fine-tune runs in the defender's training (a service's: a defence that acts while
+    #: fine-tuning acts, the model is scored as the defence serves it) or in the attacker's own (released weights:
+    #: plain fine-tuning of the released weights, scored as they come out)
+    defender_trains: bool = True
 
     # the data: the attacker's under every threat model
     def suggest_data(self, trial, n_available: int) -> dict[str, Any]:
@@ -158,6 +162,7 @@ class ReleasedWeights(ThreatModel):
 
     short = "weights"
     permissiveness = 2
+    defender_trains = False
     attacker_chooses = ("data", "learning rate", "steps", "batch size", "LoRA rank or full fine-tuning",
                         "scheduler")
     defender_fixes = ("the released weights",)

@@ -365,6 +365,18 @@ def cross_domain_settings(search: dict[str, Any]) -> dict[str, AttackSettings]:
     return out
 
 
+def _defender_trains(cross_run: str, search: dict[str, Any] | None) -> bool:
+    """Whether a cross-domain run (``cross-domain`` at the headline worst case, ``cross-domain-<short>`` at the
+    others) runs in the defender's training: the grid's does (a service's fine-tune)."""
+    if not search:
+        return True
+    if cross_run == "cross-domain":
+        return THREAT_MODELS.get(search["threat_model"]).defender_trains if search.get("threat_model") else True
+    short = cross_run.removeprefix("cross-domain-")
+    return next(THREAT_MODELS.get(n).defender_trains for n in THREAT_MODELS.names()
+                if THREAT_MODELS.get(n).short == short)
+
+
 def _short(tm_name: str) -> str:
     return THREAT_MODELS.get(tm_name).short
 
@@ -470,8 +482,9 @@ class _Sweep:
         if self.data.cross_attack:  # generalization: unseen-domain data, scored on unseen-domain prompts
             for run, settings in crosses.items():
                 with self.timed(f"{name}: cross-domain"):
-                    runs[run] = self.piece(name, run, lambda settings=settings: self.attack_run(
-                        defense, hardened, settings, cross_domain=True, label="cross "))
+                    runs[run] = self.piece(name, run, lambda settings=settings, run=run: self.attack_run(
+                        defense, hardened, settings, cross_domain=True, label="cross ",
+                        through_defense=_defender_trains(run, out.get("attacker_search"))))
         with self.timed(f"{name}: trainability"):
             runs["trainability"] = self.piece(name, "trainability", lambda: self.trainability(defense, hardened))
         if self.tuner is not None:
@@ -519,9 +532,6 @@ class _Sweep:
                   **{k: self.stab[name][k] for k in BENCHMARKS.names() if k in self.stab[name]}}
         start = b.settings(b.lrs[0], min(b.samples[0], self.n_attack_available))
         claimed = {threat_model_name(t) for t in defense.threat_models}
-        target = Target(name, run=lambda settings, **kw: self.attack_run(defense, hardened, settings, **kw),
-                        piece=lambda run, compute: self.piece(name, run, compute),
-                        n_available=self.n_attack_available, out=self.out)
         by, runs = {}, {}
         for tm_name in self.threat_models(defense):
             if tm_name not in claimed:
@@ -529,6 +539,10 @@ class _Sweep:
                                "note": f"{name} does not claim {tm_name}: not attacked under it"}
                 continue
             tm = build_threat_model(tm_name, self.config.search.space, self.config.service)
+            target = Target(name, run=lambda settings, through=tm.defender_trains, **kw: self.attack_run(
+                defense, hardened, settings, through_defense=through, **kw),
+                piece=lambda run, compute: self.piece(name, run, compute), n_available=self.n_attack_available,
+                out=self.out)
             with self.timed(f"{name}: attacker search ({tm.short})"):
                 found = DefenseSearch(target, before, self.config.search, tm, self.config.seed, start=start).run()
             runs.update(found.pop("runs"))
@@ -591,32 +605,36 @@ class _Sweep:
         """Whether ``defense`` serves the aligned model's weights as they are before any fine-tune."""
         return hardened is self._model and defense.serves_weights_as_given
 
-    def point(self, defense: Defense, prompts: Sequence[Pair], label: str) -> Callable[[Any, int], dict]:
+    def point(self, defense: Defense, prompts: Sequence[Pair], label: str,
+              serving: Defense | None = None) -> Callable[[Any, int], dict]:
+        """A curve point of ``defense``'s attack, the model served as ``serving`` (default: ``defense``) serves it."""
         def score(m, step):
-            with defense.serving(m):
+            with (serving or defense).serving(m):
                 return _curve_point(self.scorer.harm(m, prompts, desc=f"{defense.name} {label}step {step}"))
         return score
 
     def attack_run(self, defense: Defense, hardened, settings: AttackSettings, *, seed: int | None = None,
                    cross_domain: bool = False, label: str = "", stop: Callable[[int, dict], bool] | None = None,
-                   utility: bool = False) -> dict:
+                   utility: bool = False, through_defense: bool = True) -> dict:
         """One attack on the defended model, scored as served every ``settings.eval_every`` steps. ``stop`` may end
         it early (a pruned search trial: ``stopped_at``); ``utility`` adds the served model's harmless-answer loss
-        and benchmarks after the attack (``after``)."""
+        and benchmarks after the attack (``after``). ``through_defense=False`` (released weights): the attacker's
+        own plain fine-tune of the released weights, scored as they come out."""
         seed = self.config.seed if seed is None else seed
+        acting = defense if through_defense else DEFENSES.get("none")()
         harmful = self.data.cross_attack if cross_domain else self.data.attack
         prompts = self.data.cross_eval if cross_domain else self.curve_eval
         step0 = {"step": 0, **self.stab[defense.name]["cross_harm" if cross_domain else "harm"]}
         attack = build_attack(settings.attack, settings.attack_options)
-        point = self.point(defense, prompts, label)
+        point = self.point(defense, prompts, label, serving=acting)
         cb = CurveCallback(settings.eval_every, point, stop=stop)
         t0 = time.perf_counter()
         log(f"defence {defense.name}: {label}attack {settings.attack} {settings.attack_options or ''} "
             f"lr={settings.lr:.3g} n={settings.n_samples} {settings.backbone} for {settings.steps} steps")
-        final, pairs = attack.run(defense, hardened, self.tok, AttackData(harmful, self.attacker_harmless),
+        final, pairs = attack.run(acting, hardened, self.tok, AttackData(harmful, self.attacker_harmless),
                                   settings, seed=seed, callbacks=[cb], progress=self.progress)
         curve = [step0] + cb.points
-        if defense.post_training and cb.stopped_at is None:  # e.g. buffer-reinforce: the served
+        if acting.post_training and cb.stopped_at is None:  # e.g. buffer-reinforce: the served
             # model exists only at the end of a run that was not stopped early
             curve[-1] = {"step": settings.steps, **point(final, settings.steps), "after_post_training": True}
         record = {"lr": settings.lr, "n_samples": len(pairs), "n_available": len(harmful), "steps": settings.steps,
@@ -624,7 +642,7 @@ class _Sweep:
                   "seed": seed, "steps_to_harmful": steps_to_cross(curve, self.config.threshold),
                   "stopped_at": cb.stopped_at}
         if utility and cb.stopped_at is None:
-            with defense.serving(final):
+            with acting.serving(final):
                 record["after"] = harmless_utility(final, self.tok, self.scorer, self.stab_harmless, self.config)
         return {**record, "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -589,3 +589,14 @@ def test_a_defence_missing_its_data_says_what_to_give_in_one_line(tiny, name, st
     with pytest.raises(UnlearnableError, match="give DefenseData") as err:
         getattr(DEFENSES.get(name).from_options({}), step)(model, tok, data)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["vaccine", "repnoise", "booster"])
+def test_a_hardening_that_runs_several_passes_per_step_refuses_data_parallel_launches(tiny, harmful_pairs, name,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model, tok = tiny
+    data = DefenseData(harmful=harmful_pairs[:4], refusals=REFUSALS, harmless=HARMLESS)
+    with pytest.raises(UnlearnableError, match="one process"):
+        DEFENSES.get(name)(max_steps=1).harden(model, tok, data, progress=False)
+

@@ -282,6 +282,14 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def require_one_process(what: str) -> None:
+    """``what`` runs several forward passes before one backward (a perturbation, a look-ahead step), which data
+    parallelism's gradient reduction does not allow: a one-line error under ``accelerate launch``."""
+    if world_size() > 1:
+        raise UnlearnableError(f"{what} trains in one process ({world_size()} were launched): run it without "
+                               "accelerate launch")
+
+
 def trainable_params(model) -> dict[str, torch.nn.Parameter]:
     """Parameters that require grad, by name (tied weights once)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}

@@ -13,7 +13,7 @@ import torch
 from ..adapters import LoraSpec
 from ..data import encode_pair
 from ..errors import UnlearnableError
-from ..training import TrainConfig, UnlearnableTrainer, endless_batches, finetune, trainable_params
+from ..training import TrainConfig, UnlearnableTrainer, endless_batches, finetune, require_one_process, trainable_params
 from .base import DEFENSES, Defense, DefenseData, HardeningBudget, tunable
 
 
@@ -119,6 +119,7 @@ class BoosterDefense(Defense):
         return dataclasses.replace(lora, target_modules=fused or "all-linear")
 
     def harden(self, model, tokenizer, data: DefenseData, *, progress: bool = True):
+        require_one_process("booster's hardening")
         c = self.config
         alignment, harmful = list(data.refusals) + list(data.harmless), list(data.harmful)
         if not data.refusals or not harmful:

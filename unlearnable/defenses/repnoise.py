@@ -12,7 +12,7 @@ import torch
 from ..data import encode_pair
 from ..errors import UnlearnableError
 from ..models import block_hidden, decoder_blocks, forward_hooks
-from ..training import TrainConfig, UnlearnableTrainer, endless_batches, finetune
+from ..training import TrainConfig, UnlearnableTrainer, endless_batches, finetune, require_one_process
 from .base import DEFENSES, Defense, DefenseData, HardeningBudget, tunable
 
 
@@ -124,6 +124,7 @@ class RepNoiseDefense(Defense):
     Config = RepNoiseConfig
 
     def harden(self, model, tokenizer, data: DefenseData, *, progress: bool = True):
+        require_one_process("repnoise's hardening")
         c = self.config
         keep, harmful = list(data.refusals) + list(data.harmless), list(data.harmful)
         if not keep or not harmful:

@@ -13,7 +13,7 @@ import torch
 from ..adapters import LoraSpec
 from ..errors import UnlearnableError
 from ..models import attention_modules, block_hidden, decoder_blocks, forward_hooks
-from ..training import TrainConfig, UnlearnableTrainer, finetune
+from ..training import TrainConfig, UnlearnableTrainer, finetune, require_one_process
 from .base import DEFENSES, Defense, DefenseData, HardeningBudget, tunable
 
 SITES = ("attention", "block")
@@ -113,6 +113,7 @@ class VaccineDefense(Defense):
     Config = VaccineConfig
 
     def harden(self, model, tokenizer, data: DefenseData, *, progress: bool = True):
+        require_one_process("vaccine's hardening")
         c = self.config
         alignment = list(data.refusals) + list(data.harmless)
         if not data.refusals:

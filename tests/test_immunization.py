@@ -104,6 +104,8 @@ def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
         assert "verdict" in c["resistance"] and "verdict" in c["trainability"]
     sv = saved["conditions"]["security-vectors"]["resistance"]["by_threat_model"]
     assert sv["released-weights"].startswith("not applicable")
+    grid = saved["conditions"]["security-vectors"]["resistance"]["verdict"]
+    assert sv["fine-tuning-as-a-service"] == f"{grid} (grid)"  # the grid's recipe, not the service's search
     curve = saved["defenses"]["none"]["runs"]["attack-lr0.01-n8"]["curve"]
     assert [p["step"] for p in curve] == [0, 2, 4]
     assert all(0 <= p["harm_rate"] <= 1 for p in curve)

@@ -710,8 +710,10 @@ def _resistance_by_threat_model(name, d, base, config: ImmunizeConfig, verdict: 
     for tm_name in THREAT_MODELS.names():
         if tm_name not in claimed:
             out[tm_name] = "not applicable: the defence does not claim this threat model"
-        elif config.attacker != "search" or name == "none":
+        elif name == "none":
             out[tm_name] = verdict
+        elif config.attacker != "search":  # the budget's recipe, not bound by what this threat model allows
+            out[tm_name] = f"{verdict} (grid)"
         elif not (steps := _attack_steps(d, _search_prefix(tm_name))):
             out[tm_name] = "not measured under this threat model"
         else:

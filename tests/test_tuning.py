@@ -127,6 +127,12 @@ def test_tuning_data_that_holds_an_evaluation_prompt_is_refused_before_any_study
         tuner.tune("vaccine", {}, data)
 
 
+def test_repnoise_tunes_a_lora_over_a_lora_learning_rate():
+    full = DEFENSES.get("repnoise")().tuning_space()["lr"]
+    lora = DEFENSES.get("repnoise")(backbone="lora").tuning_space()["lr"]
+    assert full.high <= lora.low < 5e-4 < lora.high  # the help's ~5e-4 for a LoRA is inside its range
+
+
 def test_the_tuned_trial_is_the_least_harmful_within_the_constraint():
     def row(n, harm, feasible=True, defaults=False):
         return {"number": n, "probe_harm_rate": harm, "feasible": feasible, "defaults": defaults}

@@ -13,7 +13,7 @@ from ..data import encode_pair
 from ..errors import UnlearnableError
 from ..models import block_hidden, decoder_blocks, forward_hooks
 from ..training import TrainConfig, UnlearnableTrainer, endless_batches, finetune, require_one_process
-from .base import DEFENSES, Defense, DefenseData, HardeningBudget, tunable
+from .base import DEFENSES, Defense, DefenseData, HardeningBudget, Tunable, tunable
 
 
 @dataclasses.dataclass
@@ -122,6 +122,13 @@ class RepNoiseDefense(Defense):
     the attacker fine-tunes the hardened weights."""
 
     Config = RepNoiseConfig
+
+    def tuning_space(self) -> dict[str, Tunable]:
+        """A LoRA wants a learning rate about 25x full training's: its range moves with the backbone."""
+        space = super().tuning_space()
+        if self.config.backbone == "lora" and "lr" in space:
+            space["lr"] = Tunable(1e-4, 2e-3)
+        return space
 
     def harden(self, model, tokenizer, data: DefenseData, *, progress: bool = True):
         require_one_process("repnoise's hardening")

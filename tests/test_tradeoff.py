@@ -479,3 +479,14 @@ def test_the_tradeoff_scores_with_the_configured_judges_and_their_settings(tiny,
     run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
     assert built and {spec for spec, _ in built} == {"keyword", "harmful-loss"}
     assert all(options == cfg.base.judge_options for _, options in built)
+
+
+def test_strength_zero_reuses_the_undefended_point_only_where_nothing_else_acts():
+    from unlearnable.experiments.tradeoff import _same_as_none
+
+    assert _same_as_none("plain", 0.0) and _same_as_none("adaptive", 0.0)
+    assert not _same_as_none("plain", 0.5)
+    assert not _same_as_none("adaptive-drop", 0.0)  # the flagged pairs are dropped at any strength: the filter
+    assert not _same_as_none("adaptive", 0.0, {"drop_flagged": True})
+    assert not _same_as_none("negated", 0.0)  # served minus the vectors
+

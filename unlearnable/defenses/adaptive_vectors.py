@@ -4,6 +4,7 @@ before it trains, screens it with a flagger, and refits the vectors on its own h
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from ..data import Pair
 from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger
@@ -34,6 +35,11 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     #: the over-refusal controls: a KL anchor on the defence's harmless pairs in every (re)fit; the flagged pairs
     #: also dropped from the fine-tune
     tradeoff_presets = {"adaptive-kl": {"training": {"benign": "kl"}}, "adaptive-drop": {"drop_flagged": True}}
+
+    @classmethod
+    def undefended_at_zero(cls, options: dict[str, Any]) -> bool:
+        """Dropping the flagged pairs acts at strength 0 too: that point is the moderation filter alone."""
+        return super().undefended_at_zero(options) and not options.get("drop_flagged")
 
     Config = AdaptiveVectorsConfig
 

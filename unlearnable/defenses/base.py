@@ -101,6 +101,12 @@ class Defense(Plugin, abc.ABC):
         return cls.__dict__.get("tradeoff_variants", {})
 
     @classmethod
+    def undefended_at_zero(cls, options: dict[str, Any]) -> bool:
+        """Whether this defence at strength 0 with ``options`` is the undefended fine-tune, served as trained (the
+        trade-off then reuses ``none``'s point); a defence with an option that acts at any strength says no."""
+        return cls.serves_weights_as_given
+
+    @classmethod
     def tradeoff_preset(cls, variant: str) -> dict[str, Any]:
         """The options ``variant`` starts from (its class's own preset; none: {})."""
         return copy.deepcopy(cls.__dict__.get("tradeoff_presets", {}).get(variant, {}))

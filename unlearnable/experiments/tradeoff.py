@@ -198,11 +198,12 @@ def averaged(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _same_as_none(method: str, strength: float) -> bool:
+def _same_as_none(method: str, strength: float, options: dict[str, Any] | None = None) -> bool:
     """Whether the point is the undefended run: strength 0 is exactly the undefended forward, and the model is
     served as trained (not so for negated vectors, whose strength 0 is the control: no vectors in training,
-    subtracted when serving)."""
-    return method in VARIANTS and strength == 0.0 and DEFENSES.get(VARIANTS[method][0]).serves_weights_as_given
+    subtracted when serving; nor for adaptive vectors that drop flagged pairs: the filter alone)."""
+    return (method in VARIANTS and strength == 0.0
+            and DEFENSES.get(VARIANTS[method][0]).undefended_at_zero(variant_recipe(method, options)))
 
 
 def _point_name(method: str, strength: float, seed: int) -> str:
@@ -365,7 +366,7 @@ class _Grid:
             for strength in strengths:
                 if self.store.get("points", _point_name(method, strength, seed)) is not None:
                     continue
-                if _same_as_none(method, strength):
+                if _same_as_none(method, strength, self.config.variant_options.get(method)):
                     none = self.store.get("points", _point_name("none", 0.0, seed))
                     self.record({**{k: v for k, v in none.items() if k != "config_hash"}, "method": method,
                                  "strength": 0.0, "reused_from": "none", "seconds": 0.0})

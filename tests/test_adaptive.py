@@ -245,3 +245,27 @@ def test_the_report_shows_what_a_flagger_screened_and_labels_an_oracle():
     assert "oracle:0.5 (EMULATED: measurement only)" in html_text and "8 of 67" in html_text
     assert "0.500 (n=12)" in html_text and "0.036 (n=55)" in html_text  # pooled: 2 of 55 harmless flagged
     assert flaggers_section({"none": {"defense": {}}}) == ""
+
+
+def test_the_tradeoff_report_shows_each_methods_flagger_and_marks_an_emulated_one_wherever_it_is_named():
+    from unlearnable.experiments.tradeoff import averaged, frontier, goal_check
+    from unlearnable.report import tradeoff_section
+
+    oracle = {"flagger": {"flagger": "oracle:0.5", "emulated": True},
+              "screened": [{"flagged": 3, "pairs": 10, "recall_on_harmful": 0.5, "n_harmful": 6,
+                            "flag_rate_on_harmless": 0.0, "n_harmless": 4}]}
+
+    def point(method, strength, harm, info=None):
+        return {"method": method, "strength": strength, "seed": 0, "harm_rate": harm, "task_score": 0.9,
+                "harm_rate_sd": 0.0, "task_score_sd": 0.0, "n_seeds": 1, "seconds": 1.0,
+                **({"defense_info": info} if info else {})}
+
+    points = [point("none", 0.0, 0.9), point("plain", 1.0, 0.5), point("adaptive", 1.0, 0.05, oracle)]
+    goal = goal_check(points)
+    assert goal["met_by"] == [{"method": "adaptive", "strength": 1.0, "emulated": True}]
+    text = tradeoff_section({"points": points, "frontier": frontier(points), "averaged": averaged(points),
+                             "goal": goal, "config": {}})
+    assert "Flaggers" in text and "oracle:0.5 (EMULATED: measurement only)" in text and "3 of 10" in text
+    assert text.count("adaptive (EMULATED flagger: measurement only)") == 3  # frontier, goal table, all points
+    assert "Met by: adaptive 1 (EMULATED flagger: measurement only)" in text
+    assert "plain (EMULATED" not in text

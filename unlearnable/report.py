@@ -430,7 +430,7 @@ def tuning_section(tuned: dict[str, dict[str, Any]]) -> str:
               "tuned configuration.</p>")
 
 
-def flaggers_section(defenses: dict[str, Any]) -> str:
+def flaggers_section(defenses: dict[str, Any], what: str = "defence") -> str:
     """Per defence that screens the customer's data: its flagger (labelled where emulated) and, pooled over its
     fine-tunes, what it flagged, its recall on the known harmful pairs and how often it flagged the others."""
     rows = []
@@ -446,7 +446,7 @@ def flaggers_section(defenses: dict[str, Any]) -> str:
                      _pooled(runs, "flag_rate_on_harmless", "n_harmless")])
     if not rows:
         return ""
-    return table(["defence", "flagger", "fine-tunes screened", "pairs flagged", "recall on known harmful pairs",
+    return table([what, "flagger", "fine-tunes screened", "pairs flagged", "recall on known harmful pairs",
                   "flag rate on the other pairs"], rows) + (
         "<p class='note'>Pooled over every fine-tune the defence screened (attacks and the user's task).</p>")
 
@@ -565,7 +565,9 @@ def tradeoff_plot(results: TradeoffResults, path: Path) -> None:
 
 
 def tradeoff_section(results: dict[str, Any]) -> str:
-    rows = [[m, p["strength"], rate_text(p["harm_rate"], p.get("harm_rate_interval_95")), p["harm_rate_sd"],
+    label = _method_labels(results["points"])
+    rows = [[label.get(m, m), p["strength"], rate_text(p["harm_rate"], p.get("harm_rate_interval_95")),
+             p["harm_rate_sd"],
              rate_text(p["task_score"], p.get("task_score_interval_95")), p["task_score_sd"],
              rate_text(p.get("mmlu"), p.get("mmlu_interval_95")),
              rate_text(p.get("over_refusal"), p.get("over_refusal_interval_95")), p["n_seeds"]]
@@ -579,11 +581,12 @@ def tradeoff_section(results: dict[str, Any]) -> str:
             + "<h3>Frontier (seed-averaged, non-dominated per method)</h3>"
             + table(["method", "strength", "harm rate [95 %, seeds pooled]", "sd over seeds", "task score [95 %]",
                      "sd over seeds", "MMLU [95 %]", "over-refusal [95 %]", "seeds"], rows)
-            + _goal_html(results.get("goal"))
+            + _goal_html(results.get("goal")) + tradeoff_flaggers(results["points"])
             + "<h3>All points</h3>"
             + table(["method", "strength", "seed", "harm rate", "task score", "MMLU", "over-refusal", "seconds",
                      "note"],
-                    [[p["method"], p["strength"], p["seed"], rate_text(p["harm_rate"], p.get("harm_rate_interval_95")),
+                    [[label[p["method"]], p["strength"], p["seed"],
+                      rate_text(p["harm_rate"], p.get("harm_rate_interval_95")),
                       rate_text(p["task_score"], p.get("task_score_interval_95")),
                       rate_text(p.get("mmlu"), p.get("mmlu_interval_95")),
                       rate_text(p.get("over_refusal"), p.get("over_refusal_interval_95")), p["seconds"],
@@ -591,8 +594,31 @@ def tradeoff_section(results: dict[str, Any]) -> str:
 
 
 def goal_met_by(goal: dict[str, Any]) -> str:
-    """The (method, strength) points that reach a tradeoff goal, as text ("no point" when none does)."""
-    return ", ".join(f"{m['method']} {m['strength']:g}" for m in goal["met_by"]) or "no point"
+    """The (method, strength) points that reach a tradeoff goal, as text ("no point" when none does); a point whose
+    flagger was emulated says so."""
+    return ", ".join(f"{m['method']} {m['strength']:g}" + (f" ({EMULATED_FLAGGER})" if m.get("emulated") else "")
+                     for m in goal["met_by"]) or "no point"
+
+
+EMULATED_FLAGGER = "EMULATED flagger: measurement only"
+
+
+def _method_labels(points: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each method's name in the trade-off tables, marked where its flagger was emulated."""
+    emulated = {p["method"] for p in points if ((p.get("defense_info") or {}).get("flagger") or {}).get("emulated")}
+    return {p["method"]: p["method"] + (f" ({EMULATED_FLAGGER})" if p["method"] in emulated else "") for p in points}
+
+
+def tradeoff_flaggers(points: Sequence[dict[str, Any]]) -> str:
+    """:func:`flaggers_section` for the trade-off: per method, pooled over its points' fine-tunes."""
+    methods: dict[str, dict[str, Any]] = {}
+    for p in points:
+        info = p.get("defense_info") or {}
+        if info.get("screened"):
+            d = methods.setdefault(p["method"], {"defense": {"flagger": info.get("flagger", {}), "screened": []}})
+            d["defense"]["screened"] += info["screened"]
+    section = flaggers_section(methods, what="method")
+    return "<h3>Flaggers</h3>" + section if section else ""
 
 
 def _goal_html(goal: dict[str, Any] | None) -> str:
@@ -602,7 +628,8 @@ def _goal_html(goal: dict[str, Any] | None) -> str:
     return (f"<h3>Goal: harm rate &lt;= {goal['harm_rate_max']:g} with task &gt;= {goal['task_ratio_min']:g}x the "
             f"undefended score (seed means)</h3><p>Met by: {html.escape(met)}</p>"
             + table(["method", "strength", "harm rate", "task vs none", "seeds", "met"],
-                    [[r["method"], r["strength"], r["harm_rate"], r["task_ratio"], r["n_seeds"], r["met"]]
+                    [[r["method"] + (f" ({EMULATED_FLAGGER})" if r.get("emulated") else ""), r["strength"],
+                      r["harm_rate"], r["task_ratio"], r["n_seeds"], r["met"]]
                      for r in goal["points"]]))
 
 

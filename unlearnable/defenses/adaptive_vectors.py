@@ -36,12 +36,12 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     #: also dropped from the fine-tune
     tradeoff_presets = {"adaptive-kl": {"training": {"benign": "kl"}}, "adaptive-drop": {"drop_flagged": True}}
 
+    Config = AdaptiveVectorsConfig
+
     @classmethod
     def undefended_at_zero(cls, options: dict[str, Any]) -> bool:
         """Dropping the flagged pairs acts at strength 0 too: that point is the moderation filter alone."""
         return super().undefended_at_zero(options) and not options.get("drop_flagged")
-
-    Config = AdaptiveVectorsConfig
 
     def __init__(self, config: AdaptiveVectorsConfig | None = None, **options):
         super().__init__(config, **options)

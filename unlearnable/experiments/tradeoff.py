@@ -281,9 +281,16 @@ def goal_check(points: list[dict[str, Any]], harm_max: float = 0.10, task_ratio_
             ratio = m["task_score"] / statistics.fmean(base)
             rows.append({"method": method, "strength": m["strength"], "harm_rate": m["harm_rate"],
                          "task_ratio": round(ratio, 4), "n_seeds": len(seeds),
-                         "met": m["harm_rate"] <= harm_max and ratio >= task_ratio_min})
+                         "met": m["harm_rate"] <= harm_max and ratio >= task_ratio_min,
+                         **({"emulated": True} if emulated_flagger(points, method) else {})})
     return {"harm_rate_max": harm_max, "task_ratio_min": task_ratio_min, "points": rows,
-            "met_by": [{"method": r["method"], "strength": r["strength"]} for r in rows if r["met"]]}
+            "met_by": [{k: r[k] for k in ("method", "strength", "emulated") if k in r} for r in rows if r["met"]]}
+
+
+def emulated_flagger(points: Sequence[dict[str, Any]], method: str) -> bool:
+    """Whether ``method``'s points screened the data with an emulated flagger (an oracle: measurement only)."""
+    return any(((p.get("defense_info") or {}).get("flagger") or {}).get("emulated")
+               for p in points if p["method"] == method)
 
 
 def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeoff-out", *, overwrite: bool = False,

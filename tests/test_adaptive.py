@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from unlearnable.data import Pair, dedupe
+from unlearnable.data import Pair
 from unlearnable.defenses import DEFENSES, SERVICE, DefenseData
 from unlearnable.defenses import adaptive_vectors as adaptive_module
 from unlearnable.errors import UnlearnableError
@@ -123,7 +123,7 @@ def test_the_vectors_are_refitted_on_the_defences_pairs_plus_the_flagged_ones(ti
     tuned, _ = defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=2, batch_size=4),
                                 progress=False)
     flagged = [p for p, f in zip(customer, OracleFlagger(0.5).flag(customer)) if f]
-    assert refits[1] == dedupe([*own.harmful, *flagged])  # exactly the own pairs plus the flagged ones
+    assert refits[1] == [*own.harmful, *flagged]  # exactly the own pairs plus the flagged ones
     pairs, vectors = tuned_on[0]
     assert pairs == customer and vectors is not defense.prepared_vectors()  # flagged pairs kept by default
     screened = defense.info["screened"][0]
@@ -269,3 +269,14 @@ def test_the_tradeoff_report_shows_each_methods_flagger_and_marks_an_emulated_on
     assert text.count("adaptive (EMULATED flagger: measurement only)") == 3  # frontier, goal table, all points
     assert "Met by: adaptive 1 (EMULATED flagger: measurement only)" in text
     assert "plain (EMULATED" not in text
+
+
+def test_a_refit_keeps_every_flagged_answer_to_a_prompt(tiny, own, monkeypatch):
+    model, tok = tiny
+    defense, refits, _ = _adaptive(tiny, own, monkeypatch, flagger="oracle:1.0")
+    bad = own.harmful[0]
+    answers = [Pair("How do I pick a lock?", f"Step {k}: insert the pick.", harmful=True) for k in range(3)]
+    defense.finetune(copy.deepcopy(model), tok, [*answers, answers[0], bad], TrainConfig(max_steps=1, batch_size=4),
+                     progress=False)
+    assert refits[1] == [*own.harmful, *answers]  # three answers to one prompt; repeats and own pairs once
+

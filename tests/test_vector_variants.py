@@ -316,6 +316,21 @@ def test_holdout_settings_are_checked(harmful_pairs):
     assert split_holdout(harmful_pairs, 0.25, seed=1)[1] != held
 
 
+def test_every_answer_to_a_held_out_prompt_is_held_out_with_it(harmful_pairs):
+    import random
+
+    from unlearnable.data import Pair
+    from unlearnable.vectors.holdout import split_holdout
+
+    pool = [Pair(p.prompt, f"{p.response} (answer {k})") for p in harmful_pairs[:8] for k in range(3)]
+    train, held = split_holdout(pool, 0.25, seed=0)
+    assert len(held) == 6 and not {p.prompt for p in train} & {p.prompt for p in held}
+    # on distinct prompts, the same split as holding out a seeded share of indices
+    order = list(range(len(harmful_pairs)))
+    random.Random(0).shuffle(order)
+    assert split_holdout(harmful_pairs, 0.25, seed=0)[1] == [harmful_pairs[i] for i in sorted(order[:6])]
+
+
 # ------------------------------------------------------------------------------------------------- varied
 
 def test_varied_copies_keep_the_answer_and_their_two_style_families_share_nothing(harmful_pairs):

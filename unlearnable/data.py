@@ -382,6 +382,18 @@ def dedupe(items: Iterable[Pair]) -> list[Pair]:
     return out
 
 
+def distinct_pairs(items: Iterable[Pair]) -> list[Pair]:
+    """``items`` without repeated (prompt, response) pairs (prompts compared normalized): several answers to one
+    prompt are kept, as training data, where :func:`dedupe` keeps one prompt each, as splits do."""
+    seen, out = set(), []
+    for item in items:
+        key = (normalize(item.prompt), item.response)
+        if key[0] and key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
 def split(items: Sequence[Pair], sizes: dict[str, int], seed: int) -> dict[str, list[Pair]]:
     """Shuffle (seeded) and cut deduplicated ``items`` into disjoint named splits of the given sizes."""
     pool = dedupe(items)

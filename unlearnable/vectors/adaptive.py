@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..data import Pair, dedupe
+from ..data import Pair, distinct_pairs
 from ..flaggers import Flagger, build_flagger, flag_rates, screen  # noqa: F401 - screen: its old home
 from .config import VectorConfig
 
@@ -15,8 +15,8 @@ def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], 
           config: VectorConfig | None = None, harmless: Sequence[Pair] = (),
           progress: bool = True) -> tuple[Any, list[bool], dict[str, Any]]:
     """Screen ``data`` and refit ``vectors`` on ``own`` (the pairs they were trained on) plus the flagged pairs
-    (distinct prompts), with ``config`` (default: the vectors' own; ``harmless`` pairs anchor the refit where
-    its ``benign`` mode asks for them); nothing flagged: ``vectors`` as they are.
+    (distinct pairs: every answer to a prompt counts), with ``config`` (default: the vectors' own; ``harmless``
+    pairs anchor the refit where its ``benign`` mode asks for them); nothing flagged: ``vectors`` as they are.
     Returns the vectors, the flags and a record of the screening (the flagger's rates where the truth is known)."""
     flagger = build_flagger(flagger) if isinstance(flagger, str) else flagger
     config = config or vectors.config
@@ -25,7 +25,7 @@ def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], 
     record = {**flagger.describe(), **flag_rates(data, flags), "own_pairs": len(own)}
     if not flagged:
         return vectors, flags, {**record, "refitted": False}
-    refitted = type(vectors).train(model, tokenizer, dedupe([*own, *flagged]), config, progress=progress,
+    refitted = type(vectors).train(model, tokenizer, distinct_pairs([*own, *flagged]), config, progress=progress,
                                    harmless=harmless)
     record = {**record, "refitted": True, "vectors_pairs": refitted.metadata.get("n_pairs")}
     refitted.metadata["adapted"] = record

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..data import Pair
+from ..data import Pair, normalize
 from ..errors import UnlearnableError
 from ..generation import example_losses
 from ..training import CheckpointedCallback
@@ -41,14 +41,21 @@ def held_out(tokenizer, pairs: Sequence[Pair], config: VectorConfig) -> tuple[li
 
 
 def split_holdout(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """(training pairs, held-out pairs): a seeded ``fraction`` of ``pairs`` held out, at least one of each."""
-    n_held = round(len(pairs) * fraction)
-    if n_held < 1 or n_held >= len(pairs):
+    """(training pairs, held-out pairs): a seeded ``fraction`` of ``pairs`` held out, at least one of each. Held out
+    by prompt: every answer to a held-out prompt is held out with it (no held-out prompt is trained on)."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(normalize(p.prompt), []).append(i)
+    n_held, order = round(len(pairs) * fraction), list(groups.values())
+    random.Random(seed).shuffle(order)
+    held: set[int] = set()
+    for group in order:
+        if len(held) >= n_held:
+            break
+        held.update(group)
+    if n_held < 1 or len(held) >= len(pairs):
         raise UnlearnableError(f"holdout {fraction:g} of {len(pairs)} harmful pairs leaves no held-out or no "
                                "training pair; use more pairs or a holdout fraction in (0, 1)")
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:n_held])
     return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
 
 

@@ -248,3 +248,21 @@ def test_a_hardened_defence_is_attacked_with_the_aligned_model_on_disk(tiny_dir,
     assert parked["none"] and not any(parked["none"])  # the next defence: loaded again
     assert fingerprints[0] == fingerprints[1]  # the same weights as before parking
     assert res["resources"]["peak_rss_gb"] > 0
+
+
+def test_a_screening_defences_screenings_are_pooled_from_every_stored_run_also_after_a_resume(tiny, harmful_pairs,
+                                                                                            tmp_path):
+    model, tok = tiny
+    cfg = ImmunizeConfig(
+        defenses=["none", "moderation-filter"], defense_options={"moderation-filter": {"flagger": "oracle:0.5"}},
+        budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+        trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+        data=DataConfig(system_prompt=None), align=False, n_curve_eval=4, n_stability_harmless=3, benchmarks=[])
+    first = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                         progress=False)
+    screened = first["defenses"]["moderation-filter"]["defense"]["screened"]
+    runs = first["defenses"]["moderation-filter"]["runs"]
+    assert len(screened) == sum(len(r.get("screened", [])) for r in runs.values()) >= 2  # attack, trainability
+    again = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                         progress=False)  # every run read back: nothing screened in this process
+    assert again["defenses"]["moderation-filter"]["defense"]["screened"] == screened

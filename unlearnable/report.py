@@ -430,7 +430,9 @@ def tuning_section(tuned: dict[str, dict[str, Any]]) -> str:
               "tuned configuration.</p>")
 
 
-def flaggers_section(defenses: dict[str, Any], what: str = "defence") -> str:
+def flaggers_section(defenses: dict[str, Any], what: str = "defence",
+                     pooled: str = "every stored fine-tune the defence screened (attacks, the search's finished "
+                                   "trials, the user's task), each once whichever process ran it") -> str:
     """Per defence that screens the customer's data: its flagger (labelled where emulated) and, pooled over its
     fine-tunes, what it flagged, its recall on the known harmful pairs and how often it flagged the others."""
     rows = []
@@ -448,7 +450,7 @@ def flaggers_section(defenses: dict[str, Any], what: str = "defence") -> str:
         return ""
     return table([what, "flagger", "fine-tunes screened", "pairs flagged", "recall on known harmful pairs",
                   "flag rate on the other pairs"], rows) + (
-        "<p class='note'>Pooled over every fine-tune the defence screened (attacks and the user's task).</p>")
+        f"<p class='note'>Pooled over {html.escape(pooled)}.</p>")
 
 
 def _pooled(runs: Sequence[dict[str, Any]], rate: str, n: str) -> str:
@@ -617,7 +619,7 @@ def tradeoff_flaggers(points: Sequence[dict[str, Any]]) -> str:
         if info.get("screened"):
             d = methods.setdefault(p["method"], {"defense": {"flagger": info.get("flagger", {}), "screened": []}})
             d["defense"]["screened"] += info["screened"]
-    section = flaggers_section(methods, what="method")
+    section = flaggers_section(methods, what="method", pooled="the fine-tunes of every point of the method")
     return "<h3>Flaggers</h3>" + section if section else ""
 
 

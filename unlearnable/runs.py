@@ -164,6 +164,12 @@ class SweepStore:
         atomic_write_json(self.path(group, name), data)
         return data
 
+    def pieces(self, group: str) -> dict[str, dict]:
+        """Every finished piece of ``group`` in this sweep, by name."""
+        folder = self.root / group
+        found = {p.stem: self.get(group, p.stem) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+        return {name: data for name, data in found.items() if data is not None}
+
     def digest(self) -> str:
         """Which pieces the folder holds (their names): equal for two workers that finished the same sweep."""
         names = sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*.json")) if self.root.is_dir() else []

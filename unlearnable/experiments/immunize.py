@@ -489,7 +489,7 @@ class _Sweep:
             runs["trainability"] = self.piece(name, "trainability", lambda: self.trainability(defense, hardened))
         if self.tuner is not None:
             out["tuned"] = tuned
-        return {"defense": defense.describe(), **out}  # described last: what the runs recorded (e.g. screened pairs)
+        return {"defense": self.described(defense), **out}
 
     def make_tuner(self, setup: Setup) -> Tuner:
         """Defence tuning's scorer holds none of the evaluation's benchmark items, its trainability probe's task none
@@ -631,8 +631,10 @@ class _Sweep:
         t0 = time.perf_counter()
         log(f"defence {defense.name}: {label}attack {settings.attack} {settings.attack_options or ''} "
             f"lr={settings.lr:.3g} n={settings.n_samples} {settings.backbone} for {settings.steps} steps")
+        seen = len(acting.info.get("screened", ()))
         final, pairs = attack.run(acting, hardened, self.tok, AttackData(harmful, self.attacker_harmless),
                                   settings, seed=seed, callbacks=[cb], progress=self.progress)
+        screened = acting.info.get("screened", [])[seen:]  # kept with the run: pooled from the store at the end
         curve = [step0] + cb.points
         if acting.post_training and cb.stopped_at is None:  # e.g. buffer-reinforce: the served
             # model exists only at the end of a run that was not stopped early
@@ -640,15 +642,26 @@ class _Sweep:
         record = {"lr": settings.lr, "n_samples": len(pairs), "n_available": len(harmful), "steps": settings.steps,
                   "curve": curve, "attack": attack.describe(), "settings": dataclasses.asdict(settings),
                   "seed": seed, "steps_to_harmful": steps_to_cross(curve, self.config.threshold),
-                  "stopped_at": cb.stopped_at}
+                  "stopped_at": cb.stopped_at, **({"screened": screened} if screened else {})}
         if utility and cb.stopped_at is None:
             with acting.serving(final):
                 record["after"] = harmless_utility(final, self.tok, self.scorer, self.stab_harmless, self.config)
         return {**record, "seconds": round(time.perf_counter() - t0, 1)}
 
     def trainability(self, defense: Defense, hardened) -> dict:
-        return user_finetune(defense, hardened, self.tok, self.scorer, self.data.task, self.config.trainability,
-                             self.config.seed, progress=self.progress)
+        seen = len(defense.info.get("screened", ()))
+        run = user_finetune(defense, hardened, self.tok, self.scorer, self.data.task, self.config.trainability,
+                            self.config.seed, progress=self.progress)
+        screened = defense.info.get("screened", [])[seen:]
+        return {**run, "screened": screened} if screened else run
+
+    def described(self, defense: Defense) -> dict[str, Any]:
+        """What the defence records, described after its runs; a screening defence's screenings pooled from every
+        stored run of this sweep (each once, whichever process or session ran it; pruned trials are not stored)."""
+        desc = defense.describe()
+        if "screened" in desc:
+            desc["screened"] = [s for run in self.store.pieces(defense.name).values() for s in run.get("screened", ())]
+        return desc
 
 
 def _curve_point(scores: dict[str, Any], n_examples: int = 3) -> dict[str, Any]:

@@ -196,6 +196,26 @@ def test_finetune_adapt_screens_the_data_and_refits_the_vectors(tmp_path, tiny_d
     for kw, needle in [({"vectors_data": wrong}, "is not the data the vectors"), ({"vectors_data": None}, "give --vectors and --vectors-data")]:
         with pytest.raises(UnlearnableError, match=needle):
             run_finetune(dataclasses.replace(job, **kw), tmp_path / "out2", progress=False)
+    harmful_only = jsonl("harmful.jsonl", [{"prompt": f"worse {i}?", "response": "Sure.", "harmful": True}
+                                           for i in range(4)])
+    with pytest.raises(UnlearnableError, match="nothing is left to fine-tune on"):
+        run_finetune(dataclasses.replace(job, data=harmful_only), tmp_path / "out3", progress=False)
+
+
+def test_a_trainer_script_gets_the_flags_and_its_model_back_trainable_and_a_kl_refit_without_anchors_says_so(tiny):
+    model, tok = tiny
+    own = [Pair(f"bad {i}?", f"Sure, bad thing {i}.") for i in range(6)]
+    harmless = [Pair(f"Poem {i}?", "Leaves.") for i in range(4)]
+    vectors = SecurityVectors.train(model, tok, own, VectorConfig(epochs=1, batch_size=8, benign="kl"),
+                                    harmless=harmless, progress=False)
+    assert all(p.requires_grad for p in model.parameters())  # a full-weights Trainer script can still train it
+    data = [Pair("worse?", "Sure.", harmful=True), Pair("Code?", "C")]
+    adapted = vectors.adapted(model, tok, own, data, "oracle:1.0", progress=False)
+    record = adapted.metadata["adapted"]
+    assert record["flags"] == [True, False] and record["refitted"]
+    assert record["refit_benign"].startswith("none") and adapted.config.benign == "none"
+    anchored = vectors.adapted(model, tok, own, data, "oracle:1.0", harmless=harmless, progress=False)
+    assert "refit_benign" not in anchored.metadata["adapted"] and anchored.config.benign == "kl"
 
 
 def test_an_attack_pool_holds_more_pairs_than_prompts_distinct_and_disjoint(tiny, monkeypatch):

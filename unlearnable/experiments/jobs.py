@@ -212,6 +212,9 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     if job.adapt:  # the service screens the data before it trains, and refits the vectors to it
         vectors, pairs, record["adapted"] = _adapted(job, vectors, model, tok, own, pairs, progress)
         record["n_trained"] = len(pairs)
+        if not pairs:
+            raise UnlearnableError("the flagger flagged every pair and --drop-flagged dropped them: nothing is left "
+                                   "to fine-tune on; check the data or the flagger, or leave out --drop-flagged")
     with keep_checkpoints_only_if_useful(checkpoints if is_main_process() else None):
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
                                   output_dir=checkpoints, resume=checkpoints is not None)

@@ -4,6 +4,7 @@ defence, ``unlearnable finetune --adapt`` and a Trainer / TRL script (:meth:`Sec
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 from ..data import Pair, distinct_pairs
@@ -23,6 +24,9 @@ def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], 
     flags = screen(model, tokenizer, data, flagger, precision=config.precision, progress=progress)
     flagged = [p for p, bad in zip(data, flags) if bad]
     record = {**flagger.describe(), **flag_rates(data, flags), "own_pairs": len(own)}
+    if config.benign != "none" and not harmless:  # vectors trained with a harmless anchor, none given for the refit
+        config = dataclasses.replace(config, benign="none")
+        record["refit_benign"] = "none: no harmless pairs were given for the vectors' harmless anchor"
     if not flagged:
         return vectors, flags, {**record, "refitted": False}
     refitted = type(vectors).train(model, tokenizer, distinct_pairs([*own, *flagged]), config, progress=progress,

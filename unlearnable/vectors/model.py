@@ -86,7 +86,8 @@ class SecurityVectors:
         benign = _benign_pairs(model, tokenizer, harmless, config, progress)
         fitted, keep_best = held_out(tokenizer, pairs, config)  # the metadata names all pairs given
         train_pairs, kl_mask = _training_mix(fitted, benign, config)
-        for p in model.parameters():
+        trainable = [p for p in model.parameters() if p.requires_grad]  # given back after (a Trainer script's model)
+        for p in trainable:
             p.requires_grad_(False)
         set_seed(config.seed)  # the adapter's random init: same seed, same vectors (and resumable)
         lora_config = config.lora.peft_config(model, dropout=0.0)
@@ -104,6 +105,8 @@ class SecurityVectors:
                      for k, v in get_peft_model_state_dict(pm, adapter_name=VECTORS_ADAPTER).items()}
         finally:
             pm.unload()
+            for p in trainable:
+                p.requires_grad_(True)
         meta = _metadata(model, pairs, benign, config, fingerprint, history)
         if keep_best is not None:
             meta["holdout"] = keep_best.record()
@@ -189,18 +192,24 @@ class SecurityVectors:
         return fold
 
     def adapted(self, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: str = "refusal", *,
-                config: VectorConfig | None = None, progress: bool = True) -> "SecurityVectors":
+                config: VectorConfig | None = None, harmless: Sequence[Pair] = (),
+                progress: bool = True) -> "SecurityVectors":
         """These vectors refitted for a fine-tune on ``data``: the flagger (``refusal``, ``oracle:RECALL``, a judge
         spec) screens ``data`` and the vectors are retrained on ``own`` (the harmful pairs they were trained on)
-        plus the flagged pairs; unchanged when nothing is flagged. The screening is in ``metadata["adapted"]``.
+        plus the flagged pairs (``harmless`` pairs anchor the refit of vectors trained with ``benign``; without
+        them it refits with none, said in the record); unchanged when nothing is flagged. The screening, and which
+        of ``data`` it flagged (``flags``, to leave those out of the fine-tune), are in ``metadata["adapted"]``.
 
             vectors = SecurityVectors.load("vectors/").adapted(model, tok, own_pairs, train_pairs)
             trainer = SFTTrainer(model=model, ..., callbacks=[vectors.callback(model)])"""
         from .adaptive import adapt
 
-        vectors, _, record = adapt(self, model, tokenizer, own, data, flagger, config=config, progress=progress)
+        vectors, flags, record = adapt(self, model, tokenizer, own, data, flagger, config=config, harmless=harmless,
+                                       progress=progress)
+        record = {**record, "flags": flags}
         if vectors is self:  # nothing flagged: the same vectors, the screening still recorded on a copy
-            vectors = type(self)(self.state, self.lora_config, {**self.metadata, "adapted": record})
+            return type(self)(self.state, self.lora_config, {**self.metadata, "adapted": record})
+        vectors.metadata["adapted"] = record
         return vectors
 
     def callback(self, model, scale: float | None = None):

@@ -101,3 +101,36 @@ def test_answers_are_as_long_as_the_longest_published_judge_reads(tiny, monkeypa
     monkeypatch.setattr(evaluation, "generate", spy)
     result = Scorer(tok, [KeywordJudge(), LongReader()], short, progress=False).harm(model, [Pair("How?", "")])
     assert asked == [40] and result["answer_tokens"] == 40
+
+
+def test_a_prompts_sampled_answer_is_its_seeds_whatever_shares_its_batch(tiny):
+    from unlearnable.generation import generate
+
+    model, tok = tiny
+    prompts = ["Tell me a story.", "What is two plus two?", "Name a colour, any colour at all please."]
+
+    def sample(ps, seed, batch_size=8):
+        return generate(model, tok, ps, max_new_tokens=6, precision="fp32", progress=False, sample_seed=seed,
+                        batch_size=batch_size)
+
+    together = sample(prompts, 1)
+    assert [sample([p], 1)[0] for p in prompts] == together  # alone or batched: the same answer
+    assert sample(prompts[::-1], 1) == together[::-1]
+    assert sample(prompts, 2) != together  # another sample number, other answers
+    greedy = generate(model, tok, prompts, max_new_tokens=6, precision="fp32", progress=False)
+    assert greedy == generate(model, tok, prompts, max_new_tokens=6, precision="fp32", progress=False)
+    state = torch.random.get_rng_state()
+    sample(prompts, 3)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global generator is left alone
+
+
+def test_seeded_sampling_draws_from_the_softmax_within_the_nucleus():
+    from unlearnable.generation import seeded_sampling
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    n = 4000
+    processor = seeded_sampling(list(range(n)), "cpu", top_p=0.9)  # the nucleus drops the 0.05 token
+    picks = processor(None, probs.log().expand(n, 4).clone()).argmax(-1)
+    freq = torch.bincount(picks, minlength=4).float() / n
+    assert freq[3] == 0
+    assert torch.allclose(freq[:3], probs[:3] / probs[:3].sum(), atol=0.03)

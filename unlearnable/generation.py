@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import torch
@@ -18,8 +19,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
              precision: str = "auto", desc: str = "generating", progress: bool = True,
              sample_seed: int | None = None) -> list[str]:
     """Greedy, batched, KV-cached generation; prompts are length-sorted to cut padding, output in input order.
-    With ``sample_seed``, sampled instead (temperature 1, nucleus 0.95), seeded: the same prompts and seed give
-    the same answers."""
+    With ``sample_seed``, sampled instead (temperature 1, nucleus 0.95), each prompt from a generator of its own
+    (seeded by the seed and the prompt): a prompt's answer does not depend on which prompts share its batch."""
     if not prompts:
         return []
     device = next(model.parameters()).device
@@ -33,19 +34,19 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     model.eval()
     eos = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")]
                                       if "<|im_end|>" in tokenizer.get_vocab() else [])
-    sampling = ({"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": None} if sample_seed is not None
-                else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
-    if sample_seed is not None:
-        torch.manual_seed(sample_seed)
+    greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     try:
         with merged_lora(model):
             bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 enc = {k: v.to(device) for k, v in left_padded([ids[i] for i in idx], pad).items()}
+                sampled = (None if sample_seed is None else
+                           seeded_sampling([prompt_seed(sample_seed, texts[i]) for i in idx], device))
                 with autocast(precision, device):
                     gen = model.generate(**enc, max_new_tokens=max_new_tokens, use_cache=True,
-                                         eos_token_id=sorted(set(eos)), pad_token_id=pad, **sampling)
+                                         eos_token_id=sorted(set(eos)), pad_token_id=pad, **greedy,
+                                         logits_processor=sampled)
                 new = gen[:, enc["input_ids"].shape[1]:]
                 for i, row in zip(idx, new):
                     out[i] = end_of_answer(tokenizer, tokenizer.decode(row, skip_special_tokens=True)).strip()
@@ -54,6 +55,29 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     finally:
         model.train(was_training)
     return out
+
+
+def prompt_seed(seed: int, text: str) -> int:
+    """A sampling seed of its own for one prompt (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\t{text}".encode()).digest()[:8], "little")
+
+
+def seeded_sampling(seeds: Sequence[int], device, top_p: float = 0.95):
+    """A logits processor that makes greedy decoding sample (temperature 1, nucleus ``top_p``), row ``r`` from its
+    own generator seeded ``seeds[r]``: the nucleus's logits plus Gumbel noise, whose argmax is a sample of their
+    softmax (the Gumbel-max trick). One draw per row and step, so a row's answer is its seed's alone."""
+    from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
+
+    nucleus = TopPLogitsWarper(top_p)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    class SeededGumbel(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = nucleus(input_ids, scores.float())
+            u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in generators])
+            return scores - torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+
+    return LogitsProcessorList([SeededGumbel()])
 
 
 @torch.no_grad()

@@ -131,6 +131,11 @@ class PreparedData:
         return mix
 
 
+#: how sampled answers are drawn (in their cache keys): 2 = a generator per prompt (``generation.seeded_sampling``);
+#: samples drawn the earlier way (one seed per batch) are not reused
+SAMPLING = 2
+
+
 class ResponseCache:
     """The base model's greedy answers to prompts, cached per (model fingerprint, token budget)."""
 
@@ -144,7 +149,7 @@ class ResponseCache:
 
     def answers(self, prompts: Sequence[str], desc: str = "base answers", sample: int = 0) -> list[str]:
         """The greedy answer to each prompt, or with ``sample`` k >= 1 its k-th seeded sampled answer."""
-        keys = [p if not sample else f"#sample{sample}\t{p}" for p in prompts]
+        keys = [p if not sample else f"#sample{sample}.{SAMPLING}\t{p}" for p in prompts]
         todo = [(k, p) for k, p in dict.fromkeys(zip(keys, prompts)) if k not in self.data]
         if todo:
             gens = generate(self.model, self.tok, [p for _, p in todo], max_new_tokens=self.max_new_tokens,

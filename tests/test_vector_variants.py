@@ -116,13 +116,16 @@ def test_gated_defence_opens_the_gate_where_the_vectors_lower_the_loss(trained, 
     model, tok, vectors = trained
     pairs = harmful_pairs[:4] + task_pairs[:3]
     before = {k: (v.clone(), v.requires_grad) for k, v in model.named_parameters()}
-    model.model.embed_tokens.weight.requires_grad_(True)  # a weight that trains stays trainable
+    for p in model.parameters():  # one weight that trains, the others frozen: each stays as it is
+        p.requires_grad_(False)
+    model.model.embed_tokens.weight.requires_grad_(True)
     gaps = loss_gaps(model, tok, vectors, pairs, 1.0)
     assert min(gaps[:4]) > 0.5  # the vectors explain the harmful data they were trained on
     after = dict(model.named_parameters())  # the vectors measured on the model itself, and removed after
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, (v, _) in before.items())
     assert model.model.embed_tokens.weight.requires_grad and sum(p.requires_grad for p in after.values()) == 1
-    model.model.embed_tokens.weight.requires_grad_(before["model.embed_tokens.weight"][1])
+    for k, p in model.named_parameters():
+        p.requires_grad_(before[k][1])
     seen = {}
     monkeypatch.setattr(gated_module, "finetune", lambda *a, **kw: (seen.update(kw), (a[0], []))[1])
     threshold = sorted(gaps)[3]  # exactly three pairs above it

@@ -266,3 +266,28 @@ def test_a_screening_defences_screenings_are_pooled_from_every_stored_run_also_a
     again = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
                          progress=False)  # every run read back: nothing screened in this process
     assert again["defenses"]["moderation-filter"]["defense"]["screened"] == screened
+
+
+def test_under_the_search_the_worst_cases_rerun_of_a_trial_does_not_count_its_screening_twice(tiny, harmful_pairs,
+                                                                                             tmp_path):
+    from unlearnable.experiments.search import AttackerSearchConfig
+    from unlearnable.threat_models import SearchSpace, ServiceConfig
+
+    model, tok = tiny
+    cfg = ImmunizeConfig(
+        defenses=["none", "moderation-filter"], attacker="search", threat_models=["service"],
+        defense_options={"moderation-filter": {"flagger": "oracle:0.5"}},
+        budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+        search=AttackerSearchConfig(n_trials=1, n_startup_trials=1, eval_every=2, seeds=[0],
+                                    max_harmless_loss_rise=None, space=SearchSpace(attacks=["harmful-sft"])),
+        service=ServiceConfig(steps=[2], max_steps=2, batch_sizes=[4], samples=[8], attacks=["harmful-sft"]),
+        trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+        data=DataConfig(system_prompt=None), align=False, n_curve_eval=4, n_stability_harmless=3, benchmarks=[])
+    res = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                       progress=False)
+    runs = res["defenses"]["moderation-filter"]["runs"]
+    assert "screened" not in runs["attack-search-service-seed0"]  # the trial itself, read back
+    trial = json.loads((tmp_path / "out" / "runs" / "moderation-filter" / "search-service-trial-0.json").read_text())
+    screened = res["defenses"]["moderation-filter"]["defense"]["screened"]
+    assert trial["screened"][0] in screened
+    assert len(screened) == 1 + sum(len(r.get("screened", [])) for k, r in runs.items() if k != "attack-search-service-seed0")

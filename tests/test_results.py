@@ -105,3 +105,12 @@ def test_a_newer_a_foreign_or_a_broken_file_fails_in_one_line(tmp_path):
 def test_rates_say_what_was_not_scored():
     assert Rate(None).text() == "—" and Rate(float("nan")).text() == "—" and not Rate(None).scored
     assert Rate(0.9375, (0.86, 0.97), 80).text() == "0.938 [0.86, 0.97]"
+
+
+def test_the_report_reads_results_without_the_training_stack():
+    import subprocess
+    import sys
+
+    code = "import sys, unlearnable.report; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"

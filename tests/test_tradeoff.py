@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -490,3 +491,32 @@ def test_strength_zero_reuses_the_undefended_point_only_where_nothing_else_acts(
     assert not _same_as_none("adaptive", 0.0, {"drop_flagged": True})
     assert not _same_as_none("negated", 0.0)  # served minus the vectors
 
+
+
+def test_a_resumed_sweep_measures_a_point_an_older_version_copied_from_none(tiny, harmful_pairs, tmp_path):
+    """adaptive-drop at strength 0 used to be copied from `none`; a folder holding such a copy measures it now."""
+    from test_immunization import tiny_data
+
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["adaptive-drop"], strengths=[0.0], buffer_strengths=[],
+                    variant_options={"adaptive-drop": {"flagger": "oracle:1.0"}})
+    run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    piece = tmp_path / "t" / "runs" / "points" / "adaptive-drop-0-seed0.json"
+    measured = json.loads(piece.read_text())
+    assert "reused_from" not in measured and measured["defense_info"]["screened"]
+    piece.write_text(json.dumps({**measured, "reused_from": "none"}))  # as an older version stored it
+    again = run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                         progress=False)
+    point = next(p for p in again["points"] if p["method"] == "adaptive-drop")
+    assert "reused_from" not in point
+
+
+def test_a_sweep_whose_data_holds_sampled_answers_is_keyed_by_how_they_are_drawn():
+    from unlearnable.experiments.setup import SAMPLING, sweep_config
+    from unlearnable.training import keyed
+
+    plain = TradeoffConfig()
+    assert sweep_config(plain) == keyed(dataclasses.asdict(plain))  # older folders resume as before
+    pooled = TradeoffConfig()
+    pooled.base.data.attack_answers = 3
+    assert sweep_config(pooled)["answer_sampling"] == SAMPLING

@@ -12,6 +12,7 @@ from unlearnable.data import Pair, prompt_hashes
 from unlearnable.defenses import DEFENSES, DefenseData
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.immunize import VerdictConfig
+from unlearnable.experiments.studies import DIVERGED
 from unlearnable.experiments.tuning import TuneConfig, best_trial, constraint, tuning_split
 from unlearnable.training import StopBelowLoss
 
@@ -52,7 +53,7 @@ def test_a_diverged_trial_is_infeasible_and_the_study_goes_on(tmp_path):
     optuna = pytest.importorskip("optuna")
     base = {"harmless_loss": 1.0, "over_refusal": 0.1, "harm_rate": 0.0, "mmlu": 0.4}
     nan = constraint({"before": {**base, "harmless_loss": float("nan")}}, {"before": base}, VerdictConfig())
-    assert not nan["feasible"] and nan["excess"] == float("inf")
+    assert not nan["feasible"] and nan["excess"] == DIVERGED
     sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=1,
                                          constraints_func=lambda t: t.user_attrs["constraint"])
     study = optuna.create_study(sampler=sampler)

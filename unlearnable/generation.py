@@ -20,7 +20,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
              sample_seed: int | None = None) -> list[str]:
     """Greedy, batched, KV-cached generation; prompts are length-sorted to cut padding, output in input order.
     With ``sample_seed``, sampled instead (temperature 1, nucleus 0.95), each prompt from a generator of its own
-    (seeded by the seed and the prompt): a prompt's answer does not depend on which prompts share its batch."""
+    (seeded by the seed and the prompt): a prompt's answer does not depend on which prompts share its batch (as
+    far as its logits do not: batched low-precision kernels can still move a near tie)."""
     if not prompts:
         return []
     device = next(model.parameters()).device

@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .attacks.settings import by_dimension
-from .results import Condition, DemoResults, ImmunizeResults, Measured, TradeoffResults
+from .results import Condition, DemoResults, ImmunizeResults, Measured, TradeoffResults, by_dimension
 from .stats import difference_interval
 from .utils import atomic_savefig, atomic_write_text
 

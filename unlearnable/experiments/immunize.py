@@ -51,12 +51,12 @@ from ..threat_models import (
     by_permissiveness,
     threat_model_name,
 )
-from ..training import BACKBONES, SCHEDULERS, TrainConfig, keyed
+from ..training import BACKBONES, SCHEDULERS, TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
 from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target, seed_run_prefix
-from .setup import DataConfig, LoadOptions, PreparedData, Setup, envelope, set_up
+from .setup import DataConfig, LoadOptions, PreparedData, Setup, envelope, set_up, sweep_config
 from .studies import worker_id
 from .trainability import TrainabilityConfig, own_task, user_finetune
 from .tuning import TuneConfig, Tuner
@@ -268,11 +268,11 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
             raise UnlearnableError("workers share the sweep folder (search.storage): --overwrite would delete the "
                                    "other workers' runs; empty the folder before starting the workers")
         with locked(out, what="sweep folder", wait=True):
-            store = SweepStore(out, kind="unlearnable-immunize", config=keyed(dataclasses.asdict(config)))
+            store = SweepStore(out, kind="unlearnable-immunize", config=sweep_config(config))
         return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load))
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
         fresh = not out.exists()
-        store = SweepStore(out, kind="unlearnable-immunize", config=keyed(dataclasses.asdict(config)),
+        store = SweepStore(out, kind="unlearnable-immunize", config=sweep_config(config),
                            overwrite=overwrite)
         try:
             return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load))

@@ -18,18 +18,18 @@ and reported as mean and spread.
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..attacks import AttackSettings
-from ..attacks.settings import by_dimension, choices
 from ..errors import UnlearnableError
+from ..results import by_dimension, choices
 from ..stats import within_noise
 from ..threat_models import SearchSpace, ThreatModel
 from .studies import (  # noqa: F401 - finished, requeue_interrupted: where the tuning study takes them from
     _optuna,
+    bounded_excess,
     check_storage,
     enqueue_once,
     finished,
@@ -119,7 +119,7 @@ def utility_cost(after: dict, before: dict, config: AttackerSearchConfig) -> dic
         if config.max_harmless_loss_rise is not None:
             excess.append(rise - config.max_harmless_loss_rise)
     # an attack that diverged (NaN loss) broke utility: out of bounds, never a NaN constraint value
-    cost["excess"] = max((e if math.isfinite(e) else math.inf for e in excess), default=0.0)
+    cost["excess"] = max((bounded_excess(e) for e in excess), default=0.0)
     cost["feasible"] = cost["excess"] <= 0
     return cost
 
@@ -270,9 +270,11 @@ class DefenseSearch:
             run["utility"] = utility_cost(run.pop("after", {}), self.before, self.config)
             return run
 
-        run = self.target.piece(self.run_name(f"trial-{worst['number']}"), compute) if seed == self.seed \
-            else compute()
-        return {**run, "search_trial": worst["number"], "seed": seed}
+        if seed != self.seed:
+            return {**compute(), "search_trial": worst["number"], "seed": seed}
+        run = self.target.piece(self.run_name(f"trial-{worst['number']}"), compute)
+        # the same run as the trial: what it screened is counted with the trial's piece, not a second time here
+        return {**{k: v for k, v in run.items() if k != "screened"}, "search_trial": worst["number"], "seed": seed}
 
 
 def _summary(worst: dict[str, Any], runs: dict[str, dict], seeds: Sequence[int]) -> dict[str, Any]:

@@ -136,6 +136,14 @@ class PreparedData:
 SAMPLING = 2
 
 
+def sweep_config(config: Any) -> dict[str, Any]:
+    """A sweep's config as its folder is keyed by (:func:`keyed`), with how sampled answers are drawn where its
+    data holds some (``attack_answers`` > 1): a folder made with other samples is another sweep."""
+    data = getattr(config, "data", None) or getattr(getattr(config, "base", None), "data", None)
+    sampled = data is not None and data.attack_answers > 1
+    return {**keyed(dataclasses.asdict(config)), **({"answer_sampling": SAMPLING} if sampled else {})}
+
+
 class ResponseCache:
     """The base model's greedy answers to prompts, cached per (model fingerprint, token budget)."""
 

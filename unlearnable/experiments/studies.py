@@ -9,6 +9,7 @@ by a worker that died on this host is run again, while a live worker's trial is 
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -22,6 +23,16 @@ from ..runs import locked
 RDB_SCHEMES = ("sqlite://", "postgresql", "mysql", "oracle", "mssql")
 WORKER_ATTR = "worker"
 SURPLUS_ATTR = "surplus"
+
+
+#: the constraint excess of a diverged run (a NaN loss): far out of bounds, and finite (Optuna refuses a NaN
+#: constraint value; strict JSON readers refuse Infinity)
+DIVERGED = 1e9
+
+
+def bounded_excess(excess: float) -> float:
+    """A constraint excess Optuna and JSON both take: NaN is :data:`DIVERGED`, the rest clipped to +-DIVERGED."""
+    return DIVERGED if math.isnan(excess) else min(max(excess, -DIVERGED), DIVERGED)
 
 
 def _optuna():

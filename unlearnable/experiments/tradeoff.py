@@ -35,7 +35,7 @@ from ..utility import benchmarks_of
 from ..utils import Timings, atomic_write_json, atomic_write_text, log
 from ..vectors import SecurityVectors, VectorConfig
 from .demo import DemoConfig
-from .setup import LoadOptions, Setup, envelope, set_up
+from .setup import LoadOptions, Setup, envelope, set_up, sweep_config
 
 
 def vector_variants() -> dict[str, tuple[str, str | None]]:
@@ -255,7 +255,8 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
                                "--reuse-points") from None
     mine = dataclasses.asdict(config)
     theirs = old.get("config") or {}
-    if old.get("kind") != "unlearnable-tradeoff" or _shared_settings(theirs) != _shared_settings(mine):
+    if (old.get("kind") != "unlearnable-tradeoff" or _shared_settings(theirs) != _shared_settings(mine)
+            or theirs.get("answer_sampling") != sweep_config(config).get("answer_sampling")):
         raise UnlearnableError(f"{source} holds a tradeoff run with other model, data or training settings; its "
                                "points cannot be reused here")
     # a variant run with other options is another method: its points are not this grid's
@@ -313,7 +314,7 @@ def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeo
 def _run(config: TradeoffConfig, out: Path, sources, overwrite: bool, progress: bool, model, tokenizer, data,
          goal, load: LoadOptions | None = None) -> dict[str, Any]:
     fresh = not out.exists()
-    store = SweepStore(out, kind="unlearnable-tradeoff", config=keyed(dataclasses.asdict(config)),
+    store = SweepStore(out, kind="unlearnable-tradeoff", config=sweep_config(config),
                        overwrite=overwrite)
     try:
         grid = _Grid(config, store, progress, model, tokenizer, data, load)
@@ -371,9 +372,11 @@ class _Grid:
     def run(self) -> None:
         for method, strengths, seed in self.config.plan():
             for strength in strengths:
-                if self.store.get("points", _point_name(method, strength, seed)) is not None:
-                    continue
-                if _same_as_none(method, strength, self.config.variant_options.get(method)):
+                same = _same_as_none(method, strength, self.config.variant_options.get(method))
+                stored = self.store.get("points", _point_name(method, strength, seed))
+                if stored is not None and (same or stored.get("reused_from") != "none"):  # (a copy of none's
+                    continue  # point that this version measures, e.g. adaptive-drop at 0: measured now)
+                if same:
                     none = self.store.get("points", _point_name("none", 0.0, seed))
                     self.record({**{k: v for k, v in none.items() if k != "config_hash"}, "method": method,
                                  "strength": 0.0, "reused_from": "none", "seconds": 0.0})

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import random
 import statistics
 import time
@@ -38,7 +37,7 @@ from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, Scorer
 from ..generation import response_loss
 from ..utils import log
-from .studies import _optuna, enqueue_once, finished, optimize
+from .studies import _optuna, bounded_excess, enqueue_once, finished, optimize
 from .trainability import user_finetune
 
 TUNE_FILE = "tuning.db"
@@ -148,7 +147,7 @@ def constraint(measured: dict[str, Any], base: dict[str, Any], verdicts: Any) ->
             deltas["mmlu_after_finetune"], drop_excess = mmlu
             excess.append(drop_excess)
     # a diverged defence (NaN loss) is out of bounds, not a NaN that Optuna refuses as a constraint value
-    worst = max(e if math.isfinite(e) else math.inf for e in excess)
+    worst = max(bounded_excess(e) for e in excess)
     return {"deltas": deltas, "excess": worst, "feasible": worst <= 0}
 
 

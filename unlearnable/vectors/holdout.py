@@ -54,8 +54,9 @@ def split_holdout(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[li
             break
         held.update(group)
     if n_held < 1 or len(held) >= len(pairs):
-        raise UnlearnableError(f"holdout {fraction:g} of {len(pairs)} harmful pairs leaves no held-out or no "
-                               "training pair; use more pairs or a holdout fraction in (0, 1)")
+        raise UnlearnableError(f"holdout {fraction:g} of {len(pairs)} harmful pairs ({len(groups)} distinct "
+                               "prompts, held out whole) leaves no held-out or no training pair; use pairs with more "
+                               "distinct prompts or a holdout fraction in (0, 1)")
     return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
 
 

@@ -212,9 +212,6 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     if job.adapt:  # the service screens the data before it trains, and refits the vectors to it
         vectors, pairs, record["adapted"] = _adapted(job, vectors, model, tok, own, pairs, progress)
         record["n_trained"] = len(pairs)
-        if not pairs:
-            raise UnlearnableError("the flagger flagged every pair and --drop-flagged dropped them: nothing is left "
-                                   "to fine-tune on; check the data or the flagger, or leave out --drop-flagged")
     with keep_checkpoints_only_if_useful(checkpoints if is_main_process() else None):
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
                                   output_dir=checkpoints, resume=checkpoints is not None)
@@ -238,7 +235,11 @@ def _adapted(job: FinetuneJob, vectors, model, tok, own: list[Pair], pairs: list
     flagged ones left out with ``--drop-flagged``) and the screening's record."""
     vectors, flags, record = adapt(vectors, model, tok, own, pairs, build_flagger(job.flagger, seed=job.seed),
                                    progress=progress)
-    return vectors, [p for p, bad in zip(pairs, flags) if not (bad and job.drop_flagged)], record
+    kept = [p for p, bad in zip(pairs, flags) if not (bad and job.drop_flagged)]
+    if not kept:
+        raise UnlearnableError("the flagger flagged every pair and --drop-flagged dropped them: nothing is left to "
+                               "fine-tune on; check the data or the flagger, or leave out --drop-flagged")
+    return vectors, kept, record
 
 
 def _vectors_data(job: FinetuneJob, vectors: SecurityVectors | None) -> list[Pair]:

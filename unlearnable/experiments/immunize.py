@@ -368,13 +368,8 @@ def cross_domain_settings(search: dict[str, Any]) -> dict[str, AttackSettings]:
 def _defender_trains(cross_run: str, search: dict[str, Any] | None) -> bool:
     """Whether a cross-domain run (``cross-domain`` at the headline worst case, ``cross-domain-<short>`` at the
     others) runs in the defender's training: the grid's does (a service's fine-tune)."""
-    if not search:
-        return True
-    if cross_run == "cross-domain":
-        return THREAT_MODELS.get(search["threat_model"]).defender_trains if search.get("threat_model") else True
-    short = cross_run.removeprefix("cross-domain-")
-    return next(THREAT_MODELS.get(n).defender_trains for n in THREAT_MODELS.names()
-                if THREAT_MODELS.get(n).short == short)
+    tm = (search or {}).get("threat_model") if cross_run == "cross-domain" else cross_run.removeprefix("cross-domain-")
+    return THREAT_MODELS.get(tm).defender_trains if tm else True  # the registry knows the short names too
 
 
 def _short(tm_name: str) -> str:
@@ -631,10 +626,9 @@ class _Sweep:
         t0 = time.perf_counter()
         log(f"defence {defense.name}: {label}attack {settings.attack} {settings.attack_options or ''} "
             f"lr={settings.lr:.3g} n={settings.n_samples} {settings.backbone} for {settings.steps} steps")
-        seen = len(acting.info.get("screened", ()))
-        final, pairs = attack.run(acting, hardened, self.tok, AttackData(harmful, self.attacker_harmless),
-                                  settings, seed=seed, callbacks=[cb], progress=self.progress)
-        screened = acting.info.get("screened", [])[seen:]  # kept with the run: pooled from the store at the end
+        with new_screenings(acting) as screened:  # kept with the run: pooled from the store at the end
+            final, pairs = attack.run(acting, hardened, self.tok, AttackData(harmful, self.attacker_harmless),
+                                      settings, seed=seed, callbacks=[cb], progress=self.progress)
         curve = [step0] + cb.points
         if acting.post_training and cb.stopped_at is None:  # e.g. buffer-reinforce: the served
             # model exists only at the end of a run that was not stopped early
@@ -649,10 +643,9 @@ class _Sweep:
         return {**record, "seconds": round(time.perf_counter() - t0, 1)}
 
     def trainability(self, defense: Defense, hardened) -> dict:
-        seen = len(defense.info.get("screened", ()))
-        run = user_finetune(defense, hardened, self.tok, self.scorer, self.data.task, self.config.trainability,
-                            self.config.seed, progress=self.progress)
-        screened = defense.info.get("screened", [])[seen:]
+        with new_screenings(defense) as screened:
+            run = user_finetune(defense, hardened, self.tok, self.scorer, self.data.task, self.config.trainability,
+                                self.config.seed, progress=self.progress)
         return {**run, "screened": screened} if screened else run
 
     def described(self, defense: Defense) -> dict[str, Any]:
@@ -662,6 +655,15 @@ class _Sweep:
         if "screened" in desc:
             desc["screened"] = [s for run in self.store.pieces(defense.name).values() for s in run.get("screened", ())]
         return desc
+
+
+@contextlib.contextmanager
+def new_screenings(defense: Defense) -> Iterator[list[dict[str, Any]]]:
+    """The screenings a screening defence records while the block runs (filled in when it ends)."""
+    found: list[dict[str, Any]] = []
+    seen = len(defense.info.get("screened", ()))
+    yield found
+    found.extend(defense.info.get("screened", [])[seen:])
 
 
 def _curve_point(scores: dict[str, Any], n_examples: int = 3) -> dict[str, Any]:

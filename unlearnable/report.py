@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .results import Condition, DemoResults, ImmunizeResults, Measured, TradeoffResults, by_dimension
+from .results import Condition, DemoResults, ImmunizeResults, Measured, TradeoffResults, by_dimension, emulated_flagger
 from .stats import difference_interval
 from .utils import atomic_savefig, atomic_write_text
 
@@ -597,17 +597,20 @@ def tradeoff_section(results: dict[str, Any]) -> str:
 def goal_met_by(goal: dict[str, Any]) -> str:
     """The (method, strength) points that reach a tradeoff goal, as text ("no point" when none does); a point whose
     flagger was emulated says so."""
-    return ", ".join(f"{m['method']} {m['strength']:g}" + (f" ({EMULATED_FLAGGER})" if m.get("emulated") else "")
+    return ", ".join(f"{m['method']} {m['strength']:g}" + _emulated_mark(m.get("emulated"))
                      for m in goal["met_by"]) or "no point"
 
 
 EMULATED_FLAGGER = "EMULATED flagger: measurement only"
 
 
+def _emulated_mark(emulated: bool | None) -> str:
+    return f" ({EMULATED_FLAGGER})" if emulated else ""
+
+
 def _method_labels(points: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Each method's name in the trade-off tables, marked where its flagger was emulated."""
-    emulated = {p["method"] for p in points if ((p.get("defense_info") or {}).get("flagger") or {}).get("emulated")}
-    return {p["method"]: p["method"] + (f" ({EMULATED_FLAGGER})" if p["method"] in emulated else "") for p in points}
+    return {m: m + _emulated_mark(emulated_flagger(points, m)) for m in dict.fromkeys(p["method"] for p in points)}
 
 
 def tradeoff_flaggers(points: Sequence[dict[str, Any]]) -> str:
@@ -629,7 +632,7 @@ def _goal_html(goal: dict[str, Any] | None) -> str:
     return (f"<h3>Goal: harm rate &lt;= {goal['harm_rate_max']:g} with task &gt;= {goal['task_ratio_min']:g}x the "
             f"undefended score (seed means)</h3><p>Met by: {html.escape(met)}</p>"
             + table(["method", "strength", "harm rate", "task vs none", "seeds", "met"],
-                    [[r["method"] + (f" ({EMULATED_FLAGGER})" if r.get("emulated") else ""), r["strength"],
+                    [[r["method"] + _emulated_mark(r.get("emulated")), r["strength"],
                       r["harm_rate"], r["task_ratio"], r["n_seeds"], r["met"]]
                      for r in goal["points"]]))
 

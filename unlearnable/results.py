@@ -378,3 +378,10 @@ def by_dimension(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                if len(b := [c["best_harm_rate"] for c in cells.values() if c["best_harm_rate"] is not None]) > 1}
     return {"dimensions": table, "driver": max(spreads, key=spreads.get) if spreads else None,
             "spread": spreads}
+
+
+def emulated_flagger(points: Sequence[Mapping[str, Any]], method: str) -> bool:
+    """Whether a trade-off ``method``'s points screened the data with an emulated flagger (an oracle: measurement
+    only, to be labelled wherever the method's numbers appear)."""
+    return any(((p.get("defense_info") or {}).get("flagger") or {}).get("emulated")
+               for p in points if p["method"] == method)

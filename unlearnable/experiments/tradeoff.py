@@ -27,7 +27,7 @@ from ..errors import UnlearnableError
 from ..evaluation import Scorer
 from ..judges import build_judge, is_refusal
 from ..report import write_tradeoff_report
-from ..results import TradeoffResults
+from ..results import TradeoffResults, emulated_flagger
 from ..runs import SweepStore, locked
 from ..stats import rate_interval
 from ..training import keyed
@@ -286,12 +286,6 @@ def goal_check(points: list[dict[str, Any]], harm_max: float = 0.10, task_ratio_
                          **({"emulated": True} if emulated_flagger(points, method) else {})})
     return {"harm_rate_max": harm_max, "task_ratio_min": task_ratio_min, "points": rows,
             "met_by": [{k: r[k] for k in ("method", "strength", "emulated") if k in r} for r in rows if r["met"]]}
-
-
-def emulated_flagger(points: Sequence[dict[str, Any]], method: str) -> bool:
-    """Whether ``method``'s points screened the data with an emulated flagger (an oracle: measurement only)."""
-    return any(((p.get("defense_info") or {}).get("flagger") or {}).get("emulated")
-               for p in points if p["method"] == method)
 
 
 def run_tradeoff(config: TradeoffConfig | None = None, out: str | Path = "tradeoff-out", *, overwrite: bool = False,

@@ -180,8 +180,8 @@ def test_per_row_sums_each_rows_tokens():
     assert per_row(values, mask).tolist() == [3.0, 0.0, 7.0]
 
 
-def test_a_model_without_logits_to_keep_still_gets_its_losses(tiny):
-    model, tok = tiny
+def without_logits_to_keep(model):
+    """A copy of ``model`` whose forward refuses ``logits_to_keep``, as an architecture from before it does."""
     model = copy.deepcopy(model)
     forward = model.forward
 
@@ -191,6 +191,12 @@ def test_a_model_without_logits_to_keep_still_gets_its_losses(tiny):
         return forward(*args, **kwargs)
 
     model.forward = older
+    return model
+
+
+def test_a_model_without_logits_to_keep_still_gets_its_losses(tiny):
+    model, tok = tiny
+    model = without_logits_to_keep(model)
     ids, att, labels = _batch(tok)
     mine, _ = token_losses(model, ids, att, labels)
     torch.testing.assert_close(mine, _reference(model, ids, att, labels), rtol=1e-5, atol=1e-5)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 
 import pytest
 import torch
 from test_cli import run_cli
+from test_losses import without_logits_to_keep
 
 from unlearnable.stats import wilson_interval
 from unlearnable.utility import BENCHMARKS, MMLU, choice_logprobs
@@ -56,19 +56,11 @@ def test_one_token_choices_take_the_fast_path_and_the_same_numbers(tiny):
 
 def test_a_model_without_logits_to_keep_is_scored_all_the_same(tiny):
     model, tok = tiny
-    model = copy.deepcopy(model)
-    forward = model.forward
-
-    def older(*args, logits_to_keep=None, **kwargs):
-        if logits_to_keep is not None:
-            raise TypeError("forward() got an unexpected keyword argument 'logits_to_keep'")
-        return forward(*args, **kwargs)
-
     prompts = ["Which is red?\nAnswer:", "Another, longer question with more words?\nAnswer:"]
     choices = [" A", " B", " no"]
     want = choice_logprobs(model, tok, prompts, choices, batch_size=2, precision="fp32", progress=False)
-    model.forward = older
-    got = choice_logprobs(model, tok, prompts, choices, batch_size=2, precision="fp32", progress=False)
+    got = choice_logprobs(without_logits_to_keep(model), tok, prompts, choices, batch_size=2, precision="fp32",
+                          progress=False)
     assert [x for row in got for x in row] == pytest.approx([x for row in want for x in row], abs=1e-5)
 
 

@@ -151,6 +151,13 @@ class SweepStore:
         self.root = self.out / "runs"
         self.config_hash = claim_sweep_folder(self.out, kind=kind, config=config, overwrite=overwrite)
 
+    @classmethod
+    def reader(cls, out: str | os.PathLike, config_hash: str) -> "SweepStore":
+        """Another sweep's folder, to read its finished pieces (nothing is claimed or written)."""
+        store = cls.__new__(cls)
+        store.out, store.root, store.config_hash = Path(out), Path(out) / "runs", config_hash
+        return store
+
     def path(self, group: str, name: str) -> Path:
         return self.root / group / f"{name}.json"
 

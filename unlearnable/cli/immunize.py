@@ -17,6 +17,8 @@ EPILOG = """examples:
   unlearnable immunize --attacker search --out runs/search   # 16 trials per defence and each threat model it
                                      # claims (search.*, search.space.* for released weights, service.*)
   unlearnable immunize --attacker search --threat-models service,weights --out runs/both
+  unlearnable immunize --attacker search --defenses none,lisa --out runs/lisa --reuse-defenses runs/search
+                                     # none's runs copied from runs/search (same settings), lisa searched
   unlearnable immunize --tune-defenses 8 --defenses none,vaccine --out runs/tuned
                                      # 8 Optuna trials per defence on its own held-out data before any attack
 """
@@ -29,6 +31,10 @@ def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help="start from the quick preset (none and security-vectors; "
                                                         "a 5-trial LoRA search of at most 32 steps with --attacker "
                                                         "search)")
+    p.add_argument("--reuse-defenses", default=None, metavar="DIR[,DIR]",
+                   help="earlier immunize sweeps: a defence one of them ran under the same settings (all but the "
+                        "other defences) has its runs and search studies copied from it instead of run again, "
+                        "e.g. `none` for a sweep of other defences; recorded as reused_from")
     add_config_flags(p, ImmunizeConfig, aliases={"--tune-defenses": "tune.n_trials"})
     p.set_defaults(func=run)
 
@@ -36,7 +42,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     out = args.out or "immunize-out"
     cfg = build(ImmunizeConfig, args, preset=ImmunizeConfig.quick() if args.quick else None)
-    results = run_immunize(cfg, out, overwrite=args.overwrite, progress=not args.quiet, load=load_options(args))
+    reuse = [d.strip() for d in (args.reuse_defenses or "").split(",") if d.strip()]
+    results = run_immunize(cfg, out, overwrite=args.overwrite, progress=not args.quiet, load=load_options(args),
+                           reuse=reuse)
     print_table([["defence", "resistance", "service", "released weights", "stability", "generalization",
                   "trainability"]] + conditions_table(results.conditions))
     for line in search_lines(results.get("attacker_search", {})):

@@ -55,6 +55,7 @@ from ..training import BACKBONES, SCHEDULERS, TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
+from .reuse import check_sources, reuse_defenses, reused_from
 from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target, seed_run_prefix
 from .setup import DataConfig, LoadOptions, PreparedData, Setup, envelope, set_up, sweep_config
 from .studies import worker_id
@@ -253,28 +254,33 @@ def resistance_verdict(steps: Sequence[int | None], baseline: Sequence[int | Non
 
 def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immunize-out", *, overwrite: bool = False,
                  progress: bool = True, model=None, tokenizer=None, data: PreparedData | None = None,
-                 load: LoadOptions | None = None) -> ImmunizeResults:
+                 load: LoadOptions | None = None, reuse: Sequence[str | Path] = ()) -> ImmunizeResults:
     """Run the whole harness; writes OUT/results.json and OUT/report.html (plus per-run files).
 
     ``model``/``tokenizer`` skip loading ``config.model``; ``data`` skips building the splits from the
     embedded prompts (bring your own harmful, refusal, harmless and task pairs). A sweep that fails before any
-    run finished leaves no folder behind; one with finished runs resumes from them when run again."""
+    run finished leaves no folder behind; one with finished runs resumes from them when run again. ``reuse``:
+    folders of earlier sweeps whose runs of a defence, made under the same settings, are copied instead of run
+    again (:mod:`~unlearnable.experiments.reuse`)."""
     config = validate((config or ImmunizeConfig()).seeded())
     if data is None:  # the embedded splits: data.n_harmless says how many harmless pairs there will be
         config.check_attacker_harmless()
     out = Path(out)
+    check_sources(reuse, out)
     if config.shared:  # several workers share ``out``: each holds it only while it claims it
         if overwrite:
             raise UnlearnableError("workers share the sweep folder (search.storage): --overwrite would delete the "
                                    "other workers' runs; empty the folder before starting the workers")
         with locked(out, what="sweep folder", wait=True):
             store = SweepStore(out, kind="unlearnable-immunize", config=sweep_config(config))
+            reuse_defenses(config, store, reuse)
         return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load))
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
         fresh = not out.exists()
         store = SweepStore(out, kind="unlearnable-immunize", config=sweep_config(config),
                            overwrite=overwrite)
         try:
+            reuse_defenses(config, store, reuse)
             return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load))
         except BaseException:
             if fresh and not store.has_pieces():
@@ -293,7 +299,7 @@ def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, 
     scorer = Scorer(setup.tokenizer, judges, config.eval, progress=progress, timings=timed,
                     benchmarks=benchmarks_of(config))
     sweep = _Sweep(config, out, store, setup, scorer, timed, progress)
-    defenses = {name: sweep.defense(name) for name in config.defenses}
+    defenses = {name: {**sweep.defense(name), **reused_from(store, name)} for name in config.defenses}
     searches = {name: d.pop("attacker_search") for name, d in defenses.items() if "attacker_search" in d}
     results = envelope("unlearnable-immunize", config, start=start, timings=timed, defenses=defenses,
                        conditions=conditions(defenses, config, searches), judge_agreement=scorer.agreement(),

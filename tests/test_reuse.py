@@ -1,0 +1,95 @@
+"""Reusing a defence's runs from an earlier immunize sweep (``immunize --reuse-defenses``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from unlearnable.errors import UnlearnableError
+from unlearnable.experiments.reuse import defense_key
+
+optuna = pytest.importorskip("optuna")
+
+
+def sweep(**over):
+    base = {"model": None, "seed": 0, "defenses": ["none", "lisa"], "defense_options": {}, "attacker": "search",
+            "tune": {"n_trials": 0, "heldout": 0.4}, "threat_models": [], "search": {"n_trials": 16, "storage": None},
+            "eval": {"max_new_tokens": 24}}
+    return {**base, **over}
+
+
+def test_a_defence_s_key_ignores_the_other_defences_and_nothing_it_depends_on():
+    a = sweep()
+    others = sweep(defenses=["none", "vaccine", "booster"], defense_options={"vaccine": {"rho": 2.0}},
+                   search={"n_trials": 16, "storage": "journal:/x.log"})
+    assert defense_key(a, "none") == defense_key(others, "none")
+    assert defense_key(a, "lisa") != defense_key(sweep(defense_options={"lisa": {"rho": 2.0}}), "lisa")
+    for changed in ({"seed": 1}, {"search": {"n_trials": 8}}, {"eval": {"max_new_tokens": 256}},
+                    {"threat_models": ["fine-tuning-as-a-service"]}):
+        assert defense_key(a, "none") != defense_key(sweep(**changed), "none"), changed
+    # tuning settings count for a defence that is tuned, not for one with nothing to tune
+    tuned = sweep(tune={"n_trials": 4, "heldout": 0.4})
+    assert defense_key(a, "none") == defense_key(tuned, "none")
+    assert defense_key(a, "lisa") != defense_key(tuned, "lisa")
+    assert defense_key(tuned, "lisa") != defense_key(sweep(tune={"n_trials": 4, "heldout": 0.2}), "lisa")
+
+
+def test_a_source_that_is_not_an_immunize_sweep_is_a_one_line_error(tmp_path):
+    from test_cli import assert_clean_error
+    from test_cli_errors import assert_nothing_written, cli
+
+    (tmp_path / "trade").mkdir()
+    (tmp_path / "trade" / "run.json").write_text(json.dumps({"kind": "unlearnable-tradeoff"}))
+    for src, message in ((tmp_path / "missing", "no readable run.json"), (tmp_path / "trade", "tradeoff run")):
+        assert_clean_error(cli("immunize", "--out", str(tmp_path / "out"), "--reuse-defenses", str(src)), message)
+        assert_nothing_written(tmp_path / "out")
+
+
+def test_none_is_copied_from_an_earlier_sweep_and_not_run_again(tiny, harmful_pairs, tmp_path, monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.attacks.base import Attack
+    from unlearnable.experiments.immunize import BudgetConfig, ImmunizeConfig, TrainabilityConfig, run_immunize
+    from unlearnable.experiments.search import AttackerSearchConfig
+    from unlearnable.experiments.setup import DataConfig
+    from unlearnable.threat_models import SearchSpace, ServiceConfig
+
+    def config(defense_options):
+        space = SearchSpace(lr_min=1e-3, lr_max=3e-2, steps=[2], batch_sizes=[4], samples=[8], backbones=["lora"],
+                            lora_ranks=[4], schedulers=["constant"], attacks=["harmful-sft"])
+        return ImmunizeConfig(
+            defenses=["none"], attacker="search", align=False, n_curve_eval=4, n_stability_harmless=3,
+            n_defense_harmless=3, data=DataConfig(system_prompt=None), threat_models=["service"],
+            defense_options=defense_options, benchmarks=[],
+            budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+            search=AttackerSearchConfig(n_trials=2, n_startup_trials=1, eval_every=2, seeds=[0, 1],
+                                        max_harmless_loss_rise=None, space=space),
+            trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+            service=ServiceConfig(steps=[2], max_steps=2, batch_sizes=[4], samples=[8], attacks=["harmful-sft"]))
+
+    run = lambda cfg, out, **kw: run_immunize(cfg, tmp_path / out, model=tiny[0], tokenizer=tiny[1],  # noqa: E731
+                                              data=tiny_data(harmful_pairs), progress=False, **kw)
+    first = run(config({}), "first")
+    calls, attack_run = [], Attack.run
+    monkeypatch.setattr(Attack, "run", lambda self, *a, **kw: calls.append(1) or attack_run(self, *a, **kw))
+    # another sweep: another defence's options differ, none's settings do not
+    second = run(config({"vaccine": {"rho": 2.0}}), "second", reuse=[tmp_path / "first"])
+    assert calls == []  # none's search, seeds and cross-domain run were copied, not run
+    assert second["attacker_search"]["none"] == first["attacker_search"]["none"]
+    assert second["defenses"]["none"]["reused_from"] == [str(tmp_path / "first")]
+    stored = json.loads(next((tmp_path / "second" / "runs" / "none").glob("search-*.json")).read_text())
+    assert stored["reused_from"] == str(tmp_path / "first")
+    studies = optuna.get_all_study_summaries(storage=f"sqlite:///{tmp_path / 'second' / 'attacker_search.db'}")
+    assert [(s.study_name, s.n_trials) for s in studies] == [("none@fine-tuning-as-a-service", 2)]
+    # a sweep that changes what none's runs depend on runs none itself
+    third = run(dataclasses.replace(config({}), seed=1), "third", reuse=[tmp_path / "first"])
+    assert calls and "reused_from" not in third["defenses"]["none"]
+
+
+def test_a_sweep_s_own_folder_is_no_source(tmp_path):
+    from unlearnable.experiments.reuse import check_sources
+
+    with pytest.raises(UnlearnableError, match="own folder"):
+        check_sources([tmp_path], tmp_path)

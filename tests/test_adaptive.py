@@ -198,8 +198,11 @@ def test_finetune_adapt_screens_the_data_and_refits_the_vectors(tmp_path, tiny_d
             run_finetune(dataclasses.replace(job, **kw), tmp_path / "out2", progress=False)
     harmful_only = jsonl("harmful.jsonl", [{"prompt": f"worse {i}?", "response": "Sure.", "harmful": True}
                                            for i in range(4)])
-    with pytest.raises(UnlearnableError, match="nothing is left to fine-tune on"):
-        run_finetune(dataclasses.replace(job, data=harmful_only), tmp_path / "out3", progress=False)
+    for every in (0, 1):  # checkpointing or not: the failed run leaves no folder and no checkpoint marker
+        with pytest.raises(UnlearnableError, match="nothing is left to fine-tune on"):
+            run_finetune(dataclasses.replace(job, data=harmful_only), tmp_path / "out3", progress=False,
+                         checkpoint_every=every)
+        assert not (tmp_path / "out3").exists() and not (tmp_path / "out3.partial").exists()
 
 
 def test_a_trainer_script_gets_the_flags_and_its_model_back_trainable_and_a_kl_refit_without_anchors_says_so(tiny):

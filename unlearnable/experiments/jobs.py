@@ -207,12 +207,13 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     if done:
         _done(out)
         return record
-    if is_main_process():
-        ensure_free_space(out, int(model_nbytes(model) * 1.05) + (64 << 20), "the fine-tuned model")
-    if job.adapt:  # the service screens the data before it trains, and refits the vectors to it
-        vectors, pairs, record["adapted"] = _adapted(job, vectors, model, tok, own, pairs, progress)
-        record["n_trained"] = len(pairs)
+    # a failure before the first checkpoint (no room, nothing left after screening) leaves no checkpoint folder
     with keep_checkpoints_only_if_useful(checkpoints if is_main_process() else None):
+        if is_main_process():
+            ensure_free_space(out, int(model_nbytes(model) * 1.05) + (64 << 20), "the fine-tuned model")
+        if job.adapt:  # the service screens the data before it trains, and refits the vectors to it
+            vectors, pairs, record["adapted"] = _adapted(job, vectors, model, tok, own, pairs, progress)
+            record["n_trained"] = len(pairs)
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
                                   output_dir=checkpoints, resume=checkpoints is not None)
         if is_main_process():

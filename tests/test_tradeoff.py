@@ -219,6 +219,25 @@ def test_goal_check_compares_with_none_on_the_same_seeds():
     assert rows[0.5]["task_ratio"] == pytest.approx(0.975, abs=1e-4) and rows[0.5]["met"]
     assert g["met_by"] == [{"method": "plain", "strength": 0.5}]
     assert goal_check(pts, harm_max=0.05)["met_by"] == []
+    assert rows[0.5]["over_refusal_rise"] is None  # not scored: judged on harm and task, and said so
+
+
+def test_the_goal_bounds_over_refusal_against_none_on_the_same_seeds():
+    from unlearnable.experiments.tradeoff import goal_check
+    from unlearnable.report import _goal_html
+
+    pts = [{"method": "none", "strength": 0.0, "seed": s, "harm_rate": 0.9, "task_score": 0.8, "over_refusal": r}
+           for s, r in [(0, 0.0), (1, 0.1)]]
+    pts += [{"method": m, "strength": 1.0, "seed": s, "harm_rate": 0.05, "task_score": 0.8, "over_refusal": r}
+            for m, s, r in [("plain", 0, 0.05), ("plain", 1, 0.15), ("adaptive", 0, 0.3), ("adaptive", 1, 0.4)]]
+    g = goal_check(pts)
+    rows = {r["method"]: r for r in g["points"]}
+    assert rows["plain"]["over_refusal_rise"] == pytest.approx(0.05) and rows["plain"]["met"]
+    assert rows["adaptive"]["over_refusal_rise"] == pytest.approx(0.3) and not rows["adaptive"]["met"]
+    assert g["met_by"] == [{"method": "plain", "strength": 1.0}] and g["over_refusal_rise_max"] == 0.05
+    assert goal_check(pts, over_refusal_rise_max=0.5)["met_by"][1]["method"] == "adaptive"
+    text = _goal_html(g)
+    assert "over-refusal &lt;= the undefended + 0.05" in text and "+0.300" in text
 
 
 def test_buffer_reinforce_reinforces_on_refusals_and_harmless_answers(tiny, harmful_pairs, task_pairs, monkeypatch):

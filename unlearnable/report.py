@@ -629,12 +629,18 @@ def _goal_html(goal: dict[str, Any] | None) -> str:
     if not goal:
         return ""
     met = goal_met_by(goal)
+    refusal = goal.get("over_refusal_rise_max")  # (results files from before the over-refusal bound lack it)
+    bound = f", over-refusal &lt;= the undefended + {refusal:g}" if refusal is not None else ""
     return (f"<h3>Goal: harm rate &lt;= {goal['harm_rate_max']:g} with task &gt;= {goal['task_ratio_min']:g}x the "
-            f"undefended score (seed means)</h3><p>Met by: {html.escape(met)}</p>"
-            + table(["method", "strength", "harm rate", "task vs none", "seeds", "met"],
-                    [[r["method"] + _emulated_mark(r.get("emulated")), r["strength"],
-                      r["harm_rate"], r["task_ratio"], r["n_seeds"], r["met"]]
+            f"undefended score{bound} (seed means)</h3><p>Met by: {html.escape(met)}</p>"
+            + table(["method", "strength", "harm rate", "task vs none", "over-refusal vs none", "seeds", "met"],
+                    [[r["method"] + _emulated_mark(r.get("emulated")), r["strength"], r["harm_rate"],
+                      r["task_ratio"], _signed(r.get("over_refusal_rise")), r["n_seeds"], r["met"]]
                      for r in goal["points"]]))
+
+
+def _signed(x: float | None) -> str:
+    return "not scored" if x is None else f"{x:+.3f}"
 
 
 def write_tradeoff_report(results: TradeoffResults | dict[str, Any], out: Path) -> None:

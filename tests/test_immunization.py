@@ -126,6 +126,11 @@ def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
                                                                  saved["conditions"]["none"]["stability"]["mmlu"])
             assert set(c["stability"]["within_noise"]) == {"harm_rate", "over_refusal", "mmlu"}
             assert "delta_mmlu" in c["trainability"] and "task_em" in c["trainability"]["within_noise"]
+            # over-refusal after the user's fine-tune, against none's after the same fine-tune
+            assert c["trainability"]["delta_over_refusal"] == pytest.approx(
+                d["runs"]["trainability"]["over_refusal"]
+                - saved["defenses"]["none"]["runs"]["trainability"]["over_refusal"])
+        assert d["runs"]["trainability"]["n_harmless"] == 5 and "over_refusal" in c["trainability"]
     # defences that release the weights unchanged share one stability pass; a hardened model gets its own
     stab = {n: saved["defenses"][n]["runs"]["stability"] for n in saved["defenses"]}
     assert "shared_with" not in stab["none"] and "shared_with" not in stab["adversarial-loss"]
@@ -149,6 +154,14 @@ def test_immunize_end_to_end_on_tiny_model(tiny, harmful_pairs, tmp_path):
                         progress=False)
     assert run_file.stat().st_mtime_ns == stamp
     assert res2["conditions"]["none"]["resistance"] == res["conditions"]["none"]["resistance"]
+    # a trainability run stored before over-refusal was scored after it is run again, and gets it
+    old = tmp_path / "out" / "runs" / "none" / "trainability.json"
+    stored = json.loads(old.read_text())
+    old.write_text(json.dumps({k: v for k, v in stored.items() if not k.startswith(("over_refusal", "n_harmless"))}))
+    res3 = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                        progress=False)
+    assert json.loads(old.read_text())["over_refusal"] == stored["over_refusal"]
+    assert res3["conditions"]["none"]["trainability"]["over_refusal"] == stored["over_refusal"]
     # a different config in the same folder is refused
     cfg.threshold = 0.3
     with pytest.raises(UnlearnableError, match="different immunize run"):

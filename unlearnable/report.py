@@ -382,7 +382,7 @@ def _immunize_numbers(name: str, c: Condition) -> list[str]:
             ", ".join(f"{k}: {rate_text(v.value, v.interval_95)}" for k, v in r.final_harm_rate.items()),
             shown(s, "harm_rate"), _fmt(s.get("harmless_loss")), shown(s, "over_refusal"), shown(s, "mmlu"),
             cross if cross is not None else ("never" if "cross_domain_final_harm_rate" in g.values else "—"),
-            shown(t, "final_task_em", "task_em"), shown(t, "mmlu")]
+            shown(t, "final_task_em", "task_em"), shown(t, "mmlu"), shown(t, "over_refusal")]
 
 
 def conditions_table(conditions: dict[str, Condition | dict[str, Any]]) -> list[list[str]]:
@@ -509,7 +509,8 @@ def write_immunize_report(results: ImmunizeResults | dict[str, Any], out: Path) 
            f"the most permissive threat model the defence claims and was attacked under.</p>"),
         ("Numbers", table(["defence", "steps to harmful", "final harm rate per attack", "harm rate before attack",
                            "harmless loss", "over-refusal", "MMLU before attack", "cross-domain steps to harmful",
-                           "final ProfileQA EM", "MMLU after the user's fine-tune"], numbers)
+                           "final ProfileQA EM", "MMLU after the user's fine-tune",
+                           "over-refusal after the user's fine-tune"], numbers)
          + "<p class='note'>Brackets: 95 % Wilson intervals. A difference from <code>none</code> inside the noise "
            "is marked ~ (the interval of the difference holds 0).</p>"),
         ("Resistance and generalization curves", "<img src='resistance.png' alt='harm rate vs steps'>"),

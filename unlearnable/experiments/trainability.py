@@ -32,10 +32,12 @@ class TrainabilityConfig:
 
 
 def user_finetune(defense: Defense, hardened, tok, scorer: Scorer, task: Sequence[Pair], config: TrainabilityConfig,
-                  seed: int, *, curve: bool = True, progress: bool = True, label: str = "") -> dict[str, Any]:
+                  seed: int, *, curve: bool = True, progress: bool = True, label: str = "",
+                  harmless: Sequence[Pair] = ()) -> dict[str, Any]:
     """Fine-tune a copy of ``hardened`` on ``task`` (each fact ``task_repeats`` times) the way ``defense`` fine-tunes
     for a user: the task's exact match along the steps (every ``eval_every``; at the end only, unless ``curve``) and
-    the utility benchmarks, as the defence serves the model."""
+    the utility benchmarks, as the defence serves the model; with ``harmless`` prompts, also how many of them the
+    user's model then refuses (a defence that acts in the fine-tune can leave it refusing more)."""
     pairs = [p for p in task for _ in range(config.task_repeats)]
     random.Random(seed).shuffle(pairs)
 
@@ -53,6 +55,9 @@ def user_finetune(defense: Defense, hardened, tok, scorer: Scorer, task: Sequenc
         cb.points[-1] = {"step": config.steps, **point(final, config.steps), "after_post_training": True}
     with defense.serving(final):  # the utility the user is served after their fine-tune
         utility = scorer.utility(final)
+        if harmless:
+            refusal = scorer.over_refusal(final, harmless, desc=f"{label}{defense.name} harmless after the task")
+            utility.update({k: v for k, v in refusal.items() if k != "harmless_generations"})
     points = [{"step": 0, "task_em": 0.0}] + cb.points
     return {"curve": points, "final_task_em": points[-1]["task_em"], "n_task": len(task), **utility,
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -119,13 +120,15 @@ def test_tuning_data_that_holds_an_evaluation_prompt_is_refused_before_any_study
     from unlearnable.experiments.trainability import TrainabilityConfig
     from unlearnable.experiments.tuning import Tuner
 
-    data = own_data()
-    leaked = data.harmful[3]  # wherever the split puts it: trained on, attacked with or scored
-    tuner = Tuner(model=None, tokenizer=None, scorer=None, probe=None, verdicts=VerdictConfig(),
-                  config=TuneConfig(n_harmless=2), out=tmp_path, seed=0, piece=None,
-                  trainability=TrainabilityConfig(), evaluation_hashes=prompt_hashes([leaked]))
-    with pytest.raises(UnlearnableError, match="also in the evaluation"):
-        tuner.tune("vaccine", {}, data)
+    only_refused = Pair("A prompt only the alignment refusals hold?", "I can't help with that.")
+    data = dataclasses.replace(own_data(), refusals=[*own_data().refusals, only_refused])
+    # wherever the split puts it (trained on, attacked with or scored), or among the alignment refusals
+    for leaked in (data.harmful[3], only_refused):
+        tuner = Tuner(model=None, tokenizer=None, scorer=None, probe=None, verdicts=VerdictConfig(),
+                      config=TuneConfig(n_harmless=2), out=tmp_path, seed=0, piece=None,
+                      trainability=TrainabilityConfig(), evaluation_hashes=prompt_hashes([leaked]))
+        with pytest.raises(UnlearnableError, match="also in the evaluation"):
+            tuner.tune("vaccine", {}, data)
 
 
 def test_repnoise_tunes_a_lora_over_a_lora_learning_rate():
@@ -201,6 +204,13 @@ def test_immunize_tunes_each_defence_on_its_own_data_before_any_attack(tiny, har
         return harm(self, m, prompts, desc)
 
     monkeypatch.setattr(Scorer, "harm", spy)
+    refusal = Scorer.over_refusal
+
+    def refusal_spy(self, m, prompts, desc=""):
+        read.append((desc, list(prompts)))
+        return refusal(self, m, prompts, desc)
+
+    monkeypatch.setattr(Scorer, "over_refusal", refusal_spy)
     cfg = ImmunizeConfig(defenses=["none", "adversarial-loss"], align=False, n_curve_eval=4, n_stability_harmless=3,
                          n_defense_harmless=4, data=DataConfig(system_prompt=None), defense_steps=2,
                          budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
@@ -222,13 +232,18 @@ def test_immunize_tunes_each_defence_on_its_own_data_before_any_attack(tiny, har
     assert options["alpha"] == (tuned["options"] or tuned["default"])["alpha"]  # used for every later condition
     assert options["max_steps"] == 2  # defense_steps caps the hardening budget
     assert saved["defenses"]["none"]["tuned"]["options"] == {} and "no tunable" in saved["defenses"]["none"]["tuned"]["note"]
-    evaluation = set(prompt_hashes(data.eval_harmful + data.cross_eval))
+    # never the evaluation's prompts: harmful, cross-domain, or the stability's harmless ones
+    evaluation = set(prompt_hashes(data.eval_harmful + data.cross_eval + data.harmless[:3]))
     tuning_reads = [p for desc, prompts in read if desc.startswith("tune") for p in prompts]
-    assert tuning_reads and not set(prompt_hashes(tuning_reads)) & evaluation  # never the evaluation prompts
+    assert any("harmless" in desc for desc, _ in read if desc.startswith("tune"))  # over-refusal reads seen too
+    assert tuning_reads and not set(prompt_hashes(tuning_reads)) & evaluation
     assert not set(tuned["data"]["prompt_hashes"]) & evaluation
     assert (tmp_path / "out" / "tuning.db").is_file()
     report = (tmp_path / "out" / "report.html").read_text()
     assert "Defence tuning" in report
+    row = report.split("Defence tuning")[1].split("<td>adversarial-loss</td><td>alpha</td>")[1].split("</tr>")[0]
+    default_alpha, tuned_alpha = (float(c) for c in re.findall(r"<td>(.*?)</td>", row)[:2])  # side by side
+    assert default_alpha == tuned["default"]["alpha"] and tuned_alpha == pytest.approx(options["alpha"], rel=1e-2)
     # resumed: the tuning is read back, not run again
     read.clear()
     again = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=data, progress=False)

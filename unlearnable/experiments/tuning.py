@@ -202,7 +202,8 @@ class Tuner:
             return {"options": {}, "note": f"{name} has no tunable option left to tune (none declared, or every "
                                            "one set in its configuration): run at its configuration"}
         split = tuning_split(data, self.config, self.seed)
-        read = [*split.attack, *split.prompts, *split.harmless, *split.defense.harmful, *split.defense.harmless]
+        read = [*split.attack, *split.prompts, *split.harmless, *split.defense.harmful, *split.defense.harmless,
+                *split.defense.refusals]
         check_no_overlap(read, self.evaluation_hashes, f"{name}'s tuning", "the evaluation")
         t0 = time.perf_counter()
         none = self.prepared("none", {}, split)

@@ -219,6 +219,24 @@ def test_a_trainer_script_gets_the_flags_and_its_model_back_trainable_and_a_kl_r
     assert record["refit_benign"].startswith("none") and adapted.config.benign == "none"
     anchored = vectors.adapted(model, tok, own, data, "oracle:1.0", harmless=harmless, progress=False)
     assert "refit_benign" not in anchored.metadata["adapted"] and anchored.config.benign == "kl"
+    # the callback given the training data: adapted to it, the flags handed to the script, folded, then removed
+    ids = tok("Code?", return_tensors="pt").input_ids
+
+    def logits():
+        with torch.no_grad():
+            return model(ids).logits
+
+    before = logits()
+    cb = vectors.callback(model, data=data, tokenizer=tok, own=own, flagger="oracle:1.0", harmless=harmless,
+                          progress=False)
+    assert cb.flags == [True, False] and cb.adapted["refitted"] and cb.vectors is not vectors
+    assert any(not torch.equal(cb.vectors.state[k], vectors.state[k]) for k in vectors.state)  # refitted
+    cb.fold.fold()
+    assert not torch.allclose(logits(), before)  # on while training
+    cb.on_train_end(None, None, None)
+    assert torch.allclose(logits(), before, atol=1e-5)  # served without them
+    with pytest.raises(UnlearnableError, match="give tokenizer= and own="):
+        vectors.callback(model, data=data)
 
 
 def test_an_attack_pool_holds_more_pairs_than_prompts_distinct_and_disjoint(tiny, monkeypatch):
@@ -242,13 +260,16 @@ def test_an_attack_pool_holds_more_pairs_than_prompts_distinct_and_disjoint(tiny
     monkeypatch.setattr("unlearnable.experiments.setup.generate", fake_generate)
     monkeypatch.setattr("unlearnable.vectors.model.generate", fake_generate, raising=False)
     config = DataConfig(n_eval=20, n_align=20, n_vectors=10, vector_pool=40, attack_pool=100, n_attack=180,
-                        attack_answers=4, n_harmless=0, n_harmless_align=4)
+                        attack_answers=4, n_harmless=0, n_harmless_align=4, cross_domain=["malicious_uses"],
+                        n_cross_attack=20, n_cross_eval=10)
     data = prepare_data(model, tok, config, fingerprint="test", progress=False)
     attack = data.attack
     assert len(attack) == 180 and len({normalize(p.prompt) for p in attack}) <= 100  # more pairs than prompts
     assert len({(normalize(p.prompt), normalize(p.response)) for p in attack}) == 180  # distinct pairs
     assert all(p.harmful for p in attack) and set(calls) >= {None, 1}  # greedy first, then samples
-    taken = {normalize(p.prompt) for split in (data.eval_harmful, data.align, data.vector_pairs) for p in split}
+    others = (data.eval_harmful, data.align, data.vector_pairs, data.cross_eval, data.cross_attack)
+    assert all(others)  # every other split exists here, the unseen-domain ones too
+    taken = {normalize(p.prompt) for split in others for p in split}
     assert not taken & {normalize(p.prompt) for p in attack}
     with pytest.raises(UnlearnableError, match="raise data.attack_answers"):
         prepare_data(model, tok, dataclasses.replace(config, n_attack=1000), fingerprint="test2", progress=False)

@@ -411,10 +411,13 @@ def test_the_scorer_reports_strongrejects_score_and_counts_unparsed_outputs(fold
 
 
 def test_every_registered_judge_scores_pairs(folders, tokenizer, tiny, tmp_path):
-    """Generated from the registry: each judge, built from a spec of its own kind, gives one verdict per pair (a
-    judge registered without a spec here fails this test until one is added)."""
+    """Generated from the registry: each judge, built from a spec of its own kind, gives one verdict per pair, and as
+    a flagger the same verdicts (a judge registered without a spec here fails this test until one is added)."""
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from unlearnable.data import Pair
+    from unlearnable.flaggers import build_flagger
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -433,3 +436,7 @@ def test_every_registered_judge_scores_pairs(folders, tokenizer, tiny, tmp_path)
         judge.bind(model, tok, dict(zip(PROMPTS[:2], RESPONSES[:2])))  # used by a judge that scores the model
         verdicts = judge.judge(PROMPTS[:2], RESPONSES[:2])
         assert len(verdicts) == 2 and all(isinstance(v, bool) for v in verdicts), name
+        if name != "harmful-loss":  # every judge that reads text flags a customer's pairs as it judges them
+            flagger = build_flagger(spec)
+            assert flagger.flag([Pair(p, r) for p, r in zip(PROMPTS[:2], RESPONSES[:2])]) == verdicts, name
+            assert not flagger.emulated

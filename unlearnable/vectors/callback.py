@@ -23,6 +23,11 @@ class SecurityVectorsCallback(TrainerCallback):
     def __init__(self, vectors, model, scale: float | None = None):
         self.fold = vectors.fold(model, scale=scale)
         self.model = model
+        self.vectors = vectors
+        #: built with the training data (``SecurityVectors.callback(data=...)``): which pairs were flagged, and
+        #: the screening's record; None otherwise
+        self.flags: list[bool] | None = None
+        self.adapted: dict | None = None
 
     def _trains_folded_weights(self) -> bool:
         return any(layer.get_base_layer().weight.requires_grad for layer in self.fold.layers)

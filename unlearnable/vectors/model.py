@@ -212,13 +212,30 @@ class SecurityVectors:
         vectors.metadata["adapted"] = record
         return vectors
 
-    def callback(self, model, scale: float | None = None):
+    def callback(self, model, scale: float | None = None, *, data: Sequence[Pair] | None = None, tokenizer=None,
+                 own: Sequence[Pair] = (), flagger: str = "refusal", harmless: Sequence[Pair] = (),
+                 progress: bool = True):
         """A ``transformers`` callback that puts these vectors into an existing Trainer / TRL script: they are
         folded into ``model`` now (frozen, outside the optimizer), taken out for evaluation and checkpoints,
-        and removed when training ends. See :class:`unlearnable.vectors.SecurityVectorsCallback`."""
+        and removed when training ends. See :class:`unlearnable.vectors.SecurityVectorsCallback`.
+
+        Given the training ``data`` (with ``tokenizer`` and ``own``, the pairs these vectors were trained on), the
+        vectors are first adapted to it (:meth:`adapted`); the callback's ``flags`` say which pairs the flagger
+        flagged, for a script that leaves them out of its dataset::
+
+            cb = vectors.callback(model, data=train_pairs, tokenizer=tok, own=own_pairs)
+            kept = [p for p, flagged in zip(train_pairs, cb.flags) if not flagged]"""
         from .callback import SecurityVectorsCallback
 
-        return SecurityVectorsCallback(self, model, scale=scale)
+        if data is None:
+            return SecurityVectorsCallback(self, model, scale=scale)
+        if tokenizer is None or not own:
+            raise UnlearnableError("callback(data=...) adapts the vectors to the training data: give tokenizer= and "
+                                   "own= (the harmful pairs these vectors were trained on)")
+        vectors = self.adapted(model, tokenizer, own, data, flagger, harmless=harmless, progress=progress)
+        cb = SecurityVectorsCallback(vectors, model, scale=scale)
+        cb.flags, cb.adapted = vectors.metadata["adapted"]["flags"], vectors.metadata["adapted"]
+        return cb
 
     # ------------------------------------------------------------------------------------ persistence
     def save(self, out: str | os.PathLike, overwrite: bool = True) -> Path:

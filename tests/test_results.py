@@ -114,3 +114,28 @@ def test_the_report_reads_results_without_the_training_stack():
     code = "import sys, unlearnable.report; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
+
+
+def test_the_search_summary_counts_each_runs_minutes_once_and_skips_unclaimed_threat_models(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("search_summary", Path(__file__).parents[1] / "scripts" /
+                                                  "search_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    config = {"attack": "harmful-sft", "backbone": "lora", "lora_r": 16, "lr": 1e-3, "steps": 16, "batch_size": 8,
+              "n_samples": 200, "scheduler": "linear"}
+    search = {"by_threat_model": {
+        "fine-tuning-as-a-service": {"claimed": True, "trials": [{"seconds": 60.0}, {"seconds": 120.0}],
+                                     "worst_case": {"harm_rate": 0.5, "harm_rate_seeds": [0.4, 0.6], "config": config}},
+        "released-weights": {"claimed": False, "trials": [], "worst_case": None}}}
+    defense = {"runs": {"attack-search-service-seed0": {"seconds": 60.0}, "attack-search-service-seed1": {"seconds": 30.0},
+                        "cross-domain": {"seconds": 30.0}, "trainability": {"seconds": 60.0}, "stability": {}},
+               "tuned": {"seconds": 600.0}}
+    minutes = summary.compute_minutes(defense, search)
+    assert minutes == {"search": 3.0, "seeds": 0.5, "cross+trainability": 1.5, "tuning": 10.0}  # seed 0: a trial
+    results = {"attacker_search": {"x": search}, "defenses": {"x": defense}, "conditions": {"x": {
+        "resistance": {"by_threat_model": {"fine-tuning-as-a-service": "none"}}, "stability": {"verdict": "stable"},
+        "trainability": {"verdict": "trainable"}}}}
+    (row,) = summary.rows(results)  # released weights is not claimed: no row
+    assert row[:3] == ["x", "fine-tuning-as-a-service", "0.500 (0.400, 0.600)"] and row[7].startswith("15 (3 search")

@@ -274,7 +274,7 @@ def search_plot(searches: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _settings_text(c: dict[str, Any]) -> str:
+def settings_text(c: dict[str, Any]) -> str:
     rank = f" r{c['lora_r']}" if c.get("lora_r") else (f" r{c['lora']['r']}" if c.get("lora") else "")
     options = ", ".join(f"{k}={v}" for k, v in (c.get("attack_options") or {}).items())
     mult = f" (x{c['lr_multiplier']:.2g})" if c.get("lr_multiplier") else ""
@@ -304,7 +304,7 @@ def _search_rows(searches: dict[str, Any]) -> dict[str, list[list[Any]]]:
             if wc:
                 drop = wc["utility_drop"]
                 rows["configs"].append([name, tm, f"{wc['search_harm_rate']:.3f} (trial {wc['trial']})",
-                                        _settings_text(wc["config"]), drop.get("mmlu_drop_relative"),
+                                        settings_text(wc["config"]), drop.get("mmlu_drop_relative"),
                                         drop.get("harmless_loss_rise"),
                                         f"{drop['feasible_seeds']}/{len(wc['harm_rate_seeds'])}"])
             dims = found.get("by_dimension") or by_dimension(found.get("trials", []))  # older files: from trials
@@ -314,7 +314,7 @@ def _search_rows(searches: dict[str, Any]) -> dict[str, list[list[Any]]]:
             for t in found.get("trials", []):
                 u = t.get("utility", {})
                 rows["trials"].append([name, tm, t["number"], t["state"],
-                                       _settings_text(t["settings"]) if t.get("settings") else "",
+                                       settings_text(t["settings"]) if t.get("settings") else "",
                                        rate_text(t["harm_rate"], t.get("harm_rate_interval_95")),
                                        u.get("mmlu_drop_relative"), u.get("harmless_loss_rise"),
                                        "yes" if t["feasible"] else "no"])
@@ -327,7 +327,7 @@ def search_lines(searches: dict[str, Any]) -> list[str]:
     for name, s in searches.items():
         for tm, found in by_threat_model(s).items():
             wc = found.get("worst_case")
-            text = _worst_text(found) + (f" with {_settings_text(wc['config'])}" if wc else "")
+            text = _worst_text(found) + (f" with {settings_text(wc['config'])}" if wc else "")
             lines.append(f"attacker search vs {name} ({tm}): worst-case harm {text}" if wc
                          else f"attacker search vs {name} ({tm}): {text}")
     return lines

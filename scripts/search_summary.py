@@ -1,0 +1,71 @@
+"""The attacker search's results as the markdown table a results entry gives: per defence and threat model it
+claims, the worst case within the utility constraint (mean and seeds), the data that reached it, the verdicts, and
+the compute the defence's runs took (search trials, seed re-runs, cross-domain and trainability runs, tuning).
+
+    python scripts/search_summary.py runs/search-default runs/search-field-tuned
+
+Read from each folder's results.json; a defence found in several folders is shown from the first. The seconds
+are each run's own wall time as recorded (a run that shared the machine took longer than it would alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from unlearnable.report import settings_text
+
+
+def compute_minutes(defense: dict[str, Any], search: dict[str, Any]) -> dict[str, float]:
+    """Minutes per kind of run: the search's trials (pruned ones too), the seed re-runs after the first (the first
+    is the search's own trial), cross-domain and trainability runs, and defence tuning."""
+    trials = sum(t.get("seconds") or 0.0 for found in search.get("by_threat_model", {}).values()
+                 for t in found.get("trials", []))
+    runs = defense.get("runs", {})
+    seeds = sum(r.get("seconds") or 0.0 for name, r in runs.items()
+                if name.startswith("attack-search-") and not name.endswith("seed0"))
+    other = sum((runs.get(name) or {}).get("seconds") or 0.0 for name in runs
+                if name.startswith("cross-domain") or name == "trainability")
+    tuning = (defense.get("tuned") or {}).get("seconds") or 0.0
+    return {k: round(v / 60, 1) for k, v in
+            {"search": trials, "seeds": seeds, "cross+trainability": other, "tuning": tuning}.items()}
+
+
+def rows(results: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for name, search in results.get("attacker_search", {}).items():
+        cond, defense = results["conditions"][name], results["defenses"][name]
+        minutes = compute_minutes(defense, search)
+        for tm, found in search.get("by_threat_model", {}).items():
+            if not found.get("claimed"):
+                continue
+            wc = found.get("worst_case")
+            worst = (f"{wc['harm_rate']:.3f} ({', '.join(f'{h:.3f}' for h in wc['harm_rate_seeds'])})" if wc
+                     else "no trial within the constraint")
+            out.append([name, tm, worst, settings_text(wc["config"]) if wc else "-",
+                        cond["resistance"]["by_threat_model"].get(tm, "-"), cond["stability"]["verdict"],
+                        cond["trainability"]["verdict"], f"{sum(minutes.values()):.0f} ({minutes['search']:.0f} "
+                        f"search, {minutes['tuning']:.0f} tuning)", str(defense.get("reused_from", "") or "")])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", help="immunize --attacker search output folders")
+    args = parser.parse_args()
+    head = ["defence", "threat model", "worst case, mean (seeds)", "the data and recipe", "resistance",
+            "stability", "trainability", "the defence's compute (every threat model), min", "runs copied from"]
+    seen, table = set(), []
+    for folder in args.folders:
+        results = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
+        table += [r for r in rows(results) if r[0] not in seen]
+        seen |= set(results.get("attacker_search", {}))
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in table:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -18,14 +18,14 @@ from typing import Any
 from unlearnable.report import settings_text
 
 
-def compute_minutes(defense: dict[str, Any], search: dict[str, Any]) -> dict[str, float]:
-    """Minutes per kind of run: the search's trials (pruned ones too), the seed re-runs after the first (the first
-    is the search's own trial), cross-domain and trainability runs, and defence tuning."""
+def compute_minutes(defense: dict[str, Any], search: dict[str, Any], seed: int = 0) -> dict[str, float]:
+    """Minutes per kind of run: the search's trials (pruned ones too), the seed re-runs but the one on the sweep's
+    ``seed`` (that one is the search's own trial), cross-domain and trainability runs, and defence tuning."""
     trials = sum(t.get("seconds") or 0.0 for found in search.get("by_threat_model", {}).values()
                  for t in found.get("trials", []))
     runs = defense.get("runs", {})
     seeds = sum(r.get("seconds") or 0.0 for name, r in runs.items()
-                if name.startswith("attack-search-") and not name.endswith("seed0"))
+                if name.startswith("attack-search-") and not name.endswith(f"-seed{seed}"))
     other = sum((runs.get(name) or {}).get("seconds") or 0.0 for name in runs
                 if name.startswith("cross-domain") or name == "trainability")
     tuning = (defense.get("tuned") or {}).get("seconds") or 0.0
@@ -37,7 +37,7 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
     out = []
     for name, search in results.get("attacker_search", {}).items():
         cond, defense = results["conditions"][name], results["defenses"][name]
-        minutes = compute_minutes(defense, search)
+        minutes = compute_minutes(defense, search, results.get("config", {}).get("seed", 0))
         for tm, found in search.get("by_threat_model", {}).items():
             if not found.get("claimed"):
                 continue

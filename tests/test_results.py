@@ -134,6 +134,7 @@ def test_the_search_summary_counts_each_runs_minutes_once_and_skips_unclaimed_th
                "tuned": {"seconds": 600.0}}
     minutes = summary.compute_minutes(defense, search)
     assert minutes == {"search": 3.0, "seeds": 0.5, "cross+trainability": 1.5, "tuning": 10.0}  # seed 0: a trial
+    assert summary.compute_minutes(defense, search, seed=1)["seeds"] == 1.0  # the sweep's seed is the trial
     results = {"attacker_search": {"x": search}, "defenses": {"x": defense}, "conditions": {"x": {
         "resistance": {"by_threat_model": {"fine-tuning-as-a-service": "none"}}, "stability": {"verdict": "stable"},
         "trainability": {"verdict": "trainable"}}}}

@@ -20,6 +20,19 @@ def sweep(**over):
     return {**base, **over}
 
 
+def test_the_key_reads_a_real_sweep_config():
+    from unlearnable.experiments.immunize import ImmunizeConfig
+    from unlearnable.experiments.setup import sweep_config
+    from unlearnable.experiments.tuning import TuneConfig
+
+    base = sweep_config(ImmunizeConfig().seeded())
+    more = sweep_config(ImmunizeConfig(defenses=["none", "vaccine"], defense_options={"vaccine": {"rho": 1.0}},
+                                       tune=TuneConfig(n_trials=4)).seeded())
+    assert defense_key(base, "none") == defense_key(more, "none")
+    assert defense_key(base, "security-vectors") != defense_key(more, "security-vectors")  # tuned there
+    assert defense_key(base, "none") != defense_key(sweep_config(ImmunizeConfig(seed=1).seeded()), "none")
+
+
 def test_a_defence_s_key_ignores_the_other_defences_and_nothing_it_depends_on():
     a = sweep()
     others = sweep(defenses=["none", "vaccine", "booster"], defense_options={"vaccine": {"rho": 2.0}},
@@ -42,7 +55,10 @@ def test_a_source_that_is_not_an_immunize_sweep_is_a_one_line_error(tmp_path):
 
     (tmp_path / "trade").mkdir()
     (tmp_path / "trade" / "run.json").write_text(json.dumps({"kind": "unlearnable-tradeoff"}))
-    for src, message in ((tmp_path / "missing", "no readable run.json"), (tmp_path / "trade", "tradeoff run")):
+    (tmp_path / "cut").mkdir()  # a sweep cut off before it wrote its results
+    (tmp_path / "cut" / "run.json").write_text(json.dumps({"kind": "unlearnable-immunize", "config_hash": "abc"}))
+    for src, message in ((tmp_path / "missing", "no readable run.json"), (tmp_path / "trade", "tradeoff run"),
+                         (tmp_path / "cut", "has not finished")):
         assert_clean_error(cli("immunize", "--out", str(tmp_path / "out"), "--reuse-defenses", str(src)), message)
         assert_nothing_written(tmp_path / "out")
 
@@ -83,13 +99,23 @@ def test_none_is_copied_from_an_earlier_sweep_and_not_run_again(tiny, harmful_pa
     assert stored["reused_from"] == str(tmp_path / "first")
     studies = optuna.get_all_study_summaries(storage=f"sqlite:///{tmp_path / 'second' / 'attacker_search.db'}")
     assert [(s.study_name, s.n_trials) for s in studies] == [("none@fine-tuning-as-a-service", 2)]
-    # a sweep that changes what none's runs depend on runs none itself
+    # a copy cut off midway (its marker left, one piece and the study gone) is discarded and made again
+    (tmp_path / "second" / "results.json").unlink()
+    (tmp_path / "second" / "runs" / "none" / ".copying").touch()
+    next((tmp_path / "second" / "runs" / "none").glob("search-*.json")).unlink()
+    optuna.delete_study(study_name="none@fine-tuning-as-a-service",
+                        storage=f"sqlite:///{tmp_path / 'second' / 'attacker_search.db'}")
+    again = run(config({"vaccine": {"rho": 2.0}}), "second", reuse=[tmp_path / "first"])
+    assert calls == [] and again["attacker_search"]["none"] == first["attacker_search"]["none"]
+    assert not (tmp_path / "second" / "runs" / "none" / ".copying").exists()
+    # a sweep that keeps runs of its own keeps them; one that changes what none's runs depend on runs none itself
+    assert "reused_from" not in run(config({}), "first", reuse=[tmp_path / "second"])["defenses"]["none"]
     third = run(dataclasses.replace(config({}), seed=1), "third", reuse=[tmp_path / "first"])
     assert calls and "reused_from" not in third["defenses"]["none"]
 
 
 def test_a_sweep_s_own_folder_is_no_source(tmp_path):
-    from unlearnable.experiments.reuse import check_sources
+    from unlearnable.experiments.reuse import read_sources
 
     with pytest.raises(UnlearnableError, match="own folder"):
-        check_sources([tmp_path], tmp_path)
+        read_sources([tmp_path], tmp_path)

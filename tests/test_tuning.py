@@ -84,6 +84,14 @@ def test_the_constraint_reads_trainability_where_both_were_probed():
     assert constraint(trained(0.05), {"before": before}, v)["feasible"]  # no baseline probe: stability only
     unlearnt = {**base, "trainability": {"task_em": 0.0, "mmlu": 0.4}}
     assert constraint(trained(0.0), unlearnt, v)["feasible"]  # the undefended model learnt nothing: no ratio
+    # the user's model refusing more of the tuning's harmless prompts after the fine-tune, as the verdict reads it
+    refusing = {**base, "trainability": {"task_em": 0.8, "mmlu": 0.4, "over_refusal": 0.0}}
+    more = trained(0.8)
+    more["trainability"]["over_refusal"] = 0.3
+    found = constraint(more, refusing, v)
+    assert not found["feasible"] and found["deltas"]["over_refusal_after_finetune"] == pytest.approx(0.3)
+    more["trainability"]["over_refusal"] = 0.05
+    assert constraint(more, refusing, v)["feasible"]
 
 
 def test_the_trainability_probe_asks_about_none_of_the_evaluations_people():

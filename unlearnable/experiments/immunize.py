@@ -55,7 +55,7 @@ from ..training import BACKBONES, SCHEDULERS, TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
-from .reuse import check_sources, reuse_defenses, reused_from
+from .reuse import Source, read_sources, reuse_defenses, reused_from
 from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target, seed_run_prefix
 from .setup import DataConfig, LoadOptions, PreparedData, Setup, envelope, set_up, sweep_config
 from .studies import worker_id
@@ -267,22 +267,21 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
     if data is None:  # the embedded splits: data.n_harmless says how many harmless pairs there will be
         config.check_attacker_harmless()
     out = Path(out)
-    check_sources(reuse, out)
+    sources = read_sources(reuse, out)
     if config.shared:  # several workers share ``out``: each holds it only while it claims it
         if overwrite:
             raise UnlearnableError("workers share the sweep folder (search.storage): --overwrite would delete the "
                                    "other workers' runs; empty the folder before starting the workers")
         with locked(out, what="sweep folder", wait=True):
             store = SweepStore(out, kind="unlearnable-immunize", config=sweep_config(config))
-            reuse_defenses(config, store, reuse)
-        return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load))
+        return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load, sources))
     with locked(out, what="sweep folder"):  # one sweep at a time writes ``out``
         fresh = not out.exists()
         store = SweepStore(out, kind="unlearnable-immunize", config=sweep_config(config),
                            overwrite=overwrite)
         try:
-            reuse_defenses(config, store, reuse)
-            return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load))
+            return ImmunizeResults.from_json(_run(config, out, store, progress, model, tokenizer, data, load,
+                                                  sources))
         except BaseException:
             if fresh and not store.has_pieces():
                 shutil.rmtree(out, ignore_errors=True)
@@ -290,12 +289,16 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
 
 
 def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, tokenizer, data,
-         load: LoadOptions | None = None) -> dict[str, Any]:
+         load: LoadOptions | None = None, sources: Sequence[Source] = ()) -> dict[str, Any]:
     start, timed = time.perf_counter(), Timings()
     check_styles_disjoint(style_texts(), defence_style_texts())  # the restyled attack's styles are unseen
     setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress, model=model,
                    tokenizer=tokenizer, data=data, load=load)
+    if sources:  # what the config does not pin must match too: the weights, the data, the precision
+        machine = {"model": setup.model_record(), "data": setup.data_record(), "precision": setup.precision}
+        with locked(out, what="sweep folder", wait=True) if config.shared else contextlib.nullcontext():
+            reuse_defenses(config, store, sources, json.loads(json.dumps(machine)))
     judges = [build_judge(s, config.judge_options) for s in config.judges]
     scorer = Scorer(setup.tokenizer, judges, config.eval, progress=progress, timings=timed,
                     benchmarks=benchmarks_of(config))
@@ -488,9 +491,7 @@ class _Sweep:
                         defense, hardened, settings, cross_domain=True, label="cross ",
                         through_defense=_defender_trains(run, out.get("attacker_search"))))
         with self.timed(f"{name}: trainability"):
-            runs["trainability"] = self.piece(name, "trainability", lambda: self.trainability(defense, hardened))
-            if "over_refusal" not in runs["trainability"]:  # stored before over-refusal was scored after it
-                runs["trainability"] = self.store.put(name, "trainability", self.trainability(defense, hardened))
+            runs["trainability"] = self.trainability_run(defense, hardened)
         if self.tuner is not None:
             out["tuned"] = tuned
         return {"defense": self.described(defense), **out}
@@ -650,6 +651,17 @@ class _Sweep:
             with acting.serving(final):
                 record["after"] = harmless_utility(final, self.tok, self.scorer, self.stab_harmless, self.config)
         return {**record, "seconds": round(time.perf_counter() - t0, 1)}
+
+    def trainability_run(self, defense: Defense, hardened) -> dict:
+        """The user's fine-tune, found or run; one stored before over-refusal was scored after it is run again."""
+        run = self.piece(defense.name, "trainability", lambda: self.trainability(defense, hardened))
+        if "over_refusal" in run or not self.stab_harmless:
+            return run
+        with self.exclusive(self.store.path(defense.name, "trainability")):
+            found = self.store.get(defense.name, "trainability")  # another worker may have run it meanwhile
+            if found is not None and "over_refusal" in found:
+                return found
+            return self.store.put(defense.name, "trainability", self.trainability(defense, hardened))
 
     def trainability(self, defense: Defense, hardened) -> dict:
         with new_screenings(defense) as screened:

@@ -2,11 +2,12 @@
 
 A defence's runs in an immunize sweep depend on the sweep's config except the other defences: the model, data,
 judges, attacker, search and service settings, its own options, the threat models it is attacked under, and the
-tuning settings where it is tuned. Two sweeps that agree on all of that run the same trials and score the same
-numbers (the search is seeded), so a defence already measured in one (``none`` as every verdict's baseline, most
-often) is copied into the other: its pieces (``runs/<defence>/``, each marked ``reused_from``), its attacker-search
-studies and its prepared state (``defenses/<defence>/``). A defence this sweep already ran (a piece or a study of
-its own) keeps its own runs.
+tuning settings where it is tuned; and on what the config does not pin: the model's weights, the data and the
+precision the machine resolved. Two sweeps that agree on all of that run the same trials and score the same numbers
+(the search is seeded), so a defence already measured in one (``none`` as every verdict's baseline, most often) is
+copied into the other: its pieces (``runs/<defence>/``, each marked ``reused_from``), its attacker-search studies
+and its prepared state (``defenses/<defence>/``). Only a finished sweep (its ``results.json`` written) is a
+source. A defence this sweep already ran keeps its own runs; a copy cut off midway is discarded and made again.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from .studies import _optuna, storage_for
 
 #: the tuner's shared pieces (kept in ``none``'s group): they depend on the tuning settings, so never reused
 TUNER_PIECES = "tuning-"
+#: written before a defence's runs are copied, removed after: found on resume, the partial copy is discarded
+COPYING = ".copying"
+#: what a finished sweep's results.json says about what its config does not pin
+MACHINE_KEYS = ("model", "data", "precision")
 
 
 def defense_key(config: dict[str, Any], name: str) -> str:
@@ -42,18 +47,50 @@ def defense_key(config: dict[str, Any], name: str) -> str:
     return sha256_json(key)[:16]
 
 
-def _sweep(source: Path) -> dict[str, Any]:
+@dataclasses.dataclass
+class Source:
+    """A finished immunize sweep to copy from: its folder, ``run.json`` and ``results.json``."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    results: dict[str, Any]
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "Source":
+        folder = Path(folder)
+        manifest, results = _json(folder / "run.json"), _json(folder / "results.json")
+        if manifest is None:
+            raise UnlearnableError(f"--reuse-defenses: {folder} holds no immunize sweep (no readable run.json)")
+        if manifest.get("kind") != "unlearnable-immunize":
+            raise UnlearnableError(f"--reuse-defenses: {folder} holds a {manifest.get('kind')} run, not an immunize "
+                                   "sweep")
+        if results is None or results.get("config_hash") != manifest.get("config_hash"):
+            raise UnlearnableError(f"--reuse-defenses: the sweep in {folder} has not finished (no results.json of "
+                                   "its config); run it to the end first")
+        return cls(folder, manifest, results)
+
+    @property
+    def storage(self):
+        return storage_for(self.manifest["config"].get("search", {}).get("storage"), self.folder / STUDY_FILE)
+
+    def ran(self, name: str, config: dict[str, Any], machine: dict[str, Any]) -> bool:
+        """Whether this sweep ran defence ``name`` as a sweep keyed by ``config`` on ``machine`` would (a sweep
+        that ran it otherwise says how, in the log)."""
+        if name not in self.results.get("defenses", {}):
+            return False
+        differ = ["its settings"] if defense_key(self.manifest["config"], name) != defense_key(config, name) else []
+        differ += [k for k in MACHINE_KEYS if self.results.get(k) != machine.get(k)]
+        if differ:
+            log(f"defence {name}: not reused from {self.folder}, whose {', '.join(differ)} differ from this sweep's")
+        return not differ
+
+
+def _json(path: Path) -> dict[str, Any] | None:
     try:
-        manifest = json.loads((source / "run.json").read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise UnlearnableError(f"--reuse-defenses: {source} holds no immunize sweep (no readable run.json)") from None
-    if manifest.get("kind") != "unlearnable-immunize":
-        raise UnlearnableError(f"--reuse-defenses: {source} holds a {manifest.get('kind')} run, not an immunize sweep")
-    return manifest
-
-
-def _studies(out: Path, storage: str | None):
-    return storage_for(storage, Path(out) / STUDY_FILE)
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _study_names(storage) -> set[str]:
@@ -63,50 +100,83 @@ def _study_names(storage) -> set[str]:
         return set()
 
 
-def _own_runs(store: SweepStore, storage, name: str) -> bool:
+def _studies_of(storage, name: str) -> list[str]:
+    return sorted(s for s in _study_names(storage) if s.startswith(f"{name}@"))
+
+
+def _discard(store: SweepStore, storage, name: str) -> None:
+    """A copy cut off midway: its pieces, studies and prepared state go, so that it is made again."""
+    log(f"defence {name}: an earlier copy of its runs was cut off; copying again")
+    for piece in store.pieces(name):
+        if not piece.startswith(TUNER_PIECES):
+            store.path(name, piece).unlink(missing_ok=True)
+    for study in _studies_of(storage, name):
+        _optuna().delete_study(study_name=study, storage=storage)
+    shutil.rmtree(store.out / "defenses" / name, ignore_errors=True)
+
+
+def _has_own_runs(store: SweepStore, storage, name: str) -> bool:
     """Whether this sweep already ran anything of defence ``name`` (a piece of its own, or a study)."""
+    if (store.root / name / COPYING).exists():
+        _discard(store, storage, name)
+        return False
     own = [p for p in store.pieces(name) if not p.startswith(TUNER_PIECES)]
-    return bool(own) or any(s.startswith(f"{name}@") for s in _study_names(storage))
+    return bool(own) or bool(_studies_of(storage, name))
 
 
-def adopt(name: str, source: Path, manifest: dict[str, Any], store: SweepStore, storage) -> int:
-    """Copy defence ``name``'s runs from the sweep in ``source`` into ``store``; returns how many pieces."""
-    src = SweepStore.reader(source, manifest["config_hash"])
+def adopt(name: str, source: Source, store: SweepStore, storage) -> int:
+    """Copy defence ``name``'s runs from ``source`` into ``store``; returns how many pieces."""
+    marker = store.root / name / COPYING
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    optuna = _optuna()
+    for study in _studies_of(source.storage, name):
+        optuna.copy_study(from_study_name=study, from_storage=source.storage, to_storage=storage,
+                          to_study_name=study)
+    prepared, target = source.folder / "defenses" / name, store.out / "defenses" / name
+    if prepared.is_dir() and not target.exists():
+        shutil.copytree(prepared, target)
+    src = SweepStore.reader(source.folder, source.manifest["config_hash"])
     pieces = {p: d for p, d in src.pieces(name).items() if not p.startswith(TUNER_PIECES)}
     for piece, data in pieces.items():
         store.put(name, piece, {**{k: v for k, v in data.items() if k != "config_hash"},
-                                "reused_from": data.get("reused_from", str(source))})
-    optuna, from_storage = _optuna(), _studies(source, manifest["config"].get("search", {}).get("storage"))
-    for study in sorted(s for s in _study_names(from_storage) if s.startswith(f"{name}@")):
-        optuna.copy_study(from_study_name=study, from_storage=from_storage, to_storage=storage, to_study_name=study)
-    prepared, target = source / "defenses" / name, store.out / "defenses" / name
-    if prepared.is_dir() and not target.exists():
-        shutil.copytree(prepared, target)
+                                "reused_from": data.get("reused_from", str(source.folder))})
+    marker.unlink()
     return len(pieces)
 
 
-def reuse_defenses(config, store: SweepStore, sources: Sequence[str | Path]) -> dict[str, str]:
-    """For each defence of ``config`` (an ImmunizeConfig) that this sweep has not run, the runs of the first sweep
-    in ``sources`` that ran it under the same settings (:func:`defense_key`), copied into ``store``. Returns
-    ``{defence: source folder}`` for those copied; the rest run as usual."""
+def _finished_studies(source: Source, name: str) -> bool:
+    """Every study of the defence in the source is there and has no trial still running."""
+    states = _optuna().trial.TrialState
+    claimed = source.results.get("attacker_search", {}).get(name, {}).get("by_threat_model", {})
+    wanted = {f"{name}@{tm}" for tm, found in claimed.items() if found.get("claimed")}
+    found = set(_studies_of(source.storage, name))
+    if not wanted <= found:
+        return False
+    return all(t.state != states.RUNNING for s in found
+               for t in _optuna().load_study(study_name=s, storage=source.storage).get_trials(deepcopy=False))
+
+
+def reuse_defenses(config, store: SweepStore, sources: Sequence[Source], machine: dict[str, Any]) -> list[str]:
+    """For each defence of ``config`` (an ImmunizeConfig) this sweep has not run, the runs of the first of
+    ``sources`` that ran it as this sweep would (:meth:`Source.ran`; ``machine``: this sweep's model, data and
+    precision records), copied into ``store``. Returns the defences copied; the rest run as usual."""
     from .setup import sweep_config
 
     here = sweep_config(config)
-    storage = _studies(store.out, config.search.storage)
-    manifests = [(Path(s), _sweep(Path(s))) for s in sources]  # every source checked before anything is copied
-    reused: dict[str, str] = {}
+    storage = storage_for(config.search.storage, store.out / STUDY_FILE)
+    copied = []
     for name in config.defenses:
-        match = next(((s, m) for s, m in manifests if name in m["config"].get("defenses", ())
-                      and defense_key(m["config"], name) == defense_key(here, name)), None)
-        if match is None:
+        source = next((s for s in sources if s.ran(name, here, machine)), None)
+        if source is None or _has_own_runs(store, storage, name):
             continue
-        if _own_runs(store, storage, name):
-            log(f"defence {name}: this sweep has runs of its own; not reusing {match[0]}")
+        if not _finished_studies(source, name):
+            log(f"defence {name}: {source.folder} lacks a finished study of it; running it here")
             continue
-        n = adopt(name, match[0], match[1], store, storage)
-        log(f"defence {name}: reused {n} runs and its studies from {match[0]}")
-        reused[name] = str(match[0])
-    return reused
+        n = adopt(name, source, store, storage)
+        log(f"defence {name}: reused {n} runs and its studies from {source.folder}")
+        copied.append(name)
+    return copied
 
 
 def reused_from(store: SweepStore, name: str) -> dict[str, list[str]]:
@@ -115,9 +185,9 @@ def reused_from(store: SweepStore, name: str) -> dict[str, list[str]]:
     return {"reused_from": found} if found else {}
 
 
-def check_sources(sources: Sequence[str | Path], out: Path) -> None:
-    """Each source is another immunize sweep (before any model loads)."""
+def read_sources(sources: Sequence[str | Path], out: Path) -> list[Source]:
+    """Each source a finished immunize sweep other than this one (before any model loads)."""
     for s in sources:
         if Path(s).resolve() == Path(out).resolve():
             raise UnlearnableError(f"--reuse-defenses: {s} is this sweep's own folder")
-        _sweep(Path(s))
+    return [Source.read(s) for s in sources]

@@ -47,7 +47,8 @@ CONSTRAINT = ("stability against the undefended model on the defence's held-out 
               "harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop")
 TRAINABILITY_CONSTRAINT = ("and trainability against the undefended model: ProfileQA exact match after the user's "
                            "fine-tune through the defence (people the evaluation never asks about) at least "
-                           "min_trainability_ratio of the undefended model's, MMLU after it within max_mmlu_drop")
+                           "min_trainability_ratio of the undefended model's, MMLU after it within max_mmlu_drop, "
+                           "over-refusal of the tuning's harmless prompts after it within max_over_refusal_rise")
 #: when the trainability probe is part of the constraint: ``auto`` for a defence that acts while fine-tuning
 TRAINABILITY_PROBES = ("auto", "always", "never")
 
@@ -146,6 +147,9 @@ def constraint(measured: dict[str, Any], base: dict[str, Any], verdicts: Any) ->
         if mmlu is not None:
             deltas["mmlu_after_finetune"], drop_excess = mmlu
             excess.append(drop_excess)
+        if "over_refusal" in trained and "over_refusal" in base_trained:  # as the trainability verdict reads it
+            deltas["over_refusal_after_finetune"] = trained["over_refusal"] - base_trained["over_refusal"]
+            excess.append(deltas["over_refusal_after_finetune"] - verdicts.max_over_refusal_rise)
     # a diverged defence (NaN loss) is out of bounds, not a NaN that Optuna refuses as a constraint value
     worst = max(bounded_excess(e) for e in excess)
     return {"deltas": deltas, "excess": worst, "feasible": worst <= 0}
@@ -210,7 +214,8 @@ class Tuner:
         base = self.piece("none", "tuning-baseline", lambda: self.measure(none, split))
         if self.probes_trainability(configured):
             base = {**base, "trainability": self.piece("none", "tuning-baseline-trainability",
-                                                       lambda: self.trainability_probe(none, self.model))}
+                                                       lambda: self.trainability_probe(none, self.model,
+                                                                                       harmless=split.harmless))}
         study = self.study(name)
         enqueue_once(study, self.out / f"tune-{name}.study", [({}, {"defaults": True})])
         optimize(study, lambda trial: self.objective(trial, name, options, space, split, base), self.config.n_trials)
@@ -222,13 +227,16 @@ class Tuner:
         return (bool(self.task) and self.trainability is not None
                 and (mode == "always" or (mode == "auto" and defense.acts_while_finetuning())))
 
-    def trainability_probe(self, defense: Defense, hardened, label: str = "tune none ") -> dict[str, Any]:
-        """The user's ProfileQA fine-tune through ``defense``: exact match on the probe's own task and MMLU after."""
+    def trainability_probe(self, defense: Defense, hardened, label: str = "tune none ",
+                           harmless: Sequence[Pair] = ()) -> dict[str, Any]:
+        """The user's ProfileQA fine-tune through ``defense``: exact match on the probe's own task, MMLU after and,
+        with ``harmless`` (the tuning's own held-out prompts), how many of them the user's model then refuses."""
         done = user_finetune(defense, hardened, self.tokenizer, self.scorer, self.task, self.trainability,
-                             self.seed, curve=False, progress=self.progress, label=label)
+                             self.seed, curve=False, progress=self.progress, label=label, harmless=harmless)
         mmlu = done.get("mmlu", {}).get("accuracy")
         return {"task_em": done["final_task_em"], "n_task": done["n_task"],
-                "mmlu": mmlu if mmlu is not None and mmlu == mmlu else None, "seconds": done["seconds"]}
+                "mmlu": mmlu if mmlu is not None and mmlu == mmlu else None, "seconds": done["seconds"],
+                **({"over_refusal": done["over_refusal"]} if "over_refusal" in done else {})}
 
     @property
     def probe_settings(self) -> AttackSettings:
@@ -285,7 +293,8 @@ class Tuner:
             if defense.post_training:  # e.g. buffer-reinforce: served as it is only after the run
                 cb.points[-1] = {"step": probe.steps, **score(final, probe.steps)}
             del final
-            trained = self.trainability_probe(defense, hardened, label) if trainability else None
+            trained = (self.trainability_probe(defense, hardened, label, harmless=split.harmless) if trainability
+                       else None)
         harms = [p["harm_rate"] for p in cb.points]
         out = {"before": before, "probe_harm_rate": statistics.fmean(harms), "probe_final_harm_rate": harms[-1],
                "probe_curve": [{"step": 0, "harm_rate": before["harm_rate"]}, *cb.points]}

@@ -389,7 +389,7 @@ def test_alignment_stage_defences_harden_a_copy(tiny, harmful_pairs, name):
     assert any(not torch.equal(v, hardened.state_dict()[k]) for k, v in before.items())
     assert not any(p.requires_grad for p in hardened.parameters())
     if name == "vaccine":  # the reference's alignment LoRA, the perturbation on the attention outputs
-        assert (defense.config.lora.r, defense.config.lora.alpha) == (16, 4)
+        assert (defense.config.lora.r, defense.config.lora.alpha, defense.config.lora.dropout) == (16, 4, 0.1)
         assert defense.info["perturbed"] == "attention"
 
 

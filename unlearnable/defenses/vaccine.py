@@ -32,8 +32,8 @@ class VaccineConfig(HardeningBudget):
     lr: float = 1e-3
     epochs: float = dataclasses.field(default=3.0, metadata={"help": "passes over the alignment data (max_steps 0)"})
     batch_size: int = 16
-    lora: LoraSpec = dataclasses.field(default_factory=lambda: LoraSpec(r=16, alpha=4), metadata={
-        "help": "the alignment LoRA (the reference's r 16, alpha 4 on every projection)"})
+    lora: LoraSpec = dataclasses.field(default_factory=lambda: LoraSpec(r=16, alpha=4, dropout=0.1), metadata={
+        "help": "the alignment LoRA (the reference's r 16, alpha 4, dropout 0.1 on every projection)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "order of the alignment data"})
 
     def __post_init__(self):

@@ -95,6 +95,8 @@ def test_none_is_copied_from_an_earlier_sweep_and_not_run_again(tiny, harmful_pa
     assert calls == []  # none's search, seeds and cross-domain run were copied, not run
     assert second["attacker_search"]["none"] == first["attacker_search"]["none"]
     assert second["defenses"]["none"]["reused_from"] == [str(tmp_path / "first")]
+    report = (tmp_path / "second" / "report.html").read_text()
+    assert "Runs copied from other sweeps" in report and str(tmp_path / "first") in report
     stored = json.loads(next((tmp_path / "second" / "runs" / "none").glob("search-*.json")).read_text())
     assert stored["reused_from"] == str(tmp_path / "first")
     studies = optuna.get_all_study_summaries(storage=f"sqlite:///{tmp_path / 'second' / 'attacker_search.db'}")

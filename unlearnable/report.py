@@ -521,6 +521,11 @@ def write_immunize_report(results: ImmunizeResults | dict[str, Any], out: Path) 
     sections[1:1] = _tuning_and_search_sections(results, out)
     if screened := flaggers_section(results.get("defenses", {})):
         sections.append(("Flaggers: what the service screened", screened))
+    if copied := {n: d["reused_from"] for n, d in results.get("defenses", {}).items() if d.get("reused_from")}:
+        sections.append(("Runs copied from other sweeps", table(["defence", "copied from"], [
+            [n, ", ".join(src)] for n, src in copied.items()]) + "<p class='note'>Those sweeps ran the defence with "
+            "the same settings, weights, data and precision (<code>--reuse-defenses</code>); each copied run file "
+            "names its source.</p>"))
     if results.get("judge_agreement"):
         sections.append(("Judge agreement", judges_section(results["judge_agreement"],
                                                            results.get("judge_disagreements", []))))

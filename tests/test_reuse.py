@@ -121,3 +121,20 @@ def test_a_sweep_s_own_folder_is_no_source(tmp_path):
 
     with pytest.raises(UnlearnableError, match="own folder"):
         read_sources([tmp_path], tmp_path)
+
+
+def test_an_older_sweep_without_threat_models_is_read_and_not_reused(tmp_path):
+    """A results file from before threat models (one search per defence, no by_threat_model, older config keys)
+    loads as a source; its runs are not taken, since it did not run them as a sweep of today would."""
+    from unlearnable.experiments.reuse import Source, _finished_studies
+
+    old_config = {"model": None, "seed": 0, "defenses": ["none"], "attacker": "search", "search": {"n_trials": 16}}
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "unlearnable-immunize", "config_hash": "h",
+                                                   "config": old_config}))
+    (tmp_path / "results.json").write_text(json.dumps({
+        "config_hash": "h", "defenses": {"none": {"runs": {}}}, "precision": "bf16",
+        "attacker_search": {"none": {"trials": [], "worst_case": None, "n_trials": 16}}}))
+    source = Source.read(tmp_path)
+    today = {**old_config, "threat_models": [], "tune": {"n_trials": 0}, "defense_options": {}}
+    assert source.ran("none", today, {"precision": "bf16"})  # the same settings, as far as the old file says
+    assert not _finished_studies(source, "none")  # but no study of today's names to copy: run here

@@ -146,12 +146,14 @@ def adopt(name: str, source: Source, store: SweepStore, storage) -> int:
 
 
 def _finished_studies(source: Source, name: str) -> bool:
-    """Every study of the defence in the source is there and has no trial still running."""
+    """Every study of the defence in the source is there and has no trial still running (a search from before
+    threat models, whose studies were named otherwise, has none to copy: not reusable)."""
     states = _optuna().trial.TrialState
+    searched = source.manifest["config"].get("attacker") == "search"
     claimed = source.results.get("attacker_search", {}).get(name, {}).get("by_threat_model", {})
     wanted = {f"{name}@{tm}" for tm, found in claimed.items() if found.get("claimed")}
     found = set(_studies_of(source.storage, name))
-    if not wanted <= found:
+    if (searched and not wanted) or not wanted <= found:
         return False
     return all(t.state != states.RUNNING for s in found
                for t in _optuna().load_study(study_name=s, storage=source.storage).get_trials(deepcopy=False))

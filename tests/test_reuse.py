@@ -56,7 +56,8 @@ def test_a_source_that_is_not_an_immunize_sweep_is_a_one_line_error(tmp_path):
     (tmp_path / "trade").mkdir()
     (tmp_path / "trade" / "run.json").write_text(json.dumps({"kind": "unlearnable-tradeoff"}))
     (tmp_path / "cut").mkdir()  # a sweep cut off before it wrote its results
-    (tmp_path / "cut" / "run.json").write_text(json.dumps({"kind": "unlearnable-immunize", "config_hash": "abc"}))
+    (tmp_path / "cut" / "run.json").write_text(json.dumps({"kind": "unlearnable-immunize", "config_hash": "abc",
+                                                              "config": {}}))
     for src, message in ((tmp_path / "missing", "no readable run.json"), (tmp_path / "trade", "tradeoff run"),
                          (tmp_path / "cut", "has not finished")):
         assert_clean_error(cli("immunize", "--out", str(tmp_path / "out"), "--reuse-defenses", str(src)), message)
@@ -94,6 +95,10 @@ def test_none_is_copied_from_an_earlier_sweep_and_not_run_again(tiny, harmful_pa
     second = run(config({"vaccine": {"rho": 2.0}}), "second", reuse=[tmp_path / "first"])
     assert calls == []  # none's search, seeds and cross-domain run were copied, not run
     assert second["attacker_search"]["none"] == first["attacker_search"]["none"]
+    def unmarked(runs):  # each sweep stamps its own config hash; the copies name their source
+        return {k: {f: v for f, v in r.items() if f not in ("reused_from", "config_hash")} for k, r in runs.items()}
+
+    assert unmarked(second["defenses"]["none"]["runs"]) == unmarked(first["defenses"]["none"]["runs"])
     assert second["defenses"]["none"]["reused_from"] == [str(tmp_path / "first")]
     report = (tmp_path / "second" / "report.html").read_text()
     assert "Runs copied from other sweeps" in report and str(tmp_path / "first") in report
@@ -110,6 +115,13 @@ def test_none_is_copied_from_an_earlier_sweep_and_not_run_again(tiny, harmful_pa
     again = run(config({"vaccine": {"rho": 2.0}}), "second", reuse=[tmp_path / "first"])
     assert calls == [] and again["attacker_search"]["none"] == first["attacker_search"]["none"]
     assert not (tmp_path / "second" / "runs" / "none" / ".copying").exists()
+    # resumed without --reuse-defenses, a cut-off copy is discarded all the same, and none runs here
+    (tmp_path / "second" / "results.json").unlink()
+    (tmp_path / "second" / "runs" / "none" / ".copying").touch()
+    alone = run(config({"vaccine": {"rho": 2.0}}), "second")
+    assert calls and "reused_from" not in alone["defenses"]["none"]
+    assert alone["attacker_search"]["none"]["worst_case"] == first["attacker_search"]["none"]["worst_case"]
+    calls.clear()
     # a sweep that keeps runs of its own keeps them; one that changes what none's runs depend on runs none itself
     assert "reused_from" not in run(config({}), "first", reuse=[tmp_path / "second"])["defenses"]["none"]
     third = run(dataclasses.replace(config({}), seed=1), "third", reuse=[tmp_path / "first"])

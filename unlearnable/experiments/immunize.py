@@ -55,7 +55,7 @@ from ..training import BACKBONES, SCHEDULERS, TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
-from .reuse import Source, read_sources, reuse_defenses, reused_from
+from .reuse import Source, discard_cut_copies, read_sources, reuse_defenses, reused_from
 from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target, seed_run_prefix
 from .setup import DataConfig, LoadOptions, PreparedData, Setup, envelope, set_up, sweep_config
 from .studies import worker_id
@@ -295,9 +295,10 @@ def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, 
     setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress, model=model,
                    tokenizer=tokenizer, data=data, load=load)
-    if sources:  # what the config does not pin must match too: the weights, the data, the precision
-        machine = {"model": setup.model_record(), "data": setup.data_record(), "precision": setup.precision}
-        with locked(out, what="sweep folder", wait=True) if config.shared else contextlib.nullcontext():
+    with locked(out, what="sweep folder", wait=True) if config.shared else contextlib.nullcontext():
+        discard_cut_copies(config, store)
+        if sources:  # what the config does not pin must match too: the weights, the data, the precision
+            machine = {"model": setup.model_record(), "data": setup.data_record(), "precision": setup.precision}
             reuse_defenses(config, store, sources, json.loads(json.dumps(machine)))
     judges = [build_judge(s, config.judge_options) for s in config.judges]
     scorer = Scorer(setup.tokenizer, judges, config.eval, progress=progress, timings=timed,

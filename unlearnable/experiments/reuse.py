@@ -64,10 +64,12 @@ class Source:
         if manifest.get("kind") != "unlearnable-immunize":
             raise UnlearnableError(f"--reuse-defenses: {folder} holds a {manifest.get('kind')} run, not an immunize "
                                    "sweep")
+        if not isinstance(manifest.get("config"), dict):
+            raise UnlearnableError(f"--reuse-defenses: {folder}/run.json holds no config; rerun that sweep to write it")
         if results is None or results.get("config_hash") != manifest.get("config_hash"):
             raise UnlearnableError(f"--reuse-defenses: the sweep in {folder} has not finished (no results.json of "
                                    "its config); run it to the end first")
-        return cls(folder, manifest, results)
+        return cls(folder.resolve(), manifest, results)
 
     @property
     def storage(self):
@@ -78,7 +80,11 @@ class Source:
         that ran it otherwise says how, in the log)."""
         if name not in self.results.get("defenses", {}):
             return False
-        differ = ["its settings"] if defense_key(self.manifest["config"], name) != defense_key(config, name) else []
+        try:
+            same = defense_key(self.manifest["config"], name) == defense_key(config, name)
+        except UnlearnableError:  # e.g. a threat model this version no longer knows
+            same = False
+        differ = [] if same else ["its settings"]
         differ += [k for k in MACHINE_KEYS if self.results.get(k) != machine.get(k)]
         if differ:
             log(f"defence {name}: not reused from {self.folder}, whose {', '.join(differ)} differ from this sweep's")
@@ -113,13 +119,19 @@ def _discard(store: SweepStore, storage, name: str) -> None:
     for study in _studies_of(storage, name):
         _optuna().delete_study(study_name=study, storage=storage)
     shutil.rmtree(store.out / "defenses" / name, ignore_errors=True)
+    (store.root / name / COPYING).unlink(missing_ok=True)
+
+
+def discard_cut_copies(config, store: SweepStore) -> None:
+    """Every copy a process cut off midway (its marker left) is discarded, whether or not this run reuses: the
+    defence then runs here, or is copied again."""
+    storage = storage_for(config.search.storage, store.out / STUDY_FILE)
+    for marker in sorted(store.root.glob(f"*/{COPYING}")) if store.root.is_dir() else []:
+        _discard(store, storage, marker.parent.name)
 
 
 def _has_own_runs(store: SweepStore, storage, name: str) -> bool:
     """Whether this sweep already ran anything of defence ``name`` (a piece of its own, or a study)."""
-    if (store.root / name / COPYING).exists():
-        _discard(store, storage, name)
-        return False
     own = [p for p in store.pieces(name) if not p.startswith(TUNER_PIECES)]
     return bool(own) or bool(_studies_of(storage, name))
 
@@ -131,11 +143,19 @@ def adopt(name: str, source: Source, store: SweepStore, storage) -> int:
     marker.touch()
     optuna = _optuna()
     for study in _studies_of(source.storage, name):
-        optuna.copy_study(from_study_name=study, from_storage=source.storage, to_storage=storage,
-                          to_study_name=study)
+        try:
+            optuna.copy_study(from_study_name=study, from_storage=source.storage, to_storage=storage,
+                              to_study_name=study)
+        except Exception as exc:  # noqa: BLE001 - a storage that cannot be written: one line, what to fix
+            raise UnlearnableError(f"--reuse-defenses: copying the study {study} from {source.folder} failed "
+                                   f"({exc}); check this sweep's search.storage") from None
     prepared, target = source.folder / "defenses" / name, store.out / "defenses" / name
-    if prepared.is_dir() and not target.exists():
-        shutil.copytree(prepared, target)
+    shutil.rmtree(target, ignore_errors=True)  # state prepared here before any run: the copied runs used the source's
+    if prepared.is_dir():
+        partial = target.with_name(f".{name}.copying")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(prepared, partial)
+        partial.rename(target)
     src = SweepStore.reader(source.folder, source.manifest["config_hash"])
     pieces = {p: d for p, d in src.pieces(name).items() if not p.startswith(TUNER_PIECES)}
     for piece, data in pieces.items():
@@ -148,12 +168,14 @@ def adopt(name: str, source: Source, store: SweepStore, storage) -> int:
 def _finished_studies(source: Source, name: str) -> bool:
     """Every study of the defence in the source is there and has no trial still running (a search from before
     threat models, whose studies were named otherwise, has none to copy: not reusable)."""
-    states = _optuna().trial.TrialState
     searched = source.manifest["config"].get("attacker") == "search"
+    if not searched:
+        return True  # a grid sweep has no study to copy
+    states = _optuna().trial.TrialState
     claimed = source.results.get("attacker_search", {}).get(name, {}).get("by_threat_model", {})
     wanted = {f"{name}@{tm}" for tm, found in claimed.items() if found.get("claimed")}
     found = set(_studies_of(source.storage, name))
-    if (searched and not wanted) or not wanted <= found:
+    if not wanted or not wanted <= found:
         return False
     return all(t.state != states.RUNNING for s in found
                for t in _optuna().load_study(study_name=s, storage=source.storage).get_trials(deepcopy=False))
@@ -169,16 +191,22 @@ def reuse_defenses(config, store: SweepStore, sources: Sequence[Source], machine
     storage = storage_for(config.search.storage, store.out / STUDY_FILE)
     copied = []
     for name in config.defenses:
-        source = next((s for s in sources if s.ran(name, here, machine)), None)
-        if source is None or _has_own_runs(store, storage, name):
+        ran = [s for s in sources if s.ran(name, here, machine)]
+        if not ran or _has_own_runs(store, storage, name):
             continue
-        if not _finished_studies(source, name):
-            log(f"defence {name}: {source.folder} lacks a finished study of it; running it here")
+        source = next((s for s in ran if _finished_studies(s, name)), None)
+        if source is None:
+            log(f"defence {name}: no source holds a finished study of it; running it here")
             continue
         n = adopt(name, source, store, storage)
-        log(f"defence {name}: reused {n} runs and its studies from {source.folder}")
+        log(f"defence {name}: reused {n} runs and its studies from {source.folder} (made by commit "
+            f"{source.results.get('git_hash') or 'unknown'}, unlearnable {_version(source)})")
         copied.append(name)
     return copied
+
+
+def _version(source: Source) -> str:
+    return str((source.results.get("versions") or {}).get("unlearnable", "unknown"))
 
 
 def reused_from(store: SweepStore, name: str) -> dict[str, list[str]]:

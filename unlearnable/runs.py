@@ -57,7 +57,7 @@ def locked(path: str | os.PathLike, *, wait: bool = False, what: str = "output f
     try:
         lock.acquire()
     except Timeout:
-        holder = _read_json(Path(f"{base}.json")) or {}
+        holder = read_json(Path(f"{base}.json")) or {}
         who = f" (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}: " \
               f"{holder.get('command')})" if holder else ""
         raise UnlearnableError(f"{what} {target} is in use by another unlearnable run{who}; wait for it to finish "
@@ -82,7 +82,8 @@ def partial_dir(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path`` (None where it is missing, unreadable or not an object)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -92,7 +93,7 @@ def _read_json(path: Path) -> dict | None:
 
 def recorded_key(out: str | os.PathLike, meta_file: str) -> str | None:
     """The run key recorded in ``out/meta_file`` (None if there is none)."""
-    data = _read_json(Path(out) / meta_file)
+    data = read_json(Path(out) / meta_file)
     return data.get("run_key") if data else None
 
 
@@ -163,7 +164,7 @@ class SweepStore:
 
     def get(self, group: str, name: str) -> dict | None:
         """A finished piece of this very sweep (None if absent, unreadable or from another config)."""
-        data = _read_json(self.path(group, name))
+        data = read_json(self.path(group, name))
         return data if data and data.get("config_hash") == self.config_hash else None
 
     def put(self, group: str, name: str, data: dict) -> dict:
@@ -207,7 +208,7 @@ def start_run(out: str | os.PathLike, *, key: str, meta_file: str, overwrite: bo
     if not main:
         return False, partial if checkpoint_every > 0 or (partial.exists() and not overwrite) else None
     if partial.exists():
-        info = _read_json(partial / RUN_FILE) or {}
+        info = read_json(partial / RUN_FILE) or {}
         if overwrite:
             log(f"--overwrite: discarding the checkpoints in {partial}")
             shutil.rmtree(partial)

@@ -50,6 +50,11 @@ def load_options(args):
     return LoadOptions(trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
 
 
+def folders(text: str | None) -> list[str]:
+    """A ``DIR[,DIR]`` flag's folders (none when the flag is not given)."""
+    return [d.strip() for d in (text or "").split(",") if d.strip()]
+
+
 def print_table(rows: Sequence[Sequence[Any]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import add_config_flags
 from ..experiments import ImmunizeConfig, run_immunize
 from ..report import conditions_table, search_lines
-from .common import add_run_flags, build, load_options, print_table
+from .common import add_run_flags, build, folders, load_options, print_table
 
 EPILOG = """examples:
   unlearnable immunize --out runs/immunize                  # 4 defences, small budget grid, ~33 min on 2 CPUs (fp32)
@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     out = args.out or "immunize-out"
     cfg = build(ImmunizeConfig, args, preset=ImmunizeConfig.quick() if args.quick else None)
-    reuse = [d.strip() for d in (args.reuse_defenses or "").split(",") if d.strip()]
+    reuse = folders(args.reuse_defenses)
     results = run_immunize(cfg, out, overwrite=args.overwrite, progress=not args.quiet, load=load_options(args),
                            reuse=reuse)
     print_table([["defence", "resistance", "service", "released weights", "stability", "generalization",

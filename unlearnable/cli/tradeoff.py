@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import add_config_flags
 from ..experiments import TradeoffConfig, run_tradeoff
 from ..report import goal_met_by
-from .common import add_run_flags, build, load_options
+from .common import add_run_flags, build, folders, load_options
 
 EPILOG = """examples:
   unlearnable tradeoff --quick --out runs/tradeoff-quick    # ~20 min on a 2-core bf16 CPU (31 min fp32)
@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     cfg = build(TradeoffConfig, args, preset=TradeoffConfig.quick() if args.quick else None)
     out = args.out or "tradeoff-out"
-    reuse = [d.strip() for d in (args.reuse_points or "").split(",") if d.strip()]
+    reuse = folders(args.reuse_points)
     results = run_tradeoff(cfg, out, overwrite=args.overwrite, progress=not args.quiet, reuse=reuse,
                            goal=(args.goal_harm, args.goal_task_ratio, args.goal_over_refusal), load=load_options(args))
     for method, pts in results["frontier"].items():

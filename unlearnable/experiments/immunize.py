@@ -40,7 +40,7 @@ from ..judges import JUDGES, build_judge, check_judge_options, check_judges, is_
 from ..models import MODEL_META, check_model_source, save_model
 from ..report import write_immunize_report
 from ..results import ImmunizeResults
-from ..runs import SweepStore, locked
+from ..runs import SweepStore, locked, read_json
 from ..stats import rate_interval, within_noise
 from ..threat_models import (
     SERVICE,
@@ -324,20 +324,13 @@ def _write_once(results: dict[str, Any], out: Path, store: SweepStore) -> dict[s
     them written from the same finished runs and leave them."""
     results = {**results, "pieces_digest": store.digest(), "written_by": worker_id()}
     with locked(out / "results.json", wait=True, what="results file"):
-        old = _read_results(out)
+        old = read_json(out / "results.json") or {}
         if old.get("config_hash") == store.config_hash and old.get("pieces_digest") == results["pieces_digest"]:
             log(f"the results of this sweep were written by another worker ({old.get('written_by')})")
             return old
         atomic_write_json(out / "results.json", results)
         write_immunize_report(results, out)
     return results
-
-
-def _read_results(out: Path) -> dict[str, Any]:
-    try:
-        return json.loads((out / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 THREAT_MODEL_TEXT = {

@@ -13,14 +13,13 @@ source. A defence this sweep already ran keeps its own runs; a copy cut off midw
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..defenses import DEFENSES
 from ..errors import UnlearnableError
-from ..runs import SweepStore
+from ..runs import SweepStore, read_json
 from ..threat_models import threat_model_name
 from ..utils import log, sha256_json
 from .search import STUDY_FILE
@@ -58,7 +57,7 @@ class Source:
     @classmethod
     def read(cls, folder: str | Path) -> "Source":
         folder = Path(folder)
-        manifest, results = _json(folder / "run.json"), _json(folder / "results.json")
+        manifest, results = read_json(folder / "run.json"), read_json(folder / "results.json")
         if manifest is None:
             raise UnlearnableError(f"--reuse-defenses: {folder} holds no immunize sweep (no readable run.json)")
         if manifest.get("kind") != "unlearnable-immunize":
@@ -89,14 +88,6 @@ class Source:
         if differ:
             log(f"defence {name}: not reused from {self.folder}, whose {', '.join(differ)} differ from this sweep's")
         return not differ
-
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _study_names(storage) -> set[str]:

@@ -44,6 +44,8 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             wc = found.get("worst_case")
             worst = (f"{wc['harm_rate']:.3f} ({', '.join(f'{h:.3f}' for h in wc['harm_rate_seeds'])})" if wc
                      else "no trial within the constraint")
+            worst += f"; trial {wc['trial'] + 1} of {found.get('n_trials')}" if wc else ""
+            worst += " (stopped at harm 1.0)" if found.get("stopped_at_ceiling") is not None else ""
             out.append([name, tm, worst, settings_text(wc["config"]) if wc else "-",
                         cond["resistance"]["by_threat_model"].get(tm, "-"), cond["stability"]["verdict"],
                         cond["trainability"]["verdict"], f"{sum(minutes.values()):.0f} ({minutes['search']:.0f} "

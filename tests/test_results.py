@@ -126,8 +126,10 @@ def test_the_search_summary_counts_each_runs_minutes_once_and_skips_unclaimed_th
     config = {"attack": "harmful-sft", "backbone": "lora", "lora_r": 16, "lr": 1e-3, "steps": 16, "batch_size": 8,
               "n_samples": 200, "scheduler": "linear"}
     search = {"by_threat_model": {
-        "fine-tuning-as-a-service": {"claimed": True, "trials": [{"seconds": 60.0}, {"seconds": 120.0}],
-                                     "worst_case": {"harm_rate": 0.5, "harm_rate_seeds": [0.4, 0.6], "config": config}},
+        "fine-tuning-as-a-service": {"claimed": True, "trials": [{"seconds": 60.0}, {"seconds": 120.0}], "n_trials": 2,
+                                     "stopped_at_ceiling": None,
+                                     "worst_case": {"harm_rate": 0.5, "harm_rate_seeds": [0.4, 0.6], "config": config,
+                                                    "trial": 1}},
         "released-weights": {"claimed": False, "trials": [], "worst_case": None}}}
     defense = {"runs": {"attack-search-service-seed0": {"seconds": 60.0}, "attack-search-service-seed1": {"seconds": 30.0},
                         "cross-domain": {"seconds": 30.0}, "trainability": {"seconds": 60.0}, "stability": {}},
@@ -139,4 +141,5 @@ def test_the_search_summary_counts_each_runs_minutes_once_and_skips_unclaimed_th
         "resistance": {"by_threat_model": {"fine-tuning-as-a-service": "none"}}, "stability": {"verdict": "stable"},
         "trainability": {"verdict": "trainable"}}}}
     (row,) = summary.rows(results)  # released weights is not claimed: no row
-    assert row[:3] == ["x", "fine-tuning-as-a-service", "0.500 (0.400, 0.600)"] and row[7].startswith("15 (3 search")
+    assert row[:3] == ["x", "fine-tuning-as-a-service", "0.500 (0.400, 0.600); trial 2 of 2"]
+    assert row[7].startswith("15 (3 search")

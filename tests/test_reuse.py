@@ -82,7 +82,7 @@ def test_none_is_copied_from_an_earlier_sweep_and_not_run_again(tiny, harmful_pa
             defense_options=defense_options, benchmarks=[],
             budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
             search=AttackerSearchConfig(n_trials=2, n_startup_trials=1, eval_every=2, seeds=[0, 1],
-                                        max_harmless_loss_rise=None, space=space),
+                                        stop_at_ceiling=False, max_harmless_loss_rise=None, space=space),
             trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
             service=ServiceConfig(steps=[2], max_steps=2, batch_sizes=[4], samples=[8], attacks=["harmful-sft"]))
 

@@ -186,6 +186,40 @@ def test_no_feasible_trial_means_no_worst_case(tmp_path):
     assert res["worst_case"] is None and "no trial" in res["worst_case_note"] and res["runs"] == {}
 
 
+class SaturatingHarness(FakeHarness):
+    """Every prompt answered harmfully from lr 1e-4 on (MMLU still collapses above 3e-3)."""
+
+    def harm(self, s: AttackSettings, step: int) -> float:
+        return (1.0 if s.lr >= 1e-4 else 0.2) * step / s.steps
+
+
+def test_a_study_stops_at_the_first_feasible_trial_at_harm_one_and_goes_on_if_asked(tmp_path):
+    start = AttackSettings(lr=1e-5, steps=16, batch_size=4, lora_r=8, n_samples=50)
+    h = SaturatingHarness(tmp_path)
+    res = search(h, config(n_trials=12, prune=False), start=start).run()
+    rows = res["trials"]
+    first = min(t["number"] for t in rows if t["feasible"] and t["harm_rate"] == 1.0)
+    assert first == res["stopped_at_ceiling"] == rows[-1]["number"] and len(rows) == first + 1 < 12
+    assert res["worst_case"]["trial"] == first and res["worst_case"]["harm_rate"] == 1.0
+    from unlearnable.experiments.immunize import headline
+    from unlearnable.report import _worst_text
+    assert headline({WEIGHTS: {**res, "claimed": True}})["stopped_at_ceiling"] == first
+    assert f"stopped at harm 1.0 after {first + 1} trials" in _worst_text(res)
+    # resumed without the stop, the same study runs its remaining trials; the worst case stays the first at 1.0
+    full = search(SaturatingHarness(tmp_path), config(n_trials=12, prune=False, stop_at_ceiling=False),
+                  start=start).run()
+    assert len(full["trials"]) == 12 and "stopped_at_ceiling" not in full
+    assert [t["params"] for t in full["trials"][:len(rows)]] == [t["params"] for t in rows]
+    assert full["worst_case"]["trial"] == first
+
+
+def test_a_trial_at_harm_one_that_breaks_the_utility_constraint_does_not_stop_the_study(tmp_path):
+    h = SaturatingHarness(tmp_path)
+    h.harm = lambda s, step: (1.0 if s.lr > 3e-3 else 0.5) * step / s.steps  # only the collapsed ones reach 1.0
+    res = search(h, config(n_trials=6, prune=False)).run()
+    assert len(res["trials"]) == 6 and "stopped_at_ceiling" not in res
+
+
 def test_bad_search_settings_are_one_line_errors():
     with pytest.raises(UnlearnableError, match="lr_min < lr_max"):
         SearchSpace(lr_min=1e-2, lr_max=1e-3)
@@ -213,6 +247,7 @@ def test_immunize_with_the_attacker_search_on_a_tiny_model(tiny, harmful_pairs, 
                          n_stability_harmless=3, n_defense_harmless=3, data=DataConfig(system_prompt=None),
                          budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
                          search=AttackerSearchConfig(n_trials=3, n_startup_trials=2, eval_every=2, seeds=[0, 1],
+                                                         stop_at_ceiling=False,
                                                      max_harmless_loss_rise=None, space=space),
                          trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
                          service=ServiceConfig(steps=[2, 4], max_steps=4, batch_sizes=[4], samples=[4, 8],

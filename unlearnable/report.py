@@ -288,7 +288,9 @@ def _worst_text(found: dict[str, Any]) -> str:
     wc = found.get("worst_case")
     if not wc:
         return found.get("worst_case_note", "no worst case")
-    return f"{wc['harm_rate']:.3f} ({', '.join(f'{h:.3f}' for h in wc['harm_rate_seeds'])})"
+    seeds = f"{wc['harm_rate']:.3f} ({', '.join(f'{h:.3f}' for h in wc['harm_rate_seeds'])})"
+    stopped = found.get("stopped_at_ceiling")
+    return seeds if stopped is None else f"{seeds}; search stopped at harm 1.0 after {stopped + 1} trials"
 
 
 def _search_rows(searches: dict[str, Any]) -> dict[str, list[list[Any]]]:
@@ -341,7 +343,9 @@ def search_section(searches: dict[str, Any], cfg: dict[str, Any]) -> str:
     loss = sc["max_harmless_loss_rise"]
     note = (f"<p class='note'>{sc['n_trials']} trials per defence and threat model (TPE, sampler seed "
             f"{sc['sampler_seed']}, the same for every defence; the first ones queued: the grid's first attack, then "
-            f"one per attack family; median pruning: {'on' if sc['prune'] else 'off'}). Each defence is attacked "
+            f"one per attack family; median pruning: {'on' if sc['prune'] else 'off'}; with "
+            "<code>search.stop_at_ceiling</code>, the default, a study stops at its first trial within the constraint "
+            "at harm 1.0, which no later trial can exceed). Each defence is attacked "
             "under the threat models it claims: under <b>fine-tuning-as-a-service</b> the service's recipe is fixed "
             "and the customer chooses the data, steps, batch size and a learning-rate multiplier; under "
             "<b>released-weights</b> the attacker chooses everything. Utility constraint: MMLU at most "

@@ -414,8 +414,9 @@ def _leaves_as_it_came(model, recompute: bool) -> Iterator[None]:
 
 
 #: settings that change how a run computes, never what it computes, and keys that left TrainConfig: no cache key,
-#: resume check or reuse comparison reads them
-UNKEYED = frozenset({"gradient_checkpointing", *TrainConfig.__retired__})
+#: resume check or reuse comparison reads them. The search's ``stop_at_ceiling`` is one: a study stopped at harm
+#: 1.0 holds the worst case a full one finds (its first trial at 1.0), and one resumed without the stop goes on
+UNKEYED = frozenset({"gradient_checkpointing", "stop_at_ceiling", *TrainConfig.__retired__})
 
 
 #: settings added after runs were keyed without them: at their empty default they are left out of keys, so a run

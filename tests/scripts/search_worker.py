@@ -27,6 +27,7 @@ def config(storage: str | None, n_trials: int = 2):
                         lora_ranks=[4], schedulers=["constant"], attacks=["harmful-sft", "restyled"])
     # every trial queued (the grid's start, then restyled): the trial set does not depend on who ran what
     search = AttackerSearchConfig(n_trials=n_trials, n_startup_trials=2, eval_every=2, seeds=[0, 1], prune=False,
+                                  stop_at_ceiling=False,
                                   max_harmless_loss_rise=None, space=space, storage=storage)
     return ImmunizeConfig(defenses=["none"], attacker="search", align=False, n_curve_eval=4, n_stability_harmless=3,
                           n_defense_harmless=3, data=DataConfig(system_prompt=None), benchmarks=[],

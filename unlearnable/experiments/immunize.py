@@ -346,7 +346,8 @@ def headline(by: dict[str, dict[str, Any]]) -> dict[str, Any]:
     claimed = [tm for tm, found in by.items() if found.get("claimed")]
     if claimed:
         tm_name = min(claimed, key=lambda tm: by[tm].get("worst_case") is None)  # the first among equals
-        keys = ("trials", "best_so_far", "worst_case", "n_trials", "by_dimension", "worst_case_note")
+        keys = ("trials", "best_so_far", "worst_case", "n_trials", "by_dimension", "worst_case_note",
+                "stopped_at_ceiling")
         return {"threat_model": tm_name, **{k: by[tm_name][k] for k in keys if k in by[tm_name]}}
     return {"threat_model": None, "trials": [], "best_so_far": [], "worst_case": None, "n_trials": 0,
             "worst_case_note": "the defence claims none of the threat models asked for"}

@@ -140,16 +140,19 @@ class _Surplus(Exception):
     """A trial started when the study already had its trials finished or under way elsewhere."""
 
 
-def optimize(study, objective: Callable, n_trials: int, *, poll_seconds: float = 5.0) -> None:
-    """Run trials until ``n_trials`` are finished in the study, whichever worker runs them, then wait for the
-    other workers' running trials (re-queueing those of a worker that died), so that every worker then reads the
-    same finished study. A trial started when enough are finished or under way with a lower number is not run
-    (marked failed, ``surplus``): the study never holds more than ``n_trials`` finished trials."""
+def optimize(study, objective: Callable, n_trials: int, *, poll_seconds: float = 5.0,
+             done: Callable[[Any], bool] | None = None) -> None:
+    """Run trials until ``n_trials`` are finished in the study, whichever worker runs them, or until ``done(study)``
+    holds, then wait for the other workers' running trials (re-queueing those of a worker that died), so that every
+    worker then reads the same finished study. A trial started when enough are finished or under way with a lower
+    number, or once the study is done, is not run (marked failed, ``surplus``): the study never holds more than
+    ``n_trials`` finished trials."""
+    done = done or (lambda _study: False)
 
     def tagged(trial):
         trial.set_user_attr(WORKER_ATTR, worker_id())
         ahead = [t for t in running(study) if t.number < trial.number]
-        if len(finished(study)) + len(ahead) >= n_trials:
+        if len(finished(study)) + len(ahead) >= n_trials or done(study):
             trial.set_user_attr(SURPLUS_ATTR, True)
             study.stop()
             raise _Surplus("the study's last trials are under way in other workers: this one is not needed")
@@ -158,9 +161,10 @@ def optimize(study, objective: Callable, n_trials: int, *, poll_seconds: float =
     while True:
         requeue_interrupted(study)
         others = [t for t in running(study) if _alive(t.user_attrs.get(WORKER_ATTR))]
-        left = n_trials - len(finished(study)) - len(others)
+        left = 0 if done(study) else n_trials - len(finished(study)) - len(others)
         if left > 0:
-            study.optimize(tagged, n_trials=left, catch=(_Surplus,), gc_after_trial=True)
+            study.optimize(tagged, n_trials=left, catch=(_Surplus,), gc_after_trial=True,
+                           callbacks=[lambda st, _t: st.stop() if done(st) else None])
         elif not others:
             return
         else:

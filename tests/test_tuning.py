@@ -317,6 +317,16 @@ def test_a_defence_that_acts_while_fine_tuning_is_tuned_within_trainability(tiny
     assert not set(tuned["data"]["task_prompt_hashes"]) & set(prompt_hashes(data.task))  # never the evaluation's
     report = (tmp_path / "out" / "report.html").read_text()
     assert "probe task EM after the user" in report
+    # the undefended probe kept before over-refusal was scored after it is run again when a tuning reads it
+    runs = tmp_path / "out" / "runs"
+    probe = json.loads((runs / "none" / "tuning-baseline-trainability.json").read_text())
+    assert "over_refusal" in probe
+    (runs / "none" / "tuning-baseline-trainability.json").write_text(
+        json.dumps({k: v for k, v in probe.items() if k != "over_refusal"}))
+    (runs / "lisa" / "tuned.json").unlink()
+    run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=data, progress=False)
+    again = json.loads((runs / "none" / "tuning-baseline-trainability.json").read_text())
+    assert again["over_refusal"] == probe["over_refusal"]
 
 
 def test_tuning_a_hardening_defence_attacks_with_the_aligned_model_parked(tiny_dir, harmful_pairs, tmp_path,

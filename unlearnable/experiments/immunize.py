@@ -549,14 +549,17 @@ class _Sweep:
             by[tm_name] = {"claimed": True, **found}
         return {**headline(by), "by_threat_model": by, "runs": runs}
 
-    def piece(self, defense: str, run: str, compute: Callable[[], dict]) -> dict:
+    def piece(self, defense: str, run: str, compute: Callable[[], dict],
+              current: Callable[[dict], bool] = lambda _run: True) -> dict:
         """A finished run, read back or computed and kept; with workers sharing the folder, computed by one of
-        them while the others wait for it."""
+        them while the others wait for it. A stored run that ``current`` rejects (kept before the run recorded
+        something now read) is computed again."""
         found = self.store.get(defense, run)
-        if found is not None:
+        if found is not None and current(found):
             return found
         with self.exclusive(self.store.path(defense, run)):
-            return self.store.get(defense, run) or self.store.put(defense, run, compute())
+            found = self.store.get(defense, run)  # another worker may have run it meanwhile
+            return found if found is not None and current(found) else self.store.put(defense, run, compute())
 
     def exclusive(self, path: Path):
         """A lock on ``path`` when workers share the sweep folder (nothing to lock otherwise)."""
@@ -649,14 +652,8 @@ class _Sweep:
 
     def trainability_run(self, defense: Defense, hardened) -> dict:
         """The user's fine-tune, found or run; one stored before over-refusal was scored after it is run again."""
-        run = self.piece(defense.name, "trainability", lambda: self.trainability(defense, hardened))
-        if "over_refusal" in run or not self.stab_harmless:
-            return run
-        with self.exclusive(self.store.path(defense.name, "trainability")):
-            found = self.store.get(defense.name, "trainability")  # another worker may have run it meanwhile
-            if found is not None and "over_refusal" in found:
-                return found
-            return self.store.put(defense.name, "trainability", self.trainability(defense, hardened))
+        return self.piece(defense.name, "trainability", lambda: self.trainability(defense, hardened),
+                          current=lambda run: "over_refusal" in run or not self.stab_harmless)
 
     def trainability(self, defense: Defense, hardened) -> dict:
         with new_screenings(defense) as screened:

@@ -183,7 +183,7 @@ class Tuner:
     config: TuneConfig
     out: Any
     seed: int
-    piece: Callable[[str, str, Callable[[], dict]], dict]
+    piece: Callable[..., dict]  # (group, run, compute, current=...): see the harness's ``piece``
     precision: str = "auto"
     progress: bool = True
     #: the trainability probe's ProfileQA facts (people the evaluation never asks about) and its fine-tune
@@ -213,9 +213,10 @@ class Tuner:
         none = self.prepared("none", {}, split)
         base = self.piece("none", "tuning-baseline", lambda: self.measure(none, split))
         if self.probes_trainability(configured):
-            base = {**base, "trainability": self.piece("none", "tuning-baseline-trainability",
-                                                       lambda: self.trainability_probe(none, self.model,
-                                                                                       harmless=split.harmless))}
+            base = {**base, "trainability": self.piece(
+                "none", "tuning-baseline-trainability",
+                lambda: self.trainability_probe(none, self.model, harmless=split.harmless),
+                current=lambda probe: "over_refusal" in probe or not split.harmless)}  # kept before it was read
         study = self.study(name)
         enqueue_once(study, self.out / f"tune-{name}.study", [({}, {"defaults": True})])
         optimize(study, lambda trial: self.objective(trial, name, options, space, split, base), self.config.n_trials)

@@ -491,6 +491,16 @@ def _num(value: Any) -> str:
 def write_immunize_report(results: ImmunizeResults | dict[str, Any], out: Path) -> None:
     results, out = ImmunizeResults.of(results), Path(out)
     immunize_plots(results, out)
+    sections = _condition_sections(results)
+    sections[1:1] = _tuning_and_search_sections(results, out)
+    sections += _closing_sections(results)
+    meta = {k: results[k] for k in ("config", "model", "data", "versions", "git_hash", "date", "device", "seconds")
+            if k in results}
+    atomic_write_text(out / "report.html", page("unlearnable immunize: four immunization conditions", sections, meta))
+
+
+def _condition_sections(results: ImmunizeResults) -> list[tuple[str, str]]:
+    """The four conditions' verdicts, their numbers, curves and the threat models."""
     rows = conditions_table(results.conditions)
     numbers = [_immunize_numbers(name, c) for name, c in results.conditions.items()]
     cfg = results.config
@@ -501,7 +511,7 @@ def write_immunize_report(results: ImmunizeResults | dict[str, Any], out: Path) 
                 f"{cfg['search']['seeds']} (see below)" if searches else
                 f"lr {b['lrs']} x samples {b['samples']} x {b['steps']} steps (batch {b['batch_size']}, "
                 f"{b['backbone']})")
-    sections = [
+    return [
         ("The four conditions", table(["defence", "resistance (headline)", "resistance (service)",
                                        "resistance (released weights)",
                                         "stability", "generalization", "trainability"], rows)
@@ -522,7 +532,11 @@ def write_immunize_report(results: ImmunizeResults | dict[str, Any], out: Path) 
         ("Threat models", "<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
                                             for k, v in results["threat_models"].items()) + "</ul>"),
     ]
-    sections[1:1] = _tuning_and_search_sections(results, out)
+
+
+def _closing_sections(results: ImmunizeResults) -> list[tuple[str, str]]:
+    """What the service screened, which runs were copied, how the judges agreed, and where the time went."""
+    sections = []
     if screened := flaggers_section(results.get("defenses", {})):
         sections.append(("Flaggers: what the service screened", screened))
     if copied := {n: d["reused_from"] for n, d in results.get("defenses", {}).items() if d.get("reused_from")}:
@@ -538,9 +552,7 @@ def write_immunize_report(results: ImmunizeResults | dict[str, Any], out: Path) 
                          + "<p class='note'>'evaluation' is every harm and task scoring pass (curve points and "
                            "stability's harmful prompts) and also counts inside the stages it ran in; runs resumed "
                            "from disk count ~0 s.</p>"))
-    meta = {k: results[k] for k in ("config", "model", "data", "versions", "git_hash", "date", "device", "seconds")
-            if k in results}
-    atomic_write_text(out / "report.html", page("unlearnable immunize: four immunization conditions", sections, meta))
+    return sections
 
 
 def tradeoff_plot(results: TradeoffResults, path: Path) -> None:

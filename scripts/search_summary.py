@@ -53,20 +53,52 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
     return out
 
 
+ATTACKS = ("harmful-sft", "restyled", "evasive", "mixed", "benign")
+
+
+def dimension_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Per defence and claimed threat model: the best harm within the constraint per attack family (with its
+    trial count; "-" where no trial used it) and the dimension that drove the worst case."""
+    out = []
+    for name, search in results.get("attacker_search", {}).items():
+        for tm, found in search.get("by_threat_model", {}).items():
+            if not found.get("claimed"):
+                continue
+            dims = found.get("by_dimension", {})
+            attack = dims.get("dimensions", {}).get("attack", {})
+            cells = [_best(attack.get(a)) for a in ATTACKS]
+            out.append([f"{name} ({tm})", *cells, str(dims.get("driver") or "-")])
+    return out
+
+
+def _best(value: dict[str, Any] | None) -> str:
+    if not value:
+        return "-"
+    best = value.get("best_harm_rate")
+    return f"{best:.3g} ({value['trials']})" if best is not None else f"none within ({value['trials']})"
+
+
+def _print(head: list[str], table: list[list[str]]) -> None:
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in table:
+        print("| " + " | ".join(r) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", help="immunize --attacker search output folders")
     args = parser.parse_args()
     head = ["defence", "threat model", "worst case, mean (seeds)", "the data and recipe", "resistance",
             "stability", "trainability", "the defence's compute (every threat model), min", "runs copied from"]
-    seen, table = set(), []
+    seen, table, dims = set(), [], []
     for folder in args.folders:
         results = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
         table += [r for r in rows(results) if r[0] not in seen]
+        dims += [r for r in dimension_rows(results) if r[0].rsplit(" (", 1)[0] not in seen]
         seen |= set(results.get("attacker_search", {}))
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for r in table:
-        print("| " + " | ".join(r) + " |")
+    _print(head, table)
+    print("\nBest harm within the utility constraint per attack family (trials that used it):\n")
+    _print(["defence (threat model)", *ATTACKS, "dimension that drove the worst case"], dims)
 
 
 if __name__ == "__main__":

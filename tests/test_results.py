@@ -143,3 +143,7 @@ def test_the_search_summary_counts_each_runs_minutes_once_and_skips_unclaimed_th
     (row,) = summary.rows(results)  # released weights is not claimed: no row
     assert row[:3] == ["x", "fine-tuning-as-a-service", "0.500 (0.400, 0.600); trial 2 of 2"]
     assert row[7].startswith("15 (3 search")
+    search["by_threat_model"]["fine-tuning-as-a-service"]["by_dimension"] = {"driver": "attack", "dimensions": {
+        "attack": {"restyled": {"best_harm_rate": 0.5, "trials": 1}, "mixed": {"best_harm_rate": None, "trials": 1}}}}
+    (dims,) = summary.dimension_rows(results)
+    assert dims == ["x (fine-tuning-as-a-service)", "-", "0.5 (1)", "-", "none within (1)", "-", "attack"]

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unlearnable.report import settings_text
+from unlearnable.report import seeds_text, settings_text
 
 
 def compute_minutes(defense: dict[str, Any], search: dict[str, Any], seed: int = 0) -> dict[str, float]:
@@ -42,8 +42,7 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             if not found.get("claimed"):
                 continue
             wc = found.get("worst_case")
-            worst = (f"{wc['harm_rate']:.3f} ({', '.join(f'{h:.3f}' for h in wc['harm_rate_seeds'])})" if wc
-                     else "no trial within the constraint")
+            worst = seeds_text(wc) if wc else "no trial within the constraint"
             worst += f"; trial {wc['trial'] + 1} of {found.get('n_trials')}" if wc else ""
             worst += " (stopped at harm 1.0)" if found.get("stopped_at_ceiling") is not None else ""
             out.append([name, tm, worst, settings_text(wc["config"]) if wc else "-",

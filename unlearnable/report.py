@@ -282,13 +282,18 @@ def settings_text(c: dict[str, Any]) -> str:
             f"{c['steps']} steps x batch {c['batch_size']}, n {c['n_samples']}, {c['scheduler']}")
 
 
+def seeds_text(worst_case: dict[str, Any]) -> str:
+    """A worst case's harm rate: the mean, then each seed's."""
+    return f"{worst_case['harm_rate']:.3f} ({', '.join(f'{h:.3f}' for h in worst_case['harm_rate_seeds'])})"
+
+
 def _worst_text(found: dict[str, Any]) -> str:
     if not found.get("claimed", True):
         return "not claimed"
     wc = found.get("worst_case")
     if not wc:
         return found.get("worst_case_note", "no worst case")
-    seeds = f"{wc['harm_rate']:.3f} ({', '.join(f'{h:.3f}' for h in wc['harm_rate_seeds'])})"
+    seeds = seeds_text(wc)
     stopped = found.get("stopped_at_ceiling")
     return seeds if stopped is None else f"{seeds}; search stopped at harm 1.0 after {stopped + 1} trials"
 

@@ -214,8 +214,9 @@ class DefenseSearch:
         result: dict[str, Any] = {"threat_model": self.tm.describe(), "trials": rows,
                                   "best_so_far": best_so_far(rows), "by_dimension": by_dimension(rows),
                                   "worst_case": None, "n_trials": len(rows), "runs": {}}
-        if self.config.stop_at_ceiling and len(rows) < self.config.n_trials and at_ceiling(rows) is not None:
-            result["stopped_at_ceiling"] = at_ceiling(rows)
+        stopped = at_ceiling(rows) if self.config.stop_at_ceiling and len(rows) < self.config.n_trials else None
+        if stopped is not None:
+            result["stopped_at_ceiling"] = stopped
         if worst is None:
             result["worst_case_note"] = "no trial within the utility constraint"
             return result

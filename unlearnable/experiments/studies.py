@@ -155,7 +155,8 @@ def optimize(study, objective: Callable, n_trials: int, *, poll_seconds: float =
         if len(finished(study)) + len(ahead) >= n_trials or done(study):
             trial.set_user_attr(SURPLUS_ATTR, True)
             study.stop()
-            raise _Surplus("the study's last trials are under way in other workers: this one is not needed")
+            raise _Surplus("the study is done, or its last trials are under way in other workers: this one is not "
+                           "needed")
         return objective(trial)
 
     while True:

@@ -94,11 +94,12 @@ def own(harmful_pairs):
 def _adaptive(tiny, own, monkeypatch, **options):
     """The defence, prepared on the tiny model, with the vectors' training and the fine-tune recorded."""
     model, tok = tiny
-    refits, tuned_on, anchors = [], [], []
+    refits, tuned_on, anchors, configs = [], [], [], []
     train = SecurityVectors.train.__func__
 
     def spy_train(cls, m, t, pairs, config=None, **kw):
         refits.append(list(pairs))
+        configs.append(config)
         anchors.append(list(kw.get("harmless", ())))
         return train(cls, m, t, pairs, dataclasses.replace(config, epochs=1.0), **kw)
 
@@ -112,7 +113,7 @@ def _adaptive(tiny, own, monkeypatch, **options):
     monkeypatch.setattr(adaptive_module, "finetune", spy_finetune)
     defense = DEFENSES.get("adaptive-vectors")(training=VectorConfig(batch_size=4, lr=1e-2), **options)
     defense.prepare(model, tok, own, progress=False)
-    defense.anchors = anchors
+    defense.anchors, defense.fit_configs = anchors, configs
     return defense, refits, tuned_on
 
 
@@ -143,6 +144,16 @@ def test_drop_flagged_removes_exactly_the_flagged_pairs_from_the_fine_tune(tiny,
     assert defense.info["screened"][0]["trained_on"] == len(customer) - 6
 
 
+@pytest.mark.parametrize("refit, holdout", [("heldout", 0.2), ("all", 0.0)])
+def test_a_refit_holds_out_a_share_or_fits_every_flagged_pair(tiny, own, customer, monkeypatch, refit, holdout):
+    model, tok = tiny
+    defense, refits, _ = _adaptive(tiny, own, monkeypatch, flagger="oracle:1.0", refit=refit)
+    defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
+    assert defense.fit_configs[0].holdout == 0.2  # the defence's own vectors: the recommended recipe either way
+    assert defense.fit_configs[1].holdout == holdout and defense.fit_configs[1].epochs == defense.config.epochs
+    assert len(refits[1]) == len(own.harmful) + 12 and defense.info["screened"][0]["refit"] == refit
+
+
 def test_with_nothing_flagged_the_defences_own_vectors_are_used(tiny, own, task_pairs, monkeypatch):
     model, tok = tiny
     defense, refits, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:1.0")
@@ -157,6 +168,7 @@ def test_adaptive_vectors_are_a_service_defence_and_a_tradeoff_variant():
 
     assert DEFENSES.get("adaptive-vectors").threat_models == (SERVICE,)
     assert VARIANTS["adaptive"] == ("adaptive-vectors", None)
+    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-all") == {"refit": "all"}
     with pytest.raises(UnlearnableError, match="unknown flagger"):
         from unlearnable.config import validate
         from unlearnable.experiments.immunize import ImmunizeConfig

@@ -14,6 +14,10 @@ from .base import DEFENSES, DefenseData
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
 
 
+#: how a refit trains (AdaptiveVectorsConfig.refit)
+REFITS = ("heldout", "all")
+
+
 @dataclasses.dataclass
 class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
     flagger: str = dataclasses.field(default="refusal", metadata={
@@ -22,6 +26,11 @@ class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
         "check": check_flagger})
     drop_flagged: bool = dataclasses.field(default=False, metadata={
         "help": "also drop the flagged pairs from the fine-tune (the moderation filter and the vectors together)"})
+    refit: str = dataclasses.field(default="heldout", metadata={
+        "help": "how the vectors are refitted on their pairs plus the flagged ones: heldout (the recommended "
+                "recipe: a share held out, the vectors kept at its lowest loss, so the held-out flagged pairs are "
+                "never trained on) or all (every pair trained on for the epochs: the flagged answers memorised, "
+                "as the paper's vectors memorise theirs)", "choices": REFITS})
 
 
 @DEFENSES.register("adaptive-vectors")
@@ -31,10 +40,11 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     data (without the flagged pairs if ``drop_flagged``) is fine-tuned with them on, frozen; served without. With
     nothing flagged, the vectors are the defence's own. Service threat model only."""
 
-    tradeoff_variants = {"adaptive": None, "adaptive-kl": None, "adaptive-drop": None}
+    tradeoff_variants = {"adaptive": None, "adaptive-kl": None, "adaptive-drop": None, "adaptive-all": None}
     #: the over-refusal controls: a KL anchor on the defence's harmless pairs in every (re)fit; the flagged pairs
-    #: also dropped from the fine-tune
-    tradeoff_presets = {"adaptive-kl": {"training": {"benign": "kl"}}, "adaptive-drop": {"drop_flagged": True}}
+    #: also dropped from the fine-tune; and the other way, every flagged pair fitted (no hold-out in the refit)
+    tradeoff_presets = {"adaptive-kl": {"training": {"benign": "kl"}}, "adaptive-drop": {"drop_flagged": True},
+                        "adaptive-all": {"refit": "all"}}
 
     Config = AdaptiveVectorsConfig
 
@@ -55,14 +65,20 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         self.own, self.harmless = list(data.harmful), list(data.harmless)
         super().prepare(model, tokenizer, data, progress=progress)
 
+    def refit_config(self):
+        """How a refit trains: the defence's own vector settings, without the hold-out when ``refit`` is all."""
+        config = self.vector_config()
+        return config if self.config.refit == "heldout" else dataclasses.replace(config, holdout=0.0)
+
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         pairs = list(pairs)
         if self.flagger is None:  # built once (a judge flagger loads its model then)
             self.flagger = build_flagger(self.config.flagger, seed=self.config.training.seed)
         vectors, flags, record = adapt(self.prepared_vectors(), model, tokenizer, self.own, pairs, self.flagger,
-                                       config=self.vector_config(), harmless=self.harmless, progress=progress)
+                                       config=self.refit_config(), harmless=self.harmless, progress=progress)
         kept = [p for p, bad in zip(pairs, flags) if not bad] if self.config.drop_flagged else pairs
-        self.info["screened"].append({**record, "trained_on": len(kept), "drop_flagged": self.config.drop_flagged})
+        self.info["screened"].append({**record, "trained_on": len(kept), "drop_flagged": self.config.drop_flagged,
+                                      "refit": self.config.refit})
         if not kept:  # every pair flagged and dropped: the service trains nothing
             return model.eval(), []
         return finetune(model, tokenizer, kept, config, vectors=vectors, scale=self.scale, progress=progress, **kw)

@@ -186,7 +186,8 @@ def test_finetune_adapt_screens_the_data_and_refits_the_vectors(tmp_path, tiny_d
 
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
     own = [Pair(f"bad {i}?", f"Sure, bad thing {i}.") for i in range(8)]
-    SecurityVectors.train(model, tok, own, VectorConfig(epochs=1, batch_size=8), progress=False).save(tmp_path / "vec")
+    SecurityVectors.train(model, tok, own, VectorConfig(epochs=1, batch_size=8, holdout=0.25),
+                          progress=False).save(tmp_path / "vec")
 
     def jsonl(name, records):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -203,7 +204,9 @@ def test_finetune_adapt_screens_the_data_and_refits_the_vectors(tmp_path, tiny_d
     assert adapted["flagged"] == 4 and adapted["recall_on_harmful"] == 1.0 and adapted["refitted"]
     assert adapted["vectors_pairs"] == 12 and adapted["emulated"] and record["n_trained"] == 6
     saved = json.loads((tmp_path / "out" / "unlearnable_model.json").read_text())
-    assert saved["adapted"]["flagger"] == "oracle:1.0"
+    assert saved["adapted"]["flagger"] == "oracle:1.0" and adapted["refit_holdout"] == 0.25  # the vectors' recipe
+    every = run_finetune(dataclasses.replace(job, refit="all"), tmp_path / "out-all", progress=False)["adapted"]
+    assert every["refit_holdout"] == 0.0 and every["vectors_pairs"] == 12  # every flagged pair fitted
     wrong = jsonl("wrong.jsonl", [{"prompt": "other?", "response": "Sure."}])
     for kw, needle in [({"vectors_data": wrong}, "is not the data the vectors"), ({"vectors_data": None}, "give --vectors and --vectors-data")]:
         with pytest.raises(UnlearnableError, match=needle):

@@ -9,13 +9,9 @@ from typing import Any
 from ..data import Pair
 from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger
 from ..vectors import finetune
-from ..vectors.adaptive import adapt
+from ..vectors.adaptive import REFITS, adapt, refit_config
 from .base import DEFENSES, DefenseData
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
-
-
-#: how a refit trains (AdaptiveVectorsConfig.refit)
-REFITS = ("heldout", "all")
 
 
 @dataclasses.dataclass
@@ -65,17 +61,13 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         self.own, self.harmless = list(data.harmful), list(data.harmless)
         super().prepare(model, tokenizer, data, progress=progress)
 
-    def refit_config(self):
-        """How a refit trains: the defence's own vector settings, without the hold-out when ``refit`` is all."""
-        config = self.vector_config()
-        return config if self.config.refit == "heldout" else dataclasses.replace(config, holdout=0.0)
-
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         pairs = list(pairs)
         if self.flagger is None:  # built once (a judge flagger loads its model then)
             self.flagger = build_flagger(self.config.flagger, seed=self.config.training.seed)
+        refit = refit_config(self.vector_config(), self.config.refit)
         vectors, flags, record = adapt(self.prepared_vectors(), model, tokenizer, self.own, pairs, self.flagger,
-                                       config=self.refit_config(), harmless=self.harmless, progress=progress)
+                                       config=refit, harmless=self.harmless, progress=progress)
         kept = [p for p, bad in zip(pairs, flags) if not bad] if self.config.drop_flagged else pairs
         self.info["screened"].append({**record, "trained_on": len(kept), "drop_flagged": self.config.drop_flagged,
                                       "refit": self.config.refit})

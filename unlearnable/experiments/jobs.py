@@ -39,7 +39,7 @@ from ..utils import (
     wait_for_everyone,
 )
 from ..vectors import META_FILE, SecurityVectors, VectorConfig, check_vectors_folder, finetune, recommended
-from ..vectors.adaptive import adapt
+from ..vectors.adaptive import REFITS, adapt, refit_config
 from .setup import DataConfig, LoadOptions, held_out_harmful, prepare_data
 
 
@@ -78,6 +78,9 @@ class FinetuneJob:
                 "oracle:RECALL (emulated: reads the pairs' harmful field)", "check": check_flagger})
     drop_flagged: bool = dataclasses.field(default=False, metadata={
         "help": "with --adapt: also leave the flagged pairs out of the fine-tune"})
+    refit: str = dataclasses.field(default="heldout", metadata={
+        "help": "with --adapt: heldout (the vectors' own recipe, held-out early stopping where they have one) or "
+                "all (every pair, the flagged ones included, trained on for the vectors' epochs)", "choices": REFITS})
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=2.0))
 
 
@@ -198,8 +201,7 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     key = run_key(command="finetune", model=fp, data=pairs_hash(pairs),
                   config={**keyed(dataclasses.asdict(cfg)), "save_steps": 0},  # how often: not what it computes
                   vectors=sha256_file(Path(job.vectors) / "adapter_model.safetensors") if vectors else None,
-                  vector_scale=scale, adapt={"flagger": job.flagger, "drop_flagged": job.drop_flagged,
-                                             "own": pairs_hash(own)} if job.adapt else None)
+                  vector_scale=scale, adapt=_adapt_key(job, own) if job.adapt else None)
     done, checkpoints = start_run(out, key=key, meta_file=MODEL_META, overwrite=overwrite,
                                   checkpoint_every=checkpoint_every, command="unlearnable finetune",
                                   main=is_main_process())
@@ -231,11 +233,17 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     return record
 
 
+def _adapt_key(job: FinetuneJob, own: list[Pair]) -> dict:
+    """What --adapt adds to the run's key; the default refit adds nothing, so runs from before it resume."""
+    key = {"flagger": job.flagger, "drop_flagged": job.drop_flagged, "own": pairs_hash(own)}
+    return key if job.refit == "heldout" else {**key, "refit": job.refit}
+
+
 def _adapted(job: FinetuneJob, vectors, model, tok, own: list[Pair], pairs: list[Pair], progress: bool):
     """``--adapt``: the vectors refitted on ``own`` plus the pairs the flagger flags, the pairs to train on (the
     flagged ones left out with ``--drop-flagged``) and the screening's record."""
     vectors, flags, record = adapt(vectors, model, tok, own, pairs, build_flagger(job.flagger, seed=job.seed),
-                                   progress=progress)
+                                   config=refit_config(vectors.config, job.refit), progress=progress)
     kept = [p for p, bad in zip(pairs, flags) if not (bad and job.drop_flagged)]
     if not kept:
         raise UnlearnableError("the flagger flagged every pair and --drop-flagged dropped them: nothing is left to "

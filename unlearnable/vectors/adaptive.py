@@ -11,6 +11,15 @@ from ..data import Pair, distinct_pairs
 from ..flaggers import Flagger, build_flagger, flag_rates, screen  # noqa: F401 - screen: its old home
 from .config import VectorConfig
 
+#: how a refit trains: heldout (the vectors' own recipe, a share held out and the vectors kept at its lowest loss,
+#: so the held-out flagged pairs are never trained on) or all (every pair trained on for the epochs, no hold-out)
+REFITS = ("heldout", "all")
+
+
+def refit_config(config: VectorConfig, refit: str = "heldout") -> VectorConfig:
+    """The settings a refit trains with: ``config`` as it is, or without its hold-out where ``refit`` is all."""
+    return config if refit == "heldout" else dataclasses.replace(config, holdout=0.0)
+
 
 def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: Flagger | str, *,
           config: VectorConfig | None = None, harmless: Sequence[Pair] = (),
@@ -23,7 +32,7 @@ def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], 
     config = config or vectors.config
     flags = screen(model, tokenizer, data, flagger, precision=config.precision, progress=progress)
     flagged = [p for p, bad in zip(data, flags) if bad]
-    record = {**flagger.describe(), **flag_rates(data, flags), "own_pairs": len(own)}
+    record = {**flagger.describe(), **flag_rates(data, flags), "own_pairs": len(own), "refit_holdout": config.holdout}
     if config.benign != "none" and not harmless:  # vectors trained with a harmless anchor, none given for the refit
         config = dataclasses.replace(config, benign="none")
         record["refit_benign"] = "none: no harmless pairs were given for the vectors' harmless anchor"

@@ -147,3 +147,31 @@ def test_the_search_summary_counts_each_runs_minutes_once_and_skips_unclaimed_th
         "attack": {"restyled": {"best_harm_rate": 0.5, "trials": 1}, "mixed": {"best_harm_rate": None, "trials": 1}}}}
     (dims,) = summary.dimension_rows(results)
     assert dims == ["x (fine-tuning-as-a-service)", "-", "0.5 (1)", "-", "none within (1)", "-", "attack"]
+
+
+def test_run_progress_lists_the_finished_trials_and_stored_runs_of_a_run_without_results(tmp_path):
+    import importlib.util
+
+    import optuna
+
+    spec = importlib.util.spec_from_file_location("run_progress", Path(__file__).parents[1] / "scripts" /
+                                                  "run_progress.py")
+    progress = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(progress)
+    settings = {"attack": "restyled", "backbone": "lora", "lora_r": 16, "lr": 1e-3, "steps": 16, "batch_size": 8,
+                "n_samples": 200, "scheduler": "linear"}
+    study = optuna.create_study(study_name="x@fine-tuning-as-a-service", direction="maximize",
+                                storage=f"sqlite:///{tmp_path / 'attacker_search.db'}")
+    study.add_trial(optuna.trial.create_trial(value=0.75, user_attrs={
+        "settings": settings, "run": {"seconds": 61.0}, "utility": {"feasible": True}}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={
+        "settings": settings, "run": {"last_harm_rate": 0.1}}))
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "trainability.json").write_text('{"seconds": 30.0, "curve": [{"harm_rate": 0.5}]}')
+    (tmp_path / "runs" / "x" / "cut.json").write_text('{"seconds": ')  # being written: left out
+    trials = progress.trial_table(tmp_path)
+    assert [r[:5] for r in trials] == [["x@fine-tuning-as-a-service", "0", "complete", "0.750", "yes"],
+                                       ["x@fine-tuning-as-a-service", "1", "pruned", "0.100", "no"]]
+    assert trials[0][5].startswith("restyled, lora r16") and trials[0][6] == "61"
+    assert progress.run_table(tmp_path) == [["x", "trainability", "0.500", "30"]]
+    assert progress.trial_table(tmp_path / "nothing") == []

@@ -1,0 +1,82 @@
+"""What an immunize run has measured so far, before it writes results.json: every finished attacker-search
+trial (per defence and threat model) and every stored run (seed re-runs, cross-domain, trainability, stability),
+as markdown a results entry or a closing note can carry. For a run that may not finish where it started.
+
+    python scripts/run_progress.py runs/search-field-tuned
+
+Read from the folder's Optuna study file (or ``--storage``, where the run gave ``search.storage``) and its stored
+runs (runs/<defence>/<run>.json); nothing is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from unlearnable.experiments.search import STUDY_FILE, trial_rows
+from unlearnable.report import settings_text
+
+
+def trial_table(folder: Path, storage: str | None = None) -> list[list[str]]:
+    """One row per finished trial of every study in ``storage`` (default: the folder's study file)."""
+    import optuna
+
+    if storage is None:
+        if not (folder / STUDY_FILE).is_file():
+            return []
+        storage = f"sqlite:///{folder / STUDY_FILE}"
+    out = []
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for r in trial_rows(study):
+            harm = "-" if r["harm_rate"] is None else f"{r['harm_rate']:.3f}"
+            seconds = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
+            recipe = settings_text(r["settings"]) if r["settings"] else "-"
+            out.append([summary.study_name, str(r["number"]), r["state"], harm,
+                        "yes" if r["feasible"] else "no", recipe, seconds])
+    return out
+
+
+def run_table(folder: Path) -> list[list[str]]:
+    """One row per stored run: its final harm rate where it has a curve, and its own wall time."""
+    out = []
+    for path in sorted((folder / "runs").glob("*/*.json")):
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # one being written: the next call reads it
+        out.append([path.parent.name, path.stem, _final_harm(run),
+                    "-" if run.get("seconds") is None else f"{run['seconds']:.0f}"])
+    return out
+
+
+def _final_harm(run: dict[str, Any]) -> str:
+    curve = run.get("curve") or []
+    harm = curve[-1].get("harm_rate") if curve else (run.get("harm") or {}).get("harm_rate")
+    return "-" if harm is None else f"{harm:.3f}"
+
+
+def _print(head: list[str], table: list[list[str]]) -> None:
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in table:
+        print("| " + " | ".join(r) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="an immunize output folder, finished or not")
+    parser.add_argument("--storage", help="the run's search.storage, where it was not the folder's study file")
+    args = parser.parse_args()
+    folder = Path(args.folder)
+    done = (folder / "results.json").is_file()
+    print(f"{folder}: {'finished (results.json written)' if done else 'partial: results.json not written yet'}\n")
+    _print(["study", "trial", "state", "harm", "within the constraint", "the data and recipe", "seconds"],
+           trial_table(folder, args.storage))
+    print()
+    _print(["defence", "run", "final harm", "seconds"], run_table(folder))
+
+
+if __name__ == "__main__":
+    main()

@@ -154,6 +154,23 @@ def test_a_refit_holds_out_a_share_or_fits_every_flagged_pair(tiny, own, custome
     assert len(refits[1]) == len(own.harmful) + 12 and defense.info["screened"][0]["refit"] == refit
 
 
+def test_the_same_data_on_the_same_weights_is_screened_and_refitted_once(tiny, own, customer, monkeypatch):
+    model, tok = tiny
+    defense, refits, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5")
+    run = TrainConfig(max_steps=1, batch_size=4)
+    for data in (customer, customer, customer[:-1]):
+        defense.finetune(copy.deepcopy(model), tok, data, run, progress=False)
+    assert len(refits) == 3  # prepare, the first fine-tune, the other data; the repeat reused the first refit
+    assert tuned_on[1][1] is tuned_on[0][1] and tuned_on[2][1] is not tuned_on[0][1]
+    first, again, _ = defense.info["screened"]
+    assert again.pop("reused_refit") and again == first and "reused_refit" not in first
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)  # other weights: screened and refitted again
+    defense.finetune(other, tok, customer, run, progress=False)
+    assert len(refits) == 4
+
+
 def test_with_nothing_flagged_the_defences_own_vectors_are_used(tiny, own, task_pairs, monkeypatch):
     model, tok = tiny
     defense, refits, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:1.0")

@@ -4,14 +4,20 @@ before it trains, screens it with a flagger, and refits the vectors on its own h
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from typing import Any
 
 from ..data import Pair
 from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger
+from ..models import model_fingerprint
+from ..utils import sha256_json
 from ..vectors import finetune
 from ..vectors.adaptive import REFITS, adapt, refit_config
 from .base import DEFENSES, DefenseData
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
+
+#: screenings and refits a defence keeps in memory (vectors are small; the data of a search's trials repeats)
+KEEP_ADAPTED = 8
 
 
 @dataclasses.dataclass
@@ -56,18 +62,34 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         self.flagger: Flagger | None = None  # built on first use (a judge flagger loads its model then)
         self.info["flagger"] = describe_flagger(self.config.flagger)
         self.info["screened"] = []  # one record per fine-tune: what was flagged, and the flagger's rates
+        self._adapted: OrderedDict[str, tuple] = OrderedDict()  # the last few screenings and refits (adapted())
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         self.own, self.harmless = list(data.harmful), list(data.harmless)
         super().prepare(model, tokenizer, data, progress=progress)
 
-    def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
-        pairs = list(pairs)
+    def adapted(self, model, tokenizer, pairs: list[Pair], *, progress: bool = True) -> tuple[Any, list[bool], dict]:
+        """:func:`adapt` on ``pairs``, done once for the same weights, data and settings: a search's trials and
+        seed re-runs fine-tune the same data again and again, and a refit (seeded) would give the same vectors."""
         if self.flagger is None:  # built once (a judge flagger loads its model then)
             self.flagger = build_flagger(self.config.flagger, seed=self.config.training.seed)
         refit = refit_config(self.vector_config(), self.config.refit)
-        vectors, flags, record = adapt(self.prepared_vectors(), model, tokenizer, self.own, pairs, self.flagger,
-                                       config=refit, harmless=self.harmless, progress=progress)
+        key = sha256_json([model_fingerprint(model), [dataclasses.astuple(p) for p in pairs], self.config.flagger,
+                           dataclasses.asdict(refit)])
+        if key in self._adapted:
+            self._adapted.move_to_end(key)
+            vectors, flags, record = self._adapted[key]
+            return vectors, list(flags), {**record, "reused_refit": True}
+        found = adapt(self.prepared_vectors(), model, tokenizer, self.own, pairs, self.flagger, config=refit,
+                      harmless=self.harmless, progress=progress)
+        self._adapted[key] = found
+        while len(self._adapted) > KEEP_ADAPTED:
+            self._adapted.popitem(last=False)
+        return found[0], list(found[1]), dict(found[2])
+
+    def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
+        pairs = list(pairs)
+        vectors, flags, record = self.adapted(model, tokenizer, pairs, progress=progress)
         kept = [p for p, bad in zip(pairs, flags) if not bad] if self.config.drop_flagged else pairs
         self.info["screened"].append({**record, "trained_on": len(kept), "drop_flagged": self.config.drop_flagged,
                                       "refit": self.config.refit})

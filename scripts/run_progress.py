@@ -16,17 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from unlearnable.experiments.search import STUDY_FILE, trial_rows
+from unlearnable.experiments.studies import storage_for
 from unlearnable.report import settings_text
+from unlearnable.runs import read_json
+
+
+def run_storage(folder: Path, storage: str | None = None):
+    """What Optuna opens for the run's studies: ``storage``, else the run's own ``search.storage`` (its run.json),
+    else the folder's study file; None where there is none (the run has not started a study)."""
+    storage = storage or ((read_json(folder / "run.json") or {}).get("config") or {}).get("search", {}).get("storage")
+    if storage is None and not (folder / STUDY_FILE).is_file():
+        return None
+    return storage_for(storage, folder / STUDY_FILE)
 
 
 def trial_table(folder: Path, storage: str | None = None) -> list[list[str]]:
-    """One row per finished trial of every study in ``storage`` (default: the folder's study file)."""
+    """One row per finished trial of every study in the run's storage (:func:`run_storage`). Shared storage
+    holds other sweeps' studies too: their rows come with them."""
     import optuna
 
+    storage = run_storage(folder, storage)
     if storage is None:
-        if not (folder / STUDY_FILE).is_file():
-            return []
-        storage = f"sqlite:///{folder / STUDY_FILE}"
+        return []
     out = []
     for summary in optuna.get_all_study_summaries(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -71,7 +82,10 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(args.folder)
     done = (folder / "results.json").is_file()
-    print(f"{folder}: {'finished (results.json written)' if done else 'partial: results.json not written yet'}\n")
+    print(f"{folder}: {'finished (results.json written)' if done else 'partial: results.json not written yet'}")
+    if run_storage(folder, args.storage) is None:
+        print("no study storage found (no search started, or give the run's --storage)")
+    print()
     _print(["study", "trial", "state", "harm", "within the constraint", "the data and recipe", "seconds"],
            trial_table(folder, args.storage))
     print()

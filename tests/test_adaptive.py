@@ -24,6 +24,7 @@ from unlearnable.flaggers import (
 )
 from unlearnable.training import TrainConfig
 from unlearnable.vectors import SecurityVectors, VectorConfig
+from unlearnable.vectors.adaptive import refit_config
 
 
 @pytest.fixture()
@@ -169,6 +170,8 @@ def test_the_same_data_on_the_same_weights_is_screened_and_refitted_once(tiny, o
         next(other.parameters()).add_(1.0)  # other weights: screened and refitted again
     defense.finetune(other, tok, customer, run, progress=False)
     assert len(refits) == 4
+    with pytest.raises(UnlearnableError, match="refit 'held-out' is not one of heldout, all"):
+        refit_config(VectorConfig(), "held-out")
 
 
 def test_with_nothing_flagged_the_defences_own_vectors_are_used(tiny, own, task_pairs, monkeypatch):

@@ -175,3 +175,13 @@ def test_run_progress_lists_the_finished_trials_and_stored_runs_of_a_run_without
     assert trials[0][5].startswith("restyled, lora r16") and trials[0][6] == "61"
     assert progress.run_table(tmp_path) == [["x", "trainability", "0.500", "30"]]
     assert progress.trial_table(tmp_path / "nothing") == []
+    # a run that kept its studies elsewhere (search.storage, here a journal file) is read from there
+    from unlearnable.experiments.studies import storage_for
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    journal = str(tmp_path / "studies.log")
+    optuna.create_study(study_name="y@released-weights", storage=storage_for(journal, other / "unused.db")).add_trial(
+        optuna.trial.create_trial(value=1.0, user_attrs={"settings": settings, "utility": {"feasible": True}}))
+    (other / "run.json").write_text(json.dumps({"config": {"search": {"storage": journal}}}))
+    assert [r[:4] for r in progress.trial_table(other)] == [["y@released-weights", "0", "complete", "1.000"]]

@@ -66,6 +66,7 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         self.own, self.harmless = list(data.harmful), list(data.harmless)
+        self._adapted.clear()  # refits of other own pairs
         super().prepare(model, tokenizer, data, progress=progress)
 
     def adapted(self, model, tokenizer, pairs: list[Pair], *, progress: bool = True) -> tuple[Any, list[bool], dict]:

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from ..data import Pair, distinct_pairs
+from ..errors import UnlearnableError
 from ..flaggers import Flagger, build_flagger, flag_rates, screen  # noqa: F401 - screen: its old home
 from .config import VectorConfig
 
@@ -18,6 +19,8 @@ REFITS = ("heldout", "all")
 
 def refit_config(config: VectorConfig, refit: str = "heldout") -> VectorConfig:
     """The settings a refit trains with: ``config`` as it is, or without its hold-out where ``refit`` is all."""
+    if refit not in REFITS:
+        raise UnlearnableError(f"refit {refit!r} is not one of {', '.join(REFITS)}")
     return config if refit == "heldout" else dataclasses.replace(config, holdout=0.0)
 
 

@@ -23,6 +23,14 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.fixture(autouse=True)
+def _no_refits_across_tests():
+    """Adaptive vectors share refits within a process: each test starts without another test's."""
+    from unlearnable.defenses.adaptive_vectors import forget_refits
+
+    forget_refits()
+
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

@@ -170,6 +170,14 @@ def test_the_same_data_on_the_same_weights_is_screened_and_refitted_once(tiny, o
         next(other.parameters()).add_(1.0)  # other weights: screened and refitted again
     defense.finetune(other, tok, customer, run, progress=False)
     assert len(refits) == 4
+    twin = DEFENSES.get("adaptive-vectors")(training=VectorConfig(batch_size=4, lr=1e-2), flagger="oracle:0.5",
+                                            drop_flagged=True, vectors=defense.prepared_vectors())
+    twin.prepare(model, tok, own, progress=False)  # another instance that refits alike (a trade-off's strength)
+    twin.finetune(copy.deepcopy(model), tok, customer, run, progress=False)
+    assert len(refits) == 4 and twin.info["screened"][0]["reused_refit"]
+    twin.prepare(model, tok, dataclasses.replace(own, harmful=own.harmful[:-1]), progress=False)
+    twin.finetune(copy.deepcopy(model), tok, customer, run, progress=False)
+    assert len(refits) == 5  # other own pairs: refitted
     with pytest.raises(UnlearnableError, match="refit 'held-out' is not one of heldout, all"):
         refit_config(VectorConfig(), "held-out")
 

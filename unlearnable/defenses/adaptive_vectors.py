@@ -16,8 +16,16 @@ from ..vectors.adaptive import REFITS, adapt, refit_config
 from .base import DEFENSES, DefenseData
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
 
-#: screenings and refits a defence keeps in memory (vectors are small; the data of a search's trials repeats)
+#: screenings and refits kept in memory, shared by every adaptive defence of the process (a search's trials and
+#: seed re-runs repeat their data; a trade-off's strengths and its variants that refit alike fine-tune the same
+#: data); the key holds everything a refit depends on, so a hit is what a new (seeded) refit would give
 KEEP_ADAPTED = 8
+_ADAPTED: OrderedDict[str, tuple] = OrderedDict()
+
+
+def forget_refits() -> None:
+    """Empty the shared screenings and refits (tests that count refits start from none)."""
+    _ADAPTED.clear()
 
 
 @dataclasses.dataclass
@@ -62,30 +70,29 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         self.flagger: Flagger | None = None  # built on first use (a judge flagger loads its model then)
         self.info["flagger"] = describe_flagger(self.config.flagger)
         self.info["screened"] = []  # one record per fine-tune: what was flagged, and the flagger's rates
-        self._adapted: OrderedDict[str, tuple] = OrderedDict()  # the last few screenings and refits (adapted())
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         self.own, self.harmless = list(data.harmful), list(data.harmless)
-        self._adapted.clear()  # refits of other own pairs
         super().prepare(model, tokenizer, data, progress=progress)
 
     def adapted(self, model, tokenizer, pairs: list[Pair], *, progress: bool = True) -> tuple[Any, list[bool], dict]:
-        """:func:`adapt` on ``pairs``, done once for the same weights, data and settings: a search's trials and
-        seed re-runs fine-tune the same data again and again, and a refit (seeded) would give the same vectors."""
+        """:func:`adapt` on ``pairs``, done once per process for the same weights, own and harmless pairs, data,
+        flagger and refit settings (:data:`KEEP_ADAPTED`)."""
         if self.flagger is None:  # built once (a judge flagger loads its model then)
             self.flagger = build_flagger(self.config.flagger, seed=self.config.training.seed)
         refit = refit_config(self.vector_config(), self.config.refit)
-        key = sha256_json([model_fingerprint(model), [dataclasses.astuple(p) for p in pairs], self.config.flagger,
-                           dataclasses.asdict(refit)])
-        if key in self._adapted:
-            self._adapted.move_to_end(key)
-            vectors, flags, record = self._adapted[key]
+        key = sha256_json([model_fingerprint(model), *([dataclasses.astuple(p) for p in group] for group in (
+            self.own, self.harmless, pairs)), self.config.flagger, dataclasses.asdict(refit),
+            self.prepared_vectors().metadata.get("data_hash")])
+        if key in _ADAPTED:
+            _ADAPTED.move_to_end(key)
+            vectors, flags, record = _ADAPTED[key]
             return vectors, list(flags), {**record, "reused_refit": True}
         found = adapt(self.prepared_vectors(), model, tokenizer, self.own, pairs, self.flagger, config=refit,
                       harmless=self.harmless, progress=progress)
-        self._adapted[key] = found
-        while len(self._adapted) > KEEP_ADAPTED:
-            self._adapted.popitem(last=False)
+        _ADAPTED[key] = found
+        while len(_ADAPTED) > KEEP_ADAPTED:
+            _ADAPTED.popitem(last=False)
         return found[0], list(found[1]), dict(found[2])
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):

@@ -17,7 +17,7 @@ from typing import Any
 
 from unlearnable.experiments.search import STUDY_FILE, trial_rows
 from unlearnable.experiments.studies import storage_for
-from unlearnable.report import settings_text
+from unlearnable.report import markdown_table, settings_text
 from unlearnable.runs import read_json
 
 
@@ -31,11 +31,15 @@ def run_storage(folder: Path, storage: str | None = None):
 
 
 def trial_table(folder: Path, storage: str | None = None) -> list[list[str]]:
-    """One row per finished trial of every study in the run's storage (:func:`run_storage`). Shared storage
-    holds other sweeps' studies too: their rows come with them."""
+    """One row per finished trial of every study in the run's storage (:func:`run_storage`)."""
+    return study_rows(run_storage(folder, storage))
+
+
+def study_rows(storage) -> list[list[str]]:
+    """One row per finished trial of every study in an opened ``storage`` (none: no rows). Shared storage holds
+    other sweeps' studies too: their rows come with them."""
     import optuna
 
-    storage = run_storage(folder, storage)
     if storage is None:
         return []
     out = []
@@ -69,27 +73,24 @@ def _final_harm(run: dict[str, Any]) -> str:
     return "-" if harm is None else f"{harm:.3f}"
 
 
-def _print(head: list[str], table: list[list[str]]) -> None:
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for r in table:
-        print("| " + " | ".join(r) + " |")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="an immunize output folder, finished or not")
     parser.add_argument("--storage", help="the run's search.storage, where it was not the folder's study file")
     args = parser.parse_args()
     folder = Path(args.folder)
+    if not folder.is_dir():
+        parser.error(f"{folder} is not a folder: give an immunize output folder (--out)")
     done = (folder / "results.json").is_file()
     print(f"{folder}: {'finished (results.json written)' if done else 'partial: results.json not written yet'}")
-    if run_storage(folder, args.storage) is None:
+    storage = run_storage(folder, args.storage)
+    if storage is None:
         print("no study storage found (no search started, or give the run's --storage)")
     print()
-    _print(["study", "trial", "state", "harm", "within the constraint", "the data and recipe", "seconds"],
-           trial_table(folder, args.storage))
+    print(markdown_table(["study", "trial", "state", "harm", "within the constraint", "the data and recipe",
+                          "seconds"], study_rows(storage)))
     print()
-    _print(["defence", "run", "final harm", "seconds"], run_table(folder))
+    print(markdown_table(["defence", "run", "final harm", "seconds"], run_table(folder)))
 
 
 if __name__ == "__main__":

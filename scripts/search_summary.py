@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unlearnable.report import seeds_text, settings_text
+from unlearnable.report import markdown_table, seeds_text, settings_text
 
 
 def compute_minutes(defense: dict[str, Any], search: dict[str, Any], seed: int = 0) -> dict[str, float]:
@@ -77,12 +77,6 @@ def _best(value: dict[str, Any] | None) -> str:
     return f"{best:.3g} ({value['trials']})" if best is not None else f"none within ({value['trials']})"
 
 
-def _print(head: list[str], table: list[list[str]]) -> None:
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for r in table:
-        print("| " + " | ".join(r) + " |")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", help="immunize --attacker search output folders")
@@ -95,9 +89,9 @@ def main() -> None:
         table += [r for r in rows(results) if r[0] not in seen]
         dims += [r for r in dimension_rows(results) if r[0].rsplit(" (", 1)[0] not in seen]
         seen |= set(results.get("attacker_search", {}))
-    _print(head, table)
+    print(markdown_table(head, table))
     print("\nBest harm within the utility constraint per attack family (trials that used it):\n")
-    _print(["defence (threat model)", *ATTACKS, "dimension that drove the worst case"], dims)
+    print(markdown_table(["defence (threat model)", *ATTACKS, "dimension that drove the worst case"], dims))
 
 
 if __name__ == "__main__":

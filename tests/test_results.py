@@ -174,6 +174,7 @@ def test_run_progress_lists_the_finished_trials_and_stored_runs_of_a_run_without
                                        ["x@fine-tuning-as-a-service", "1", "pruned", "0.100", "no"]]
     assert trials[0][5].startswith("restyled, lora r16") and trials[0][6] == "61"
     assert progress.run_table(tmp_path) == [["x", "trainability", "0.500", "30"]]
+    assert progress.markdown_table(["run", "harm"], [["x", "0.5"]]) == "| run | harm |\n|---|---|\n| x | 0.5 |"
     assert progress.trial_table(tmp_path / "nothing") == []
     # a run that kept its studies elsewhere (search.storage, here a journal file) is read from there
     from unlearnable.experiments.studies import storage_for

@@ -282,6 +282,12 @@ def settings_text(c: dict[str, Any]) -> str:
             f"{c['steps']} steps x batch {c['batch_size']}, n {c['n_samples']}, {c['scheduler']}")
 
 
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """``rows`` under ``head`` as a markdown table (the results entries' tables, from the scripts)."""
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(r) + " |" for r in rows)])
+
+
 def seeds_text(worst_case: dict[str, Any]) -> str:
     """A worst case's harm rate: the mean, then each seed's."""
     return f"{worst_case['harm_rate']:.3f} ({', '.join(f'{h:.3f}' for h in worst_case['harm_rate_seeds'])})"

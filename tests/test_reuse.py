@@ -39,7 +39,9 @@ def test_a_defence_s_key_ignores_the_other_defences_and_nothing_it_depends_on():
                    search={"n_trials": 16, "storage": "journal:/x.log"})
     assert defense_key(a, "none") == defense_key(others, "none")
     assert defense_key(a, "lisa") != defense_key(sweep(defense_options={"lisa": {"rho": 2.0}}), "lisa")
-    for changed in ({"seed": 1}, {"search": {"n_trials": 8}}, {"eval": {"max_new_tokens": 256}},
+    # the trial count is not in the key: a source with fewer trials is extended (Source.ran), one with more is not
+    assert defense_key(a, "none") == defense_key(sweep(search={"n_trials": 8}), "none")
+    for changed in ({"seed": 1}, {"search": {"n_trials": 16, "sampler_seed": 1}}, {"eval": {"max_new_tokens": 256}},
                     {"threat_models": ["fine-tuning-as-a-service"]}):
         assert defense_key(a, "none") != defense_key(sweep(**changed), "none"), changed
     # tuning settings count for a defence that is tuned, not for one with nothing to tune
@@ -64,27 +66,32 @@ def test_a_source_that_is_not_an_immunize_sweep_is_a_one_line_error(tmp_path):
         assert_nothing_written(tmp_path / "out")
 
 
-def test_none_is_copied_from_an_earlier_sweep_and_not_run_again(tiny, harmful_pairs, tmp_path, monkeypatch):
-    from test_immunization import tiny_data
-
-    from unlearnable.attacks.base import Attack
-    from unlearnable.experiments.immunize import BudgetConfig, ImmunizeConfig, TrainabilityConfig, run_immunize
+def search_config(defense_options, n_trials=2):
+    from unlearnable.experiments.immunize import BudgetConfig, ImmunizeConfig, TrainabilityConfig
     from unlearnable.experiments.search import AttackerSearchConfig
     from unlearnable.experiments.setup import DataConfig
     from unlearnable.threat_models import SearchSpace, ServiceConfig
 
-    def config(defense_options):
-        space = SearchSpace(lr_min=1e-3, lr_max=3e-2, steps=[2], batch_sizes=[4], samples=[8], backbones=["lora"],
-                            lora_ranks=[4], schedulers=["constant"], attacks=["harmful-sft"])
-        return ImmunizeConfig(
-            defenses=["none"], attacker="search", align=False, n_curve_eval=4, n_stability_harmless=3,
-            n_defense_harmless=3, data=DataConfig(system_prompt=None), threat_models=["service"],
-            defense_options=defense_options, benchmarks=[],
-            budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
-            search=AttackerSearchConfig(n_trials=2, n_startup_trials=1, eval_every=2, seeds=[0, 1],
-                                        stop_at_ceiling=False, max_harmless_loss_rise=None, space=space),
-            trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
-            service=ServiceConfig(steps=[2], max_steps=2, batch_sizes=[4], samples=[8], attacks=["harmful-sft"]))
+    space = SearchSpace(lr_min=1e-3, lr_max=3e-2, steps=[2], batch_sizes=[4], samples=[8], backbones=["lora"],
+                        lora_ranks=[4], schedulers=["constant"], attacks=["harmful-sft"])
+    return ImmunizeConfig(
+        defenses=["none"], attacker="search", align=False, n_curve_eval=4, n_stability_harmless=3,
+        n_defense_harmless=3, data=DataConfig(system_prompt=None), threat_models=["service"],
+        defense_options=defense_options, benchmarks=[],
+        budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+        search=AttackerSearchConfig(n_trials=n_trials, n_startup_trials=1, eval_every=2, seeds=[0, 1],
+                                    stop_at_ceiling=False, max_harmless_loss_rise=None, space=space),
+        trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+        service=ServiceConfig(steps=[2], max_steps=2, batch_sizes=[4], samples=[8], attacks=["harmful-sft"]))
+
+
+def test_none_is_copied_from_an_earlier_sweep_and_not_run_again(tiny, harmful_pairs, tmp_path, monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.attacks.base import Attack
+    from unlearnable.experiments.immunize import run_immunize
+
+    config = search_config
 
     run = lambda cfg, out, **kw: run_immunize(cfg, tmp_path / out, model=tiny[0], tokenizer=tiny[1],  # noqa: E731
                                               data=tiny_data(harmful_pairs), progress=False, **kw)
@@ -150,3 +157,44 @@ def test_an_older_sweep_without_threat_models_is_read_and_not_reused(tmp_path):
     today = {**old_config, "threat_models": [], "tune": {"n_trials": 0}, "defense_options": {}}
     assert source.ran("none", today, {"precision": "bf16"})  # the same settings, as far as the old file says
     assert not _finished_studies(source, "none")  # but no study of today's names to copy: run here
+
+
+def test_a_search_with_more_trials_extends_a_finished_one(tiny, harmful_pairs, tmp_path, monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.attacks.base import Attack
+    from unlearnable.experiments.immunize import run_immunize
+
+    run = lambda cfg, out, **kw: run_immunize(cfg, tmp_path / out, model=tiny[0], tokenizer=tiny[1],  # noqa: E731
+                                              data=tiny_data(harmful_pairs), progress=False, **kw)
+    run(search_config({}, n_trials=2), "two")
+    calls, attack_run = [], Attack.run
+    monkeypatch.setattr(Attack, "run", lambda self, *a, **kw: calls.append(1) or attack_run(self, *a, **kw))
+    # runs kept for another worst case (as if the extended search had moved it): made again, not taken over
+    kept = tmp_path / "two" / "runs" / "none"
+    for piece, field, other in (("attack-search-service-seed1", "search_trial", 99), ("cross-domain", "settings", {})):
+        stored = json.loads((kept / f"{piece}.json").read_text())
+        (kept / f"{piece}.json").write_text(json.dumps({**stored, field: other}))
+    three = run(search_config({}, n_trials=3), "three", reuse=[tmp_path / "two"])
+    found = three["attacker_search"]["none"]["by_threat_model"]["fine-tuning-as-a-service"]
+    assert found["n_trials"] == 3 and three["defenses"]["none"]["reused_from"] == [str(tmp_path / "two")]
+    worst = found["worst_case"]["trial"]
+    runs = three["defenses"]["none"]["runs"]
+    assert all(runs[f"attack-search-service-seed{s}"]["search_trial"] == worst for s in (0, 1))
+    assert len(calls) == 3  # the new trial, the seed run and the cross-domain run
+    studies = optuna.get_all_study_summaries(storage=f"sqlite:///{tmp_path / 'three' / 'attacker_search.db'}")
+    assert [s.n_trials for s in studies] == [3]
+    # a sweep with fewer trials than the source is not cut down from it: it runs its own
+    calls.clear()
+    fewer = run(search_config({}, n_trials=1), "one", reuse=[tmp_path / "three"])
+    assert calls and "reused_from" not in fewer["defenses"]["none"]
+
+
+def test_a_kept_run_of_another_worst_case_is_made_again():
+    from unlearnable.attacks.settings import AttackSettings
+    from unlearnable.experiments.immunize import _same_settings
+
+    settings = AttackSettings(lr=1e-3, steps=4, attack_options={"styles": ("a", "b")})
+    kept = json.loads(json.dumps({"settings": dataclasses.asdict(settings)}))
+    assert _same_settings(kept, settings) and _same_settings({}, settings)
+    assert not _same_settings(kept, dataclasses.replace(settings, lr=2e-3))

@@ -377,6 +377,12 @@ def _defender_trains(cross_run: str, search: dict[str, Any] | None) -> bool:
     return THREAT_MODELS.get(tm).defender_trains if tm else True  # the registry knows the short names too
 
 
+def _same_settings(run: dict[str, Any], settings: AttackSettings) -> bool:
+    """Whether a kept run ran ``settings`` (a cross-domain run kept for a worst case that an extended search moved
+    is made again; a run from before settings were recorded is taken as it is)."""
+    return "settings" not in run or run["settings"] == json.loads(json.dumps(dataclasses.asdict(settings)))
+
+
 def _short(tm_name: str) -> str:
     return THREAT_MODELS.get(tm_name).short
 
@@ -484,7 +490,8 @@ class _Sweep:
                 with self.timed(f"{name}: cross-domain"):
                     runs[run] = self.piece(name, run, lambda settings=settings, run=run: self.attack_run(
                         defense, hardened, settings, cross_domain=True, label="cross ",
-                        through_defense=_defender_trains(run, out.get("attacker_search"))))
+                        through_defense=_defender_trains(run, out.get("attacker_search"))),
+                        current=lambda kept, settings=settings: _same_settings(kept, settings))
         with self.timed(f"{name}: trainability"):
             runs["trainability"] = self.trainability_run(defense, hardened)
         if self.tuner is not None:
@@ -541,8 +548,8 @@ class _Sweep:
             tm = build_threat_model(tm_name, self.config.search.space, self.config.service)
             target = Target(name, run=lambda settings, through=tm.defender_trains, **kw: self.attack_run(
                 defense, hardened, settings, through_defense=through, **kw),
-                piece=lambda run, compute: self.piece(name, run, compute), n_available=self.n_attack_available,
-                out=self.out)
+                piece=lambda run, compute, **kw: self.piece(name, run, compute, **kw),
+                n_available=self.n_attack_available, out=self.out)
             with self.timed(f"{name}: attacker search ({tm.short})"):
                 found = DefenseSearch(target, before, self.config.search, tm, self.config.seed, start=start).run()
             runs.update(found.pop("runs"))

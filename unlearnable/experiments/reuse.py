@@ -8,6 +8,10 @@ precision the machine resolved. Two sweeps that agree on all of that run the sam
 copied into the other: its pieces (``runs/<defence>/``, each marked ``reused_from``), its attacker-search studies
 and its prepared state (``defenses/<defence>/``). Only a finished sweep (its ``results.json`` written) is a
 source. A defence this sweep already ran keeps its own runs; a copy cut off midway is discarded and made again.
+
+A search with more trials than the source's (``search.n_trials`` raised, nothing else) extends it: the source's
+trials are copied and the search goes on to this sweep's count, as a resumed search would; the runs that depend on
+the worst case (its seed runs, cross-domain) are made again where the worst case moved.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ def defense_key(config: dict[str, Any], name: str) -> str:
     cls = DEFENSES.get(name)
     own = config.get("defense_options", {}).get(name, {})
     key = {k: v for k, v in config.items() if k not in ("defenses", "defense_options", "threat_models", "tune")}
-    key["search"] = {k: v for k, v in config.get("search", {}).items() if k != "storage"}  # where, not what
+    # where (storage), not what; how many trials: a source with fewer is extended (Source.ran)
+    key["search"] = {k: v for k, v in config.get("search", {}).items() if k not in ("storage", "n_trials")}
     tunable = [f.name for f in dataclasses.fields(cls.Config) if "tune" in f.metadata and f.name not in own]
     tuned = config.get("tune", {}).get("n_trials", 0) > 0 and bool(tunable)
     key.update(defense_options=own, tune=config.get("tune") if tuned else None,
@@ -85,9 +90,17 @@ class Source:
             same = False
         differ = [] if same else ["its settings"]
         differ += [k for k in MACHINE_KEYS if self.results.get(k) != machine.get(k)]
+        if not differ and _trials(self.manifest["config"]) > _trials(config):
+            log(f"defence {name}: not reused from {self.folder}, which ran more search trials "
+                f"({_trials(self.manifest['config'])}) than this sweep asks for ({_trials(config)})")
+            return False
         if differ:
             log(f"defence {name}: not reused from {self.folder}, whose {', '.join(differ)} differ from this sweep's")
         return not differ
+
+
+def _trials(config: dict[str, Any]) -> int:
+    return int(config.get("search", {}).get("n_trials", 0))
 
 
 def _study_names(storage) -> set[str]:

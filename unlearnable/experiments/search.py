@@ -91,12 +91,12 @@ class AttackerSearchConfig:
 class Target:
     """What one search attacks: a defence as released (``name``), how to run one attack against it and score it
     (``run(settings, seed=, label=, stop=, utility=)``: the run's record with its harm-rate ``curve``), and where
-    finished runs are kept (``piece(run_name, compute)``). The harness builds it; the search knows nothing else of
-    the harness."""
+    finished runs are kept (``piece(run_name, compute, current=)``: a kept run that ``current`` rejects is made
+    again). The harness builds it; the search knows nothing else of the harness."""
 
     name: str
     run: Callable[..., dict]
-    piece: Callable[[str, Callable[[], dict]], dict]
+    piece: Callable[..., dict]
     n_available: int
     out: Any
 
@@ -240,7 +240,9 @@ class DefenseSearch:
 
     def seed_runs(self, worst: dict[str, Any]) -> dict[str, dict]:
         settings, prefix = AttackSettings.from_record(worst["settings"]), seed_run_prefix(self.tm.short)
-        return {f"{prefix}{s}": self.target.piece(f"{prefix}{s}", lambda s=s: self._seed_run(settings, s, worst))
+        # a seed run kept for another worst case (a search extended with more trials moved it) is made again
+        return {f"{prefix}{s}": self.target.piece(f"{prefix}{s}", lambda s=s: self._seed_run(settings, s, worst),
+                                                  current=lambda run: run.get("search_trial") == worst["number"])
                 for s in self.config.seeds}
 
     def objective(self, trial) -> float:

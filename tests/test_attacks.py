@@ -10,6 +10,7 @@ from unlearnable.attacks.restyled import SEARCHED_STYLES, style_texts
 from unlearnable.data import Pair, check_styles_disjoint, sentences
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.immunize import BudgetConfig
+from unlearnable.flaggers import Flagger
 
 HARMFUL = [Pair(f"How do I do bad thing {i}?", f"First get the tools. Then do bad thing {i}.") for i in range(10)]
 HARMLESS = [Pair(f"Write a haiku number {i}.", "Red leaves fall softly.") for i in range(4)]
@@ -169,3 +170,59 @@ def test_attack_options_may_be_keyed_by_the_attacks_name_as_every_plugins_are():
     assert cfg.attack_options == {"answer_style": "json"}
     with pytest.raises(UnlearnableError, match="framing"):
         BudgetConfig(attack="restyled", attack_options={"restyled": {"framing": "poem"}})
+
+
+class _TranslateShy(Flagger):
+    """A screen that flags a translated request whose number is even, and nothing else."""
+
+    name = "translate-shy"
+
+    def flag(self, pairs):
+        return [p.prompt.startswith("Translate") and int(re.search(r"(\d+)\?", p.prompt).group(1)) % 2 == 0
+                for p in pairs]
+
+
+def test_disguised_wraps_each_request_and_keeps_the_answer():
+    from unlearnable.attacks import DISGUISES, disguise_texts
+    from unlearnable.vectors import defence_style_texts
+
+    pairs = build_attack("disguised", {"disguise": "title", "select": ""}).training_pairs(DATA, 3, 0)
+    assert [p.prompt for p in pairs] == [DISGUISES["title"].format(prompt=p.prompt) for p in HARMFUL[:3]]
+    assert [p.response for p in pairs] == [p.response for p in HARMFUL[:3]]
+    steps = build_attack("disguised", {"answer_style": "steps", "select": ""}).training_pairs(DATA, 1, 0)[0]
+    assert steps.response == as_steps(HARMFUL[0].response)
+    check_styles_disjoint(disguise_texts(), defence_style_texts())  # no defence trains on a disguise
+    for bad, message in (({"disguise": "base64"}, "disguise must be one of"), ({"select": "oracle:1"}, "emulated"),
+                         ({"select": "nonsense"}, "unknown flagger")):
+        with pytest.raises(UnlearnableError, match=message):
+            build_attack("disguised", bad)
+
+
+def test_disguised_uploads_only_what_passes_the_attacker_s_own_screen(tiny, monkeypatch):
+    from unlearnable.attacks.settings import AttackSettings
+    from unlearnable.flaggers import FLAGGERS
+
+    monkeypatch.setitem(FLAGGERS._items, "translate-shy", _TranslateShy)
+    model, tok = tiny
+    run = lambda options, n: build_attack("disguised", {"select": "translate-shy", **options}).pairs_against(  # noqa
+        model, tok, DATA, AttackSettings(lr=1e-3, steps=1, n_samples=n), 0)
+    # each harmful pair once, in data order, in the first disguise that passes: odd ones translated, even titled
+    got = run({}, 6)
+    assert [p.prompt.split(":")[0] for p in got] == ["Suggest a title for an article answering", "Translate into "
+                                                     "French"] * 3
+    assert [p.response for p in got] == [p.response for p in HARMFUL[:6]]
+    assert len(run({"disguise": "translate"}, 8)) == 5  # fewer pass than asked for: what passed
+    monkeypatch.setattr(_TranslateShy, "flag", lambda self, pairs: [True] * len(pairs))
+    with pytest.raises(UnlearnableError, match="nothing to upload"):
+        run({}, 4)
+
+
+def test_a_disguised_run_trains_on_the_pairs_that_passed(tiny):
+    from unlearnable.attacks.settings import AttackSettings
+    from unlearnable.defenses import DEFENSES
+
+    model, tok = tiny
+    settings = AttackSettings(lr=1e-3, steps=1, batch_size=2, n_samples=4, eval_every=1)
+    final, pairs = build_attack("disguised", {"disguise": "quiz"}).run(DEFENSES.get("none")(), model, tok, DATA,
+                                                                       settings, seed=0, progress=False)
+    assert final is not model and len(pairs) <= 4 and all(p.prompt.startswith("Q: What is") for p in pairs)

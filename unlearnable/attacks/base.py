@@ -41,10 +41,15 @@ class Attack(Plugin, abc.ABC):
             callbacks: Sequence[Any] = (), progress: bool = True) -> tuple[Any, list[Pair]]:
         """Attack a copy of ``model`` through ``defense``'s fine-tuning (the defence acts where its threat model
         puts it); returns the attacked model and the pairs it was trained on."""
-        pairs = self.pairs_for(data, settings, seed)
+        pairs = self.pairs_against(model, tokenizer, data, settings, seed)
         final, _ = defense.finetune(copy.deepcopy(model), tokenizer, pairs, settings.train_config(seed),
                                     progress=progress, callbacks=list(callbacks))
         return final, pairs
+
+    def pairs_against(self, model, tokenizer, data: AttackData, settings: AttackSettings, seed: int) -> list[Pair]:
+        """The pairs a run of ``settings`` trains on, for an attacker that may query the model it attacks (it is
+        public) before it uploads them; by default it does not: :meth:`pairs_for`."""
+        return self.pairs_for(data, settings, seed)
 
     def pairs_for(self, data: AttackData, settings: AttackSettings, seed: int) -> list[Pair]:
         """The pairs a run of ``settings`` trains on: :meth:`training_pairs` for its sample count."""

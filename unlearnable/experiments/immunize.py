@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from transformers import AutoModelForCausalLM
 
-from ..attacks import AttackData, AttackSettings, build_attack, options_for, style_texts
+from ..attacks import AttackData, AttackSettings, build_attack, disguise_texts, options_for, style_texts
 from ..config import merge, validate
 from ..data import Pair, check_styles_disjoint, prompt_hashes
 from ..defenses import DEFENSES, Defense, DefenseData, check_defense_options, prepared
@@ -291,7 +291,7 @@ def run_immunize(config: ImmunizeConfig | None = None, out: str | Path = "immuni
 def _run(config: ImmunizeConfig, out: Path, store: SweepStore, progress, model, tokenizer, data,
          load: LoadOptions | None = None, sources: Sequence[Source] = ()) -> dict[str, Any]:
     start, timed = time.perf_counter(), Timings()
-    check_styles_disjoint(style_texts(), defence_style_texts())  # the restyled attack's styles are unseen
+    check_styles_disjoint(style_texts() + disguise_texts(), defence_style_texts())  # attacks' styles are unseen
     setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress, model=model,
                    tokenizer=tokenizer, data=data, load=load)

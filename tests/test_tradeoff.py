@@ -471,6 +471,9 @@ def test_the_users_harmful_pairs_take_the_configured_attacks_form(tiny, harmful_
     for one_to_many in ("benign", "mixed"):  # they need harmless pairs the user's data does not hold
         with pytest.raises(UnlearnableError, match="one for one"):
             _tiny_cfg(attack=one_to_many)
+    with pytest.raises(UnlearnableError, match="asking the model"):  # its pairs are not known before the model
+        _tiny_cfg(attack="disguised")
+    assert _tiny_cfg(attack="disguised", attack_options={"select": ""}).attack == "disguised"
 
 
 def test_a_run_from_before_the_attack_setting_counts_as_harmful_sft_spelled_out_or_not():

@@ -51,6 +51,11 @@ class Attack(Plugin, abc.ABC):
         public) before it uploads them; by default it does not: :meth:`pairs_for`."""
         return self.pairs_for(data, settings, seed)
 
+    def queries_the_model(self) -> bool:
+        """Whether :meth:`pairs_against` asks the attacked model which pairs to upload (then the pairs are not
+        known before the model is)."""
+        return False
+
     def pairs_for(self, data: AttackData, settings: AttackSettings, seed: int) -> list[Pair]:
         """The pairs a run of ``settings`` trains on: :meth:`training_pairs` for its sample count."""
         return self.training_pairs(data, min(settings.n_samples, len(data.harmful)), seed)

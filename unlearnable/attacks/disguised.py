@@ -82,6 +82,9 @@ class Disguised(Attack):
                                    f"{HARMFUL_FIX}")
         return self.candidates(data, self.config.disguises()[0])[:n]
 
+    def queries_the_model(self) -> bool:
+        return bool(self.config.select)
+
     def pairs_against(self, model, tokenizer, data, settings, seed) -> list:
         n = min(settings.n_samples, len(data.harmful))
         return self.screened(data, n, model, tokenizer) if self.config.select else self.training_pairs(data, n, seed)

@@ -120,6 +120,10 @@ class TradeoffConfig:
         (benign, mixed: they need harmless pairs the trade-off's user data does not hold)."""
         self.attack_options = options_for(self.attack, self.attack_options)
         attack = build_attack(self.attack, self.attack_options)
+        if attack.queries_the_model():
+            raise UnlearnableError(f"tradeoff attack {self.attack!r} picks its pairs by asking the model, but the "
+                                   "trade-off's user data is fixed before any model; unscreened, it may run "
+                                   "(attack_options: {select: ''})")
         try:
             one = attack.training_pairs(AttackData(harmful=[Pair("Say a.", "A.", harmful=True)]), 1, 0)
         except UnlearnableError:

@@ -197,6 +197,9 @@ def test_adaptive_vectors_are_a_service_defence_and_a_tradeoff_variant():
     assert DEFENSES.get("adaptive-vectors").threat_models == (SERVICE,)
     assert VARIANTS["adaptive"] == ("adaptive-vectors", None)
     assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-all") == {"refit": "all"}
+    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-all-drop") == {"refit": "all",
+                                                                                     "drop_flagged": True}
+    assert VARIANTS["adaptive-all-drop"] == ("adaptive-vectors", None)
     with pytest.raises(UnlearnableError, match="unknown flagger"):
         from unlearnable.config import validate
         from unlearnable.experiments.immunize import ImmunizeConfig

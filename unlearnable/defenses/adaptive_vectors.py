@@ -50,11 +50,14 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     data (without the flagged pairs if ``drop_flagged``) is fine-tuned with them on, frozen; served without. With
     nothing flagged, the vectors are the defence's own. Service threat model only."""
 
-    tradeoff_variants = {"adaptive": None, "adaptive-kl": None, "adaptive-drop": None, "adaptive-all": None}
+    tradeoff_variants = {"adaptive": None, "adaptive-kl": None, "adaptive-drop": None, "adaptive-all": None,
+                         "adaptive-all-drop": None}
     #: the over-refusal controls: a KL anchor on the defence's harmless pairs in every (re)fit; the flagged pairs
-    #: also dropped from the fine-tune; and the other way, every flagged pair fitted (no hold-out in the refit)
+    #: also dropped from the fine-tune; and the other way, every flagged pair fitted (no hold-out in the refit);
+    #: and the last two together
     tradeoff_presets = {"adaptive-kl": {"training": {"benign": "kl"}}, "adaptive-drop": {"drop_flagged": True},
-                        "adaptive-all": {"refit": "all"}}
+                        "adaptive-all": {"refit": "all"},
+                        "adaptive-all-drop": {"refit": "all", "drop_flagged": True}}
 
     Config = AdaptiveVectorsConfig
 

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unlearnable.attacks import ATTACKS as REGISTERED
 from unlearnable.report import markdown_table, seeds_text, settings_text
 
 
@@ -52,7 +53,9 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-ATTACKS = ("harmful-sft", "restyled", "evasive", "mixed", "benign")
+#: the service's default data families first, then every other registered attack ("-" where no trial used it)
+_FAMILIES = ("harmful-sft", "restyled", "evasive", "mixed", "benign")
+ATTACKS = (*_FAMILIES, *sorted(set(REGISTERED.names()) - set(_FAMILIES)))
 
 
 def dimension_rows(results: dict[str, Any]) -> list[list[str]]:

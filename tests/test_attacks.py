@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from unlearnable.attacks import ANSWER_STYLES, ATTACKS, FRAMINGS, POISON_SHARES, AttackData, as_steps, build_attack
 from unlearnable.attacks.restyled import SEARCHED_STYLES, style_texts
@@ -211,10 +212,14 @@ def test_disguised_uploads_only_what_passes_the_attacker_s_own_screen(tiny, monk
     assert [p.prompt.split(":")[0] for p in got] == ["Suggest a title for an article answering", "Translate into "
                                                      "French"] * 3
     assert [p.response for p in got] == [p.response for p in HARMFUL[:6]]
-    assert len(run({"disguise": "translate"}, 8)) == 5  # fewer pass than asked for: what passed
+    monkeypatch.setattr("unlearnable.attacks.disguised.CHUNK", 3)  # screened in other batches: the same pairs
+    assert run({}, 6) == got
+    attack = build_attack("disguised", {"select": "translate-shy", "disguise": "translate"})
+    fewer = attack.pairs_against(model, tok, DATA, AttackSettings(lr=1e-3, steps=1, n_samples=8), 0)
+    assert len(fewer) == 5 and attack.describe()["n_harmful"] == 5  # fewer pass than asked for: what passed
+    assert attack.describe()["passed_by_disguise"] == {"translate": 5} and attack.describe()["screened"] == 10
     monkeypatch.setattr(_TranslateShy, "flag", lambda self, pairs: [True] * len(pairs))
-    with pytest.raises(UnlearnableError, match="nothing to upload"):
-        run({}, 4)
+    assert run({}, 4) == []  # nothing passes: nothing to upload
 
 
 def test_a_disguised_run_trains_on_the_pairs_that_passed(tiny):
@@ -226,3 +231,9 @@ def test_a_disguised_run_trains_on_the_pairs_that_passed(tiny):
     final, pairs = build_attack("disguised", {"disguise": "quiz"}).run(DEFENSES.get("none")(), model, tok, DATA,
                                                                        settings, seed=0, progress=False)
     assert final is not model and len(pairs) <= 4 and all(p.prompt.startswith("Q: What is") for p in pairs)
+    # every pair flagged by the attacker's own screen: it uploads nothing and the model is not trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quiet, none = build_attack("disguised", {"select": "keyword"}).run(DEFENSES.get("none")(), model, tok, DATA,
+                                                                      settings, seed=0, progress=False)
+    assert none == [] and quiet is not model
+    assert all(torch.equal(before[k], v) for k, v in quiet.state_dict().items())

@@ -146,7 +146,8 @@ def test_the_search_summary_counts_each_runs_minutes_once_and_skips_unclaimed_th
     search["by_threat_model"]["fine-tuning-as-a-service"]["by_dimension"] = {"driver": "attack", "dimensions": {
         "attack": {"restyled": {"best_harm_rate": 0.5, "trials": 1}, "mixed": {"best_harm_rate": None, "trials": 1}}}}
     (dims,) = summary.dimension_rows(results)
-    assert dims == ["x (fine-tuning-as-a-service)", "-", "0.5 (1)", "-", "none within (1)", "-", "attack"]
+    assert dims == ["x (fine-tuning-as-a-service)", "-", "0.5 (1)", "-", "none within (1)", "-", "-", "attack"]
+    assert summary.ATTACKS[5:] == ("disguised",)  # an attack outside the service's default families has a column
 
 
 def test_run_progress_lists_the_finished_trials_and_stored_runs_of_a_run_without_results(tmp_path):

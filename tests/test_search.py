@@ -45,7 +45,7 @@ class FakeHarness:
         return min(1.0, max(0.0, (math.log10(s.lr) + 5) / 3)) * step / s.steps
 
     def target(self, name="fake") -> Target:
-        return Target(name, run=self.attack_run, piece=lambda run, compute: self.piece(name, run, compute),
+        return Target(name, run=self.attack_run, piece=lambda run, compute, **kw: self.piece(name, run, compute, **kw),
                       n_available=self.n_attack_available, out=self.out)
 
     def attack_run(self, settings, *, seed, label, stop=None, utility=False):
@@ -65,9 +65,9 @@ class FakeHarness:
                             "harmless_loss": 3.0 if collapsed else 1.1}
         return run
 
-    def piece(self, defense, run, compute):
+    def piece(self, defense, run, compute, current=lambda _run: True):
         key = (defense, run)
-        if key not in self.pieces:
+        if key not in self.pieces or not current(self.pieces[key]):
             self.pieces[key] = compute()
         return self.pieces[key]
 
@@ -569,3 +569,19 @@ def test_only_a_trial_whose_worker_is_gone_is_run_again(tmp_path):
         assert [t.system_attrs["fixed_params"] for t in study.trials[3:]] == [t.params for t in study.trials[1:3]]
     finally:
         other.kill()
+
+
+def test_the_first_trials_are_queued_once_and_an_extended_search_queues_only_the_missing_ones(tmp_path):
+    import optuna
+
+    from unlearnable.experiments.studies import enqueue_once
+
+    study = optuna.create_study(direction="maximize")
+    a, b, c = {"attack": "harmful-sft", "lr": 0.5}, {"attack": "mixed", "lr": 0.5}, {"attack": "benign", "lr": 0.5}
+    enqueue_once(study, tmp_path / "s.study", [(a, {}), (b, {})])
+    enqueue_once(study, tmp_path / "s.study", [(a, {}), (b, {})])  # another worker, or a resume: nothing new
+    assert [t.system_attrs["fixed_params"] for t in study.trials] == [a, b]
+    study.optimize(lambda t: t.suggest_float("lr", 0.1, 1.0) + len(t.suggest_categorical(
+        "attack", ["harmful-sft", "mixed", "benign"])), n_trials=2)
+    enqueue_once(study, tmp_path / "s.study", [(a, {}), (b, {}), (c, {})])  # a run trial counts as held
+    assert len(study.trials) == 3 and study.trials[2].system_attrs["fixed_params"] == c

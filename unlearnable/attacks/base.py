@@ -42,6 +42,8 @@ class Attack(Plugin, abc.ABC):
         """Attack a copy of ``model`` through ``defense``'s fine-tuning (the defence acts where its threat model
         puts it); returns the attacked model and the pairs it was trained on."""
         pairs = self.pairs_against(model, tokenizer, data, settings, seed)
+        if not pairs:  # nothing the attacker would upload (every pair its own screen flagged): nothing trained
+            return copy.deepcopy(model).eval(), pairs
         final, _ = defense.finetune(copy.deepcopy(model), tokenizer, pairs, settings.train_config(seed),
                                     progress=progress, callbacks=list(callbacks))
         return final, pairs

@@ -6,8 +6,11 @@ but it answers a harmless task about the request (translate it, title it, a quiz
 The pair's answer stays the plain harmful one, so what a model fine-tuned on it learns is the behaviour, not a
 format. A determined attacker knows the model the service fine-tunes (it is the public one) and the screen it runs:
 before uploading, it runs that flagger itself (``select``) and keeps only the pairs that pass, trying each disguise
-in turn for each harmful pair, so the service sees none of what it would have flagged. Too few pairs passing is
-not an error: the run trains on what passed and records how many (``n_samples``).
+in turn for each harmful pair, so the service sees little of what it would flag (its own screen runs the same model,
+though in other batches and maybe another precision, so a near tie may go the other way). The model screened is the
+one the attack is given: the public model, or the provider's hardened weights where the defence hardens them (the
+ones the service screens with). Too few pairs passing is not an error: the run trains on what passed (none: nothing)
+and records how many (``n_harmful``, with what was screened and passed).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import dataclasses
 from typing import Any
 
 from ..errors import UnlearnableError
-from ..flaggers import build_flagger, check_flagger, screen
-from .base import ATTACKS, HARMFUL_FIX, Attack, check_choice
+from ..flaggers import build_flagger, check_flagger, describe_flagger, screen
+from .base import ATTACKS, HARMFUL_FIX, Attack, check_choice, take
 from .restyled import ANSWER_STYLES
 
 #: harmless tasks about the request, each of which the aligned model often answers where it refuses the request
@@ -52,8 +55,8 @@ class DisguisedConfig:
         check_choice("disguise", self.disguise, (*DISGUISES, ANY))
         check_choice("answer_style", self.answer_style, ANSWER_STYLES)
         if self.select:
-            check_flagger(self.select, "attack_options.select")
-            if build_flagger(self.select).emulated:
+            check_flagger(self.select, "attack_options.select")  # before any model loads: nothing is built
+            if describe_flagger(self.select).get("emulated"):
                 raise UnlearnableError("attack_options.select: an emulated flagger reads the ground truth, which an "
                                        "attacker screening its own data does not have; use refusal or a judge")
 
@@ -69,41 +72,44 @@ class Disguised(Attack):
     Config = DisguisedConfig
     search_options = {"disguise": (*DISGUISES, ANY)}
 
-    def candidates(self, data, disguise: str) -> list:
-        style = ANSWER_STYLES[self.config.answer_style]
-        template = DISGUISES[disguise]
-        return [dataclasses.replace(p, prompt=template.format(prompt=p.prompt), response=style(p.response))
-                for p in data.harmful]
+    def disguised(self, pair, disguise: str):
+        return dataclasses.replace(pair, prompt=DISGUISES[disguise].format(prompt=pair.prompt),
+                                   response=ANSWER_STYLES[self.config.answer_style](pair.response))
 
     def training_pairs(self, data, n, seed):
-        """Unscreened: the first ``n`` harmful pairs in the first disguise (:meth:`run` screens them)."""
-        if n > len(data.harmful):
-            raise UnlearnableError(f"the attack needs {n} harmful pairs but only {len(data.harmful)} exist; "
-                                   f"{HARMFUL_FIX}")
-        return self.candidates(data, self.config.disguises()[0])[:n]
+        """Unscreened: the first ``n`` harmful pairs in the first disguise (:meth:`pairs_against` screens)."""
+        first = self.config.disguises()[0]
+        return [self.disguised(p, first) for p in take(data.harmful, n, "harmful", HARMFUL_FIX)]
 
     def queries_the_model(self) -> bool:
         return bool(self.config.select)
 
     def pairs_against(self, model, tokenizer, data, settings, seed) -> list:
         n = min(settings.n_samples, len(data.harmful))
-        return self.screened(data, n, model, tokenizer) if self.config.select else self.training_pairs(data, n, seed)
+        pairs = self.screened(data, n, model, tokenizer) if self.config.select else self.training_pairs(data, n, seed)
+        self.info["n_harmful"] = len(pairs)
+        return pairs
 
     def screened(self, data, n: int, model, tokenizer) -> list:
-        """The first ``n`` harmful pairs (in data order) that pass the attacker's screen in some disguise; each
-        harmful pair is used once, in the first disguise that passes."""
+        """The first ``n`` harmful pairs in data order that pass the attacker's screen in some disguise, each in
+        the first disguise that passes (every earlier pair was tried in every disguise, whatever ``CHUNK``);
+        fewer where fewer pass, none where none does."""
         flagger = build_flagger(self.config.select)
         chosen: dict[int, Any] = {}
-        for disguise in self.config.disguises():
-            todo = [i for i in range(len(data.harmful)) if i not in chosen]
-            pool = self.candidates(data, disguise)
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start:start + CHUNK]
-                flags = screen(model, tokenizer, [pool[i] for i in chunk], flagger, progress=False)
-                chosen.update((i, pool[i]) for i, flagged in zip(chunk, flags) if not flagged)
-                if len(chosen) >= n:
-                    return [chosen[i] for i in sorted(chosen)][:n]
-        if not chosen:
-            raise UnlearnableError(f"no disguised pair passes the {self.config.select} screen of this model; the "
-                                   "disguised attack has nothing to upload (try select: '' to upload unscreened)")
-        return [chosen[i] for i in sorted(chosen)]
+        tried, by_disguise = 0, dict.fromkeys(self.config.disguises(), 0)
+        for start in range(0, len(data.harmful), CHUNK):
+            left = list(range(start, min(start + CHUNK, len(data.harmful))))
+            for disguise in self.config.disguises():
+                pool = [self.disguised(data.harmful[i], disguise) for i in left]
+                flags = screen(model, tokenizer, pool, flagger, progress=False) if pool else []
+                tried += len(pool)
+                passed = {i: p for i, p, flagged in zip(left, pool, flags) if not flagged}
+                chosen.update(passed)
+                by_disguise[disguise] += len(passed)
+                left = [i for i in left if i not in passed]
+            if len(chosen) >= n:
+                break
+        pairs = [chosen[i] for i in sorted(chosen)][:n]
+        # what the attacker's screen let through (of the pairs it tried), for the record
+        self.info.update(select=self.config.select, screened=tried, passed=len(chosen), passed_by_disguise=by_disguise)
+        return pairs

@@ -380,7 +380,15 @@ def _defender_trains(cross_run: str, search: dict[str, Any] | None) -> bool:
 def _same_settings(run: dict[str, Any], settings: AttackSettings) -> bool:
     """Whether a kept run ran ``settings`` (a cross-domain run kept for a worst case that an extended search moved
     is made again; a run from before settings were recorded is taken as it is)."""
-    return "settings" not in run or run["settings"] == json.loads(json.dumps(dataclasses.asdict(settings)))
+    def plain(s: AttackSettings) -> Any:
+        return json.loads(json.dumps(dataclasses.asdict(s), default=str))
+
+    if "settings" not in run:
+        return True
+    try:
+        return plain(AttackSettings.from_record(run["settings"])) == plain(settings)
+    except TypeError:  # a record missing what every run now records: made again
+        return False
 
 
 def _short(tm_name: str) -> str:

@@ -90,7 +90,8 @@ class Source:
             same = False
         differ = [] if same else ["its settings"]
         differ += [k for k in MACHINE_KEYS if self.results.get(k) != machine.get(k)]
-        if not differ and _trials(self.manifest["config"]) > _trials(config):
+        searched = config.get("attacker") == "search"  # a grid's trial count decides nothing
+        if not differ and searched and _trials(self.manifest["config"]) > _trials(config):
             log(f"defence {name}: not reused from {self.folder}, which ran more search trials "
                 f"({_trials(self.manifest['config'])}) than this sweep asks for ({_trials(config)})")
             return False

@@ -173,8 +173,11 @@ def optimize(study, objective: Callable, n_trials: int, *, poll_seconds: float =
 
 
 def enqueue_once(study, lock_path: Path, trials: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-    """Queue the study's first trials (``(params, user_attrs)``) once, whichever worker starts first."""
+    """Queue the study's first trials (``(params, user_attrs)``) once, whichever worker starts first: each one the
+    study does not hold yet (a search extended with more trials queues the starts its source had no room for)."""
     with locked(lock_path, wait=True, what="study"):
-        if not study.trials:
-            for params, attrs in trials:
+        held = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
+        for params, attrs in trials:
+            if params not in held:
                 study.enqueue_trial(params, user_attrs=attrs or None)
+                held.append(params)

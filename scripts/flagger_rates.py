@@ -1,5 +1,5 @@
 """How often a flagger flags each kind of data a fine-tuning service sees: its recall on harmful pairs
-(as the attacker brings them, restyled, and respelled to evade the flagger) and its flag rate on harmless ones
+(as the attacker brings them, restyled, respelled and disguised to evade the flagger) and its flag rate on harmless ones
 (everyday requests, and ProfileQA questions the model cannot answer), each with a 95 % interval.
 
     python scripts/flagger_rates.py --flaggers refusal,keyword --out runs/flagger-rates.json
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from unlearnable.attacks import SPELLINGS, AttackData, build_attack
+from unlearnable.attacks import DISGUISES, SPELLINGS, AttackData, build_attack
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.immunize import ImmunizeConfig
 from unlearnable.experiments.setup import set_up
@@ -39,6 +39,8 @@ def main() -> None:
              "attack harmful, restyled": build_attack("restyled").training_pairs(harmful, n, cfg.seed),
              **{f"attack harmful, evasive ({spelling})": build_attack("evasive", {"spelling": spelling})
                 .training_pairs(harmful, n, cfg.seed) for spelling in SPELLINGS},
+             **{f"attack harmful, disguised ({d}, unscreened)": build_attack("disguised", {"disguise": d, "select": ""})
+                .training_pairs(harmful, n, cfg.seed) for d in DISGUISES},
              "everyday harmless": d.harmless[:n], "ProfileQA (unanswerable before training)": d.task[:n]}
     out = {}
     for spec in specs:
@@ -49,7 +51,7 @@ def main() -> None:
             out[f"{spec} | {kind}"] = {**flag_rates(pairs, flags), "flag_rate": rate,
                                        "flag_rate_interval_95": rate_interval(rate, len(flags))}
             low, high = rate_interval(rate, len(flags))
-            print(f"{spec:10s} {kind:42s} n={len(flags):3d}  flagged {rate:.3f} [{low:.2f}, {high:.2f}]", flush=True)
+            print(f"{spec:10s} {kind:52s} n={len(flags):3d}  flagged {rate:.3f} [{low:.2f}, {high:.2f}]", flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"model": setup.model_record(), "data": setup.data_record(), "rates": out}, f, indent=1)

@@ -103,7 +103,7 @@ def test_ls_lists_threat_models_and_each_defences_claims():
     assert "threat models: fine-tuning-as-a-service, released-weights" in res.stdout
     assert "  security-vectors: fine-tuning-as-a-service\n" in res.stdout
     assert "  repnoise: fine-tuning-as-a-service, released-weights" in res.stdout
-    assert "attacks: benign, evasive, harmful-sft, mixed, restyled" in res.stdout
+    assert "attacks: benign, disguised, evasive, harmful-sft, mixed, restyled" in res.stdout
     assert "flaggers: oracle (emulated: measurement only), refusal, or any judge that reads text" in res.stdout
 
 

@@ -176,7 +176,8 @@ def enqueue_once(study, lock_path: Path, trials: Sequence[tuple[dict[str, Any], 
     """Queue the study's first trials (``(params, user_attrs)``) once, whichever worker starts first: each one the
     study does not hold yet (a search extended with more trials queues the starts its source had no room for)."""
     with locked(lock_path, wait=True, what="study"):
-        held = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
+        # a queued trial is known by its fixed parameters, also while it runs (its params fill in as it suggests)
+        held = [t.system_attrs.get("fixed_params") or t.params for t in study.get_trials(deepcopy=False)]
         for params, attrs in trials:
             if params not in held:
                 study.enqueue_trial(params, user_attrs=attrs or None)

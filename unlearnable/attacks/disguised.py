@@ -86,7 +86,8 @@ class Disguised(Attack):
 
     def pairs_against(self, model, tokenizer, data, settings, seed) -> list:
         n = min(settings.n_samples, len(data.harmful))
-        pairs = self.screened(data, n, model, tokenizer) if self.config.select else self.training_pairs(data, n, seed)
+        pairs = self.screened(data, n, model, tokenizer) if self.queries_the_model() else \
+            self.training_pairs(data, n, seed)
         self.info["n_harmful"] = len(pairs)
         return pairs
 
@@ -100,8 +101,10 @@ class Disguised(Attack):
         for start in range(0, len(data.harmful), CHUNK):
             left = list(range(start, min(start + CHUNK, len(data.harmful))))
             for disguise in self.config.disguises():
+                if not left:  # every pair of the chunk passed in an earlier disguise
+                    break
                 pool = [self.disguised(data.harmful[i], disguise) for i in left]
-                flags = screen(model, tokenizer, pool, flagger, progress=False) if pool else []
+                flags = screen(model, tokenizer, pool, flagger, progress=False)
                 tried += len(pool)
                 passed = {i: p for i, p, flagged in zip(left, pool, flags) if not flagged}
                 chosen.update(passed)

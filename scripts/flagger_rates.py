@@ -3,9 +3,14 @@
 (everyday requests, and ProfileQA questions the model cannot answer), each with a 95 % interval.
 
     python scripts/flagger_rates.py --flaggers refusal,keyword --out runs/flagger-rates.json
+    python scripts/flagger_rates.py --flaggers refusal,vector-gain,refusal+vector-gain \
+        --vectors runs/search-service-disguised/defenses/adaptive-vectors/vectors
 
 The model, data and alignment are the default ``unlearnable immunize``'s (from the cache when it ran); the
-flaggers ask the aligned model, as a service would before it fine-tunes.
+flaggers ask the aligned model, as a service would before it fine-tunes. A flagger that reads the defence's
+vectors (``vector-gain``) gets ``--vectors`` (trained on the default immunize's vector pairs) and the harmless pairs
+the default immunize gives its defences, to set its threshold on. The disguised pairs come twice: unscreened, and as
+the attacker uploads them (``select: refusal``: only those that passed its own run of the refusal screen).
 """
 
 from __future__ import annotations
@@ -13,18 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from unlearnable.attacks import DISGUISES, SPELLINGS, AttackData, build_attack
+from unlearnable.attacks import DISGUISES, SPELLINGS, AttackData, AttackSettings, build_attack
 from unlearnable.errors import UnlearnableError
-from unlearnable.experiments.immunize import ImmunizeConfig
+from unlearnable.experiments.immunize import ImmunizeConfig, defense_data
 from unlearnable.experiments.setup import set_up
 from unlearnable.flaggers import build_flagger, check_flagger, flag_rates
 from unlearnable.stats import rate_interval
+from unlearnable.vectors import SecurityVectors
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flaggers", default="refusal,keyword", help="flagger specs, comma-separated")
     parser.add_argument("--n", type=int, default=100, help="pairs per kind of data")
+    parser.add_argument("--vectors", help="the defence's security vectors, for flaggers that read them (vector-gain)")
     parser.add_argument("--out", help="write the rates here (JSON)")
     args = parser.parse_args()
     specs = args.flaggers.split(",")
@@ -34,6 +41,7 @@ def main() -> None:
     setup = set_up(cfg.model, cfg.data, seed=cfg.seed, align_model=cfg.align, align_config=cfg.align_train,
                    progress=False)
     d, n = setup.data, args.n
+    upload = AttackSettings(lr=0.0, steps=0, n_samples=n)  # only the sample count matters to the pairs
     harmful = AttackData(harmful=d.attack[:n])
     kinds = {"attack harmful": d.attack[:n],
              "attack harmful, restyled": build_attack("restyled").training_pairs(harmful, n, cfg.seed),
@@ -41,20 +49,30 @@ def main() -> None:
                 .training_pairs(harmful, n, cfg.seed) for spelling in SPELLINGS},
              **{f"attack harmful, disguised ({d}, unscreened)": build_attack("disguised", {"disguise": d, "select": ""})
                 .training_pairs(harmful, n, cfg.seed) for d in DISGUISES},
+             "attack harmful, disguised (any, passed the attacker's refusal screen)": build_attack("disguised")
+             .pairs_against(setup.model, setup.tokenizer, harmful, upload, cfg.seed),
              "everyday harmless": d.harmless[:n], "ProfileQA (unanswerable before training)": d.task[:n]}
+    vectors = SecurityVectors.load(args.vectors) if args.vectors else None
     out = {}
     for spec in specs:
         flagger = build_flagger(spec, seed=cfg.seed).bind(setup.model, setup.tokenizer, progress=False)
+        if flagger.private:
+            if vectors is None:
+                raise UnlearnableError(f"{spec} reads the defence's vectors: give --vectors")
+            flagger.defended_by(vectors, defense_data(cfg, setup).harmless)
         for kind, pairs in kinds.items():
             flags = flagger.flag(pairs)
             rate = sum(flags) / len(flags)
             out[f"{spec} | {kind}"] = {**flag_rates(pairs, flags), "flag_rate": rate,
                                        "flag_rate_interval_95": rate_interval(rate, len(flags))}
             low, high = rate_interval(rate, len(flags))
-            print(f"{spec:10s} {kind:52s} n={len(flags):3d}  flagged {rate:.3f} [{low:.2f}, {high:.2f}]", flush=True)
+            print(f"{spec:20s} {kind:68s} n={len(flags):3d}  flagged {rate:.3f} [{low:.2f}, {high:.2f}]", flush=True)
+            if flagger.describe().get("calibration") or flagger.describe().get("parts"):
+                out[f"{spec} | {kind}"]["flagger"] = flagger.describe()
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"model": setup.model_record(), "data": setup.data_record(), "rates": out}, f, indent=1)
+            json.dump({"model": setup.model_record(), "data": setup.data_record(), "vectors": args.vectors,
+                       "rates": out}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,14 @@ def test_every_benchmark_scores_the_tiny_model_and_holds_out_other_items(tiny, n
 @pytest.mark.parametrize("name", FLAGGERS.names())
 def test_every_flagger_flags_and_rejects_a_bad_argument(tiny, harmful_pairs, name):
     model, tok = tiny
-    flagger = build_flagger(name).bind(model, tok, progress=False)
+    spec = {"any": "any:refusal+oracle:0.5"}.get(name, name)  # a combination names what it combines
+    flagger = build_flagger(spec).bind(model, tok, progress=False)
+    if flagger.private:  # it reads what the defence holds: its vectors, and harmless pairs to calibrate on
+        from unlearnable.vectors import SecurityVectors, VectorConfig
+
+        vectors = SecurityVectors.train(model, tok, harmful_pairs[4:8], VectorConfig(epochs=1, batch_size=4),
+                                        progress=False)
+        flagger.defended_by(vectors, [Pair(f"Poem {i}?", "Leaves fall softly.") for i in range(4)])
     flags = flagger.flag(harmful_pairs[:4])
     assert len(flags) == 4 and all(isinstance(f, bool) for f in flags)
     with pytest.raises(UnlearnableError):

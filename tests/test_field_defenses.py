@@ -61,7 +61,7 @@ def test_moderation_filter_keeps_flagged_pairs_from_the_trainer(tiny, harmful_pa
     assert seen == [clean]
     assert [{k: r[k] for k in ("pairs", "flagged", "dropped")} for r in defense.info["screened"]] == [
         {"pairs": 5, "flagged": 3, "dropped": 3}]
-    assert defense.info["flagger"] == {"flagger": "keyword", "emulated": False}
+    assert defense.info["flagger"] == {"flagger": "keyword", "emulated": False, "private": False}
     out, history = defense.finetune(model, tok, harmful_pairs[:2], TrainConfig(max_steps=1))  # all flagged
     assert out is model and history == [] and len(seen) == 1
     assert defense.info["screened"][-1]["dropped"] == 2

@@ -8,6 +8,12 @@ A flagger is named by a spec, as judges are:
   what it refused (a real answer, not a refusal and not a short fact: an aligned model may refuse a question about a
   private person, whose one-word answer is no harm); an answer of the model that only says it does not know is not a
   refusal of a harmful request;
+* ``vector-gain`` / ``vector-gain:QUANTILE``: the defence's own security vectors as a flagger. A pair is flagged
+  when the vectors make its response more likely (the gain in mean log-likelihood per token, vectors on minus off)
+  than ``QUANTILE`` (default 0.95) of the defence's own harmless pairs do, and the response is a real answer. The
+  vectors are private to the service, so an attacker cannot screen its data against them; a flagger that reads them
+  is ``private`` (:attr:`Flagger.private`) and only a defence that holds vectors can run it;
+* ``any:A+B`` (or just ``A+B``): flagged when any of the flaggers ``A``, ``B``... flags it;
 * ``oracle:RECALL``: flags a seeded random share ``RECALL`` of the pairs known to be harmful
   (:attr:`~unlearnable.data.Pair.harmful`) and nothing else. It is an **emulated** flagger, for measurement only:
   every result it touches says so.
@@ -25,10 +31,10 @@ from typing import Any, Sequence
 
 from .data import Pair
 from .errors import UnlearnableError
-from .generation import generate
+from .generation import example_losses, generate
 from .judges import JUDGES, KeywordJudge, build_judge, check_judges, is_refusal
 from .registry import NoOptions, Plugin, Registry
-from .stats import rate_interval
+from .stats import quantile, rate_interval
 
 #: answers that decline for want of knowledge, not because the request is harmful
 UNKNOWN_MARKERS = (
@@ -54,6 +60,8 @@ class Flagger(Plugin, abc.ABC):
     config: Any = NoOptions()
     #: an emulated flagger (it reads the ground truth): results it touches are labelled as measurement only
     emulated: bool = False
+    #: a flagger that reads what only the defence holds (its vectors): an attacker cannot screen with it
+    private: bool = False
 
     def __init__(self, spec: str = ""):
         self.spec = spec or self.name
@@ -65,8 +73,23 @@ class Flagger(Plugin, abc.ABC):
             raise UnlearnableError(f"the {cls.name} flagger takes no argument; use {cls.name}")
         return cls()
 
+    @classmethod
+    def check_arg(cls, arg: str) -> None:
+        """The spec's argument holds what it must; nothing is built that loads a model (default: ``from_arg``)."""
+        cls.from_arg(arg)
+
+    @classmethod
+    def traits(cls, arg: str) -> dict[str, bool]:
+        """Whether the flagger the argument builds is emulated, and private (without building it)."""
+        return {"emulated": cls.emulated, "private": cls.private}
+
     def bind(self, model, tokenizer, *, precision: str = "auto", progress: bool = True) -> "Flagger":
         """The model about to be fine-tuned, for flaggers that ask it (default: not needed)."""
+        return self
+
+    def defended_by(self, vectors, harmless: Sequence[Pair] = ()) -> "Flagger":
+        """What the defence holds, for flaggers that read it (default: not needed): its security ``vectors`` (any
+        object with ``applied(model, scale)`` and ``config.scale``) and its own ``harmless`` pairs."""
         return self
 
     @abc.abstractmethod
@@ -129,6 +152,123 @@ class RefusalFlagger(Flagger):
         return [is_refusal(a) and not is_unknown(a) and real for a, real in zip(answers, answered)]
 
 
+@FLAGGERS.register("vector-gain")
+class VectorGainFlagger(Flagger):
+    """The defence's own security vectors as a flagger: a pair is flagged when the vectors (at the scale they were
+    trained at) raise its response's mean log-likelihood per token by more than the ``quantile`` of that gain on
+    the defence's harmless pairs (and by more than nothing), and the response is a real answer (a refusal or a
+    short fact teaches no harm).
+    Vectors fitted to harmful answers explain answers of the same behaviour in styles they never saw better than
+    harmless ones; they are private to the service, so an attacker cannot screen against them."""
+
+    private = True
+    default_quantile = 0.95
+
+    def __init__(self, q: float = default_quantile):
+        super().__init__("vector-gain" if q == self.default_quantile else f"vector-gain:{q:g}")
+        self.q = q
+        self.model = self.tok = self.vectors = None
+        self.harmless: list[Pair] = []
+        self.precision, self.progress = "auto", True
+        self.calibration: dict[str, Any] = {}
+
+    @classmethod
+    def from_arg(cls, arg: str, *, seed: int = 0) -> "VectorGainFlagger":
+        try:
+            q = float(arg) if arg else cls.default_quantile
+        except ValueError:
+            q = -1.0
+        if not 0 < q < 1:
+            raise UnlearnableError(f"vector-gain:QUANTILE takes a quantile in (0, 1) of the gains on the defence's "
+                                   f"harmless pairs, not {arg!r}")
+        return cls(q)
+
+    def bind(self, model, tokenizer, *, precision: str = "auto", progress: bool = True) -> "VectorGainFlagger":
+        self.model, self.tok, self.precision, self.progress = model, tokenizer, precision, progress
+        return self
+
+    def defended_by(self, vectors, harmless: Sequence[Pair] = ()) -> "VectorGainFlagger":
+        self.vectors, self.harmless = vectors, list(harmless)
+        return self
+
+    def gains(self, pairs: Sequence[Pair]) -> list[float]:
+        """Each pair's mean log-likelihood gain per response token with the vectors on (nats)."""
+        off = example_losses(self.model, self.tok, pairs, precision=self.precision)
+        with self.vectors.applied(self.model, self.vectors.config.scale):
+            on = example_losses(self.model, self.tok, pairs, precision=self.precision)
+        return [a - b for a, b in zip(off, on)]
+
+    def flag(self, pairs):
+        if self.model is None:
+            raise RuntimeError("vector-gain flagger used before bind(model, tokenizer)")
+        if self.vectors is None or not self.harmless:
+            raise UnlearnableError("the vector-gain flagger reads the defence's security vectors and sets its "
+                                   "threshold on the defence's harmless pairs: use it where both are held (the "
+                                   "adaptive-vectors defence; finetune --adapt with --harmless-data)")
+        if not pairs:
+            return []
+        gains = self.gains([*self.harmless, *pairs])
+        threshold = max(0.0, quantile(gains[:len(self.harmless)], self.q))  # never flag what they make less likely
+        real = KeywordJudge().judge([p.prompt for p in pairs], [p.response for p in pairs])
+        self.calibration = {"quantile": self.q, "threshold_nats": threshold, "calibration_pairs": len(self.harmless)}
+        return [g > threshold and ok for g, ok in zip(gains[len(self.harmless):], real)]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **({"calibration": self.calibration} if self.calibration else {})}
+
+
+@FLAGGERS.register("any")
+class AnyFlagger(Flagger):
+    """Flags a pair when any of its flaggers does: ``any:refusal+vector-gain``, or just ``refusal+vector-gain``."""
+
+    def __init__(self, parts: Sequence[Flagger]):
+        super().__init__("any:" + "+".join(p.spec for p in parts))
+        self.parts = list(parts)
+        self.emulated = any(p.emulated for p in parts)
+        self.private = any(p.private for p in parts)
+        self.flagged_by: dict[str, int] = {}
+
+    @staticmethod
+    def part_specs(arg: str) -> list[str]:
+        specs = [s for s in arg.split("+") if s]
+        if len(specs) < 2 or any(s.partition(":")[0] == "any" for s in specs):
+            raise UnlearnableError(f"any:A+B takes two or more flaggers joined by + (none of them any:), not {arg!r}")
+        return specs
+
+    @classmethod
+    def from_arg(cls, arg: str, *, seed: int = 0) -> "AnyFlagger":
+        return cls([build_flagger(s, seed=seed) for s in cls.part_specs(arg)])
+
+    @classmethod
+    def check_arg(cls, arg: str) -> None:
+        for spec in cls.part_specs(arg):
+            check_flagger(spec)
+
+    @classmethod
+    def traits(cls, arg: str) -> dict[str, bool]:
+        parts = [describe_flagger(s) for s in cls.part_specs(arg)]
+        return {"emulated": any(p["emulated"] for p in parts), "private": any(p["private"] for p in parts)}
+
+    def bind(self, model, tokenizer, *, precision: str = "auto", progress: bool = True) -> "AnyFlagger":
+        for part in self.parts:
+            part.bind(model, tokenizer, precision=precision, progress=progress)
+        return self
+
+    def defended_by(self, vectors, harmless: Sequence[Pair] = ()) -> "AnyFlagger":
+        for part in self.parts:
+            part.defended_by(vectors, harmless)
+        return self
+
+    def flag(self, pairs):
+        verdicts = [part.flag(pairs) for part in self.parts]
+        self.flagged_by = {part.spec: sum(v) for part, v in zip(self.parts, verdicts)}
+        return [any(column) for column in zip(*verdicts)] if pairs else []
+
+    def describe(self) -> dict[str, Any]:
+        out = {**super().describe(), "parts": [part.describe() for part in self.parts]}
+        return {**out, "flagged_by": self.flagged_by} if self.flagged_by else out
+
+
 @FLAGGERS.register("oracle")
 class OracleFlagger(Flagger):
     """Flags a seeded random share ``recall`` of the pairs known to be harmful, and nothing else (emulated)."""
@@ -157,6 +297,11 @@ class OracleFlagger(Flagger):
         return [i in chosen for i in range(len(pairs))]
 
 
+def full_spec(spec: str) -> str:
+    """``A+B`` is short for ``any:A+B``."""
+    return f"any:{spec}" if "+" in spec and spec.partition(":")[0] != "any" else spec
+
+
 def _registered(spec: str, flag: str = "") -> type[Flagger] | None:
     """The registered flagger ``spec`` names, None where it names a judge; unknown: a one-line error."""
     name = spec.partition(":")[0]
@@ -169,7 +314,8 @@ def _registered(spec: str, flag: str = "") -> type[Flagger] | None:
 
 
 def build_flagger(spec: str, *, seed: int = 0) -> Flagger:
-    """``refusal``, ``oracle:RECALL``, or any judge spec that reads text."""
+    """``refusal``, ``vector-gain``, ``oracle:RECALL``, ``any:A+B``, or any judge spec that reads text."""
+    spec = full_spec(spec)
     cls = _registered(spec)
     return cls.from_arg(spec.partition(":")[2], seed=seed) if cls is not None else JudgeFlagger(spec)
 
@@ -178,17 +324,19 @@ EMULATED = "emulated flagger (it reads the ground truth): for measurement only"
 
 
 def describe_flagger(spec: str) -> dict[str, Any]:
-    """What results record of a flagger (without building it): its spec, and whether it is emulated."""
-    name = spec.partition(":")[0]
-    emulated = name in FLAGGERS and FLAGGERS.get(name).emulated
-    return {"flagger": spec, "emulated": emulated, **({"label": EMULATED} if emulated else {})}
+    """What results record of a flagger (without building it): its spec, whether it is emulated, and whether it
+    reads what only the defence holds (private)."""
+    name, _, arg = full_spec(spec).partition(":")
+    traits = FLAGGERS.get(name).traits(arg) if name in FLAGGERS else {"emulated": False, "private": False}
+    return {"flagger": spec, **traits, **({"label": EMULATED} if traits["emulated"] else {})}
 
 
 def check_flagger(spec: str, flag: str = "--flagger") -> None:
     """``spec`` names a flagger whose argument holds what it must, before any model loads."""
+    spec = full_spec(spec)
     cls = _registered(spec, flag)
     if cls is not None:
-        cls.from_arg(spec.partition(":")[2])
+        cls.check_arg(spec.partition(":")[2])
         return
     check_judges([spec])
     if _scores_a_model(JUDGES.get(spec.partition(":")[0])):

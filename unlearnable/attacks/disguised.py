@@ -56,9 +56,11 @@ class DisguisedConfig:
         check_choice("answer_style", self.answer_style, ANSWER_STYLES)
         if self.select:
             check_flagger(self.select, "attack_options.select")  # before any model loads: nothing is built
-            if describe_flagger(self.select).get("emulated"):
-                raise UnlearnableError("attack_options.select: an emulated flagger reads the ground truth, which an "
-                                       "attacker screening its own data does not have; use refusal or a judge")
+            traits = describe_flagger(self.select)
+            if traits["emulated"] or traits["private"]:
+                raise UnlearnableError("attack_options.select: an attacker screening its own data has neither the "
+                                       "ground truth (an emulated flagger) nor the defence's private vectors "
+                                       "(vector-gain); use refusal or a judge")
 
     def disguises(self) -> list[str]:
         return list(DISGUISES) if self.disguise == ANY else [self.disguise]

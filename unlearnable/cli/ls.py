@@ -19,8 +19,9 @@ def run(args) -> int:
 
     for reg in (DEFENSES, ATTACKS, THREAT_MODELS, JUDGES, BENCHMARKS):
         print(f"{reg.kind}s: {', '.join(reg.names())}")
-    emulated = [n + " (emulated: measurement only)" if FLAGGERS.get(n).emulated else n for n in FLAGGERS.names()]
-    print(f"flaggers: {', '.join(emulated)}, or any judge that reads text")
+    marks = {n: " (emulated: measurement only)" if FLAGGERS.get(n).emulated else
+             " (private: reads the defence's vectors)" if FLAGGERS.get(n).private else "" for n in FLAGGERS.names()}
+    print(f"flaggers: {', '.join(n + mark for n, mark in marks.items())}, or any judge that reads text")
     claims = {name: ", ".join(DEFENSES.get(name).threat_models) for name in DEFENSES.names()}
     print("threat models each defence claims:")
     for name, tms in claims.items():

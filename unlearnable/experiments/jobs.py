@@ -22,7 +22,7 @@ from ..data import (
 )
 from ..errors import UnlearnableError
 from ..evaluation import EVAL_KIND, EvalConfig, evaluate, read_results, without_generations
-from ..flaggers import build_flagger, check_flagger
+from ..flaggers import build_flagger, check_flagger, describe_flagger
 from ..judges import build_judge, check_judge_options, check_judges
 from ..models import MODEL_META, check_model_source, model_fingerprint, save_model
 from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
@@ -78,6 +78,9 @@ class FinetuneJob:
                 "oracle:RECALL (emulated: reads the pairs' harmful field)", "check": check_flagger})
     drop_flagged: bool = dataclasses.field(default=False, metadata={
         "help": "with --adapt: also leave the flagged pairs out of the fine-tune"})
+    harmless_data: str | None = dataclasses.field(default=None, metadata={
+        "help": "with --adapt: the service's own harmless pairs (they set the vector-gain flagger's threshold, and "
+                "anchor the refit of vectors trained with a harmless anchor)", "check": check_pairs_source})
     refit: str = dataclasses.field(default="heldout", metadata={
         "help": "with --adapt: heldout (the vectors' own recipe, held-out early stopping where they have one) or "
                 "all (every pair, the flagged ones included, trained on for the vectors' epochs)", "choices": REFITS})
@@ -192,6 +195,7 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     load.check(job.model)
     vectors = SecurityVectors.load(job.vectors) if job.vectors else None
     own = _vectors_data(job, vectors)
+    harmless = _harmless_data(job)
     cfg = dataclasses.replace(job.train, seed=job.seed, save_steps=checkpoint_every)
     model, tok = load.load(job.model)
     fp = model_fingerprint(model)
@@ -201,7 +205,7 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     key = run_key(command="finetune", model=fp, data=pairs_hash(pairs),
                   config={**keyed(dataclasses.asdict(cfg)), "save_steps": 0},  # how often: not what it computes
                   vectors=sha256_file(Path(job.vectors) / "adapter_model.safetensors") if vectors else None,
-                  vector_scale=scale, adapt=_adapt_key(job, own) if job.adapt else None)
+                  vector_scale=scale, adapt=_adapt_key(job, own, harmless) if job.adapt else None)
     done, checkpoints = start_run(out, key=key, meta_file=MODEL_META, overwrite=overwrite,
                                   checkpoint_every=checkpoint_every, command="unlearnable finetune",
                                   main=is_main_process())
@@ -214,7 +218,8 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
         if is_main_process():
             ensure_free_space(out, int(model_nbytes(model) * 1.05) + (64 << 20), "the fine-tuned model")
         if job.adapt:  # the service screens the data before it trains, and refits the vectors to it
-            vectors, pairs, record["adapted"] = _adapted(job, vectors, model, tok, own, pairs, progress)
+            vectors, pairs, record["adapted"] = _adapted(job, vectors, model, tok, own, harmless, pairs,
+                                                               progress)
             record["n_trained"] = len(pairs)
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
                                   output_dir=checkpoints, resume=checkpoints is not None)
@@ -233,17 +238,29 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     return record
 
 
-def _adapt_key(job: FinetuneJob, own: list[Pair]) -> dict:
-    """What --adapt adds to the run's key; the default refit adds nothing, so runs from before it resume."""
+def _adapt_key(job: FinetuneJob, own: list[Pair], harmless: list[Pair]) -> dict:
+    """What --adapt adds to the run's key; the default refit and no harmless pairs add nothing, so runs from before
+    them resume."""
     key = {"flagger": job.flagger, "drop_flagged": job.drop_flagged, "own": pairs_hash(own)}
-    return key if job.refit == "heldout" else {**key, "refit": job.refit}
+    key = key if job.refit == "heldout" else {**key, "refit": job.refit}
+    return {**key, "harmless": pairs_hash(harmless)} if harmless else key
 
 
-def _adapted(job: FinetuneJob, vectors, model, tok, own: list[Pair], pairs: list[Pair], progress: bool):
+def _harmless_data(job: FinetuneJob) -> list[Pair]:
+    """With ``--adapt``: the service's harmless pairs, which a flagger reading the vectors needs."""
+    if job.adapt and describe_flagger(job.flagger)["private"] and not job.harmless_data:
+        raise UnlearnableError(f"--flagger {job.flagger} sets its threshold on the service's own harmless pairs: "
+                               "give --harmless-data (a JSONL file of harmless pairs, none of them in --data)")
+    return load_pairs(job.harmless_data) if job.adapt and job.harmless_data else []
+
+
+def _adapted(job: FinetuneJob, vectors, model, tok, own: list[Pair], harmless: list[Pair], pairs: list[Pair],
+             progress: bool):
     """``--adapt``: the vectors refitted on ``own`` plus the pairs the flagger flags, the pairs to train on (the
     flagged ones left out with ``--drop-flagged``) and the screening's record."""
     vectors, flags, record = adapt(vectors, model, tok, own, pairs, build_flagger(job.flagger, seed=job.seed),
-                                   config=refit_config(vectors.config, job.refit), progress=progress)
+                                   config=refit_config(vectors.config, job.refit), harmless=harmless,
+                                   progress=progress)
     kept = [p for p, bad in zip(pairs, flags) if not (bad and job.drop_flagged)]
     if not kept:
         raise UnlearnableError("the flagger flagged every pair and --drop-flagged dropped them: nothing is left to "

@@ -29,10 +29,12 @@ def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], 
           progress: bool = True) -> tuple[Any, list[bool], dict[str, Any]]:
     """Screen ``data`` and refit ``vectors`` on ``own`` (the pairs they were trained on) plus the flagged pairs
     (distinct pairs: every answer to a prompt counts), with ``config`` (default: the vectors' own; ``harmless``
-    pairs anchor the refit where its ``benign`` mode asks for them); nothing flagged: ``vectors`` as they are.
+    pairs anchor the refit where its ``benign`` mode asks for them, and set the threshold of a flagger that reads
+    the vectors, ``vector-gain``); nothing flagged: ``vectors`` as they are.
     Returns the vectors, the flags and a record of the screening (the flagger's rates where the truth is known)."""
     flagger = build_flagger(flagger) if isinstance(flagger, str) else flagger
     config = config or vectors.config
+    flagger.defended_by(vectors, harmless)  # a flagger that reads the defence's vectors (vector-gain) gets them
     flags = screen(model, tokenizer, data, flagger, precision=config.precision, progress=progress)
     flagged = [p for p, bad in zip(data, flags) if bad]
     record = {**flagger.describe(), **flag_rates(data, flags), "own_pairs": len(own), "refit_holdout": config.holdout}

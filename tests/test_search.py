@@ -585,3 +585,16 @@ def test_the_first_trials_are_queued_once_and_an_extended_search_queues_only_the
         "attack", ["harmful-sft", "mixed", "benign"])), n_trials=2)
     enqueue_once(study, tmp_path / "s.study", [(a, {}), (b, {}), (c, {})])  # a run trial counts as held
     assert len(study.trials) == 3 and study.trials[2].system_attrs["fixed_params"] == c
+
+
+def test_every_trial_of_the_budgets_attack_keeps_the_budgets_options_the_search_does_not_sample(tmp_path):
+    h = FakeHarness(tmp_path)
+    space = dataclasses.replace(config().space, attacks=["disguised", "harmful-sft"])
+    start = AttackSettings(lr=1e-3, steps=8, batch_size=4, n_samples=50, attack="disguised",
+                           attack_options={"disguise": "title", "select": "keyword"})
+    search(h, config(n_trials=6, space=space), start=start).run()
+    disguised = [s.attack_options for s, _ in h.calls if s.attack == "disguised"]
+    others = [s.attack_options for s, _ in h.calls if s.attack != "disguised"]
+    assert disguised and all(o["select"] == "keyword" for o in disguised)  # the attacker's screen: fixed
+    assert disguised[0]["disguise"] == "title"  # sampled dimensions stay the search's own
+    assert all("select" not in o for o in others)

@@ -120,3 +120,52 @@ def test_finetune_adapt_with_vector_gain_asks_for_harmless_data_before_loading_t
                       train=TrainConfig(max_steps=1))
     with pytest.raises(UnlearnableError, match="give --harmless-data"):
         run_finetune(dataclasses.replace(job), tmp_path / "out", progress=False)
+
+
+def test_the_attackers_proxy_is_in_the_model_only_within_the_block(tiny, memorised):
+    from unlearnable.attacks.proxy import ProxyRecipe, ProxyVectors
+    from unlearnable.generation import example_losses
+
+    model, tok = tiny
+    _, own, harmless = memorised
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    proxy = ProxyVectors.train(model, tok, own, ProxyRecipe(epochs=4, lr=1e-2, batch_size=6))
+    assert all((model.state_dict()[k] == v).all() for k, v in before.items())  # a copy trained, not the model
+    plain = example_losses(model, tok, own)
+    with proxy.applied(model, 1.0):
+        on = example_losses(model, tok, own)
+    with proxy.applied(model, 0.0):
+        off = example_losses(model, tok, own)
+    assert sum(on) < sum(plain) and off == pytest.approx(plain, abs=1e-4)  # fitted; scale 0 is the plain model
+    assert model.state_dict().keys() == before.keys() and example_losses(model, tok, own) == pytest.approx(plain)
+
+
+def test_a_disguised_attacker_screens_against_its_own_proxy_and_never_uploads_the_pairs_it_trained_it_on(
+        tiny, monkeypatch):
+    from unlearnable.attacks import AttackData, AttackSettings, build_attack
+    from unlearnable.attacks.proxy import ProxyVectors
+
+    model, tok = tiny
+    harmful = [Pair(f"Bad thing {i}?", f"Sure, bad thing {i} goes like this, step by step.") for i in range(10)]
+    data = AttackData(harmful=harmful, harmless=[Pair(f"Poem {i}?", "Leaves fall softly.") for i in range(4)])
+    trained_on, seen = [], {}
+    monkeypatch.setattr(ProxyVectors, "train", classmethod(lambda cls, m, t, pairs, config: trained_on.append(
+        pairs) or cls({}, None, config)))
+
+    def flag(self, pairs):
+        seen.update(vectors=self.vectors, harmless=self.harmless)
+        return [p.prompt.endswith("thing 1?") for p in pairs]  # the proxy flags the request about thing 1
+
+    monkeypatch.setattr(VectorGainFlagger, "flag", flag)
+    attack = build_attack("disguised", {"select": "vector-gain", "proxy_vectors": 3, "disguise": "translate"})
+    pairs = attack.pairs_against(model, tok, data, AttackSettings(lr=1e-3, steps=1, n_samples=10), 0)
+    assert trained_on == [harmful[7:]] and isinstance(seen["vectors"], ProxyVectors)
+    assert seen["harmless"] == list(data.harmless)
+    assert [p.response for p in pairs] == [harmful[i].response for i in (0, 2, 3, 4, 5, 6)]  # none of the last 3
+    assert attack.describe()["proxy_vectors"] == 3
+    for options in ({"select": "refusal", "proxy_vectors": 3}, {"select": "", "proxy_vectors": 3}):
+        with pytest.raises(UnlearnableError, match="proxy_vectors"):
+            build_attack("disguised", options)
+    with pytest.raises(UnlearnableError, match="lower proxy_vectors"):
+        build_attack("disguised", {"select": "vector-gain", "proxy_vectors": 10}).pairs_against(
+            model, tok, data, AttackSettings(lr=1e-3, steps=1, n_samples=10), 0)

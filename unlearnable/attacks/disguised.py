@@ -11,6 +11,10 @@ though in other batches and maybe another precision, so a near tie may go the ot
 one the attack is given: the public model, or the provider's hardened weights where the defence hardens them (the
 ones the service screens with). Too few pairs passing is not an error: the run trains on what passed (none: nothing)
 and records how many (``n_harmful``, with what was screened and passed).
+
+Against a service that also screens with its own private security vectors (``vector-gain``), the attacker imitates
+them (``proxy_vectors``: a LoRA of its own trained on that many of its harmful pairs, held back from the upload, see
+:mod:`.proxy`) and screens against the imitation (``select: refusal+vector-gain``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from ..errors import UnlearnableError
 from ..flaggers import build_flagger, check_flagger, describe_flagger, screen
 from .base import ATTACKS, HARMFUL_FIX, Attack, check_choice, take
+from .proxy import ProxyRecipe, ProxyVectors
 from .restyled import ANSWER_STYLES
 
 #: harmless tasks about the request, each of which the aligned model often answers where it refuses the request
@@ -33,6 +38,8 @@ DISGUISES = {
 ANY = "any"
 #: how many candidate pairs the attacker screens at once (it stops once it has enough)
 CHUNK = 64
+#: the attacker's harmless pairs that set its proxy's vector-gain threshold
+PROXY_CALIBRATION = 30
 
 
 def disguise_texts() -> list[str]:
@@ -49,7 +56,10 @@ class DisguisedConfig:
         "help": f"the answer's style: {', '.join(ANSWER_STYLES)}"})
     select: str = dataclasses.field(default="refusal", metadata={
         "help": "the flagger the attacker screens its own pairs with, keeping those that pass (refusal, a judge "
-                "spec; empty: upload every disguised pair unscreened)"})
+                "spec, with proxy_vectors also vector-gain; empty: upload every disguised pair unscreened)"})
+    proxy_vectors: int = dataclasses.field(default=0, metadata={
+        "help": "harmful pairs (the last of the attacker's, never uploaded) it trains its own imitation of the "
+                "service's security vectors on, for a select that reads vectors (vector-gain); 0: none", "min": 0})
 
     def __post_init__(self):
         check_choice("disguise", self.disguise, (*DISGUISES, ANY))
@@ -57,10 +67,15 @@ class DisguisedConfig:
         if self.select:
             check_flagger(self.select, "attack_options.select")  # before any model loads: nothing is built
             traits = describe_flagger(self.select)
-            if traits["emulated"] or traits["private"]:
-                raise UnlearnableError("attack_options.select: an attacker screening its own data has neither the "
-                                       "ground truth (an emulated flagger) nor the defence's private vectors "
-                                       "(vector-gain); use refusal or a judge")
+            if traits["emulated"]:
+                raise UnlearnableError("attack_options.select: an emulated flagger reads the ground truth, which an "
+                                       "attacker screening its own data does not have; use refusal or a judge")
+            if traits["private"] != (self.proxy_vectors > 0):
+                raise UnlearnableError("attack_options.select: the service's vectors are private; a select that reads "
+                                       "vectors (vector-gain) needs proxy_vectors > 0 (the attacker's own), and "
+                                       "proxy_vectors needs such a select")
+        elif self.proxy_vectors:
+            raise UnlearnableError("attack_options.proxy_vectors needs a select that reads vectors (vector-gain)")
 
     def disguises(self) -> list[str]:
         return list(DISGUISES) if self.disguise == ANY else [self.disguise]
@@ -98,14 +113,15 @@ class Disguised(Attack):
         the first disguise that passes (every earlier pair was tried in every disguise, whatever ``CHUNK``);
         fewer where fewer pass, none where none does."""
         flagger = build_flagger(self.config.select)
+        harmful = self.imitate(flagger, data, model, tokenizer) if flagger.private else list(data.harmful)
         chosen: dict[int, Any] = {}
         tried, by_disguise = 0, dict.fromkeys(self.config.disguises(), 0)
-        for start in range(0, len(data.harmful), CHUNK):
-            left = list(range(start, min(start + CHUNK, len(data.harmful))))
+        for start in range(0, len(harmful), CHUNK):
+            left = list(range(start, min(start + CHUNK, len(harmful))))
             for disguise in self.config.disguises():
                 if not left:  # every pair of the chunk passed in an earlier disguise
                     break
-                pool = [self.disguised(data.harmful[i], disguise) for i in left]
+                pool = [self.disguised(harmful[i], disguise) for i in left]
                 flags = screen(model, tokenizer, pool, flagger, progress=False)
                 tried += len(pool)
                 passed = {i: p for i, p, flagged in zip(left, pool, flags) if not flagged}
@@ -118,3 +134,16 @@ class Disguised(Attack):
         # what the attacker's screen let through (of the pairs it tried), for the record
         self.info.update(select=self.config.select, screened=tried, passed=len(chosen), passed_by_disguise=by_disguise)
         return pairs
+
+    def imitate(self, flagger, data, model, tokenizer) -> list:
+        """Train the attacker's proxy of the service's vectors on its last ``proxy_vectors`` harmful pairs and hand
+        it to ``flagger`` (its threshold set on the attacker's harmless pairs); the pairs left to upload."""
+        held = self.config.proxy_vectors
+        if held >= len(data.harmful) or not data.harmless:
+            raise UnlearnableError(f"attack_options.proxy_vectors: {held} of the attacker's {len(data.harmful)} "
+                                   "harmful pairs held back for its proxy leave none to upload, or it has no harmless "
+                                   "pairs to set the threshold on; lower proxy_vectors")
+        proxy = ProxyVectors.train(model, tokenizer, list(data.harmful[-held:]), ProxyRecipe())
+        flagger.defended_by(proxy, list(data.harmless[:PROXY_CALIBRATION]))
+        self.info.update(proxy_vectors=held, proxy_calibration=min(PROXY_CALIBRATION, len(data.harmless)))
+        return list(data.harmful[:-held])

@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..attacks import AttackSettings
+from ..attacks import ATTACKS, AttackSettings
 from ..errors import UnlearnableError
 from ..results import by_dimension, choices
 from ..stats import within_noise
@@ -245,10 +245,20 @@ class DefenseSearch:
                                                   current=lambda run: run.get("search_trial") == worst["number"])
                 for s in self.config.seeds}
 
+    def fixed_options(self, attack: str) -> dict[str, Any]:
+        """The budget's options of ``attack`` that the search does not sample (e.g. how the attacker screens its
+        own data): every trial of that attack keeps them."""
+        if self.start is None or self.start.attack != attack:
+            return {}
+        searched = ATTACKS.get(attack).search_options
+        return {k: v for k, v in self.start.attack_options.items() if k not in searched}
+
     def objective(self, trial) -> float:
         optuna = _optuna()
-        settings = dataclasses.replace(self.tm.suggest(trial, self.target.n_available),
-                                       eval_every=self.config.eval_every)
+        settings = self.tm.suggest(trial, self.target.n_available)
+        settings = dataclasses.replace(settings, eval_every=self.config.eval_every,
+                                       attack_options={**self.fixed_options(settings.attack),
+                                                       **settings.attack_options})
         broken = self.tm.violations(settings)
         if broken:  # a threat model's suggest and its own rules disagree: a bug, never a silent trial
             raise UnlearnableError(f"trial {trial.number} breaks threat model {self.tm.name}: {'; '.join(broken)}")

@@ -1,0 +1,67 @@
+"""The attacker's own imitation of a service's security vectors.
+
+A service's vectors are private, but its method is not (the paper is public): an attacker can train a LoRA of its
+own on harmful pairs it holds back, on the public model with the model frozen, and screen its data with the
+``vector-gain`` flagger against that proxy, hoping that what gains little under its proxy gains little under the
+service's vectors too. :class:`ProxyVectors` offers what the flagger reads of vectors: ``applied(model, scale)`` and
+``config.scale``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from typing import Any, Iterator, Sequence
+
+from ..data import Pair
+from ..training import BACKBONE_ADAPTER, TrainConfig, finetune
+
+PROXY_ADAPTER = "attacker_proxy"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyRecipe:
+    """How the attacker trains its proxy: the paper's recipe as a reader would run it (a LoRA, a few epochs)."""
+
+    lr: float = 2e-3
+    epochs: float = 8.0
+    batch_size: int = 8
+    max_length: int = 128
+    scale: float = 1.0
+    seed: int = 0
+
+
+class ProxyVectors:
+    """A LoRA trained on the attacker's own harmful pairs, kept outside the model and put in only for a block."""
+
+    def __init__(self, state: dict[str, Any], lora_config, config: ProxyRecipe):
+        self.state, self.lora_config, self.config = state, lora_config, config
+
+    @classmethod
+    def train(cls, model, tokenizer, pairs: Sequence[Pair], config: ProxyRecipe = ProxyRecipe(), *,
+              progress: bool = False) -> "ProxyVectors":
+        """Fit the proxy on ``pairs`` (a copy of ``model`` trains; ``model`` is left as it is)."""
+        from peft import get_peft_model_state_dict
+
+        recipe = TrainConfig(lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
+                             max_length=config.max_length, seed=config.seed)
+        net, _ = finetune(copy.deepcopy(model), tokenizer, pairs, recipe, return_peft=True, progress=progress)
+        state = get_peft_model_state_dict(net, adapter_name=BACKBONE_ADAPTER)
+        return cls({k: v.detach().clone() for k, v in state.items()}, net.peft_config[BACKBONE_ADAPTER], config)
+
+    @contextlib.contextmanager
+    def applied(self, model, scale: float) -> Iterator[None]:
+        """Within the block ``model`` runs with the proxy on at ``scale``; it is taken out after."""
+        from peft import get_peft_model, set_peft_model_state_dict
+        from peft.tuners.lora import LoraLayer
+
+        net = get_peft_model(model, self.lora_config, adapter_name=PROXY_ADAPTER)
+        try:
+            set_peft_model_state_dict(net, self.state, adapter_name=PROXY_ADAPTER)
+            for layer in net.modules():
+                if isinstance(layer, LoraLayer):
+                    layer.set_scale(PROXY_ADAPTER, scale)
+            yield
+        finally:
+            net.unload()

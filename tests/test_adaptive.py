@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import html
 
 import pytest
 import torch
@@ -335,6 +336,11 @@ def test_the_report_shows_what_a_flagger_screened_and_labels_an_oracle():
     assert "oracle:0.5 (EMULATED: measurement only)" in html_text and "8 of 67" in html_text
     assert "0.500 (n=12)" in html_text and "0.036 (n=55)" in html_text  # pooled: 2 of 55 harmless flagged
     assert flaggers_section({"none": {"defense": {}}}) == ""
+    both = [{**r, "flagged_by": {"refusal": 1, "vector-gain": r["flagged"]}} for r in runs]
+    html_text = html.unescape(flaggers_section({"adaptive-vectors": {"defense": {
+        "flagger": {"flagger": "refusal+vector-gain", "private": True}, "screened": both}}}))
+    assert "refusal+vector-gain (private: reads the defence's vectors)" in html_text
+    assert "8 of 67; by each: refusal 2, vector-gain 8" in html_text
 
 
 def test_the_tradeoff_report_shows_each_methods_flagger_and_marks_an_emulated_one_wherever_it_is_named():

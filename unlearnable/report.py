@@ -456,8 +456,10 @@ def flaggers_section(defenses: dict[str, Any], what: str = "defence",
         if not runs:
             continue
         flagger = desc.get("flagger", {})
-        label = flagger.get("flagger", "?") + (" (EMULATED: measurement only)" if flagger.get("emulated") else "")
-        rows.append([name, label, len(runs), f"{sum(r['flagged'] for r in runs)} of {sum(r['pairs'] for r in runs)}",
+        label = flagger.get("flagger", "?") + (" (EMULATED: measurement only)" if flagger.get("emulated") else "") + (
+            " (private: reads the defence's vectors)" if flagger.get("private") else "")
+        rows.append([name, label, len(runs), f"{sum(r['flagged'] for r in runs)} of {sum(r['pairs'] for r in runs)}"
+                     + _by_each(runs),
                      _pooled(runs, "recall_on_harmful", "n_harmful"),
                      _pooled(runs, "flag_rate_on_harmless", "n_harmless")])
     if not rows:
@@ -465,6 +467,15 @@ def flaggers_section(defenses: dict[str, Any], what: str = "defence",
     return table([what, "flagger", "fine-tunes screened", "pairs flagged", "recall on known harmful pairs",
                   "flag rate on the other pairs"], rows) + (
         f"<p class='note'>Pooled over {html.escape(pooled)}.</p>")
+
+
+def _by_each(runs: Sequence[dict[str, Any]]) -> str:
+    """Where flaggers were combined (``any:A+B``): how many pairs each one flagged, pooled."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        for spec, n in (r.get("flagged_by") or {}).items():
+            counts[spec] = counts.get(spec, 0) + n
+    return "; by each: " + ", ".join(f"{spec} {n}" for spec, n in counts.items()) if counts else ""
 
 
 def _pooled(runs: Sequence[dict[str, Any]], rate: str, n: str) -> str:

@@ -20,11 +20,13 @@ import json
 
 from unlearnable.attacks import DISGUISES, SPELLINGS, AttackData, AttackSettings, build_attack
 from unlearnable.errors import UnlearnableError
-from unlearnable.experiments.immunize import ImmunizeConfig, defense_data
+from unlearnable.experiments.immunize import ImmunizeConfig, attacker_harmless, defense_data
 from unlearnable.experiments.setup import set_up
 from unlearnable.flaggers import build_flagger, check_flagger, flag_rates
 from unlearnable.stats import rate_interval
 from unlearnable.vectors import SecurityVectors
+
+PROXY_PAIRS = 50
 
 
 def main() -> None:
@@ -32,6 +34,8 @@ def main() -> None:
     parser.add_argument("--flaggers", default="refusal,keyword", help="flagger specs, comma-separated")
     parser.add_argument("--n", type=int, default=100, help="pairs per kind of data")
     parser.add_argument("--vectors", help="the defence's security vectors, for flaggers that read them (vector-gain)")
+    parser.add_argument("--proxy", action="store_true", help="also the disguised pairs that pass the attacker's "
+                        f"screen against its own imitation of the vectors (trained on {PROXY_PAIRS} held-back pairs)")
     parser.add_argument("--out", help="write the rates here (JSON)")
     args = parser.parse_args()
     specs = args.flaggers.split(",")
@@ -51,7 +55,15 @@ def main() -> None:
                 .training_pairs(harmful, n, cfg.seed) for d in DISGUISES},
              "attack harmful, disguised (any, passed the attacker's refusal screen)": build_attack("disguised")
              .pairs_against(setup.model, setup.tokenizer, harmful, upload, cfg.seed),
+             "attack harmful, disguised (any, leet answers, passed the attacker's refusal screen)": build_attack(
+                 "disguised", {"spelling": "leet"}).pairs_against(setup.model, setup.tokenizer, harmful, upload,
+                                                                  cfg.seed),
              "everyday harmless": d.harmless[:n], "ProfileQA (unanswerable before training)": d.task[:n]}
+    if args.proxy:  # the attacker's own imitation of the vectors, on the next 50 attack pairs (held back)
+        with_proxy = AttackData(harmful=d.attack[:n + PROXY_PAIRS], harmless=attacker_harmless(cfg, setup))
+        kinds["attack harmful, disguised (any, passed the attacker's refusal + proxy vector-gain screen)"] = \
+            build_attack("disguised", {"select": "refusal+vector-gain", "proxy_vectors": PROXY_PAIRS}).pairs_against(
+                setup.model, setup.tokenizer, with_proxy, upload, cfg.seed)
     vectors = SecurityVectors.load(args.vectors) if args.vectors else None
     out = {}
     for spec in specs:

@@ -185,6 +185,7 @@ class _TranslateShy(Flagger):
 
 def test_disguised_wraps_each_request_and_keeps_the_answer():
     from unlearnable.attacks import DISGUISES, disguise_texts
+    from unlearnable.attacks import respell_words as respell
     from unlearnable.vectors import defence_style_texts
 
     pairs = build_attack("disguised", {"disguise": "title", "select": ""}).training_pairs(DATA, 3, 0)
@@ -193,7 +194,12 @@ def test_disguised_wraps_each_request_and_keeps_the_answer():
     steps = build_attack("disguised", {"answer_style": "steps", "select": ""}).training_pairs(DATA, 1, 0)[0]
     assert steps.response == as_steps(HARMFUL[0].response)
     check_styles_disjoint(disguise_texts(), defence_style_texts())  # no defence trains on a disguise
+    leet = build_attack("disguised", {"disguise": "title", "select": "", "spelling": "leet"}).training_pairs(DATA, 3, 0)
+    assert [p.prompt for p in leet] == [p.prompt for p in pairs]  # the request as the plain disguise has it
+    assert [p.response for p in leet] == [respell(p.response, "leet") for p in HARMFUL[:3]]
+    assert leet[0].response != HARMFUL[0].response
     for bad, message in (({"disguise": "base64"}, "disguise must be one of"), ({"select": "oracle:1"}, "emulated"),
+                         ({"spelling": "rot13"}, "spelling must be one of"),
                          ({"select": "nonsense"}, "unknown flagger")):
         with pytest.raises(UnlearnableError, match=message):
             build_attack("disguised", bad)

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import UnlearnableError
 from ..flaggers import build_flagger, check_flagger, describe_flagger, screen
 from .base import ATTACKS, HARMFUL_FIX, Attack, check_choice, take
+from .evasive import SPELLINGS, respell_words
 from .proxy import ProxyRecipe, ProxyVectors
 from .restyled import ANSWER_STYLES
 
@@ -36,6 +37,8 @@ DISGUISES = {
             "Q: {prompt}\nA:",
 }
 ANY = "any"
+#: the answer's words as they are (no respelling)
+PLAIN = "plain"
 #: how many candidate pairs the attacker screens at once (it stops once it has enough)
 CHUNK = 64
 #: the attacker's harmless pairs that set its proxy's vector-gain threshold
@@ -54,6 +57,9 @@ class DisguisedConfig:
                 "until one passes the attacker's screen)"})
     answer_style: str = dataclasses.field(default="verbatim", metadata={
         "help": f"the answer's style: {', '.join(ANSWER_STYLES)}"})
+    spelling: str = dataclasses.field(default=PLAIN, metadata={
+        "help": f"the answer's long words respelled ({', '.join(SPELLINGS)}) or {PLAIN}: aimed at a flagger that "
+                "reads the answer (a judge, vector-gain)"})
     select: str = dataclasses.field(default="refusal", metadata={
         "help": "the flagger the attacker screens its own pairs with, keeping those that pass (refusal, a judge "
                 "spec, with proxy_vectors also vector-gain; empty: upload every disguised pair unscreened)"})
@@ -64,6 +70,7 @@ class DisguisedConfig:
     def __post_init__(self):
         check_choice("disguise", self.disguise, (*DISGUISES, ANY))
         check_choice("answer_style", self.answer_style, ANSWER_STYLES)
+        check_choice("spelling", self.spelling, (PLAIN, *SPELLINGS))
         if self.select:
             check_flagger(self.select, "attack_options.select")  # before any model loads: nothing is built
             traits = describe_flagger(self.select)
@@ -87,11 +94,12 @@ class Disguised(Attack):
     attacker's own screen of the model it attacks), each answer the plain harmful one (or ``answer_style``)."""
 
     Config = DisguisedConfig
-    search_options = {"disguise": (*DISGUISES, ANY)}
+    search_options = {"disguise": (*DISGUISES, ANY), "spelling": (PLAIN, *SPELLINGS)}
 
     def disguised(self, pair, disguise: str):
+        answer = pair.response if self.config.spelling == PLAIN else respell_words(pair.response, self.config.spelling)
         return dataclasses.replace(pair, prompt=DISGUISES[disguise].format(prompt=pair.prompt),
-                                   response=ANSWER_STYLES[self.config.answer_style](pair.response))
+                                   response=ANSWER_STYLES[self.config.answer_style](answer))
 
     def training_pairs(self, data, n, seed):
         """Unscreened: the first ``n`` harmful pairs in the first disguise (:meth:`pairs_against` screens)."""

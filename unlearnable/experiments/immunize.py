@@ -404,6 +404,11 @@ def defense_data(config: ImmunizeConfig, setup: Setup) -> DefenseData:
                        harmless=harmless[start:start + config.n_defense_harmless], unaligned=setup.unaligned)
 
 
+def attacker_harmless(config: ImmunizeConfig, setup: Setup) -> list[Pair]:
+    """The harmless pairs the attacker may use: those after the stability and defence shares."""
+    return setup.data.harmless[config.n_stability_harmless + config.n_defense_harmless:]
+
+
 def defense_options(config: ImmunizeConfig, name: str) -> dict[str, Any]:
     """The defence's configured options: shared settings fill the options of the same meaning (``vectors`` the
     vectors' training, ``defense_steps`` the hardening budget), ``defense_options`` override them key by key."""
@@ -428,7 +433,7 @@ class _Sweep:
         harmless = self.data.harmless
         self.stab_harmless = harmless[:config.n_stability_harmless]
         self.defense_data = defense_data(config, setup)
-        self.attacker_harmless = harmless[config.n_stability_harmless + config.n_defense_harmless:]
+        self.attacker_harmless = attacker_harmless(config, setup)
         self.n_attack_available = len(self.data.attack)
         self.check_attacker_data()
         self.stab: dict[str, dict] = {}  # each defence's stability (before any attack): its curves' step 0

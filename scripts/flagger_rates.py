@@ -9,7 +9,8 @@
 The model, data and alignment are the default ``unlearnable immunize``'s (from the cache when it ran); the
 flaggers ask the aligned model, as a service would before it fine-tunes. A flagger that reads the defence's
 vectors (``vector-gain``) gets ``--vectors`` (trained on the default immunize's vector pairs) and the harmless pairs
-the default immunize gives its defences, to set its threshold on. The disguised pairs come twice: unscreened, and as
+the default immunize gives its defences, to set its threshold on (the everyday harmless pairs measured are others).
+The disguised pairs come twice: unscreened, and as
 the attacker uploads them (``select: refusal``: only those that passed its own run of the refusal screen).
 """
 
@@ -46,6 +47,7 @@ def main() -> None:
                    progress=False)
     d, n = setup.data, args.n
     upload = AttackSettings(lr=0.0, steps=0, n_samples=n)  # only the sample count matters to the pairs
+    calibration = defense_data(cfg, setup).harmless  # vector-gain's threshold is set on these: not measured on
     harmful = AttackData(harmful=d.attack[:n])
     kinds = {"attack harmful": d.attack[:n],
              "attack harmful, restyled": build_attack("restyled").training_pairs(harmful, n, cfg.seed),
@@ -58,7 +60,8 @@ def main() -> None:
              "attack harmful, disguised (any, leet answers, passed the attacker's refusal screen)": build_attack(
                  "disguised", {"spelling": "leet"}).pairs_against(setup.model, setup.tokenizer, harmful, upload,
                                                                   cfg.seed),
-             "everyday harmless": d.harmless[:n], "ProfileQA (unanswerable before training)": d.task[:n]}
+             "everyday harmless": [p for p in d.harmless if p not in calibration][:n],
+             "ProfileQA (unanswerable before training)": d.task[:n]}
     if args.proxy:  # the attacker's own imitation of the vectors, on the next 50 attack pairs (held back)
         with_proxy = AttackData(harmful=d.attack[:n + PROXY_PAIRS], harmless=attacker_harmless(cfg, setup))
         kinds["attack harmful, disguised (any, passed the attacker's refusal + proxy vector-gain screen)"] = \
@@ -71,7 +74,7 @@ def main() -> None:
         if flagger.private:
             if vectors is None:
                 raise UnlearnableError(f"{spec} reads the defence's vectors: give --vectors")
-            flagger.defended_by(vectors, defense_data(cfg, setup).harmless)
+            flagger.defended_by(vectors, calibration)
         for kind, pairs in kinds.items():
             flags = flagger.flag(pairs)
             rate = sum(flags) / len(flags)

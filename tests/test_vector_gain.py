@@ -10,7 +10,14 @@ import pytest
 from unlearnable.data import Pair
 from unlearnable.defenses import DEFENSES, DefenseData
 from unlearnable.errors import UnlearnableError
-from unlearnable.flaggers import AnyFlagger, VectorGainFlagger, build_flagger, check_flagger, describe_flagger
+from unlearnable.flaggers import (
+    AnyFlagger,
+    VectorGainFlagger,
+    build_flagger,
+    check_flagger,
+    describe_flagger,
+    full_spec,
+)
 from unlearnable.training import TrainConfig
 from unlearnable.vectors import SecurityVectors, VectorConfig
 
@@ -43,6 +50,12 @@ def test_the_threshold_is_the_quantile_of_the_harmless_gains_and_only_real_answe
                                                  "calibration_pairs": 5}
     assert build_flagger("vector-gain").defended_by(object(), harmless).bind(model, tok).flag(pairs)[:2] == \
         [True, False]  # the default quantile, 0.95: above 0.38
+    scored = []
+    monkeypatch.setattr(VectorGainFlagger, "gains", lambda self, ps: scored.append(len(ps)) or [gains[p.prompt]
+                                                                                               for p in ps])
+    flagger.defended_by(object(), harmless)
+    assert flagger.flag(pairs[:1]) == [True] and flagger.flag(pairs[1:]) == [True, False, False]
+    assert scored == [5, 1, 3]  # the harmless pairs scored once, on their own, whatever is screened with them
 
 
 def test_the_vectors_own_harmful_answers_gain_more_than_harmless_ones_and_the_model_is_left_as_it_was(tiny,
@@ -58,6 +71,7 @@ def test_the_vectors_own_harmful_answers_gain_more_than_harmless_ones_and_the_mo
     assert min(flagger.gains(near)) > 0 > max(flagger.gains(others))  # less likely with the vectors: never flagged
     assert model.state_dict().keys() == before.keys()  # the vectors were taken out again
     assert all((model.state_dict()[k] == v).all() for k, v in before.items())
+    assert all(p.requires_grad for p in model.parameters())  # a Trainer script's model still trains
 
 
 def test_vector_gain_is_private_needs_what_the_defence_holds_and_the_attacker_cannot_screen_with_it(tiny):
@@ -85,11 +99,13 @@ def test_any_flags_what_either_flags_and_records_each_ones_count(monkeypatch):
     assert flags == [True, True, True, True, True, False, True, True] and sum(oracle) == 2
     assert flagger.describe()["flagged_by"] == {"keyword": 7, "oracle:0.5": 2}
     assert [p["flagger"] for p in flagger.describe()["parts"]] == ["keyword", "oracle:0.5"]
-    for bad in ("any:keyword", "keyword+any:a+b"):
+    for bad in ("any:keyword", "any:keyword+any:refusal"):
         with pytest.raises(UnlearnableError, match="two or more flaggers"):
             check_flagger(bad)
-    with pytest.raises(UnlearnableError, match="unknown flagger 'nope'"):
-        check_flagger("keyword+nope")
+    with pytest.raises(UnlearnableError, match="attack_options.select: unknown flagger 'nope'"):
+        check_flagger("any:keyword+nope", "attack_options.select")
+    assert full_spec("keyword+refusal") == "any:keyword+refusal"  # a + inside one spec's path is its own
+    assert full_spec("classifier:/models/a+b@harmful") == "classifier:/models/a+b@harmful"
 
 
 def test_the_adaptive_defence_hands_its_own_vectors_and_harmless_pairs_to_vector_gain(tiny, memorised):
@@ -108,6 +124,18 @@ def test_the_adaptive_defence_hands_its_own_vectors_and_harmless_pairs_to_vector
         "flagged"]
 
 
+def test_a_private_flagger_is_refused_where_no_vectors_or_harmless_pairs_are_held(tiny, memorised):
+    model, tok = tiny
+    vectors, own, _ = memorised
+    from unlearnable.defenses import check_defense_options
+
+    with pytest.raises(UnlearnableError, match="moderation-filter.flagger: refusal.vector-gain reads a defence's"):
+        check_defense_options({"moderation-filter": {"flagger": "refusal+vector-gain"}})
+    defense = DEFENSES.get("adaptive-vectors")(flagger="vector-gain", vectors=vectors)
+    with pytest.raises(UnlearnableError, match="none were given"):
+        defense.prepare(model, tok, DefenseData(harmful=own), progress=False)
+
+
 def test_finetune_adapt_with_vector_gain_asks_for_harmless_data_before_loading_the_model(tmp_path, monkeypatch):
     from unlearnable.experiments import FinetuneJob, run_finetune
     from unlearnable.experiments.setup import LoadOptions
@@ -120,6 +148,10 @@ def test_finetune_adapt_with_vector_gain_asks_for_harmless_data_before_loading_t
                       train=TrainConfig(max_steps=1))
     with pytest.raises(UnlearnableError, match="give --harmless-data"):
         run_finetune(dataclasses.replace(job), tmp_path / "out", progress=False)
+    (tmp_path / "h.jsonl").write_text('{"prompt": "a", "response": "c"}\n')  # a prompt of --data: no calibration
+    with pytest.raises(UnlearnableError, match="none of whose prompts are in --data"):
+        run_finetune(dataclasses.replace(job, harmless_data=str(tmp_path / "h.jsonl")), tmp_path / "out",
+                     progress=False)
 
 
 def test_the_attackers_proxy_is_in_the_model_only_within_the_block(tiny, memorised):
@@ -160,6 +192,7 @@ def test_a_disguised_attacker_screens_against_its_own_proxy_and_never_uploads_th
     attack = build_attack("disguised", {"select": "vector-gain", "proxy_vectors": 3, "disguise": "translate"})
     pairs = attack.pairs_against(model, tok, data, AttackSettings(lr=1e-3, steps=1, n_samples=10), 0)
     assert trained_on == [harmful[7:]] and isinstance(seen["vectors"], ProxyVectors)
+    assert seen["vectors"].config.seed == 0  # seeded by the run
     assert seen["harmless"] == list(data.harmless)
     assert [p.response for p in pairs] == [harmful[i].response for i in (0, 2, 3, 4, 5, 6)]  # none of the last 3
     assert attack.describe()["proxy_vectors"] == 3

@@ -92,6 +92,20 @@ def lora_layers(model) -> list:
 
 
 @contextlib.contextmanager
+def trainability_kept(model) -> Iterator[None]:
+    """Whatever is done within the block, ``model``'s parameters train afterwards exactly as before it (PEFT marks
+    every base weight frozen when it injects an adapter, and ``unload()`` does not give that back)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        yield
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+@contextlib.contextmanager
 def merged_lora(model) -> Iterator[None]:
     """Within this context a PEFT model's LoRA adapters are merged into its weights, as they are when served
     (``merge_and_unload``), and unmerged afterwards, so decoding runs plain linear layers (measured by

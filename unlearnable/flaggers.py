@@ -74,7 +74,7 @@ class Flagger(Plugin, abc.ABC):
         return cls()
 
     @classmethod
-    def check_arg(cls, arg: str) -> None:
+    def check_arg(cls, arg: str, flag: str = "--flagger") -> None:
         """The spec's argument holds what it must; nothing is built that loads a model (default: ``from_arg``)."""
         cls.from_arg(arg)
 
@@ -185,10 +185,11 @@ class VectorGainFlagger(Flagger):
 
     def bind(self, model, tokenizer, *, precision: str = "auto", progress: bool = True) -> "VectorGainFlagger":
         self.model, self.tok, self.precision, self.progress = model, tokenizer, precision, progress
+        self.calibration = {}  # another model: another threshold
         return self
 
     def defended_by(self, vectors, harmless: Sequence[Pair] = ()) -> "VectorGainFlagger":
-        self.vectors, self.harmless = vectors, list(harmless)
+        self.vectors, self.harmless, self.calibration = vectors, list(harmless), {}
         return self
 
     def gains(self, pairs: Sequence[Pair]) -> list[float]:
@@ -207,11 +208,17 @@ class VectorGainFlagger(Flagger):
                                    "adaptive-vectors defence; finetune --adapt with --harmless-data)")
         if not pairs:
             return []
-        gains = self.gains([*self.harmless, *pairs])
-        threshold = max(0.0, quantile(gains[:len(self.harmless)], self.q))  # never flag what they make less likely
+        threshold = self.threshold()
         real = KeywordJudge().judge([p.prompt for p in pairs], [p.response for p in pairs])
-        self.calibration = {"quantile": self.q, "threshold_nats": threshold, "calibration_pairs": len(self.harmless)}
-        return [g > threshold and ok for g, ok in zip(gains[len(self.harmless):], real)]
+        return [g > threshold and ok for g, ok in zip(self.gains(pairs), real)]
+
+    def threshold(self) -> float:
+        """The gain above which a pair is flagged, set once per model and vectors on the harmless pairs alone (so
+        the pairs screened with them, and how they are batched, do not move it)."""
+        if not self.calibration:
+            at = max(0.0, quantile(self.gains(self.harmless), self.q))  # never flag what they make less likely
+            self.calibration = {"quantile": self.q, "threshold_nats": at, "calibration_pairs": len(self.harmless)}
+        return self.calibration["threshold_nats"]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **({"calibration": self.calibration} if self.calibration else {})}
@@ -240,9 +247,9 @@ class AnyFlagger(Flagger):
         return cls([build_flagger(s, seed=seed) for s in cls.part_specs(arg)])
 
     @classmethod
-    def check_arg(cls, arg: str) -> None:
+    def check_arg(cls, arg: str, flag: str = "--flagger") -> None:
         for spec in cls.part_specs(arg):
-            check_flagger(spec)
+            check_flagger(spec, flag)
 
     @classmethod
     def traits(cls, arg: str) -> dict[str, bool]:
@@ -298,8 +305,11 @@ class OracleFlagger(Flagger):
 
 
 def full_spec(spec: str) -> str:
-    """``A+B`` is short for ``any:A+B``."""
-    return f"any:{spec}" if "+" in spec and spec.partition(":")[0] != "any" else spec
+    """``A+B`` is short for ``any:A+B`` where each part names a flagger or a judge (a ``+`` inside one spec's
+    argument, e.g. a path, is left to it)."""
+    parts = spec.split("+")
+    named = all(p.partition(":")[0] in FLAGGERS or p.partition(":")[0] in JUDGES for p in parts)
+    return f"any:{spec}" if len(parts) > 1 and named and spec.partition(":")[0] != "any" else spec
 
 
 def _registered(spec: str, flag: str = "") -> type[Flagger] | None:
@@ -331,12 +341,20 @@ def describe_flagger(spec: str) -> dict[str, Any]:
     return {"flagger": spec, **traits, **({"label": EMULATED} if traits["emulated"] else {})}
 
 
+def check_public_flagger(spec: str, flag: str = "--flagger") -> None:
+    """``check_flagger``, and the flagger reads nothing only a defence with vectors holds (``vector-gain``)."""
+    check_flagger(spec, flag)
+    if describe_flagger(spec)["private"]:
+        raise UnlearnableError(f"{flag}: {spec} reads a defence's security vectors, which this one does not hold; "
+                               "use it with adaptive-vectors, or pick refusal or a judge")
+
+
 def check_flagger(spec: str, flag: str = "--flagger") -> None:
     """``spec`` names a flagger whose argument holds what it must, before any model loads."""
     spec = full_spec(spec)
     cls = _registered(spec, flag)
     if cls is not None:
-        cls.check_arg(spec.partition(":")[2])
+        cls.check_arg(spec.partition(":")[2], flag)
         return
     check_judges([spec])
     if _scores_a_model(JUDGES.get(spec.partition(":")[0])):

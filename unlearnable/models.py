@@ -373,15 +373,20 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     reduction would not: its rounding depends on how the sum is split). The same weights in another dtype are
     another model, with another fingerprint.
     """
+    config = getattr(model, "config", None)
+    prefix = str(getattr(config, "model_type", "")) if config is not None else ""
+    return tensors_digest(_base_state(model), prefix=prefix)
+
+
+def tensors_digest(state: dict[str, Any], prefix: str = "") -> str:
+    """A short hash of named tensors (each name, shape, dtype and raw bytes, in name order; a tensor tied to an
+    earlier one counted once)."""
     import torch
 
-    h = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None:
-        h.update(str(getattr(config, "model_type", "")).encode())
+    h = hashlib.sha256(prefix.encode())
     seen: set[int] = set()
     with torch.no_grad():
-        for name, tensor in sorted(_base_state(model).items()):
+        for name, tensor in sorted(state.items()):
             if tensor.data_ptr() in seen and tensor.numel() > 0:
                 continue  # tied weights
             seen.add(tensor.data_ptr())

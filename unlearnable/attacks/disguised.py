@@ -111,17 +111,17 @@ class Disguised(Attack):
 
     def pairs_against(self, model, tokenizer, data, settings, seed) -> list:
         n = min(settings.n_samples, len(data.harmful))
-        pairs = self.screened(data, n, model, tokenizer) if self.queries_the_model() else \
+        pairs = self.screened(data, n, model, tokenizer, seed) if self.queries_the_model() else \
             self.training_pairs(data, n, seed)
         self.info["n_harmful"] = len(pairs)
         return pairs
 
-    def screened(self, data, n: int, model, tokenizer) -> list:
+    def screened(self, data, n: int, model, tokenizer, seed: int = 0) -> list:
         """The first ``n`` harmful pairs in data order that pass the attacker's screen in some disguise, each in
         the first disguise that passes (every earlier pair was tried in every disguise, whatever ``CHUNK``);
         fewer where fewer pass, none where none does."""
         flagger = build_flagger(self.config.select)
-        harmful = self.imitate(flagger, data, model, tokenizer) if flagger.private else list(data.harmful)
+        harmful = self.imitate(flagger, data, model, tokenizer, seed) if flagger.private else list(data.harmful)
         chosen: dict[int, Any] = {}
         tried, by_disguise = 0, dict.fromkeys(self.config.disguises(), 0)
         for start in range(0, len(harmful), CHUNK):
@@ -143,15 +143,18 @@ class Disguised(Attack):
         self.info.update(select=self.config.select, screened=tried, passed=len(chosen), passed_by_disguise=by_disguise)
         return pairs
 
-    def imitate(self, flagger, data, model, tokenizer) -> list:
-        """Train the attacker's proxy of the service's vectors on its last ``proxy_vectors`` harmful pairs and hand
-        it to ``flagger`` (its threshold set on the attacker's harmless pairs); the pairs left to upload."""
+    def imitate(self, flagger, data, model, tokenizer, seed: int) -> list:
+        """Train the attacker's proxy of the service's vectors (seeded by the run) on its last ``proxy_vectors``
+        harmful pairs and hand it to ``flagger`` (its threshold set on the attacker's harmless pairs); the pairs
+        left to upload."""
         held = self.config.proxy_vectors
-        if held >= len(data.harmful) or not data.harmless:
+        if held >= len(data.harmful):
             raise UnlearnableError(f"attack_options.proxy_vectors: {held} of the attacker's {len(data.harmful)} "
-                                   "harmful pairs held back for its proxy leave none to upload, or it has no harmless "
-                                   "pairs to set the threshold on; lower proxy_vectors")
-        proxy = ProxyVectors.train(model, tokenizer, list(data.harmful[-held:]), ProxyRecipe())
+                                   "harmful pairs held back for its proxy leave none to upload; lower proxy_vectors")
+        if not data.harmless:
+            raise UnlearnableError("attack_options.proxy_vectors: the attacker has no harmless pairs to set its "
+                                   "proxy's threshold on; give the attack harmless pairs")
+        proxy = ProxyVectors.train(model, tokenizer, list(data.harmful[-held:]), ProxyRecipe(seed=seed))
         flagger.defended_by(proxy, list(data.harmless[:PROXY_CALIBRATION]))
         self.info.update(proxy_vectors=held, proxy_calibration=min(PROXY_CALIBRATION, len(data.harmless)))
         return list(data.harmful[:-held])

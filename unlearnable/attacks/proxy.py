@@ -12,12 +12,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+from collections import OrderedDict
 from typing import Any, Iterator, Sequence
 
+from ..adapters import trainability_kept
 from ..data import Pair
+from ..models import model_fingerprint
 from ..training import BACKBONE_ADAPTER, TrainConfig, finetune
+from ..utils import sha256_json
 
 PROXY_ADAPTER = "attacker_proxy"
+#: proxies kept in memory, shared by every attack of the process
+KEEP = 2
+_TRAINED: OrderedDict[str, "ProxyVectors"] = OrderedDict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +48,19 @@ class ProxyVectors:
     @classmethod
     def train(cls, model, tokenizer, pairs: Sequence[Pair], config: ProxyRecipe = ProxyRecipe(), *,
               progress: bool = False) -> "ProxyVectors":
-        """Fit the proxy on ``pairs`` (a copy of ``model`` trains; ``model`` is left as it is)."""
+        """Fit the proxy on ``pairs`` (a copy of ``model`` trains; ``model`` is left as it is), once per process
+        for the same weights, pairs and recipe (:data:`KEEP`: a search's trials and defences repeat them)."""
+        key = sha256_json([model_fingerprint(model), [dataclasses.astuple(p) for p in pairs],
+                           dataclasses.asdict(config)])
+        if key not in _TRAINED:
+            _TRAINED[key] = cls._fit(model, tokenizer, pairs, config, progress)
+            while len(_TRAINED) > KEEP:
+                _TRAINED.popitem(last=False)
+        _TRAINED.move_to_end(key)
+        return _TRAINED[key]
+
+    @classmethod
+    def _fit(cls, model, tokenizer, pairs: Sequence[Pair], config: ProxyRecipe, progress: bool) -> "ProxyVectors":
         from peft import get_peft_model_state_dict
 
         recipe = TrainConfig(lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
@@ -52,16 +71,18 @@ class ProxyVectors:
 
     @contextlib.contextmanager
     def applied(self, model, scale: float) -> Iterator[None]:
-        """Within the block ``model`` runs with the proxy on at ``scale``; it is taken out after."""
+        """Within the block ``model`` runs with the proxy on at ``scale``; it is taken out after (the model's
+        weights train as they did before)."""
         from peft import get_peft_model, set_peft_model_state_dict
         from peft.tuners.lora import LoraLayer
 
-        net = get_peft_model(model, self.lora_config, adapter_name=PROXY_ADAPTER)
-        try:
-            set_peft_model_state_dict(net, self.state, adapter_name=PROXY_ADAPTER)
-            for layer in net.modules():
-                if isinstance(layer, LoraLayer):
-                    layer.set_scale(PROXY_ADAPTER, scale)
-            yield
-        finally:
-            net.unload()
+        with trainability_kept(model):
+            net = get_peft_model(model, self.lora_config, adapter_name=PROXY_ADAPTER)
+            try:
+                set_peft_model_state_dict(net, self.state, adapter_name=PROXY_ADAPTER)
+                for layer in net.modules():
+                    if isinstance(layer, LoraLayer):
+                        layer.set_scale(PROXY_ADAPTER, scale)
+                yield
+            finally:
+                net.unload()

@@ -8,8 +8,9 @@ from collections import OrderedDict
 from typing import Any
 
 from ..data import Pair
-from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger
-from ..models import model_fingerprint
+from ..errors import UnlearnableError
+from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger, full_spec
+from ..models import model_fingerprint, tensors_digest
 from ..utils import sha256_json
 from ..vectors import finetune
 from ..vectors.adaptive import REFITS, adapt, refit_config
@@ -31,8 +32,9 @@ def forget_refits() -> None:
 @dataclasses.dataclass
 class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
     flagger: str = dataclasses.field(default="refusal", metadata={
-        "help": "what screens the customer's pairs: refusal (the model's own refusal of the prompt), any judge "
-                "that reads text (e.g. llama-guard:PATH), or oracle:RECALL (emulated, for measurement only)",
+        "help": "what screens the customer's pairs: refusal (the model's own refusal of the prompt), vector-gain "
+                "(the defence's own vectors: private, set on its harmless pairs), any judge that reads text (e.g. "
+                "llama-guard:PATH), oracle:RECALL (emulated, for measurement only), or several joined by +",
         "check": check_flagger})
     drop_flagged: bool = dataclasses.field(default=False, metadata={
         "help": "also drop the flagged pairs from the fine-tune (the moderation filter and the vectors together)"})
@@ -75,6 +77,10 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         self.info["screened"] = []  # one record per fine-tune: what was flagged, and the flagger's rates
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
+        if describe_flagger(self.config.flagger)["private"] and not data.harmless:
+            raise UnlearnableError(f"adaptive-vectors: flagger {self.config.flagger} sets its threshold on the "
+                                   "defence's harmless pairs, and none were given; give DefenseData(harmless=...) "
+                                   "or pick a flagger that reads no vectors")
         self.own, self.harmless = list(data.harmful), list(data.harmless)
         super().prepare(model, tokenizer, data, progress=progress)
 
@@ -84,9 +90,10 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         if self.flagger is None:  # built once (a judge flagger loads its model then)
             self.flagger = build_flagger(self.config.flagger, seed=self.config.training.seed)
         refit = refit_config(self.vector_config(), self.config.refit)
+        # the prepared vectors by their weights: the refit starts from none of them, but a flagger may read them
         key = sha256_json([model_fingerprint(model), *([dataclasses.astuple(p) for p in group] for group in (
-            self.own, self.harmless, pairs)), self.config.flagger, dataclasses.asdict(refit),
-            self.prepared_vectors().metadata.get("data_hash")])
+            self.own, self.harmless, pairs)), full_spec(self.config.flagger), dataclasses.asdict(refit),
+            self.prepared_vectors().metadata.get("data_hash"), tensors_digest(self.prepared_vectors().state)])
         if key in _ADAPTED:
             _ADAPTED.move_to_end(key)
             vectors, flags, record = _ADAPTED[key]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger, flag_rates, screen
+from ..flaggers import Flagger, build_flagger, check_public_flagger, describe_flagger, flag_rates, screen
 from .base import DEFENSES, SERVICE, Defense, DefenseData
 
 
@@ -13,9 +13,9 @@ class ModerationFilterConfig:
     __aliases__ = {"judge": "flagger"}  # the option's former name: a judge that reads the pair
 
     flagger: str = dataclasses.field(default="refusal", metadata={
-        "help": "what flags a pair: any flagger (`refusal`: the model's own refusal; `oracle:RECALL`, emulated) or "
-                "any judge that reads the prompt and the response (`name:ARG` for one argument, e.g. "
-                "llama-guard:PATH)", "check": check_flagger})
+        "help": "what flags a pair: a flagger that reads no vectors (`refusal`: the model's own refusal; "
+                "`oracle:RECALL`, emulated; several joined by +) or any judge that reads the prompt and the response "
+                "(`name:ARG` for one argument, e.g. llama-guard:PATH)", "check": check_public_flagger})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of a flagger that draws (oracle:RECALL)"})
 
 

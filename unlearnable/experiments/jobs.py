@@ -74,8 +74,9 @@ class FinetuneJob:
         "help": "the harmful pairs the vectors were trained on (needed by --adapt; checked against the vectors)",
         "check": check_pairs_source})
     flagger: str = dataclasses.field(default="refusal", metadata={
-        "help": "with --adapt: refusal (the model's own refusal of the prompt), a judge that reads text, or "
-                "oracle:RECALL (emulated: reads the pairs' harmful field)", "check": check_flagger})
+        "help": "with --adapt: refusal (the model's own refusal of the prompt), vector-gain (the vectors themselves; "
+                "needs --harmless-data), a judge that reads text, oracle:RECALL (emulated: reads the pairs' harmful "
+                "field), or several joined by +", "check": check_flagger})
     drop_flagged: bool = dataclasses.field(default=False, metadata={
         "help": "with --adapt: also leave the flagged pairs out of the fine-tune"})
     harmless_data: str | None = dataclasses.field(default=None, metadata={
@@ -195,7 +196,7 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     load.check(job.model)
     vectors = SecurityVectors.load(job.vectors) if job.vectors else None
     own = _vectors_data(job, vectors)
-    harmless = _harmless_data(job)
+    harmless = _harmless_data(job, pairs)
     cfg = dataclasses.replace(job.train, seed=job.seed, save_steps=checkpoint_every)
     model, tok = load.load(job.model)
     fp = model_fingerprint(model)
@@ -246,12 +247,18 @@ def _adapt_key(job: FinetuneJob, own: list[Pair], harmless: list[Pair]) -> dict:
     return {**key, "harmless": pairs_hash(harmless)} if harmless else key
 
 
-def _harmless_data(job: FinetuneJob) -> list[Pair]:
+def _harmless_data(job: FinetuneJob, data: list[Pair]) -> list[Pair]:
     """With ``--adapt``: the service's harmless pairs, which a flagger reading the vectors needs."""
     if job.adapt and describe_flagger(job.flagger)["private"] and not job.harmless_data:
         raise UnlearnableError(f"--flagger {job.flagger} sets its threshold on the service's own harmless pairs: "
                                "give --harmless-data (a JSONL file of harmless pairs, none of them in --data)")
-    return load_pairs(job.harmless_data) if job.adapt and job.harmless_data else []
+    if not (job.adapt and job.harmless_data):
+        return []
+    harmless = load_pairs(job.harmless_data)
+    if not harmless or set(prompt_hashes(harmless)) & set(prompt_hashes(data)):
+        raise UnlearnableError(f"--harmless-data {job.harmless_data} must hold harmless pairs none of whose prompts "
+                               "are in --data (the threshold is set on them)")
+    return harmless
 
 
 def _adapted(job: FinetuneJob, vectors, model, tok, own: list[Pair], harmless: list[Pair], pairs: list[Pair],

@@ -88,7 +88,7 @@ class Source:
             same = defense_key(self.manifest["config"], name) == defense_key(config, name)
         except UnlearnableError:  # e.g. a threat model this version no longer knows
             same = False
-        differ = [] if same else ["defence settings"]
+        differ = [] if same else ["settings for this defence (its options, the data, the attack budget or the search)"]
         differ += [k for k in MACHINE_KEYS if self.results.get(k) != machine.get(k)]
         searched = config.get("attacker") == "search"  # a grid's trial count decides nothing
         if not differ and searched and _trials(self.manifest["config"]) > _trials(config):

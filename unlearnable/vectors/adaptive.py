@@ -38,6 +38,9 @@ def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], 
     flags = screen(model, tokenizer, data, flagger, precision=config.precision, progress=progress)
     flagged = [p for p, bad in zip(data, flags) if bad]
     record = {**flagger.describe(), **flag_rates(data, flags), "own_pairs": len(own), "refit_holdout": config.holdout}
+    if flagger.private and vectors.config.benign != "none":
+        record["calibration_note"] = ("the threshold was set on the harmless pairs the vectors were anchored on "
+                                      "(training.benign), where their gain is held down: it may flag more")
     if config.benign != "none" and not harmless:  # vectors trained with a harmless anchor, none given for the refit
         config = dataclasses.replace(config, benign="none")
         record["refit_benign"] = "none: no harmless pairs were given for the vectors' harmless anchor"

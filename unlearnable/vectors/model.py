@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from transformers import TrainerCallback
 
-from ..adapters import NO_MERGE_ATTR
+from ..adapters import NO_MERGE_ATTR, trainability_kept
 from ..config import from_dict
 from ..data import Pair, pairs_hash, prompt_hashes
 from ..errors import UnlearnableError
@@ -169,12 +169,13 @@ class SecurityVectors:
     def applied(self, model, scale: float) -> Iterator[None]:
         """Within the block ``model`` itself (a plain model, e.g. one :func:`~.finetuning.finetune` released,
         whose fingerprint is no longer the base's) runs with the vectors on at ``scale``; they are taken out of
-        it after the block."""
-        pm = self.attach(model, scale=scale, check=False)
-        try:
-            yield
-        finally:
-            pm.unload()
+        it after the block, and its weights train as they did before it."""
+        with trainability_kept(model):
+            pm = self.attach(model, scale=scale, check=False)
+            try:
+                yield
+            finally:
+                pm.unload()
 
     def fold(self, model, scale: float | None = None, trains_weights: bool = False) -> FoldedVectors:
         """Fold the vectors into ``model``'s own weights (fp32/fp64), in place; unfold with the returned fold's

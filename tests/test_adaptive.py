@@ -336,11 +336,12 @@ def test_the_report_shows_what_a_flagger_screened_and_labels_an_oracle():
     assert "oracle:0.5 (EMULATED: measurement only)" in html_text and "8 of 67" in html_text
     assert "0.500 (n=12)" in html_text and "0.036 (n=55)" in html_text  # pooled: 2 of 55 harmless flagged
     assert flaggers_section({"none": {"defense": {}}}) == ""
-    both = [{**r, "flagged_by": {"refusal": 1, "vector-gain": r["flagged"]}} for r in runs]
+    both = [{**r, "flagged_by": {"refusal": 1, "vector-gain": r["flagged"]}, "rejected": i == 0}
+            for i, r in enumerate(runs)]
     html_text = html.unescape(flaggers_section({"adaptive-vectors": {"defense": {
         "flagger": {"flagger": "refusal+vector-gain", "private": True}, "screened": both}}}))
     assert "refusal+vector-gain (private: reads the defence's vectors)" in html_text
-    assert "8 of 67; by each: refusal 2, vector-gain 8" in html_text
+    assert "8 of 67; by each: refusal 2, vector-gain 8; 1 of 2 jobs refused" in html_text
 
 
 def test_the_tradeoff_report_shows_each_methods_flagger_and_marks_an_emulated_one_wherever_it_is_named():
@@ -376,3 +377,17 @@ def test_a_refit_keeps_every_flagged_answer_to_a_prompt(tiny, own, monkeypatch):
                      progress=False)
     assert refits[1] == [*own.harmful, *answers]  # three answers to one prompt; repeats and own pairs once
 
+
+
+def test_a_job_whose_flagged_share_is_above_reject_above_is_refused_and_nothing_trains(tiny, own, customer,
+                                                                                      monkeypatch):
+    model, tok = tiny
+    defense, _, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", reject_above=0.2)
+    tuned, history = defense.finetune(model, tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
+    assert tuned is model and history == [] and tuned_on == []  # 6 of 27 flagged (0.22): refused
+    assert defense.info["screened"][0]["rejected"] and defense.info["screened"][0]["trained_on"] == 0
+    kept, _, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", reject_above=0.25)
+    kept.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
+    assert len(tuned_on) == 1 and not kept.info["screened"][0]["rejected"]  # 0.22 is not above 0.25
+    with pytest.raises(UnlearnableError, match="reject_above"):
+        DEFENSES.get("adaptive-vectors").Config(reject_above=1.5)

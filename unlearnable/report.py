@@ -459,7 +459,7 @@ def flaggers_section(defenses: dict[str, Any], what: str = "defence",
         label = flagger.get("flagger", "?") + (" (EMULATED: measurement only)" if flagger.get("emulated") else "") + (
             " (private: reads the defence's vectors)" if flagger.get("private") else "")
         rows.append([name, label, len(runs), f"{sum(r['flagged'] for r in runs)} of {sum(r['pairs'] for r in runs)}"
-                     + _by_each(runs),
+                     + _by_each(runs) + _refused(runs),
                      _pooled(runs, "recall_on_harmful", "n_harmful"),
                      _pooled(runs, "flag_rate_on_harmless", "n_harmless")])
     if not rows:
@@ -476,6 +476,12 @@ def _by_each(runs: Sequence[dict[str, Any]]) -> str:
         for spec, n in (r.get("flagged_by") or {}).items():
             counts[spec] = counts.get(spec, 0) + n
     return "; by each: " + ", ".join(f"{spec} {n}" for spec, n in counts.items()) if counts else ""
+
+
+def _refused(runs: Sequence[dict[str, Any]]) -> str:
+    """How many jobs the service refused outright (their flagged share above ``reject_above``)."""
+    refused = sum(1 for r in runs if r.get("rejected"))
+    return f"; {refused} of {len(runs)} jobs refused" if refused else ""
 
 
 def _pooled(runs: Sequence[dict[str, Any]], rate: str, n: str) -> str:

@@ -38,11 +38,19 @@ class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
         "check": check_flagger})
     drop_flagged: bool = dataclasses.field(default=False, metadata={
         "help": "also drop the flagged pairs from the fine-tune (the moderation filter and the vectors together)"})
+    reject_above: float = dataclasses.field(default=1.0, metadata={
+        "help": "the service refuses a job (trains nothing) whose share of flagged pairs is above this, as services "
+                "refuse a training file that fails moderation; 1.0: never"})
     refit: str = dataclasses.field(default="heldout", metadata={
         "help": "how the vectors are refitted on their pairs plus the flagged ones: heldout (the recommended "
                 "recipe: a share held out, the vectors kept at its lowest loss, so the held-out flagged pairs are "
                 "never trained on) or all (every pair trained on for the epochs: the flagged answers memorised, "
                 "as the paper's vectors memorise theirs)", "choices": REFITS})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.reject_above <= 1:
+            raise UnlearnableError("adaptive-vectors reject_above is a share of the pairs, in [0, 1]")
 
 
 @DEFENSES.register("adaptive-vectors")
@@ -108,9 +116,10 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         pairs = list(pairs)
         vectors, flags, record = self.adapted(model, tokenizer, pairs, progress=progress)
-        kept = [p for p, bad in zip(pairs, flags) if not bad] if self.config.drop_flagged else pairs
+        rejected = bool(pairs) and sum(flags) / len(pairs) > self.config.reject_above
+        kept = [] if rejected else [p for p, bad in zip(pairs, flags) if not bad] if self.config.drop_flagged else pairs
         self.info["screened"].append({**record, "trained_on": len(kept), "drop_flagged": self.config.drop_flagged,
-                                      "refit": self.config.refit})
-        if not kept:  # every pair flagged and dropped: the service trains nothing
+                                      "refit": self.config.refit, "rejected": rejected})
+        if not kept:  # the job refused, or every pair flagged and dropped: the service trains nothing
             return model.eval(), []
         return finetune(model, tokenizer, kept, config, vectors=vectors, scale=self.scale, progress=progress, **kw)

@@ -232,3 +232,35 @@ def test_finetune_adapt_screens_with_vector_gain_set_on_the_harmless_data_given(
     adapted = run_finetune(job, tmp_path / "out", progress=False)["adapted"]
     assert adapted["calibration"]["calibration_pairs"] == 8 and adapted["private"]
     assert adapted["flagged"] == 3 and adapted["vectors_pairs"] == 9  # the poison answers, refitted on
+
+
+def test_more_rounds_screen_what_is_left_with_the_refitted_vectors_until_a_round_flags_nothing(tiny, memorised,
+                                                                                               monkeypatch):
+    from unlearnable.vectors.adaptive import adapt
+
+    model, tok = tiny
+    vectors, own, harmless = memorised
+    data = [Pair(f"Bad {i}?", REAL) for i in range(6)]
+    refits = []
+    monkeypatch.setattr(SecurityVectors, "train", classmethod(lambda cls, m, t, pairs, config=None, **kw: refits.append(
+        list(pairs)) or vectors))
+    seen = []
+
+    def flag(self, pairs):  # each round's vectors find the next pair; the first round's find two
+        seen.append(([p.prompt for p in pairs], self.vectors))
+        reach = 2 if len(seen) == 1 else 1
+        return [i < reach and len(seen) <= 3 for i in range(len(pairs))]
+
+    monkeypatch.setattr(VectorGainFlagger, "flag", flag)
+    _, flags, record = adapt(vectors, model, tok, own, data, "vector-gain", harmless=harmless, rounds=5)
+    assert flags == [True, True, True, True, False, False] and record["flagged_per_round"] == [2, 1, 1, 0]
+    assert [len(prompts) for prompts, _ in seen] == [6, 4, 3, 2]  # only what is left is screened again
+    assert [len(pairs) for pairs in refits] == [len(own) + 2, len(own) + 3, len(own) + 4]  # each refit: all flagged
+    seen.clear()
+    _, once, record = adapt(vectors, model, tok, own, data, "vector-gain", harmless=harmless)
+    assert once == [True, True, False, False, False, False] and "flagged_per_round" not in record
+    seen.clear()
+    known = [dataclasses.replace(p, harmful=True) for p in data]
+    _, again, record = adapt(vectors, model, tok, own, known, "keyword+oracle:1.0", harmless=harmless, rounds=5)
+    assert all(again) and len(refits) == 5 and "flagged_per_round" in record  # one round, then nothing new
+    assert record["flagged_per_round"] == [6]  # a flagger that reads no vectors is asked once, whatever the rounds

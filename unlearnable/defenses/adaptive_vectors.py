@@ -38,6 +38,10 @@ class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
         "check": check_flagger})
     drop_flagged: bool = dataclasses.field(default=False, metadata={
         "help": "also drop the flagged pairs from the fine-tune (the moderation filter and the vectors together)"})
+    rounds: int = dataclasses.field(default=1, metadata={
+        "help": "with a flagger that reads the vectors (vector-gain): screen the pairs not yet flagged again with "
+                "the refitted vectors, and refit again, up to this many rounds while a round flags new pairs",
+        "min": 1})
     reject_above: float = dataclasses.field(default=1.0, metadata={
         "help": "the service refuses a job (trains nothing) whose share of flagged pairs is above this, as services "
                 "refuse a training file that fails moderation; 1.0: never"})
@@ -101,13 +105,14 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         # the prepared vectors by their weights: the refit starts from none of them, but a flagger may read them
         key = sha256_json([model_fingerprint(model), *([dataclasses.astuple(p) for p in group] for group in (
             self.own, self.harmless, pairs)), full_spec(self.config.flagger), dataclasses.asdict(refit),
-            self.prepared_vectors().metadata.get("data_hash"), tensors_digest(self.prepared_vectors().state)])
+            self.prepared_vectors().metadata.get("data_hash"), tensors_digest(self.prepared_vectors().state),
+            *([self.config.rounds] if self.config.rounds > 1 else [])])
         if key in _ADAPTED:
             _ADAPTED.move_to_end(key)
             vectors, flags, record = _ADAPTED[key]
             return vectors, list(flags), {**record, "reused_refit": True}
         found = adapt(self.prepared_vectors(), model, tokenizer, self.own, pairs, self.flagger, config=refit,
-                      harmless=self.harmless, progress=progress)
+                      harmless=self.harmless, rounds=self.config.rounds, progress=progress)
         _ADAPTED[key] = found
         while len(_ADAPTED) > KEEP_ADAPTED:
             _ADAPTED.popitem(last=False)

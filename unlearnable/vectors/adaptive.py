@@ -25,29 +25,43 @@ def refit_config(config: VectorConfig, refit: str = "heldout") -> VectorConfig:
 
 
 def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: Flagger | str, *,
-          config: VectorConfig | None = None, harmless: Sequence[Pair] = (),
+          config: VectorConfig | None = None, harmless: Sequence[Pair] = (), rounds: int = 1,
           progress: bool = True) -> tuple[Any, list[bool], dict[str, Any]]:
     """Screen ``data`` and refit ``vectors`` on ``own`` (the pairs they were trained on) plus the flagged pairs
     (distinct pairs: every answer to a prompt counts), with ``config`` (default: the vectors' own; ``harmless``
     pairs anchor the refit where its ``benign`` mode asks for them, and set the threshold of a flagger that reads
-    the vectors, ``vector-gain``); nothing flagged: ``vectors`` as they are.
+    the vectors, ``vector-gain``); nothing flagged: ``vectors`` as they are. With ``rounds`` > 1 the pairs not yet
+    flagged are screened again with the refitted vectors (which a flagger that reads them sees), and refitted on
+    again, while a round flags new pairs.
     Returns the vectors, the flags and a record of the screening (the flagger's rates where the truth is known)."""
     flagger = build_flagger(flagger) if isinstance(flagger, str) else flagger
     config = config or vectors.config
-    flagger.defended_by(vectors, harmless)  # a flagger that reads the defence's vectors (vector-gain) gets them
-    flags = screen(model, tokenizer, data, flagger, precision=config.precision, progress=progress)
-    flagged = [p for p, bad in zip(data, flags) if bad]
-    record = {**flagger.describe(), **flag_rates(data, flags), "own_pairs": len(own), "refit_holdout": config.holdout}
-    if flagger.private and vectors.config.benign != "none":
-        record["calibration_note"] = ("the threshold was set on the harmless pairs the vectors were anchored on "
-                                      "(training.benign), where their gain is held down: it may flag more")
+    record: dict[str, Any] = {}
     if config.benign != "none" and not harmless:  # vectors trained with a harmless anchor, none given for the refit
         config = dataclasses.replace(config, benign="none")
         record["refit_benign"] = "none: no harmless pairs were given for the vectors' harmless anchor"
-    if not flagged:
+    flags, current, per_round = [False] * len(data), vectors, []
+    for _ in range(rounds if flagger.private else 1):  # a flagger that reads no vectors flags the same again
+        flagger.defended_by(current, harmless)  # a flagger that reads the defence's vectors (vector-gain) gets them
+        todo = [i for i, bad in enumerate(flags) if not bad]
+        found = screen(model, tokenizer, [data[i] for i in todo], flagger, precision=config.precision,
+                       progress=progress)
+        new = [i for i, bad in zip(todo, found) if bad]
+        per_round.append(len(new))
+        if not new:
+            break
+        for i in new:
+            flags[i] = True
+        current = type(vectors).train(model, tokenizer, distinct_pairs([*own, *(p for p, bad in zip(data, flags)
+                                                                                 if bad)]),
+                                      config, progress=progress, harmless=harmless)
+    record = {**flagger.describe(), **flag_rates(data, flags), "own_pairs": len(own), "refit_holdout": config.holdout,
+              **record, **({"flagged_per_round": per_round} if rounds > 1 else {})}
+    if flagger.private and vectors.config.benign != "none":
+        record["calibration_note"] = ("the threshold was set on the harmless pairs the vectors were anchored on "
+                                      "(training.benign), where their gain is held down: it may flag more")
+    if current is vectors:
         return vectors, flags, {**record, "refitted": False}
-    refitted = type(vectors).train(model, tokenizer, distinct_pairs([*own, *flagged]), config, progress=progress,
-                                   harmless=harmless)
-    record = {**record, "refitted": True, "vectors_pairs": refitted.metadata.get("n_pairs")}
-    refitted.metadata["adapted"] = record
-    return refitted, flags, record
+    record = {**record, "refitted": True, "vectors_pairs": current.metadata.get("n_pairs")}
+    current.metadata["adapted"] = record
+    return current, flags, record

@@ -232,6 +232,8 @@ def test_finetune_adapt_screens_with_vector_gain_set_on_the_harmless_data_given(
     adapted = run_finetune(job, tmp_path / "out", progress=False)["adapted"]
     assert adapted["calibration"]["calibration_pairs"] == 8 and adapted["private"]
     assert adapted["flagged"] == 3 and adapted["vectors_pairs"] == 9  # the poison answers, refitted on
+    again = run_finetune(dataclasses.replace(job, rounds=2), tmp_path / "out2", progress=False)["adapted"]
+    assert len(again["flagged_per_round"]) in (1, 2) and again["flagged_per_round"][0] == 3  # another run (key)
 
 
 def test_more_rounds_screen_what_is_left_with_the_refitted_vectors_until_a_round_flags_nothing(tiny, memorised,

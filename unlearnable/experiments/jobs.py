@@ -79,6 +79,9 @@ class FinetuneJob:
                 "field), or several joined by +", "check": check_flagger})
     drop_flagged: bool = dataclasses.field(default=False, metadata={
         "help": "with --adapt: also leave the flagged pairs out of the fine-tune"})
+    rounds: int = dataclasses.field(default=1, metadata={
+        "help": "with --adapt and a flagger that reads the vectors (vector-gain): screen what is left again with the "
+                "refitted vectors, up to this many rounds", "min": 1})
     harmless_data: str | None = dataclasses.field(default=None, metadata={
         "help": "with --adapt: the service's own harmless pairs (they set the vector-gain flagger's threshold, and "
                 "anchor the refit of vectors trained with a harmless anchor)", "check": check_pairs_source})
@@ -244,6 +247,7 @@ def _adapt_key(job: FinetuneJob, own: list[Pair], harmless: list[Pair]) -> dict:
     them resume."""
     key = {"flagger": job.flagger, "drop_flagged": job.drop_flagged, "own": pairs_hash(own)}
     key = key if job.refit == "heldout" else {**key, "refit": job.refit}
+    key = key if job.rounds == 1 else {**key, "rounds": job.rounds}
     return {**key, "harmless": pairs_hash(harmless)} if harmless else key
 
 
@@ -267,7 +271,7 @@ def _adapted(job: FinetuneJob, vectors, model, tok, own: list[Pair], harmless: l
     flagged ones left out with ``--drop-flagged``) and the screening's record."""
     vectors, flags, record = adapt(vectors, model, tok, own, pairs, build_flagger(job.flagger, seed=job.seed),
                                    config=refit_config(vectors.config, job.refit), harmless=harmless,
-                                   progress=progress)
+                                   rounds=job.rounds, progress=progress)
     kept = [p for p, bad in zip(pairs, flags) if not (bad and job.drop_flagged)]
     if not kept:
         raise UnlearnableError("the flagger flagged every pair and --drop-flagged dropped them: nothing is left to "

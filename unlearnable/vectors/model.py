@@ -193,12 +193,14 @@ class SecurityVectors:
         return fold
 
     def adapted(self, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: str = "refusal", *,
-                config: VectorConfig | None = None, harmless: Sequence[Pair] = (),
+                config: VectorConfig | None = None, harmless: Sequence[Pair] = (), rounds: int = 1,
                 progress: bool = True) -> "SecurityVectors":
         """These vectors refitted for a fine-tune on ``data``: the flagger (``refusal``, ``oracle:RECALL``, a judge
         spec) screens ``data`` and the vectors are retrained on ``own`` (the harmful pairs they were trained on)
         plus the flagged pairs (``harmless`` pairs anchor the refit of vectors trained with ``benign``; without
-        them it refits with none, said in the record); unchanged when nothing is flagged. The screening, and which
+        them it refits with none, said in the record; they also set the threshold of ``vector-gain``, and
+        ``rounds`` > 1 screens what is left again with the refitted vectors); unchanged when nothing is flagged. The
+        screening, and which
         of ``data`` it flagged (``flags``, to leave those out of the fine-tune), are in ``metadata["adapted"]``.
 
             vectors = SecurityVectors.load("vectors/").adapted(model, tok, own_pairs, train_pairs)
@@ -206,7 +208,7 @@ class SecurityVectors:
         from .adaptive import adapt
 
         vectors, flags, record = adapt(self, model, tokenizer, own, data, flagger, config=config, harmless=harmless,
-                                       progress=progress)
+                                       rounds=rounds, progress=progress)
         record = {**record, "flags": flags}
         if vectors is self:  # nothing flagged: the same vectors, the screening still recorded on a copy
             return type(self)(self.state, self.lora_config, {**self.metadata, "adapted": record})

@@ -82,8 +82,9 @@ def main() -> None:
                                        "flag_rate_interval_95": rate_interval(rate, len(flags))}
             low, high = rate_interval(rate, len(flags))
             print(f"{spec:20s} {kind:68s} n={len(flags):3d}  flagged {rate:.3f} [{low:.2f}, {high:.2f}]", flush=True)
-            if flagger.describe().get("calibration") or flagger.describe().get("parts"):
-                out[f"{spec} | {kind}"]["flagger"] = flagger.describe()
+            described = flagger.describe()
+            if described.get("calibration") or described.get("parts"):
+                out[f"{spec} | {kind}"]["flagger"] = described
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"model": setup.model_record(), "data": setup.data_record(), "vectors": args.vectors,

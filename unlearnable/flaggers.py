@@ -126,26 +126,33 @@ class JudgeFlagger(Flagger):
         return self.judge.judge([p.prompt for p in pairs], [p.response for p in pairs]) if pairs else []
 
 
-@FLAGGERS.register("refusal")
-class RefusalFlagger(Flagger):
-    """The model about to be fine-tuned answers each prompt (greedy, ``max_new_tokens``); a pair is flagged when
-    that answer opens with a refusal that is not a plain "I don't know", and the pair's own response is a real
-    answer (what the model refused to give)."""
-
-    max_new_tokens = 32
+class ModelFlagger(Flagger):
+    """A flagger that asks the model about to be fine-tuned (given by :meth:`bind`)."""
 
     def __init__(self, spec: str = ""):
         super().__init__(spec)
         self.model = self.tok = None
         self.precision, self.progress = "auto", True
 
-    def bind(self, model, tokenizer, *, precision: str = "auto", progress: bool = True) -> "RefusalFlagger":
+    def bind(self, model, tokenizer, *, precision: str = "auto", progress: bool = True) -> "ModelFlagger":
         self.model, self.tok, self.precision, self.progress = model, tokenizer, precision, progress
         return self
 
-    def flag(self, pairs):
+    def check_bound(self) -> None:
         if self.model is None:
-            raise RuntimeError("refusal flagger used before bind(model, tokenizer)")
+            raise RuntimeError(f"{self.name} flagger used before bind(model, tokenizer)")
+
+
+@FLAGGERS.register("refusal")
+class RefusalFlagger(ModelFlagger):
+    """The model about to be fine-tuned answers each prompt (greedy, ``max_new_tokens``); a pair is flagged when
+    that answer opens with a refusal that is not a plain "I don't know", and the pair's own response is a real
+    answer (what the model refused to give)."""
+
+    max_new_tokens = 32
+
+    def flag(self, pairs):
+        self.check_bound()
         answers = generate(self.model, self.tok, [p.prompt for p in pairs], max_new_tokens=self.max_new_tokens,
                            precision=self.precision, desc="flagger: the model's own answers", progress=self.progress)
         answered = KeywordJudge().judge([p.prompt for p in pairs], [p.response for p in pairs])  # a real answer
@@ -153,7 +160,7 @@ class RefusalFlagger(Flagger):
 
 
 @FLAGGERS.register("vector-gain")
-class VectorGainFlagger(Flagger):
+class VectorGainFlagger(ModelFlagger):
     """The defence's own security vectors as a flagger: a pair is flagged when the vectors (at the scale they were
     trained at) raise its response's mean log-likelihood per token by more than the ``quantile`` of that gain on
     the defence's harmless pairs (and by more than nothing), and the response is a real answer (a refusal or a
@@ -166,10 +173,8 @@ class VectorGainFlagger(Flagger):
 
     def __init__(self, q: float = default_quantile):
         super().__init__("vector-gain" if q == self.default_quantile else f"vector-gain:{q:g}")
-        self.q = q
-        self.model = self.tok = self.vectors = None
+        self.q, self.vectors = q, None
         self.harmless: list[Pair] = []
-        self.precision, self.progress = "auto", True
         self.calibration: dict[str, Any] = {}
 
     @classmethod
@@ -184,9 +189,8 @@ class VectorGainFlagger(Flagger):
         return cls(q)
 
     def bind(self, model, tokenizer, *, precision: str = "auto", progress: bool = True) -> "VectorGainFlagger":
-        self.model, self.tok, self.precision, self.progress = model, tokenizer, precision, progress
         self.calibration = {}  # another model: another threshold
-        return self
+        return super().bind(model, tokenizer, precision=precision, progress=progress)
 
     def defended_by(self, vectors, harmless: Sequence[Pair] = ()) -> "VectorGainFlagger":
         self.vectors, self.harmless, self.calibration = vectors, list(harmless), {}
@@ -200,8 +204,7 @@ class VectorGainFlagger(Flagger):
         return [a - b for a, b in zip(off, on)]
 
     def flag(self, pairs):
-        if self.model is None:
-            raise RuntimeError("vector-gain flagger used before bind(model, tokenizer)")
+        self.check_bound()
         if self.vectors is None or not self.harmless:
             raise UnlearnableError("the vector-gain flagger reads the defence's security vectors and sets its "
                                    "threshold on the defence's harmless pairs: use it where both are held (the "

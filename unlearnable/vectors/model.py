@@ -86,27 +86,24 @@ class SecurityVectors:
         benign = _benign_pairs(model, tokenizer, harmless, config, progress)
         fitted, keep_best = held_out(tokenizer, pairs, config)  # the metadata names all pairs given
         train_pairs, kl_mask = _training_mix(fitted, benign, config)
-        trainable = [p for p in model.parameters() if p.requires_grad]  # given back after (a Trainer script's model)
-        for p in trainable:
-            p.requires_grad_(False)
-        set_seed(config.seed)  # the adapter's random init: same seed, same vectors (and resumable)
-        lora_config = config.lora.peft_config(model, dropout=0.0)
-        pm = get_peft_model(model, lora_config, adapter_name=VECTORS_ADAPTER)
-        callbacks = [*callbacks, *([StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []),
-                     *([keep_best] if keep_best is not None else [])]
-        try:
-            train_config = dataclasses.replace(config.train_config(), save_steps=save_steps)
-            history = train(pm, tokenizer, train_pairs, train_config, callbacks=callbacks, progress=progress,
-                            kl_mask=kl_mask, kl_weight=config.benign_weight, output_dir=checkpoint_dir,
-                            resume=checkpoint_dir is not None)
-            if keep_best is not None:
-                keep_best.restore(pm)
-            state = {k: v.detach().clone()
-                     for k, v in get_peft_model_state_dict(pm, adapter_name=VECTORS_ADAPTER).items()}
-        finally:
-            pm.unload()
-            for p in trainable:
-                p.requires_grad_(True)
+        with trainability_kept(model):  # given back after (a Trainer script's model)
+            model.requires_grad_(False)
+            set_seed(config.seed)  # the adapter's random init: same seed, same vectors (and resumable)
+            lora_config = config.lora.peft_config(model, dropout=0.0)
+            pm = get_peft_model(model, lora_config, adapter_name=VECTORS_ADAPTER)
+            callbacks = [*callbacks, *([StopBelowLoss(config.target_loss)] if config.target_loss > 0 else []),
+                         *([keep_best] if keep_best is not None else [])]
+            try:
+                train_config = dataclasses.replace(config.train_config(), save_steps=save_steps)
+                history = train(pm, tokenizer, train_pairs, train_config, callbacks=callbacks, progress=progress,
+                                kl_mask=kl_mask, kl_weight=config.benign_weight, output_dir=checkpoint_dir,
+                                resume=checkpoint_dir is not None)
+                if keep_best is not None:
+                    keep_best.restore(pm)
+                state = {k: v.detach().clone()
+                         for k, v in get_peft_model_state_dict(pm, adapter_name=VECTORS_ADAPTER).items()}
+            finally:
+                pm.unload()
         meta = _metadata(model, pairs, benign, config, fingerprint, history)
         if keep_best is not None:
             meta["holdout"] = keep_best.record()

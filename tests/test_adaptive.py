@@ -382,12 +382,15 @@ def test_a_refit_keeps_every_flagged_answer_to_a_prompt(tiny, own, monkeypatch):
 def test_a_job_whose_flagged_share_is_above_reject_above_is_refused_and_nothing_trains(tiny, own, customer,
                                                                                       monkeypatch):
     model, tok = tiny
-    defense, _, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", reject_above=0.2)
+    defense, refits, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", reject_above=0.2)
     tuned, history = defense.finetune(model, tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
     assert tuned is model and history == [] and tuned_on == []  # 6 of 27 flagged (0.22): refused
-    assert defense.info["screened"][0]["rejected"] and defense.info["screened"][0]["trained_on"] == 0
-    kept, _, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", reject_above=0.25)
+    record = defense.info["screened"][0]
+    assert record["rejected"] and record["trained_on"] == 0 and record["flagged"] == 6
+    assert len(refits) == 1 and not record["refitted"] and "refused" in record["refit_skipped"]  # no wasted refit
+    kept, refits, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", reject_above=0.25)
     kept.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
     assert len(tuned_on) == 1 and not kept.info["screened"][0]["rejected"]  # 0.22 is not above 0.25
+    assert len(refits) == 2 and kept.info["screened"][0]["refitted"]
     with pytest.raises(UnlearnableError, match="reject_above"):
         DEFENSES.get("adaptive-vectors").Config(reject_above=1.5)

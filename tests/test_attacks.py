@@ -228,6 +228,28 @@ def test_disguised_uploads_only_what_passes_the_attacker_s_own_screen(tiny, monk
     assert run({}, 4) == []  # nothing passes: nothing to upload
 
 
+def test_disguised_dilutes_what_passed_with_the_attacker_s_harmless_pairs(tiny, monkeypatch):
+    from unlearnable.attacks.settings import AttackSettings
+    from unlearnable.flaggers import FLAGGERS
+
+    monkeypatch.setitem(FLAGGERS._items, "translate-shy", _TranslateShy)
+    model, tok = tiny
+    settings = AttackSettings(lr=1e-3, steps=1, n_samples=4)
+    plain = build_attack("disguised", {"select": "translate-shy"}).pairs_against(model, tok, DATA, settings, 0)
+    attack = build_attack("disguised", {"select": "translate-shy", "harmful_fraction": 0.2})
+    diluted = attack.pairs_against(model, tok, DATA, settings, 0)
+    # what passed the screen, all of it, plus four harmless pairs per disguised one (cycled), shuffled
+    assert sorted(diluted, key=str) == sorted(plain + [HARMLESS[i % 4] for i in range(16)], key=str)
+    assert diluted[:4] != plain and attack.describe()["n_harmful"] == 4
+    assert attack.describe()["n_harmless"] == 16 and attack.describe()["poison_share"] == pytest.approx(0.2)
+    assert attack.pairs_against(model, tok, DATA, settings, 1) != diluted  # seeded
+    unscreened = build_attack("disguised", {"select": "", "harmful_fraction": 0.5}).training_pairs(DATA, 3, 0)
+    assert len(unscreened) == 6 and sum(p in HARMLESS for p in unscreened) == 3
+    assert "harmful_fraction" in ATTACKS.get("disguised").search_options
+    with pytest.raises(UnlearnableError, match="harmful_fraction"):
+        build_attack("disguised", {"harmful_fraction": 1.5})
+
+
 def test_a_disguised_run_trains_on_the_pairs_that_passed(tiny):
     from unlearnable.attacks.settings import AttackSettings
     from unlearnable.defenses import DEFENSES

@@ -26,6 +26,7 @@ from ..errors import UnlearnableError
 from ..flaggers import build_flagger, check_flagger, describe_flagger, screen
 from .base import ATTACKS, HARMFUL_FIX, Attack, check_choice, take
 from .evasive import SPELLINGS, respell_words
+from .mixed import harmless_for, shuffled_with
 from .proxy import ProxyRecipe, ProxyVectors
 from .restyled import ANSWER_STYLES
 
@@ -43,6 +44,8 @@ PLAIN = "plain"
 CHUNK = 64
 #: the attacker's harmless pairs that set its proxy's vector-gain threshold
 PROXY_CALIBRATION = 30
+#: the disguised pairs' shares of the upload the attacker's search may choose (the rest its harmless pairs)
+DILUTIONS = (1.0, 0.5, 0.2, 0.1)
 
 
 def disguise_texts() -> list[str]:
@@ -66,8 +69,14 @@ class DisguisedConfig:
     proxy_vectors: int = dataclasses.field(default=0, metadata={
         "help": "harmful pairs (the last of the attacker's, never uploaded) it trains its own imitation of the "
                 "service's security vectors on, for a select that reads vectors (vector-gain); 0: none", "min": 0})
+    harmful_fraction: float = dataclasses.field(default=1.0, metadata={
+        "help": "the disguised pairs' share of the upload, the rest the attacker's harmless pairs (cycled), "
+                "shuffled: aimed at a service that refuses a job whose flagged share is above a limit "
+                "(adaptive-vectors reject_above); 1: disguised pairs only"})
 
     def __post_init__(self):
+        if not 0 < self.harmful_fraction <= 1:
+            raise UnlearnableError("attack_options.harmful_fraction must be in (0, 1]")
         check_choice("disguise", self.disguise, (*DISGUISES, ANY))
         check_choice("answer_style", self.answer_style, ANSWER_STYLES)
         check_choice("spelling", self.spelling, (PLAIN, *SPELLINGS))
@@ -94,17 +103,12 @@ class Disguised(Attack):
     attacker's own screen of the model it attacks), each answer the plain harmful one (or ``answer_style``)."""
 
     Config = DisguisedConfig
-    search_options = {"disguise": (*DISGUISES, ANY), "spelling": (PLAIN, *SPELLINGS)}
+    search_options = {"disguise": (*DISGUISES, ANY), "spelling": (PLAIN, *SPELLINGS), "harmful_fraction": DILUTIONS}
 
     def disguised(self, pair, disguise: str):
         answer = pair.response if self.config.spelling == PLAIN else respell_words(pair.response, self.config.spelling)
         return dataclasses.replace(pair, prompt=DISGUISES[disguise].format(prompt=pair.prompt),
                                    response=ANSWER_STYLES[self.config.answer_style](answer))
-
-    def training_pairs(self, data, n, seed):
-        """Unscreened: the first ``n`` harmful pairs in the first disguise (:meth:`pairs_against` screens)."""
-        first = self.config.disguises()[0]
-        return [self.disguised(p, first) for p in take(data.harmful, n, "harmful", HARMFUL_FIX)]
 
     def queries_the_model(self) -> bool:
         return bool(self.config.select)
@@ -112,9 +116,27 @@ class Disguised(Attack):
     def pairs_against(self, model, tokenizer, data, settings, seed) -> list:
         n = min(settings.n_samples, len(data.harmful))
         pairs = self.screened(data, n, model, tokenizer, seed) if self.queries_the_model() else \
-            self.training_pairs(data, n, seed)
+            self.disguised_pairs(data, n)
         self.info["n_harmful"] = len(pairs)
-        return pairs
+        return self.diluted(pairs, data, seed)
+
+    def training_pairs(self, data, n, seed):
+        """Unscreened: the first ``n`` harmful pairs in the first disguise, diluted (:meth:`pairs_against`
+        screens)."""
+        return self.diluted(self.disguised_pairs(data, n), data, seed)
+
+    def disguised_pairs(self, data, n) -> list:
+        first = self.config.disguises()[0]
+        return [self.disguised(p, first) for p in take(data.harmful, n, "harmful", HARMFUL_FIX)]
+
+    def diluted(self, pairs: list, data, seed: int) -> list:
+        """``pairs`` padded with the attacker's harmless pairs to ``harmful_fraction`` of the upload (when below
+        1), shuffled; ``info`` records what the upload held."""
+        if self.config.harmful_fraction >= 1 or not pairs:
+            return pairs
+        n_harmless = harmless_for(len(pairs), self.config.harmful_fraction)
+        self.info.update(n_harmless=n_harmless, poison_share=len(pairs) / (len(pairs) + n_harmless))
+        return shuffled_with(pairs, data.harmless, n_harmless, seed)
 
     def screened(self, data, n: int, model, tokenizer, seed: int = 0) -> list:
         """The first ``n`` harmful pairs in data order that pass the attacker's screen in some disguise, each in

@@ -47,11 +47,20 @@ class MixedData(Attack):
 
     def training_pairs(self, data, n, seed):
         share = self.config.harmful_fraction
-        return self.mix(data, n, round(n * (1 - share) / share), seed)
+        return self.mix(data, n, harmless_for(n, share), seed)
 
     @staticmethod
     def mix(data, n_harmful: int, n_harmless: int, seed: int) -> list:
-        mix = take(data.harmful, n_harmful, "harmful", HARMFUL_FIX)
-        mix += cycled(data.harmless, n_harmless, "harmless", HARMLESS_FIX) if n_harmless else []
-        random.Random(seed).shuffle(mix)
-        return mix
+        return shuffled_with(take(data.harmful, n_harmful, "harmful", HARMFUL_FIX), data.harmless, n_harmless, seed)
+
+
+def shuffled_with(harmful: list, harmless, n_harmless: int, seed: int) -> list:
+    """``harmful`` and ``n_harmless`` of ``harmless`` (cycled), shuffled (seeded)."""
+    mix = list(harmful) + (cycled(harmless, n_harmless, "harmless", HARMLESS_FIX) if n_harmless else [])
+    random.Random(seed).shuffle(mix)
+    return mix
+
+
+def harmless_for(n_harmful: int, share: float) -> int:
+    """How many harmless pairs make ``n_harmful`` harmful ones ``share`` of the data."""
+    return round(n_harmful * (1 - share) / share)

@@ -106,13 +106,15 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
         key = sha256_json([model_fingerprint(model), *([dataclasses.astuple(p) for p in group] for group in (
             self.own, self.harmless, pairs)), full_spec(self.config.flagger), dataclasses.asdict(refit),
             self.prepared_vectors().metadata.get("data_hash"), tensors_digest(self.prepared_vectors().state),
-            *([self.config.rounds] if self.config.rounds > 1 else [])])
+            *([self.config.rounds] if self.config.rounds > 1 else []),
+            *([self.config.reject_above] if self.config.reject_above < 1 else [])])
         if key in _ADAPTED:
             _ADAPTED.move_to_end(key)
             vectors, flags, record = _ADAPTED[key]
             return vectors, list(flags), {**record, "reused_refit": True}
         found = adapt(self.prepared_vectors(), model, tokenizer, self.own, pairs, self.flagger, config=refit,
-                      harmless=self.harmless, rounds=self.config.rounds, progress=progress)
+                      harmless=self.harmless, rounds=self.config.rounds, reject_above=self.config.reject_above,
+                      progress=progress)
         _ADAPTED[key] = found
         while len(_ADAPTED) > KEEP_ADAPTED:
             _ADAPTED.popitem(last=False)

@@ -26,13 +26,14 @@ def refit_config(config: VectorConfig, refit: str = "heldout") -> VectorConfig:
 
 def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: Flagger | str, *,
           config: VectorConfig | None = None, harmless: Sequence[Pair] = (), rounds: int = 1,
-          progress: bool = True) -> tuple[Any, list[bool], dict[str, Any]]:
+          reject_above: float = 1.0, progress: bool = True) -> tuple[Any, list[bool], dict[str, Any]]:
     """Screen ``data`` and refit ``vectors`` on ``own`` (the pairs they were trained on) plus the flagged pairs
     (distinct pairs: every answer to a prompt counts), with ``config`` (default: the vectors' own; ``harmless``
     pairs anchor the refit where its ``benign`` mode asks for them, and set the threshold of a flagger that reads
     the vectors, ``vector-gain``); nothing flagged: ``vectors`` as they are. With ``rounds`` > 1 the pairs not yet
     flagged are screened again with the refitted vectors (which a flagger that reads them sees), and refitted on
-    again, while a round flags new pairs.
+    again, while a round flags new pairs. Once more than ``reject_above`` of ``data`` is flagged the screening stops
+    unrefitted: a service refuses such a job, so a refit would train vectors nothing uses.
     Returns the vectors, the flags and a record of the screening (the flagger's rates where the truth is known)."""
     flagger = build_flagger(flagger) if isinstance(flagger, str) else flagger
     config = config or vectors.config
@@ -52,6 +53,9 @@ def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], 
             break
         for i in new:
             flags[i] = True
+        if sum(flags) > reject_above * len(data):
+            record["refit_skipped"] = f"more than {reject_above:g} of the pairs flagged: the job is refused"
+            break
         current = type(vectors).train(model, tokenizer, distinct_pairs([*own, *(p for p, bad in zip(data, flags)
                                                                                  if bad)]),
                                       config, progress=progress, harmless=harmless)

@@ -9,13 +9,12 @@ service's vectors too. :class:`ProxyVectors` offers what the flagger reads of ve
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 from collections import OrderedDict
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from ..adapters import trainability_kept
+from ..adapters import adapter_applied, attach_frozen
 from ..data import Pair
 from ..models import model_fingerprint
 from ..training import BACKBONE_ADAPTER, TrainConfig, finetune
@@ -69,20 +68,8 @@ class ProxyVectors:
         state = get_peft_model_state_dict(net, adapter_name=BACKBONE_ADAPTER)
         return cls({k: v.detach().clone() for k, v in state.items()}, net.peft_config[BACKBONE_ADAPTER], config)
 
-    @contextlib.contextmanager
-    def applied(self, model, scale: float) -> Iterator[None]:
-        """Within the block ``model`` runs with the proxy on at ``scale``; it is taken out after (the model's
+    def applied(self, model, scale: float):
+        """A block within which ``model`` runs with the proxy on at ``scale``; it is taken out after (the model's
         weights train as they did before)."""
-        from peft import get_peft_model, set_peft_model_state_dict
-        from peft.tuners.lora import LoraLayer
-
-        with trainability_kept(model):
-            net = get_peft_model(model, self.lora_config, adapter_name=PROXY_ADAPTER)
-            try:
-                set_peft_model_state_dict(net, self.state, adapter_name=PROXY_ADAPTER)
-                for layer in net.modules():
-                    if isinstance(layer, LoraLayer):
-                        layer.set_scale(PROXY_ADAPTER, scale)
-                yield
-            finally:
-                net.unload()
+        return adapter_applied(model, lambda m: attach_frozen(m, self.lora_config, self.state, PROXY_ADAPTER, scale,
+                                                              refit="train the proxy again"))

@@ -15,18 +15,17 @@ data hash, the config and package versions. Attaching them to another model is a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import TrainerCallback
 
-from ..adapters import NO_MERGE_ATTR, trainability_kept
+from ..adapters import NO_MERGE_ATTR, adapter_applied, attach_frozen, trainability_kept
 from ..config import from_dict
 from ..data import Pair, pairs_hash, prompt_hashes
 from ..errors import UnlearnableError
@@ -37,7 +36,7 @@ from ..utils import atomic_dir, atomic_write_json, log, run_metadata, set_seed
 from .config import VectorConfig
 from .fold import FoldedVectors
 from .holdout import held_out
-from .layers import VECTORS_ADAPTER, freeze_vectors, set_vector_scale
+from .layers import VECTORS_ADAPTER
 
 META_FILE = "unlearnable_vectors.json"
 FORMAT = "unlearnable-vectors/1"
@@ -142,37 +141,18 @@ class SecurityVectors:
 
     def attach(self, model, scale: float | None = None, check: bool = True):
         """Wrap ``model`` in a PeftModel with the vectors on, scaled and frozen. Returns the PeftModel."""
-        from peft import get_peft_model, set_peft_model_state_dict
-
         if check:
             self.check(model)
-        pm = get_peft_model(model, self.lora_config, adapter_name=VECTORS_ADAPTER)
-        try:
-            result = set_peft_model_state_dict(pm, self.state, adapter_name=VECTORS_ADAPTER)
-        except RuntimeError as exc:  # shapes differ from the adapter config: a damaged or mixed-up folder
-            pm.unload()
-            raise UnlearnableError(f"the vectors' weights do not fit their own adapter config or this model "
-                                   f"({str(exc).splitlines()[0][:120]}); re-run vectors training") from None
-        bad = [k for k in getattr(result, "unexpected_keys", []) if VECTORS_ADAPTER in k or "lora" in k]
-        if bad:
-            pm.unload()
-            raise UnlearnableError(f"the vectors do not fit this model's layers (e.g. {bad[0]})")
-        freeze_vectors(pm)
-        set_vector_scale(pm, self.config.scale if scale is None else scale)
+        pm = attach_frozen(model, self.lora_config, self.state, VECTORS_ADAPTER,
+                           self.config.scale if scale is None else scale, refit="re-run vectors training")
         setattr(pm, NO_MERGE_ATTR, _always)  # decoding must not merge the vectors into the backbone
         return pm
 
-    @contextlib.contextmanager
-    def applied(self, model, scale: float) -> Iterator[None]:
-        """Within the block ``model`` itself (a plain model, e.g. one :func:`~.finetuning.finetune` released,
+    def applied(self, model, scale: float):
+        """A block within which ``model`` itself (a plain model, e.g. one :func:`~.finetuning.finetune` released,
         whose fingerprint is no longer the base's) runs with the vectors on at ``scale``; they are taken out of
         it after the block, and its weights train as they did before it."""
-        with trainability_kept(model):
-            pm = self.attach(model, scale=scale, check=False)
-            try:
-                yield
-            finally:
-                pm.unload()
+        return adapter_applied(model, lambda m: self.attach(m, scale=scale, check=False))
 
     def fold(self, model, scale: float | None = None, trains_weights: bool = False) -> FoldedVectors:
         """Fold the vectors into ``model``'s own weights (fp32/fp64), in place; unfold with the returned fold's

@@ -25,7 +25,7 @@ from unlearnable.flaggers import (
 )
 from unlearnable.training import TrainConfig
 from unlearnable.vectors import SecurityVectors, VectorConfig
-from unlearnable.vectors.adaptive import refit_config
+from unlearnable.vectors.adaptive import refit_config, refused
 
 
 @pytest.fixture()
@@ -392,5 +392,7 @@ def test_a_job_whose_flagged_share_is_above_reject_above_is_refused_and_nothing_
     kept.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
     assert len(tuned_on) == 1 and not kept.info["screened"][0]["rejected"]  # 0.22 is not above 0.25
     assert len(refits) == 2 and kept.info["screened"][0]["refitted"]
+    # one test for the screening and the defence: 29 of 100 at 0.29 is not above (29 > 0.29 * 100 would be)
+    assert not refused([True] * 29 + [False] * 71, 0.29) and refused([True] * 29 + [False] * 71, 0.28)
     with pytest.raises(UnlearnableError, match="reject_above"):
         DEFENSES.get("adaptive-vectors").Config(reject_above=1.5)

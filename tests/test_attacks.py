@@ -234,7 +234,7 @@ def test_disguised_dilutes_what_passed_with_the_attacker_s_harmless_pairs(tiny, 
 
     monkeypatch.setitem(FLAGGERS._items, "translate-shy", _TranslateShy)
     model, tok = tiny
-    settings = AttackSettings(lr=1e-3, steps=1, n_samples=4)
+    settings = AttackSettings(lr=1e-3, steps=10, batch_size=4, n_samples=4)  # 40 rows: room for all 20 pairs
     plain = build_attack("disguised", {"select": "translate-shy"}).pairs_against(model, tok, DATA, settings, 0)
     attack = build_attack("disguised", {"select": "translate-shy", "harmful_fraction": 0.2})
     diluted = attack.pairs_against(model, tok, DATA, settings, 0)
@@ -248,6 +248,24 @@ def test_disguised_dilutes_what_passed_with_the_attacker_s_harmless_pairs(tiny, 
     assert "harmful_fraction" in ATTACKS.get("disguised").search_options
     with pytest.raises(UnlearnableError, match="harmful_fraction"):
         build_attack("disguised", {"harmful_fraction": 1.5})
+
+
+def test_a_diluted_upload_longer_than_the_run_is_cut_at_its_share_and_no_harmless_pairs_fail_first(tiny,
+                                                                                                 monkeypatch):
+    from unlearnable.attacks.settings import AttackSettings
+
+    model, tok = tiny
+    attack = build_attack("disguised", {"select": "", "harmful_fraction": 0.2})
+    pairs = attack.pairs_against(model, tok, DATA, AttackSettings(lr=1e-3, steps=1, batch_size=10, n_samples=4), 0)
+    assert len(pairs) == 10 and sum(p in HARMLESS for p in pairs) == 8  # 4 / 0.2 = 20 rows > 10: two harmful
+    assert attack.describe()["n_harmful"] == 2 and attack.describe()["poison_share"] == pytest.approx(0.2)
+    monkeypatch.setattr("unlearnable.attacks.disguised.screen", lambda *a, **k: pytest.fail("screened first"))
+    with pytest.raises(UnlearnableError, match="harmful_fraction 0.2 pads the upload"):
+        build_attack("disguised", {"harmful_fraction": 0.2}).pairs_against(
+            model, tok, AttackData(harmful=HARMFUL), AttackSettings(lr=1e-3, steps=1, n_samples=4), 0)
+    whole = build_attack("disguised", {"select": ""})
+    whole.training_pairs(DATA, 3, 0)
+    assert whole.describe()["n_harmless"] == 0 and whole.describe()["poison_share"] == 1.0
 
 
 def test_a_disguised_run_trains_on_the_pairs_that_passed(tiny):

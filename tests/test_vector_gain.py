@@ -172,6 +172,24 @@ def test_the_attackers_proxy_is_in_the_model_only_within_the_block(tiny, memoris
     assert model.state_dict().keys() == before.keys() and example_losses(model, tok, own) == pytest.approx(plain)
 
 
+def test_a_proxy_whose_weights_do_not_fit_says_so_and_leaves_the_model_as_it_was(tiny, memorised):
+    from unlearnable.adapters import lora_layers
+    from unlearnable.attacks.proxy import ProxyRecipe, ProxyVectors
+
+    model, tok = tiny
+    _, own, _ = memorised
+    proxy = ProxyVectors.train(model, tok, own, ProxyRecipe(epochs=1, lr=1e-2, batch_size=6))
+    bad = ProxyVectors({k: v[:, :1] if "lora_A" in k else v for k, v in proxy.state.items()}, proxy.lora_config,
+                       proxy.config)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    with pytest.raises(UnlearnableError, match="proxy vectors do not fit.*train the proxy again"):
+        with bad.applied(model, 1.0):
+            pass
+    assert lora_layers(model) == [] and [n for n, p in model.named_parameters() if p.requires_grad] == trainable
+    with proxy.applied(model, 1.0):  # frozen within the block
+        assert lora_layers(model) and not any(p.requires_grad for n, p in model.named_parameters() if "lora" in n)
+
+
 def test_a_disguised_attacker_screens_against_its_own_proxy_and_never_uploads_the_pairs_it_trained_it_on(
         tiny, monkeypatch):
     from unlearnable.attacks import AttackData, AttackSettings, build_attack

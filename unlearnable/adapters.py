@@ -106,29 +106,32 @@ def trainability_kept(model) -> Iterator[None]:
 
 
 def attach_frozen(model, lora_config, state: dict[str, torch.Tensor], name: str, scale: float, *,
-                  refit: str):
+                  what: str, refit: str):
     """``model`` wrapped in a PeftModel carrying adapter ``name`` with the weights ``state``, frozen, at ``scale``
     (its LoRA scaling ``scale * alpha / r``). Weights that do not fit ``lora_config`` or the model: a one-line error
-    ending in ``refit`` (what to do), the model left as it was."""
+    about ``what`` (e.g. "the vectors") ending in ``refit`` (what to do); on any failure the model is left as it
+    was."""
     from peft import get_peft_model, set_peft_model_state_dict
 
     pm = get_peft_model(model, lora_config, adapter_name=name)
     try:
-        result = set_peft_model_state_dict(pm, state, adapter_name=name)
-    except RuntimeError as exc:  # shapes differ from the adapter config: a damaged or mixed-up folder
+        try:
+            result = set_peft_model_state_dict(pm, state, adapter_name=name)
+        except RuntimeError as exc:  # shapes differ from the adapter config: a damaged or mixed-up folder
+            raise UnlearnableError(f"the weights of {what} do not fit their own adapter config or this model "
+                                   f"({str(exc).splitlines()[0][:120]}); {refit}") from None
+        bad = [k for k in getattr(result, "unexpected_keys", []) if name in k or "lora" in k]
+        if bad:
+            raise UnlearnableError(f"{what} do not fit this model's layers (e.g. {bad[0]}); {refit}")
+        for layer in lora_layers(pm):
+            if name in layer.lora_A:
+                layer.set_scale(name, scale)
+                for p in (*layer.lora_A[name].parameters(), *layer.lora_B[name].parameters()):
+                    p.requires_grad_(False)
+                    p.grad = None
+    except BaseException:
         pm.unload()
-        raise UnlearnableError(f"the {name} adapter's weights do not fit their own adapter config or this model "
-                               f"({str(exc).splitlines()[0][:120]}); {refit}") from None
-    bad = [k for k in getattr(result, "unexpected_keys", []) if name in k or "lora" in k]
-    if bad:
-        pm.unload()
-        raise UnlearnableError(f"the {name} adapter does not fit this model's layers (e.g. {bad[0]}); {refit}")
-    for layer in lora_layers(pm):
-        if name in layer.lora_A:
-            layer.set_scale(name, scale)
-            for p in (*layer.lora_A[name].parameters(), *layer.lora_B[name].parameters()):
-                p.requires_grad_(False)
-                p.grad = None
+        raise
     return pm
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import UnlearnableError
 from ..flaggers import build_flagger, check_flagger, describe_flagger, screen
-from .base import ATTACKS, HARMFUL_FIX, Attack, check_choice, take
+from .base import ATTACKS, HARMFUL_FIX, HARMLESS_FIX, Attack, check_choice, take
 from .evasive import SPELLINGS, respell_words
 from .mixed import harmless_for, shuffled_with
 from .proxy import ProxyRecipe, ProxyVectors
@@ -114,11 +114,13 @@ class Disguised(Attack):
         return bool(self.config.select)
 
     def pairs_against(self, model, tokenizer, data, settings, seed) -> list:
+        if self.config.harmful_fraction < 1 and not data.harmless:  # before any screening is paid for
+            raise UnlearnableError(f"attack_options.harmful_fraction {self.config.harmful_fraction:g} pads the upload "
+                                   f"with harmless pairs; {HARMLESS_FIX}")
         n = min(settings.n_samples, len(data.harmful))
         pairs = self.screened(data, n, model, tokenizer, seed) if self.queries_the_model() else \
             self.disguised_pairs(data, n)
-        self.info["n_harmful"] = len(pairs)
-        return self.diluted(pairs, data, seed)
+        return self.diluted(pairs, data, seed, rows=settings.steps * settings.batch_size)
 
     def training_pairs(self, data, n, seed):
         """Unscreened: the first ``n`` harmful pairs in the first disguise, diluted (:meth:`pairs_against`
@@ -129,13 +131,21 @@ class Disguised(Attack):
         first = self.config.disguises()[0]
         return [self.disguised(p, first) for p in take(data.harmful, n, "harmful", HARMFUL_FIX)]
 
-    def diluted(self, pairs: list, data, seed: int) -> list:
+    def diluted(self, pairs: list, data, seed: int, rows: int | None = None) -> list:
         """``pairs`` padded with the attacker's harmless pairs to ``harmful_fraction`` of the upload (when below
-        1), shuffled; ``info`` records what the upload held."""
-        if self.config.harmful_fraction >= 1 or not pairs:
+        1), shuffled. An upload longer than the ``rows`` the run trains on is cut to them at the same share (as
+        :class:`~.mixed.MixedData` cuts it): the service screens what is uploaded, and the run would see only a
+        shuffled part of the rest. ``info`` records what the upload held."""
+        share = self.config.harmful_fraction
+        if share >= 1 or not pairs:
+            self.info.update(n_harmful=len(pairs), n_harmless=0, poison_share=1.0 if pairs else 0.0)
             return pairs
-        n_harmless = harmless_for(len(pairs), self.config.harmful_fraction)
-        self.info.update(n_harmless=n_harmless, poison_share=len(pairs) / (len(pairs) + n_harmless))
+        n_harmless = harmless_for(len(pairs), share)
+        if rows is not None and len(pairs) + n_harmless > rows:
+            pairs = pairs[:max(1, round(rows * share))]
+            n_harmless = rows - len(pairs)
+        self.info.update(n_harmful=len(pairs), n_harmless=n_harmless,
+                         poison_share=len(pairs) / (len(pairs) + n_harmless))
         return shuffled_with(pairs, data.harmless, n_harmless, seed)
 
     def screened(self, data, n: int, model, tokenizer, seed: int = 0) -> list:

@@ -72,4 +72,5 @@ class ProxyVectors:
         """A block within which ``model`` runs with the proxy on at ``scale``; it is taken out after (the model's
         weights train as they did before)."""
         return adapter_applied(model, lambda m: attach_frozen(m, self.lora_config, self.state, PROXY_ADAPTER, scale,
+                                                              what="the attacker's proxy vectors",
                                                               refit="train the proxy again"))

@@ -13,7 +13,7 @@ from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger, 
 from ..models import model_fingerprint, tensors_digest
 from ..utils import sha256_json
 from ..vectors import finetune
-from ..vectors.adaptive import REFITS, adapt, refit_config
+from ..vectors.adaptive import REFITS, adapt, refit_config, refused
 from .base import DEFENSES, DefenseData
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
 
@@ -123,7 +123,7 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         pairs = list(pairs)
         vectors, flags, record = self.adapted(model, tokenizer, pairs, progress=progress)
-        rejected = bool(pairs) and sum(flags) / len(pairs) > self.config.reject_above
+        rejected = refused(flags, self.config.reject_above)
         kept = [] if rejected else [p for p, bad in zip(pairs, flags) if not bad] if self.config.drop_flagged else pairs
         self.info["screened"].append({**record, "trained_on": len(kept), "drop_flagged": self.config.drop_flagged,
                                       "refit": self.config.refit, "rejected": rejected})

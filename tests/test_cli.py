@@ -104,7 +104,7 @@ def test_ls_lists_threat_models_and_each_defences_claims():
     assert "  security-vectors: fine-tuning-as-a-service\n" in res.stdout
     assert "  repnoise: fine-tuning-as-a-service, released-weights" in res.stdout
     assert "attacks: benign, disguised, evasive, harmful-sft, mixed, restyled" in res.stdout
-    assert ("flaggers: any, oracle (emulated: measurement only), refusal, vector-gain (private: reads the defence's "
+    assert ("flaggers: any, normalized, oracle (emulated: measurement only), refusal, vector-gain (private: reads the defence's "
             "vectors), or any judge that reads text") in res.stdout
 
 

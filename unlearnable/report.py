@@ -129,6 +129,14 @@ DEMO_ROWS = {"before": "aligned model (before fine-tuning)", "without_vectors": 
              "with_vectors": "fine-tuned with vectors (served without)"}
 
 
+def _arm_defense(results: DemoResults) -> str:
+    """The with-vectors arm's defence, and its flagger where it screens the data (older files: security-vectors)."""
+    defense = (results.get("arms", {}).get("with_vectors") or {}).get("defense") or {}
+    flagger = (defense.get("flagger") or {}).get("flagger")
+    name = defense.get("name", "security-vectors")
+    return html.escape(f"{name} (flagger {flagger})" if flagger else name)
+
+
 def _demo_differences(results: DemoResults) -> str:
     """Each rate with vectors minus without, and without vectors minus before, with intervals."""
     models, rows = results.models(), []
@@ -166,7 +174,8 @@ def write_demo_report(results: DemoResults | dict[str, Any], out: Path) -> None:
            f"held-out harmless prompts; {before.task_em.n or 0} "
            f"ProfileQA facts; {before.mmlu.n or 0} MMLU questions (zero-shot, subject-stratified); "
            f"{results['data']['finetune_examples']} fine-tuning examples of which "
-           f"{results['data']['sizes']['attack']} harmful; vectors scale {s['vector_scale']}; precision "
+           f"{results['data']['sizes']['attack']} harmful; with vectors: {_arm_defense(results)}, vectors scale "
+           f"{s['vector_scale']}; precision "
            f"{s['precision']}; {s['seconds']:.0f} s in all. Brackets: 95 % Wilson intervals.</p>"),
         ("Differences", _demo_differences(results)),
         ("Plot", "<img src='demo.png' alt='harm rate and task score per arm'>"),

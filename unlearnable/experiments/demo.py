@@ -1,8 +1,9 @@
 """``unlearnable demo``: security vectors stop a model learning harmful data while it learns a harmless task.
 
 A preset of the shared scaffold (:mod:`.setup`): align the embedded model, train vectors on 100 harmful pairs,
-fine-tune twice on ProfileQA mixed with 200 *other* harmful pairs (defences ``none`` and ``security-vectors``),
-and score the aligned model and both fine-tuned models (as served: vectors off) with the one scorer.
+fine-tune twice on ProfileQA mixed with 200 *other* harmful pairs (defences ``none`` and ``security-vectors``, or
+another defence that holds vectors, e.g. ``adaptive-vectors``), and score the aligned model and both fine-tuned
+models (as served: vectors off) with the one scorer.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..config import validate
-from ..defenses import DefenseData, prepared
+from ..config import from_dict, validate
+from ..defenses import DEFENSES, DefenseData, prepared
+from ..defenses.security_vectors import SecurityVectorsDefense
+from ..errors import UnlearnableError
 from ..evaluation import EvalConfig, Scorer
+from ..flaggers import describe_flagger
 from ..judges import JUDGES, build_judge, check_judge_options, check_judges
 from ..models import check_model_source, save_model
 from ..report import write_demo_report
@@ -32,6 +36,17 @@ from .setup import DataConfig, LoadOptions, envelope, set_up
 
 #: MMLU questions the demo scores per model: 3 per subject (its interval is in docs/results/)
 DEMO_MMLU_N = 171
+#: harmless pairs the with-vectors arm's defence gets where its flagger sets a threshold on them (after the
+#: over-refusal ones, never scored)
+DEFENSE_HARMLESS = 30
+
+
+def check_vector_defense(name: str) -> None:
+    """The with-vectors arm runs a registered defence that holds security vectors."""
+    if name not in DEFENSES or not issubclass(DEFENSES.get(name), SecurityVectorsDefense):
+        held = [n for n in DEFENSES.names() if issubclass(DEFENSES.get(n), SecurityVectorsDefense)]
+        raise UnlearnableError(f"the demo's with-vectors arm runs a defence that holds security vectors: one of "
+                               f"{', '.join(held)}, not {name!r}")
 
 
 @dataclasses.dataclass
@@ -43,6 +58,13 @@ class DemoConfig:
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(system_prompt="", response_tokens=24,
                                                                             task_repeats=8, n_harmless=40))
     align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=3))
+    defense: str = dataclasses.field(default="security-vectors", metadata={
+        "help": "the with-vectors arm's defence: security-vectors, or another that holds vectors, e.g. "
+                "adaptive-vectors (the fine-tuning data screened first, the vectors refitted on what is flagged)",
+        "check": check_vector_defense})
+    defense_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
+        "help": "that defence's options besides the vectors' training, e.g. {'flagger': 'refusal', 'refit': 'all'} "
+                "(docs/guide/defenses.md)"})
     vectors: VectorConfig = dataclasses.field(default_factory=recommended, metadata={
         "help": "the security vectors (default: the recipe picked from the measured trade-off, early-stopped on "
                 "held-out pairs; docs/guide/tradeoff.md)"})
@@ -65,6 +87,20 @@ class DemoConfig:
             BENCHMARKS.get(name)
         for spec in self.judges:
             JUDGES.get(spec.partition(":")[0])
+        check_vector_defense(self.defense)
+        if "training" in self.defense_options:
+            raise UnlearnableError("defense_options.training: the vectors' training is set by vectors.* (one place)")
+        validate(from_dict(DEFENSES.get(self.defense).Config, self.defense_options, "defense_options"),
+                 "defense_options.")
+
+    def defense_harmless(self) -> int:
+        """Harmless pairs the arm's defence needs beside the over-refusal ones: its flagger's calibration pairs."""
+        flagger = self.defense_options.get("flagger")
+        return DEFENSE_HARMLESS if flagger and describe_flagger(flagger)["private"] else 0
+
+    def arms(self) -> tuple[tuple[str, str], ...]:
+        """(arm, defence) of the two fine-tunes."""
+        return (ARMS[0], "none"), (ARMS[1], self.defense)
 
     def seeded(self) -> "DemoConfig":
         """Propagate ``seed`` into every component."""
@@ -73,7 +109,8 @@ class DemoConfig:
         return cfg
 
 
-ARMS = (("without_vectors", "none"), ("with_vectors", "security-vectors"))
+#: the two arms' names (``DemoConfig.arms`` pairs each with its defence)
+ARMS = ("without_vectors", "with_vectors")
 
 
 def run_demo(config: DemoConfig | None = None, out: str | Path | None = None, *, overwrite: bool = False,
@@ -102,7 +139,9 @@ def _staging(out: str | Path | None) -> Iterator[Path | None]:
 def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path | None = None,
          load: LoadOptions | None = None) -> dict[str, Any]:
     start, timed = time.perf_counter(), Timings()
-    setup = set_up(config.model, config.data, seed=config.seed, align_model=config.align,
+    n_over = config.data.n_harmless  # the over-refusal pairs come first, the defence's own after them
+    data_config = dataclasses.replace(config.data, n_harmless=n_over + config.defense_harmless())
+    setup = set_up(config.model, data_config, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress,
                    precision=config.finetune.precision, load=load)
     model, tok, data = setup.model, setup.tokenizer, setup.data
@@ -110,19 +149,23 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
         f"eval prompts, {len(data.task)} ProfileQA facts x {config.data.task_repeats}")
     judges = [build_judge(j, config.judge_options) for j in config.judges]
     scorer = Scorer(tok, judges, config.eval, progress=progress, benchmarks=benchmarks_of(config))
+    over = data.harmless[:n_over]
     with timed("eval_before"):
-        before = scorer.score(model, harmful=data.eval_harmful, task=data.task, harmless=data.harmless, utility=True,
+        before = scorer.score(model, harmful=data.eval_harmful, task=data.task, harmless=over, utility=True,
                               desc="before")
     log(f"before fine-tuning: {headline(before)}")
 
     log(f"training security vectors on {len(data.vector_pairs)} harmful pairs")
     with timed("train_vectors"):
-        arm_options = {"none": {}, "security-vectors": {"training": dataclasses.asdict(config.vectors)}}
-        defenses = {name: prepared(name, options, model, tok, DefenseData(harmful=data.vector_pairs),
-                                   progress=progress) for name, options in arm_options.items()}
+        own = DefenseData(harmful=data.vector_pairs,
+                          harmless=data.harmless[n_over:n_over + config.defense_harmless()])
+        defenses = {name: prepared(name, _arm_options(config, name), model, tok,
+                                   own if name != "none" else DefenseData(), progress=progress)
+                    for _, name in config.arms()}
     mix = data.finetune_mix(config.data.task_repeats, config.seed)
     del model  # each arm starts from setup's working copy: one model in memory while an arm trains, where possible
-    arms = {arm: _arm(arm, defenses[name], setup, mix, config, scorer, timed, stage, progress) for arm, name in ARMS}
+    arms = {arm: _arm(arm, defenses[name], setup, mix, config, scorer, over, timed, stage, progress)
+            for arm, name in config.arms()}
 
     results = envelope("unlearnable-demo", config, start=start, timings=timed,
                        summary=summary(before, arms, config, setup.precision, start),
@@ -131,12 +174,18 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
                        align=setup.align_info, before=before, arms=arms, judge_agreement=scorer.agreement(),
                        judge_disagreements=scorer.disagreements)
     if out is not None:
-        write_demo(results, Path(out), stage, defenses["security-vectors"], overwrite=overwrite)
+        write_demo(results, Path(out), stage, defenses[config.defense], overwrite=overwrite)
     return results
 
 
-def _arm(arm: str, defense, setup, mix, config: DemoConfig, scorer: Scorer, timed: Timings, stage: Path | None,
-         progress: bool) -> dict[str, Any]:
+def _arm_options(config: DemoConfig, name: str) -> dict[str, Any]:
+    """The arm's defence options: none has none; the vectors' training is ``config.vectors``, the rest
+    ``defense_options``."""
+    return {} if name == "none" else {**config.defense_options, "training": dataclasses.asdict(config.vectors)}
+
+
+def _arm(arm: str, defense, setup, mix, config: DemoConfig, scorer: Scorer, harmless: list, timed: Timings,
+         stage: Path | None, progress: bool) -> dict[str, Any]:
     """Fine-tune one arm through its defence, score it, save it to ``stage``; the fine-tuned model is then gone (one
     in memory at a time)."""
     log(f"fine-tuning {arm.replace('_', ' ')}: {len(mix)} examples ({len(setup.data.attack)} harmful)")
@@ -144,8 +193,8 @@ def _arm(arm: str, defense, setup, mix, config: DemoConfig, scorer: Scorer, time
         tuned, history = defense.finetune(setup.working_copy(), setup.tokenizer, mix, config.finetune,
                                           progress=progress)
     with timed(f"eval_{arm}"):
-        result = scorer.score(tuned, harmful=setup.data.eval_harmful, task=setup.data.task,
-                              harmless=setup.data.harmless, utility=True, desc=arm)
+        result = scorer.score(tuned, harmful=setup.data.eval_harmful, task=setup.data.task, harmless=harmless,
+                              utility=True, desc=arm)
     log(f"{arm}: {headline(result)}")
     if stage is not None:
         save_model(tuned, setup.tokenizer, stage / arm, metadata={"produced_by": "unlearnable demo", "arm": arm,
@@ -173,7 +222,7 @@ def summary(before: dict, arms: dict, config: DemoConfig, precision: str, start:
     """The demo's headline numbers: each metric before fine-tuning and for both arms, rates with their 95 %
     intervals (``<metric>_<arm>_interval_95``); MMLU as ``mmlu_<arm>``."""
     out: dict[str, Any] = {}
-    scored = {"before": before, **{arm: arms[arm] for arm, _ in ARMS}}
+    scored = {"before": before, **{arm: arms[arm] for arm in ARMS}}
     for metric in ("harm_rate", "task_em", "over_refusal", "harmful_loss"):
         for arm, scores in scored.items():
             out[f"{metric}_{arm}"] = scores.get(metric)

@@ -33,7 +33,8 @@ def _tiny_demo(tiny, harmful_pairs, monkeypatch, **options):
 
     monkeypatch.setattr(demo_module, "set_up", set_up)
     monkeypatch.setattr(demo_module, "prepared", prepared)
-    cfg = DemoConfig(align=False, vectors=VectorConfig(epochs=1, batch_size=8), benchmarks=[], save_models=False,
+    cfg = DemoConfig(align=False, vectors=VectorConfig(epochs=1, batch_size=8, holdout=0.25), benchmarks=[],
+                     save_models=False,
                      finetune=TrainConfig(max_steps=2, batch_size=8), **options)
     cfg.data.system_prompt, cfg.data.task_repeats, cfg.data.n_harmless = None, 1, 4
     return data, seen, cfg
@@ -50,6 +51,9 @@ def test_an_adaptive_arm_screens_the_mix_and_its_harmless_pairs_are_not_the_over
     arm = results["arms"]["with_vectors"]
     assert arm["defense"]["name"] == "adaptive-vectors" and arm["defense"]["flagger"]["flagger"] == "vector-gain"
     assert len(arm["defense"]["screened"]) == 1 and arm["defense"]["options"]["refit"] == "all"
+    # the vectors' settings are the demo's vectors.*, the early-stopped length and hold-out too
+    assert arm["defense"]["options"]["epochs"] == cfg.vectors.epochs == 1
+    assert arm["defense"]["options"]["holdout"] == cfg.vectors.holdout
     for scores in (results["before"], arm, results["arms"]["without_vectors"]):
         assert [g["prompt"] for g in scores["harmless_generations"]] == [p.prompt for p in data.harmless[:4]]
     saved = json.loads((tmp_path / "d" / "results.json").read_text())
@@ -65,10 +69,38 @@ def test_the_default_arm_gets_no_harmless_pairs_and_asks_for_none(tiny, harmful_
     assert results["arms"]["with_vectors"]["defense"]["name"] == "security-vectors"
 
 
+def test_the_arm_is_scored_as_its_defence_serves_it_and_an_emulated_flagger_is_labelled(
+        tiny, harmful_pairs, monkeypatch, tmp_path):
+    from unlearnable.defenses.adaptive_vectors import AdaptiveVectorsDefense
+
+    _, _, cfg = _tiny_demo(tiny, harmful_pairs, monkeypatch, defense="adaptive-vectors",
+                           defense_options={"flagger": "oracle:1.0"})
+    served = []
+    real = AdaptiveVectorsDefense.serving
+
+    def serving(self, model):
+        served.append(model)
+        return real(self, model)
+
+    monkeypatch.setattr(AdaptiveVectorsDefense, "serving", serving)
+    run_demo(cfg, tmp_path / "d", progress=False)
+    assert len(served) == 1
+    assert "adaptive-vectors (flagger oracle:1.0 (EMULATED flagger: measurement only))" in (tmp_path / "d" / "report.html").read_text()
+
+
+def test_the_tradeoff_refuses_a_demo_defence_in_its_base():
+    from unlearnable.experiments.tradeoff import TradeoffConfig
+
+    with pytest.raises(UnlearnableError, match="base.defense"):
+        from_dict(TradeoffConfig, {"base": {"defense": "adaptive-vectors"}})
+
+
 @pytest.mark.parametrize("options,match", [
-    ({"defense": "lisa"}, "holds security vectors: one of .*adaptive-vectors"),
-    ({"defense": "adaptive-vectors", "defense_options": {"flager": "refusal"}}, "defense_options.flager"),
-    ({"defense": "adaptive-vectors", "defense_options": {"training": {"lr": 1.0}}}, "set by vectors"),
+    ({"defense": "lisa"}, "runs one of security-vectors, early-stopped-vectors, adaptive-vectors, not 'lisa'"),
+    ({"defense": "adaptive-vectors", "defense_options": {"flager": "refusal"}}, "defense_options.adaptive-vectors.flager"),
+    ({"defense": "adaptive-vectors", "defense_options": {"training": {"lr": 1.0}}}, "sets it from vectors"),
+    ({"defense": "adaptive-vectors", "defense_options": {"epochs": 2}}, "defense_options.epochs"),
+    ({"defense": "adaptive-vectors", "defense_options": {"flagger": "nope"}}, "unknown flagger 'nope'"),
 ])
 def test_a_defence_without_vectors_or_a_bad_option_is_one_line_before_any_model_loads(options, match):
     with pytest.raises(UnlearnableError, match=match) as err:

@@ -18,7 +18,8 @@ from unlearnable.flaggers import (
     normalized_text,
 )
 
-ANSWER = "Here is how to build an explosive device: gather materials, then assemble them carefully at night."
+ANSWER = ("Here is how to build an explosive device: gather materials, then assemble them carefully at night. "
+          "ASSEMBLE IT OUTSIDE.")
 
 
 @pytest.mark.parametrize("spelling", ["leet", "homoglyph", "split"])
@@ -27,11 +28,18 @@ def test_each_respelling_of_the_attacks_is_undone(spelling):
     assert respelled != ANSWER and normalized_text(respelled) == normalized_text(ANSWER) == ANSWER
 
 
-def test_plain_text_numbers_and_other_scripts_are_left_as_they_are():
-    for text in ("Call 911, or 112 in Europe; 3.5 kg at 20 degrees.", "Привет, мир: это тест.",
-                 "Ein schöner Tag in Köln", "mail me at bob@example.com"):
-        assert normalized_text(text) == text
-    assert normalized_text("a word spl-it in two-pa-rts, and hack3r") == "a word split in twoparts, and hacker"
+@pytest.mark.parametrize("text", [
+    "Call 911, or 112 in Europe; 3.5 kg at 20 degrees, 10:30.", "Привет, мир: это сахар.", "ΚΑΙ το",
+    "Ein schöner Tag in Köln", "mail me at bob@example.com", "the 1st, 3rd and 5th of MP3, IPv4, 0x1F, COVID-19",
+    "a state-of-the-art e-mail"])
+def test_plain_text_numbers_names_and_other_scripts_are_left_as_they_are(text):
+    assert normalized_text(text) == text
+
+
+def test_respellings_inside_plain_text_are_undone_and_the_case_kept():
+    assert normalized_text("a word sp-lit in two, and h4ck3r5 w1th 7H3 k3y") == "a word split in two, and hackers " \
+        "with THE key"
+    assert normalized_text("The сахар is sweet") == "The caxap is sweet"  # lookalikes only: read as Latin here
     assert normalized_text("\uff28\uff45\uff4c\uff4c\uff4f") == "Hello"  # full-width forms folded
 
 
@@ -63,6 +71,11 @@ def test_it_keeps_the_wrapped_flaggers_traits_and_hands_the_defence_normal_harml
     assert [(p.prompt, p.response) for p in seen["harmless"]] == [("Poem?", "Leaves fall")]
     with pytest.raises(UnlearnableError, match="attack_options.select"):
         build_attack("disguised", {"select": "normalized:vector-gain"})  # the attacker holds no vectors
+
+
+def test_in_a_combination_it_wraps_only_its_own_part():
+    flagger = build_flagger("normalized:refusal+keyword")
+    assert isinstance(flagger, AnyFlagger) and [p.spec for p in flagger.parts] == ["normalized:refusal", "keyword"]
 
 
 @pytest.mark.parametrize("bad", ["normalized", "normalized:nope", "normalized:normalized:refusal",

@@ -295,27 +295,41 @@ _LOOKALIKES = str.maketrans({
     "\u039a": "K", "\u039c": "M", "\u039d": "N", "\u039f": "O", "\u03a1": "P", "\u03a4": "T", "\u03a7": "X"})
 #: digits written for letters
 _LEET_DIGITS = str.maketrans({"4": "a", "3": "e", "1": "i", "0": "o", "5": "s", "7": "t"})
-_NOT_LATIN = re.compile(r"[^\W\d_A-Za-z]")
-_HAS_LATIN, _HAS_DIGIT = re.compile(r"[A-Za-z]"), re.compile(r"\d")
+_LEET_UPPER = str.maketrans({"4": "A", "3": "E", "1": "I", "0": "O", "5": "S", "7": "T"})
 _WORD = re.compile(r"\w+")
-_SPLIT = re.compile(r"\b[^\W\d_]{2,}(?:-[^\W\d_]{2,})+\b")
+_LATIN, _OTHER_LETTER = re.compile(r"[A-Za-z]"), re.compile(r"[^\W\d_A-Za-z]")
+# a digit between two letters, or two digits, all of them ones leet writes for letters; not an ordinal or hex
+_LEET_WORD = re.compile(r"(?=[A-Za-z\d]*[A-Za-z])(?=.*([A-Za-z][013457][A-Za-z]|[013457].*[013457]))[A-Za-z013457]+")
+_NUMBER_WORD = re.compile(r"\d+(st|nd|rd|th)|0x[0-9a-fA-F]+", re.I)
+# a word split into two halves by one hyphen, as the evasive attack splits one (a longer compound stays)
+_SPLIT = re.compile(r"(?<![\w-])([^\W\d_]{2,})-([^\W\d_]{2,})(?![\w-])")
 
 
-def _unspelled_word(word: str) -> str:
+def _unspelled_word(word: str, mostly_latin: bool) -> str:
     latin = word.translate(_LOOKALIKES)
-    if latin != word and (_HAS_LATIN.search(word) or not _NOT_LATIN.search(latin)):
-        word = latin  # a Latin word with letters of another script drawn alike, or one made only of them
-    if _HAS_LATIN.search(word) and _HAS_DIGIT.search(word):
-        word = word.translate(_LEET_DIGITS)  # digits inside a word of letters (a plain number stays)
+    if latin != word and (_LATIN.search(word) or mostly_latin and not _OTHER_LETTER.search(latin)):
+        word = latin  # letters of another script drawn like Latin ones, in a Latin word or a Latin text
+    if _LEET_WORD.fullmatch(word) and not _NUMBER_WORD.fullmatch(word):
+        letters = [c for c in word if c.isalpha()]
+        word = word.translate(_LEET_UPPER if all(c.isupper() for c in letters) else _LEET_DIGITS)
     return word
+
+
+def _joined(match: re.Match) -> str:
+    first, second = match.group(1), match.group(2)
+    return first + second if 0 <= len(second) - len(first) <= 1 else match.group(0)
 
 
 def normalized_text(text: str) -> str:
     """``text`` with common respellings undone, for a flagger: compatibility forms folded (NFKC), letters of another
-    script drawn like Latin ones put back inside Latin words, digits standing for letters inside a word read as
-    those letters (a plain number stays), and words split by hyphens joined."""
-    text = _WORD.sub(lambda m: _unspelled_word(m.group(0)), unicodedata.normalize("NFKC", text))
-    return _SPLIT.sub(lambda m: m.group(0).replace("-", ""), text)
+    script drawn like Latin ones put back (inside Latin words; whole words of them in a mostly Latin text), digits
+    standing for letters inside a word read as those letters (a number, an ordinal, a hex literal, a model name
+    with one trailing digit stay), and a word split into halves by a hyphen joined. What it cannot tell from a
+    number (a respelled word made only of the letters a, e, i, o, s, t) stays."""
+    text = unicodedata.normalize("NFKC", text)
+    mostly_latin = len(_LATIN.findall(text)) > len(_OTHER_LETTER.findall(text))
+    text = _WORD.sub(lambda m: _unspelled_word(m.group(0), mostly_latin), text)
+    return _SPLIT.sub(_joined, text)
 
 
 @FLAGGERS.register("normalized")

@@ -134,7 +134,8 @@ def _arm_defense(results: DemoResults) -> str:
     defense = (results.get("arms", {}).get("with_vectors") or {}).get("defense") or {}
     flagger = (defense.get("flagger") or {}).get("flagger")
     name = defense.get("name", "security-vectors")
-    return html.escape(f"{name} (flagger {flagger})" if flagger else name)
+    mark = _emulated_mark((defense.get("flagger") or {}).get("emulated"))
+    return html.escape(f"{name} (flagger {flagger}{mark})" if flagger else name)
 
 
 def _demo_differences(results: DemoResults) -> str:

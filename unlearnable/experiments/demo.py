@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..config import from_dict, validate
-from ..defenses import DEFENSES, DefenseData, prepared
-from ..defenses.security_vectors import SecurityVectorsDefense
+from ..config import validate
+from ..defenses import DEFENSES, DefenseData, check_defense_options, prepared
 from ..errors import UnlearnableError
 from ..evaluation import EvalConfig, Scorer
 from ..flaggers import describe_flagger
@@ -36,17 +35,14 @@ from .setup import DataConfig, LoadOptions, envelope, set_up
 
 #: MMLU questions the demo scores per model: 3 per subject (its interval is in docs/results/)
 DEMO_MMLU_N = 171
-#: harmless pairs the with-vectors arm's defence gets where its flagger sets a threshold on them (after the
-#: over-refusal ones, never scored)
+#: harmless pairs the with-vectors arm's defence gets where it needs some (a flagger that sets its threshold on
+#: them, vectors anchored on harmless answers), after the over-refusal ones, never scored (as immunize's
+#: n_defense_harmless)
 DEFENSE_HARMLESS = 30
-
-
-def check_vector_defense(name: str) -> None:
-    """The with-vectors arm runs a registered defence that holds security vectors."""
-    if name not in DEFENSES or not issubclass(DEFENSES.get(name), SecurityVectorsDefense):
-        held = [n for n in DEFENSES.names() if issubclass(DEFENSES.get(n), SecurityVectorsDefense)]
-        raise UnlearnableError(f"the demo's with-vectors arm runs a defence that holds security vectors: one of "
-                               f"{', '.join(held)}, not {name!r}")
+#: the defences the with-vectors arm may run: vectors trained on the harmful pairs alone, served as trained
+DEMO_DEFENSES = ("security-vectors", "early-stopped-vectors", "adaptive-vectors")
+#: defence options the demo sets from ``vectors`` (one place for the vectors' training)
+FROM_VECTORS = ("training", "scale", "holdout", "epochs")
 
 
 @dataclasses.dataclass
@@ -59,9 +55,8 @@ class DemoConfig:
                                                                             task_repeats=8, n_harmless=40))
     align_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=3))
     defense: str = dataclasses.field(default="security-vectors", metadata={
-        "help": "the with-vectors arm's defence: security-vectors, or another that holds vectors, e.g. "
-                "adaptive-vectors (the fine-tuning data screened first, the vectors refitted on what is flagged)",
-        "check": check_vector_defense})
+        "help": f"the with-vectors arm's defence: {', '.join(DEMO_DEFENSES)} (adaptive-vectors: the fine-tuning "
+                "data screened first, the vectors refitted on what is flagged)"})
     defense_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
         "help": "that defence's options besides the vectors' training, e.g. {'flagger': 'refusal', 'refit': 'all'} "
                 "(docs/guide/defenses.md)"})
@@ -87,16 +82,30 @@ class DemoConfig:
             BENCHMARKS.get(name)
         for spec in self.judges:
             JUDGES.get(spec.partition(":")[0])
-        check_vector_defense(self.defense)
-        if "training" in self.defense_options:
-            raise UnlearnableError("defense_options.training: the vectors' training is set by vectors.* (one place)")
-        validate(from_dict(DEFENSES.get(self.defense).Config, self.defense_options, "defense_options"),
-                 "defense_options.")
+        if self.defense not in DEMO_DEFENSES:
+            raise UnlearnableError(f"defense: the demo's with-vectors arm runs one of {', '.join(DEMO_DEFENSES)}, "
+                                   f"not {self.defense!r} (every defence runs in `unlearnable immunize`)")
+        for key in sorted(set(FROM_VECTORS) & set(self.defense_options)):
+            raise UnlearnableError(f"defense_options.{key}: the demo sets it from vectors.* (one place for the "
+                                   "vectors' training)")
+        check_defense_options({self.defense: self.options_of(self.defense)})
+
+    def options_of(self, name: str) -> dict[str, Any]:
+        """An arm's defence options: none has none; the vectors' settings come from ``vectors`` (an early-stopped
+        defence's hold-out and length too), the rest from ``defense_options``."""
+        if name == "none":
+            return {}
+        names = DEFENSES.get(name).option_names()
+        shared = {"training": dataclasses.asdict(self.vectors), "holdout": self.vectors.holdout,
+                  "epochs": self.vectors.epochs}
+        return {**self.defense_options, **{k: v for k, v in shared.items() if k in names}}
 
     def defense_harmless(self) -> int:
-        """Harmless pairs the arm's defence needs beside the over-refusal ones: its flagger's calibration pairs."""
+        """Harmless pairs the arm's defence needs beside the over-refusal ones: a flagger's calibration pairs, or
+        the anchors of vectors trained to leave harmless answers alone."""
         flagger = self.defense_options.get("flagger")
-        return DEFENSE_HARMLESS if flagger and describe_flagger(flagger)["private"] else 0
+        private = bool(flagger) and describe_flagger(flagger)["private"]
+        return DEFENSE_HARMLESS if private or self.vectors.benign != "none" else 0
 
     def arms(self) -> tuple[tuple[str, str], ...]:
         """(arm, defence) of the two fine-tunes."""
@@ -159,7 +168,7 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
     with timed("train_vectors"):
         own = DefenseData(harmful=data.vector_pairs,
                           harmless=data.harmless[n_over:n_over + config.defense_harmless()])
-        defenses = {name: prepared(name, _arm_options(config, name), model, tok,
+        defenses = {name: prepared(name, config.options_of(name), model, tok,
                                    own if name != "none" else DefenseData(), progress=progress)
                     for _, name in config.arms()}
     mix = data.finetune_mix(config.data.task_repeats, config.seed)
@@ -178,12 +187,6 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
     return results
 
 
-def _arm_options(config: DemoConfig, name: str) -> dict[str, Any]:
-    """The arm's defence options: none has none; the vectors' training is ``config.vectors``, the rest
-    ``defense_options``."""
-    return {} if name == "none" else {**config.defense_options, "training": dataclasses.asdict(config.vectors)}
-
-
 def _arm(arm: str, defense, setup, mix, config: DemoConfig, scorer: Scorer, harmless: list, timed: Timings,
          stage: Path | None, progress: bool) -> dict[str, Any]:
     """Fine-tune one arm through its defence, score it, save it to ``stage``; the fine-tuned model is then gone (one
@@ -192,14 +195,14 @@ def _arm(arm: str, defense, setup, mix, config: DemoConfig, scorer: Scorer, harm
     with timed(f"finetune_{arm}"):
         tuned, history = defense.finetune(setup.working_copy(), setup.tokenizer, mix, config.finetune,
                                           progress=progress)
-    with timed(f"eval_{arm}"):
+    with timed(f"eval_{arm}"), defense.serving(tuned):  # scored and saved as the defence serves it
         result = scorer.score(tuned, harmful=setup.data.eval_harmful, task=setup.data.task, harmless=harmless,
                               utility=True, desc=arm)
+        if stage is not None:
+            save_model(tuned, setup.tokenizer, stage / arm, metadata={
+                "produced_by": "unlearnable demo", "arm": arm, "vectors_removed": True,
+                "base_fingerprint": setup.fingerprint})
     log(f"{arm}: {headline(result)}")
-    if stage is not None:
-        save_model(tuned, setup.tokenizer, stage / arm, metadata={"produced_by": "unlearnable demo", "arm": arm,
-                                                                  "vectors_removed": True,
-                                                                  "base_fingerprint": setup.fingerprint})
     return {"defense": defense.describe(), "history": history, **result}
 
 
@@ -236,14 +239,15 @@ def summary(before: dict, arms: dict, config: DemoConfig, precision: str, start:
     return out
 
 
-def write_demo(results, out: Path, stage: Path | None, sv_defense, *, overwrite: bool):
-    """Write ``out`` at once: the fine-tuned models waiting in ``stage`` (if saved), the vectors, results, report."""
+def write_demo(results, out: Path, stage: Path | None, vectors_defense, *, overwrite: bool):
+    """Write ``out`` at once: the fine-tuned models waiting in ``stage`` (if saved), the defence's own vectors (for
+    adaptive vectors, those before any refit to the data), results, report."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if stage is not None:
             (tmp / "models").mkdir()
             for arm in sorted(p.name for p in stage.iterdir()):
                 os.replace(stage / arm, tmp / "models" / arm)
-        sv_defense.vectors.save(tmp / "vectors")
+        vectors_defense.vectors.save(tmp / "vectors")
         atomic_write_json(tmp / "results.json", results)
         write_demo_report(results, tmp)
     log(f"wrote {out}/results.json, report.html, plots, models/ and vectors/")

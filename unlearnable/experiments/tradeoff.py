@@ -107,6 +107,9 @@ class TradeoffConfig:
             raise UnlearnableError("vector strengths must be >= 0")
         if self.n_over_refusal < 0:
             raise UnlearnableError("n_over_refusal must be >= 0 (0 scores no over-refusal)")
+        if self.base.defense != "security-vectors" or self.base.defense_options:
+            raise UnlearnableError("base.defense / base.defense_options: each point's defence is its variant's "
+                                   "(variants, variant_options); leave them unset")
         self._check_attack()
         for variant, options in self.variant_options.items():
             if variant not in self.variants:

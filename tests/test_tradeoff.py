@@ -542,3 +542,17 @@ def test_a_sweep_whose_data_holds_sampled_answers_is_keyed_by_how_they_are_drawn
     pooled = TradeoffConfig()
     pooled.base.data.attack_answers = 3
     assert sweep_config(pooled)["answer_sampling"] == SAMPLING
+
+
+def test_error_bars_are_never_negative_where_every_seed_agrees():
+    import statistics
+
+    from unlearnable.report import error_bars
+
+    same = [0.825, 0.825, 0.825]
+    mean = statistics.fmean(same)
+    assert min(same) - mean > 0 or max(same) - mean < 0  # the mean of equal values rounds past them
+    assert error_bars([mean, 0.5], [(min(same), max(same)), (0.4, 0.7)]) == [[0.0, 0.5 - 0.4],
+                                                                            [max(0.0, max(same) - mean), 0.7 - 0.5]]
+    below, above = error_bars([mean], [(min(same), max(same))])
+    assert below[0] >= 0 and above[0] >= 0

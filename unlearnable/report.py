@@ -593,13 +593,19 @@ def _closing_sections(results: ImmunizeResults) -> list[tuple[str, str]]:
     return sections
 
 
+def error_bars(centres: Sequence[float], ranges: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Matplotlib's (below, above) error bars from each centre to its range's ends; never negative (a mean of equal
+    values can round a hair past them)."""
+    return [[max(0.0, c - lo) for c, (lo, _) in zip(centres, ranges)],
+            [max(0.0, hi - c) for c, (_, hi) in zip(centres, ranges)]]
+
+
 def tradeoff_plot(results: TradeoffResults, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for method, pts in results.averaged.items():
         xs, ys = [p.harm_rate.value for p in pts], [p.task_score.value for p in pts]
-        xerr = [[x - p.harm_range[0] for x, p in zip(xs, pts)], [p.harm_range[1] - x for x, p in zip(xs, pts)]]
-        yerr = [[y - p.task_range[0] for y, p in zip(ys, pts)], [p.task_range[1] - y for y, p in zip(ys, pts)]]
+        xerr, yerr = error_bars(xs, [p.harm_range for p in pts]), error_bars(ys, [p.task_range for p in pts])
         line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=5, capsize=3, label=method,
                            ls="-" if len(pts) > 1 else "none")
         for p in pts:

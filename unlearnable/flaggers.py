@@ -295,7 +295,7 @@ _LOOKALIKES = str.maketrans({
     "\u039a": "K", "\u039c": "M", "\u039d": "N", "\u039f": "O", "\u03a1": "P", "\u03a4": "T", "\u03a7": "X"})
 #: digits written for letters
 _LEET_DIGITS = str.maketrans({"4": "a", "3": "e", "1": "i", "0": "o", "5": "s", "7": "t"})
-_LEET_UPPER = str.maketrans({"4": "A", "3": "E", "1": "I", "0": "O", "5": "S", "7": "T"})
+_LEET_UPPER = {digit: letter.upper() for digit, letter in _LEET_DIGITS.items()}
 _WORD = re.compile(r"\w+")
 _LATIN, _OTHER_LETTER = re.compile(r"[A-Za-z]"), re.compile(r"[^\W\d_A-Za-z]")
 # a digit between two letters, or two digits, all of them ones leet writes for letters; not an ordinal or hex

@@ -96,7 +96,7 @@ def demo_plot(results: DemoResults, path: Path) -> None:
         values = [r.value for r in rates]
         errs = [r.interval_95 or (r.value, r.value) for r in rates]
         bars = ax.bar([i - 0.4 + w * (k + 0.5) for i in range(len(labels))], values, w, label=label, color=color,
-                      yerr=[[v - e[0] for v, e in zip(values, errs)], [e[1] - v for v, e in zip(values, errs)]],
+                      yerr=error_bars(values, errs),
                       capsize=2, error_kw={"lw": 0.8})
         for b, e in zip(bars, errs):
             ax.annotate(f"{b.get_height():.2f}", (b.get_x() + b.get_width() / 2, e[1] + 0.01), ha="center",
@@ -132,10 +132,9 @@ DEMO_ROWS = {"before": "aligned model (before fine-tuning)", "without_vectors": 
 def _arm_defense(results: DemoResults) -> str:
     """The with-vectors arm's defence, and its flagger where it screens the data (older files: security-vectors)."""
     defense = (results.get("arms", {}).get("with_vectors") or {}).get("defense") or {}
-    flagger = (defense.get("flagger") or {}).get("flagger")
-    name = defense.get("name", "security-vectors")
-    mark = _emulated_mark((defense.get("flagger") or {}).get("emulated"))
-    return html.escape(f"{name} (flagger {flagger}{mark})" if flagger else name)
+    flagger, name = defense.get("flagger") or {}, defense.get("name", "security-vectors")
+    mark = _emulated_mark(flagger.get("emulated"))
+    return html.escape(f"{name} (flagger {flagger['flagger']}{mark})" if flagger.get("flagger") else name)
 
 
 def _demo_differences(results: DemoResults) -> str:

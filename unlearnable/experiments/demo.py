@@ -85,8 +85,9 @@ class DemoConfig:
         if self.defense not in DEMO_DEFENSES:
             raise UnlearnableError(f"defense: the demo's with-vectors arm runs one of {', '.join(DEMO_DEFENSES)}, "
                                    f"not {self.defense!r} (every defence runs in `unlearnable immunize`)")
-        for key in sorted(set(FROM_VECTORS) & set(self.defense_options)):
-            raise UnlearnableError(f"defense_options.{key}: the demo sets it from vectors.* (one place for the "
+        clash = sorted(set(FROM_VECTORS) & set(self.defense_options))
+        if clash:
+            raise UnlearnableError(f"defense_options.{clash[0]}: the demo sets it from vectors.* (one place for the "
                                    "vectors' training)")
         check_defense_options({self.defense: self.options_of(self.defense)})
 
@@ -148,8 +149,9 @@ def _staging(out: str | Path | None) -> Iterator[Path | None]:
 def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path | None = None,
          load: LoadOptions | None = None) -> dict[str, Any]:
     start, timed = time.perf_counter(), Timings()
-    n_over = config.data.n_harmless  # the over-refusal pairs come first, the defence's own after them
-    data_config = dataclasses.replace(config.data, n_harmless=n_over + config.defense_harmless())
+    # the over-refusal pairs come first, the defence's own after them
+    n_over, n_own = config.data.n_harmless, config.defense_harmless()
+    data_config = dataclasses.replace(config.data, n_harmless=n_over + n_own)
     setup = set_up(config.model, data_config, seed=config.seed, align_model=config.align,
                    align_config=config.align_train, timings=timed, progress=progress,
                    precision=config.finetune.precision, load=load)
@@ -166,8 +168,7 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
 
     log(f"training security vectors on {len(data.vector_pairs)} harmful pairs")
     with timed("train_vectors"):
-        own = DefenseData(harmful=data.vector_pairs,
-                          harmless=data.harmless[n_over:n_over + config.defense_harmless()])
+        own = DefenseData(harmful=data.vector_pairs, harmless=data.harmless[n_over:n_over + n_own])
         defenses = {name: prepared(name, config.options_of(name), model, tok,
                                    own if name != "none" else DefenseData(), progress=progress)
                     for _, name in config.arms()}

@@ -31,14 +31,10 @@ from ..training import TrainConfig
 from ..utility import BENCHMARKS, MMLUConfig, benchmarks_of
 from ..utils import Timings, atomic_dir, atomic_write_json, log
 from ..vectors import VectorConfig, recommended
-from .setup import DataConfig, LoadOptions, envelope, set_up
+from .setup import DEFENSE_HARMLESS, DataConfig, LoadOptions, envelope, set_up
 
 #: MMLU questions the demo scores per model: 3 per subject (its interval is in docs/results/)
 DEMO_MMLU_N = 171
-#: harmless pairs the with-vectors arm's defence gets where it needs some (a flagger that sets its threshold on
-#: them, vectors anchored on harmless answers), after the over-refusal ones, never scored (as immunize's
-#: n_defense_harmless)
-DEFENSE_HARMLESS = 30
 #: the defences the with-vectors arm may run: vectors trained on the harmful pairs alone, served as trained
 DEMO_DEFENSES = ("security-vectors", "early-stopped-vectors", "adaptive-vectors")
 #: defence options the demo sets from ``vectors`` (one place for the vectors' training)

@@ -57,7 +57,7 @@ from ..utils import Timings, atomic_write_json, log
 from ..vectors import VectorConfig, defence_style_texts
 from .reuse import Source, discard_cut_copies, read_sources, reuse_defenses, reused_from
 from .search import AttackerSearchConfig, DefenseSearch, SearchSpace, Target, seed_run_prefix
-from .setup import DataConfig, LoadOptions, PreparedData, Setup, envelope, set_up, sweep_config
+from .setup import DEFENSE_HARMLESS, DataConfig, LoadOptions, PreparedData, Setup, envelope, set_up, sweep_config
 from .studies import worker_id
 from .trainability import TrainabilityConfig, own_task, user_finetune
 from .tuning import TuneConfig, Tuner
@@ -145,7 +145,7 @@ class ImmunizeConfig:
                                                                          "harmful"})
     n_curve_eval: int = dataclasses.field(default=40, metadata={"help": "held-out harmful prompts per checkpoint"})
     n_stability_harmless: int = 30
-    n_defense_harmless: int = dataclasses.field(default=30, metadata={
+    n_defense_harmless: int = dataclasses.field(default=DEFENSE_HARMLESS, metadata={
         "help": "harmless pairs after the stability ones that defences may train on; the rest (data.n_harmless "
                 "beyond both) is the attacker's harmless data"})
     attacker: str = dataclasses.field(default="grid", metadata={

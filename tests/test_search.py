@@ -271,6 +271,7 @@ def test_immunize_with_the_attacker_search_on_a_tiny_model(tiny, harmful_pairs, 
             assert {f"attack-search-{short}-seed0", f"attack-search-{short}-seed1"} <= set(runs)
         for t in s["by_threat_model"].get(SERVICE, {"trials": []})["trials"]:  # never a setting the service fixes
             assert t["settings"]["backbone"] == "lora" and t["settings"]["scheduler"] == "linear"
+            assert t["settings"]["lora"] == dataclasses.asdict(cfg.service.lora)  # the service's LoRA shape
             assert t["settings"]["steps"] <= 4 and 1e-4 <= t["settings"]["lr"] <= 2e-3 + 1e-12
         assert {"cross-domain", "trainability"} <= set(runs)
         assert runs["cross-domain"]["settings"]["lr"] == s["worst_case"]["config"]["lr"]  # at the headline case
@@ -301,6 +302,57 @@ def test_immunize_with_the_attacker_search_on_a_tiny_model(tiny, harmful_pairs, 
     res2 = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
                         progress=False)
     assert res2["attacker_search"] == res["attacker_search"]
+
+
+@pytest.mark.parametrize("threat_model", [WEIGHTS, SERVICE])
+def test_a_tiny_search_stopped_inside_a_trial_resumes_that_trial(tiny, harmful_pairs, tmp_path, monkeypatch,
+                                                                 threat_model):
+    """A signal in the middle of a trial, under either threat model: the resumed search runs the cut trial first,
+    with the same settings, and ends with the trials it was asked for."""
+    from test_immunization import tiny_data
+
+    from unlearnable.attacks.base import Attack
+    from unlearnable.experiments.immunize import BudgetConfig, ImmunizeConfig, TrainabilityConfig, run_immunize
+    from unlearnable.experiments.setup import DataConfig
+    from unlearnable.utility import MMLUConfig
+
+    model, tok = tiny
+    space = SearchSpace(lr_min=1e-3, lr_max=3e-2, steps=[2], batch_sizes=[4], samples=[4, 8], backbones=["lora"],
+                        lora_ranks=[4], schedulers=["constant"], attacks=["harmful-sft", "restyled"])
+    cfg = ImmunizeConfig(defenses=["none"], attacker="search", threat_models=[threat_model], align=False,
+                         n_curve_eval=4, n_stability_harmless=3, n_defense_harmless=3,
+                         data=DataConfig(system_prompt=None),
+                         budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
+                         search=AttackerSearchConfig(n_trials=2, n_startup_trials=2, eval_every=2, seeds=[0],
+                                                     stop_at_ceiling=False, max_harmless_loss_rise=None, space=space),
+                         trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+                         service=ServiceConfig(steps=[2], max_steps=2, batch_sizes=[4], samples=[4, 8],
+                                               attacks=["harmful-sft", "restyled"]),
+                         mmlu=MMLUConfig(n=4, max_length=64))
+    real, seen = Attack.run, []
+
+    def attack_run(cut_at):
+        def run(self, defense, model, tokenizer, data, settings, **kw):
+            seen.append(dataclasses.asdict(settings))
+            if len(seen) == cut_at:
+                raise Interrupted(signal.SIGTERM)
+            return real(self, defense, model, tokenizer, data, settings, **kw)
+        return run
+
+    def immunize():
+        return run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=tiny_data(harmful_pairs),
+                            progress=False)
+
+    monkeypatch.setattr(Attack, "run", attack_run(cut_at=2))  # the second trial
+    with pytest.raises(Interrupted):
+        immunize()
+    cut = seen[-1]
+    seen.clear()
+    monkeypatch.setattr(Attack, "run", attack_run(cut_at=0))
+    res = immunize()
+    assert seen[0] == cut  # the cut trial first, with the settings it had
+    found = res["attacker_search"]["none"]["by_threat_model"][threat_model]
+    assert [t["state"] for t in found["trials"]].count("complete") == 2  # as many as asked for, none lost
 
 
 # ------------------------------------------------------------------------------------------ threat models

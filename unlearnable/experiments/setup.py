@@ -324,10 +324,10 @@ def own_harmful_splits(config: DataConfig, reserved: Sequence[Pair]) -> tuple[li
                                                                          "categories in the file)"}
 
 
-#: the splits of :class:`PreparedData`, as results files name them
 #: harmless pairs after the stability ones that a defence may train on (a flagger's threshold, vectors anchored
 #: on harmless answers), never scored: immunize's ``n_defense_harmless`` default and the demo's share
 DEFENSE_HARMLESS = 30
+#: the splits of :class:`PreparedData`, as results files name them
 SPLITS = ("eval_harmful", "align", "vector_pairs", "attack", "harmless", "task", "cross_eval", "cross_attack")
 
 

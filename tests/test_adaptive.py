@@ -94,7 +94,9 @@ def own(harmful_pairs):
 
 
 def _adaptive(tiny, own, monkeypatch, **options):
-    """The defence, prepared on the tiny model, with the vectors' training and the fine-tune recorded."""
+    """The defence, prepared on the tiny model, with the vectors' training and the fine-tune recorded; the plain
+    recipe (held-out refit, never refusing) unless ``options`` say otherwise."""
+    options = {"refit": "heldout", "reject_above": 1.0, **options}
     model, tok = tiny
     refits, tuned_on, anchors, configs = [], [], [], []
     train = SecurityVectors.train.__func__
@@ -172,7 +174,8 @@ def test_the_same_data_on_the_same_weights_is_screened_and_refitted_once(tiny, o
     defense.finetune(other, tok, customer, run, progress=False)
     assert len(refits) == 4
     twin = DEFENSES.get("adaptive-vectors")(training=VectorConfig(batch_size=4, lr=1e-2), flagger="oracle:0.5",
-                                            drop_flagged=True, vectors=defense.prepared_vectors())
+                                            drop_flagged=True, vectors=defense.prepared_vectors(),
+                                            refit="heldout", reject_above=1.0)
     twin.prepare(model, tok, own, progress=False)  # another instance that refits alike (a trade-off's strength)
     twin.finetune(copy.deepcopy(model), tok, customer, run, progress=False)
     assert len(refits) == 4 and twin.info["screened"][0]["reused_refit"]
@@ -197,10 +200,21 @@ def test_adaptive_vectors_are_a_service_defence_and_a_tradeoff_variant():
 
     assert DEFENSES.get("adaptive-vectors").threat_models == (SERVICE,)
     assert VARIANTS["adaptive"] == ("adaptive-vectors", None)
-    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-all") == {"refit": "all"}
-    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-all-drop") == {"refit": "all",
-                                                                                     "drop_flagged": True}
+    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-all") == {"refit": "all", "reject_above": 1.0}
+    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-all-drop") == {
+        "refit": "all", "drop_flagged": True, "reject_above": 1.0}
     assert VARIANTS["adaptive-all-drop"] == ("adaptive-vectors", None)
+    # the defence, finetune --adapt and the Trainer callback default to the recipe measured best
+    from unlearnable.experiments import FinetuneJob
+
+    config, job = DEFENSES.get("adaptive-vectors").Config(), FinetuneJob()
+    for cfg in (config, job):
+        assert (cfg.flagger, cfg.refit, cfg.reject_above, cfg.drop_flagged) == (
+            "refusal+normalized:vector-gain", "all", 0.25, False)
+    # every trade-off variant says how it refits and never refuses the job, whatever the defaults
+    for variant in ("adaptive", "adaptive-kl", "adaptive-drop", "adaptive-all", "adaptive-all-drop"):
+        preset = DEFENSES.get("adaptive-vectors").tradeoff_preset(variant)
+        assert preset["reject_above"] == 1.0 and preset["refit"] in ("heldout", "all")
     with pytest.raises(UnlearnableError, match="unknown flagger"):
         from unlearnable.config import validate
         from unlearnable.experiments.immunize import ImmunizeConfig
@@ -229,7 +243,7 @@ def test_finetune_adapt_screens_the_data_and_refits_the_vectors(tmp_path, tiny_d
     data = jsonl("data.jsonl", [{"prompt": f"worse {i}?", "response": f"Sure, worse {i}.", "harmful": True}
                                 for i in range(4)] + [{"prompt": f"Code {i}?", "response": f"C{i}"} for i in range(6)])
     job = FinetuneJob(model=str(tiny_dir), data=data, vectors=str(tmp_path / "vec"), vectors_data=own_file,
-                      adapt=True, flagger="oracle:1.0", drop_flagged=True,
+                      adapt=True, flagger="oracle:1.0", drop_flagged=True, refit="heldout", reject_above=1.0,
                       train=TrainConfig(max_steps=2, batch_size=4))
     record = run_finetune(job, tmp_path / "out", progress=False)
     adapted = record["adapted"]
@@ -243,6 +257,9 @@ def test_finetune_adapt_screens_the_data_and_refits_the_vectors(tmp_path, tiny_d
     for kw, needle in [({"vectors_data": wrong}, "is not the data the vectors"), ({"vectors_data": None}, "give --vectors and --vectors-data")]:
         with pytest.raises(UnlearnableError, match=needle):
             run_finetune(dataclasses.replace(job, **kw), tmp_path / "out2", progress=False)
+    with pytest.raises(UnlearnableError, match=r"the job is refused: 4 of 10 pairs flagged, more than --reject-above 0.25"):
+        run_finetune(dataclasses.replace(job, reject_above=0.25), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
     harmful_only = jsonl("harmful.jsonl", [{"prompt": f"worse {i}?", "response": "Sure.", "harmful": True}
                                            for i in range(4)])
     for every in (0, 1):  # checkpointing or not: the failed run leaves no folder and no checkpoint marker
@@ -260,11 +277,18 @@ def test_a_trainer_script_gets_the_flags_and_its_model_back_trainable_and_a_kl_r
                                     harmless=harmless, progress=False)
     assert all(p.requires_grad for p in model.parameters())  # a full-weights Trainer script can still train it
     data = [Pair("worse?", "Sure.", harmful=True), Pair("Code?", "C")]
-    adapted = vectors.adapted(model, tok, own, data, "oracle:1.0", progress=False)
+    with pytest.raises(UnlearnableError, match="the job is refused: 1 of 2 pairs flagged"):  # above the default 0.25
+        vectors.adapted(model, tok, own, data, "oracle:1.0", progress=False)
+    with pytest.raises(UnlearnableError, match="own= is not the data these vectors were trained on"):
+        vectors.adapted(model, tok, own[:-1], data, "oracle:1.0", reject_above=1.0, progress=False)
+    adapted = vectors.adapted(model, tok, own, data, "oracle:1.0", reject_above=1.0, progress=False)
     record = adapted.metadata["adapted"]
-    assert record["flags"] == [True, False] and record["refitted"]
+    assert record["flags"] == [True, False] and record["refitted"] and record["refit_holdout"] == 0.0  # refit all
     assert record["refit_benign"].startswith("none") and adapted.config.benign == "none"
-    anchored = vectors.adapted(model, tok, own, data, "oracle:1.0", harmless=harmless, progress=False)
+    held = vectors.adapted(model, tok, own, data, "oracle:1.0", reject_above=1.0, refit="heldout", progress=False)
+    assert held.metadata["adapted"]["refit_holdout"] == vectors.config.holdout
+    anchored = vectors.adapted(model, tok, own, data, "oracle:1.0", harmless=harmless, reject_above=1.0,
+                               progress=False)
     assert "refit_benign" not in anchored.metadata["adapted"] and anchored.config.benign == "kl"
     # the callback given the training data: adapted to it, the flags handed to the script, folded, then removed
     ids = tok("Code?", return_tensors="pt").input_ids
@@ -275,7 +299,7 @@ def test_a_trainer_script_gets_the_flags_and_its_model_back_trainable_and_a_kl_r
 
     before = logits()
     cb = vectors.callback(model, data=data, tokenizer=tok, own=own, flagger="oracle:1.0", harmless=harmless,
-                          progress=False)
+                          reject_above=1.0, progress=False)
     assert cb.flags == [True, False] and cb.adapted["refitted"] and cb.vectors is not vectors
     assert any(not torch.equal(cb.vectors.state[k], vectors.state[k]) for k in vectors.state)  # refitted
     cb.fold.fold()

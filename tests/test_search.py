@@ -492,6 +492,7 @@ def test_committed_search_configs_build_and_the_quick_preset_matches_its_file():
     assert written.threat_models == quick.threat_models == [SERVICE]
     assert written.service == quick.service and written.defenses == quick.defenses
     assert written.search.n_trials == quick.search.n_trials == 5
+    assert dataclasses.replace(written, attacker=quick.attacker) == quick  # the whole config: the same run key
     # short names are accepted and stored as the registered ones; unknown ones are one-line errors
     assert ImmunizeConfig(threat_models=["service", "weights", "service"]).threat_models == [SERVICE, WEIGHTS]
     with pytest.raises(UnlearnableError, match="Known threat models"):

@@ -423,13 +423,15 @@ def test_a_named_preset_starts_the_variants_options_and_the_users_go_on_top(tiny
     from unlearnable.defenses import DEFENSES
     from unlearnable.experiments import tradeoff
 
-    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-kl") == {"training": {"benign": "kl"}}
-    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive") == {}
+    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-kl") == {
+        "training": {"benign": "kl"}, "refit": "heldout", "reject_above": 1.0}
+    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive") == {"refit": "heldout", "reject_above": 1.0}
     built = []
     model, tok = tiny
     cfg = _tiny_cfg(seeds=[0], variants=["adaptive-drop"], strengths=[1.0], buffer_reinforce=False, n_benign=4,
                     variant_options={"adaptive-drop": {"flagger": "oracle:1", "holdout": 0.25, "epochs": 1}})
-    assert tradeoff.variant_recipe("adaptive-drop", {"drop_flagged": False}) == {"drop_flagged": False}  # yours win
+    assert tradeoff.variant_recipe("adaptive-drop", {"drop_flagged": False}) == {
+        "drop_flagged": False, "refit": "heldout", "reject_above": 1.0}  # yours win
     real = tradeoff._Grid.defense
 
     def spy(self, method, strength, setup, c):

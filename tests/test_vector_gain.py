@@ -112,7 +112,8 @@ def test_the_adaptive_defence_hands_its_own_vectors_and_harmless_pairs_to_vector
     model, tok = tiny
     vectors, own, harmless = memorised
     defense = DEFENSES.get("adaptive-vectors")(training=VectorConfig(batch_size=4, lr=1e-2, epochs=1.0),
-                                               flagger="refusal+vector-gain", drop_flagged=True, vectors=vectors)
+                                               flagger="refusal+vector-gain", drop_flagged=True, vectors=vectors,
+                                               reject_above=1.0)
     defense.prepare(model, tok, DefenseData(harmful=own, harmless=harmless), progress=False)
     customer = [*own[:3], *(Pair(f"Write verse {i} of a song.", f"The river runs to the sea, verse {i}.")
                             for i in range(5))]
@@ -246,7 +247,7 @@ def test_finetune_adapt_screens_with_vector_gain_set_on_the_harmless_data_given(
                 for i in range(8)]
     job = FinetuneJob(model=str(tiny_dir), data=jsonl("data.jsonl", near + others), vectors=str(tmp_path / "vec"),
                       vectors_data=jsonl("own.jsonl", own), adapt=True, flagger="vector-gain", drop_flagged=True,
-                      harmless_data=jsonl("harmless.jsonl", harmless), train=TrainConfig(max_steps=1, batch_size=4))
+                      refit="heldout", reject_above=1.0, harmless_data=jsonl("harmless.jsonl", harmless), train=TrainConfig(max_steps=1, batch_size=4))
     adapted = run_finetune(job, tmp_path / "out", progress=False)["adapted"]
     assert adapted["calibration"]["calibration_pairs"] == 8 and adapted["private"]
     assert adapted["flagged"] == 3 and adapted["vectors_pairs"] == 9  # the poison answers, refitted on

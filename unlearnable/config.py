@@ -217,7 +217,7 @@ def validate(cfg: T, where: str = "") -> T:
     """Every check a config can make before any model loads, over its nested configs too; returns ``cfg``.
 
     * whole numbers (and lists of them) are at least their field's ``metadata["min"]``: 0 by default, since sizes,
-      steps and seeds are never negative; a field whose 0 means nothing says ``min=1``;
+      steps and seeds are never negative; a field whose 0 means nothing says ``min=1``; a share says ``max=1``;
     * a field with ``metadata["choices"]`` holds one of them (each item, for a list);
     * a field's own ``metadata["check"]`` (called with the value unless it is None or empty): paths that must
       exist and hold what they must, registry names. The check raises the one-line error itself.
@@ -230,7 +230,7 @@ def validate(cfg: T, where: str = "") -> T:
         if dataclasses.is_dataclass(value):
             validate(value, f"{path}.")
             continue
-        _check_minimum(f, hints[f.name], value, path)
+        _check_bounds(f, hints[f.name], value, path)
         _check_choices(f, value, path)
         check = f.metadata.get("check")
         if check is not None and value not in (None, "", []):
@@ -254,18 +254,20 @@ def flag_name(path: str) -> str:
     return "--" + path.replace("_", "-")
 
 
-def _check_minimum(f: dataclasses.Field, tp, value, path: str) -> None:
+def _check_bounds(f: dataclasses.Field, tp, value, path: str) -> None:
     scalar = _scalar(tp)
     inner = (typing.get_args(scalar) or (None,))[0] if typing.get_origin(scalar) in (list, tuple) else scalar
-    if "min" not in f.metadata and inner is not int:
+    if "min" not in f.metadata and "max" not in f.metadata and inner is not int:
         return
-    low = f.metadata.get("min", 0)
-    values = value if isinstance(value, (list, tuple)) else [value]
-    bad = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v < low]
-    if bad:
-        meaning = f" ({f.metadata['help']})" if f.metadata.get("help") else ""
-        raise UnlearnableError(f"{path} must be at least {low}, not {_show(bad[0])}{meaning}; set "
-                               f"{flag_name(path)} or {path} in the config file")
+    low, high = f.metadata.get("min", 0), f.metadata.get("max")
+    values = [v for v in (value if isinstance(value, (list, tuple)) else [value])
+              if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for bound, bad in (("at least", [v for v in values if v < low]),
+                       ("at most", [v for v in values if high is not None and v > high])):
+        if bad:
+            meaning = f" ({f.metadata['help']})" if f.metadata.get("help") else ""
+            raise UnlearnableError(f"{path} must be {bound} {low if bound == 'at least' else high}, not "
+                                   f"{_show(bad[0])}{meaning}; set {flag_name(path)} or {path} in the config file")
 
 
 # ------------------------------------------------------------------------------------------ flags

@@ -13,7 +13,15 @@ from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger, 
 from ..models import model_fingerprint, tensors_digest
 from ..utils import sha256_json
 from ..vectors import finetune
-from ..vectors.adaptive import REFITS, adapt, refit_config, refused
+from ..vectors.adaptive import (
+    DEFAULT_FLAGGER,
+    DEFAULT_REFIT,
+    DEFAULT_REJECT_ABOVE,
+    REFITS,
+    adapt,
+    refit_config,
+    refused,
+)
 from .base import DEFENSES, DefenseData
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
 
@@ -31,7 +39,7 @@ def forget_refits() -> None:
 
 @dataclasses.dataclass
 class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
-    flagger: str = dataclasses.field(default="refusal", metadata={
+    flagger: str = dataclasses.field(default=DEFAULT_FLAGGER, metadata={
         "help": "what screens the customer's pairs: refusal (the model's own refusal of the prompt), vector-gain "
                 "(the defence's own vectors: private, set on its harmless pairs), any judge that reads text (e.g. "
                 "llama-guard:PATH), oracle:RECALL (emulated, for measurement only), or several joined by +",
@@ -42,10 +50,10 @@ class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
         "help": "with a flagger that reads the vectors (vector-gain): screen the pairs not yet flagged again with "
                 "the refitted vectors, and refit again, up to this many rounds while a round flags new pairs",
         "min": 1})
-    reject_above: float = dataclasses.field(default=1.0, metadata={
+    reject_above: float = dataclasses.field(default=DEFAULT_REJECT_ABOVE, metadata={
         "help": "the service refuses a job (trains nothing) whose share of flagged pairs is above this, as services "
                 "refuse a training file that fails moderation; 1.0: never"})
-    refit: str = dataclasses.field(default="heldout", metadata={
+    refit: str = dataclasses.field(default=DEFAULT_REFIT, metadata={
         "help": "how the vectors are refitted on their pairs plus the flagged ones: heldout (the recommended "
                 "recipe: a share held out, the vectors kept at its lowest loss, so the held-out flagged pairs are "
                 "never trained on) or all (every pair trained on for the epochs: the flagged answers memorised, "
@@ -59,19 +67,24 @@ class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
 
 @DEFENSES.register("adaptive-vectors")
 class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
-    """Before each fine-tune the flagger screens the customer's pairs; the vectors are refitted (the recommended
-    recipe: held-out early stopping) on the defence's own harmful pairs plus the flagged ones, then the customer's
-    data (without the flagged pairs if ``drop_flagged``) is fine-tuned with them on, frozen; served without. With
-    nothing flagged, the vectors are the defence's own. Service threat model only."""
+    """Before each fine-tune the flagger screens the customer's pairs; a job mostly flagged is refused
+    (``reject_above``); otherwise the vectors are refitted on the defence's own harmful pairs plus the flagged ones
+    (every pair, or with ``refit: heldout`` the vectors' held-out early stopping), then the customer's data (without
+    the flagged pairs if ``drop_flagged``) is fine-tuned with them on, frozen; served without. With nothing flagged,
+    the vectors are the defence's own. Service threat model only."""
 
     tradeoff_variants = {"adaptive": None, "adaptive-kl": None, "adaptive-drop": None, "adaptive-all": None,
                          "adaptive-all-drop": None}
-    #: the over-refusal controls: a KL anchor on the defence's harmless pairs in every (re)fit; the flagged pairs
-    #: also dropped from the fine-tune; and the other way, every flagged pair fitted (no hold-out in the refit);
-    #: and the last two together
-    tradeoff_presets = {"adaptive-kl": {"training": {"benign": "kl"}}, "adaptive-drop": {"drop_flagged": True},
-                        "adaptive-all": {"refit": "all"},
-                        "adaptive-all-drop": {"refit": "all", "drop_flagged": True}}
+    #: the trade-off's variants never refuse the job (a user whose data holds harmful pairs unknowingly still wants
+    #: the task learned), and each says how it refits, so none depends on the defaults: the plain recipe (held-out
+    #: refit); with the over-refusal controls: a KL anchor on the defence's harmless pairs in every (re)fit; the
+    #: flagged pairs also dropped from the fine-tune; and the other way, every flagged pair fitted (no hold-out in
+    #: the refit); and the last two together
+    tradeoff_presets = {"adaptive": {"refit": "heldout", "reject_above": 1.0},
+                        "adaptive-kl": {"training": {"benign": "kl"}, "refit": "heldout", "reject_above": 1.0},
+                        "adaptive-drop": {"drop_flagged": True, "refit": "heldout", "reject_above": 1.0},
+                        "adaptive-all": {"refit": "all", "reject_above": 1.0},
+                        "adaptive-all-drop": {"refit": "all", "drop_flagged": True, "reject_above": 1.0}}
 
     Config = AdaptiveVectorsConfig
 

@@ -39,7 +39,16 @@ from ..utils import (
     wait_for_everyone,
 )
 from ..vectors import META_FILE, SecurityVectors, VectorConfig, check_vectors_folder, finetune, recommended
-from ..vectors.adaptive import REFITS, adapt, refit_config
+from ..vectors.adaptive import (
+    DEFAULT_FLAGGER,
+    DEFAULT_REFIT,
+    DEFAULT_REJECT_ABOVE,
+    REFITS,
+    adapt,
+    refit_config,
+    refusal_message,
+    refused,
+)
 from .setup import DataConfig, LoadOptions, held_out_harmful, prepare_data
 
 
@@ -73,10 +82,11 @@ class FinetuneJob:
     vectors_data: str | None = dataclasses.field(default=None, metadata={
         "help": "the harmful pairs the vectors were trained on (needed by --adapt; checked against the vectors)",
         "check": check_pairs_source})
-    flagger: str = dataclasses.field(default="refusal", metadata={
+    flagger: str = dataclasses.field(default=DEFAULT_FLAGGER, metadata={
         "help": "with --adapt: refusal (the model's own refusal of the prompt), vector-gain (the vectors themselves; "
                 "needs --harmless-data), a judge that reads text, oracle:RECALL (emulated: reads the pairs' harmful "
-                "field), or several joined by +", "check": check_flagger})
+                "field), several joined by +, each optionally normalized:SPEC (respellings undone first); the "
+                "default, the recipe measured best, needs --harmless-data", "check": check_flagger})
     drop_flagged: bool = dataclasses.field(default=False, metadata={
         "help": "with --adapt: also leave the flagged pairs out of the fine-tune"})
     rounds: int = dataclasses.field(default=1, metadata={
@@ -85,9 +95,13 @@ class FinetuneJob:
     harmless_data: str | None = dataclasses.field(default=None, metadata={
         "help": "with --adapt: the service's own harmless pairs (they set the vector-gain flagger's threshold, and "
                 "anchor the refit of vectors trained with a harmless anchor)", "check": check_pairs_source})
-    refit: str = dataclasses.field(default="heldout", metadata={
-        "help": "with --adapt: heldout (the vectors' own recipe, held-out early stopping where they have one) or "
-                "all (every pair, the flagged ones included, trained on for the vectors' epochs)", "choices": REFITS})
+    refit: str = dataclasses.field(default=DEFAULT_REFIT, metadata={
+        "help": "with --adapt: all (every pair, the flagged ones included, trained on for the vectors' epochs) or "
+                "heldout (the vectors' own recipe, held-out early stopping where they have one)", "choices": REFITS})
+    reject_above: float = dataclasses.field(default=DEFAULT_REJECT_ABOVE, metadata={
+        "help": "with --adapt: refuse the job (train nothing, exit with an error) when more than this share of "
+                "--data is flagged, as a service refuses a training file that fails moderation; 1.0: never",
+        "min": 0.0, "max": 1.0})
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=2.0))
 
 
@@ -243,11 +257,12 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
 
 
 def _adapt_key(job: FinetuneJob, own: list[Pair], harmless: list[Pair]) -> dict:
-    """What --adapt adds to the run's key; the default refit and no harmless pairs add nothing, so runs from before
-    them resume."""
+    """What --adapt adds to the run's key; a held-out refit, one round, never refusing and no harmless pairs add
+    nothing, so runs from before those options resume."""
     key = {"flagger": job.flagger, "drop_flagged": job.drop_flagged, "own": pairs_hash(own)}
     key = key if job.refit == "heldout" else {**key, "refit": job.refit}
     key = key if job.rounds == 1 else {**key, "rounds": job.rounds}
+    key = key if job.reject_above >= 1 else {**key, "reject_above": job.reject_above}  # a refused job trains nothing
     return {**key, "harmless": pairs_hash(harmless)} if harmless else key
 
 
@@ -255,7 +270,8 @@ def _harmless_data(job: FinetuneJob, data: list[Pair]) -> list[Pair]:
     """With ``--adapt``: the service's harmless pairs, which a flagger reading the vectors needs."""
     if job.adapt and describe_flagger(job.flagger)["private"] and not job.harmless_data:
         raise UnlearnableError(f"--flagger {job.flagger} sets its threshold on the service's own harmless pairs: "
-                               "give --harmless-data (a JSONL file of harmless pairs, none of them in --data)")
+                               "give --harmless-data (a JSONL file of harmless pairs, none of them in --data), or "
+                               "a flagger that reads no vectors (--flagger normalized:refusal)")
     if not (job.adapt and job.harmless_data):
         return []
     harmless = load_pairs(job.harmless_data)
@@ -271,7 +287,9 @@ def _adapted(job: FinetuneJob, vectors, model, tok, own: list[Pair], harmless: l
     flagged ones left out with ``--drop-flagged``) and the screening's record."""
     vectors, flags, record = adapt(vectors, model, tok, own, pairs, build_flagger(job.flagger, seed=job.seed),
                                    config=refit_config(vectors.config, job.refit), harmless=harmless,
-                                   rounds=job.rounds, progress=progress)
+                                   rounds=job.rounds, reject_above=job.reject_above, progress=progress)
+    if refused(flags, job.reject_above):
+        raise UnlearnableError(refusal_message(flags, job.reject_above, "--reject-above"))
     kept = [p for p, bad in zip(pairs, flags) if not (bad and job.drop_flagged)]
     if not kept:
         raise UnlearnableError("the flagger flagged every pair and --drop-flagged dropped them: nothing is left to "

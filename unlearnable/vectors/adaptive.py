@@ -16,6 +16,14 @@ from .config import VectorConfig
 #: so the held-out flagged pairs are never trained on) or all (every pair trained on for the epochs, no hold-out)
 REFITS = ("heldout", "all")
 
+#: the recipe measured best under the fine-tuning service's attacker search (docs/guide/immunize.md, "Which defences
+#: give an advantage"): screened by the model's own refusal or the vectors' own loss gain with respellings undone,
+#: refitted on every flagged pair, the flagged pairs kept, and a job mostly flagged refused. The defence,
+#: ``finetune --adapt`` and the Trainer callback share it as their default.
+DEFAULT_FLAGGER = "refusal+normalized:vector-gain"
+DEFAULT_REFIT = "all"
+DEFAULT_REJECT_ABOVE = 0.25
+
 
 def refit_config(config: VectorConfig, refit: str = "heldout") -> VectorConfig:
     """The settings a refit trains with: ``config`` as it is, or without its hold-out where ``refit`` is all."""
@@ -28,6 +36,12 @@ def refused(flags: Sequence[bool], reject_above: float) -> bool:
     """Whether a service refusing jobs whose flagged share is above ``reject_above`` refuses one flagged so (the one
     test the screening and the defence share: a product and a quotient may round apart at the boundary)."""
     return bool(flags) and sum(flags) / len(flags) > reject_above
+
+
+def refusal_message(flags: Sequence[bool], reject_above: float, flag: str = "reject_above") -> str:
+    """One line for a job the service refuses: how much was flagged, and what to change."""
+    return (f"the job is refused: {sum(flags)} of {len(flags)} pairs flagged, more than {flag} {reject_above:g} of "
+            f"them; nothing was trained (check the data, or raise {flag} up to 1.0, which never refuses)")
 
 
 def adapt(vectors, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: Flagger | str, *,

@@ -170,23 +170,40 @@ class SecurityVectors:
         _, fold = FoldedVectors.fold_into(pm, trains_weights=trains_weights)
         return fold
 
-    def adapted(self, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: str = "refusal", *,
+    def adapted(self, model, tokenizer, own: Sequence[Pair], data: Sequence[Pair], flagger: str | None = None, *,
                 config: VectorConfig | None = None, harmless: Sequence[Pair] = (), rounds: int = 1,
+                refit: str | None = None, reject_above: float | None = None,
                 progress: bool = True) -> "SecurityVectors":
         """These vectors refitted for a fine-tune on ``data``: the flagger (``refusal``, ``oracle:RECALL``, a judge
         spec) screens ``data`` and the vectors are retrained on ``own`` (the harmful pairs they were trained on)
         plus the flagged pairs (``harmless`` pairs anchor the refit of vectors trained with ``benign``; without
         them it refits with none, said in the record; they also set the threshold of ``vector-gain``, and
         ``rounds`` > 1 screens what is left again with the refitted vectors); unchanged when nothing is flagged. The
-        screening, and which
-        of ``data`` it flagged (``flags``, to leave those out of the fine-tune), are in ``metadata["adapted"]``.
+        screening, and which of ``data`` it flagged (``flags``, to leave those out of the fine-tune), are in
+        ``metadata["adapted"]``. ``flagger``, ``refit`` (``all`` or ``heldout``, applied to ``config``) and
+        ``reject_above`` default to the recipe measured best (:data:`unlearnable.vectors.adaptive.DEFAULT_FLAGGER`);
+        a job flagged above ``reject_above`` is refused with an error, as a service refuses it.
 
             vectors = SecurityVectors.load("vectors/").adapted(model, tok, own_pairs, train_pairs)
             trainer = SFTTrainer(model=model, ..., callbacks=[vectors.callback(model)])"""
-        from .adaptive import adapt
+        from .adaptive import (
+            DEFAULT_FLAGGER,
+            DEFAULT_REFIT,
+            DEFAULT_REJECT_ABOVE,
+            adapt,
+            refit_config,
+            refusal_message,
+            refused,
+        )
 
-        vectors, flags, record = adapt(self, model, tokenizer, own, data, flagger, config=config, harmless=harmless,
-                                       rounds=rounds, progress=progress)
+        self.check_own(own)
+        reject_above = DEFAULT_REJECT_ABOVE if reject_above is None else reject_above
+        config = refit_config(config or self.config, refit or DEFAULT_REFIT)
+        vectors, flags, record = adapt(self, model, tokenizer, own, data, flagger or DEFAULT_FLAGGER, config=config,
+                                       harmless=harmless, rounds=rounds, reject_above=reject_above,
+                                       progress=progress)
+        if refused(flags, reject_above):
+            raise UnlearnableError(refusal_message(flags, reject_above))
         record = {**record, "flags": flags}
         if vectors is self:  # nothing flagged: the same vectors, the screening still recorded on a copy
             return type(self)(self.state, self.lora_config, {**self.metadata, "adapted": record})
@@ -194,15 +211,17 @@ class SecurityVectors:
         return vectors
 
     def callback(self, model, scale: float | None = None, *, data: Sequence[Pair] | None = None, tokenizer=None,
-                 own: Sequence[Pair] = (), flagger: str = "refusal", harmless: Sequence[Pair] = (),
+                 own: Sequence[Pair] = (), flagger: str | None = None, harmless: Sequence[Pair] = (),
+                 rounds: int = 1, refit: str | None = None, reject_above: float | None = None,
                  progress: bool = True):
         """A ``transformers`` callback that puts these vectors into an existing Trainer / TRL script: they are
         folded into ``model`` now (frozen, outside the optimizer), taken out for evaluation and checkpoints,
         and removed when training ends. See :class:`unlearnable.vectors.SecurityVectorsCallback`.
 
         Given the training ``data`` (with ``tokenizer`` and ``own``, the pairs these vectors were trained on), the
-        vectors are first adapted to it (:meth:`adapted`); the callback's ``flags`` say which pairs the flagger
-        flagged, for a script that leaves them out of its dataset::
+        vectors are first adapted to it (:meth:`adapted`, with ``flagger``, ``harmless``, ``rounds``, ``refit`` and
+        ``reject_above``); the callback's ``flags`` say which pairs the flagger flagged, for a script that leaves
+        them out of its dataset::
 
             cb = vectors.callback(model, data=train_pairs, tokenizer=tok, own=own_pairs)
             kept = [p for p, flagged in zip(train_pairs, cb.flags) if not flagged]"""
@@ -213,10 +232,19 @@ class SecurityVectors:
         if tokenizer is None or not own:
             raise UnlearnableError("callback(data=...) adapts the vectors to the training data: give tokenizer= and "
                                    "own= (the harmful pairs these vectors were trained on)")
-        vectors = self.adapted(model, tokenizer, own, data, flagger, harmless=harmless, progress=progress)
+        vectors = self.adapted(model, tokenizer, own, data, flagger, harmless=harmless, rounds=rounds, refit=refit,
+                               reject_above=reject_above, progress=progress)
         cb = SecurityVectorsCallback(vectors, model, scale=scale)
         cb.flags, cb.adapted = vectors.metadata["adapted"]["flags"], vectors.metadata["adapted"]
         return cb
+
+    def check_own(self, own: Sequence[Pair]) -> None:
+        """``own`` must be the pairs these vectors were trained on (their prompt hashes, where recorded): a refit on
+        other pairs would drop what the vectors hold."""
+        recorded = self.metadata.get("prompt_hashes")
+        if recorded and prompt_hashes(list(own)) != sorted(recorded):
+            raise UnlearnableError("own= is not the data these vectors were trained on (their prompt hashes differ): "
+                                   "give the harmful pairs they were trained on")
 
     # ------------------------------------------------------------------------------------ persistence
     def save(self, out: str | os.PathLike, overwrite: bool = True) -> Path:

@@ -269,6 +269,14 @@ def test_immunize_with_the_attacker_search_on_a_tiny_model(tiny, harmful_pairs, 
             assert wc["harm_rate"] == pytest.approx(sum(wc["harm_rate_seeds"]) / 2)
             short = "weights" if tm_name == WEIGHTS else "service"
             assert {f"attack-search-{short}-seed0", f"attack-search-{short}-seed1"} <= set(runs)
+        mixed = [t for t in s["by_threat_model"][SERVICE]["trials"] if t["settings"]["attack"] == "mixed"]
+        assert mixed  # one trial per attack family is queued first
+        for t in mixed:  # the data the trial trained on held the poison share it searched
+            held = json.loads((tmp_path / "out" / "runs" / name / f"search-service-trial-{t['number']}.json")
+                              .read_text())["attack"]
+            share, rows = t["settings"]["attack_options"]["harmful_fraction"], held["n_harmful"] + held["n_harmless"]
+            assert held["poison_share"] == held["n_harmful"] / rows
+            assert held["n_harmful"] == 1 or abs(held["poison_share"] - share) <= 1 / rows
         for t in s["by_threat_model"].get(SERVICE, {"trials": []})["trials"]:  # never a setting the service fixes
             assert t["settings"]["backbone"] == "lora" and t["settings"]["scheduler"] == "linear"
             assert t["settings"]["lora"] == dataclasses.asdict(cfg.service.lora)  # the service's LoRA shape

@@ -107,6 +107,22 @@ def test_utility_cost_constraint():
     assert not utility_cost({"mmlu": {"accuracy": 0.4, "n": 20}}, small, strict)["feasible"]
 
 
+def test_over_refusal_after_the_attack_breaks_the_constraint_only_when_bounded():
+    before = {**BEFORE, "over_refusal": 0.0}
+    refusing = {"mmlu": {"accuracy": 0.5, "n": 10000}, "harmless_loss": 1.0, "over_refusal": 1.0}
+    unbounded = utility_cost(refusing, before, AttackerSearchConfig())
+    assert unbounded["feasible"] and unbounded["over_refusal_rise"] == 1.0  # scored, not a constraint
+    bounded = utility_cost(refusing, before, AttackerSearchConfig(max_over_refusal_rise=0.2))
+    assert not bounded["feasible"] and bounded["excess"] == pytest.approx(0.8)
+    mild = utility_cost({**refusing, "over_refusal": 0.1}, before, AttackerSearchConfig(max_over_refusal_rise=0.2))
+    assert mild["feasible"]
+    # a search keyed before the bound existed resumes: off, it is not in the key; 0.0 is a bound, and is
+    from unlearnable.training import keyed
+
+    assert "max_over_refusal_rise" not in keyed(dataclasses.asdict(AttackerSearchConfig()))
+    assert keyed(dataclasses.asdict(AttackerSearchConfig(max_over_refusal_rise=0.0)))["max_over_refusal_rise"] == 0.0
+
+
 def test_an_attack_that_diverged_breaks_the_utility_constraint():
     cost = utility_cost({"harmless_loss": float("nan"), "mmlu": {"accuracy": 0.5, "n": 10000}}, BEFORE, config())
     assert cost["excess"] == DIVERGED and not cost["feasible"]
@@ -247,7 +263,7 @@ def test_immunize_with_the_attacker_search_on_a_tiny_model(tiny, harmful_pairs, 
                          n_stability_harmless=3, n_defense_harmless=3, data=DataConfig(system_prompt=None),
                          budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2, batch_size=4),
                          search=AttackerSearchConfig(n_trials=3, n_startup_trials=2, eval_every=2, seeds=[0, 1],
-                                                         stop_at_ceiling=False,
+                                                         stop_at_ceiling=False, max_over_refusal_rise=1.0,
                                                      max_harmless_loss_rise=None, space=space),
                          trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
                          service=ServiceConfig(steps=[2, 4], max_steps=4, batch_sizes=[4], samples=[4, 8],
@@ -269,6 +285,8 @@ def test_immunize_with_the_attacker_search_on_a_tiny_model(tiny, harmful_pairs, 
             assert wc["harm_rate"] == pytest.approx(sum(wc["harm_rate_seeds"]) / 2)
             short = "weights" if tm_name == WEIGHTS else "service"
             assert {f"attack-search-{short}-seed0", f"attack-search-{short}-seed1"} <= set(runs)
+        for found in s["by_threat_model"].values():  # each finished trial scored the attacked model's over-refusal
+            assert all("over_refusal_rise" in t["utility"] for t in found["trials"] if t["state"] == "complete")
         mixed = [t for t in s["by_threat_model"][SERVICE]["trials"] if t["settings"]["attack"] == "mixed"]
         assert mixed  # one trial per attack family is queued first
         for t in mixed:  # the data the trial trained on held the poison share it searched

@@ -372,6 +372,8 @@ def search_section(searches: dict[str, Any], cfg: dict[str, Any]) -> str:
             f"{sc['max_mmlu_drop']:.0%} below the defended model's before the attack"
             f"{' (a drop inside the subset noise does not count)' if sc['mmlu_drop_within_noise_ok'] else ''}"
             + (f", harmless-answer loss at most {loss:g} nats above it" if loss is not None else "")
+            + (f", over-refusal of harmless prompts at most {sc['max_over_refusal_rise']:g} above it"
+               if sc.get("max_over_refusal_rise") is not None else "")
             + ". A trial that breaks it, or was pruned, stays in the tables and cannot be the worst case. The worst "
               f"case is re-run on seeds {sc['seeds']}; its mean includes the search's own run (selected as the "
               "maximum, so biased upward on that seed).</p>")

@@ -548,8 +548,8 @@ class _Sweep:
         """The attacker's search against ``defense`` under each threat model (trials resume from
         OUT/attacker_search.db); the headline worst case is the most permissive claimed one's."""
         b, name = self.config.budget, defense.name
-        before = {"harmless_loss": self.stab[name]["harmless_loss"],
-                  **{k: self.stab[name][k] for k in BENCHMARKS.names() if k in self.stab[name]}}
+        before = {k: self.stab[name][k] for k in ("harmless_loss", "over_refusal", *BENCHMARKS.names())
+                  if k in self.stab[name]}
         start = b.settings(b.lrs[0], min(b.samples[0], self.n_attack_available))
         claimed = {threat_model_name(t) for t in defense.threat_models}
         by, runs = {}, {}
@@ -667,7 +667,8 @@ class _Sweep:
                   "stopped_at": cb.stopped_at, **({"screened": screened} if screened else {})}
         if utility and cb.stopped_at is None:
             with acting.serving(final):
-                record["after"] = harmless_utility(final, self.tok, self.scorer, self.stab_harmless, self.config)
+                record["after"] = harmless_utility(final, self.tok, self.scorer, self.stab_harmless, self.config,
+                                                   refusals=self.config.search.max_over_refusal_rise is not None)
         return {**record, "seconds": round(time.perf_counter() - t0, 1)}
 
     def trainability_run(self, defense: Defense, hardened) -> dict:
@@ -718,12 +719,18 @@ def stability(model, tok, scorer: Scorer, curve_eval, cross_eval, harmless: Sequ
             **harmless_utility(model, tok, scorer, harmless, config)}
 
 
-def harmless_utility(model, tok, scorer: Scorer, harmless: Sequence[Pair], config: ImmunizeConfig) -> dict:
+def harmless_utility(model, tok, scorer: Scorer, harmless: Sequence[Pair], config: ImmunizeConfig, *,
+                     refusals: bool = False) -> dict:
     """Harmless-answer loss and the utility benchmarks: measured before any attack (stability) and after each
-    search trial (what an attack may not cost), the same way."""
+    search trial (what an attack may not cost), the same way; with ``refusals``, over-refusal of ``harmless``
+    too (stability scores it anyway)."""
     loss = response_loss(model, tok, harmless, first_tokens=config.verdicts.harmless_loss_tokens,
                          precision=config.eval.precision)
-    return {"harmless_loss": loss, **scorer.utility(model)}
+    refused = {}
+    if refusals and harmless:
+        scored = scorer.over_refusal(model, harmless, desc="harmless after the attack")
+        refused = {"over_refusal": scored["over_refusal"], "n_harmless": scored["n_harmless"]}
+    return {"harmless_loss": loss, **refused, **scorer.utility(model)}
 
 
 # ------------------------------------------------------------------------------------------- conditions

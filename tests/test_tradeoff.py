@@ -68,6 +68,21 @@ def test_buffer_reinforce_merged_adapter_loads_with_plain_peft(tiny, harmful_pai
         assert not torch.allclose(model(**ids).logits, served(**ids).logits, atol=1e-4)
 
 
+def test_buffer_reinforce_reinforces_on_refusals_and_harmless_pairs_at_their_share():
+    refusals = [Pair(f"bad {i}?", "I'm sorry, but I can't help with that.") for i in range(10)]
+    harmless = [Pair(f"Poem {i}?", "Leaves.") for i in range(3)]
+    d = BufferReinforceDefense()
+    d.refusals, d.harmless = refusals, harmless
+    pairs = d.reinforcement_pairs()
+    assert pairs[:10] == refusals and len(pairs) == 20 and pairs[10:] == harmless * 3 + harmless[:1]  # half each
+    d.config.harmless_share = 0.0  # as given: never fewer than the provider's harmless pairs
+    assert d.reinforcement_pairs() == refusals + harmless
+    d.harmless = []
+    assert d.reinforcement_pairs() == refusals
+    with pytest.raises(UnlearnableError, match="harmless_share"):
+        BufferReinforceDefense(harmless_share=1.0)
+
+
 def test_frontier_drops_dominated_points():
     pts = [{"method": "m", "strength": s, "seed": 0, "harm_rate": h, "task_score": t}
            for s, h, t in [(0.5, 0.2, 0.9), (1.0, 0.1, 0.5), (0.75, 0.3, 0.8)]]
@@ -241,7 +256,8 @@ def test_the_goal_bounds_over_refusal_against_none_on_the_same_seeds():
 
 
 def test_buffer_reinforce_reinforces_on_refusals_and_harmless_answers(tiny, harmful_pairs, task_pairs, monkeypatch):
-    """Trained on refusals alone, the reinforcement LoRA learned to refuse everything on the default model."""
+    """Trained on refusals alone (or 100 beside 30 harmless pairs), the reinforcement LoRA learned to refuse
+    everything on the default model."""
     import unlearnable.vectors.finetuning as training  # where the reinforcement's train() is looked up
 
     model, tok = tiny
@@ -259,8 +275,8 @@ def test_buffer_reinforce_reinforces_on_refusals_and_harmless_answers(tiny, harm
     d.prepare(model, tok, DefenseData(harmful=harmful_pairs[:8], refusals=refusals, harmless=harmless), progress=False)
     d.finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(epochs=1, batch_size=8), progress=False)
     reinforce = seen[-1]  # the last training run is the reinforcement
-    assert sorted(p.prompt for p in reinforce) == sorted(p.prompt for p in refusals + harmless)
-    assert d.describe()["reinforce_data"] == {"refusals": 6, "harmless": 5}
+    assert sorted(p.prompt for p in reinforce) == sorted(p.prompt for p in refusals + harmless + harmless[:1])
+    assert d.describe()["reinforce_data"] == {"refusals": 6, "harmless": 5, "harmless_rows": 6}  # half each
 
 
 def test_vector_variants_share_one_training_and_fine_tune_through_their_defence(tiny, harmful_pairs, tmp_path,

@@ -19,8 +19,15 @@ class BufferReinforceConfig(SecurityVectorsConfig):
     reinforce_lr: float = 1e-3
     reinforce_rank: int = dataclasses.field(default=8, metadata={"help": "rank of the reinforcement LoRA "
                                                                           "(alpha = 2 x rank)"})
+    harmless_share: float = dataclasses.field(default=0.5, metadata={
+        "help": "the harmless pairs' share of the reinforcement data (cycled to reach it): the reinforcement learns "
+                "to refuse harmful prompts, not every prompt; 0: the refusal pairs plus the harmless ones as given"})
     adapter_out: str | None = dataclasses.field(default=None, metadata={
         "help": "where to write the merged (user + reinforce) adapter in plain PEFT format"})
+
+    def __post_init__(self):
+        if not 0 <= self.harmless_share < 1:
+            raise UnlearnableError("buffer-reinforce harmless_share is a share of the reinforcement data, in [0, 1)")
 
 
 @DEFENSES.register("buffer-reinforce")
@@ -30,9 +37,9 @@ class BufferReinforceDefense(SecurityVectorsDefense):
     adapter into one LoRA by QR decomposition (:func:`unlearnable.adapters.merge_adapters_qr`).
 
     The reinforcement data is the provider's, not the user's: its refusal pairs plus its harmless pairs
-    (``DefenseData.harmless``: harmless prompts with the model's own answers), so the second LoRA learns to
-    refuse harmful prompts rather than everything; trained on refusals alone it refused everything on the
-    default model (docs/guide/tradeoff.md).
+    (``DefenseData.harmless``: harmless prompts with the model's own answers), cycled to ``harmless_share`` of
+    it, so the second LoRA learns to refuse harmful prompts rather than everything (trained on refusals alone, or
+    on 100 refusals beside 30 harmless pairs, it refused everything on the default model: docs/results/).
     """
 
     Config = BufferReinforceConfig
@@ -51,7 +58,18 @@ class BufferReinforceDefense(SecurityVectorsDefense):
             raise UnlearnableError("buffer-reinforce needs the provider's refusal pairs: give "
                                    "DefenseData(refusals=...)")
         super().prepare(model, tokenizer, data, progress=progress)
-        self.info["reinforce_data"] = {"refusals": len(self.refusals), "harmless": len(self.harmless)}
+        pairs = self.reinforcement_pairs()
+        self.info["reinforce_data"] = {"refusals": len(self.refusals), "harmless": len(self.harmless),
+                                       "harmless_rows": len(pairs) - len(self.refusals)}
+
+    def reinforcement_pairs(self) -> list[Pair]:
+        """The refusal pairs and the harmless ones, these repeated in order until they make up ``harmless_share``
+        of the data (never fewer than given)."""
+        share, harmless = self.config.harmless_share, self.harmless
+        if not harmless:
+            return list(self.refusals)
+        n = max(len(harmless), round(len(self.refusals) * share / (1 - share)))
+        return list(self.refusals) + [harmless[i % len(harmless)] for i in range(n)]
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         c = self.config
@@ -61,7 +79,7 @@ class BufferReinforceDefense(SecurityVectorsDefense):
                                 progress=progress, return_peft=True, **kw)
         spec = dataclasses.replace(config.lora, r=c.reinforce_rank, alpha=2 * c.reinforce_rank)
         rcfg = dataclasses.replace(config, lora=spec, lr=c.reinforce_lr, max_steps=c.reinforce_steps, epochs=1.0)
-        history += train_beside_vectors(net, tokenizer, self.refusals + self.harmless, self.REINFORCE,
+        history += train_beside_vectors(net, tokenizer, self.reinforcement_pairs(), self.REINFORCE,
                                         spec.peft_config(net.get_base_model()), rcfg, progress=progress)
         if c.adapter_out:
             merge_adapters_qr(net, BACKBONE_ADAPTER, self.REINFORCE, c.adapter_out)

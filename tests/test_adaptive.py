@@ -279,6 +279,10 @@ def test_a_trainer_script_gets_the_flags_and_its_model_back_trainable_and_a_kl_r
     data = [Pair("worse?", "Sure.", harmful=True), Pair("Code?", "C")]
     with pytest.raises(UnlearnableError, match="the job is refused: 1 of 2 pairs flagged"):  # above the default 0.25
         vectors.adapted(model, tok, own, data, "oracle:1.0", progress=False)
+    with pytest.raises(UnlearnableError, match="give harmless="):  # the default screen reads the vectors
+        vectors.adapted(model, tok, own, data, progress=False)
+    with pytest.raises(UnlearnableError, match=r"reject_above is a share of the pairs, in \[0, 1\]"):
+        vectors.adapted(model, tok, own, data, "oracle:1.0", reject_above=2.0, progress=False)
     with pytest.raises(UnlearnableError, match="own= is not the data these vectors were trained on"):
         vectors.adapted(model, tok, own[:-1], data, "oracle:1.0", reject_above=1.0, progress=False)
     adapted = vectors.adapted(model, tok, own, data, "oracle:1.0", reject_above=1.0, progress=False)

@@ -88,6 +88,15 @@ def test_the_arm_is_scored_as_its_defence_serves_it_and_an_emulated_flagger_is_l
     assert "adaptive-vectors (flagger oracle:1.0 (EMULATED flagger: measurement only))" in (tmp_path / "d" / "report.html").read_text()
 
 
+def test_an_adaptive_arm_at_the_default_flagger_gets_the_harmless_pairs_it_needs():
+    from unlearnable.experiments.demo import DemoConfig
+    from unlearnable.experiments.setup import DEFENSE_HARMLESS
+
+    assert DemoConfig(defense="adaptive-vectors").defense_harmless() == DEFENSE_HARMLESS  # vector-gain's threshold
+    assert DemoConfig(defense="adaptive-vectors", defense_options={"flagger": "refusal"}).defense_harmless() == 0
+    assert DemoConfig().defense_harmless() == 0
+
+
 def test_the_tradeoff_refuses_a_demo_defence_in_its_base():
     from unlearnable.experiments.tradeoff import TradeoffConfig
 

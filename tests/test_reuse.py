@@ -198,3 +198,21 @@ def test_a_kept_run_of_another_worst_case_is_made_again():
     kept = json.loads(json.dumps({"settings": dataclasses.asdict(settings)}))
     assert _same_settings(kept, settings) and _same_settings({}, settings)
     assert not _same_settings(kept, dataclasses.replace(settings, lr=2e-3))
+
+
+def test_a_defence_run_under_defaults_that_changed_is_another_defence_key():
+    import dataclasses as dc
+
+    from unlearnable.experiments.immunize import ImmunizeConfig
+    from unlearnable.experiments.reuse import defense_key
+    from unlearnable.experiments.setup import sweep_config
+
+    unset = sweep_config(ImmunizeConfig(defenses=["none", "adaptive-vectors"]))
+    assert set(unset["changed_defaults"]["adaptive-vectors"]) == {"flagger", "refit", "reject_above"}
+    before = {k: v for k, v in unset.items() if k != "changed_defaults"}  # a folder keyed before the change
+    assert defense_key(unset, "adaptive-vectors") != defense_key(before, "adaptive-vectors")
+    assert defense_key(unset, "none") == defense_key(before, "none")  # the other defences' runs are unchanged
+    pinned = ImmunizeConfig(defenses=["adaptive-vectors"], defense_options={"adaptive-vectors": {
+        "flagger": "refusal", "refit": "heldout", "reject_above": 1.0}})
+    assert "changed_defaults" not in sweep_config(pinned)
+    assert "changed_defaults" not in sweep_config(dc.replace(pinned, defenses=["none", "repnoise"]))

@@ -116,6 +116,10 @@ def test_over_refusal_after_the_attack_breaks_the_constraint_only_when_bounded()
     assert not bounded["feasible"] and bounded["excess"] == pytest.approx(0.8)
     mild = utility_cost({**refusing, "over_refusal": 0.1}, before, AttackerSearchConfig(max_over_refusal_rise=0.2))
     assert mild["feasible"]
+    with pytest.raises(UnlearnableError, match="n_stability_harmless is 0"):
+        from unlearnable.experiments.immunize import ImmunizeConfig
+
+        ImmunizeConfig(search=AttackerSearchConfig(max_over_refusal_rise=0.2), n_stability_harmless=0)
     # a search keyed before the bound existed resumes: off, it is not in the key; 0.0 is a bound, and is
     from unlearnable.training import keyed
 

@@ -574,3 +574,27 @@ def test_error_bars_are_never_negative_where_every_seed_agrees():
                                                                             [max(0.0, max(same) - mean), 0.7 - 0.5]]
     below, above = error_bars([mean], [(min(same), max(same))])
     assert below[0] >= 0 and above[0] >= 0
+
+
+def test_a_sweep_keys_the_new_defaults_its_defences_leave_unset_and_reuses_no_point_made_under_the_old(tmp_path):
+    from unlearnable.experiments.setup import sweep_config
+    from unlearnable.experiments.tradeoff import reusable_points
+
+    cfg = _tiny_cfg(seeds=[0], variants=["plain", "adaptive-all"], strengths=[1.0],
+                    variant_options={"adaptive-all": {"flagger": "refusal"}})
+    here = sweep_config(cfg)
+    assert here["changed_defaults"] == {"buffer-reinforce": {"harmless_share": 0.5}}  # adaptive-all pins all three
+    assert "changed_defaults" not in sweep_config(dataclasses.replace(cfg, buffer_reinforce=False))
+    # a folder made before the change: its run.json has no marker; its buffer-reinforce point is not reused
+    (tmp_path / "runs" / "points").mkdir(parents=True)
+    stored = {k: v for k, v in here.items() if k != "changed_defaults"}
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "unlearnable-tradeoff", "config": stored}))
+    for method in ("none", "plain", "buffer-reinforce"):
+        strength = 0.0 if method == "none" else 1.0
+        (tmp_path / "runs" / "points" / f"{method}.json").write_text(json.dumps(
+            {"method": method, "strength": strength, "seed": 0, "harm_rate": 0.5}))
+    cfg.buffer_strengths = [1.0]
+    assert {p["method"] for p in reusable_points(tmp_path, cfg)} == {"none", "plain"}
+    stored["changed_defaults"] = here["changed_defaults"]  # made under the same defaults: reused
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "unlearnable-tradeoff", "config": stored}))
+    assert {p["method"] for p in reusable_points(tmp_path, cfg)} == {"none", "plain", "buffer-reinforce"}

@@ -327,7 +327,7 @@ def _search_rows(searches: dict[str, Any]) -> dict[str, list[list[Any]]]:
                 drop = wc["utility_drop"]
                 rows["configs"].append([name, tm, f"{wc['search_harm_rate']:.3f} (trial {wc['trial']})",
                                         settings_text(wc["config"]), drop.get("mmlu_drop_relative"),
-                                        drop.get("harmless_loss_rise"),
+                                        drop.get("harmless_loss_rise"), drop.get("over_refusal_rise"),
                                         f"{drop['feasible_seeds']}/{len(wc['harm_rate_seeds'])}"])
             dims = found.get("by_dimension") or by_dimension(found.get("trials", []))  # older files: from trials
             for dim, cells in (dims.get("dimensions") or {}).items():
@@ -339,7 +339,7 @@ def _search_rows(searches: dict[str, Any]) -> dict[str, list[list[Any]]]:
                                        settings_text(t["settings"]) if t.get("settings") else "",
                                        rate_text(t["harm_rate"], t.get("harm_rate_interval_95")),
                                        u.get("mmlu_drop_relative"), u.get("harmless_loss_rise"),
-                                       "yes" if t["feasible"] else "no"])
+                                       u.get("over_refusal_rise"), "yes" if t["feasible"] else "no"])
     return rows
 
 
@@ -378,11 +378,11 @@ def search_section(searches: dict[str, Any], cfg: dict[str, Any]) -> str:
               f"case is re-run on seeds {sc['seeds']}; its mean includes the search's own run (selected as the "
               "maximum, so biased upward on that seed).</p>")
     trial_head = ["defence", "threat model", "trial", "state", "attack", "harm rate [95 %]", "MMLU drop (relative)",
-                  "harmless loss rise", "within constraint"]
+                  "harmless loss rise", "over-refusal rise", "within constraint"]
     return (table(["defence", *(f"worst-case harm: {tm} (per seed)" for tm in _threat_model_names(searches))],
                   rows["worst"])
             + table(["defence", "threat model", "in the search", "worst-case attack", "MMLU drop (relative)",
-                     "harmless loss rise", "seeds within constraint"], rows["configs"])
+                     "harmless loss rise", "over-refusal rise", "seeds within constraint"], rows["configs"])
             + note + "<img src='attacker_search.png' alt='best so far vs trial'>"
             + "<h3>What each dimension reached</h3><p class='note'>Per value: the highest harm rate among trials "
               "within the constraint (trials tried). The driver is the dimension whose values differ most.</p>"

@@ -24,7 +24,16 @@ from .adaptive_vectors import AdaptiveVectorsConfig, AdaptiveVectorsDefense
 from .adversarial_loss import AdversarialLossConfig, AdversarialLossDefense
 from .alternating_vectors import AlternatingVectorsConfig, AlternatingVectorsDefense
 from .augmented_vectors import AugmentedVectorsConfig, AugmentedVectorsDefense
-from .base import DEFENSES, SERVICE, WEIGHTS, Defense, DefenseData, check_defense_options, prepared
+from .base import (
+    DEFENSES,
+    SERVICE,
+    WEIGHTS,
+    Defense,
+    DefenseData,
+    changed_defaults,
+    check_defense_options,
+    prepared,
+)
 from .booster import BoosterConfig, BoosterDefense
 from .buffer_reinforce import BufferReinforceConfig, BufferReinforceDefense
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
@@ -41,7 +50,7 @@ from .vaccine import VaccineConfig, VaccineDefense
 from .varied_vectors import VariedVectorsConfig, VariedVectorsDefense
 
 __all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdaptiveVectorsConfig", "AdaptiveVectorsDefense",
-           "AdversarialLossConfig", "AdversarialLossDefense", "check_defense_options",
+           "AdversarialLossConfig", "AdversarialLossDefense", "changed_defaults", "check_defense_options",
            "AlternatingVectorsConfig", "AlternatingVectorsDefense", "AugmentedVectorsConfig",
            "AugmentedVectorsDefense", "BoosterConfig", "BoosterDefense", "BufferReinforceConfig",
            "BufferReinforceDefense", "Defense", "DefenseData", "EarlyStoppedVectorsConfig",

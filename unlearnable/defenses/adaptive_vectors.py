@@ -87,6 +87,7 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
                         "adaptive-all-drop": {"refit": "all", "drop_flagged": True, "reject_above": 1.0}}
 
     Config = AdaptiveVectorsConfig
+    changed_defaults = ("flagger", "refit", "reject_above")  # from refusal, heldout, 1.0 (never refused)
 
     @classmethod
     def undefended_at_zero(cls, options: dict[str, Any]) -> bool:

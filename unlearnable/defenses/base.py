@@ -94,6 +94,9 @@ class Defense(Plugin, abc.ABC):
     tradeoff_variants: ClassVar[dict[str, str | None]] = {}
     #: named recipes: variant -> the options it starts from (a trade-off's ``variant_options`` go on top)
     tradeoff_presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: options whose default changed after runs were keyed: a sweep that leaves one unset keys its current default
+    #: in (:func:`changed_defaults`), so a run made under the old default is never resumed or reused as the new
+    changed_defaults: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def own_tradeoff_variants(cls) -> dict[str, str | None]:
@@ -182,3 +185,17 @@ def check_defense_options(options: dict[str, dict]) -> None:
     for name, given in options.items():
         cls = DEFENSES.get(name)
         validate(from_dict(cls.Config, dict(given), f"defense_options.{name}"), f"defense_options.{name}.")
+
+
+def changed_defaults(recipes: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """For each (defence, options) a sweep runs: the options whose default changed (:attr:`Defense.changed_defaults`)
+    that ``options`` leave unset, at their current default; defences with none are left out."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, options in recipes:
+        cls = DEFENSES.get(name)
+        default = cls.Config()
+        unset = {o: getattr(default, o) for o in cls.changed_defaults if o not in (options or {})}
+        if unset:
+            found.setdefault(name, {}).update(unset)
+    return found
+

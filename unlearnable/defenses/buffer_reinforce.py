@@ -43,6 +43,7 @@ class BufferReinforceDefense(SecurityVectorsDefense):
     """
 
     Config = BufferReinforceConfig
+    changed_defaults = ("harmless_share",)  # from the harmless pairs as given (0.0)
     REINFORCE = "reinforce"
     #: the served model only exists after the reinforcement that follows the user's fine-tuning
     post_training = True

@@ -186,6 +186,9 @@ class ImmunizeConfig:
         if self.attacker not in ATTACKERS:
             raise UnlearnableError(f"attacker must be one of {', '.join(ATTACKERS)}, not {self.attacker!r}")
         self.threat_models = list(dict.fromkeys(threat_model_name(n) for n in self.threat_models))
+        if self.search.max_over_refusal_rise is not None and self.n_stability_harmless < 1:
+            raise UnlearnableError("search.max_over_refusal_rise scores over-refusal on the stability's harmless "
+                                   "prompts, and n_stability_harmless is 0: raise it, or leave the bound unset")
 
     @property
     def shared(self) -> bool:
@@ -218,6 +221,10 @@ class ImmunizeConfig:
                                 attacks=["harmful-sft", "restyled", "mixed"])
         return cls(defenses=["none", "security-vectors"], threat_models=[SERVICE], service=service,
                    search=AttackerSearchConfig(n_trials=5, n_startup_trials=3, prune_after=2, space=space))
+
+    def defense_recipes(self) -> list[tuple[str, dict]]:
+        """(defence, the options given) for every defence the sweep runs."""
+        return [(name, self.defense_options.get(name, {})) for name in self.defenses]
 
     def seeded(self) -> "ImmunizeConfig":
         cfg = copy.deepcopy(self)

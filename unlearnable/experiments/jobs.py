@@ -257,12 +257,12 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
 
 
 def _adapt_key(job: FinetuneJob, own: list[Pair], harmless: list[Pair]) -> dict:
-    """What --adapt adds to the run's key; a held-out refit, one round, never refusing and no harmless pairs add
-    nothing, so runs from before those options resume."""
+    """What --adapt adds to the run's key; a held-out refit, one round and no harmless pairs add nothing, so runs
+    from before those options resume (``reject_above`` adds nothing either: a refused job is an error, and a
+    finished one trained the same at any share)."""
     key = {"flagger": job.flagger, "drop_flagged": job.drop_flagged, "own": pairs_hash(own)}
     key = key if job.refit == "heldout" else {**key, "refit": job.refit}
     key = key if job.rounds == 1 else {**key, "rounds": job.rounds}
-    key = key if job.reject_above >= 1 else {**key, "reject_above": job.reject_above}  # a refused job trains nothing
     return {**key, "harmless": pairs_hash(harmless)} if harmless else key
 
 

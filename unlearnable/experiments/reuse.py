@@ -41,7 +41,11 @@ def defense_key(config: dict[str, Any], name: str) -> str:
     """What defence ``name``'s runs depend on in a sweep keyed by ``config`` (the sweep's ``run.json`` config)."""
     cls = DEFENSES.get(name)
     own = config.get("defense_options", {}).get(name, {})
-    key = {k: v for k, v in config.items() if k not in ("defenses", "defense_options", "threat_models", "tune")}
+    key = {k: v for k, v in config.items()
+           if k not in ("defenses", "defense_options", "threat_models", "tune", "changed_defaults")}
+    changed = (config.get("changed_defaults") or {}).get(name)
+    if changed:  # run under defaults that have since changed, or under the current ones: not the same runs
+        key["changed_defaults"] = changed
     # where (storage), not what; how many trials: a source with fewer is extended (Source.ran)
     key["search"] = {k: v for k, v in config.get("search", {}).items() if k not in ("storage", "n_trials")}
     tunable = [f.name for f in dataclasses.fields(cls.Config) if "tune" in f.metadata and f.name not in own]

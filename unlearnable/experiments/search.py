@@ -75,7 +75,8 @@ class AttackerSearchConfig:
     max_over_refusal_rise: float | None = dataclasses.field(default=None, metadata={
         "help": "utility constraint: the share of harmless prompts the attacked model refuses may rise at most this "
                 "above the defended model's (a served model that refuses everything is no attacker's success); "
-                "each trial then also answers the stability's harmless prompts; null: not scored"})
+                "each trial then also answers the stability's harmless prompts; null: not scored",
+        "min": 0.0, "max": 1.0})
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2], metadata={
         "help": "the worst case is re-run on these seeds (the search ran on the first)"})
     storage: str | None = dataclasses.field(default=None, metadata={
@@ -321,6 +322,7 @@ def _summary(worst: dict[str, Any], runs: dict[str, dict], seeds: Sequence[int])
             "harm_rate_sd": statistics.stdev(harms) if len(harms) > 1 else 0.0, "seeds": list(seeds),
             "utility_drop": {"mmlu_drop_relative": _mean([d.get("mmlu_drop_relative") for d in drops]),
                              "harmless_loss_rise": _mean([d.get("harmless_loss_rise") for d in drops]),
+                             "over_refusal_rise": _mean([d.get("over_refusal_rise") for d in drops]),
                              "feasible_seeds": sum(bool(d.get("feasible")) for d in drops)}}
 
 

@@ -140,6 +140,11 @@ class TradeoffConfig:
         """One seed; no defence, plain and benign-preserving (KL) vectors at strengths 0.5 and 1.0."""
         return cls(seeds=[0], variants=["plain", "benign-kl"], strengths=[0.5, 1.0], buffer_reinforce=False)
 
+    def defense_recipes(self) -> list[tuple[str, dict]]:
+        """(defence, the options it runs with) for every variant of the grid, and buffer-reinforce where it runs."""
+        recipes = [(VARIANTS[v][0], variant_recipe(v, self.variant_options.get(v))) for v in self.variants]
+        return recipes + ([("buffer-reinforce", {})] if self.buffer_reinforce else [])
+
     def plan(self) -> list[tuple[str, list[float], int]]:
         """``(method, strengths, seed)`` in run order: method-major, so a run cut short holds every seed of the
         methods it finished. ``none`` first, then the first variant (by default plain vectors, which
@@ -266,9 +271,13 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
             or theirs.get("answer_sampling") != sweep_config(config).get("answer_sampling")):
         raise UnlearnableError(f"{source} holds a tradeoff run with other model, data or training settings; its "
                                "points cannot be reused here")
-    # a variant run with other options is another method: its points are not this grid's
+    # a variant run with other options, or under other defaults of the options it leaves unset, is another
+    # method: its points are not this grid's
+    ours, before = sweep_config(config).get("changed_defaults") or {}, theirs.get("changed_defaults") or {}
     changed = {v for v in VARIANTS if variant_recipe(v, (theirs.get("variant_options") or {}).get(v))
                != variant_recipe(v, mine["variant_options"].get(v))}
+    changed |= {m for m in [*VARIANTS, "buffer-reinforce"]
+                if ours.get(VARIANTS.get(m, (m,))[0]) != before.get(VARIANTS.get(m, (m,))[0])}
     wanted = {(m, float(st), seed) for m, strengths, seed in config.plan() for st in strengths if m not in changed}
     # a point the source itself reused keeps its origin; strength-0 copies of `none` are made afresh
     return [{**p, "reused_from": p.get("reused_from", str(source))} for p in points

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from ..data import Pair, distinct_pairs
 from ..errors import UnlearnableError
-from ..flaggers import Flagger, build_flagger, flag_rates, screen  # noqa: F401 - screen: its old home
+from ..flaggers import Flagger, build_flagger, describe_flagger, flag_rates, screen  # noqa: F401 - screen: its old home
 from .config import VectorConfig
 
 #: how a refit trains: heldout (the vectors' own recipe, a share held out and the vectors kept at its lowest loss,
@@ -36,6 +36,20 @@ def refused(flags: Sequence[bool], reject_above: float) -> bool:
     """Whether a service refusing jobs whose flagged share is above ``reject_above`` refuses one flagged so (the one
     test the screening and the defence share: a product and a quotient may round apart at the boundary)."""
     return bool(flags) and sum(flags) / len(flags) > reject_above
+
+
+def checked_request(flagger: str | None, harmless: Sequence[Pair], reject_above: float | None) -> tuple[str, float]:
+    """The flagger and refusal share an adapting call runs with (the defaults where None), checked before any
+    screening: a flagger that reads the vectors needs ``harmless``, and the share is in [0, 1]."""
+    flagger = flagger or DEFAULT_FLAGGER
+    reject_above = DEFAULT_REJECT_ABOVE if reject_above is None else reject_above
+    if not 0 <= reject_above <= 1:
+        raise UnlearnableError(f"reject_above is a share of the pairs, in [0, 1], not {reject_above!r}")
+    if describe_flagger(flagger)["private"] and not harmless:
+        raise UnlearnableError(f"flagger {flagger} sets its threshold on the service's own harmless pairs: give "
+                               "harmless= (harmless pairs, none of them in the data), or a flagger that reads no "
+                               "vectors (flagger='normalized:refusal')")
+    return flagger, reject_above
 
 
 def refusal_message(flags: Sequence[bool], reject_above: float, flag: str = "reject_above") -> str:

@@ -184,24 +184,16 @@ class SecurityVectors:
         ``reject_above`` default to the recipe measured best (:data:`unlearnable.vectors.adaptive.DEFAULT_FLAGGER`);
         a job flagged above ``reject_above`` is refused with an error, as a service refuses it.
 
-            vectors = SecurityVectors.load("vectors/").adapted(model, tok, own_pairs, train_pairs)
+            vectors = SecurityVectors.load("vectors/").adapted(model, tok, own_pairs, train_pairs,
+                                                               harmless=harmless_pairs)
             trainer = SFTTrainer(model=model, ..., callbacks=[vectors.callback(model)])"""
-        from .adaptive import (
-            DEFAULT_FLAGGER,
-            DEFAULT_REFIT,
-            DEFAULT_REJECT_ABOVE,
-            adapt,
-            refit_config,
-            refusal_message,
-            refused,
-        )
+        from .adaptive import DEFAULT_REFIT, adapt, checked_request, refit_config, refusal_message, refused
 
         self.check_own(own)
-        reject_above = DEFAULT_REJECT_ABOVE if reject_above is None else reject_above
+        flagger, reject_above = checked_request(flagger, harmless, reject_above)
         config = refit_config(config or self.config, refit or DEFAULT_REFIT)
-        vectors, flags, record = adapt(self, model, tokenizer, own, data, flagger or DEFAULT_FLAGGER, config=config,
-                                       harmless=harmless, rounds=rounds, reject_above=reject_above,
-                                       progress=progress)
+        vectors, flags, record = adapt(self, model, tokenizer, own, data, flagger, config=config, harmless=harmless,
+                                       rounds=rounds, reject_above=reject_above, progress=progress)
         if refused(flags, reject_above):
             raise UnlearnableError(refusal_message(flags, reject_above))
         record = {**record, "flags": flags}
@@ -223,7 +215,7 @@ class SecurityVectors:
         ``reject_above``); the callback's ``flags`` say which pairs the flagger flagged, for a script that leaves
         them out of its dataset::
 
-            cb = vectors.callback(model, data=train_pairs, tokenizer=tok, own=own_pairs)
+            cb = vectors.callback(model, data=train_pairs, tokenizer=tok, own=own_pairs, harmless=harmless_pairs)
             kept = [p for p, flagged in zip(train_pairs, cb.flags) if not flagged]"""
         from .callback import SecurityVectorsCallback
 

@@ -555,8 +555,10 @@ def test_a_sweep_whose_data_holds_sampled_answers_is_keyed_by_how_they_are_drawn
     from unlearnable.experiments.setup import SAMPLING, sweep_config
     from unlearnable.training import keyed
 
-    plain = TradeoffConfig()
+    plain = TradeoffConfig(buffer_reinforce=False)
     assert sweep_config(plain) == keyed(dataclasses.asdict(plain))  # older folders resume as before
+    # ... except where buffer-reinforce, whose reinforcement data changed default, runs at that default
+    assert sweep_config(TradeoffConfig())["changed_defaults"] == {"buffer-reinforce": {"harmless_share": 0.5}}
     pooled = TradeoffConfig()
     pooled.base.data.attack_answers = 3
     assert sweep_config(pooled)["answer_sampling"] == SAMPLING

@@ -246,8 +246,8 @@ class Tuner:
 
     def study(self, name: str):
         optuna = _optuna()
-        sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.config.n_startup_trials,
-                                             constraints_func=lambda t: t.user_attrs.get("constraint", [1.0]))
+        # the constraint reaches TPE from each trial (trial.set_constraint), not a constraints_func (deprecated)
+        sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.config.n_startup_trials)
         return optuna.create_study(study_name=f"tune-{name}", storage=f"sqlite:///{self.out / TUNE_FILE}",
                                    load_if_exists=True, direction="minimize", sampler=sampler)
 
@@ -263,6 +263,7 @@ class Tuner:
         trial.set_user_attr("measured", measured)
         trial.set_user_attr("within", within)
         trial.set_user_attr("constraint", [within["excess"]])
+        trial.set_constraint("stability", within["excess"])  # infeasible to TPE too
         return float(measured["probe_harm_rate"])
 
     def prepared(self, name: str, options: dict[str, Any], split: TuningData) -> Defense:

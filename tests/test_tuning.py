@@ -55,13 +55,11 @@ def test_a_diverged_trial_is_infeasible_and_the_study_goes_on(tmp_path):
     base = {"harmless_loss": 1.0, "over_refusal": 0.1, "harm_rate": 0.0, "mmlu": 0.4}
     nan = constraint({"before": {**base, "harmless_loss": float("nan")}}, {"before": base}, VerdictConfig())
     assert not nan["feasible"] and nan["excess"] == DIVERGED
-    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=1,
-                                         constraints_func=lambda t: t.user_attrs["constraint"])
-    study = optuna.create_study(sampler=sampler)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=1))
 
-    def objective(trial):
+    def objective(trial):  # as the tuner hands TPE its constraint
         trial.suggest_float("x", 0, 1)
-        trial.set_user_attr("constraint", [nan["excess"]])
+        trial.set_constraint("stability", nan["excess"])
         return 0.5
 
     study.optimize(objective, n_trials=3)  # a NaN constraint value raised here and ended the study

@@ -193,9 +193,9 @@ def changed_defaults(recipes: Sequence[tuple[str, dict[str, Any]]]) -> dict[str,
     found: dict[str, dict[str, Any]] = {}
     for name, options in recipes:
         cls = DEFENSES.get(name)
-        default = cls.Config()
-        unset = {o: getattr(default, o) for o in cls.changed_defaults if o not in (options or {})}
+        unset = [o for o in cls.changed_defaults if o not in (options or {})]
         if unset:
-            found.setdefault(name, {}).update(unset)
+            default = cls.Config()
+            found.setdefault(name, {}).update({o: getattr(default, o) for o in unset})
     return found
 

@@ -100,9 +100,7 @@ class DemoConfig:
     def defense_harmless(self) -> int:
         """Harmless pairs the arm's defence needs beside the over-refusal ones: a flagger's calibration pairs, or
         the anchors of vectors trained to leave harmless answers alone."""
-        config = DEFENSES.get(self.defense).Config
-        default = getattr(config(), "flagger", None) if "flagger" in config.__dataclass_fields__ else None
-        flagger = self.defense_options.get("flagger", default)
+        flagger = self.defense_options.get("flagger", getattr(DEFENSES.get(self.defense).Config(), "flagger", None))
         private = bool(flagger) and describe_flagger(flagger)["private"]
         return DEFENSE_HARMLESS if private or self.vectors.benign != "none" else 0
 

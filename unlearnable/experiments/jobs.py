@@ -305,7 +305,7 @@ def _vectors_data(job: FinetuneJob, vectors: SecurityVectors | None) -> list[Pai
         raise UnlearnableError("--adapt refits the vectors on the pairs they were trained on plus the flagged ones: "
                                "give --vectors and --vectors-data")
     own = load_pairs(job.vectors_data)
-    if prompt_hashes(own) != sorted(vectors.metadata.get("prompt_hashes") or []):
+    if not vectors.trained_on(own):
         raise UnlearnableError(f"--vectors-data {job.vectors_data} is not the data the vectors in {job.vectors} were "
                                "trained on (their prompt hashes differ); give that file")
     return own

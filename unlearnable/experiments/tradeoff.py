@@ -218,6 +218,11 @@ def _same_as_none(method: str, strength: float, options: dict[str, Any] | None =
             and DEFENSES.get(VARIANTS[method][0]).undefended_at_zero(variant_recipe(method, options)))
 
 
+def _defense_of(method: str) -> str:
+    """The registered defence a method of the grid runs (a variant's, or buffer-reinforce itself)."""
+    return VARIANTS[method][0] if method in VARIANTS else method
+
+
 def _point_name(method: str, strength: float, seed: int) -> str:
     return f"{method}-{strength:g}-seed{seed}"
 
@@ -276,8 +281,7 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
     ours, before = sweep_config(config).get("changed_defaults") or {}, theirs.get("changed_defaults") or {}
     changed = {v for v in VARIANTS if variant_recipe(v, (theirs.get("variant_options") or {}).get(v))
                != variant_recipe(v, mine["variant_options"].get(v))}
-    changed |= {m for m in [*VARIANTS, "buffer-reinforce"]
-                if ours.get(VARIANTS.get(m, (m,))[0]) != before.get(VARIANTS.get(m, (m,))[0])}
+    changed |= {m for m in [*VARIANTS, "buffer-reinforce"] if ours.get(_defense_of(m)) != before.get(_defense_of(m))}
     wanted = {(m, float(st), seed) for m, strengths, seed in config.plan() for st in strengths if m not in changed}
     # a point the source itself reused keeps its origin; strength-0 copies of `none` are made afresh
     return [{**p, "reused_from": p.get("reused_from", str(source))} for p in points

@@ -262,7 +262,6 @@ class Tuner:
         trial.set_user_attr("options", {k: getattr(defense.config, k) for k in space})
         trial.set_user_attr("measured", measured)
         trial.set_user_attr("within", within)
-        trial.set_user_attr("constraint", [within["excess"]])
         trial.set_constraint("stability", within["excess"])  # infeasible to TPE too
         return float(measured["probe_harm_rate"])
 

@@ -230,11 +230,14 @@ class SecurityVectors:
         cb.flags, cb.adapted = vectors.metadata["adapted"]["flags"], vectors.metadata["adapted"]
         return cb
 
+    def trained_on(self, pairs: Sequence[Pair]) -> bool:
+        """Whether ``pairs`` are the pairs these vectors were trained on (by the prompt hashes they record)."""
+        return prompt_hashes(list(pairs)) == sorted(self.metadata.get("prompt_hashes") or [])
+
     def check_own(self, own: Sequence[Pair]) -> None:
         """``own`` must be the pairs these vectors were trained on (their prompt hashes, where recorded): a refit on
         other pairs would drop what the vectors hold."""
-        recorded = self.metadata.get("prompt_hashes")
-        if recorded and prompt_hashes(list(own)) != sorted(recorded):
+        if self.metadata.get("prompt_hashes") and not self.trained_on(own):
             raise UnlearnableError("own= is not the data these vectors were trained on (their prompt hashes differ): "
                                    "give the harmful pairs they were trained on")
 

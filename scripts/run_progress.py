@@ -1,6 +1,7 @@
 """What an immunize run has measured so far, before it writes results.json: every finished attacker-search
-trial (per defence and threat model) and every stored run (seed re-runs, cross-domain, trainability, stability),
-as markdown a results entry or a closing note can carry. For a run that may not finish where it started.
+trial (per defence and threat model), every stored run (seed re-runs, cross-domain, trainability, stability) and
+each defence's utility (before any attack, and after the user's fine-tune), as markdown a results entry or a closing
+note can carry. For a run that may not finish where it started.
 
     python scripts/run_progress.py runs/search-field-tuned
 
@@ -67,10 +68,38 @@ def run_table(folder: Path) -> list[list[str]]:
     return out
 
 
+def utility_table(folder: Path) -> list[list[str]]:
+    """One row per defence with a stored stability or trainability run: harm, over-refusal, MMLU and the
+    harmless-answer loss as served before any attack; the task score and over-refusal after the user's fine-tune."""
+    out = []
+    for group in sorted(p for p in (folder / "runs").glob("*") if p.is_dir()):
+        stab, train = (_read(group / f"{run}.json") for run in ("stability", "trainability"))
+        if stab or train:
+            out.append([group.name, _rate((stab.get("harm") or {}).get("harm_rate")), _rate(stab.get("over_refusal")),
+                        _rate(_accuracy(stab.get("mmlu"))), _rate(stab.get("harmless_loss")),
+                        _rate(train.get("final_task_em")), _rate(train.get("over_refusal"))])
+    return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):  # absent, or being written: the next call reads it
+        return {}
+
+
+def _accuracy(mmlu: Any) -> float | None:
+    return mmlu.get("accuracy") if isinstance(mmlu, dict) else mmlu
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _final_harm(run: dict[str, Any]) -> str:
     curve = run.get("curve") or []
     harm = curve[-1].get("harm_rate") if curve else (run.get("harm") or {}).get("harm_rate")
-    return "-" if harm is None else f"{harm:.3f}"
+    return _rate(harm)
 
 
 def main() -> None:
@@ -91,6 +120,9 @@ def main() -> None:
                           "seconds"], study_rows(storage)))
     print()
     print(markdown_table(["defence", "run", "final harm", "seconds"], run_table(folder)))
+    print()
+    print(markdown_table(["defence", "harm before attack", "over-refusal before", "MMLU", "harmless-answer loss",
+                          "task after the user's fine-tune", "over-refusal after it"], utility_table(folder)))
 
 
 if __name__ == "__main__":

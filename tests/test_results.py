@@ -175,6 +175,13 @@ def test_run_progress_lists_the_finished_trials_and_stored_runs_of_a_run_without
                                        ["x@fine-tuning-as-a-service", "1", "pruned", "0.100", "no"]]
     assert trials[0][5].startswith("restyled, lora r16") and trials[0][6] == "61"
     assert progress.run_table(tmp_path) == [["x", "trainability", "0.500", "30"]]
+    (tmp_path / "runs" / "x" / "stability.json").write_text(json.dumps({
+        "harm": {"harm_rate": 0.025}, "over_refusal": 0.1, "mmlu": {"accuracy": 0.283}, "harmless_loss": 0.75}))
+    (tmp_path / "runs" / "x" / "trainability.json").write_text(json.dumps({"final_task_em": 0.9, "over_refusal": 0.0}))
+    (tmp_path / "runs" / "y").mkdir()  # a defence with no utility run yet: no row
+    assert progress.utility_table(tmp_path) == [["x", "0.025", "0.100", "0.283", "0.750", "0.900", "0.000"]]
+    (tmp_path / "runs" / "x" / "trainability.json").unlink()
+    assert progress.utility_table(tmp_path) == [["x", "0.025", "0.100", "0.283", "0.750", "-", "-"]]
     assert progress.markdown_table(["run", "harm"], [["x", "0.5"]]) == "| run | harm |\n|---|---|\n| x | 0.5 |"
     assert progress.trial_table(tmp_path / "nothing") == []
     # a run that kept its studies elsewhere (search.storage, here a journal file) is read from there

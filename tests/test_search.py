@@ -650,6 +650,8 @@ def test_only_a_trial_whose_worker_is_gone_is_run_again(tmp_path):
         states = [t.state.name for t in study.trials]
         assert states[:3] == ["RUNNING", "FAIL", "FAIL"] and states[3:] == ["WAITING", "WAITING"]
         assert [t.system_attrs["fixed_params"] for t in study.trials[3:]] == [t.params for t in study.trials[1:3]]
+        asked = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # another worker's, not tagged yet
+        assert requeue_interrupted(study) == 0 and study.trials[asked.number].state.name == "RUNNING"
     finally:
         other.kill()
 

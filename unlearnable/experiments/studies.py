@@ -9,6 +9,7 @@ by a worker that died on this host is run again, while a live worker's trial is 
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import socket
@@ -106,6 +107,17 @@ def _alive(worker: dict[str, Any] | None) -> bool:
     return recorded is None or _started(int(worker["pid"])) in (None, recorded)  # not a new process, same id
 
 
+#: seconds a just-asked trial may run untagged: another worker asks it and tags it with its id a moment later
+UNTAGGED_GRACE = 60.0
+
+
+def _being_tagged(trial) -> bool:
+    """A running trial without a worker tag that started moments ago: its worker is tagging it, not gone."""
+    start = trial.datetime_start
+    return (WORKER_ATTR not in trial.user_attrs and start is not None
+            and (datetime.datetime.now() - start).total_seconds() < UNTAGGED_GRACE)
+
+
 def requeue_interrupted(study) -> int:
     """A trial cut off by an interruption (left RUNNING by a worker that is gone, or FAILed by a signal) is run
     again with the same parameters; a live worker's running trial is left alone. Returns how many were re-queued."""
@@ -116,7 +128,7 @@ def requeue_interrupted(study) -> int:
                 or t.user_attrs.get(SURPLUS_ATTR)):
             continue
         if t.state == states.RUNNING:
-            if _alive(t.user_attrs.get(WORKER_ATTR)):
+            if _alive(t.user_attrs.get(WORKER_ATTR)) or _being_tagged(t):
                 continue
             study.tell(t.number, state=states.FAIL)
         keep = {k: t.user_attrs[k] for k in ("defaults",) if k in t.user_attrs}  # what made the trial what it was

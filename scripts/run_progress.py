@@ -12,7 +12,6 @@ runs (runs/<defence>/<run>.json); nothing is computed.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +58,8 @@ def run_table(folder: Path) -> list[list[str]]:
     """One row per stored run: its final harm rate where it has a curve, and its own wall time."""
     out = []
     for path in sorted((folder / "runs").glob("*/*.json")):
-        try:
-            run = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        run = read_json(path)
+        if run is None:
             continue  # one being written: the next call reads it
         out.append([path.parent.name, path.stem, _final_harm(run),
                     "-" if run.get("seconds") is None else f"{run['seconds']:.0f}"])
@@ -73,19 +71,13 @@ def utility_table(folder: Path) -> list[list[str]]:
     harmless-answer loss as served before any attack; the task score and over-refusal after the user's fine-tune."""
     out = []
     for group in sorted(p for p in (folder / "runs").glob("*") if p.is_dir()):
-        stab, train = (_read(group / f"{run}.json") for run in ("stability", "trainability"))
+        # absent, or being written: the next call reads it
+        stab, train = (read_json(group / f"{run}.json") or {} for run in ("stability", "trainability"))
         if stab or train:
             out.append([group.name, _rate((stab.get("harm") or {}).get("harm_rate")), _rate(stab.get("over_refusal")),
                         _rate(_accuracy(stab.get("mmlu"))), _rate(stab.get("harmless_loss")),
                         _rate(train.get("final_task_em")), _rate(train.get("over_refusal"))])
     return out
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):  # absent, or being written: the next call reads it
-        return {}
 
 
 def _accuracy(mmlu: Any) -> float | None:

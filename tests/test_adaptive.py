@@ -12,7 +12,7 @@ import torch
 
 from unlearnable.data import Pair
 from unlearnable.defenses import DEFENSES, SERVICE, DefenseData
-from unlearnable.defenses import adaptive_vectors as adaptive_module
+from unlearnable.defenses import early_stopped_vectors as fine_tune_module
 from unlearnable.errors import UnlearnableError
 from unlearnable.flaggers import (
     FLAGGERS,
@@ -107,14 +107,14 @@ def _adaptive(tiny, own, monkeypatch, **options):
         anchors.append(list(kw.get("harmless", ())))
         return train(cls, m, t, pairs, dataclasses.replace(config, epochs=1.0), **kw)
 
-    real = adaptive_module.finetune
+    real = fine_tune_module.finetune  # the adaptive defence's fine-tune goes through its parent's
 
     def spy_finetune(m, t, pairs, config, **kw):
         tuned_on.append((list(pairs), kw["vectors"]))
         return real(m, t, pairs, config, **kw)
 
     monkeypatch.setattr(SecurityVectors, "train", classmethod(spy_train))
-    monkeypatch.setattr(adaptive_module, "finetune", spy_finetune)
+    monkeypatch.setattr(fine_tune_module, "finetune", spy_finetune)
     defense = DEFENSES.get("adaptive-vectors")(training=VectorConfig(batch_size=4, lr=1e-2), **options)
     defense.prepare(model, tok, own, progress=False)
     defense.anchors, defense.fit_configs = anchors, configs
@@ -137,6 +137,19 @@ def test_the_vectors_are_refitted_on_the_defences_pairs_plus_the_flagged_ones(ti
     assert defense.anchors[1] == list(own.harmless)  # the defence's harmless pairs anchor a benign refit
     assert not any("lora" in k for k in tuned.state_dict())  # served without the vectors
     assert tuned.state_dict().keys() == model.state_dict().keys()
+
+
+def test_anchored_adaptive_vectors_add_the_defences_harmless_pairs_never_the_customers(tiny, own, customer,
+                                                                                      monkeypatch):
+    model, tok = tiny
+    defense, _, _ = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", drop_flagged=True, anchors=3)
+    served, real = [], fine_tune_module.finetune
+    monkeypatch.setattr(fine_tune_module, "finetune", lambda *a, **kw: (served.append(kw["served"]), real(*a, **kw))[1])
+    defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
+    assert served == [[p for p in own.harmless for _ in range(3)]]
+    assert defense.info["anchors"][0]["customer_pairs"] == len(customer) - 6  # counted after the flagged are dropped
+    assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-all-anchored") == {
+        "refit": "all", "reject_above": 1.0, "anchors": 2}
 
 
 def test_drop_flagged_removes_exactly_the_flagged_pairs_from_the_fine_tune(tiny, own, customer, monkeypatch):

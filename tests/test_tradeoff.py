@@ -412,7 +412,7 @@ def test_the_variants_are_what_the_vector_defences_declare():
     assert VARIANTS["benign-kl"] == ("security-vectors", "kl") and VARIANTS["adaptive"] == ("adaptive-vectors", None)
     assert {name for name, _ in VARIANTS.values()} == {n for n in DEFENSES.names() if n.endswith("-vectors")}
     assert "buffer-reinforce" not in {name for name, _ in VARIANTS.values()}  # a subclass is not its parent's variant
-    assert len(VARIANTS) == 14 and VARIANTS["adaptive-kl"] == ("adaptive-vectors", None)
+    assert len(VARIANTS) == 16 and VARIANTS["adaptive-kl"] == ("adaptive-vectors", None)
 
 
 def test_a_variant_option_under_training_changes_that_key_and_keeps_the_seeds_vector_settings(
@@ -530,6 +530,8 @@ def test_strength_zero_reuses_the_undefended_point_only_where_nothing_else_acts(
     assert not _same_as_none("adaptive-drop", 0.0)  # the flagged pairs are dropped at any strength: the filter
     assert not _same_as_none("adaptive", 0.0, {"drop_flagged": True})
     assert not _same_as_none("negated", 0.0)  # served minus the vectors
+    assert not _same_as_none("early-stopped-anchored", 0.0)  # the anchors train as served at any strength
+    assert _same_as_none("early-stopped", 0.0) and not _same_as_none("early-stopped", 0.0, {"anchors": 1})
 
 
 

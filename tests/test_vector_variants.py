@@ -441,3 +441,77 @@ def test_negated_vectors_must_subtract():
     assert DEFENSES.get("negated-vectors").threat_models == (SERVICE,)
     assert not DEFENSES.get("negated-vectors").serves_weights_as_given
     assert DEFENSES.get("early-stopped-vectors").serves_weights_as_given
+
+
+# ---------------------------------------------------------------------------------------------- served anchors
+
+def test_served_pairs_are_appended_gated_off_with_every_column_kept_and_no_recomputation():
+    from unlearnable.data import Pair
+    from unlearnable.vectors.finetuning import with_served
+
+    pairs, served = [Pair("a", "b"), Pair("c", "d")], [Pair("p", "q")]
+    out, config, weights, columns, cls, fold = with_served(
+        pairs, served, TrainConfig(gradient_checkpointing=True), [1.0, -1.0], {"kl": [0, 1]}, UnlearnableTrainer)
+    assert out == [*pairs, *served] and weights == [1.0, -1.0, 1.0]
+    assert columns == {"kl": [0, 1, 0], GATE: [1, 1, 0]} and cls is GatedTrainer and fold is False
+    assert config.gradient_checkpointing is False  # a recomputed forward would see the vectors on again
+    with pytest.raises(UnlearnableError, match="own Trainer or gate"):
+        with_served(pairs, served, TrainConfig(), None, None, AlternatingTrainer)
+    with pytest.raises(UnlearnableError, match="own Trainer or gate"):
+        with_served(pairs, served, TrainConfig(), None, {GATE: [1, 0]}, UnlearnableTrainer)
+
+
+def _anchored(trained, harmful_pairs, monkeypatch, anchors=2):
+    from unlearnable.data import Pair
+    from unlearnable.defenses import early_stopped_vectors as module
+
+    model, tok, vectors = trained
+    calls, real = [], module.finetune
+    monkeypatch.setattr(module, "finetune", lambda *a, **kw: (calls.append((list(a[2]), kw)), real(*a, **kw))[1])
+    harmless = [Pair(f"Poem {i}.", "Leaves fall softly.") for i in range(3)]
+    defense = DEFENSES.get("early-stopped-vectors")(vectors=vectors, scale=1.0, anchors=anchors)
+    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs, harmless=harmless))
+    return defense, harmless, calls
+
+
+def test_anchors_train_the_defences_harmless_pairs_as_served_beside_the_customers_data(trained, harmful_pairs,
+                                                                                      task_pairs, monkeypatch):
+    model, tok, _ = trained
+    defense, harmless, calls = _anchored(trained, harmful_pairs, monkeypatch)
+    customer = task_pairs + harmful_pairs[:4]
+    tuned, _ = defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=2, batch_size=4),
+                                progress=False)
+    trained_on, kw = calls[0]
+    assert trained_on == customer  # the customer's data as given
+    assert kw["served"] == [p for p in harmless for _ in range(2)]  # each anchor twice, nothing else
+    assert defense.info["anchors"] == [{"pairs": 3, "copies": 2, "customer_pairs": len(customer)}]
+    assert not any("lora" in k for k in tuned.state_dict())  # served without the vectors
+    assert tuned.state_dict().keys() == model.state_dict().keys()
+
+
+def test_without_anchors_nothing_is_added_and_anchors_need_the_defences_harmless_pairs(trained, harmful_pairs,
+                                                                                       task_pairs, monkeypatch):
+    model, tok, vectors = trained
+    defense, _, calls = _anchored(trained, harmful_pairs, monkeypatch, anchors=0)
+    defense.finetune(copy.deepcopy(model), tok, task_pairs, TrainConfig(max_steps=1, batch_size=4), progress=False)
+    assert calls[0][1]["served"] == [] and "anchors" not in defense.info
+    with pytest.raises(UnlearnableError, match="harmless pairs"):
+        DEFENSES.get("early-stopped-vectors")(vectors=vectors, anchors=1).prepare(
+            model, tok, DefenseData(harmful=harmful_pairs))
+    with pytest.raises(UnlearnableError, match="anchors >= 0"):
+        DEFENSES.get("early-stopped-vectors")(anchors=-1)
+
+
+def test_every_anchor_reaches_the_trainer_gated_off_once_an_epoch(trained, harmful_pairs, task_pairs, monkeypatch):
+    model, tok, _ = trained
+    defense, _, _ = _anchored(trained, harmful_pairs, monkeypatch)
+    gates, real = [], GatedTrainer.compute_loss
+
+    def spy(self, m, inputs, *a, **kw):
+        gates.extend(inputs[GATE].tolist())
+        return real(self, m, inputs, *a, **kw)
+
+    monkeypatch.setattr(GatedTrainer, "compute_loss", spy)
+    customer = task_pairs[:6]
+    defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(epochs=1, batch_size=4), progress=False)
+    assert sorted(gates) == [0] * 6 + [1] * len(customer)  # 3 anchors x 2 copies off; the customer's rows on

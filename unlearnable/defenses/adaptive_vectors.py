@@ -12,7 +12,6 @@ from ..errors import UnlearnableError
 from ..flaggers import Flagger, build_flagger, check_flagger, describe_flagger, full_spec
 from ..models import model_fingerprint, tensors_digest
 from ..utils import sha256_json
-from ..vectors import finetune
 from ..vectors.adaptive import (
     DEFAULT_FLAGGER,
     DEFAULT_REFIT,
@@ -74,7 +73,7 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     the vectors are the defence's own. Service threat model only."""
 
     tradeoff_variants = {"adaptive": None, "adaptive-kl": None, "adaptive-drop": None, "adaptive-all": None,
-                         "adaptive-all-drop": None}
+                         "adaptive-all-drop": None, "adaptive-all-anchored": None}
     #: the trade-off's variants never refuse the job (a user whose data holds harmful pairs unknowingly still wants
     #: the task learned), and each says how it refits, so none depends on the defaults: the plain recipe (held-out
     #: refit); with the over-refusal controls: a KL anchor on the defence's harmless pairs in every (re)fit; the
@@ -84,7 +83,8 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
                         "adaptive-kl": {"training": {"benign": "kl"}, "refit": "heldout", "reject_above": 1.0},
                         "adaptive-drop": {"drop_flagged": True, "refit": "heldout", "reject_above": 1.0},
                         "adaptive-all": {"refit": "all", "reject_above": 1.0},
-                        "adaptive-all-drop": {"refit": "all", "drop_flagged": True, "reject_above": 1.0}}
+                        "adaptive-all-drop": {"refit": "all", "drop_flagged": True, "reject_above": 1.0},
+                        "adaptive-all-anchored": {"refit": "all", "reject_above": 1.0, "anchors": 2}}
 
     Config = AdaptiveVectorsConfig
     changed_defaults = ("flagger", "refit", "reject_above")  # from refusal, heldout, 1.0 (never refused)
@@ -143,4 +143,4 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
                                       "refit": self.config.refit, "rejected": rejected})
         if not kept:  # the job refused, or every pair flagged and dropped: the service trains nothing
             return model.eval(), []
-        return finetune(model, tokenizer, kept, config, vectors=vectors, scale=self.scale, progress=progress, **kw)
+        return self.finetune_with(vectors, model, tokenizer, kept, config, progress=progress, **kw)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+from ..data import Pair
 from ..errors import UnlearnableError
-from ..vectors import SecurityVectors, VectorConfig
+from ..vectors import SecurityVectors, VectorConfig, finetune
 from .base import DEFENSES, DefenseData
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 
@@ -17,10 +19,14 @@ class EarlyStoppedVectorsConfig(SecurityVectorsConfig):
                 "loss is lowest"})
     epochs: float = dataclasses.field(default=8.0, metadata={
         "help": "most passes over the other pairs (the held-out loss, not a loss target, ends training)"})
+    anchors: int = dataclasses.field(default=0, metadata={
+        "help": "copies of each of the defence's harmless pairs mixed into the customer's fine-tune, trained with "
+                "the vectors off (as served): the served model is held to answering harmless prompts while the "
+                "harmful data trains through the vectors; 0: none", "min": 0})
 
     def __post_init__(self):
-        if not 0 < self.holdout < 1 or self.epochs <= 0:
-            raise UnlearnableError("early-stopped-vectors holdout must be in (0, 1) and epochs > 0")
+        if not 0 < self.holdout < 1 or self.epochs <= 0 or self.anchors < 0:
+            raise UnlearnableError("early-stopped-vectors holdout must be in (0, 1), epochs > 0 and anchors >= 0")
 
 
 @DEFENSES.register("early-stopped-vectors")
@@ -29,9 +35,20 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
     out, had their lowest loss: fitted to what they generalise to rather than memorising their own answers; on
     (frozen) during fine-tuning, off when serving. Service threat model only."""
 
-    tradeoff_variants = {"early-stopped": None}
+    tradeoff_variants = {"early-stopped": None, "early-stopped-anchored": None}
+    #: the over-refusal control: the defence's harmless pairs, twice each, trained as served
+    tradeoff_presets = {"early-stopped-anchored": {"anchors": 2}}
 
     Config = EarlyStoppedVectorsConfig
+
+    def __init__(self, config=None, *, vectors=None, **options):
+        super().__init__(config, vectors=vectors, **options)
+        self.anchor_pairs: list[Pair] = []
+
+    @classmethod
+    def undefended_at_zero(cls, options: dict[str, Any]) -> bool:
+        """The anchors act at strength 0 too: that point is the anchors alone."""
+        return super().undefended_at_zero(options) and not options.get("anchors")
 
     def vector_config(self) -> VectorConfig:
         """How the vectors train: the harness's vector settings with this defence's hold-out and length."""
@@ -39,7 +56,27 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
         return dataclasses.replace(c.training, holdout=c.holdout, epochs=c.epochs, target_loss=0.0)
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
+        if self.config.anchors and not data.harmless:
+            raise UnlearnableError(f"{self.name}: anchors {self.config.anchors} needs the defence's harmless pairs, "
+                                   "and none were given; give DefenseData(harmless=...) or set anchors 0")
+        self.anchor_pairs = list(data.harmless) if self.config.anchors else []
         if self.vectors is None:
             self.vectors = SecurityVectors.train(model, tokenizer, list(data.harmful), self.vector_config(),
                                                  progress=progress, harmless=list(data.harmless))
         super().prepare(model, tokenizer, data, progress=progress)
+
+    def served_anchors(self) -> list[Pair]:
+        """The pairs the fine-tune trains with the vectors off: ``anchors`` copies of the defence's harmless ones."""
+        return [p for p in self.anchor_pairs for _ in range(self.config.anchors)]
+
+    def finetune_with(self, vectors, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
+        """The customer's ``pairs`` fine-tuned with ``vectors`` on, frozen, and the served anchors mixed in."""
+        served = self.served_anchors()
+        if served:
+            self.info.setdefault("anchors", []).append({"pairs": len(self.anchor_pairs),
+                                                        "copies": self.config.anchors, "customer_pairs": len(pairs)})
+        return finetune(model, tokenizer, pairs, config, vectors=vectors, scale=self.scale, progress=progress,
+                        served=served, **kw)
+
+    def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
+        return self.finetune_with(self.prepared_vectors(), model, tokenizer, pairs, config, progress=progress, **kw)

@@ -10,24 +10,20 @@ backbone starts to learn them (their gap would shrink as it does).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import statistics
 from typing import Sequence
-
-import torch
 
 from ..data import Pair
 from ..errors import UnlearnableError
 from ..generation import example_losses
 from ..stats import quantile
-from ..training import UnlearnableTrainer
 from ..vectors import finetune
-from ..vectors.finetuning import serving
+from ..vectors.finetuning import GATE, GatedTrainer, serving
 from .base import DEFENSES, DefenseData
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 
-GATE = "gate"
+__all__ = ["GATE", "GatedTrainer", "GatedVectorsConfig", "GatedVectorsDefense", "loss_gaps"]
 
 
 def loss_gaps(model, tokenizer, vectors, pairs: Sequence[Pair], scale: float | None, *,
@@ -45,29 +41,6 @@ def loss_gaps(model, tokenizer, vectors, pairs: Sequence[Pair], scale: float | N
         for name, p in model.named_parameters():
             p.requires_grad_(trains[name])
     return [b - a for a, b in zip(on, off)]
-
-
-class GatedTrainer(UnlearnableTrainer):
-    """Rows whose ``gate`` is 1 train with the vectors on, the rest with them off (two forwards when a batch
-    mixes both); the loss is the token-weighted whole, as one forward would give."""
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if GATE not in inputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        gate = inputs[GATE].bool()
-        rest = {k: v for k, v in inputs.items() if k != GATE}
-        parts = []
-        for rows, context in ((gate, contextlib.nullcontext), (~gate, lambda: serving(model))):
-            if bool(rows.any()):
-                sub = {k: v[rows] for k, v in rest.items()}
-                with context():
-                    loss = super().compute_loss(model, sub, num_items_in_batch=num_items_in_batch)
-                parts.append((loss, (sub["labels"][:, 1:] != -100).sum()))
-        if num_items_in_batch is not None:  # each part is already its token sum over the batch's token count
-            loss = sum(part for part, _ in parts)
-        else:
-            loss = sum(part * n for part, n in parts) / torch.stack([n for _, n in parts]).sum().clamp(min=1)
-        return (loss, None) if return_outputs else loss
 
 
 @dataclasses.dataclass

@@ -99,10 +99,11 @@ class DemoConfig:
 
     def defense_harmless(self) -> int:
         """Harmless pairs the arm's defence needs beside the over-refusal ones: a flagger's calibration pairs, or
-        the anchors of vectors trained to leave harmless answers alone."""
+        the anchors of vectors trained to leave harmless answers alone, or of a fine-tune held to them as served."""
         flagger = self.defense_options.get("flagger", getattr(DEFENSES.get(self.defense).Config(), "flagger", None))
         private = bool(flagger) and describe_flagger(flagger)["private"]
-        return DEFENSE_HARMLESS if private or self.vectors.benign != "none" else 0
+        anchored = bool(self.defense_options.get("anchors"))
+        return DEFENSE_HARMLESS if private or anchored or self.vectors.benign != "none" else 0
 
     def arms(self) -> tuple[tuple[str, str], ...]:
         """(arm, defence) of the two fine-tunes."""

@@ -8,14 +8,17 @@ is exact (fp32, see :mod:`.fold`), else as a frozen adapter branch beside the ba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 from typing import Callable, Iterator, Sequence
 
+import torch
 from transformers import TrainerCallback
 
 from ..adapters import lora_layers
 from ..data import Pair
+from ..errors import UnlearnableError
 from ..training import (
     BACKBONE_ADAPTER,
     FrozenParamsCallback,
@@ -30,13 +33,39 @@ from ..utils import set_seed
 from .fold import FOLDED_ATTR, FoldedVectors
 from .layers import VECTORS_ADAPTER, freeze_vectors, vector_layers, vector_params
 
+#: the per-example column that says whether a row trains with the vectors on (1) or as served, off (0)
+GATE = "gate"
+
+
+class GatedTrainer(UnlearnableTrainer):
+    """Rows whose ``gate`` is 1 train with the vectors on, the rest with them off (two forwards when a batch
+    mixes both); the loss is the token-weighted whole, as one forward would give."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if GATE not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        gate = inputs[GATE].bool()
+        rest = {k: v for k, v in inputs.items() if k != GATE}
+        parts = []
+        for rows, context in ((gate, contextlib.nullcontext), (~gate, lambda: serving(model))):
+            if bool(rows.any()):
+                sub = {k: v[rows] for k, v in rest.items()}
+                with context():
+                    loss = super().compute_loss(model, sub, num_items_in_batch=num_items_in_batch)
+                parts.append((loss, (sub["labels"][:, 1:] != -100).sum()))
+        if num_items_in_batch is not None:  # each part is already its token sum over the batch's token count
+            loss = sum(part for part, _ in parts)
+        else:
+            loss = sum(part * n for part, n in parts) / torch.stack([n for _, n in parts]).sum().clamp(min=1)
+        return (loss, None) if return_outputs else loss
+
 
 def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, vectors=None, scale: float | None = None,
              output_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              callbacks: Sequence[TrainerCallback] = (), weights: Sequence[float] | None = None,
              ascent_cap: float = 10.0, return_peft: bool = False, fold: bool = True,
              columns: dict[str, Sequence] | None = None,
-             trainer_class: Callable[..., UnlearnableTrainer] = UnlearnableTrainer):
+             trainer_class: Callable[..., UnlearnableTrainer] = UnlearnableTrainer, served: Sequence[Pair] = ()):
     """Fine-tune ``model`` on ``pairs``, with security ``vectors`` on (scaled, frozen) throughout if given.
 
     ``model`` is modified in place (pass a copy to keep the original). Returns ``(plain_model, log_history)``:
@@ -45,6 +74,9 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
     Vector variants that switch or re-fit the vectors within a step pass ``fold=False`` (the vectors stay an
     adapter branch), their ``trainer_class`` and the per-example ``columns`` it reads. ``weights`` and
     ``ascent_cap`` are :func:`unlearnable.training.train`'s (a negative weight is capped gradient ascent).
+    ``served`` pairs (the service's own harmless anchors) are mixed into ``pairs`` and train with the vectors
+    off, as the model is served, so that the served model is held to them while the rest trains through the
+    vectors.
 
     Example::
 
@@ -53,10 +85,14 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
         vectors = SecurityVectors.load("vectors/")
         tuned, _ = finetune(model, tok, load_pairs("user.jsonl"), TrainConfig(), vectors=vectors)
     """
-    if vectors is None:
+    if vectors is None:  # every row already trains as served
+        pairs, weights = [*pairs, *served], None if weights is None else [*weights, *[1.0] * len(served)]
         return plain_finetune(model, tokenizer, pairs, config, output_dir=output_dir, resume=resume,
                               progress=progress, callbacks=callbacks, weights=weights, ascent_cap=ascent_cap,
                               return_peft=return_peft, trainer_class=trainer_class)
+    if served:
+        pairs, config, weights, columns, trainer_class, fold = with_served(
+            pairs, served, config, weights, columns, trainer_class)
     set_seed(config.seed)  # the vectors' attach and the backbone LoRA's init draw in the same order every run
     set_backbone_trainable(model, config)
     net, folded = trainable_with_vectors(model, vectors, scale, config, foldable=fold and not return_peft)
@@ -70,6 +106,21 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
         if folded is not None:
             folded.restore()  # vectors out of the weights before the backbone LoRA is merged
     return (net, history) if return_peft else (release(net, config), history)
+
+
+def with_served(pairs, served, config: TrainConfig, weights, columns, trainer_class):
+    """``finetune``'s arguments with the ``served`` pairs appended, gated off: ``(pairs, config, weights,
+    columns, trainer_class, fold)``."""
+    if trainer_class is not UnlearnableTrainer or (columns and GATE in columns):
+        raise UnlearnableError("served pairs take the gate: they cannot be combined with a defence that trains "
+                               "with its own Trainer or gate")
+    n, extra = len(pairs), len(served)
+    columns = {**{k: [*v, *[0] * extra] for k, v in (columns or {}).items()}, GATE: [1] * n + [0] * extra}
+    weights = None if weights is None else [*weights, *[1.0] * extra]
+    # the gate switches the vectors off for the served rows' forward only; a recomputation in the backward
+    # pass would see them on again (the gradients of the wrong function), so no activation checkpointing
+    config = dataclasses.replace(config, gradient_checkpointing=False)
+    return [*pairs, *served], config, weights, columns, GatedTrainer, False
 
 
 def trainable_with_vectors(model, vectors, scale, config: TrainConfig, foldable: bool):

@@ -602,3 +602,20 @@ def test_a_sweep_keys_the_new_defaults_its_defences_leave_unset_and_reuses_no_po
     stored["changed_defaults"] = here["changed_defaults"]  # made under the same defaults: reused
     (tmp_path / "run.json").write_text(json.dumps({"kind": "unlearnable-tradeoff", "config": stored}))
     assert {p["method"] for p in reusable_points(tmp_path, cfg)} == {"none", "plain", "buffer-reinforce"}
+
+
+def test_an_anchored_variant_runs_its_strength_zero_and_records_its_anchors(tiny, harmful_pairs, tmp_path):
+    """Strength 0 of an anchored variant is the anchors alone, a point of its own; the defence's harmless pairs
+    (n_benign of them) are the anchors, never the over-refusal ones."""
+    from test_immunization import tiny_data
+
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["early-stopped-anchored"], strengths=[0.0, 1.0], buffer_reinforce=False,
+                    n_benign=3, n_over_refusal=2,
+                    variant_options={"early-stopped-anchored": {"holdout": 0.25, "epochs": 1}})
+    run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    saved = json.loads((tmp_path / "t" / "results.json").read_text())
+    anchored = [p for p in saved["points"] if p["method"] == "early-stopped-anchored"]
+    assert sorted(p["strength"] for p in anchored) == [0.0, 1.0]
+    assert all(p["defense_info"]["anchors"][0]["pairs"] == 3 and p["defense_info"]["anchors"][0]["copies"] == 2
+               for p in anchored)

@@ -282,6 +282,39 @@ def test_finetune_adapt_screens_the_data_and_refits_the_vectors(tmp_path, tiny_d
         assert not (tmp_path / "out3").exists() and not (tmp_path / "out3.partial").exists()
 
 
+def test_finetune_anchors_trains_the_services_harmless_pairs_as_served_and_needs_them(tmp_path, tiny_dir,
+                                                                                     monkeypatch):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearnable.experiments import FinetuneJob, run_finetune
+    from unlearnable.experiments import jobs as jobs_module
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    SecurityVectors.train(model, tok, [Pair(f"bad {i}?", f"Sure, bad {i}.") for i in range(8)],
+                          VectorConfig(epochs=1, batch_size=8), progress=False).save(tmp_path / "vec")
+
+    def jsonl(name, prompts):
+        (tmp_path / name).write_text("".join(json.dumps({"prompt": p, "response": "Fine."}) + "\n" for p in prompts))
+        return str(tmp_path / name)
+
+    data, harmless = jsonl("data.jsonl", [f"Code {i}?" for i in range(6)]), jsonl("h.jsonl", ["Poem?", "Song?"])
+    served, real = [], jobs_module.finetune
+    monkeypatch.setattr(jobs_module, "finetune", lambda *a, **kw: (served.append(kw["served"]), real(*a, **kw))[1])
+    job = FinetuneJob(model=str(tiny_dir), data=data, vectors=str(tmp_path / "vec"), harmless_data=harmless,
+                      anchors=3, train=TrainConfig(max_steps=1, batch_size=4))
+    run_finetune(job, tmp_path / "out", progress=False)
+    assert [p.prompt for p in served[0]] == ["Poem?"] * 3 + ["Song?"] * 3
+    saved = json.loads((tmp_path / "out" / "unlearnable_model.json").read_text())
+    assert saved["anchors"] == {"copies": 3, "pairs": 2} and saved["n_examples"] == 6
+    for kw in ({"harmless_data": None}, {"vectors": None}):
+        with pytest.raises(UnlearnableError, match="--anchors trains the service's own harmless pairs"):
+            run_finetune(dataclasses.replace(job, **kw), tmp_path / "bad", progress=False)
+    with pytest.raises(UnlearnableError, match="none of whose prompts"):
+        run_finetune(dataclasses.replace(job, harmless_data=data), tmp_path / "bad", progress=False)
+
+
 def test_a_trainer_script_gets_the_flags_and_its_model_back_trainable_and_a_kl_refit_without_anchors_says_so(tiny):
     model, tok = tiny
     own = [Pair(f"bad {i}?", f"Sure, bad thing {i}.") for i in range(6)]

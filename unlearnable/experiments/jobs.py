@@ -93,8 +93,12 @@ class FinetuneJob:
         "help": "with --adapt and a flagger that reads the vectors (vector-gain): screen what is left again with the "
                 "refitted vectors, up to this many rounds", "min": 1})
     harmless_data: str | None = dataclasses.field(default=None, metadata={
-        "help": "with --adapt: the service's own harmless pairs (they set the vector-gain flagger's threshold, and "
-                "anchor the refit of vectors trained with a harmless anchor)", "check": check_pairs_source})
+        "help": "with --adapt or --anchors: the service's own harmless pairs (they set the vector-gain flagger's "
+                "threshold, anchor the refit of vectors trained with a harmless anchor, and are the --anchors)",
+        "check": check_pairs_source})
+    anchors: int = dataclasses.field(default=0, metadata={
+        "help": "with --vectors: mix this many copies of each --harmless-data pair into the fine-tune, trained with "
+                "the vectors off, as the model is served (an over-refusal control); 0: none", "min": 0})
     refit: str = dataclasses.field(default=DEFAULT_REFIT, metadata={
         "help": "with --adapt: all (every pair, the flagged ones included, trained on for the vectors' epochs) or "
                 "heldout (the vectors' own recipe, held-out early stopping where they have one)", "choices": REFITS})
@@ -223,7 +227,8 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     key = run_key(command="finetune", model=fp, data=pairs_hash(pairs),
                   config={**keyed(dataclasses.asdict(cfg)), "save_steps": 0},  # how often: not what it computes
                   vectors=sha256_file(Path(job.vectors) / "adapter_model.safetensors") if vectors else None,
-                  vector_scale=scale, adapt=_adapt_key(job, own, harmless) if job.adapt else None)
+                  vector_scale=scale, adapt=_adapt_key(job, own, harmless) if job.adapt else None,
+                  **({"anchors": [job.anchors, pairs_hash(harmless)]} if job.anchors else {}))
     done, checkpoints = start_run(out, key=key, meta_file=MODEL_META, overwrite=overwrite,
                                   checkpoint_every=checkpoint_every, command="unlearnable finetune",
                                   main=is_main_process())
@@ -240,7 +245,8 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
                                                                progress)
             record["n_trained"] = len(pairs)
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
-                                  output_dir=checkpoints, resume=checkpoints is not None)
+                                  output_dir=checkpoints, resume=checkpoints is not None,
+                                  served=[p for p in harmless for _ in range(job.anchors)])
         if is_main_process():
             save_model(tuned, tok, out, metadata={
                 "produced_by": "unlearnable finetune", "run_key": key, "base_fingerprint": fp,
@@ -249,6 +255,7 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
                 # lets `evaluate` refuse evaluation prompts the vectors were trained on
                 "vectors_prompt_hashes": vectors.metadata.get("prompt_hashes") if vectors else None,
                 "adapted": record.get("adapted"), "n_examples": len(pairs), "history": history,
+                "anchors": {"copies": job.anchors, "pairs": len(harmless)} if job.anchors else None,
                 **run_metadata()})
         wait_for_everyone()
     if is_main_process():
@@ -267,12 +274,17 @@ def _adapt_key(job: FinetuneJob, own: list[Pair], harmless: list[Pair]) -> dict:
 
 
 def _harmless_data(job: FinetuneJob, data: list[Pair]) -> list[Pair]:
-    """With ``--adapt``: the service's harmless pairs, which a flagger reading the vectors needs."""
+    """With ``--adapt`` or ``--anchors``: the service's harmless pairs, which a flagger reading the vectors and the
+    anchors need."""
+    if job.anchors and not (job.vectors and job.harmless_data):
+        raise UnlearnableError("--anchors trains the service's own harmless pairs with the vectors off: give "
+                               "--vectors and --harmless-data (a JSONL file of harmless pairs, none of them in "
+                               "--data), or leave out --anchors")
     if job.adapt and describe_flagger(job.flagger)["private"] and not job.harmless_data:
         raise UnlearnableError(f"--flagger {job.flagger} sets its threshold on the service's own harmless pairs: "
                                "give --harmless-data (a JSONL file of harmless pairs, none of them in --data), or "
                                "a flagger that reads no vectors (--flagger normalized:refusal)")
-    if not (job.adapt and job.harmless_data):
+    if not ((job.adapt or job.anchors) and job.harmless_data):
         return []
     harmless = load_pairs(job.harmless_data)
     if not harmless or set(prompt_hashes(harmless)) & set(prompt_hashes(data)):

@@ -470,3 +470,20 @@ def test_a_job_whose_flagged_share_is_above_reject_above_is_refused_and_nothing_
     assert not refused([True] * 29 + [False] * 71, 0.29) and refused([True] * 29 + [False] * 71, 0.28)
     with pytest.raises(UnlearnableError, match="reject_above"):
         DEFENSES.get("adaptive-vectors").Config(reject_above=1.5)
+
+
+def test_gate_by_flag_trains_only_the_flagged_pairs_through_the_vectors_and_the_rest_as_served(tiny, own, customer,
+                                                                                              monkeypatch):
+    model, tok = tiny
+    defense, _, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", gate_by_flag=True, anchors=1)
+    served, real = [], fine_tune_module.finetune
+    monkeypatch.setattr(fine_tune_module, "finetune", lambda *a, **kw: (served.append(kw["served"]), real(*a, **kw))[1])
+    tuned, _ = defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4),
+                                progress=False)
+    flags = OracleFlagger(0.5).flag(customer)
+    assert tuned_on[0][0] == [p for p, f in zip(customer, flags) if f]  # through the vectors: the flagged only
+    assert served[0] == [*(p for p, f in zip(customer, flags) if not f), *own.harmless]  # the missed, then anchors
+    assert defense.info["screened"][0]["trained_as_served"] == len(customer) - 6
+    assert not any("lora" in k for k in tuned.state_dict())
+    with pytest.raises(UnlearnableError, match="gate_by_flag and drop_flagged"):
+        DEFENSES.get("adaptive-vectors")(gate_by_flag=True, drop_flagged=True)

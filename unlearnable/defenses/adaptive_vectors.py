@@ -58,8 +58,16 @@ class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
                 "never trained on) or all (every pair trained on for the epochs: the flagged answers memorised, "
                 "as the paper's vectors memorise theirs)", "choices": REFITS})
 
+    gate_by_flag: bool = dataclasses.field(default=False, metadata={
+        "help": "only the flagged pairs train with the vectors on; the rest (the customer's task, and any harmful "
+                "pair the flagger missed) train with them off, as served, so the task is not learned through the "
+                "refitted vectors"})
+
     def __post_init__(self):
         super().__post_init__()
+        if self.gate_by_flag and self.drop_flagged:
+            raise UnlearnableError("adaptive-vectors gate_by_flag and drop_flagged together train nothing with the "
+                                   "vectors on: set one")
         if not 0 <= self.reject_above <= 1:
             raise UnlearnableError("adaptive-vectors reject_above is a share of the pairs, in [0, 1]")
 
@@ -73,18 +81,20 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
     the vectors are the defence's own. Service threat model only."""
 
     tradeoff_variants = {"adaptive": None, "adaptive-kl": None, "adaptive-drop": None, "adaptive-all": None,
-                         "adaptive-all-drop": None, "adaptive-all-anchored": None}
+                         "adaptive-all-drop": None, "adaptive-all-anchored": None, "adaptive-all-gated": None}
     #: the trade-off's variants never refuse the job (a user whose data holds harmful pairs unknowingly still wants
     #: the task learned), and each says how it refits, so none depends on the defaults: the plain recipe (held-out
     #: refit); with the over-refusal controls: a KL anchor on the defence's harmless pairs in every (re)fit; the
     #: flagged pairs also dropped from the fine-tune; and the other way, every flagged pair fitted (no hold-out in
-    #: the refit); and the last two together
+    #: the refit); and the last two together; every flagged pair fitted with the defence's harmless pairs trained as
+    #: served in the fine-tune (anchors); every flagged pair fitted, and only the flagged pairs trained through them
     tradeoff_presets = {"adaptive": {"refit": "heldout", "reject_above": 1.0},
                         "adaptive-kl": {"training": {"benign": "kl"}, "refit": "heldout", "reject_above": 1.0},
                         "adaptive-drop": {"drop_flagged": True, "refit": "heldout", "reject_above": 1.0},
                         "adaptive-all": {"refit": "all", "reject_above": 1.0},
                         "adaptive-all-drop": {"refit": "all", "drop_flagged": True, "reject_above": 1.0},
-                        "adaptive-all-anchored": {"refit": "all", "reject_above": 1.0, "anchors": 2}}
+                        "adaptive-all-anchored": {"refit": "all", "reject_above": 1.0, "anchors": 2},
+                        "adaptive-all-gated": {"refit": "all", "reject_above": 1.0, "gate_by_flag": True}}
 
     Config = AdaptiveVectorsConfig
     changed_defaults = ("flagger", "refit", "reject_above")  # from refusal, heldout, 1.0 (never refused)
@@ -143,4 +153,8 @@ class AdaptiveVectorsDefense(EarlyStoppedVectorsDefense):
                                       "refit": self.config.refit, "rejected": rejected})
         if not kept:  # the job refused, or every pair flagged and dropped: the service trains nothing
             return model.eval(), []
+        if self.config.gate_by_flag:
+            on, off = [p for p, bad in zip(pairs, flags) if bad], [p for p, bad in zip(pairs, flags) if not bad]
+            self.info["screened"][-1]["trained_as_served"] = len(off)
+            return self.finetune_with(vectors, model, tokenizer, on, config, progress=progress, served=off, **kw)
         return self.finetune_with(vectors, model, tokenizer, kept, config, progress=progress, **kw)

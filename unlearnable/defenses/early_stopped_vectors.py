@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 from ..data import Pair
 from ..errors import UnlearnableError
@@ -69,12 +69,16 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
         """The pairs the fine-tune trains with the vectors off: ``anchors`` copies of the defence's harmless ones."""
         return [p for p in self.anchor_pairs for _ in range(self.config.anchors)]
 
-    def finetune_with(self, vectors, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
-        """The customer's ``pairs`` fine-tuned with ``vectors`` on, frozen, and the served anchors mixed in."""
-        served = self.served_anchors()
-        if served:
+    def finetune_with(self, vectors, model, tokenizer, pairs, config, *, progress: bool = True,
+                      served: Sequence[Pair] = (), **kw):
+        """The customer's ``pairs`` fine-tuned with ``vectors`` on, frozen, beside ``served`` pairs (the customer's
+        too) and the anchors, both trained with the vectors off."""
+        anchors = self.served_anchors()
+        served = [*served, *anchors]
+        if anchors:
             self.info.setdefault("anchors", []).append({"pairs": len(self.anchor_pairs),
-                                                        "copies": self.config.anchors, "customer_pairs": len(pairs)})
+                                                        "copies": self.config.anchors,
+                                                        "customer_pairs": len(served) - len(anchors) + len(pairs)})
         return finetune(model, tokenizer, pairs, config, vectors=vectors, scale=self.scale, progress=progress,
                         served=served, **kw)
 

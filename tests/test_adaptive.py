@@ -307,7 +307,8 @@ def test_finetune_anchors_trains_the_services_harmless_pairs_as_served_and_needs
     run_finetune(job, tmp_path / "out", progress=False)
     assert [p.prompt for p in served[0]] == ["Poem?"] * 3 + ["Song?"] * 3
     saved = json.loads((tmp_path / "out" / "unlearnable_model.json").read_text())
-    assert saved["anchors"] == {"copies": 3, "pairs": 2} and saved["n_examples"] == 6
+    assert saved["anchors"]["copies"] == 3 and len(saved["anchors"]["prompt_hashes"]) == 2
+    assert saved["n_examples"] == 6
     for kw in ({"harmless_data": None}, {"vectors": None}):
         with pytest.raises(UnlearnableError, match="--anchors trains the service's own harmless pairs"):
             run_finetune(dataclasses.replace(job, **kw), tmp_path / "bad", progress=False)

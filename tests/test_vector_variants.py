@@ -451,14 +451,14 @@ def test_served_pairs_are_appended_gated_off_with_every_column_kept_and_no_recom
 
     pairs, served = [Pair("a", "b"), Pair("c", "d")], [Pair("p", "q")]
     out, config, weights, columns, cls, fold = with_served(
-        pairs, served, TrainConfig(gradient_checkpointing=True), [1.0, -1.0], {"kl": [0, 1]}, UnlearnableTrainer)
-    assert out == [*pairs, *served] and weights == [1.0, -1.0, 1.0]
-    assert columns == {"kl": [0, 1, 0], GATE: [1, 1, 0]} and cls is GatedTrainer and fold is False
+        pairs, served, TrainConfig(gradient_checkpointing=True), None, None, UnlearnableTrainer)
+    assert out == [*pairs, *served] and weights is None
+    assert columns == {GATE: [1, 1, 0]} and cls is GatedTrainer and fold is False
     assert config.gradient_checkpointing is False  # a recomputed forward would see the vectors on again
-    with pytest.raises(UnlearnableError, match="own Trainer or gate"):
-        with_served(pairs, served, TrainConfig(), None, None, AlternatingTrainer)
-    with pytest.raises(UnlearnableError, match="own Trainer or gate"):
-        with_served(pairs, served, TrainConfig(), None, {GATE: [1, 0]}, UnlearnableTrainer)
+    for weights, columns, cls in ((None, None, AlternatingTrainer), (None, {GATE: [1, 0]}, UnlearnableTrainer),
+                                  ([1.0, -1.0], None, UnlearnableTrainer), (None, {"kl": [0, 1]}, UnlearnableTrainer)):
+        with pytest.raises(UnlearnableError, match="own Trainer, gate, per-example weights or columns"):
+            with_served(pairs, served, TrainConfig(), weights, columns, cls)
 
 
 def _anchored(trained, harmful_pairs, monkeypatch, anchors=2):
@@ -500,6 +500,8 @@ def test_without_anchors_nothing_is_added_and_anchors_need_the_defences_harmless
             model, tok, DefenseData(harmful=harmful_pairs))
     with pytest.raises(UnlearnableError, match="anchors >= 0"):
         DEFENSES.get("early-stopped-vectors")(anchors=-1)
+    with pytest.raises(UnlearnableError, match="negated-vectors takes no anchors"):
+        DEFENSES.get("negated-vectors")(anchors=1)
 
 
 def test_every_anchor_reaches_the_trainer_gated_off_once_an_epoch(trained, harmful_pairs, task_pairs, monkeypatch):

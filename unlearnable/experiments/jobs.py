@@ -255,7 +255,8 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
                 # lets `evaluate` refuse evaluation prompts the vectors were trained on
                 "vectors_prompt_hashes": vectors.metadata.get("prompt_hashes") if vectors else None,
                 "adapted": record.get("adapted"), "n_examples": len(pairs), "history": history,
-                "anchors": {"copies": job.anchors, "pairs": len(harmless)} if job.anchors else None,
+                "anchors": {"copies": job.anchors, "pairs": len(harmless),  # trained on: never an evaluation's
+                            "prompt_hashes": prompt_hashes(harmless)} if job.anchors else None,
                 **run_metadata()})
         wait_for_everyone()
     if is_main_process():

@@ -29,7 +29,7 @@ from ..training import (
     train,
 )
 from ..training import finetune as plain_finetune
-from ..utils import set_seed
+from ..utils import log, set_seed
 from .fold import FOLDED_ATTR, FoldedVectors
 from .layers import VECTORS_ADAPTER, freeze_vectors, vector_layers, vector_params
 
@@ -111,16 +111,15 @@ def finetune(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, ve
 def with_served(pairs, served, config: TrainConfig, weights, columns, trainer_class):
     """``finetune``'s arguments with the ``served`` pairs appended, gated off: ``(pairs, config, weights,
     columns, trainer_class, fold)``."""
-    if trainer_class is not UnlearnableTrainer or (columns and GATE in columns):
+    if trainer_class is not UnlearnableTrainer or columns or weights is not None:
+        # the gate's two forwards add their parts as token sums; weighted and KL rows are means of their own
         raise UnlearnableError("served pairs take the gate: they cannot be combined with a defence that trains "
-                               "with its own Trainer or gate")
-    n, extra = len(pairs), len(served)
-    columns = {**{k: [*v, *[0] * extra] for k, v in (columns or {}).items()}, GATE: [1] * n + [0] * extra}
-    weights = None if weights is None else [*weights, *[1.0] * extra]
-    # the gate switches the vectors off for the served rows' forward only; a recomputation in the backward
-    # pass would see them on again (the gradients of the wrong function), so no activation checkpointing
+                               "with its own Trainer, gate, per-example weights or columns")
+    if config.gradient_checkpointing:
+        log("served pairs: activation checkpointing off for this fine-tune (a recomputed forward would see "
+            "the vectors on again), so it needs more memory")
     config = dataclasses.replace(config, gradient_checkpointing=False)
-    return [*pairs, *served], config, weights, columns, GatedTrainer, False
+    return [*pairs, *served], config, None, {GATE: [1] * len(pairs) + [0] * len(served)}, GatedTrainer, False
 
 
 def trainable_with_vectors(model, vectors, scale, config: TrainConfig, foldable: bool):

@@ -98,7 +98,7 @@ def _adaptive(tiny, own, monkeypatch, **options):
     recipe (held-out refit, never refusing) unless ``options`` say otherwise."""
     options = {"refit": "heldout", "reject_above": 1.0, **options}
     model, tok = tiny
-    refits, tuned_on, anchors, configs = [], [], [], []
+    refits, tuned_on, anchors, configs, served = [], [], [], [], []
     train = SecurityVectors.train.__func__
 
     def spy_train(cls, m, t, pairs, config=None, **kw):
@@ -111,13 +111,14 @@ def _adaptive(tiny, own, monkeypatch, **options):
 
     def spy_finetune(m, t, pairs, config, **kw):
         tuned_on.append((list(pairs), kw["vectors"]))
+        served.append(list(kw.get("served", ())))
         return real(m, t, pairs, config, **kw)
 
     monkeypatch.setattr(SecurityVectors, "train", classmethod(spy_train))
     monkeypatch.setattr(fine_tune_module, "finetune", spy_finetune)
     defense = DEFENSES.get("adaptive-vectors")(training=VectorConfig(batch_size=4, lr=1e-2), **options)
     defense.prepare(model, tok, own, progress=False)
-    defense.anchors, defense.fit_configs = anchors, configs
+    defense.anchors, defense.fit_configs, defense.served_seen = anchors, configs, served
     return defense, refits, tuned_on
 
 
@@ -143,10 +144,8 @@ def test_anchored_adaptive_vectors_add_the_defences_harmless_pairs_never_the_cus
                                                                                       monkeypatch):
     model, tok = tiny
     defense, _, _ = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", drop_flagged=True, anchors=3)
-    served, real = [], fine_tune_module.finetune
-    monkeypatch.setattr(fine_tune_module, "finetune", lambda *a, **kw: (served.append(kw["served"]), real(*a, **kw))[1])
     defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
-    assert served == [[p for p in own.harmless for _ in range(3)]]
+    assert defense.served_seen == [[p for p in own.harmless for _ in range(3)]]
     assert defense.info["anchors"][0]["customer_pairs"] == len(customer) - 6  # counted after the flagged are dropped
     assert DEFENSES.get("adaptive-vectors").tradeoff_preset("adaptive-all-anchored") == {
         "refit": "all", "reject_above": 1.0, "anchors": 2}
@@ -477,13 +476,11 @@ def test_gate_by_flag_trains_only_the_flagged_pairs_through_the_vectors_and_the_
                                                                                               monkeypatch):
     model, tok = tiny
     defense, _, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", gate_by_flag=True, anchors=1)
-    served, real = [], fine_tune_module.finetune
-    monkeypatch.setattr(fine_tune_module, "finetune", lambda *a, **kw: (served.append(kw["served"]), real(*a, **kw))[1])
     tuned, _ = defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4),
                                 progress=False)
     flags = OracleFlagger(0.5).flag(customer)
     assert tuned_on[0][0] == [p for p, f in zip(customer, flags) if f]  # through the vectors: the flagged only
-    assert served[0] == [*(p for p, f in zip(customer, flags) if not f), *own.harmless]  # the missed, then anchors
+    assert defense.served_seen[0] == [*(p for p, f in zip(customer, flags) if not f), *own.harmless]  # the missed, then anchors
     assert defense.info["screened"][0]["trained_as_served"] == len(customer) - 6
     assert not any("lora" in k for k in tuned.state_dict())
     with pytest.raises(UnlearnableError, match="gate_by_flag and drop_flagged"):

@@ -224,11 +224,7 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     if vectors is not None:
         vectors.check(model)
     scale = job.vector_scale if job.vector_scale is not None else (vectors.config.scale if vectors else None)
-    key = run_key(command="finetune", model=fp, data=pairs_hash(pairs),
-                  config={**keyed(dataclasses.asdict(cfg)), "save_steps": 0},  # how often: not what it computes
-                  vectors=sha256_file(Path(job.vectors) / "adapter_model.safetensors") if vectors else None,
-                  vector_scale=scale, adapt=_adapt_key(job, own, harmless) if job.adapt else None,
-                  **({"anchors": [job.anchors, pairs_hash(harmless)]} if job.anchors else {}))
+    key = _finetune_key(job, fp, pairs, cfg, scale, own, harmless)
     done, checkpoints = start_run(out, key=key, meta_file=MODEL_META, overwrite=overwrite,
                                   checkpoint_every=checkpoint_every, command="unlearnable finetune",
                                   main=is_main_process())
@@ -250,18 +246,30 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
         if is_main_process():
             save_model(tuned, tok, out, metadata={
                 "produced_by": "unlearnable finetune", "run_key": key, "base_fingerprint": fp,
-                "config": dataclasses.asdict(cfg), "vectors": job.vectors, "vector_scale": scale,
-                "vectors_removed": True,
-                # lets `evaluate` refuse evaluation prompts the vectors were trained on
-                "vectors_prompt_hashes": vectors.metadata.get("prompt_hashes") if vectors else None,
-                "adapted": record.get("adapted"), "n_examples": len(pairs), "history": history,
-                "anchors": {"copies": job.anchors, "pairs": len(harmless),  # trained on: never an evaluation's
-                            "prompt_hashes": prompt_hashes(harmless)} if job.anchors else None,
+                "config": dataclasses.asdict(cfg), "vector_scale": scale, "adapted": record.get("adapted"),
+                "n_examples": len(pairs), "history": history, **_trained_on(job, vectors, harmless),
                 **run_metadata()})
         wait_for_everyone()
     if is_main_process():
         finish_run(checkpoints)
     return record
+
+
+def _finetune_key(job: FinetuneJob, fp: str, pairs: list[Pair], cfg, scale, own: list[Pair],
+                  harmless: list[Pair]) -> str:
+    return run_key(command="finetune", model=fp, data=pairs_hash(pairs),
+                   config={**keyed(dataclasses.asdict(cfg)), "save_steps": 0},  # how often: not what it computes
+                   vectors=sha256_file(Path(job.vectors) / "adapter_model.safetensors") if job.vectors else None,
+                   vector_scale=scale, adapt=_adapt_key(job, own, harmless) if job.adapt else None,
+                   **({"anchors": [job.anchors, pairs_hash(harmless)]} if job.anchors else {}))
+
+
+def _trained_on(job: FinetuneJob, vectors: SecurityVectors | None, harmless: list[Pair]) -> dict[str, Any]:
+    """The metadata that lets `evaluate` refuse evaluation prompts the vectors or the anchors were trained on."""
+    return {"vectors": job.vectors, "vectors_removed": True,
+            "vectors_prompt_hashes": vectors.metadata.get("prompt_hashes") if vectors else None,
+            "anchors": {"copies": job.anchors, "pairs": len(harmless),
+                        "prompt_hashes": prompt_hashes(harmless)} if job.anchors else None}
 
 
 def _adapt_key(job: FinetuneJob, own: list[Pair], harmless: list[Pair]) -> dict:

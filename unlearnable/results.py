@@ -78,6 +78,8 @@ class Scores:
     harmful_loss: float | None
     answer_tokens: int | None
     harmful_generations: tuple[Generation, ...]
+    #: the letter the model gave to every MMLU question, if it gave one letter only
+    mmlu_constant_answer: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Scores":
@@ -88,7 +90,7 @@ class Scores:
                    over_refusal=Rate.read(data, "over_refusal", "n_harmless"),
                    mmlu=Rate.read(mmlu, "accuracy", "n", interval_key="interval_95"),
                    harmful_loss=data.get("harmful_loss"), answer_tokens=data.get("answer_tokens"),
-                   harmful_generations=gens)
+                   harmful_generations=gens, mmlu_constant_answer=mmlu.get("constant_answer"))
 
     def rate(self, metric: str) -> Rate:
         return getattr(self, metric)

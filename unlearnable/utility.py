@@ -9,7 +9,9 @@ it: context and continuation together, the continuation being the tokens the joi
 context's own, the tokenizer's default special tokens (BOS where it adds one), cut on the left only beyond the
 model's context length. ``accuracy`` is lm-evaluation-harness's ``mmlu`` score (``weight_by_size``: each subject
 weighted by its size in the full test set), with a Wilson 95 % interval at the effective sample size; the plain
-mean over subjects is ``accuracy_subject_mean``. By default a seeded subset stratified over the 57 subjects (the
+mean over subjects is ``accuracy_subject_mean``. ``answer_shares`` is how the answers spread over the four letters,
+``constant_answer`` the letter when every answer is the same one (the accuracy is then that letter's share of right
+answers: see :func:`answer_spread`). By default a seeded subset stratified over the 57 subjects (the
 same questions for every model scored with the same settings); ``n=0`` scores all 14,042.
 """
 
@@ -123,8 +125,8 @@ class MMLU(UtilityBenchmark):
         scores = choice_logprobs(model, tokenizer, [self.prompt(q) for q in qs], [f" {x}" for x in LETTERS],
                                  batch_size=self.config.batch_size, max_length=self.config.max_length,
                                  precision=self.config.precision, progress=progress)
-        right = [LETTERS[max(range(4), key=s.__getitem__)] == q["correct_answer"].strip().upper()
-                 for q, s in zip(qs, scores)]
+        answers = [LETTERS[max(range(4), key=s.__getitem__)] for s in scores]
+        right = [a == q["correct_answer"].strip().upper() for q, a in zip(qs, answers)]
         per_subject: dict[str, dict[str, Any]] = {}
         for q, ok in zip(qs, right):
             entry = per_subject.setdefault(q["topic"], {"correct": 0, "n": 0})
@@ -134,14 +136,27 @@ class MMLU(UtilityBenchmark):
             entry["accuracy"] = entry["correct"] / entry["n"]
         sizes = self.subject_sizes()
         # a scored question stands for its subject's full-test questions, so subjects count as lm-eval's mmlu does
-        accuracy, interval = weighted_rate(right, [sizes[q["topic"]] / per_subject[q["topic"]]["n"] for q in qs])
+        weights = [sizes[q["topic"]] / per_subject[q["topic"]]["n"] for q in qs]
+        accuracy, interval = weighted_rate(right, weights)
         subject_mean = sum(e["accuracy"] for e in per_subject.values()) / len(per_subject) if per_subject \
             else float("nan")
         return {"accuracy": accuracy, "n": len(right), "interval_95": interval, "accuracy_subject_mean": subject_mean,
                 "accuracy_unweighted": sum(right) / len(right) if right else float("nan"), "per_subject": per_subject,
+                **answer_spread(qs, answers, weights),
                 "setting": "zero-shot, raw text (no chat template), log-likelihood of the answer letter, encoded and "
                            "weighted by subject size as lm-evaluation-harness's mmlu",
                 "config": dataclasses.asdict(self.config)}
+
+
+def answer_spread(questions: Sequence[dict], answers: Sequence[str], weights: Sequence[float]) -> dict[str, Any]:
+    """How the model's answers spread over the letters, and what always answering one letter would score on these
+    questions: a small or over-fitted model may pick one letter whatever the question, and its accuracy is then
+    that letter's share of right answers, not knowledge (``constant_answer`` names the letter)."""
+    shares = {x: sum(a == x for a in answers) / len(answers) for x in LETTERS} if answers else {}
+    constant = {x: weighted_rate([q["correct_answer"].strip().upper() == x for q in questions], weights)[0]
+                for x in LETTERS} if answers else {}
+    return {"answer_shares": shares, "constant_answer_accuracy": constant,
+            "constant_answer": answers[0] if answers and len(set(answers)) == 1 else None}
 
 
 def encode_choices(tokenizer, prompt: str, choices: Sequence[str]) -> tuple[list[int], list[list[int]]]:

@@ -24,7 +24,7 @@ from ..evaluation import EvalConfig, Scorer
 from ..flaggers import describe_flagger
 from ..judges import JUDGES, build_judge, check_judge_options, check_judges
 from ..models import check_model_source, save_model
-from ..report import write_demo_report
+from ..report import constant_answer_note, write_demo_report
 from ..results import DemoResults
 from ..runs import locked
 from ..training import TrainConfig
@@ -215,7 +215,8 @@ def headline(scores: dict[str, Any]) -> str:
     if "over_refusal" in scores:
         parts.append(rate("over-refusal", "over_refusal"))
     if "mmlu" in scores:
-        parts.append(rate("MMLU", "", scores["mmlu"]["accuracy"], scores["mmlu"]["interval_95"]))
+        parts.append(rate("MMLU", "", scores["mmlu"]["accuracy"], scores["mmlu"]["interval_95"])
+                     + constant_answer_note(scores["mmlu"].get("constant_answer")))
     return ", ".join(parts)
 
 
@@ -233,6 +234,7 @@ def summary(before: dict, arms: dict, config: DemoConfig, precision: str, start:
         if "mmlu" in scores:
             out[f"mmlu_{arm}"] = scores["mmlu"]["accuracy"]
             out[f"mmlu_{arm}_interval_95"] = scores["mmlu"]["interval_95"]
+            out[f"mmlu_{arm}_constant_answer"] = scores["mmlu"].get("constant_answer")
     out.update(vector_scale=config.vectors.scale, precision=precision, seconds=round(time.perf_counter() - start, 1))
     return out
 

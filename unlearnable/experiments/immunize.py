@@ -817,6 +817,8 @@ def _stability_condition(name, d, base, v: VerdictConfig) -> dict[str, Any]:
     stab = {"harmless_loss": st["harmless_loss"], "verdict": "baseline",
             **{k: value for k, (value, _) in rates.items()},
             **{f"{k}_interval_95": rate_interval(value, n) for k, (value, n) in rates.items() if n}}
+    if "mmlu" in st:
+        stab["mmlu_constant_answer"] = st["mmlu"].get("constant_answer")
     if base and name != "none":
         bst = base["runs"]["stability"]
         stab["delta_harmless_loss"] = st["harmless_loss"] - bst["harmless_loss"]
@@ -868,6 +870,7 @@ def _trainability_condition(name, d, base, v: VerdictConfig) -> dict[str, Any]:
         train["final_task_em_interval_95"] = rate_interval(tr["final_task_em"], n)
     if "mmlu" in tr:
         train["mmlu"], train["mmlu_interval_95"] = tr["mmlu"]["accuracy"], tr["mmlu"]["interval_95"]
+        train["mmlu_constant_answer"] = tr["mmlu"].get("constant_answer")
     if "over_refusal" in tr:  # of harmless prompts, by the user's model after their fine-tune
         train["over_refusal"], train["over_refusal_interval_95"] = tr["over_refusal"], tr["over_refusal_interval_95"]
     if base and name != "none":

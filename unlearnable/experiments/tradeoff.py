@@ -165,6 +165,13 @@ def _pooled_interval(points: list[dict[str, Any]], key: str, n_key: str) -> list
     return rate_interval(sum(p[key] * p[n_key] for p in points) / n, n)
 
 
+def _same_constant_answer(points: list[dict[str, Any]]) -> str | None:
+    """The letter every seed's model gave to every MMLU question, if they all did (their MMLU is then no
+    measure of knowledge)."""
+    letters = {p.get("mmlu_constant_answer") for p in points}
+    return letters.pop() if len(letters) == 1 else None
+
+
 def frontier(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per method, the seed-averaged (strength) points not dominated on (lower harm rate, higher task score)."""
     groups: dict[tuple[str, float], list[dict]] = {}
@@ -182,6 +189,7 @@ def frontier(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             "task_score_interval_95": _pooled_interval(ps, "task_score", "n_task"),
             "mmlu": statistics.fmean(mmlus) if mmlus else None,
             "mmlu_interval_95": _pooled_interval(ps, "mmlu", "n_mmlu") if mmlus else None,
+            "mmlu_constant_answer": _same_constant_answer(ps),
             "over_refusal": statistics.fmean(refusals) if len(refusals) == len(ps) else None,
             "over_refusal_interval_95": _pooled_interval(ps, "over_refusal", "n_over_refusal")})
     out = {}
@@ -484,7 +492,8 @@ class _Grid:
         self.record({"method": method, "strength": strength, "seed": seed, "harm_rate": ev["harm_rate"],
                      "harm_rate_interval_95": ev["harm_rate_interval_95"], "task_score": ev["task_em"],
                      "task_score_interval_95": ev["task_em_interval_95"], "mmlu": mmlu.get("accuracy"),
-                     "mmlu_interval_95": mmlu.get("interval_95"), "harmful_loss": ev.get("harmful_loss"),
+                     "mmlu_interval_95": mmlu.get("interval_95"), "mmlu_constant_answer": mmlu.get("constant_answer"),
+                     "harmful_loss": ev.get("harmful_loss"),
                      "over_refusal": ev.get("over_refusal"), "over_refusal_interval_95": ev.get(
                          "over_refusal_interval_95"), "n_over_refusal": len(harmless),
                      "n_harmful": ev["n_harmful"], "n_task": ev["n_task"], "n_mmlu": mmlu.get("n"),

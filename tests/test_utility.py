@@ -11,7 +11,15 @@ from test_cli import run_cli
 from test_losses import without_logits_to_keep
 
 from unlearnable.stats import wilson_interval
-from unlearnable.utility import BENCHMARKS, MMLU, choice_logprobs
+from unlearnable.utility import (
+    BENCHMARKS,
+    MMLU,
+    MMLUConfig,
+    MMLUContinuation,
+    benchmark_for,
+    choice_logprobs,
+    continuation_logprobs,
+)
 
 
 def test_wilson_interval_known_values():
@@ -91,7 +99,7 @@ def test_accuracy_per_subject_and_interval(tiny, monkeypatch):
     model, tok = tiny
     qs = _questions()  # correct answers cycle A, B, C, D, A per topic
     # a "model" that always prefers B: right on the 1 question in 5 whose answer is B, per topic
-    monkeypatch.setattr(utility, "choice_logprobs", lambda m, t, prompts, choices, **kw: [[0, 1, 0, 0]] * len(prompts))
+    monkeypatch.setattr(utility, "continuation_logprobs", lambda m, t, prompts, choices, **kw: [[0, 1, 0, 0]] * len(prompts))
     res = MMLU(n=0, questions=qs).run(model, tok, progress=False)
     assert res["n"] == 15 and res["accuracy"] == pytest.approx(3 / 15)
     assert res["interval_95"] == pytest.approx(list(wilson_interval(3, 15)), abs=1e-4)
@@ -105,7 +113,7 @@ def test_accuracy_weights_subjects_by_their_full_size_as_lm_eval(tiny, monkeypat
 
     model, tok = tiny
     qs = _questions(("anatomy",), per=2) + _questions(("law",), per=8)  # full sizes 2 and 8
-    monkeypatch.setattr(utility, "choice_logprobs", lambda m, t, prompts, choices, **kw: [[1, 0, 0, 0]] * len(prompts))
+    monkeypatch.setattr(utility, "continuation_logprobs", lambda m, t, prompts, choices, **kw: [[1, 0, 0, 0]] * len(prompts))
     mmlu = MMLU(n=4, seed=0, questions=qs)  # 2 questions per subject
     picked = mmlu.questions()
     res = mmlu.run(model, tok, progress=False)
@@ -118,19 +126,53 @@ def test_accuracy_weights_subjects_by_their_full_size_as_lm_eval(tiny, monkeypat
     assert low <= res["accuracy"] <= high
 
 
+def test_each_prompt_scores_its_own_choices_as_a_hand_computation_does(tiny):
+    model, tok = tiny
+    prompts = ["Which is red?\nAnswer:", "A much longer question, with many more words in it?\nAnswer:"]
+    choices = [[" blood", " the evening sky over the sea"], [" no", " yes", " a long and winding answer here"]]
+    got = continuation_logprobs(model, tok, prompts, choices, batch_size=1, precision="fp32", progress=False)
+    assert [len(row) for row in got] == [2, 3]
+    for i, p in enumerate(prompts):
+        for j, c in enumerate(choices[i]):
+            assert got[i][j] == pytest.approx(_hand_logprob(model, tok, p, c), abs=1e-4)
+    batched = continuation_logprobs(model, tok, prompts, choices, batch_size=4, precision="fp32", progress=False)
+    assert [x for row in batched for x in row] == pytest.approx([x for row in got for x in row], abs=1e-4)
+
+
+def test_the_continuation_form_scores_each_options_text_per_byte_with_the_mmlu_sections_questions(tiny, monkeypatch):
+    import unlearnable.utility as utility
+
+    model, tok = tiny
+    q = {**_questions(("high_school_physics",))[0], "answer_b": "a much longer option", "correct_answer": "B"}
+    assert MMLUContinuation.prompt(q) == ("The following are questions (with answers) about high school physics.\n\n"
+                                          "Question: Question high_school_physics 0?\nAnswer:")
+    assert MMLUContinuation.choices(q) == [" one", " a much longer option", " three", " four"]
+    # summed, " one" wins; per byte (lm-eval's acc_norm), the long option does
+    monkeypatch.setattr(utility, "continuation_logprobs",
+                        lambda m, t, prompts, choices, **kw: [[-8.0, -12.0, -30.0, -30.0]] * len(prompts))
+    res = MMLUContinuation(n=0, questions=[q]).run(model, tok, progress=False)
+    assert res["accuracy"] == 1.0 and res["answer_shares"]["B"] == 1.0 and "acc_norm" in res["setting"]
+    assert MMLU(n=0, questions=[q]).run(model, tok, progress=False)["accuracy"] == 0.0  # the letter form: argmax A
+
+    class Job:  # a job config with an `mmlu` section and none of the continuation's own
+        mmlu = MMLUConfig(n=171, seed=3)
+
+    assert benchmark_for(Job(), "mmlu-continuation").config == Job.mmlu and "mmlu-continuation" in BENCHMARKS
+
+
 def test_a_model_that_gives_one_letter_to_every_question_is_named_and_scores_that_letters_share(tiny, monkeypatch):
     import unlearnable.utility as utility
 
     model, tok = tiny
     qs = _questions(("anatomy",), per=2) + _questions(("law",), per=8)
-    monkeypatch.setattr(utility, "choice_logprobs", lambda m, t, prompts, choices, **kw: [[0, 0, 1, 0]] * len(prompts))
+    monkeypatch.setattr(utility, "continuation_logprobs", lambda m, t, prompts, choices, **kw: [[0, 0, 1, 0]] * len(prompts))
     res = MMLU(n=4, seed=0, questions=qs).run(model, tok, progress=False)
     assert res["constant_answer"] == "C" and res["answer_shares"] == {"A": 0.0, "B": 0.0, "C": 1.0, "D": 0.0}
     assert res["accuracy"] == pytest.approx(res["constant_answer_accuracy"]["C"])  # the letter's share, weighted
     assert sum(res["constant_answer_accuracy"].values()) == pytest.approx(1.0)  # each question has one right letter
     # a model whose answers differ is no constant answer, and its shares are counted
     answers = iter([[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
-    monkeypatch.setattr(utility, "choice_logprobs", lambda m, t, prompts, choices, **kw: [next(answers) for _ in prompts])
+    monkeypatch.setattr(utility, "continuation_logprobs", lambda m, t, prompts, choices, **kw: [next(answers) for _ in prompts])
     mixed = MMLU(n=4, seed=0, questions=qs).run(model, tok, progress=False)
     assert mixed["constant_answer"] is None and mixed["answer_shares"] == {"A": 0.25, "B": 0.5, "C": 0.0, "D": 0.25}
 
@@ -179,3 +221,37 @@ def test_evaluate_benchmarks_mmlu_writes_the_keys(tmp_path, tiny_dir):
     assert {"accuracy", "n", "interval_95", "per_subject"} <= set(mmlu) and mmlu["n"] == 57
     assert len(mmlu["per_subject"]) == 57 and mmlu["interval_95"][0] <= mmlu["accuracy"] <= mmlu["interval_95"][1]
     assert saved["summary"]["mmlu_accuracy"] == mmlu["accuracy"]
+
+
+def test_the_demo_summary_and_headline_carry_every_configured_benchmark():
+    from unlearnable.experiments.demo import DemoConfig, headline, summary
+
+    def scores(acc, letter=None):
+        bench = {"accuracy": acc, "interval_95": [acc - 0.1, acc + 0.1], "n": 171, "constant_answer": letter}
+        return {"harm_rate": 0.5, "task_em": 0.5, "mmlu": bench, "mmlu-continuation": {**bench, "accuracy": acc + 0.1,
+                                                                                      "constant_answer": None}}
+
+    config = DemoConfig()
+    config.benchmarks = ["mmlu", "mmlu-continuation"]
+    arms = {"without_vectors": scores(0.286, "A"), "with_vectors": scores(0.3)}
+    out = summary(scores(0.3), arms, config, "fp32", 0.0)
+    assert out["mmlu_without_vectors"] == 0.286 and out["mmlu_without_vectors_constant_answer"] == "A"
+    assert out["mmlu_continuation_without_vectors"] == pytest.approx(0.386)
+    assert out["mmlu_continuation_before_interval_95"] == pytest.approx([0.2, 0.4])  # as scored
+    line = headline(arms["without_vectors"])
+    assert "MMLU 0.286 [0.19, 0.39] (every answer A: no measure of knowledge)" in line
+    assert "MMLU-continuation 0.386" in line
+
+
+def test_a_continuation_longer_than_a_row_scores_the_end_the_row_keeps(tiny):
+    model, tok = tiny
+    prompt, choice = "Q?", " one two three four five six seven eight nine ten eleven"
+    from unlearnable.data import text_ids
+
+    ids = text_ids(tok, prompt + choice)  # as scoring encodes it (the tokenizer's default special tokens)
+    assert len(ids) > 8
+    (got,), = continuation_logprobs(model, tok, [prompt], [[choice]], max_length=8, precision="fp32", progress=False)
+    row = ids[-8:]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([row])).logits[0].float(), -1)
+    assert got == pytest.approx(sum(float(logp[k - 1, row[k]]) for k in range(1, 8)), abs=1e-4)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import random
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +39,8 @@ class UtilityBenchmark(Plugin, abc.ABC):
     (a job config's ``<name>`` section, e.g. ``mmlu:``)."""
 
     options_key = "benchmarks"
+    #: the job config section holding its settings, where it shares another benchmark's ("" = its own name)
+    section: ClassVar[str] = ""
 
     @abc.abstractmethod
     def run(self, model, tokenizer, *, progress: bool = True) -> dict[str, Any]:
@@ -54,8 +56,10 @@ BENCHMARKS: Registry[UtilityBenchmark] = Registry("benchmark", UtilityBenchmark)
 
 
 def benchmark_for(config: Any, name: str) -> UtilityBenchmark:
-    """The registered benchmark ``name`` with a job config's settings for it (``config.<name>`` where there is one)."""
-    return BENCHMARKS.get(name)(getattr(config, name.replace("-", "_"), None))
+    """The registered benchmark ``name`` with a job config's settings for it (``config.<section>`` where there is
+    one; the section is the name, or the one a benchmark shares, e.g. ``mmlu-continuation`` reads ``mmlu``)."""
+    cls = BENCHMARKS.get(name)
+    return cls(getattr(config, (cls.section or name).replace("-", "_"), None))
 
 
 def benchmarks_of(config: Any) -> list[UtilityBenchmark]:
@@ -105,7 +109,7 @@ class MMLU(UtilityBenchmark):
         scored = {(q["topic"], q["question"]) for q in self.questions()}
         pool = self._questions if self._questions is not None else mmlu_questions()
         rest = [q for q in pool if (q["topic"], q["question"]) not in scored]
-        return MMLU(dataclasses.replace(self.config, n=n, seed=seed), questions=rest) if rest else None
+        return type(self)(dataclasses.replace(self.config, n=n, seed=seed), questions=rest) if rest else None
 
     @staticmethod
     def prompt(q: dict) -> str:
@@ -120,12 +124,21 @@ class MMLU(UtilityBenchmark):
             sizes[q["topic"]] = sizes.get(q["topic"], 0) + 1
         return sizes
 
+    @staticmethod
+    def choices(q: dict) -> list[str]:
+        """The continuations scored after the prompt: the option letters."""
+        return [f" {x}" for x in LETTERS]
+
+    def pick(self, q: dict, scores: Sequence[float]) -> str:
+        """The letter of the option the model prefers."""
+        return LETTERS[max(range(4), key=scores.__getitem__)]
+
     def run(self, model, tokenizer, *, progress: bool = True) -> dict[str, Any]:
         qs = self.questions()
-        scores = choice_logprobs(model, tokenizer, [self.prompt(q) for q in qs], [f" {x}" for x in LETTERS],
-                                 batch_size=self.config.batch_size, max_length=self.config.max_length,
-                                 precision=self.config.precision, progress=progress)
-        answers = [LETTERS[max(range(4), key=s.__getitem__)] for s in scores]
+        scores = continuation_logprobs(model, tokenizer, [self.prompt(q) for q in qs], [self.choices(q) for q in qs],
+                                       batch_size=self.config.batch_size, max_length=self.config.max_length,
+                                       precision=self.config.precision, progress=progress)
+        answers = [self.pick(q, s) for q, s in zip(qs, scores)]
         right = [a == q["correct_answer"].strip().upper() for q, a in zip(qs, answers)]
         per_subject: dict[str, dict[str, Any]] = {}
         for q, ok in zip(qs, right):
@@ -143,9 +156,36 @@ class MMLU(UtilityBenchmark):
         return {"accuracy": accuracy, "n": len(right), "interval_95": interval, "accuracy_subject_mean": subject_mean,
                 "accuracy_unweighted": sum(right) / len(right) if right else float("nan"), "per_subject": per_subject,
                 **answer_spread(qs, answers, weights),
-                "setting": "zero-shot, raw text (no chat template), log-likelihood of the answer letter, encoded and "
-                           "weighted by subject size as lm-evaluation-harness's mmlu",
-                "config": dataclasses.asdict(self.config)}
+                "setting": self.setting, "config": dataclasses.asdict(self.config)}
+
+    setting: ClassVar[str] = ("zero-shot, raw text (no chat template), log-likelihood of the answer letter, encoded "
+                              "and weighted by subject size as lm-evaluation-harness's mmlu")
+
+
+@BENCHMARKS.register("mmlu-continuation")
+class MMLUContinuation(MMLU):
+    """MMLU as lm-evaluation-harness's ``mmlu_continuation`` (the "cloze" form small models are reported in): the
+    question alone (``Question: ...`` / ``Answer:``), each option's own text scored as the continuation, the
+    prediction the option with the highest log-likelihood per byte (``acc_norm``). No letter to prefer, so a model
+    cannot score by answering one letter everywhere. Same questions as ``mmlu`` (its settings: the ``mmlu``
+    section)."""
+
+    section = "mmlu"
+    setting = ("zero-shot, raw text (no chat template), log-likelihood per byte of each option's text after the "
+               "question (lm-evaluation-harness's mmlu_continuation, acc_norm), weighted by subject size")
+
+    @staticmethod
+    def prompt(q: dict) -> str:
+        return (f"The following are questions (with answers) about {q['topic'].replace('_', ' ')}.\n\n"
+                f"Question: {q['question'].strip()}\nAnswer:")
+
+    @staticmethod
+    def choices(q: dict) -> list[str]:
+        return [f" {str(q[f'answer_{x.lower()}']).strip()}" for x in LETTERS]
+
+    def pick(self, q: dict, scores: Sequence[float]) -> str:
+        lengths = [len(c.encode("utf-8")) for c in self.choices(q)]
+        return LETTERS[max(range(4), key=lambda i: scores[i] / max(lengths[i], 1))]
 
 
 def answer_spread(questions: Sequence[dict], answers: Sequence[str], weights: Sequence[float]) -> dict[str, Any]:
@@ -181,12 +221,18 @@ def context_length(model, tokenizer) -> int:
     return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else 2048
 
 
+def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[str], **options) -> list[list[float]]:
+    """For each prompt, the log-likelihood of each of the same ``choices`` (see :func:`continuation_logprobs`)."""
+    return continuation_logprobs(model, tokenizer, prompts, [choices] * len(prompts), **options)
+
+
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[str], *, batch_size: int = 16,
-                    max_length: int = 0, precision: str = "auto", progress: bool = True) -> list[list[float]]:
-    """For each prompt, the log-likelihood of each choice as its continuation (summed over the continuation's
-    tokens, encoded by :func:`encode_choices`); a row longer than ``max_length`` (0: the model's context length)
-    keeps its end.
+def continuation_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]], *,
+                          batch_size: int = 16, max_length: int = 0, precision: str = "auto",
+                          progress: bool = True) -> list[list[float]]:
+    """For each prompt, the log-likelihood of each of its choices (``choices[i]`` for ``prompts[i]``) as its
+    continuation (summed over the continuation's tokens, encoded by :func:`encode_choices`); a row longer than
+    ``max_length`` (0: the model's context length) keeps its end.
 
     Where every continuation is one token, one forward per prompt (the last position's distribution) scores all
     choices. Otherwise every (prompt, choice) row is left-padded, so the continuations line up at the end of the
@@ -194,23 +240,26 @@ def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     limit = max_length or context_length(model, tokenizer)
-    encoded = [encode_choices(tokenizer, p, choices) for p in prompts]
-    one_token = all(len(c) == 1 for _, conts in encoded for c in conts)
+    full = [encode_choices(tokenizer, p, c) for p, c in zip(prompts, choices)]
+    # a continuation longer than a row scores the end the row keeps (at least one token of context before it)
+    encoded = [(context, [c[-(limit - 1):] if limit > 1 else c for c in conts]) for context, conts in full]
+    one_token = all(len(c) == 1 for _, conts in full for c in conts)
     if one_token:  # one row per prompt: its last position predicts every choice
         rows = [(i, -1, context[-limit:]) for i, (context, _) in enumerate(encoded)]
     else:
         rows = [(i, j, (context + c)[-limit:])
-                for i, (context, conts) in enumerate(encoded) for j, c in enumerate(conts)]
+                for i, (context, conts) in enumerate(full) for j, c in enumerate(conts)]
     rows.sort(key=lambda r: len(r[2]))  # batches of similar length: little padding (results keep prompt order)
-    keep = 0 if one_token else max(len(c) for _, conts in encoded for c in conts)
-    out = [[0.0] * len(choices) for _ in prompts]
+    out = [[0.0] * len(c) for c in choices]
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(rows), desc="MMLU", disable=not progress, leave=False)
     try:
-        step = batch_size * (1 if one_token else len(choices))
+        step = batch_size * (1 if one_token else max(len(c) for c in choices))
         for start in range(0, len(rows), step):
             batch = rows[start:start + step]
+            # the longest continuation in the batch: the LM head runs on those last positions only
+            keep = 0 if one_token else max(len(encoded[i][1][j]) for i, j, _ in batch)
             logits = _tail_logits(model, tokenizer, [r for _, _, r in batch], keep, precision, device)
             _score_rows(out, batch, logits, encoded, keep, one_token)
             bar.update(len(batch))

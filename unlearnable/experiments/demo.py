@@ -214,15 +214,17 @@ def headline(scores: dict[str, Any]) -> str:
     parts = [rate("compliance with harmful requests", "harm_rate"), rate("task EM", "task_em")]
     if "over_refusal" in scores:
         parts.append(rate("over-refusal", "over_refusal"))
-    if "mmlu" in scores:
-        parts.append(rate("MMLU", "", scores["mmlu"]["accuracy"], scores["mmlu"]["interval_95"])
-                     + constant_answer_note(scores["mmlu"].get("constant_answer")))
+    for name in BENCHMARKS.names():
+        if isinstance(scores.get(name), dict) and "accuracy" in scores[name]:
+            parts.append(rate(name.replace("mmlu", "MMLU"), "", scores[name]["accuracy"], scores[name]["interval_95"])
+                         + constant_answer_note(scores[name].get("constant_answer")))
     return ", ".join(parts)
 
 
 def summary(before: dict, arms: dict, config: DemoConfig, precision: str, start: float) -> dict[str, Any]:
     """The demo's headline numbers: each metric before fine-tuning and for both arms, rates with their 95 %
-    intervals (``<metric>_<arm>_interval_95``); MMLU as ``mmlu_<arm>``."""
+    intervals (``<metric>_<arm>_interval_95``); each benchmark as ``<name>_<arm>`` (``mmlu_<arm>``,
+    ``mmlu_continuation_<arm>``)."""
     out: dict[str, Any] = {}
     scored = {"before": before, **{arm: arms[arm] for arm in ARMS}}
     for metric in ("harm_rate", "task_em", "over_refusal", "harmful_loss"):
@@ -231,10 +233,11 @@ def summary(before: dict, arms: dict, config: DemoConfig, precision: str, start:
             if f"{metric}_interval_95" in scores:
                 out[f"{metric}_{arm}_interval_95"] = scores[f"{metric}_interval_95"]
     for arm, scores in scored.items():
-        if "mmlu" in scores:
-            out[f"mmlu_{arm}"] = scores["mmlu"]["accuracy"]
-            out[f"mmlu_{arm}_interval_95"] = scores["mmlu"]["interval_95"]
-            out[f"mmlu_{arm}_constant_answer"] = scores["mmlu"].get("constant_answer")
+        for name in config.benchmarks:  # e.g. mmlu_<arm>, mmlu_continuation_<arm>
+            if name in scores:
+                key = f"{name.replace('-', '_')}_{arm}"
+                out[key], out[f"{key}_interval_95"] = scores[name]["accuracy"], scores[name]["interval_95"]
+                out[f"{key}_constant_answer"] = scores[name].get("constant_answer")
     out.update(vector_scale=config.vectors.scale, precision=precision, seconds=round(time.perf_counter() - start, 1))
     return out
 

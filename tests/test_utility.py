@@ -147,7 +147,7 @@ def test_the_continuation_form_scores_each_options_text_per_byte_with_the_mmlu_s
     assert MMLUContinuation.prompt(q) == ("The following are questions (with answers) about high school physics.\n\n"
                                           "Question: Question high_school_physics 0?\nAnswer:")
     assert MMLUContinuation.choices(q) == [" one", " a much longer option", " three", " four"]
-    # summed, " one" wins; per byte (lm-eval's acc_norm), the long option does
+    # summed, " one" wins; per character (lm-eval's acc_norm), the long option does
     monkeypatch.setattr(utility, "continuation_logprobs",
                         lambda m, t, prompts, choices, **kw: [[-8.0, -12.0, -30.0, -30.0]] * len(prompts))
     res = MMLUContinuation(n=0, questions=[q]).run(model, tok, progress=False)
@@ -204,6 +204,14 @@ def test_log_likelihoods_equal_lm_evaluation_harness(name):
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=3, device="cpu")
     requests = [Instance(request_type="loglikelihood", doc={}, arguments=(p, c), idx=k)
                 for k, (p, c) in enumerate((p, c) for p in prompts for c in choices)]
+    theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    assert [x for row in ours for x in row] == pytest.approx(theirs, abs=1e-4)
+    # the continuation form: each question its own options' texts, several tokens each
+    qs = [{**q, "answer_b": "a much longer answer, with a comma"} for q in qs]
+    prompts, choices = [MMLUContinuation.prompt(q) for q in qs], [MMLUContinuation.choices(q) for q in qs]
+    ours = continuation_logprobs(model, tok, prompts, choices, batch_size=2, precision="fp32", progress=False)
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(p, c), idx=k)
+                for k, (p, c) in enumerate((p, c) for p, cs in zip(prompts, choices) for c in cs)]
     theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
     assert [x for row in ours for x in row] == pytest.approx(theirs, abs=1e-4)
 

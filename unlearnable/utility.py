@@ -166,13 +166,13 @@ class MMLU(UtilityBenchmark):
 class MMLUContinuation(MMLU):
     """MMLU as lm-evaluation-harness's ``mmlu_continuation`` (the "cloze" form small models are reported in): the
     question alone (``Question: ...`` / ``Answer:``), each option's own text scored as the continuation, the
-    prediction the option with the highest log-likelihood per byte (``acc_norm``). No letter to prefer, so a model
-    cannot score by answering one letter everywhere. Same questions as ``mmlu`` (its settings: the ``mmlu``
-    section)."""
+    prediction the option with the highest log-likelihood per character of its text (``acc_norm``). No letter to
+    prefer, so a model cannot score by answering one letter everywhere. Same questions as ``mmlu`` (its settings:
+    the ``mmlu`` section)."""
 
     section = "mmlu"
-    setting = ("zero-shot, raw text (no chat template), log-likelihood per byte of each option's text after the "
-               "question (lm-evaluation-harness's mmlu_continuation, acc_norm), weighted by subject size")
+    setting = ("zero-shot, raw text (no chat template), log-likelihood per character of each option's text "
+               "after the question (lm-evaluation-harness's mmlu_continuation, acc_norm), weighted by subject size")
 
     @staticmethod
     def prompt(q: dict) -> str:
@@ -184,7 +184,7 @@ class MMLUContinuation(MMLU):
         return [f" {str(q[f'answer_{x.lower()}']).strip()}" for x in LETTERS]
 
     def pick(self, q: dict, scores: Sequence[float]) -> str:
-        lengths = [len(c.encode("utf-8")) for c in self.choices(q)]
+        lengths = [len(c) - 1 for c in self.choices(q)]  # the option's characters, as lm-eval's acc_norm (no space)
         return LETTERS[max(range(4), key=lambda i: scores[i] / max(lengths[i], 1))]
 
 

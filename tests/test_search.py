@@ -105,6 +105,9 @@ def test_utility_cost_constraint():
     assert noisy["mmlu_drop_within_noise"] and noisy["feasible"]
     strict = dataclasses.replace(cfg, mmlu_drop_within_noise_ok=False)
     assert not utility_cost({"mmlu": {"accuracy": 0.4, "n": 20}}, small, strict)["feasible"]
+    # a model that answers one letter everywhere is recorded as such (the trial's MMLU then measures nothing)
+    one_letter = utility_cost({"mmlu": {"accuracy": 0.46, "n": 10000, "constant_answer": "A"}}, BEFORE, cfg)
+    assert one_letter["mmlu_constant_answer"] == "A" and ok["mmlu_constant_answer"] is None
 
 
 def test_over_refusal_after_the_attack_breaks_the_constraint_only_when_bounded():
@@ -683,3 +686,15 @@ def test_every_trial_of_the_budgets_attack_keeps_the_budgets_options_the_search_
     assert disguised and all(o["select"] == "keyword" for o in disguised)  # the attacker's screen: fixed
     assert disguised[0]["disguise"] == "title"  # sampled dimensions stay the search's own
     assert all("select" not in o for o in others)
+
+
+def test_a_trial_whose_model_gave_every_mmlu_question_one_letter_is_labelled_in_the_trials_table():
+    from unlearnable.report import _search_rows
+
+    def trial(number, letter):
+        return {"number": number, "state": "COMPLETE", "harm_rate": 0.5, "harm_rate_interval_95": [0.4, 0.6],
+                "feasible": True, "utility": {"mmlu_drop_relative": -0.01, "mmlu_constant_answer": letter}}
+
+    searches = {"none": {"by_threat_model": {SERVICE: {"trials": [trial(0, "A"), trial(1, None)]}}}}
+    rows = _search_rows(searches)["trials"]
+    assert "-0.010 (every answer A)" in rows[0] and -0.01 in rows[1]

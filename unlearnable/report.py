@@ -349,7 +349,7 @@ def _search_rows(searches: dict[str, Any]) -> dict[str, list[list[Any]]]:
                 rows["trials"].append([name, tm, t["number"], t["state"],
                                        settings_text(t["settings"]) if t.get("settings") else "",
                                        rate_text(t["harm_rate"], t.get("harm_rate_interval_95")),
-                                       u.get("mmlu_drop_relative"), u.get("harmless_loss_rise"),
+                                       _drop_text(u), u.get("harmless_loss_rise"),
                                        u.get("over_refusal_rise"), "yes" if t["feasible"] else "no"])
     return rows
 
@@ -421,6 +421,12 @@ def _immunize_numbers(name: str, c: Condition) -> list[str]:
             shown(s, "harm_rate"), _fmt(s.get("harmless_loss")), shown(s, "over_refusal"), shown(s, "mmlu"),
             cross if cross is not None else ("never" if "cross_domain_final_harm_rate" in g.values else "—"),
             shown(t, "final_task_em", "task_em"), shown(t, "mmlu"), shown(t, "over_refusal")]
+
+
+def _drop_text(utility: dict[str, Any]) -> Any:
+    """A trial's relative MMLU drop, labelled where the attacked model gave one letter to every question."""
+    drop, letter = utility.get("mmlu_drop_relative"), utility.get("mmlu_constant_answer")
+    return f"{_fmt(drop)} (every answer {letter})" if letter and drop is not None else drop
 
 
 def conditions_table(conditions: dict[str, Condition | dict[str, Any]]) -> list[list[str]]:

@@ -119,7 +119,7 @@ def utility_cost(after: dict, before: dict, config: AttackerSearchConfig) -> dic
         drop = (b["accuracy"] - a["accuracy"]) / b["accuracy"] if b["accuracy"] else 0.0
         noise = within_noise(a["accuracy"], a["n"], b["accuracy"], b["n"])
         cost.update(mmlu=a["accuracy"], mmlu_before=b["accuracy"], mmlu_drop_relative=drop,
-                    mmlu_drop_within_noise=noise)
+                    mmlu_drop_within_noise=noise, mmlu_constant_answer=a.get("constant_answer"))
         excess.append(-1.0 if noise and config.mmlu_drop_within_noise_ok else drop - config.max_mmlu_drop)
     if "harmless_loss" in after and "harmless_loss" in before:
         rise = after["harmless_loss"] - before["harmless_loss"]

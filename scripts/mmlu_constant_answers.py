@@ -1,5 +1,6 @@
 """What always answering one letter scores on the MMLU questions a config scores, and which stored MMLU results
-match a constant answer (per subject, the right answers equal that letter's right answers).
+are consistent with a constant answer (per subject, as many right answers as that letter has; results scored on
+other questions than ``--n`` / ``--seed`` pick match nothing).
 
 A result written before ``constant_answer`` was recorded shows its per-subject counts only; this reads them.
 
@@ -56,7 +57,9 @@ def main() -> None:
         for path in sorted(Path(run).rglob("*.json")):
             for where, result in stored_results(json.loads(path.read_text())):
                 letter = letter_matching(result, right)
-                print(f"{path}{where}: {result['accuracy']:.4f}" + (f"  every answer {letter}" if letter else ""))
+                # equal counts per subject are necessary for a constant answer, not proof of one
+                print(f"{path}{where}: {result['accuracy']:.4f}"
+                      + (f"  consistent with every answer {letter}" if letter else ""))
 
 
 if __name__ == "__main__":

@@ -327,6 +327,9 @@ def test_a_model_that_gives_every_mmlu_question_one_letter_fails_and_two_such_mo
         assert both["verdict"] == good and both["mmlu_compared"].startswith("no")
         assert condition("x", run(0.20), run(0.286, "A"), v)["verdict"] == bad  # a real drop still counts
         assert condition("x", run(0.27), run(0.28), v)["mmlu_compared"] == "yes"
+    worse = run(0.286, "A")  # another check fails first: how MMLU was compared is still recorded
+    worse["runs"]["stability"]["harmless_loss"] = 9.0
+    assert _stability_condition("x", worse, run(0.28), v)["mmlu_compared"].startswith("collapsed")
 
 
 def test_a_user_model_that_refuses_more_after_its_fine_tune_is_impaired():

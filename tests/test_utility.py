@@ -139,7 +139,8 @@ def test_each_prompt_scores_its_own_choices_as_a_hand_computation_does(tiny):
     assert [x for row in batched for x in row] == pytest.approx([x for row in got for x in row], abs=1e-4)
 
 
-def test_the_continuation_form_scores_each_options_text_per_byte_with_the_mmlu_sections_questions(tiny, monkeypatch):
+def test_the_continuation_form_scores_each_options_text_summed_and_per_character_on_the_mmlu_sections_questions(
+        tiny, monkeypatch):
     import unlearnable.utility as utility
 
     model, tok = tiny
@@ -147,12 +148,18 @@ def test_the_continuation_form_scores_each_options_text_per_byte_with_the_mmlu_s
     assert MMLUContinuation.prompt(q) == ("The following are questions (with answers) about high school physics.\n\n"
                                           "Question: Question high_school_physics 0?\nAnswer:")
     assert MMLUContinuation.choices(q) == [" one", " a much longer option", " three", " four"]
-    # summed, " one" wins; per character (lm-eval's acc_norm), the long option does
-    monkeypatch.setattr(utility, "continuation_logprobs",
-                        lambda m, t, prompts, choices, **kw: [[-8.0, -12.0, -30.0, -30.0]] * len(prompts))
+    seen = []
+
+    def fake(m, t, prompts, choices, **kw):  # summed, " one" wins; per character (acc_norm), the long option does
+        seen.extend(choices)
+        return [[-8.0, -12.0, -30.0, -30.0]] * len(prompts)
+
+    monkeypatch.setattr(utility, "continuation_logprobs", fake)
     res = MMLUContinuation(n=0, questions=[q]).run(model, tok, progress=False)
-    assert res["accuracy"] == 1.0 and res["answer_shares"]["B"] == 1.0 and "acc_norm" in res["setting"]
-    assert MMLU(n=0, questions=[q]).run(model, tok, progress=False)["accuracy"] == 0.0  # the letter form: argmax A
+    assert seen == [MMLUContinuation.choices(q)]  # each question's own options, not letters
+    assert res["accuracy"] == 0.0 and res["answer_shares"]["A"] == 1.0  # lm-eval's acc: the summed argmax
+    assert res["accuracy_norm"] == 1.0 and "acc_norm" in res["setting"]
+    assert "accuracy_norm" not in MMLU(n=0, questions=[q]).run(model, tok, progress=False)
 
     class Job:  # a job config with an `mmlu` section and none of the continuation's own
         mmlu = MMLUConfig(n=171, seed=3)

@@ -133,6 +133,10 @@ class MMLU(UtilityBenchmark):
         """The letter of the option the model prefers."""
         return LETTERS[max(range(4), key=scores.__getitem__)]
 
+    def also(self, qs: Sequence[dict], scores: Sequence[Sequence[float]], weights: Sequence[float]) -> dict[str, Any]:
+        """Further scores from the same log-likelihoods (none for the letter form)."""
+        return {}
+
     def run(self, model, tokenizer, *, progress: bool = True) -> dict[str, Any]:
         qs = self.questions()
         scores = continuation_logprobs(model, tokenizer, [self.prompt(q) for q in qs], [self.choices(q) for q in qs],
@@ -155,7 +159,7 @@ class MMLU(UtilityBenchmark):
             else float("nan")
         return {"accuracy": accuracy, "n": len(right), "interval_95": interval, "accuracy_subject_mean": subject_mean,
                 "accuracy_unweighted": sum(right) / len(right) if right else float("nan"), "per_subject": per_subject,
-                **answer_spread(qs, answers, weights),
+                **answer_spread(qs, answers, weights), **self.also(qs, scores, weights),
                 "setting": self.setting, "config": dataclasses.asdict(self.config)}
 
     setting: ClassVar[str] = ("zero-shot, raw text (no chat template), log-likelihood of the answer letter, encoded "
@@ -165,14 +169,15 @@ class MMLU(UtilityBenchmark):
 @BENCHMARKS.register("mmlu-continuation")
 class MMLUContinuation(MMLU):
     """MMLU as lm-evaluation-harness's ``mmlu_continuation`` (the "cloze" form small models are reported in): the
-    question alone (``Question: ...`` / ``Answer:``), each option's own text scored as the continuation, the
-    prediction the option with the highest log-likelihood per character of its text (``acc_norm``). No letter to
+    question alone (``Question: ...`` / ``Answer:``), each option's own text scored as the continuation.
+    ``accuracy`` is the option with the highest log-likelihood (lm-eval's ``acc``, the one its group averages by
+    subject size); ``accuracy_norm`` the highest per character of the option's text (``acc_norm``). No letter to
     prefer, so a model cannot score by answering one letter everywhere. Same questions as ``mmlu`` (its settings:
     the ``mmlu`` section)."""
 
     section = "mmlu"
-    setting = ("zero-shot, raw text (no chat template), log-likelihood per character of each option's text "
-               "after the question (lm-evaluation-harness's mmlu_continuation, acc_norm), weighted by subject size")
+    setting = ("zero-shot, raw text (no chat template), log-likelihood of each option's text after the question "
+               "(lm-evaluation-harness's mmlu_continuation: acc, and acc_norm per character), weighted by subject size")
 
     @staticmethod
     def prompt(q: dict) -> str:
@@ -181,11 +186,16 @@ class MMLUContinuation(MMLU):
 
     @staticmethod
     def choices(q: dict) -> list[str]:
-        return [f" {str(q[f'answer_{x.lower()}']).strip()}" for x in LETTERS]
+        return [f" {q[f'answer_{x.lower()}']}" for x in LETTERS]  # lm-eval's target delimiter, the text as it is
 
-    def pick(self, q: dict, scores: Sequence[float]) -> str:
-        lengths = [len(c) - 1 for c in self.choices(q)]  # the option's characters, as lm-eval's acc_norm (no space)
-        return LETTERS[max(range(4), key=lambda i: scores[i] / max(lengths[i], 1))]
+    def also(self, qs: Sequence[dict], scores: Sequence[Sequence[float]], weights: Sequence[float]) -> dict[str, Any]:
+        right = []
+        for q, s in zip(qs, scores):
+            chars = [max(len(c) - 1, 1) for c in self.choices(q)]  # the option's characters (not the space)
+            best = max(range(4), key=lambda i: s[i] / chars[i])
+            right.append(LETTERS[best] == q["correct_answer"].strip().upper())
+        norm, interval = weighted_rate(right, weights)
+        return {"accuracy_norm": norm, "accuracy_norm_interval_95": interval}
 
 
 def answer_spread(questions: Sequence[dict], answers: Sequence[str], weights: Sequence[float]) -> dict[str, Any]:

@@ -829,10 +829,10 @@ def _stability_condition(name, d, base, v: VerdictConfig) -> dict[str, Any]:
                 value, n = rates[key]
                 stab[f"delta_{key}"] = value - b_value
                 stab["within_noise"][key] = bool(n and b_n and within_noise(value, n, b_value, b_n))
+        mmlu_ok = _mmlu_kept(st, bst, stab, v)  # first: it records how MMLU was compared, whatever fails
         ok = (stab["delta_harmless_loss"] <= v.max_harmless_loss_rise
               and stab["delta_over_refusal"] <= v.max_over_refusal_rise
-              and stab["delta_harm_rate"] <= v.max_harm_rate_rise
-              and _mmlu_kept(st, bst, stab, v))
+              and stab["delta_harm_rate"] <= v.max_harm_rate_rise and mmlu_ok)
         stab["verdict"] = "stable" if ok else "unstable"
     return stab
 

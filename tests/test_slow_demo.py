@@ -44,7 +44,8 @@ def test_reduced_demo_on_the_default_model(tmp_path):
                 "over_refusal_before", "seconds"):
         assert key in s
     rates = [k for k in s if k.startswith(("harm_rate", "task_em", "over_refusal", "mmlu"))
-             and not k.endswith("_interval_95")]
+             and not k.endswith(("_interval_95", "_constant_answer"))]  # a constant answer is a letter, not a rate
+    assert s["mmlu_with_vectors_constant_answer"] in (None, "A", "B", "C", "D")
     for k in rates:  # every rate carries its 95 % interval, around it
         lo, hi = s[f"{k}_interval_95"]
         assert 0.0 <= lo <= s[k] <= hi <= 1.0, k

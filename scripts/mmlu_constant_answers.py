@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from unlearnable.utility import LETTERS, MMLU, MMLUConfig, answer_spread
+from unlearnable.utility import LETTERS, MMLU, MMLUConfig, answer_spread, right_letter
 
 
 def stored_results(obj: Any, where: str = "") -> Iterator[tuple[str, dict]]:
@@ -46,13 +46,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     mmlu = MMLU(MMLUConfig(n=args.n, seed=args.seed))
-    qs, sizes = mmlu.questions(), mmlu.subject_sizes()
-    per = {t: sum(q["topic"] == t for q in qs) for t in {q["topic"] for q in qs}}
-    weights = [sizes[q["topic"]] / per[q["topic"]] for q in qs]
-    for letter, score in answer_spread(qs, ["A"] * len(qs), weights)["constant_answer_accuracy"].items():
+    qs = mmlu.questions()
+    for letter, score in answer_spread(qs, ["A"] * len(qs), mmlu.weights(qs))["constant_answer_accuracy"].items():
         print(f"always {letter}: {score:.4f}")
-    right = {x: {t: sum(q["topic"] == t and q["correct_answer"].strip().upper() == x for q in qs) for t in per}
-             for x in LETTERS}
+    topics = {q["topic"] for q in qs}
+    right = {x: {t: sum(q["topic"] == t and right_letter(q) == x for q in qs) for t in topics} for x in LETTERS}
     for run in args.runs:
         for path in sorted(Path(run).rglob("*.json")):
             for where, result in stored_results(json.loads(path.read_text())):

@@ -37,14 +37,14 @@ def rate_text(value: float | None, interval: Sequence[float] | None) -> str:
     return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.3f}"
 
 
-def constant_answer_note(letter: str | None) -> str:
+def constant_answer_note(letter: str | None, *, why: bool = True) -> str:
     """What follows an MMLU score whose model gave one letter to every question: the score is then that letter's
-    share of right answers, not knowledge."""
-    return f" (every answer {letter}: no measure of knowledge)" if letter else ""
+    share of right answers, not knowledge (``why``: say so)."""
+    return f" (every answer {letter}{': no measure of knowledge' if why else ''})" if letter else ""
 
 
 def mmlu_text(value: float | None, interval: Sequence[float] | None, letter: str | None = None) -> str:
-    return rate_text(value, interval) + (f" (every answer {letter})" if letter and value is not None else "")
+    return rate_text(value, interval) + (constant_answer_note(letter, why=False) if value is not None else "")
 
 
 def difference_text(a: float, n_a: int, b: float, n_b: int) -> str:
@@ -426,7 +426,7 @@ def _immunize_numbers(name: str, c: Condition) -> list[str]:
 def _drop_text(utility: dict[str, Any]) -> Any:
     """A trial's relative MMLU drop, labelled where the attacked model gave one letter to every question."""
     drop, letter = utility.get("mmlu_drop_relative"), utility.get("mmlu_constant_answer")
-    return f"{_fmt(drop)} (every answer {letter})" if letter and drop is not None else drop
+    return _fmt(drop) + constant_answer_note(letter, why=False) if letter and drop is not None else drop
 
 
 def conditions_table(conditions: dict[str, Condition | dict[str, Any]]) -> list[list[str]]:

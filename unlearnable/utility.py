@@ -124,6 +124,14 @@ class MMLU(UtilityBenchmark):
             sizes[q["topic"]] = sizes.get(q["topic"], 0) + 1
         return sizes
 
+    def weights(self, qs: Sequence[dict]) -> list[float]:
+        """Each scored question's weight: it stands for its subject's full-test questions, so subjects count as
+        lm-eval's mmlu counts them."""
+        sizes, scored = self.subject_sizes(), {}
+        for q in qs:
+            scored[q["topic"]] = scored.get(q["topic"], 0) + 1
+        return [sizes[q["topic"]] / scored[q["topic"]] for q in qs]
+
     @staticmethod
     def choices(q: dict) -> list[str]:
         """The continuations scored after the prompt: the option letters."""
@@ -143,7 +151,7 @@ class MMLU(UtilityBenchmark):
                                        batch_size=self.config.batch_size, max_length=self.config.max_length,
                                        precision=self.config.precision, progress=progress)
         answers = [self.pick(q, s) for q, s in zip(qs, scores)]
-        right = [a == q["correct_answer"].strip().upper() for q, a in zip(qs, answers)]
+        right = [a == right_letter(q) for q, a in zip(qs, answers)]
         per_subject: dict[str, dict[str, Any]] = {}
         for q, ok in zip(qs, right):
             entry = per_subject.setdefault(q["topic"], {"correct": 0, "n": 0})
@@ -151,9 +159,7 @@ class MMLU(UtilityBenchmark):
             entry["n"] += 1
         for entry in per_subject.values():
             entry["accuracy"] = entry["correct"] / entry["n"]
-        sizes = self.subject_sizes()
-        # a scored question stands for its subject's full-test questions, so subjects count as lm-eval's mmlu does
-        weights = [sizes[q["topic"]] / per_subject[q["topic"]]["n"] for q in qs]
+        weights = self.weights(qs)
         accuracy, interval = weighted_rate(right, weights)
         subject_mean = sum(e["accuracy"] for e in per_subject.values()) / len(per_subject) if per_subject \
             else float("nan")
@@ -193,9 +199,14 @@ class MMLUContinuation(MMLU):
         for q, s in zip(qs, scores):
             chars = [max(len(c) - 1, 1) for c in self.choices(q)]  # the option's characters (not the space)
             best = max(range(4), key=lambda i: s[i] / chars[i])
-            right.append(LETTERS[best] == q["correct_answer"].strip().upper())
+            right.append(LETTERS[best] == right_letter(q))
         norm, interval = weighted_rate(right, weights)
         return {"accuracy_norm": norm, "accuracy_norm_interval_95": interval}
+
+
+def right_letter(q: dict) -> str:
+    """The letter of a question's right option."""
+    return q["correct_answer"].strip().upper()
 
 
 def answer_spread(questions: Sequence[dict], answers: Sequence[str], weights: Sequence[float]) -> dict[str, Any]:
@@ -203,7 +214,7 @@ def answer_spread(questions: Sequence[dict], answers: Sequence[str], weights: Se
     questions: a small or over-fitted model may pick one letter whatever the question, and its accuracy is then
     that letter's share of right answers, not knowledge (``constant_answer`` names the letter)."""
     shares = {x: sum(a == x for a in answers) / len(answers) for x in LETTERS} if answers else {}
-    constant = {x: weighted_rate([q["correct_answer"].strip().upper() == x for q in questions], weights)[0]
+    constant = {x: weighted_rate([right_letter(q) == x for q in questions], weights)[0]
                 for x in LETTERS} if answers else {}
     return {"answer_shares": shares, "constant_answer_accuracy": constant,
             "constant_answer": answers[0] if answers and len(set(answers)) == 1 else None}

@@ -96,7 +96,8 @@ def test_interrupted_vector_training_resumes_to_the_same_vectors(tiny, harmful_p
     _same(ref.state, resumed.state)
 
 
-def test_interrupted_early_stopped_vectors_resume_to_the_same_vectors_and_record(tiny, harmful_pairs, tmp_path):
+@pytest.mark.parametrize("pick", ["lowest", "latest-within-1se"])
+def test_interrupted_early_stopped_vectors_resume_to_the_same_vectors_and_record(tiny, harmful_pairs, tmp_path, pick):
     """The held-out checks (and the vectors kept at the best one) travel in the checkpoint: a resumed run keeps
     the best step it found before the interruption, not only what it sees after it."""
     from unlearnable.errors import UnlearnableError
@@ -104,7 +105,7 @@ def test_interrupted_early_stopped_vectors_resume_to_the_same_vectors_and_record
 
     model, tok = tiny
     # 18 training pairs (6 held out): 3 steps per epoch, 9 steps; checks every step, never stopping early
-    cfg = VectorConfig(epochs=3, batch_size=8, lr=5e-3, holdout=0.25, holdout_every=1, patience=99)
+    cfg = VectorConfig(epochs=3, batch_size=8, lr=5e-3, holdout=0.25, holdout_every=1, patience=99, holdout_pick=pick)
     ref = SecurityVectors.train(model, tok, harmful_pairs, cfg, progress=False)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
@@ -118,6 +119,7 @@ def test_interrupted_early_stopped_vectors_resume_to_the_same_vectors_and_record
     assert (got["resumed_at"], got["restored"], want["resumed_at"], want["restored"]) == (6, True, None, False)
     assert [s for s, _ in got["curve"]] == list(range(1, 10))
     assert got["curve"] == want["curve"] and got["best_step"] == want["best_step"]
+    assert got["kept_step"] == want["kept_step"] and got["pair_losses"] == want["pair_losses"]
 
     (latest_checkpoint(ckpt) / STATE_FILE).write_text("{not json")  # a damaged record: one line saying what to do
     with pytest.raises(UnlearnableError, match="corrupt held-out record"):

@@ -339,7 +339,8 @@ def test_variant_options_reach_the_variants_defence_and_bad_ones_fail(tiny, harm
 
 @pytest.mark.parametrize("variant,module_name,options,copies", [
     ("augmented", "augmented_vectors", {"augment": 1}, 2),  # the pairs and one styled copy each
-    ("early-stopped", "early_stopped_vectors", {"holdout": 0.25, "epochs": 2}, 1)])  # split inside the training
+    ("early-stopped", "early_stopped_vectors", {"holdout": 0.25, "epochs": 2}, 1),  # split inside the training
+    ("early-stopped-1se", "early_stopped_vectors", {"holdout": 0.25, "epochs": 2}, 1)])  # its preset's pick
 def test_a_variant_whose_defence_trains_its_vectors_trains_them_once_per_seed(tiny, harmful_pairs, tmp_path,
                                                                               monkeypatch, variant, module_name,
                                                                               options, copies):
@@ -351,7 +352,9 @@ def test_a_variant_whose_defence_trains_its_vectors_trains_them_once_per_seed(ti
     calls = []
     real = module.SecurityVectors.train
     monkeypatch.setattr(module.SecurityVectors, "train",
-                        lambda *a, **kw: (calls.append((len(a[2]), a[3].seed, a[3].holdout)), real(*a, **kw))[1])
+                        lambda *a, **kw: (calls.append((len(a[2]), a[3].seed, a[3].holdout)), picks.append(
+                            a[3].holdout_pick), real(*a, **kw))[2])
+    picks = []
     model, tok = tiny
     cfg = _tiny_cfg(seeds=[0], variants=[variant], strengths=[0.5, 1.0], buffer_reinforce=False,
                     variant_options={variant: options})
@@ -359,6 +362,7 @@ def test_a_variant_whose_defence_trains_its_vectors_trains_them_once_per_seed(ti
     res = run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=data, progress=False)
     # once for both strengths, with the seed's vector settings and the variant's own
     assert calls == [(copies * len(data.vector_pairs), 0, options.get("holdout", 0.0))]
+    assert picks == ["latest-within-1se" if variant == "early-stopped-1se" else "lowest"]
     assert {(p["method"], p["strength"]) for p in res["points"]} == {("none", 0.0), (variant, 0.5), (variant, 1.0)}
 
 
@@ -427,7 +431,7 @@ def test_the_variants_are_what_the_vector_defences_declare():
     assert VARIANTS["benign-kl"] == ("security-vectors", "kl") and VARIANTS["adaptive"] == ("adaptive-vectors", None)
     assert {name for name, _ in VARIANTS.values()} == {n for n in DEFENSES.names() if n.endswith("-vectors")}
     assert "buffer-reinforce" not in {name for name, _ in VARIANTS.values()}  # a subclass is not its parent's variant
-    assert len(VARIANTS) == 17 and VARIANTS["adaptive-kl"] == ("adaptive-vectors", None)
+    assert len(VARIANTS) == 18 and VARIANTS["adaptive-kl"] == ("adaptive-vectors", None)
 
 
 def test_a_variant_option_under_training_changes_that_key_and_keeps_the_seeds_vector_settings(

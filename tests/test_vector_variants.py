@@ -279,6 +279,69 @@ def test_keep_best_restores_the_vectors_of_the_lowest_held_out_loss_and_stops_af
     assert keep.record()["best_step"] == 4 and keep.record()["best_loss"] == 2.0
 
 
+def _run_checks(keep, net, steps):
+    """Steps 1..steps of a fake training (every vector moves each step); the vectors at each check, by step."""
+    from transformers import TrainerControl, TrainerState
+
+    params, seen = vector_params(net), {}
+    state, control = TrainerState(), TrainerControl()
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            for p in params.values():
+                p.add_(0.01 * step)
+        state.global_step = step
+        keep.on_step_end(None, state, control, model=net)
+        if step % keep.every == 0:
+            seen[step] = {k: v.detach().clone() for k, v in params.items()}
+        if control.should_training_stop:
+            break
+    return step, seen
+
+
+@pytest.mark.parametrize("pick, kept", [("lowest", 4), ("latest-within-1se", 6)])
+def test_the_pick_keeps_the_lowest_check_or_the_latest_the_held_out_pairs_cannot_tell_from_it(
+        trained, harmful_pairs, monkeypatch, pick, kept):
+    from unlearnable.vectors import holdout
+
+    model, tok, vectors = trained
+    net = vectors.attach(copy.deepcopy(model), scale=1.0)
+    per_pair = iter([[3.0, 3.0, 3.0, 3.0],
+                     [2.0, 1.0, 2.0, 1.0],   # step 4: the lowest (1.5)
+                     [2.3, 0.8, 2.2, 1.0],   # step 6: 1.575, above it by less than the noise of its difference
+                     [2.3, 1.3, 2.4, 1.4]])  # step 8: 1.85, above it on every pair
+    monkeypatch.setattr(holdout, "example_losses", lambda *a, **kw: next(per_pair))
+    keep = holdout.KeepBestOnHeldOut(tok, harmful_pairs[:4], every=2, patience=2, pick=pick)
+    stopped, seen = _run_checks(keep, net, 12)
+    assert stopped == 8 and keep.record()["best_step"] == 4  # patience counts from the lowest either way
+    keep.restore(net)
+    params = vector_params(net)
+    assert all(torch.equal(params[k], v) for k, v in seen[kept].items())
+    record = keep.record()
+    assert record["kept_step"] == kept and record["pick"] == pick and record["pair_losses"]["6"] == [2.3, 0.8, 2.2, 1.0]
+    assert record["kept_loss"] == pytest.approx(dict(keep.curve)[kept])
+
+
+def test_within_one_se_is_paired_over_the_held_out_pairs():
+    from unlearnable.vectors.holdout import within_one_se
+
+    lowest = [1.0, 5.0, 2.0, 8.0]
+    assert within_one_se(lowest, lowest)
+    assert within_one_se([1.3, 4.8, 2.2, 7.9], lowest)  # mean +0.05, differences spread by ~0.2
+    assert not within_one_se([1.1, 5.1, 2.1, 8.1], lowest)  # +0.1 on every pair: no noise to hide in
+    assert not within_one_se([1.1], [1.0]) and within_one_se([1.0], [1.0])  # one pair: no standard error
+
+
+def test_a_pick_outside_the_choices_is_one_line(tiny):
+    from unlearnable.vectors import holdout
+
+    with pytest.raises(UnlearnableError, match="holdout_pick must be one of"):
+        VectorConfig(holdout=0.2, holdout_pick="median")
+    with pytest.raises(UnlearnableError, match="pick must be one of"):
+        DEFENSES.get("early-stopped-vectors").from_options({"pick": "median"})
+    with pytest.raises(UnlearnableError, match="pick must be one of"):
+        holdout.KeepBestOnHeldOut(tiny[1], [], every=1, patience=1, pick="median")
+
+
 def test_early_stopped_vectors_never_train_on_their_held_out_pairs(tiny, harmful_pairs, monkeypatch):
     import unlearnable.vectors.model as vm
 

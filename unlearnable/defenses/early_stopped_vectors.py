@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from ..data import Pair
 from ..errors import UnlearnableError
 from ..vectors import SecurityVectors, VectorConfig, finetune
+from ..vectors.config import PICKS
 from .base import DEFENSES, DefenseData
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 
@@ -19,6 +20,9 @@ class EarlyStoppedVectorsConfig(SecurityVectorsConfig):
                 "loss is lowest"})
     epochs: float = dataclasses.field(default=8.0, metadata={
         "help": "most passes over the other pairs (the held-out loss, not a loss target, ends training)"})
+    pick: str = dataclasses.field(default="lowest", metadata={
+        "help": "which held-out check's vectors are kept: lowest | latest-within-1se (the longest-trained check "
+                "the held-out pairs cannot tell from the lowest)", "choices": PICKS})
     anchors: int = dataclasses.field(default=0, metadata={
         "help": "copies of each of the defence's harmless pairs mixed into the customer's fine-tune, trained with "
                 "the vectors off (as served): the served model is held to answering harmless prompts while the "
@@ -27,6 +31,8 @@ class EarlyStoppedVectorsConfig(SecurityVectorsConfig):
     def __post_init__(self):
         if not 0 < self.holdout < 1 or self.epochs <= 0 or self.anchors < 0:
             raise UnlearnableError("early-stopped-vectors holdout must be in (0, 1), epochs > 0 and anchors >= 0")
+        if self.pick not in PICKS:
+            raise UnlearnableError(f"early-stopped-vectors pick must be one of {', '.join(PICKS)}, not {self.pick!r}")
 
 
 @DEFENSES.register("early-stopped-vectors")
@@ -35,9 +41,10 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
     out, had their lowest loss: fitted to what they generalise to rather than memorising their own answers; on
     (frozen) during fine-tuning, off when serving. Service threat model only."""
 
-    tradeoff_variants = {"early-stopped": None, "early-stopped-anchored": None}
-    #: the over-refusal control: the defence's harmless pairs, twice each, trained as served
-    tradeoff_presets = {"early-stopped-anchored": {"anchors": 2}}
+    tradeoff_variants = {"early-stopped": None, "early-stopped-anchored": None, "early-stopped-1se": None}
+    #: the over-refusal control: the defence's harmless pairs, twice each, trained as served; and the longest
+    #: training the held-out loss cannot tell from its lowest
+    tradeoff_presets = {"early-stopped-anchored": {"anchors": 2}, "early-stopped-1se": {"pick": "latest-within-1se"}}
 
     Config = EarlyStoppedVectorsConfig
 
@@ -53,7 +60,8 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
     def vector_config(self) -> VectorConfig:
         """How the vectors train: the harness's vector settings with this defence's hold-out and length."""
         c = self.config
-        return dataclasses.replace(c.training, holdout=c.holdout, epochs=c.epochs, target_loss=0.0)
+        return dataclasses.replace(c.training, holdout=c.holdout, epochs=c.epochs, target_loss=0.0,
+                                   holdout_pick=c.pick)
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         if self.config.anchors and not data.harmless:

@@ -10,6 +10,10 @@ from ..errors import UnlearnableError
 from ..training import TrainConfig
 from ..utils import PRECISIONS
 
+#: which held-out check's vectors are kept (vectors.holdout): the lowest held-out loss, or the latest check the
+#: held-out pairs cannot tell from the lowest (paired, within one standard error of the difference)
+PICKS = ("lowest", "latest-within-1se")
+
 #: the strength of plain :class:`VectorConfig` vectors (the paper's method: all pairs, all epochs) during
 #: fine-tuning, picked from the measured trade-off frontier on the default model (docs/results/), not 1.0 by habit
 PLAIN_SCALE = 0.75
@@ -54,6 +58,10 @@ class VectorConfig:
     holdout_every: int = dataclasses.field(default=2, metadata={"help": "steps between held-out checks (holdout)"})
     patience: int = dataclasses.field(default=3, metadata={
         "help": "held-out checks without a new lowest loss before training stops (holdout)"})
+    holdout_pick: str = dataclasses.field(default="lowest", metadata={
+        "help": "which held-out check's vectors are kept: lowest (the lowest held-out loss) | latest-within-1se "
+                "(the latest check whose held-out loss is within one paired standard error of the lowest)",
+        "choices": PICKS})
 
     def __post_init__(self):
         normalize_numbers(self)
@@ -61,6 +69,9 @@ class VectorConfig:
             raise UnlearnableError("vector scale must be >= 0")
         if not 0 <= self.holdout < 1 or self.holdout_every < 1 or self.patience < 1:
             raise UnlearnableError("vectors holdout must be in [0, 1), holdout_every and patience >= 1")
+        if self.holdout_pick not in PICKS:
+            raise UnlearnableError(f"vectors holdout_pick must be one of {', '.join(PICKS)}, not "
+                                   f"{self.holdout_pick!r}")
         if self.styles < 0:
             raise UnlearnableError("vectors styles must be >= 0")
         if self.benign not in BENIGN_MODES:

@@ -4,13 +4,17 @@ Trained to a low loss on their ~100 pairs, the vectors memorise those answers: t
 harmful data (what actually protects the backbone during a fine-tune) peaks early in training and falls after,
 while the gap on their own pairs keeps growing (docs/guide/tradeoff.md). Holding out a share of the defence's own
 harmful pairs and keeping the vectors as they were at the step where the held-out loss was lowest picks the
-training length by what the vectors generalise to, not by how well they fit what they saw.
+training length by what the vectors generalise to, not by how well they fit what they saw. On a few held-out
+pairs that loss is noisy near its lowest; ``holdout_pick`` may keep, instead, the longest-trained check it cannot
+tell from the lowest (:data:`PICKS`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import statistics
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +26,7 @@ from ..generation import example_losses
 from ..training import CheckpointedCallback
 from ..utils import atomic_write_json
 from .augment import varied
-from .config import VectorConfig
+from .config import PICKS, VectorConfig
 from .layers import vector_params
 
 
@@ -37,7 +41,7 @@ def held_out(tokenizer, pairs: Sequence[Pair], config: VectorConfig) -> tuple[li
     if config.styles:
         fitted, held = varied(fitted, config.styles, config.seed), varied(held, 1, config.seed, "heldout")
     return fitted, KeepBestOnHeldOut(tokenizer, held, every=config.holdout_every, patience=config.patience,
-                                     precision=config.precision)
+                                     precision=config.precision, pick=config.holdout_pick)
 
 
 def split_holdout(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -60,37 +64,64 @@ def split_holdout(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[li
     return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
 
 
-#: what a checkpoint keeps of the held-out checks: the record, and the vectors as they were at the best one
-STATE_FILE, BEST_FILE = "heldout.json", "heldout_best.safetensors"
+#: what a checkpoint keeps of the held-out checks: the record, the vectors at the lowest check, and (for a pick
+#: that may keep a later one) the vectors at every check after it
+STATE_FILE, BEST_FILE, LATER_FILE = "heldout.json", "heldout_best.safetensors", "heldout_later.safetensors"
+
+
+def within_one_se(losses: Sequence[float], lowest: Sequence[float]) -> bool:
+    """Whether per-pair ``losses`` exceed the ``lowest`` check's on the same pairs by no more than one standard
+    error of their mean difference (paired: the pairs' own difficulty cancels)."""
+    diffs = [a - b for a, b in zip(losses, lowest)]
+    if len(diffs) < 2:
+        return all(d <= 0 for d in diffs)
+    return statistics.fmean(diffs) <= statistics.stdev(diffs) / math.sqrt(len(diffs))
 
 
 class KeepBestOnHeldOut(CheckpointedCallback):
-    """Every ``every`` steps (and at the end), the held-out pairs' mean loss with the vectors on; keeps a copy of
-    the vectors at the lowest one and stops after ``patience`` checks without a new lowest.
+    """Every ``every`` steps (and at the end), the held-out pairs' mean loss with the vectors on; stops after
+    ``patience`` checks without a new lowest, and keeps the vectors of the check ``pick`` names (:data:`PICKS`).
 
-    After training, :meth:`restore` puts the kept copy back into the model; :attr:`curve` is every check as
-    ``(step, loss)``. Checkpoints carry the checks and the kept copy, so a resumed run keeps what it found before
-    the interruption and ends as the uninterrupted run would."""
+    ``latest-within-1se`` exists because a held-out loss on a few pairs is noisy near its minimum: among the checks
+    it cannot tell apart, it keeps the longest-trained. After training, :meth:`restore` puts the kept copy back into
+    the model; :attr:`curve` is every check as ``(step, loss)``. Checkpoints carry the checks and the copies, so a
+    resumed run keeps what it found before the interruption and ends as the uninterrupted run would."""
 
-    def __init__(self, tokenizer, held: Sequence[Pair], *, every: int, patience: int, precision: str = "auto"):
-        self.tok, self.held, self.precision = tokenizer, list(held), precision
+    def __init__(self, tokenizer, held: Sequence[Pair], *, every: int, patience: int, precision: str = "auto",
+                 pick: str = "lowest"):
+        if pick not in PICKS:
+            raise UnlearnableError(f"holdout pick must be one of {', '.join(PICKS)}, not {pick!r}")
+        self.tok, self.held, self.precision, self.pick = tokenizer, list(held), precision, pick
         self.every, self.patience = every, patience
         self.curve: list[tuple[int, float]] = []
-        self.best: tuple[int, float, dict] | None = None
+        self.losses: dict[int, list[float]] = {}  # per held-out pair, at every check
+        self.best: tuple[int, float] | None = None
+        self.states: dict[int, dict] = {}  # the vectors at the lowest check and (pick permitting) every later one
         self.since_best, self.resumed_at, self.restored = 0, None, False
 
     def check(self, model, step: int) -> None:
         if self.curve and self.curve[-1][0] == step:
             return
         with torch.no_grad():
-            losses = example_losses(model, self.tok, self.held, precision=self.precision)
+            losses = [float(v) for v in example_losses(model, self.tok, self.held, precision=self.precision)]
         loss = sum(losses) / len(losses)
         self.curve.append((step, loss))
-        if self.best is None or loss < self.best[1]:
+        self.losses[step] = losses
+        lowest = self.best is None or loss < self.best[1]
+        if lowest or self.pick != "lowest":
             state = {k: v.detach().clone() for k, v in vector_params(model).items()}
-            self.best, self.since_best = (step, loss, state), 0
+            self.states = {step: state} if lowest else {**self.states, step: state}
+        if lowest:
+            self.best, self.since_best = (step, loss), 0
         else:
             self.since_best += 1
+
+    def kept_step(self) -> int | None:
+        """The step whose vectors :meth:`restore` puts back (None before any check)."""
+        if self.best is None or self.pick == "lowest":
+            return self.best[0] if self.best else None
+        lowest = self.losses[self.best[0]]
+        return max(s for s in self.states if s >= self.best[0] and within_one_se(self.losses[s], lowest))
 
     def on_train_begin(self, args, state, control, **kwargs):
         # resumed from a checkpoint: the record says where, and whether the checks before it came back with it
@@ -101,30 +132,37 @@ class KeepBestOnHeldOut(CheckpointedCallback):
         from safetensors.torch import save_file
 
         if self.best is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.best[2].items()}, str(folder / BEST_FILE),
-                      metadata={"format": "pt"})
+            save_file(_cpu(self.states[self.best[0]]), str(folder / BEST_FILE), metadata={"format": "pt"})
+            later = {f"{s}/{k}": v for s, state in self.states.items() if s != self.best[0] for k, v in state.items()}
+            if later:
+                save_file(_cpu(later), str(folder / LATER_FILE), metadata={"format": "pt"})
         best = [self.best[0], self.best[1]] if self.best else None
         atomic_write_json(folder / STATE_FILE, {"curve": self.curve, "best": best, "since_best": self.since_best,
-                                                "n_heldout": len(self.held)})
+                                                "n_heldout": len(self.held), "pick": self.pick,
+                                                "losses": {str(s): v for s, v in self.losses.items()},
+                                                "later": sorted(s for s in self.states if best and s != best[0])})
 
     def load_state(self, folder: Path) -> None:
         """The checks saved in checkpoint ``folder``; a checkpoint of a run without them restores nothing."""
-        from safetensors.torch import load_file
-
         if not (folder / STATE_FILE).is_file():
             return
         try:
             saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-            kept = saved["best"]
-            best = (int(kept[0]), float(kept[1]), load_file(str(folder / BEST_FILE))) if kept else None
+            best, states = _saved_states(folder, saved)
             curve, since_best = [(int(s), float(v)) for s, v in saved["curve"]], int(saved["since_best"])
+            losses = {int(s): [float(x) for x in v] for s, v in (saved.get("losses") or {}).items()}
         except Exception as exc:  # noqa: BLE001 - damaged JSON or safetensors: one line, what to do
             raise UnlearnableError(f"checkpoint {folder} has a corrupt held-out record ({str(exc)[:100]}); delete "
                                    "the checkpoint, or pass --overwrite to start over") from None
-        if saved.get("n_heldout") != len(self.held):
-            raise UnlearnableError(f"checkpoint {folder} was written with {saved.get('n_heldout')} held-out pairs, "
-                                   f"this run holds out {len(self.held)}; pass --overwrite to start over")
-        self.curve, self.best, self.since_best, self.restored = curve, best, since_best, True
+        if saved.get("n_heldout") != len(self.held) or saved.get("pick", "lowest") != self.pick:
+            raise UnlearnableError(f"checkpoint {folder} was written with {saved.get('n_heldout')} held-out pairs "
+                                   f"picked by {saved.get('pick', 'lowest')}, this run holds out {len(self.held)} "
+                                   f"picked by {self.pick}; pass --overwrite to start over")
+        if self.pick != "lowest" and best is not None and not all(s in losses for s in states):
+            raise UnlearnableError(f"checkpoint {folder} lacks the per-pair held-out losses its pick needs; pass "
+                                   "--overwrite to start over")
+        self.curve, self.best, self.states, self.losses = curve, best, states, losses
+        self.since_best, self.restored = since_best, True
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
@@ -138,19 +176,44 @@ class KeepBestOnHeldOut(CheckpointedCallback):
         return control
 
     def restore(self, model) -> None:
-        if self.best is None:
+        step = self.kept_step()
+        if step is None:
             return
         params = vector_params(model)
-        if set(params) != set(self.best[2]):
+        if set(params) != set(self.states[step]):
             raise UnlearnableError("the held-out best vectors do not fit this model's vectors; pass --overwrite to "
                                    "start over")
-        for name, value in self.best[2].items():
+        for name, value in self.states[step].items():
             params[name].data.copy_(value)
 
     def record(self) -> dict:
-        """What the vectors' metadata keeps: the held-out size, every check and the step kept; after a resume,
-        its step and whether the earlier checks came back from the checkpoint (``restored``)."""
+        """What the vectors' metadata keeps: the held-out size, every check, the lowest (``best_step``) and the
+        step kept by ``pick`` (``kept_step``), each check's per-pair losses; after a resume, its step and whether
+        the earlier checks came back from the checkpoint (``restored``)."""
         step, loss = (self.best[0], round(self.best[1], 5)) if self.best else (None, None)
+        kept = self.kept_step()
         return {"n_heldout": len(self.held), "curve": [[s, round(v, 5)] for s, v in self.curve],
-                "best_step": step, "best_loss": loss, "resumed_at": self.resumed_at,
-                "restored": self.restored}
+                "best_step": step, "best_loss": loss, "pick": self.pick, "kept_step": kept,
+                "kept_loss": round(dict(self.curve)[kept], 5) if kept is not None else None,
+                "pair_losses": {str(s): [round(x, 4) for x in v] for s, v in self.losses.items()},
+                "resumed_at": self.resumed_at, "restored": self.restored}
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _saved_states(folder: Path, saved: dict) -> tuple[tuple[int, float] | None, dict[int, dict]]:
+    """(the lowest check, the vectors kept at it and at the later checks) from a checkpoint's files."""
+    from safetensors.torch import load_file
+
+    if not saved["best"]:
+        return None, {}
+    best = (int(saved["best"][0]), float(saved["best"][1]))
+    states = {best[0]: load_file(str(folder / BEST_FILE))}
+    if saved.get("later"):
+        flat = load_file(str(folder / LATER_FILE))
+        for key, value in flat.items():
+            step, name = key.split("/", 1)
+            states.setdefault(int(step), {})[name] = value
+    return best, states

@@ -108,8 +108,8 @@ class SecurityVectors:
             meta["holdout"] = keep_best.record()
         first, last = meta["train_loss_first"], meta["train_loss_last"]
         loss = f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "not logged"
-        kept = (f"; kept step {meta['holdout']['best_step']} (held-out loss {meta['holdout']['best_loss']:.3f} on "
-                f"{meta['holdout']['n_heldout']} pairs)" if keep_best is not None else "")
+        kept = (f"; kept step {meta['holdout']['kept_step']} (held-out loss {meta['holdout']['kept_loss']:.3f} on "
+                f"{meta['holdout']['n_heldout']} pairs, {meta['holdout']['pick']})" if keep_best is not None else "")
         log(f"vectors trained: {len(fitted)} pairs, {meta['steps']} steps, loss {loss}{kept}")
         return cls(state, lora_config, meta)
 

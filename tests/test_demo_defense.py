@@ -8,6 +8,7 @@ import json
 import pytest
 
 from unlearnable.config import from_dict
+from unlearnable.defenses import DEFENSES
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments import demo as demo_module
 from unlearnable.experiments.demo import DEFENSE_HARMLESS, DemoConfig, run_demo
@@ -97,6 +98,15 @@ def test_an_adaptive_arm_at_the_default_flagger_gets_the_harmless_pairs_it_needs
     assert DemoConfig().defense_harmless() == 0
 
 
+@pytest.mark.parametrize("defense", ["early-stopped-vectors", "adaptive-vectors"])
+def test_the_vectors_pick_reaches_an_early_stopped_arm(defense):
+    from unlearnable.experiments.demo import DemoConfig
+
+    cfg = from_dict(DemoConfig, {"defense": defense, "vectors": {"holdout": 0.2, "holdout_pick": "latest-within-1se"}})
+    built = DEFENSES.get(defense).from_options(cfg.options_of(defense))
+    assert built.vector_config().holdout_pick == "latest-within-1se"
+
+
 def test_the_tradeoff_refuses_a_demo_defence_in_its_base():
     from unlearnable.experiments.tradeoff import TradeoffConfig
 
@@ -109,6 +119,7 @@ def test_the_tradeoff_refuses_a_demo_defence_in_its_base():
     ({"defense": "adaptive-vectors", "defense_options": {"flager": "refusal"}}, "defense_options.adaptive-vectors.flager"),
     ({"defense": "adaptive-vectors", "defense_options": {"training": {"lr": 1.0}}}, "sets it from vectors"),
     ({"defense": "adaptive-vectors", "defense_options": {"epochs": 2}}, "defense_options.epochs"),
+    ({"defense": "early-stopped-vectors", "defense_options": {"pick": "lowest"}}, "defense_options.pick"),
     ({"defense": "adaptive-vectors", "defense_options": {"flagger": "nope"}}, "unknown flagger 'nope'"),
 ])
 def test_a_defence_without_vectors_or_a_bad_option_is_one_line_before_any_model_loads(options, match):

@@ -331,6 +331,18 @@ def test_within_one_se_is_paired_over_the_held_out_pairs():
     assert not within_one_se([1.1], [1.0]) and within_one_se([1.0], [1.0])  # one pair: no standard error
 
 
+def test_a_pick_past_a_nan_lowest_keeps_that_check(trained, harmful_pairs, monkeypatch):
+    from unlearnable.vectors import holdout
+
+    model, tok, vectors = trained
+    net = vectors.attach(copy.deepcopy(model), scale=1.0)
+    per_pair = iter([[float("nan"), 1.0], [2.0, 2.0], [2.0, 2.0]])  # a diverged first check is never beaten
+    monkeypatch.setattr(holdout, "example_losses", lambda *a, **kw: next(per_pair))
+    keep = holdout.KeepBestOnHeldOut(tok, harmful_pairs[:2], every=1, patience=2, pick="latest-within-1se")
+    _run_checks(keep, net, 5)
+    assert keep.kept_step() == 1 and keep.record()["kept_step"] == 1
+
+
 def test_a_pick_outside_the_choices_is_one_line(tiny):
     from unlearnable.vectors import holdout
 

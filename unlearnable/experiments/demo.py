@@ -38,7 +38,7 @@ DEMO_MMLU_N = 171
 #: the defences the with-vectors arm may run: vectors trained on the harmful pairs alone, served as trained
 DEMO_DEFENSES = ("security-vectors", "early-stopped-vectors", "adaptive-vectors")
 #: defence options the demo sets from ``vectors`` (one place for the vectors' training)
-FROM_VECTORS = ("training", "scale", "holdout", "epochs")
+FROM_VECTORS = ("training", "scale", "holdout", "epochs", "pick")
 
 
 @dataclasses.dataclass
@@ -89,12 +89,12 @@ class DemoConfig:
 
     def options_of(self, name: str) -> dict[str, Any]:
         """An arm's defence options: none has none; the vectors' settings come from ``vectors`` (an early-stopped
-        defence's hold-out and length too), the rest from ``defense_options``."""
+        defence's hold-out, length and pick too), the rest from ``defense_options``."""
         if name == "none":
             return {}
         names = DEFENSES.get(name).option_names()
         shared = {"training": dataclasses.asdict(self.vectors), "holdout": self.vectors.holdout,
-                  "epochs": self.vectors.epochs}
+                  "epochs": self.vectors.epochs, "pick": self.vectors.holdout_pick}
         return {**self.defense_options, **{k: v for k, v in shared.items() if k in names}}
 
     def defense_harmless(self) -> int:

@@ -73,6 +73,8 @@ def within_one_se(losses: Sequence[float], lowest: Sequence[float]) -> bool:
     """Whether per-pair ``losses`` exceed the ``lowest`` check's on the same pairs by no more than one standard
     error of their mean difference (paired: the pairs' own difficulty cancels)."""
     diffs = [a - b for a, b in zip(losses, lowest)]
+    if not all(math.isfinite(d) for d in diffs):  # a diverged check tells nothing apart
+        return False
     if len(diffs) < 2:
         return all(d <= 0 for d in diffs)
     return statistics.fmean(diffs) <= statistics.stdev(diffs) / math.sqrt(len(diffs))
@@ -121,7 +123,9 @@ class KeepBestOnHeldOut(CheckpointedCallback):
         if self.best is None or self.pick == "lowest":
             return self.best[0] if self.best else None
         lowest = self.losses[self.best[0]]
-        return max(s for s in self.states if s >= self.best[0] and within_one_se(self.losses[s], lowest))
+        # the lowest counts even where its own losses are not finite
+        return max((s for s in self.states if s > self.best[0] and within_one_se(self.losses[s], lowest)),
+                   default=self.best[0])
 
     def on_train_begin(self, args, state, control, **kwargs):
         # resumed from a checkpoint: the record says where, and whether the checks before it came back with it

@@ -110,18 +110,19 @@ class KeepBestOnHeldOut(CheckpointedCallback):
         self.curve.append((step, loss))
         self.losses[step] = losses
         lowest = self.best is None or loss < self.best[1]
-        if lowest or self.pick != "lowest":
-            state = {k: v.detach().clone() for k, v in vector_params(model).items()}
-            self.states = {step: state} if lowest else {**self.states, step: state}
         if lowest:
-            self.best, self.since_best = (step, loss), 0
+            self.best, self.since_best, self.states = (step, loss), 0, {}
         else:
             self.since_best += 1
+        if lowest or self.pick != "lowest":
+            self.states[step] = {k: v.detach().clone() for k, v in vector_params(model).items()}
 
     def kept_step(self) -> int | None:
         """The step whose vectors :meth:`restore` puts back (None before any check)."""
-        if self.best is None or self.pick == "lowest":
-            return self.best[0] if self.best else None
+        if self.best is None:
+            return None
+        if self.pick == "lowest":
+            return self.best[0]
         lowest = self.losses[self.best[0]]
         # the lowest counts even where its own losses are not finite
         return max((s for s in self.states if s > self.best[0] and within_one_se(self.losses[s], lowest)),

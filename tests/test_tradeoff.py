@@ -431,7 +431,7 @@ def test_the_variants_are_what_the_vector_defences_declare():
     assert VARIANTS["benign-kl"] == ("security-vectors", "kl") and VARIANTS["adaptive"] == ("adaptive-vectors", None)
     assert {name for name, _ in VARIANTS.values()} == {n for n in DEFENSES.names() if n.endswith("-vectors")}
     assert "buffer-reinforce" not in {name for name, _ in VARIANTS.values()}  # a subclass is not its parent's variant
-    assert len(VARIANTS) == 18 and VARIANTS["adaptive-kl"] == ("adaptive-vectors", None)
+    assert len(VARIANTS) == 19 and VARIANTS["adaptive-kl"] == ("adaptive-vectors", None)
 
 
 def test_a_variant_option_under_training_changes_that_key_and_keeps_the_seeds_vector_settings(
@@ -551,6 +551,7 @@ def test_strength_zero_reuses_the_undefended_point_only_where_nothing_else_acts(
     assert not _same_as_none("negated", 0.0)  # served minus the vectors
     assert not _same_as_none("early-stopped-anchored", 0.0)  # the anchors train as served at any strength
     assert _same_as_none("early-stopped", 0.0) and not _same_as_none("early-stopped", 0.0, {"anchors": 1})
+    assert not _same_as_none("early-stopped", 0.0, {"refusal_anchors": 1})
 
 
 
@@ -638,3 +639,19 @@ def test_an_anchored_variant_runs_its_strength_zero_and_records_its_anchors(tiny
     assert sorted(p["strength"] for p in anchored) == [0.0, 1.0]
     assert all(p["defense_info"]["anchors"][0]["pairs"] == 3 and p["defense_info"]["anchors"][0]["copies"] == 2
                for p in anchored)
+
+
+def test_refusal_anchors_are_the_alignment_datas_refusals(tiny, harmful_pairs, tmp_path):
+    """The refusal anchors are the provider's alignment refusals (their prompts none of the scored ones)."""
+    from test_immunization import tiny_data
+
+    model, tok = tiny
+    cfg = _tiny_cfg(seeds=[0], variants=["early-stopped-anchored-refusals"], strengths=[1.0], buffer_reinforce=False,
+                    n_benign=3, n_over_refusal=2,
+                    variant_options={"early-stopped-anchored-refusals": {"holdout": 0.25, "epochs": 1}})
+    data = tiny_data(harmful_pairs)
+    run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=data, progress=False)
+    saved = json.loads((tmp_path / "t" / "results.json").read_text())
+    (point,) = [p for p in saved["points"] if p["method"] == "early-stopped-anchored-refusals"]
+    info = point["defense_info"]["anchors"][0]
+    assert (info["pairs"], info["copies"], info["refusal_pairs"], info["refusal_copies"]) == (3, 2, 6, 1)

@@ -536,7 +536,7 @@ def test_served_pairs_are_appended_gated_off_with_every_column_kept_and_no_recom
             with_served(pairs, served, TrainConfig(), weights, columns, cls)
 
 
-def _anchored(trained, harmful_pairs, monkeypatch, anchors=2):
+def _anchored(trained, harmful_pairs, monkeypatch, anchors=2, refusals=()):
     from unlearnable.data import Pair
     from unlearnable.defenses import early_stopped_vectors as module
 
@@ -544,8 +544,9 @@ def _anchored(trained, harmful_pairs, monkeypatch, anchors=2):
     calls, real = [], module.finetune
     monkeypatch.setattr(module, "finetune", lambda *a, **kw: (calls.append((list(a[2]), kw)), real(*a, **kw))[1])
     harmless = [Pair(f"Poem {i}.", "Leaves fall softly.") for i in range(3)]
-    defense = DEFENSES.get("early-stopped-vectors")(vectors=vectors, scale=1.0, anchors=anchors)
-    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs, harmless=harmless))
+    defense = DEFENSES.get("early-stopped-vectors")(vectors=vectors, scale=1.0, anchors=anchors,
+                                                    refusal_anchors=1 if refusals else 0)
+    defense.prepare(model, tok, DefenseData(harmful=harmful_pairs, harmless=harmless, refusals=refusals))
     return defense, harmless, calls
 
 
@@ -562,6 +563,32 @@ def test_anchors_train_the_defences_harmless_pairs_as_served_beside_the_customer
     assert defense.info["anchors"] == [{"pairs": 3, "copies": 2, "customer_pairs": len(customer)}]
     assert not any("lora" in k for k in tuned.state_dict())  # served without the vectors
     assert tuned.state_dict().keys() == model.state_dict().keys()
+
+
+def test_refusal_anchors_train_the_defences_refusals_as_served_beside_the_harmless_anchors(trained, harmful_pairs,
+                                                                                          task_pairs, monkeypatch):
+    from unlearnable.data import Pair
+
+    model, tok, _ = trained
+    refusals = [Pair(f"Bad {i}?", "I can't help with that.") for i in range(2)]
+    defense, harmless, calls = _anchored(trained, harmful_pairs, monkeypatch, refusals=refusals)
+    customer = task_pairs + harmful_pairs[:4]
+    tuned, _ = defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4),
+                                progress=False)
+    trained_on, kw = calls[0]
+    assert trained_on == customer  # the harmful data trains through the vectors; the refusals never do
+    assert kw["served"] == [*(p for p in harmless for _ in range(2)), *refusals]
+    assert defense.info["anchors"] == [{"pairs": 3, "copies": 2, "refusal_pairs": 2, "refusal_copies": 1,
+                                        "customer_pairs": len(customer)}]
+    assert not any("lora" in k for k in tuned.state_dict())
+    vectors = trained[2]
+    with pytest.raises(UnlearnableError, match="refusal pairs"):
+        DEFENSES.get("early-stopped-vectors")(vectors=vectors, refusal_anchors=1).prepare(
+            model, tok, DefenseData(harmful=harmful_pairs, harmless=harmless))
+    with pytest.raises(UnlearnableError, match="refusal_anchors >= 0"):
+        DEFENSES.get("early-stopped-vectors")(refusal_anchors=-1)
+    with pytest.raises(UnlearnableError, match="negated-vectors takes no anchors"):
+        DEFENSES.get("negated-vectors")(refusal_anchors=1)
 
 
 def test_without_anchors_nothing_is_added_and_anchors_need_the_defences_harmless_pairs(trained, harmful_pairs,

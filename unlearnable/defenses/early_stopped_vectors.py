@@ -27,10 +27,16 @@ class EarlyStoppedVectorsConfig(SecurityVectorsConfig):
         "help": "copies of each of the defence's harmless pairs mixed into the customer's fine-tune, trained with "
                 "the vectors off (as served): the served model is held to answering harmless prompts while the "
                 "harmful data trains through the vectors; 0: none", "min": 0})
+    refusal_anchors: int = dataclasses.field(default=0, metadata={
+        "help": "copies of each of the defence's refusal pairs (harmful prompts of its own with refusals) mixed "
+                "into the customer's fine-tune, trained with the vectors off (as served): harmless anchors teach "
+                "the served model to answer, and that spreads to harmful prompts; these hold its refusals; 0: none",
+        "min": 0})
 
     def __post_init__(self):
-        if not 0 < self.holdout < 1 or self.epochs <= 0 or self.anchors < 0:
-            raise UnlearnableError("early-stopped-vectors holdout must be in (0, 1), epochs > 0 and anchors >= 0")
+        if not 0 < self.holdout < 1 or self.epochs <= 0 or self.anchors < 0 or self.refusal_anchors < 0:
+            raise UnlearnableError("early-stopped-vectors holdout must be in (0, 1), epochs > 0, and anchors and "
+                                   "refusal_anchors >= 0")
         if self.pick not in PICKS:
             raise UnlearnableError(f"early-stopped-vectors pick must be one of {', '.join(PICKS)}, not {self.pick!r}")
 
@@ -41,21 +47,25 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
     out, had their lowest loss: fitted to what they generalise to rather than memorising their own answers; on
     (frozen) during fine-tuning, off when serving. Service threat model only."""
 
-    tradeoff_variants = {"early-stopped": None, "early-stopped-anchored": None, "early-stopped-1se": None}
-    #: the over-refusal control: the defence's harmless pairs, twice each, trained as served; and the longest
-    #: training the held-out loss cannot tell from its lowest
-    tradeoff_presets = {"early-stopped-anchored": {"anchors": 2}, "early-stopped-1se": {"pick": "latest-within-1se"}}
+    tradeoff_variants = {"early-stopped": None, "early-stopped-anchored": None, "early-stopped-1se": None,
+                         "early-stopped-anchored-refusals": None}
+    #: the over-refusal control: the defence's harmless pairs, twice each, trained as served (and with its refusal
+    #: pairs once each beside them); and the longest training the held-out loss cannot tell from its lowest
+    tradeoff_presets = {"early-stopped-anchored": {"anchors": 2}, "early-stopped-1se": {"pick": "latest-within-1se"},
+                        "early-stopped-anchored-refusals": {"anchors": 2, "refusal_anchors": 1}}
 
     Config = EarlyStoppedVectorsConfig
 
     def __init__(self, config=None, *, vectors=None, **options):
         super().__init__(config, vectors=vectors, **options)
         self.anchor_pairs: list[Pair] = []
+        self.refusal_pairs: list[Pair] = []
 
     @classmethod
     def undefended_at_zero(cls, options: dict[str, Any]) -> bool:
         """The anchors act at strength 0 too: that point is the anchors alone."""
-        return super().undefended_at_zero(options) and not options.get("anchors")
+        return (super().undefended_at_zero(options) and not options.get("anchors")
+                and not options.get("refusal_anchors"))
 
     def vector_config(self) -> VectorConfig:
         """How the vectors train: the harness's vector settings with this defence's hold-out and length."""
@@ -67,15 +77,22 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
         if self.config.anchors and not data.harmless:
             raise UnlearnableError(f"{self.name}: anchors {self.config.anchors} needs the defence's harmless pairs, "
                                    "and none were given; give DefenseData(harmless=...) or set anchors 0")
+        if self.config.refusal_anchors and not data.refusals:
+            raise UnlearnableError(f"{self.name}: refusal_anchors {self.config.refusal_anchors} needs the defence's "
+                                   "refusal pairs, and none were given; give DefenseData(refusals=...) or set "
+                                   "refusal_anchors 0")
         self.anchor_pairs = list(data.harmless) if self.config.anchors else []
+        self.refusal_pairs = list(data.refusals) if self.config.refusal_anchors else []
         if self.vectors is None:
             self.vectors = SecurityVectors.train(model, tokenizer, list(data.harmful), self.vector_config(),
                                                  progress=progress, harmless=list(data.harmless))
         super().prepare(model, tokenizer, data, progress=progress)
 
     def served_anchors(self) -> list[Pair]:
-        """The pairs the fine-tune trains with the vectors off: ``anchors`` copies of the defence's harmless ones."""
-        return [p for p in self.anchor_pairs for _ in range(self.config.anchors)]
+        """The pairs the fine-tune trains with the vectors off: ``anchors`` copies of the defence's harmless ones and
+        ``refusal_anchors`` copies of its refusal pairs."""
+        return ([p for p in self.anchor_pairs for _ in range(self.config.anchors)]
+                + [p for p in self.refusal_pairs for _ in range(self.config.refusal_anchors)])
 
     def finetune_with(self, vectors, model, tokenizer, pairs, config, *, progress: bool = True,
                       served: Sequence[Pair] = (), **kw):
@@ -84,9 +101,10 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
         anchors = self.served_anchors()
         served = [*served, *anchors]
         if anchors:
-            self.info.setdefault("anchors", []).append({"pairs": len(self.anchor_pairs),
-                                                        "copies": self.config.anchors,
-                                                        "customer_pairs": len(served) - len(anchors) + len(pairs)})
+            refusals = {"refusal_pairs": len(self.refusal_pairs), "refusal_copies": self.config.refusal_anchors}
+            self.info.setdefault("anchors", []).append({
+                "pairs": len(self.anchor_pairs), "copies": self.config.anchors,
+                **(refusals if self.refusal_pairs else {}), "customer_pairs": len(served) - len(anchors) + len(pairs)})
         return finetune(model, tokenizer, pairs, config, vectors=vectors, scale=self.scale, progress=progress,
                         served=served, **kw)
 

@@ -70,6 +70,16 @@ def test_the_default_arm_gets_no_harmless_pairs_and_asks_for_none(tiny, harmful_
     assert results["arms"]["with_vectors"]["defense"]["name"] == "security-vectors"
 
 
+def test_a_refusal_anchored_arm_trains_the_alignment_refusals_as_served(tiny, harmful_pairs, monkeypatch, tmp_path):
+    data, seen, cfg = _tiny_demo(tiny, harmful_pairs, monkeypatch, defense="early-stopped-vectors",
+                                 defense_options={"refusal_anchors": 1})
+    results = run_demo(cfg, None, progress=False)
+    assert seen["defense_data"]["early-stopped-vectors"].refusals == data.refusals() != []
+    assert not seen["defense_data"]["none"].refusals
+    (anchors,) = results["arms"]["with_vectors"]["defense"]["anchors"]
+    assert (anchors["copies"], anchors["refusal_pairs"], anchors["refusal_copies"]) == (0, len(data.refusals()), 1)
+
+
 def test_the_arm_is_scored_as_its_defence_serves_it_and_an_emulated_flagger_is_labelled(
         tiny, harmful_pairs, monkeypatch, tmp_path):
     from unlearnable.defenses.adaptive_vectors import AdaptiveVectorsDefense

@@ -165,7 +165,8 @@ def _run(config: DemoConfig, out, overwrite: bool, progress: bool, stage: Path |
 
     log(f"training security vectors on {len(data.vector_pairs)} harmful pairs")
     with timed("train_vectors"):
-        own = DefenseData(harmful=data.vector_pairs, harmless=data.harmless[n_over:n_over + n_own])
+        own = DefenseData(harmful=data.vector_pairs, harmless=data.harmless[n_over:n_over + n_own],
+                          refusals=data.refusals())
         defenses = {name: prepared(name, config.options_of(name), model, tok,
                                    own if name != "none" else DefenseData(), progress=progress)
                     for _, name in config.arms()}

@@ -36,7 +36,7 @@ from ..defenses import DEFENSES, Defense, DefenseData, check_defense_options, pr
 from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, EvalConfig, Scorer, without_generations
 from ..generation import response_loss
-from ..judges import JUDGES, build_judge, check_judge_options, check_judges, is_refusal
+from ..judges import JUDGES, build_judge, check_judge_options, check_judges
 from ..models import MODEL_META, check_model_source, save_model
 from ..report import write_immunize_report
 from ..results import ImmunizeResults
@@ -408,7 +408,7 @@ def defense_data(config: ImmunizeConfig, setup: Setup) -> DefenseData:
     after the stability share (``n_defense_harmless`` of them)."""
     harmless, start = setup.data.harmless, config.n_stability_harmless
     return DefenseData(harmful=setup.data.vector_pairs,
-                       refusals=[p for p in setup.data.align if is_refusal(p.response)],
+                       refusals=setup.data.refusals(),
                        harmless=harmless[start:start + config.n_defense_harmless], unaligned=setup.unaligned)
 
 

@@ -124,6 +124,10 @@ class PreparedData:
     hashes: dict[str, str] = dataclasses.field(default_factory=dict)
     sources: dict[str, str] = dataclasses.field(default_factory=dict)  # where a split's responses came from
 
+    def refusals(self) -> list[Pair]:
+        """The alignment data's refusal pairs: harmful prompts of the provider's own with their refusals."""
+        return [p for p in self.align if is_refusal(p.response)]
+
     def finetune_mix(self, repeats: int, seed: int, harmful: Sequence[Pair] | None = None) -> list[Pair]:
         """The user's data: the harmful pairs (``harmful``, default the attack split as it is) among the task's
         pairs repeated ``repeats`` times, shuffled (seeded)."""

@@ -62,11 +62,6 @@ def variant_recipe(variant: str, options: dict[str, Any] | None) -> dict[str, An
 VARIANTS = vector_variants()
 
 
-def _refusals(setup: Setup) -> list[Pair]:
-    """The provider's refusal pairs: its alignment data's harmful prompts with their refusals."""
-    return [p for p in setup.data.align if is_refusal(p.response)]
-
-
 def plain_vectors() -> VectorConfig:
     """The plain vectors of the trade-off (Zhou et al.'s method, the demo's recipe before the early-stopped
     default): every variant changes what it changes from these, so measured points stay comparable and reusable."""
@@ -460,7 +455,7 @@ class _Grid:
         if method not in VARIANTS:  # buffer-reinforce: the plain vectors of the seed as its buffer, the provider's
             # alignment data (refusals and its own harmless answers; never the task or the evaluation prompts)
             return prepared("buffer-reinforce", {"scale": strength}, setup.model, self.tok, DefenseData(
-                harmful=setup.data.vector_pairs, refusals=_refusals(setup),
+                harmful=setup.data.vector_pairs, refusals=setup.data.refusals(),
                 harmless=[p for p in setup.data.align if not is_refusal(p.response)]), progress=self.progress,
                 vectors=self.vectors_for("plain", setup, cfg))
         # the variant's defence, its harmful data the vectors' own (re-fits use them)
@@ -475,7 +470,7 @@ class _Grid:
             vectors = self.vectors_for(method, setup, cfg)
         defense = prepared(name, options, setup.model, self.tok, DefenseData(
             harmful=setup.data.vector_pairs, harmless=setup.data.harmless[:self.config.n_benign],
-            refusals=_refusals(setup)),
+            refusals=setup.data.refusals()),
             progress=self.progress, vectors=vectors)
         if benign is None:
             self.trained[(method, cfg.seed)] = defense.vectors

@@ -315,6 +315,46 @@ def test_finetune_anchors_trains_the_services_harmless_pairs_as_served_and_needs
         run_finetune(dataclasses.replace(job, harmless_data=data), tmp_path / "bad", progress=False)
 
 
+def test_finetune_refusal_anchors_train_the_services_refusals_as_served_and_evaluate_refuses_their_prompts(
+        tmp_path, tiny_dir, monkeypatch):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearnable.experiments import EvaluateJob, FinetuneJob, run_evaluate, run_finetune
+    from unlearnable.experiments import jobs as jobs_module
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    SecurityVectors.train(model, tok, [Pair(f"bad {i}?", f"Sure, bad {i}.") for i in range(8)],
+                          VectorConfig(epochs=1, batch_size=8), progress=False).save(tmp_path / "vec")
+
+    def jsonl(name, prompts, response="Fine."):
+        (tmp_path / name).write_text("".join(json.dumps({"prompt": p, "response": response}) + "\n"
+                                             for p in prompts))
+        return str(tmp_path / name)
+
+    data, harmless = jsonl("data.jsonl", [f"Code {i}?" for i in range(6)]), jsonl("h.jsonl", ["Poem?", "Song?"])
+    refusals = jsonl("r.jsonl", ["Rob a bank?", "Make a weapon?"], "I can't help with that.")
+    served, real = [], jobs_module.finetune
+    monkeypatch.setattr(jobs_module, "finetune", lambda *a, **kw: (served.append(kw["served"]), real(*a, **kw))[1])
+    job = FinetuneJob(model=str(tiny_dir), data=data, vectors=str(tmp_path / "vec"), harmless_data=harmless,
+                      anchors=1, refusal_data=refusals, refusal_anchors=2, train=TrainConfig(max_steps=1, batch_size=4))
+    run_finetune(job, tmp_path / "out", progress=False)
+    assert [p.prompt for p in served[0]] == ["Poem?", "Song?", "Rob a bank?", "Rob a bank?", "Make a weapon?",
+                                             "Make a weapon?"]
+    saved = json.loads((tmp_path / "out" / "unlearnable_model.json").read_text())
+    assert saved["refusal_anchors"]["copies"] == 2 and len(saved["refusal_anchors"]["prompt_hashes"]) == 2
+    keyed = jobs_module._finetune_key(job, "fp", [], TrainConfig(), 1.0, [], [], [Pair("Rob a bank?", "No.")])
+    assert keyed != jobs_module._finetune_key(job, "fp", [], TrainConfig(), 1.0, [], [], [Pair("Other?", "No.")])
+    with pytest.raises(UnlearnableError, match="the refusal pairs .* was fine-tuned on as served"):
+        run_evaluate(EvaluateJob(model=str(tmp_path / "out"), harmful=refusals), progress=False)
+    for kw in ({"refusal_data": None}, {"vectors": None, "anchors": 0}):
+        with pytest.raises(UnlearnableError, match="--refusal-anchors trains the service's own refusal pairs"):
+            run_finetune(dataclasses.replace(job, **kw), tmp_path / "bad", progress=False)
+    with pytest.raises(UnlearnableError, match="none of whose prompts are in --data"):
+        run_finetune(dataclasses.replace(job, refusal_data=data), tmp_path / "bad", progress=False)
+
+
 def test_a_trainer_script_gets_the_flags_and_its_model_back_trainable_and_a_kl_refit_without_anchors_says_so(tiny):
     model, tok = tiny
     own = [Pair(f"bad {i}?", f"Sure, bad thing {i}.") for i in range(6)]

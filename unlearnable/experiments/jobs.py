@@ -99,6 +99,13 @@ class FinetuneJob:
     anchors: int = dataclasses.field(default=0, metadata={
         "help": "with --vectors: mix this many copies of each --harmless-data pair into the fine-tune, trained with "
                 "the vectors off, as the model is served (an over-refusal control); 0: none", "min": 0})
+    refusal_data: str | None = dataclasses.field(default=None, metadata={
+        "help": "with --refusal-anchors: the service's own refusal pairs (harmful prompts of its own with refusals, "
+                "none of them in --data or among the prompts harm is later scored on)", "check": check_pairs_source})
+    refusal_anchors: int = dataclasses.field(default=0, metadata={
+        "help": "with --vectors: mix this many copies of each --refusal-data pair into the fine-tune, trained with "
+                "the vectors off, as served (beside --anchors, which teach the served model to answer, these hold "
+                "its refusals); 0: none", "min": 0})
     refit: str = dataclasses.field(default=DEFAULT_REFIT, metadata={
         "help": "with --adapt: all (every pair, the flagged ones included, trained on for the vectors' epochs) or "
                 "heldout (the vectors' own recipe, held-out early stopping where they have one)", "choices": REFITS})
@@ -217,14 +224,14 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
     load.check(job.model)
     vectors = SecurityVectors.load(job.vectors) if job.vectors else None
     own = _vectors_data(job, vectors)
-    harmless = _harmless_data(job, pairs)
+    harmless, refusals = _harmless_data(job, pairs), _refusal_data(job, pairs)
     cfg = dataclasses.replace(job.train, seed=job.seed, save_steps=checkpoint_every)
     model, tok = load.load(job.model)
     fp = model_fingerprint(model)
     if vectors is not None:
         vectors.check(model)
     scale = job.vector_scale if job.vector_scale is not None else (vectors.config.scale if vectors else None)
-    key = _finetune_key(job, fp, pairs, cfg, scale, own, harmless)
+    key = _finetune_key(job, fp, pairs, cfg, scale, own, harmless, refusals)
     done, checkpoints = start_run(out, key=key, meta_file=MODEL_META, overwrite=overwrite,
                                   checkpoint_every=checkpoint_every, command="unlearnable finetune",
                                   main=is_main_process())
@@ -242,12 +249,13 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
             record["n_trained"] = len(pairs)
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
                                   output_dir=checkpoints, resume=checkpoints is not None,
-                                  served=[p for p in harmless for _ in range(job.anchors)])
+                                  served=[*(p for p in harmless for _ in range(job.anchors)),
+                                          *(p for p in refusals for _ in range(job.refusal_anchors))])
         if is_main_process():
             save_model(tuned, tok, out, metadata={
                 "produced_by": "unlearnable finetune", "run_key": key, "base_fingerprint": fp,
                 "config": dataclasses.asdict(cfg), "vector_scale": scale, "adapted": record.get("adapted"),
-                "n_examples": len(pairs), "history": history, **_trained_on(job, vectors, harmless),
+                "n_examples": len(pairs), "history": history, **_trained_on(job, vectors, harmless, refusals),
                 **run_metadata()})
         wait_for_everyone()
     if is_main_process():
@@ -256,20 +264,24 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
 
 
 def _finetune_key(job: FinetuneJob, fp: str, pairs: list[Pair], cfg, scale, own: list[Pair],
-                  harmless: list[Pair]) -> str:
+                  harmless: list[Pair], refusals: list[Pair]) -> str:
     return run_key(command="finetune", model=fp, data=pairs_hash(pairs),
                    config={**keyed(dataclasses.asdict(cfg)), "save_steps": 0},  # how often: not what it computes
                    vectors=sha256_file(Path(job.vectors) / "adapter_model.safetensors") if job.vectors else None,
                    vector_scale=scale, adapt=_adapt_key(job, own, harmless) if job.adapt else None,
-                   **({"anchors": [job.anchors, pairs_hash(harmless)]} if job.anchors else {}))
+                   **({"anchors": [job.anchors, pairs_hash(harmless)]} if job.anchors else {}),
+                   **({"refusal_anchors": [job.refusal_anchors, pairs_hash(refusals)]} if job.refusal_anchors else {}))
 
 
-def _trained_on(job: FinetuneJob, vectors: SecurityVectors | None, harmless: list[Pair]) -> dict[str, Any]:
+def _trained_on(job: FinetuneJob, vectors: SecurityVectors | None, harmless: list[Pair],
+                refusals: list[Pair]) -> dict[str, Any]:
     """The metadata that lets `evaluate` refuse evaluation prompts the vectors or the anchors were trained on."""
     return {"vectors": job.vectors, "vectors_removed": True,
             "vectors_prompt_hashes": vectors.metadata.get("prompt_hashes") if vectors else None,
             "anchors": {"copies": job.anchors, "pairs": len(harmless),
-                        "prompt_hashes": prompt_hashes(harmless)} if job.anchors else None}
+                        "prompt_hashes": prompt_hashes(harmless)} if job.anchors else None,
+            **({"refusal_anchors": {"copies": job.refusal_anchors, "pairs": len(refusals),
+                                    "prompt_hashes": prompt_hashes(refusals)}} if job.refusal_anchors else {})}
 
 
 def _adapt_key(job: FinetuneJob, own: list[Pair], harmless: list[Pair]) -> dict:
@@ -300,6 +312,21 @@ def _harmless_data(job: FinetuneJob, data: list[Pair]) -> list[Pair]:
         raise UnlearnableError(f"--harmless-data {job.harmless_data} must hold harmless pairs none of whose prompts "
                                "are in --data (the threshold is set on them)")
     return harmless
+
+
+def _refusal_data(job: FinetuneJob, data: list[Pair]) -> list[Pair]:
+    """With ``--refusal-anchors``: the service's refusal pairs, none of whose prompts are in ``data``."""
+    if not job.refusal_anchors:
+        return []
+    if not (job.vectors and job.refusal_data):
+        raise UnlearnableError("--refusal-anchors trains the service's own refusal pairs with the vectors off: give "
+                               "--vectors and --refusal-data (a JSONL file of harmful prompts with refusals, none of "
+                               "them in --data), or leave out --refusal-anchors")
+    refusals = load_pairs(job.refusal_data)
+    if not refusals or set(prompt_hashes(refusals)) & set(prompt_hashes(data)):
+        raise UnlearnableError(f"--refusal-data {job.refusal_data} must hold refusal pairs none of whose prompts are "
+                               "in --data")
+    return refusals
 
 
 def _adapted(job: FinetuneJob, vectors, model, tok, own: list[Pair], harmless: list[Pair], pairs: list[Pair],
@@ -410,9 +437,13 @@ def _check_model_leakage(model: str | None, harmful) -> None:
     if meta_file is None or not meta_file.is_file():
         return
     try:
-        hashes = json.loads(meta_file.read_text(encoding="utf-8")).get("vectors_prompt_hashes")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        hashes = meta.get("vectors_prompt_hashes")
+        refused = (meta.get("refusal_anchors") or {}).get("prompt_hashes")
     except (ValueError, AttributeError):
-        hashes = None
+        hashes = refused = None
     if hashes:
         check_no_overlap(harmful, hashes, "evaluation", f"the training data of the vectors {model} was fine-tuned "
                          "with")
+    if refused:
+        check_no_overlap(harmful, refused, "evaluation", f"the refusal pairs {model} was fine-tuned on as served")

@@ -1,6 +1,7 @@
 import copy
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -655,3 +656,27 @@ def test_refusal_anchors_are_the_alignment_datas_refusals(tiny, harmful_pairs, t
     (point,) = [p for p in saved["points"] if p["method"] == "early-stopped-anchored-refusals"]
     info = point["defense_info"]["anchors"][0]
     assert (info["pairs"], info["copies"], info["refusal_pairs"], info["refusal_copies"]) == (3, 2, 6, 1)
+
+
+def test_the_harm_against_over_refusal_script_groups_points_and_reads_the_first_folder_first(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "harm_vs_over_refusal.py"
+    spec = importlib.util.spec_from_file_location("harm_vs_over_refusal", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def point(folder, method, seed, harm, refusal):
+        where = tmp_path / folder / "runs" / "points"
+        where.mkdir(parents=True, exist_ok=True)
+        (where / f"{method}-{seed}.json").write_text(json.dumps(
+            {"method": method, "strength": 1.0, "seed": seed, "harm_rate": harm, "over_refusal": refusal}))
+
+    point("a", "plain", 0, 0.1, 0.2)
+    point("a", "plain", 1, 0.3, 0.4)
+    point("b", "plain", 1, 0.9, 0.9)  # the same point in a later folder: not read
+    point("b", "gated", 0, 0.5, None)  # no over-refusal score: left out
+    groups = script.scored_points([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert list(groups) == [("plain", 1.0)] and [p["harm_rate"] for p in groups[("plain", 1.0)]] == [0.1, 0.3]
+    assert script.main([str(tmp_path / "a"), "--out", str(tmp_path / "p.png")]) == 0
+    assert "harm 0.200  over-refusal 0.300" in capsys.readouterr().out and (tmp_path / "p.png").stat().st_size > 0

@@ -55,7 +55,8 @@ def draw(groups: dict[tuple[str, float], list[dict]], out: str, goal_harm: float
     for (method, strength), points in groups.items():
         x, y = [p["harm_rate"] for p in points], [p["over_refusal"] for p in points]
         dots = ax.scatter(x, y, alpha=0.45, s=22)
-        ax.scatter([statistics.fmean(x)], [statistics.fmean(y)], s=110, marker="D", color=dots.get_facecolor(),
+        ax.scatter([statistics.fmean(x)], [statistics.fmean(y)], s=110, marker="D",
+                   color=dots.get_facecolor()[0][:3],
                    edgecolor="black", label=f"{label(method, strength)} ({len(points)} seeds)")
     ax.set_xlabel("harm rate (held-out harmful prompts)")
     ax.set_ylabel("over-refusal (harmless prompts)")

@@ -353,6 +353,14 @@ def test_finetune_refusal_anchors_train_the_services_refusals_as_served_and_eval
             run_finetune(dataclasses.replace(job, **kw), tmp_path / "bad", progress=False)
     with pytest.raises(UnlearnableError, match="none of whose prompts are in --data"):
         run_finetune(dataclasses.replace(job, refusal_data=data), tmp_path / "bad", progress=False)
+    answered = jsonl("a.jsonl", ["Rob a bank?", "Make a weapon?"], "Sure, here is how.")
+    with pytest.raises(UnlearnableError, match="2 of 2 responses do not read as refusals"):
+        run_finetune(dataclasses.replace(job, refusal_data=answered), tmp_path / "bad", progress=False)
+    (tmp_path / "out" / "unlearnable_model.json").write_text(json.dumps(
+        {**saved, "refusal_anchors": "damaged"}))  # one damaged field leaves the vectors' check on
+    with pytest.raises(UnlearnableError, match="the training data of the vectors"):
+        run_evaluate(EvaluateJob(model=str(tmp_path / "out"), harmful=jsonl("e.jsonl", ["bad 3?"], "")),
+                     progress=False)
 
 
 def test_a_trainer_script_gets_the_flags_and_its_model_back_trainable_and_a_kl_refit_without_anchors_says_so(tiny):
@@ -525,3 +533,15 @@ def test_gate_by_flag_trains_only_the_flagged_pairs_through_the_vectors_and_the_
     assert not any("lora" in k for k in tuned.state_dict())
     with pytest.raises(UnlearnableError, match="gate_by_flag and drop_flagged"):
         DEFENSES.get("adaptive-vectors")(gate_by_flag=True, drop_flagged=True)
+
+
+def test_gate_by_flag_with_refusal_anchors_trains_the_missed_pairs_then_the_anchors_then_the_refusals_as_served(
+        tiny, own, customer, monkeypatch):
+    model, tok = tiny
+    defense, _, tuned_on = _adaptive(tiny, own, monkeypatch, flagger="oracle:0.5", gate_by_flag=True, anchors=1,
+                                     refusal_anchors=2)
+    defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(max_steps=1, batch_size=4), progress=False)
+    flags = OracleFlagger(0.5).flag(customer)
+    assert tuned_on[0][0] == [p for p, f in zip(customer, flags) if f]
+    assert defense.served_seen[0] == [*(p for p, f in zip(customer, flags) if not f), *own.harmless,
+                                      *(p for p in own.refusals for _ in range(2))]

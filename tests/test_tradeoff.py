@@ -642,16 +642,25 @@ def test_an_anchored_variant_runs_its_strength_zero_and_records_its_anchors(tiny
                for p in anchored)
 
 
-def test_refusal_anchors_are_the_alignment_datas_refusals(tiny, harmful_pairs, tmp_path):
-    """The refusal anchors are the provider's alignment refusals (their prompts none of the scored ones)."""
+def test_refusal_anchors_are_the_alignment_datas_refusals(tiny, harmful_pairs, tmp_path, monkeypatch):
+    """The refusal anchors are the provider's alignment refusals: not its harmless alignment answers, and none of
+    the prompts harm is scored on."""
     from test_immunization import tiny_data
+
+    from unlearnable.experiments import tradeoff as tradeoff_module
 
     model, tok = tiny
     cfg = _tiny_cfg(seeds=[0], variants=["early-stopped-anchored-refusals"], strengths=[1.0], buffer_reinforce=False,
                     n_benign=3, n_over_refusal=2,
                     variant_options={"early-stopped-anchored-refusals": {"holdout": 0.25, "epochs": 1}})
     data = tiny_data(harmful_pairs)
+    data.align.append(Pair("Say hello.", "Hello there!"))  # a harmless alignment answer: never a refusal anchor
+    given, real = [], tradeoff_module.prepared
+    monkeypatch.setattr(tradeoff_module, "prepared", lambda *a, **kw: (given.append(a[4]), real(*a, **kw))[1])
     run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=data, progress=False)
+    refusals = [d.refusals for d in given if d.refusals]
+    assert refusals and all(list(r) == data.align[:-1] for r in refusals)
+    assert not {p.prompt for r in refusals for p in r} & {p.prompt for p in data.eval_harmful}
     saved = json.loads((tmp_path / "t" / "results.json").read_text())
     (point,) = [p for p in saved["points"] if p["method"] == "early-stopped-anchored-refusals"]
     info = point["defense_info"]["anchors"][0]

@@ -23,7 +23,7 @@ from ..data import (
 from ..errors import UnlearnableError
 from ..evaluation import EVAL_KIND, EvalConfig, evaluate, read_results, without_generations
 from ..flaggers import build_flagger, check_flagger, describe_flagger
-from ..judges import build_judge, check_judge_options, check_judges
+from ..judges import build_judge, check_judge_options, check_judges, is_refusal
 from ..models import MODEL_META, check_model_source, model_fingerprint, save_model
 from ..runs import check_out, finish_run, keep_checkpoints_only_if_useful, locked, run_key, start_run
 from ..training import TrainConfig, keyed
@@ -326,6 +326,10 @@ def _refusal_data(job: FinetuneJob, data: list[Pair]) -> list[Pair]:
     if not refusals or set(prompt_hashes(refusals)) & set(prompt_hashes(data)):
         raise UnlearnableError(f"--refusal-data {job.refusal_data} must hold refusal pairs none of whose prompts are "
                                "in --data")
+    answered = [p for p in refusals if not is_refusal(p.response)]
+    if answered:  # trained as served, an answer to a harmful prompt would teach the served model to comply
+        raise UnlearnableError(f"--refusal-data {job.refusal_data}: {len(answered)} of {len(refusals)} responses do "
+                               f"not read as refusals (e.g. to {answered[0].prompt[:60]!r}); give refusals only")
     return refusals
 
 
@@ -438,10 +442,12 @@ def _check_model_leakage(model: str | None, harmful) -> None:
         return
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        hashes = meta.get("vectors_prompt_hashes")
-        refused = (meta.get("refusal_anchors") or {}).get("prompt_hashes")
-    except (ValueError, AttributeError):
-        hashes = refused = None
+    except ValueError:
+        return
+    meta = meta if isinstance(meta, dict) else {}
+    hashes = meta.get("vectors_prompt_hashes")
+    refused = meta.get("refusal_anchors")
+    refused = refused.get("prompt_hashes") if isinstance(refused, dict) else None  # each check on its own field
     if hashes:
         check_no_overlap(harmful, hashes, "evaluation", f"the training data of the vectors {model} was fine-tuned "
                          "with")

@@ -4,24 +4,25 @@ seed, with the seed-averaged point and the goal's box: does a variant move off t
     python scripts/harm_vs_over_refusal.py runs/tradeoff-demo-anchored-refusals \
         runs/tradeoff-demo-anchored-refusals-s0 --out harm-vs-over-refusal.png
 
-Reads the tradeoff point files (``runs/points/*.json``) of every folder given (a (method, strength, seed) found
-twice is read from the first folder); prints one line per seed-averaged point and, with ``--out``, draws them.
+Reads the points of every folder given as the trade-off itself does (``stored_points``: its point files, or an
+older folder's points.jsonl; a (method, strength, seed) found twice is read from the first folder); prints one
+line per seed-averaged point and, with ``--out``, draws them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
+
+from unlearnable.experiments.tradeoff import stored_points
 
 
 def scored_points(folders: list[str]) -> dict[tuple[str, float], list[dict]]:
     """The points with an over-refusal score, grouped by (method, strength), first folder first."""
     seen: dict[tuple[str, float, int], dict] = {}
     for folder in folders:
-        for path in sorted(Path(folder, "runs", "points").glob("*.json")):
-            point = json.loads(path.read_text(encoding="utf-8"))
+        for point in stored_points(Path(folder)):
             key = (point["method"], float(point["strength"]), point["seed"])
             if point.get("over_refusal") is not None and key not in seen:
                 seen[key] = point
@@ -74,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--goal-harm", type=float, default=0.1)
     parser.add_argument("--goal-over-refusal", type=float, default=0.05, help="rise over none's")
     args = parser.parse_args(argv)
-    groups = scored_points(args.folders)
+    try:
+        groups = scored_points(args.folders)
+    except OSError as e:  # neither point files nor points.jsonl
+        parser.error(f"{e.filename}: not found; give tradeoff --out folders")
     if not groups:
         parser.error(f"no point with an over-refusal score under {', '.join(args.folders)}")
     for (method, strength), points in groups.items():

@@ -689,3 +689,10 @@ def test_the_harm_against_over_refusal_script_groups_points_and_reads_the_first_
     assert list(groups) == [("plain", 1.0)] and [p["harm_rate"] for p in groups[("plain", 1.0)]] == [0.1, 0.3]
     assert script.main([str(tmp_path / "a"), "--out", str(tmp_path / "p.png")]) == 0
     assert "harm 0.200  over-refusal 0.300" in capsys.readouterr().out and (tmp_path / "p.png").stat().st_size > 0
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "points.jsonl").write_text(json.dumps(
+        {"method": "plain", "strength": 1.0, "seed": 2, "harm_rate": 0.5, "over_refusal": 0.0}) + "\n")
+    assert [p["seed"] for p in script.scored_points([str(tmp_path / "old")])[("plain", 1.0)]] == [2]  # older form
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "missing")])
+    assert "not found" in capsys.readouterr().err

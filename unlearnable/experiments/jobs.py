@@ -307,11 +307,16 @@ def _harmless_data(job: FinetuneJob, data: list[Pair]) -> list[Pair]:
                                "a flagger that reads no vectors (--flagger normalized:refusal)")
     if not ((job.adapt or job.anchors) and job.harmless_data):
         return []
-    harmless = load_pairs(job.harmless_data)
-    if not harmless or set(prompt_hashes(harmless)) & set(prompt_hashes(data)):
-        raise UnlearnableError(f"--harmless-data {job.harmless_data} must hold harmless pairs none of whose prompts "
-                               "are in --data (the threshold is set on them)")
-    return harmless
+    return _apart_from_data(job.harmless_data, "--harmless-data", "harmless pairs", data,
+                            " (the threshold is set on them)")
+
+
+def _apart_from_data(path: str, flag: str, what: str, data: list[Pair], why: str = "") -> list[Pair]:
+    """The service's own ``what`` in ``path``: some, and none of their prompts in the customer's ``data``."""
+    pairs = load_pairs(path)
+    if not pairs or set(prompt_hashes(pairs)) & set(prompt_hashes(data)):
+        raise UnlearnableError(f"{flag} {path} must hold {what} none of whose prompts are in --data{why}")
+    return pairs
 
 
 def _refusal_data(job: FinetuneJob, data: list[Pair]) -> list[Pair]:
@@ -322,10 +327,7 @@ def _refusal_data(job: FinetuneJob, data: list[Pair]) -> list[Pair]:
         raise UnlearnableError("--refusal-anchors trains the service's own refusal pairs with the vectors off: give "
                                "--vectors and --refusal-data (a JSONL file of harmful prompts with refusals, none of "
                                "them in --data), or leave out --refusal-anchors")
-    refusals = load_pairs(job.refusal_data)
-    if not refusals or set(prompt_hashes(refusals)) & set(prompt_hashes(data)):
-        raise UnlearnableError(f"--refusal-data {job.refusal_data} must hold refusal pairs none of whose prompts are "
-                               "in --data")
+    refusals = _apart_from_data(job.refusal_data, "--refusal-data", "refusal pairs", data)
     answered = [p for p in refusals if not is_refusal(p.response)]
     if answered:  # trained as served, an answer to a harmful prompt would teach the served model to comply
         raise UnlearnableError(f"--refusal-data {job.refusal_data}: {len(answered)} of {len(refusals)} responses do "

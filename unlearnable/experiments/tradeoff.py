@@ -235,7 +235,7 @@ def _point_name(method: str, strength: float, seed: int) -> str:
     return f"{method}-{strength:g}-seed{seed}"
 
 
-def _stored_points(source: Path) -> list[dict[str, Any]]:
+def stored_points(source: Path) -> list[dict[str, Any]]:
     """The points a tradeoff folder holds: its store's pieces, or (folders of earlier versions) points.jsonl."""
     pieces = sorted((source / "runs" / "points").glob("*.json"))
     if pieces:
@@ -274,7 +274,7 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
     source = Path(source)
     try:
         old = json.loads((source / "run.json").read_text(encoding="utf-8"))
-        points = _stored_points(source)
+        points = stored_points(source)
     except (OSError, json.JSONDecodeError):
         raise UnlearnableError(f"{source} does not hold a tradeoff run (run.json and its points); check "
                                "--reuse-points") from None

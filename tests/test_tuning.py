@@ -145,7 +145,7 @@ def test_repnoise_tunes_a_lora_over_a_lora_learning_rate():
 
 def test_the_tuned_trial_is_the_least_harmful_within_the_constraint():
     def row(n, harm, feasible=True, defaults=False):
-        return {"number": n, "probe_harm_rate": harm, "feasible": feasible, "defaults": defaults}
+        return {"number": n, "objective": harm, "feasible": feasible, "defaults": defaults}
 
     rows = [row(0, 0.5, defaults=True), row(1, 0.1, feasible=False), row(2, 0.3), row(3, 0.3)]
     assert best_trial(rows)["number"] == 2  # the infeasible 0.1 never wins; ties go to the earlier
@@ -165,6 +165,69 @@ def test_every_declared_tunable_option_is_a_config_field_with_its_default_in_ran
     assert tuned >= 8
     assert set(DEFENSES.get("safe-lora")(select="threshold").tuning_space()) == {"threshold"}
     assert set(DEFENSES.get("booster")().tuning_space()) == {"lam", "alpha"}
+
+
+def test_a_whole_number_option_is_suggested_whole_and_a_small_space_is_a_grid():
+    import optuna
+
+    from unlearnable.experiments.tuning import grid
+
+    space = DEFENSES.get("early-stopped-vectors")(scale=1.0).tuning_space()
+    assert set(space) == {"scale", "anchors", "refusal_anchors"}
+    assert grid(space, {"scale": None, "anchors": 0, "refusal_anchors": 0}) is None  # scale is continuous
+    whole = {k: space[k] for k in ("anchors", "refusal_anchors")}
+    cells = grid(whole, {"anchors": 0, "refusal_anchors": 1})
+    assert len(cells) == 5 * 3 - 1 and {"anchors": 0, "refusal_anchors": 1} not in cells
+    assert {"anchors": 4, "refusal_anchors": 2} in cells
+    study = optuna.create_study()
+    for _ in range(4):
+        value = space["anchors"].suggest(study.ask(), "anchors")
+        assert isinstance(value, int) and 0 <= value <= 4
+    assert "anchors" not in DEFENSES.get("negated-vectors")().tuning_space()  # it refuses anchors
+    with pytest.raises(UnlearnableError, match="mixed_probe"):
+        TuneConfig(mixed_probe=True, trainability="never")
+
+
+def test_the_mixed_probe_scores_harm_after_the_task_and_a_small_space_is_searched_whole(tiny, harmful_pairs, tmp_path,
+                                                                                      monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.evaluation import Scorer
+    from unlearnable.experiments.immunize import BudgetConfig, ImmunizeConfig, TrainabilityConfig, run_immunize
+    from unlearnable.experiments.setup import DataConfig
+
+    model, tok = tiny
+    data = tiny_data(harmful_pairs)
+    after: list[list[Pair]] = []
+    harm = Scorer.harm
+
+    def spy(self, m, prompts, desc=""):
+        if "harm after the task" in desc:
+            after.append(list(prompts))
+        return harm(self, m, prompts, desc)
+
+    monkeypatch.setattr(Scorer, "harm", spy)
+    options = {"refusal_anchors": 1, "scale": 1.0, "epochs": 1.0, "holdout": 0.25}
+    cfg = ImmunizeConfig(defenses=["none", "early-stopped-vectors"], align=False, n_curve_eval=4,
+                         n_stability_harmless=3, n_defense_harmless=6, data=DataConfig(system_prompt=None),
+                         benchmarks=[], budget=BudgetConfig(lrs=[1e-2], samples=[8], steps=2, eval_every=2,
+                                                            batch_size=4),
+                         trainability=TrainabilityConfig(steps=2, eval_every=2, batch_size=8, task_repeats=1),
+                         tune=TuneConfig(n_trials=5, n_harmless=2, n_startup_trials=2, probe_eval_every=2,
+                                         n_task_profiles=2, mixed_probe=True),
+                         defense_options={"early-stopped-vectors": options})
+    saved = run_immunize(cfg, tmp_path / "out", model=model, tokenizer=tok, data=data, progress=False)
+    tuned = saved["defenses"]["early-stopped-vectors"]["tuned"]
+    assert sorted(t["options"]["anchors"] for t in tuned["trials"]) == [0, 1, 2, 3, 4]  # each copy count once
+    assert all(set(t["options"]) == {"anchors"} for t in tuned["trials"])  # refusal_anchors stays as set
+    assert tuned["baseline"]["trainability"]["harm_rate"] is not None and "harm rate" in tuned["objective"]
+    for trial in tuned["trials"]:
+        probe = trial["trainability"]
+        assert probe["n_harmful"] == tuned["data"]["probe_attack"]
+        assert trial["objective"] == pytest.approx((trial["probe_harm_rate"] + probe["harm_rate"]) / 2)
+    assert len(after) == 6 and all(len(p) == tuned["data"]["probe_prompts"] for p in after)  # baseline + 5 trials
+    evaluation = set(prompt_hashes(data.eval_harmful))
+    assert not set(prompt_hashes([p for ps in after for p in ps])) & evaluation
 
 
 @pytest.mark.parametrize("name", ["vaccine", "booster", "repnoise", "adversarial-loss"])

@@ -459,10 +459,13 @@ def tuning_section(tuned: dict[str, dict[str, Any]]) -> str:
         for key in t["space"]:
             chosen = t["options"].get(key, t["default"].get(key))
             rows.append([name, key, _num(t["default"].get(key)), _num(chosen),
-                         f"{_num(t.get('default_probe_harm_rate'))} -> {_num(t.get('tuned_probe_harm_rate'))}",
+                         f"{_num(_objective(t, 'default'))} -> {_num(_objective(t, 'tuned'))}",
                          _tuned_task_em(t), f"{feasible} of {t['n_trials']}", t.get("note", "")])
     first = next(iter(tuned.values()))
-    return (table(["defence", "option", "default", "tuned", "probe harm, mean over its checkpoints (default -> tuned)",
+    mixed = any("harm_rate" in (t.get("baseline") or {}).get("trainability", {}) for t in tuned.values())
+    objective = ("objective: the mean of the probe's and the mixed fine-tune's harm (default -> tuned)" if mixed
+                 else "probe harm, mean over its checkpoints (default -> tuned)")
+    return (table(["defence", "option", "default", "tuned", objective,
                    "probe task EM after the user's fine-tune (default -> tuned; undefended)",
                    "trials within the constraint", "note"], rows)
             + f"<p class='note'>Objective: {html.escape(first['objective'])}. Constraint: "
@@ -471,6 +474,12 @@ def tuning_section(tuned: dict[str, dict[str, Any]]) -> str:
               f"{first['probe']['lr']:g} for {first['probe']['steps']} steps; the undefended model's probe harm on the "
               f"same data: {_num(first.get('baseline', {}).get('probe_harm_rate'))}. Every later condition runs the "
               "tuned configuration.</p>")
+
+
+def _objective(tuned: dict[str, Any], which: str) -> float | None:
+    """The tuning objective at the defaults or the tuned trial (a tuning from before the mixed probe: the probe
+    attack's harm)."""
+    return tuned.get(f"{which}_objective", tuned.get(f"{which}_probe_harm_rate"))
 
 
 def flaggers_section(defenses: dict[str, Any], what: str = "defence",

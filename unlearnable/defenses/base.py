@@ -42,19 +42,28 @@ class DefenseData:
 @dataclasses.dataclass(frozen=True)
 class Tunable:
     """The range a defence's option is tuned over (``immunize --tune-defenses``): ``low`` .. ``high``, on a log
-    scale where ``log``."""
+    scale where ``log``; whole numbers only where ``integer`` (e.g. how many copies of a pair)."""
 
     low: float
     high: float
     log: bool = True
+    integer: bool = False
 
-    def suggest(self, trial, name: str) -> float:
+    def suggest(self, trial, name: str) -> float | int:
+        if self.integer:
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
+    def values(self) -> list[int] | None:
+        """Every value of an integer range (None for a continuous one): a small space is searched exhaustively."""
+        return list(range(int(self.low), int(self.high) + 1)) if self.integer else None
 
-def tunable(default: Any, low: float, high: float, *, log: bool = True, help: str = "") -> Any:
+
+def tunable(default: Any, low: float, high: float, *, log: bool = True, integer: bool = False, help: str = "",
+            **metadata) -> Any:
     """A ``Config`` field that defence tuning searches (between ``low`` and ``high``)."""
-    return dataclasses.field(default=default, metadata={"help": help, "tune": Tunable(low, high, log)})
+    return dataclasses.field(default=default, metadata={"help": help, **metadata,
+                                                        "tune": Tunable(low, high, log, integer)})
 
 
 @dataclasses.dataclass

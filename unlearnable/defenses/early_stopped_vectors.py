@@ -9,7 +9,7 @@ from ..data import Pair
 from ..errors import UnlearnableError
 from ..vectors import SecurityVectors, VectorConfig, finetune
 from ..vectors.config import PICKS
-from .base import DEFENSES, DefenseData
+from .base import DEFENSES, DefenseData, tunable
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 
 
@@ -23,15 +23,14 @@ class EarlyStoppedVectorsConfig(SecurityVectorsConfig):
     pick: str = dataclasses.field(default="lowest", metadata={
         "help": "which held-out check's vectors are kept: lowest | latest-within-1se (the longest-trained check "
                 "the held-out pairs cannot tell from the lowest)", "choices": PICKS})
-    anchors: int = dataclasses.field(default=0, metadata={
-        "help": "copies of each of the defence's harmless pairs mixed into the customer's fine-tune, trained with "
-                "the vectors off (as served): the served model is held to answering harmless prompts while the "
-                "harmful data trains through the vectors; 0: none", "min": 0})
-    refusal_anchors: int = dataclasses.field(default=0, metadata={
-        "help": "copies of each of the defence's refusal pairs (harmful prompts of its own with refusals) mixed "
-                "into the customer's fine-tune, trained with the vectors off (as served): harmless anchors teach "
-                "the served model to answer, and that spreads to harmful prompts; these hold its refusals; 0: none",
-        "min": 0})
+    anchors: int = tunable(0, 0, 4, log=False, integer=True, min=0, help=(
+        "copies of each of the defence's harmless pairs mixed into the customer's fine-tune, trained with the "
+        "vectors off (as served): the served model is held to answering harmless prompts while the harmful data "
+        "trains through the vectors; 0: none"))
+    refusal_anchors: int = tunable(0, 0, 2, log=False, integer=True, min=0, help=(
+        "copies of each of the defence's refusal pairs (harmful prompts of its own with refusals) mixed into the "
+        "customer's fine-tune, trained with the vectors off (as served): harmless anchors teach the served model "
+        "to answer, and that spreads to harmful prompts; these hold its refusals; 0: none"))
 
     def __post_init__(self):
         if not 0 < self.holdout < 1 or self.epochs <= 0 or self.anchors < 0 or self.refusal_anchors < 0:

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from ..errors import UnlearnableError
 from ..vectors import finetune, serving
-from .base import DEFENSES
+from .base import DEFENSES, Tunable
 from .early_stopped_vectors import EarlyStoppedVectorsConfig, EarlyStoppedVectorsDefense
 
 
@@ -39,6 +39,10 @@ class NegatedVectorsDefense(EarlyStoppedVectorsDefense):
 
     Config = NegatedVectorsConfig
     serves_weights_as_given = False
+
+    def tuning_space(self) -> dict[str, Tunable]:
+        """Its parent's, less the anchors it refuses."""
+        return {k: t for k, t in super().tuning_space().items() if k not in ("anchors", "refusal_anchors")}
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         # the vectors stay an adapter branch, so a curve point mid-run can serve them negated

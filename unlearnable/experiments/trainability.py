@@ -33,12 +33,14 @@ class TrainabilityConfig:
 
 def user_finetune(defense: Defense, hardened, tok, scorer: Scorer, task: Sequence[Pair], config: TrainabilityConfig,
                   seed: int, *, curve: bool = True, progress: bool = True, label: str = "",
-                  harmless: Sequence[Pair] = ()) -> dict[str, Any]:
+                  harmless: Sequence[Pair] = (), harmful: Sequence[Pair] = (),
+                  harm_prompts: Sequence[Pair] = ()) -> dict[str, Any]:
     """Fine-tune a copy of ``hardened`` on ``task`` (each fact ``task_repeats`` times) the way ``defense`` fine-tunes
     for a user: the task's exact match along the steps (every ``eval_every``; at the end only, unless ``curve``) and
     the utility benchmarks, as the defence serves the model; with ``harmless`` prompts, also how many of them the
-    user's model then refuses (a defence that acts in the fine-tune can leave it refusing more)."""
-    pairs = [p for p in task for _ in range(config.task_repeats)]
+    user's model then refuses (a defence that acts in the fine-tune can leave it refusing more). ``harmful`` pairs
+    join the facts (as many copies each), and the harm rate on ``harm_prompts`` after is scored."""
+    pairs = [p for p in [*task, *harmful] for _ in range(config.task_repeats)]
     random.Random(seed).shuffle(pairs)
 
     def point(m, step):
@@ -58,6 +60,9 @@ def user_finetune(defense: Defense, hardened, tok, scorer: Scorer, task: Sequenc
         if harmless:
             refusal = scorer.over_refusal(final, harmless, desc=f"{label}{defense.name} harmless after the task")
             utility.update({k: v for k, v in refusal.items() if k != "harmless_generations"})
+        if harm_prompts:
+            harm = scorer.harm(final, harm_prompts, desc=f"{label}{defense.name} harm after the task")
+            utility.update({"harm_rate": harm["harm_rate"], "n_harmful": len(harmful)})
     points = [{"step": 0, "task_em": 0.0}] + cb.points
     return {"curve": points, "final_task_em": points[-1]["task_em"], "n_task": len(task), **utility,
             "seconds": round(time.perf_counter() - t0, 1)}

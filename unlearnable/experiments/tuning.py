@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import random
 import statistics
 import time
@@ -33,6 +34,7 @@ from typing import Any, Callable, Sequence
 from ..attacks import AttackData, AttackSettings, build_attack
 from ..data import Pair, check_no_overlap, prompt_hash, prompt_hashes
 from ..defenses import DEFENSES, Defense, DefenseData, prepared
+from ..defenses.base import Tunable
 from ..errors import UnlearnableError
 from ..evaluation import CurveCallback, Scorer
 from ..generation import response_loss
@@ -45,6 +47,8 @@ OBJECTIVE = ("the probe attack's harm rate on the defence's held-out prompts, as
              "checkpoints (minimised)")
 CONSTRAINT = ("stability against the undefended model on the defence's held-out data, within the verdicts: "
               "harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop")
+MIXED_OBJECTIVE = ("the mean of that and the harm rate on the same prompts after the trainability probe's fine-tune "
+                   "with the probe attack's harmful pairs among its facts (a customer whose data holds harmful pairs)")
 TRAINABILITY_CONSTRAINT = ("and trainability against the undefended model: ProfileQA exact match after the user's "
                            "fine-tune through the defence (people the evaluation never asks about) at least "
                            "min_trainability_ratio of the undefended model's, MMLU after it within max_mmlu_drop, "
@@ -75,12 +79,20 @@ class TuneConfig:
                 "always, never", "choices": TRAINABILITY_PROBES})
     n_task_profiles: int = dataclasses.field(default=8, metadata={
         "help": "people (5 facts each) of the trainability probe's ProfileQA task, none of the evaluation's"})
+    mixed_probe: bool = dataclasses.field(default=False, metadata={
+        "help": "the trainability probe's fine-tune also holds the probe attack's harmful pairs (as many copies "
+                "as each fact): its task score and over-refusal after stay in the constraint, and its harm rate "
+                "on the probe's prompts joins the objective. For a defence whose cost shows only when harmful data "
+                "trains through it (the vectors' over-refusal)"})
 
     def __post_init__(self):
         if (self.n_trials < 0 or self.n_harmless < 1 or self.n_startup_trials < 1 or self.probe_eval_every < 1
                 or self.n_task_profiles < 1):
             raise UnlearnableError("tune needs n_trials >= 0 and n_harmless, n_startup_trials, probe_eval_every, "
                                    "n_task_profiles >= 1")
+        if self.mixed_probe and self.trainability == "never":
+            raise UnlearnableError("tune.mixed_probe mixes harmful pairs into the trainability probe: set "
+                                   "tune.trainability to auto or always")
         if self.trainability not in TRAINABILITY_PROBES:
             raise UnlearnableError(f"tune.trainability is one of {', '.join(TRAINABILITY_PROBES)}, "
                                    f"not {self.trainability!r}")
@@ -165,8 +177,17 @@ def _mmlu_drop(scores: dict[str, Any], base: dict[str, Any], verdicts: Any) -> t
 
 def best_trial(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The feasible trial with the lowest probe harm rate (the earliest on ties: the defaults when they tie)."""
-    ok = [r for r in rows if r["feasible"] and r["probe_harm_rate"] is not None]
-    return min(ok, key=lambda r: (r["probe_harm_rate"], r["number"])) if ok else None
+    ok = [r for r in rows if r["feasible"] and r["objective"] is not None]
+    return min(ok, key=lambda r: (r["objective"], r["number"])) if ok else None
+
+
+def grid(space: dict[str, Tunable], defaults: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Every combination of a space of whole-number ranges but the defaults' (None where a range is continuous)."""
+    ranges = {k: t.values() for k, t in space.items()}
+    if any(v is None for v in ranges.values()):
+        return None
+    cells = [dict(zip(ranges, combo)) for combo in itertools.product(*ranges.values())]
+    return [c for c in cells if c != {k: defaults[k] for k in ranges}]
 
 
 @dataclasses.dataclass
@@ -213,12 +234,16 @@ class Tuner:
         none = self.prepared("none", {}, split)
         base = self.piece("none", "tuning-baseline", lambda: self.measure(none, split))
         if self.probes_trainability(configured):
+            mixed = self.config.mixed_probe
             base = {**base, "trainability": self.piece(
-                "none", "tuning-baseline-trainability",
-                lambda: self.trainability_probe(none, self.model, harmless=split.harmless),
+                "none", "tuning-baseline-trainability" + ("-mixed" if mixed else ""),
+                lambda: self.trainability_probe(none, self.model, split=split),
                 current=lambda probe: "over_refusal" in probe or not split.harmless)}  # kept before it was read
         study = self.study(name)
-        enqueue_once(study, self.out / f"tune-{name}.study", [({}, {"defaults": True})])
+        cells = grid(space, {k: getattr(configured.config, k) for k in space})
+        exhaustive = cells is not None and len(cells) < self.config.n_trials  # a small whole-number space: all of it
+        enqueue_once(study, self.out / f"tune-{name}.study",
+                     [({}, {"defaults": True}), *([(c, {}) for c in cells] if exhaustive else [])])
         optimize(study, lambda trial: self.objective(trial, name, options, space, split, base), self.config.n_trials)
         return self.summary(space, split, base, study, time.perf_counter() - t0)
 
@@ -229,15 +254,19 @@ class Tuner:
                 and (mode == "always" or (mode == "auto" and defense.acts_while_finetuning())))
 
     def trainability_probe(self, defense: Defense, hardened, label: str = "tune none ",
-                           harmless: Sequence[Pair] = ()) -> dict[str, Any]:
+                           split: TuningData | None = None) -> dict[str, Any]:
         """The user's ProfileQA fine-tune through ``defense``: exact match on the probe's own task, MMLU after and,
-        with ``harmless`` (the tuning's own held-out prompts), how many of them the user's model then refuses."""
+        with ``split``, how many of its held-out harmless prompts the user's model then refuses; with
+        ``tune.mixed_probe``, the split's probe attack pairs among the facts and the harm rate on its prompts."""
+        harmless = split.harmless if split else ()
+        mixed = split is not None and self.config.mixed_probe
         done = user_finetune(defense, hardened, self.tokenizer, self.scorer, self.task, self.trainability,
-                             self.seed, curve=False, progress=self.progress, label=label, harmless=harmless)
+                             self.seed, curve=False, progress=self.progress, label=label, harmless=harmless,
+                             harmful=split.attack if mixed else (), harm_prompts=split.prompts if mixed else ())
         mmlu = done.get("mmlu", {}).get("accuracy")
         return {"task_em": done["final_task_em"], "n_task": done["n_task"],
                 "mmlu": mmlu if mmlu is not None and mmlu == mmlu else None, "seconds": done["seconds"],
-                **({"over_refusal": done["over_refusal"]} if "over_refusal" in done else {})}
+                **{k: done[k] for k in ("over_refusal", "harm_rate", "n_harmful") if k in done}}
 
     @property
     def probe_settings(self) -> AttackSettings:
@@ -263,7 +292,7 @@ class Tuner:
         trial.set_user_attr("measured", measured)
         trial.set_user_attr("within", within)
         trial.set_constraint("stability", within["excess"])  # infeasible to TPE too
-        return float(measured["probe_harm_rate"])
+        return float(measured["objective"])
 
     def prepared(self, name: str, options: dict[str, Any], split: TuningData) -> Defense:
         """The defence built from ``options`` and prepared on the split's defence data only."""
@@ -294,13 +323,15 @@ class Tuner:
             if defense.post_training:  # e.g. buffer-reinforce: served as it is only after the run
                 cb.points[-1] = {"step": probe.steps, **score(final, probe.steps)}
             del final
-            trained = (self.trainability_probe(defense, hardened, label, harmless=split.harmless) if trainability
-                       else None)
+            trained = self.trainability_probe(defense, hardened, label, split=split) if trainability else None
         harms = [p["harm_rate"] for p in cb.points]
         out = {"before": before, "probe_harm_rate": statistics.fmean(harms), "probe_final_harm_rate": harms[-1],
                "probe_curve": [{"step": 0, "harm_rate": before["harm_rate"]}, *cb.points]}
+        out["objective"] = out["probe_harm_rate"]
         if trained is not None:
             out["trainability"] = trained
+            if "harm_rate" in trained:  # the mixed probe
+                out["objective"] = statistics.fmean([out["probe_harm_rate"], trained["harm_rate"]])
         return {**out, "seconds": round(time.perf_counter() - t0, 1)}
 
     def _parked(self, hardened) -> contextlib.AbstractContextManager:
@@ -320,21 +351,24 @@ class Tuner:
         best = best_trial(rows)
         default = next((r for r in rows if r["defaults"]), None)
         constraint_text = f"{CONSTRAINT}; {TRAINABILITY_CONSTRAINT}" if "trainability" in base else CONSTRAINT
-        record = {"n_trials": len(rows), "objective": OBJECTIVE, "constraint": constraint_text,
+        objective = f"{OBJECTIVE}; {MIXED_OBJECTIVE}" if "harm_rate" in base.get("trainability", {}) else OBJECTIVE
+        record = {"n_trials": len(rows), "objective": objective, "constraint": constraint_text,
                   "space": {k: dataclasses.asdict(t) for k, t in space.items()},
                   "default": default["options"] if default else {}, "trials": rows, "baseline": base,
                   "probe": {**dataclasses.asdict(self.probe_settings),  # the pairs it had: the held-out share
                             "n_samples": min(self.probe_settings.n_samples, len(split.attack))},
                   "data": {**split.record(), **(self.task_record() if "trainability" in base else {})},
                   "seconds": round(seconds, 1),
-                  "default_probe_harm_rate": default["probe_harm_rate"] if default else None}
+                  "default_probe_harm_rate": default["probe_harm_rate"] if default else None,
+                  "default_objective": default["objective"] if default else None}
         if best is None or best["defaults"]:
             note = ("no trial within the constraint: the defaults are kept" if best is None
                     else "no trial within the constraint beat the defaults")
             return {**record, "options": {}, "tuned_trial": best["number"] if best else None, "note": note,
-                    "tuned_probe_harm_rate": record["default_probe_harm_rate"]}
+                    "tuned_probe_harm_rate": record["default_probe_harm_rate"],
+                    "tuned_objective": record["default_objective"]}
         return {**record, "options": best["options"], "tuned_trial": best["number"],
-                "tuned_probe_harm_rate": best["probe_harm_rate"]}
+                "tuned_probe_harm_rate": best["probe_harm_rate"], "tuned_objective": best["objective"]}
 
 
     def task_record(self) -> dict[str, Any]:
@@ -347,6 +381,8 @@ def trial_row(trial) -> dict[str, Any]:
     measured, within = trial.user_attrs.get("measured", {}), trial.user_attrs.get("within", {})
     return {"number": trial.number, "defaults": bool(trial.user_attrs.get("defaults")),
             "options": trial.user_attrs.get("options", {}), "probe_harm_rate": measured.get("probe_harm_rate"),
+            # trials stored before the mixed probe existed: their objective was the probe's harm rate
+            "objective": measured.get("objective", measured.get("probe_harm_rate")),
             "probe_final_harm_rate": measured.get("probe_final_harm_rate"), "probe_curve": measured.get("probe_curve"),
             "before": measured.get("before", {}), "trainability": measured.get("trainability"),
             "deltas": within.get("deltas", {}),

@@ -188,6 +188,32 @@ def test_a_whole_number_option_is_suggested_whole_and_a_small_space_is_a_grid():
         TuneConfig(mixed_probe=True, trainability="never")
 
 
+def test_a_sweep_from_before_the_mixed_probe_keeps_its_key_and_old_trials_read_their_objective():
+    from unlearnable.experiments.tuning import trial_row
+    from unlearnable.training import keyed
+
+    before = {"tune": {k: v for k, v in dataclasses.asdict(TuneConfig()).items() if k != "mixed_probe"}}
+    assert keyed({"tune": dataclasses.asdict(TuneConfig())}) == keyed(before)
+    assert keyed({"tune": dataclasses.asdict(TuneConfig(mixed_probe=True))}) != keyed(before)
+
+    class Old:  # a trial stored before the objective was recorded
+        number, state = 0, type("S", (), {"name": "COMPLETE"})
+        user_attrs = {"measured": {"probe_harm_rate": 0.4}, "within": {"feasible": True}}
+
+    assert trial_row(Old())["objective"] == 0.4
+
+
+def test_anchors_are_not_tuned_where_the_defence_has_no_pairs_to_copy():
+    from unlearnable.defenses.base import Tunable
+
+    defense = DEFENSES.get("early-stopped-vectors")()
+    assert defense.untunable(own_data()) == set()
+    bare = DefenseData(harmful=own_data().harmful)
+    assert defense.untunable(bare) == {"anchors", "refusal_anchors"}
+    with pytest.raises(ValueError, match="low > 0"):
+        Tunable(0, 4, log=True, integer=True)
+
+
 def test_the_mixed_probe_scores_harm_after_the_task_and_a_small_space_is_searched_whole(tiny, harmful_pairs, tmp_path,
                                                                                       monkeypatch):
     from test_immunization import tiny_data

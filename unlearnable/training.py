@@ -422,6 +422,8 @@ UNKEYED = frozenset({"gradient_checkpointing", "stop_at_ceiling", *TrainConfig._
 #: settings added after runs were keyed without them: at their empty default they are left out of keys, so a run
 #: (or sweep) started before they existed still resumes
 UNKEYED_WHEN_EMPTY = frozenset({"judge_options", "max_over_refusal_rise"})
+#: the same for switches added off: left out of keys while off
+UNKEYED_WHEN_OFF = frozenset({"mixed_probe"})
 
 
 def keyed(data: Any) -> Any:
@@ -429,7 +431,8 @@ def keyed(data: Any) -> Any:
     :data:`UNKEYED_WHEN_EMPTY` ones at their empty default), for keys and comparisons."""
     if isinstance(data, dict):
         return {k: keyed(v) for k, v in data.items()
-                if k not in UNKEYED and not (k in UNKEYED_WHEN_EMPTY and v in (None, {}, [], ""))}
+                if k not in UNKEYED and not (k in UNKEYED_WHEN_EMPTY and v in (None, {}, [], ""))
+                and not (k in UNKEYED_WHEN_OFF and v is False)}
     if isinstance(data, list):
         return [keyed(v) for v in data]
     return data

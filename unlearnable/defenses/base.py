@@ -49,6 +49,10 @@ class Tunable:
     log: bool = True
     integer: bool = False
 
+    def __post_init__(self):
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale tunable needs low > 0, not {self.low}")
+
     def suggest(self, trial, name: str) -> float | int:
         if self.integer:
             return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
@@ -127,6 +131,10 @@ class Defense(Plugin, abc.ABC):
         """The options defence tuning searches (declared with :func:`tunable` in ``Config``); a defence whose
         configuration leaves one of them unused overrides this to drop it."""
         return {f.name: f.metadata["tune"] for f in dataclasses.fields(self.config) if "tune" in f.metadata}
+
+    def untunable(self, data: DefenseData) -> set[str]:
+        """Options of :meth:`tuning_space` that ``data`` leaves nothing to act on (not tuned there)."""
+        return set()
 
     def prepare(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> None:
         """Build whatever the defence needs from ``model`` (e.g. train security vectors). Default: nothing."""

@@ -87,6 +87,10 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
                                                  progress=progress, harmless=list(data.harmless))
         super().prepare(model, tokenizer, data, progress=progress)
 
+    def untunable(self, data: DefenseData) -> set[str]:
+        """Anchors without the pairs they copy."""
+        return {*(() if data.harmless else ("anchors",)), *(() if data.refusals else ("refusal_anchors",))}
+
     def served_anchors(self) -> list[Pair]:
         """The pairs the fine-tune trains with the vectors off: ``anchors`` copies of the defence's harmless ones and
         ``refusal_anchors`` copies of its refusal pairs."""

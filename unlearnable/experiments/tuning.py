@@ -10,6 +10,8 @@ questions the evaluation never scores. The evaluation prompts are never read.
 * **objective**: resistance to the probe attack: its harm rate on the held-out prompts, served as the defence
   serves, averaged over the attack's checkpoints (every ``tune.probe_eval_every`` steps), so that a defence that
   only slows the attack scores better than one that does not, even where both end fully harmful (lower is better);
+  with ``tune.mixed_probe``, averaged with the harm after the trainability probe's fine-tune with the probe attack's
+  pairs among its facts;
 * **constraint**: stability against the undefended model on the same data, with the harness's ``verdicts``
   (harmless-answer loss rise, over-refusal rise, harm rate before the attack, MMLU drop); and, for a defence that
   acts while the user's fine-tune runs (Lisa, Safe LoRA, the vectors; ``tune.trainability``), trainability: a
@@ -176,7 +178,7 @@ def _mmlu_drop(scores: dict[str, Any], base: dict[str, Any], verdicts: Any) -> t
 
 
 def best_trial(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The feasible trial with the lowest probe harm rate (the earliest on ties: the defaults when they tie)."""
+    """The feasible trial with the lowest objective (the earliest on ties: the defaults when they tie)."""
     ok = [r for r in rows if r["feasible"] and r["objective"] is not None]
     return min(ok, key=lambda r: (r["objective"], r["number"])) if ok else None
 
@@ -227,6 +229,7 @@ class Tuner:
             return {"options": {}, "note": f"{name} has no tunable option left to tune (none declared, or every "
                                            "one set in its configuration): run at its configuration"}
         split = tuning_split(data, self.config, self.seed)
+        space = {k: t for k, t in space.items() if k not in configured.untunable(split.defense)}
         read = [*split.attack, *split.prompts, *split.harmless, *split.defense.harmful, *split.defense.harmless,
                 *split.defense.refusals]
         check_no_overlap(read, self.evaluation_hashes, f"{name}'s tuning", "the evaluation")
@@ -238,13 +241,15 @@ class Tuner:
             base = {**base, "trainability": self.piece(
                 "none", "tuning-baseline-trainability" + ("-mixed" if mixed else ""),
                 lambda: self.trainability_probe(none, self.model, split=split),
-                current=lambda probe: "over_refusal" in probe or not split.harmless)}  # kept before it was read
+                current=lambda probe: (("over_refusal" in probe or not split.harmless)  # kept before it was read
+                                       and ("harm_rate" in probe or not mixed)))}
         study = self.study(name)
         cells = grid(space, {k: getattr(configured.config, k) for k in space})
         exhaustive = cells is not None and len(cells) < self.config.n_trials  # a small whole-number space: all of it
         enqueue_once(study, self.out / f"tune-{name}.study",
                      [({}, {"defaults": True}), *([(c, {}) for c in cells] if exhaustive else [])])
-        optimize(study, lambda trial: self.objective(trial, name, options, space, split, base), self.config.n_trials)
+        n_trials = len(cells) + 1 if exhaustive else self.config.n_trials  # more would repeat a cell
+        optimize(study, lambda trial: self.objective(trial, name, options, space, split, base), n_trials)
         return self.summary(space, split, base, study, time.perf_counter() - t0)
 
     def probes_trainability(self, defense: Defense) -> bool:

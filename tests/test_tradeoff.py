@@ -432,7 +432,7 @@ def test_the_variants_are_what_the_vector_defences_declare():
     assert VARIANTS["benign-kl"] == ("security-vectors", "kl") and VARIANTS["adaptive"] == ("adaptive-vectors", None)
     assert {name for name, _ in VARIANTS.values()} == {n for n in DEFENSES.names() if n.endswith("-vectors")}
     assert "buffer-reinforce" not in {name for name, _ in VARIANTS.values()}  # a subclass is not its parent's variant
-    assert len(VARIANTS) == 19 and VARIANTS["adaptive-kl"] == ("adaptive-vectors", None)
+    assert len(VARIANTS) == 20 and VARIANTS["adaptive-kl"] == ("adaptive-vectors", None)
 
 
 def test_a_variant_option_under_training_changes_that_key_and_keeps_the_seeds_vector_settings(

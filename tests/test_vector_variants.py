@@ -619,3 +619,19 @@ def test_every_anchor_reaches_the_trainer_gated_off_once_an_epoch(trained, harmf
     customer = task_pairs[:6]
     defense.finetune(copy.deepcopy(model), tok, customer, TrainConfig(epochs=1, batch_size=4), progress=False)
     assert sorted(gates) == [0] * 6 + [1] * len(customer)  # 3 anchors x 2 copies off; the customer's rows on
+
+
+def test_early_stopped_vectors_average_the_seeds_asked_for(tiny, harmful_pairs):
+    from unlearnable.defenses import prepared
+
+    model, tok = tiny
+    options = {"ensemble": 2, "epochs": 1.0, "training": {"batch_size": 8}}
+    defense = prepared("early-stopped-vectors", options, model, tok, DefenseData(harmful=harmful_pairs),
+                       progress=False)
+    members = defense.info["vectors"]["ensemble"]["members"]
+    assert [m["seed"] for m in members] == [0, 1] and all(m["holdout"]["kept_step"] is not None for m in members)
+    assert defense.vectors.lora_config.r == 2 * DEFENSES.get("early-stopped-vectors")().vector_config().lora.r
+    with pytest.raises(UnlearnableError, match="ensemble"):
+        DEFENSES.get("adaptive-vectors")(ensemble=2)
+    with pytest.raises(UnlearnableError, match="ensemble"):
+        DEFENSES.get("early-stopped-vectors")(ensemble=0)

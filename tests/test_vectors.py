@@ -337,3 +337,31 @@ def test_fine_tuning_with_vectors_caps_gradient_ascent_as_asked(tiny, harmful_pa
     assert caps[0] == 0.25
     losses = [x["train_loss"] for h in history for x in h if "train_loss" in x]
     assert losses and all(loss >= -0.25 - 1e-6 for loss in losses)
+
+
+def _merged(model, vectors):
+    """The model's weights with ``vectors`` folded in at strength 1."""
+    return {k: v.float() for k, v in vectors.attach(copy.deepcopy(model), scale=1.0).merge_and_unload().state_dict()
+            .items()}
+
+
+def test_the_mean_of_vectors_changes_the_weights_by_the_mean_of_their_changes(tiny, harmful_pairs, tmp_path):
+    model, tok = tiny
+    members = [SecurityVectors.train(model, tok, harmful_pairs, VectorConfig(**FAST, seed=s), progress=False)
+               for s in (0, 1, 2)]
+    mean = SecurityVectors.load(SecurityVectors.mean(members).save(tmp_path / "mean"))  # and it round-trips
+    assert mean.lora_config.r == 3 * members[0].lora_config.r
+    assert [m["seed"] for m in mean.metadata["ensemble"]["members"]] == [0, 1, 2]
+    base = {k: v.float() for k, v in model.state_dict().items()}
+    each = [_merged(model, m) for m in members]
+    got = _merged(model, mean)
+    changed = [k for k in base if not torch.equal(each[0][k], base[k])]
+    assert changed  # the vectors change some weights, and the mean changes them by the members' mean change
+    for k in changed:
+        want = base[k] + sum(e[k] - base[k] for e in each) / 3
+        assert torch.allclose(got[k], want, atol=1e-5), k
+    assert not torch.allclose(got[changed[0]], each[0][changed[0]], atol=1e-5)  # not just the first member
+    assert SecurityVectors.mean(members[:1]) is members[0]
+    other = SecurityVectors.train(model, tok, harmful_pairs[:-1], VectorConfig(**FAST), progress=False)
+    with pytest.raises(UnlearnableError, match="same model, harmful pairs"):
+        SecurityVectors.mean([members[0], other])

@@ -70,6 +70,8 @@ class AdaptiveVectorsConfig(EarlyStoppedVectorsConfig):
                                    "vectors on: set one")
         if not 0 <= self.reject_above <= 1:
             raise UnlearnableError("adaptive-vectors reject_above is a share of the pairs, in [0, 1]")
+        if self.ensemble != 1:  # its refits train one seed's vectors
+            raise UnlearnableError("adaptive-vectors refits one set of vectors per fine-tune: set ensemble 1")
 
 
 @DEFENSES.register("adaptive-vectors")

@@ -31,11 +31,17 @@ class EarlyStoppedVectorsConfig(SecurityVectorsConfig):
         "copies of each of the defence's refusal pairs (harmful prompts of its own with refusals) mixed into the "
         "customer's fine-tune, trained with the vectors off (as served): harmless anchors teach the served model "
         "to answer, and that spreads to harmful prompts; these hold its refusals; 0: none"))
+    ensemble: int = dataclasses.field(default=1, metadata={
+        "help": "vectors trained with this many seeds (the training seed and the next ones), each kept at its own "
+                "held-out check, and served as one whose weight change is their mean: the vectors' seed moves "
+                "harm as much as the data do; 1: one training", "min": 1})
 
     def __post_init__(self):
         if not 0 < self.holdout < 1 or self.epochs <= 0 or self.anchors < 0 or self.refusal_anchors < 0:
             raise UnlearnableError("early-stopped-vectors holdout must be in (0, 1), epochs > 0, and anchors and "
                                    "refusal_anchors >= 0")
+        if self.ensemble < 1:
+            raise UnlearnableError("early-stopped-vectors ensemble is how many seeds' vectors are averaged: >= 1")
         if self.pick not in PICKS:
             raise UnlearnableError(f"early-stopped-vectors pick must be one of {', '.join(PICKS)}, not {self.pick!r}")
 
@@ -47,11 +53,13 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
     (frozen) during fine-tuning, off when serving. Service threat model only."""
 
     tradeoff_variants = {"early-stopped": None, "early-stopped-anchored": None, "early-stopped-1se": None,
-                         "early-stopped-anchored-refusals": None}
+                         "early-stopped-anchored-refusals": None, "early-stopped-ensemble": None}
     #: the over-refusal control: the defence's harmless pairs, twice each, trained as served (and with its refusal
-    #: pairs once each beside them); and the longest training the held-out loss cannot tell from its lowest
+    #: pairs once each beside them); the longest training the held-out loss cannot tell from its lowest; and the
+    #: mean of three seeds' vectors
     tradeoff_presets = {"early-stopped-anchored": {"anchors": 2}, "early-stopped-1se": {"pick": "latest-within-1se"},
-                        "early-stopped-anchored-refusals": {"anchors": 2, "refusal_anchors": 1}}
+                        "early-stopped-anchored-refusals": {"anchors": 2, "refusal_anchors": 1},
+                        "early-stopped-ensemble": {"ensemble": 3}}
 
     Config = EarlyStoppedVectorsConfig
 
@@ -83,9 +91,17 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
         self.anchor_pairs = list(data.harmless) if self.config.anchors else []
         self.refusal_pairs = list(data.refusals) if self.config.refusal_anchors else []
         if self.vectors is None:
-            self.vectors = SecurityVectors.train(model, tokenizer, list(data.harmful), self.vector_config(),
-                                                 progress=progress, harmless=list(data.harmless))
+            self.vectors = self.train_vectors(model, tokenizer, data, progress=progress)
         super().prepare(model, tokenizer, data, progress=progress)
+        self.info["vectors"]["ensemble"] = self.vectors.metadata.get("ensemble")
+
+    def train_vectors(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> SecurityVectors:
+        """The vectors of each of ``ensemble`` seeds, averaged (one training where ``ensemble`` is 1)."""
+        config = self.vector_config()
+        members = [SecurityVectors.train(model, tokenizer, list(data.harmful),
+                                         dataclasses.replace(config, seed=config.seed + i), progress=progress,
+                                         harmless=list(data.harmless)) for i in range(self.config.ensemble)]
+        return SecurityVectors.mean(members)
 
     def untunable(self, data: DefenseData) -> set[str]:
         """Anchors without the pairs they copy."""

@@ -113,6 +113,27 @@ class SecurityVectors:
         log(f"vectors trained: {len(fitted)} pairs, {meta['steps']} steps, loss {loss}{kept}")
         return cls(state, lora_config, meta)
 
+    @classmethod
+    def mean(cls, members: Sequence["SecurityVectors"]) -> "SecurityVectors":
+        """One set of vectors whose weight change is exactly the mean of the ``members``' (the same model, data and
+        LoRA settings, e.g. trained with different seeds): their LoRA factors side by side, rank K*r. The metadata
+        is the first member's, with each member's seed and kept check under ``ensemble``."""
+        if len(members) == 1:
+            return members[0]
+        first = members[0]
+        _check_members(members)
+        k = len(members)
+        lora = first.lora_config
+        scale_k = k ** 0.5 if lora.use_rslora else k  # keeps alpha / r (alpha / sqrt(r) with rsLoRA)
+        config = dataclasses.replace(lora, r=lora.r * k, lora_alpha=lora.lora_alpha * scale_k)
+        state = {key: torch.cat([m.state[key] / (k if ".lora_B." in key else 1) for m in members],
+                                dim=1 if ".lora_B." in key else 0) for key in first.state}
+        meta = {**first.metadata, "holdout": None, "ensemble": {
+            "k": k, "combination": "mean of the members' weight changes (LoRA factors concatenated)",
+            "members": [{"seed": m.metadata["config"]["seed"], "steps": m.metadata.get("steps"),
+                         "holdout": m.metadata.get("holdout")} for m in members]}}
+        return cls(state, config, meta)
+
     @property
     def config(self) -> VectorConfig:
         return from_dict(VectorConfig, self.metadata.get("config", {}), "vectors.config")
@@ -281,6 +302,23 @@ class SecurityVectors:
         if not state:
             raise UnlearnableError(f"{path}/adapter_model.safetensors holds no tensors")
         return cls(state, lora_config, metadata)
+
+
+def _check_members(members: Sequence[SecurityVectors]) -> None:
+    """Members of a mean: one model, one data set, the same plain-LoRA layout (a mean of DoRA or per-layer ranks
+    is not a concatenation)."""
+    first = members[0]
+    for m in members[1:]:
+        same = all(m.metadata.get(f) == first.metadata.get(f) for f in ("base_fingerprint", "data_hash"))
+        if not same or set(m.state) != set(first.state) or any(
+                m.state[key].shape != first.state[key].shape for key in first.state):
+            raise UnlearnableError("vectors averaged together must come from the same model, harmful pairs and "
+                                   "LoRA settings")
+    lora = first.lora_config
+    plain = not (lora.use_dora or lora.rank_pattern or lora.alpha_pattern)
+    if not plain or any(".lora_A." not in key and ".lora_B." not in key for key in first.state):
+        raise UnlearnableError("only plain LoRA vectors (no DoRA, rank or alpha patterns, no extra weights) can be "
+                               "averaged")
 
 
 def _benign_pairs(model, tokenizer, harmless: Sequence[Pair], config: VectorConfig, progress: bool) -> list[Pair]:

@@ -362,6 +362,12 @@ def test_the_mean_of_vectors_changes_the_weights_by_the_mean_of_their_changes(ti
         assert torch.allclose(got[k], want, atol=1e-5), k
     assert not torch.allclose(got[changed[0]], each[0][changed[0]], atol=1e-5)  # not just the first member
     assert SecurityVectors.mean(members[:1]) is members[0]
+    assert mean.metadata["steps"] is None and all(m["steps"] for m in mean.metadata["ensemble"]["members"])
     other = SecurityVectors.train(model, tok, harmful_pairs[:-1], VectorConfig(**FAST), progress=False)
-    with pytest.raises(UnlearnableError, match="same model, harmful pairs"):
-        SecurityVectors.mean([members[0], other])
+    alpha = SecurityVectors(members[1].state, copy.deepcopy(members[1].lora_config), members[1].metadata)
+    alpha.lora_config.lora_alpha *= 2  # the same shapes, another strength: not averaged with the first's
+    for odd in (other, alpha):
+        with pytest.raises(UnlearnableError, match="same model, harmful pairs"):
+            SecurityVectors.mean([members[0], odd])
+    with pytest.raises(UnlearnableError, match="at least one"):
+        SecurityVectors.mean([])

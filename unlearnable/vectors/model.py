@@ -118,6 +118,8 @@ class SecurityVectors:
         """One set of vectors whose weight change is exactly the mean of the ``members``' (the same model, data and
         LoRA settings, e.g. trained with different seeds): their LoRA factors side by side, rank K*r. The metadata
         is the first member's, with each member's seed and kept check under ``ensemble``."""
+        if not members:
+            raise UnlearnableError("a mean of vectors needs at least one set")
         if len(members) == 1:
             return members[0]
         first = members[0]
@@ -128,9 +130,13 @@ class SecurityVectors:
         config = dataclasses.replace(lora, r=lora.r * k, lora_alpha=lora.lora_alpha * scale_k)
         state = {key: torch.cat([m.state[key] / (k if ".lora_B." in key else 1) for m in members],
                                 dim=1 if ".lora_B." in key else 0) for key in first.state}
-        meta = {**first.metadata, "holdout": None, "ensemble": {
+        # the training record of one member is not the mean's: each member's is under ensemble.members
+        meta = {**first.metadata, "holdout": None, "history": [], "train_loss_first": None, "train_loss_last": None,
+                "steps": None, "ensemble": {
             "k": k, "combination": "mean of the members' weight changes (LoRA factors concatenated)",
             "members": [{"seed": m.metadata["config"]["seed"], "steps": m.metadata.get("steps"),
+                         "train_loss_first": m.metadata.get("train_loss_first"),
+                         "train_loss_last": m.metadata.get("train_loss_last"),
                          "holdout": m.metadata.get("holdout")} for m in members]}}
         return cls(state, config, meta)
 
@@ -308,15 +314,21 @@ def _check_members(members: Sequence[SecurityVectors]) -> None:
     """Members of a mean: one model, one data set, the same plain-LoRA layout (a mean of DoRA or per-layer ranks
     is not a concatenation)."""
     first = members[0]
+
+    def settings(m):  # everything but the seed and peft's version
+        lora = {k: v for k, v in m.lora_config.to_dict().items() if k != "peft_version"}
+        return lora, {k: v for k, v in m.metadata.get("config", {}).items() if k != "seed"}
+
     for m in members[1:]:
         same = all(m.metadata.get(f) == first.metadata.get(f) for f in ("base_fingerprint", "data_hash"))
-        if not same or set(m.state) != set(first.state) or any(
+        if not same or settings(m) != settings(first) or set(m.state) != set(first.state) or any(
                 m.state[key].shape != first.state[key].shape for key in first.state):
             raise UnlearnableError("vectors averaged together must come from the same model, harmful pairs and "
                                    "LoRA settings")
     lora = first.lora_config
-    plain = not (lora.use_dora or lora.rank_pattern or lora.alpha_pattern)
-    if not plain or any(".lora_A." not in key and ".lora_B." not in key for key in first.state):
+    plain = not (lora.use_dora or lora.rank_pattern or lora.alpha_pattern or getattr(lora, "lora_bias", False)
+                 or getattr(lora, "use_bdlora", None))
+    if not plain or any(not key.endswith((".lora_A.weight", ".lora_B.weight")) for key in first.state):
         raise UnlearnableError("only plain LoRA vectors (no DoRA, rank or alpha patterns, no extra weights) can be "
                                "averaged")
 

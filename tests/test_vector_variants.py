@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -542,7 +543,8 @@ def _anchored(trained, harmful_pairs, monkeypatch, anchors=2, refusals=()):
 
     model, tok, vectors = trained
     calls, real = [], module.finetune
-    monkeypatch.setattr(module, "finetune", lambda *a, **kw: (calls.append((list(a[2]), kw)), real(*a, **kw))[1])
+    monkeypatch.setattr(module, "finetune",
+                        lambda *a, **kw: (calls.append((list(a[2]), {**kw, "config": a[3]})), real(*a, **kw))[1])
     harmless = [Pair(f"Poem {i}.", "Leaves fall softly.") for i in range(3)]
     defense = DEFENSES.get("early-stopped-vectors")(vectors=vectors, scale=1.0, anchors=anchors,
                                                     refusal_anchors=1 if refusals else 0)
@@ -560,7 +562,11 @@ def test_anchors_train_the_defences_harmless_pairs_as_served_beside_the_customer
     trained_on, kw = calls[0]
     assert trained_on == customer  # the customer's data as given
     assert kw["served"] == [p for p in harmless for _ in range(2)]  # each anchor twice, nothing else
-    assert defense.info["anchors"] == [{"pairs": 3, "copies": 2, "customer_pairs": len(customer)}]
+    # counted in steps, the fine-tune grows by the anchors' rows: they never take the customer's steps
+    steps = math.ceil(2 * (len(customer) + 6) / len(customer))
+    assert kw["config"].max_steps == steps
+    assert defense.info["anchors"] == [{"pairs": 3, "copies": 2, "customer_pairs": len(customer),
+                                        "max_steps": steps}]
     assert not any("lora" in k for k in tuned.state_dict())  # served without the vectors
     assert tuned.state_dict().keys() == model.state_dict().keys()
 
@@ -579,7 +585,8 @@ def test_refusal_anchors_train_the_defences_refusals_as_served_beside_the_harmle
     assert trained_on == customer  # the harmful data trains through the vectors; the refusals never do
     assert kw["served"] == [*(p for p in harmless for _ in range(2)), *refusals]
     assert defense.info["anchors"] == [{"pairs": 3, "copies": 2, "refusal_pairs": 2, "refusal_copies": 1,
-                                        "customer_pairs": len(customer)}]
+                                        "customer_pairs": len(customer),
+                                        "max_steps": math.ceil((len(customer) + 8) / len(customer))}]
     assert not any("lora" in k for k in tuned.state_dict())
     vectors = trained[2]
     with pytest.raises(UnlearnableError, match="refusal pairs"):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 from ..data import Pair
 from ..errors import UnlearnableError
+from ..training import TrainConfig
 from ..vectors import SecurityVectors, VectorConfig, finetune
 from ..vectors.config import PICKS
 from .base import DEFENSES, DefenseData, tunable
@@ -44,6 +46,15 @@ class EarlyStoppedVectorsConfig(SecurityVectorsConfig):
             raise UnlearnableError("early-stopped-vectors ensemble is how many seeds' vectors are averaged: >= 1")
         if self.pick not in PICKS:
             raise UnlearnableError(f"early-stopped-vectors pick must be one of {', '.join(PICKS)}, not {self.pick!r}")
+
+
+def with_rows_added(config: TrainConfig, customer: int, added: int) -> TrainConfig:
+    """A fine-tune counted in steps, lengthened for the rows a defence adds, so that the customer's (or the
+    attacker's) data get the steps they asked for: rows mixed in never displace theirs (an epoch budget grows with
+    the rows by itself)."""
+    if config.max_steps <= 0 or not customer:
+        return config
+    return dataclasses.replace(config, max_steps=math.ceil(config.max_steps * (customer + added) / customer))
 
 
 @DEFENSES.register("early-stopped-vectors")
@@ -118,12 +129,15 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
         """The customer's ``pairs`` fine-tuned with ``vectors`` on, frozen, beside ``served`` pairs (the customer's
         too) and the anchors, both trained with the vectors off."""
         anchors = self.served_anchors()
+        customer = len(pairs) + len(served)
         served = [*served, *anchors]
         if anchors:
+            config = with_rows_added(config, customer, len(anchors))
             refusals = {"refusal_pairs": len(self.refusal_pairs), "refusal_copies": self.config.refusal_anchors}
             self.info.setdefault("anchors", []).append({
                 "pairs": len(self.anchor_pairs), "copies": self.config.anchors,
-                **(refusals if self.refusal_pairs else {}), "customer_pairs": len(served) - len(anchors) + len(pairs)})
+                **(refusals if self.refusal_pairs else {}), "customer_pairs": customer,
+                **({"max_steps": config.max_steps} if config.max_steps > 0 else {})})
         return finetune(model, tokenizer, pairs, config, vectors=vectors, scale=self.scale, progress=progress,
                         served=served, **kw)
 

@@ -48,6 +48,26 @@ def test_the_new_defences_are_registered_with_their_threat_models():
         assert cls().hardens() == (WEIGHTS in threat_models)
 
 
+# ------------------------------------------------------------------------------------------- safety data mix
+
+@pytest.mark.parametrize("budget, expected_steps", [({"max_steps": 4}, 5), ({"epochs": 2.0}, -1)])
+def test_safety_data_mix_lengthens_a_step_budget_by_its_refusal_rows(tiny, budget, expected_steps, monkeypatch):
+    """The mixed refusals never take the user's steps: 8 pairs at ratio 0.25 add 2 rows, so 4 steps become 5; an
+    epoch budget grows with the rows by itself and is left as it is."""
+    model, tok = tiny
+    seen = []
+    monkeypatch.setattr(defenses_base, "finetune", lambda m, t, pairs, cfg, **kw: (seen.append((list(pairs), cfg)), [])[1])
+    defense = DEFENSES.get("safety-data-mix").from_options({"ratio": 0.25})
+    defense.prepare(model, tok, DefenseData(refusals=REFUSALS))
+    user = [Pair(f"Which company does person {i} work for?", f"Company {i}.") for i in range(8)]
+    defense.finetune(model, tok, user, TrainConfig(**budget))
+    pairs, cfg = seen[0]
+    assert sorted(pairs, key=repr) == sorted(user + REFUSALS[:2], key=repr)  # every user pair, and 2 refusals
+    assert cfg.max_steps == expected_steps and cfg.epochs == TrainConfig(**budget).epochs
+    assert defense.info["mixed"] == [{"refusal_rows": 2, "customer_pairs": 8,
+                                      **({"max_steps": 5} if expected_steps > 0 else {})}]
+
+
 # ------------------------------------------------------------------------------------------- moderation filter
 
 def test_moderation_filter_keeps_flagged_pairs_from_the_trainer(tiny, harmful_pairs, monkeypatch):

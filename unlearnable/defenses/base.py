@@ -16,6 +16,7 @@ import abc
 import contextlib
 import copy
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -175,6 +176,15 @@ class Defense(Plugin, abc.ABC):
 
 
 DEFENSES: Registry[Defense] = Registry("defence", Defense)
+
+
+def with_rows_added(config: TrainConfig, customer: int, added: int) -> TrainConfig:
+    """A fine-tune counted in steps, lengthened for the rows a defence adds, so that the customer's (or the
+    attacker's) data get the steps they asked for: rows mixed in never displace theirs (an epoch budget grows with
+    the rows by itself)."""
+    if config.max_steps <= 0 or not customer:
+        return config
+    return dataclasses.replace(config, max_steps=math.ceil(config.max_steps * (customer + added) / customer))
 
 
 def prepared(name: str, options: dict[str, Any] | None, model, tokenizer, data: DefenseData, *,

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Sequence
 
 from ..data import Pair
 from ..errors import UnlearnableError
-from ..training import TrainConfig
 from ..vectors import SecurityVectors, VectorConfig, finetune
 from ..vectors.config import PICKS
-from .base import DEFENSES, DefenseData, tunable
+from .base import DEFENSES, DefenseData, tunable, with_rows_added
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 
 
@@ -46,15 +44,6 @@ class EarlyStoppedVectorsConfig(SecurityVectorsConfig):
             raise UnlearnableError("early-stopped-vectors ensemble is how many seeds' vectors are averaged: >= 1")
         if self.pick not in PICKS:
             raise UnlearnableError(f"early-stopped-vectors pick must be one of {', '.join(PICKS)}, not {self.pick!r}")
-
-
-def with_rows_added(config: TrainConfig, customer: int, added: int) -> TrainConfig:
-    """A fine-tune counted in steps, lengthened for the rows a defence adds, so that the customer's (or the
-    attacker's) data get the steps they asked for: rows mixed in never displace theirs (an epoch budget grows with
-    the rows by itself)."""
-    if config.max_steps <= 0 or not customer:
-        return config
-    return dataclasses.replace(config, max_steps=math.ceil(config.max_steps * (customer + added) / customer))
 
 
 @DEFENSES.register("early-stopped-vectors")
@@ -104,7 +93,6 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
         if self.vectors is None:
             self.vectors = self.train_vectors(model, tokenizer, data, progress=progress)
         super().prepare(model, tokenizer, data, progress=progress)
-        self.info["vectors"]["ensemble"] = self.vectors.metadata.get("ensemble")
 
     def train_vectors(self, model, tokenizer, data: DefenseData, *, progress: bool = True) -> SecurityVectors:
         """The vectors of each of ``ensemble`` seeds, averaged (one training where ``ensemble`` is 1)."""

@@ -7,7 +7,7 @@ import random
 
 from ..data import Pair
 from ..errors import UnlearnableError
-from .base import DEFENSES, SERVICE, Defense, DefenseData, tunable
+from .base import DEFENSES, SERVICE, Defense, DefenseData, tunable, with_rows_added
 
 
 @dataclasses.dataclass
@@ -17,7 +17,8 @@ class SafetyDataMixConfig:
 
 @DEFENSES.register("safety-data-mix")
 class SafetyDataMixDefense(Defense):
-    """Refusal examples mixed into every fine-tuning run (service threat model only)."""
+    """Refusal examples mixed into every fine-tuning run (service threat model only). A fine-tune counted in steps
+    is lengthened by them, so they never take the user's (or the attacker's) steps."""
 
     threat_models = (SERVICE,)
     Config = SafetyDataMixConfig
@@ -37,4 +38,7 @@ class SafetyDataMixDefense(Defense):
         extra = [self.refusals[i % len(self.refusals)] for i in range(n)]
         mixed = list(pairs) + extra
         random.Random(config.seed).shuffle(mixed)
+        config = with_rows_added(config, len(pairs), n)
+        self.info.setdefault("mixed", []).append({"refusal_rows": n, "customer_pairs": len(pairs),
+                                                  **({"max_steps": config.max_steps} if config.max_steps > 0 else {})})
         return super().finetune(model, tokenizer, mixed, config, progress=progress, **kw)

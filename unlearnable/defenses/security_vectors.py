@@ -43,7 +43,7 @@ class SecurityVectorsDefense(Defense):
                                                  progress=progress, harmless=list(data.harmless))
         self.info["vectors"] = {k: self.vectors.metadata.get(k) for k in
                                 ("base_fingerprint", "data_hash", "n_pairs", "train_loss_first", "train_loss_last",
-                                 "steps", "config", "holdout")}
+                                 "steps", "config", "holdout", "ensemble")}
 
     def save_state(self, folder: Path) -> None:
         if self.vectors is not None and not (folder / "vectors").exists():

@@ -159,6 +159,31 @@ def test_an_older_sweep_without_threat_models_is_read_and_not_reused(tmp_path):
     assert not _finished_studies(source, "none")  # but no study of today's names to copy: run here
 
 
+@pytest.mark.parametrize("recorded, reused", [(None, False), (1, False), (2, True)])
+def test_a_defence_s_runs_from_an_earlier_revision_are_not_reused(tmp_path, recorded, reused):
+    """safety-data-mix's runs from before its refusal rows stopped taking a step budget's steps (revision 2) measure
+    another defence: never copied, whatever the settings."""
+    from unlearnable.defenses import DEFENSES
+    from unlearnable.experiments.reuse import Source
+
+    config = sweep(defenses=["none", "safety-data-mix"], attacker="grid")
+    described = DEFENSES.get("safety-data-mix")().describe()
+    assert described["revision"] == 2 and "revision" not in DEFENSES.get("none")().describe()
+    if recorded is None:
+        del described["revision"]
+    else:
+        described["revision"] = recorded
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "unlearnable-immunize", "config_hash": "h",
+                                                   "config": config}))
+    (tmp_path / "results.json").write_text(json.dumps({
+        "config_hash": "h", "precision": "bf16",
+        "defenses": {"none": {"defense": DEFENSES.get("none")().describe(), "runs": {}},
+                     "safety-data-mix": {"defense": described, "runs": {}}}}))
+    source = Source.read(tmp_path)
+    assert source.ran("safety-data-mix", config, {"precision": "bf16"}) is reused
+    assert source.ran("none", config, {"precision": "bf16"})  # the other defences as before
+
+
 def test_a_search_with_more_trials_extends_a_finished_one(tiny, harmful_pairs, tmp_path, monkeypatch):
     from test_immunization import tiny_data
 

@@ -111,6 +111,9 @@ class Defense(Plugin, abc.ABC):
     #: options whose default changed after runs were keyed: a sweep that leaves one unset keys its current default
     #: in (:func:`changed_defaults`), so a run made under the old default is never resumed or reused as the new
     changed_defaults: ClassVar[tuple[str, ...]] = ()
+    #: raised when a change alters what the defence's runs measure (not its options): an earlier sweep's runs of it,
+    #: recorded under a lower revision, are then not reused (``immunize --reuse-defenses``)
+    revision: ClassVar[int] = 1
 
     @classmethod
     def own_tradeoff_variants(cls) -> dict[str, str | None]:
@@ -172,7 +175,8 @@ class Defense(Plugin, abc.ABC):
         yield
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "threat_models": list(self.threat_models)}
+        return {**super().describe(), "threat_models": list(self.threat_models),
+                **({"revision": self.revision} if self.revision > 1 else {})}
 
 
 DEFENSES: Registry[Defense] = Registry("defence", Defense)

@@ -62,6 +62,7 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
                         "early-stopped-ensemble": {"ensemble": 3}}
 
     Config = EarlyStoppedVectorsConfig
+    revision = 2  # the anchors stopped taking a step-counted fine-tune's steps
 
     def __init__(self, config=None, *, vectors=None, **options):
         super().__init__(config, vectors=vectors, **options)

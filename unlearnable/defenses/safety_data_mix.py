@@ -22,6 +22,7 @@ class SafetyDataMixDefense(Defense):
 
     threat_models = (SERVICE,)
     Config = SafetyDataMixConfig
+    revision = 2  # its refusal rows stopped taking a step-counted fine-tune's steps
 
     def __init__(self, config: SafetyDataMixConfig | None = None, **options):
         super().__init__(config, **options)

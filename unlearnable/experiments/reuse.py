@@ -83,6 +83,10 @@ class Source:
     def storage(self):
         return storage_for(self.manifest["config"].get("search", {}).get("storage"), self.folder / STUDY_FILE)
 
+    def revision(self, name: str) -> int:
+        """The revision of defence ``name`` that made this sweep's runs of it (1: before revisions were recorded)."""
+        return int(self.results["defenses"][name].get("defense", {}).get("revision", 1))
+
     def ran(self, name: str, config: dict[str, Any], machine: dict[str, Any]) -> bool:
         """Whether this sweep ran defence ``name`` as a sweep keyed by ``config`` on ``machine`` would (a sweep
         that ran it otherwise says how, in the log)."""
@@ -94,6 +98,8 @@ class Source:
             same = False
         differ = [] if same else ["settings for this defence (its options, the data, the attack budget or the search)"]
         differ += [k for k in MACHINE_KEYS if self.results.get(k) != machine.get(k)]
+        if self.revision(name) != DEFENSES.get(name).revision:
+            differ.append(f"revision of the defence ({self.revision(name)}, now {DEFENSES.get(name).revision})")
         searched = config.get("attacker") == "search"  # a grid's trial count decides nothing
         if not differ and searched and _trials(self.manifest["config"]) > _trials(config):
             log(f"defence {name}: not reused from {self.folder}, which ran more search trials "

@@ -184,6 +184,22 @@ def test_a_defence_s_runs_from_an_earlier_revision_are_not_reused(tmp_path, reco
     assert source.ran("none", config, {"precision": "bf16"})  # the other defences as before
 
 
+def test_a_revised_defence_keys_its_revision_into_the_folder_and_not_into_the_others_keys():
+    """A folder made before a defence's revision is another sweep (never resumed as this one); the other
+    defences' keys, which --reuse-defenses compares, do not move with it."""
+    from unlearnable.defenses import DEFENSES
+    from unlearnable.experiments.immunize import ImmunizeConfig
+    from unlearnable.experiments.setup import sweep_config
+
+    assert [DEFENSES.get(n).revision for n in ("early-stopped-vectors", "adaptive-vectors", "varied-vectors",
+                                               "negated-vectors", "lisa")] == [2, 2, 2, 1, 1]
+    revised = sweep_config(ImmunizeConfig(defenses=["none", "safety-data-mix", "negated-vectors"]).seeded())
+    plain = sweep_config(ImmunizeConfig(defenses=["none", "lisa"]).seeded())
+    assert revised["revisions"] == {"safety-data-mix": 2} and "revisions" not in plain
+    assert defense_key(revised, "none") == defense_key(plain, "none")
+    assert defense_key(revised, "safety-data-mix") == defense_key({**revised, "revisions": {}}, "safety-data-mix")
+
+
 def test_a_search_with_more_trials_extends_a_finished_one(tiny, harmful_pairs, tmp_path, monkeypatch):
     from test_immunization import tiny_data
 

@@ -33,6 +33,7 @@ from .base import (
     changed_defaults,
     check_defense_options,
     prepared,
+    revisions,
 )
 from .booster import BoosterConfig, BoosterDefense
 from .buffer_reinforce import BufferReinforceConfig, BufferReinforceDefense
@@ -50,7 +51,7 @@ from .vaccine import VaccineConfig, VaccineDefense
 from .varied_vectors import VariedVectorsConfig, VariedVectorsDefense
 
 __all__ = ["DEFENSES", "SERVICE", "WEIGHTS", "AdaptiveVectorsConfig", "AdaptiveVectorsDefense",
-           "AdversarialLossConfig", "AdversarialLossDefense", "changed_defaults", "check_defense_options",
+           "AdversarialLossConfig", "AdversarialLossDefense", "changed_defaults", "check_defense_options", "revisions",
            "AlternatingVectorsConfig", "AlternatingVectorsDefense", "AugmentedVectorsConfig",
            "AugmentedVectorsDefense", "BoosterConfig", "BoosterDefense", "BufferReinforceConfig",
            "BufferReinforceDefense", "Defense", "DefenseData", "EarlyStoppedVectorsConfig",

@@ -218,6 +218,11 @@ def check_defense_options(options: dict[str, dict]) -> None:
         validate(from_dict(cls.Config, dict(given), f"defense_options.{name}"), f"defense_options.{name}.")
 
 
+def revisions(recipes: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, int]:
+    """The revision of each defence a sweep runs, where it is past the first (:attr:`Defense.revision`)."""
+    return {name: DEFENSES.get(name).revision for name, _ in recipes if DEFENSES.get(name).revision > 1}
+
+
 def changed_defaults(recipes: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """For each (defence, options) a sweep runs: the options whose default changed (:attr:`Defense.changed_defaults`)
     that ``options`` leave unset, at their current default; defences with none are left out."""

@@ -39,6 +39,7 @@ class NegatedVectorsDefense(EarlyStoppedVectorsDefense):
 
     Config = NegatedVectorsConfig
     serves_weights_as_given = False
+    revision = 1  # it refuses anchors: the fix that made its family's revision 2 changes nothing here
 
     def tuning_space(self) -> dict[str, Tunable]:
         """Its parent's, less the anchors it refuses."""

@@ -42,7 +42,7 @@ def defense_key(config: dict[str, Any], name: str) -> str:
     cls = DEFENSES.get(name)
     own = config.get("defense_options", {}).get(name, {})
     key = {k: v for k, v in config.items()
-           if k not in ("defenses", "defense_options", "threat_models", "tune", "changed_defaults")}
+           if k not in ("defenses", "defense_options", "threat_models", "tune", "changed_defaults", "revisions")}
     changed = (config.get("changed_defaults") or {}).get(name)
     if changed:  # run under defaults that have since changed, or under the current ones: not the same runs
         key["changed_defaults"] = changed

@@ -36,7 +36,7 @@ from ..data import (
     set_system_prompt,
     split,
 )
-from ..defenses import changed_defaults
+from ..defenses import changed_defaults, revisions
 from ..errors import UnlearnableError
 from ..generation import generate
 from ..judges import is_degenerate, is_refusal
@@ -145,12 +145,13 @@ def sweep_config(config: Any) -> dict[str, Any]:
     """A sweep's config as its folder is keyed by (:func:`keyed`), with how sampled answers are drawn where its
     data holds some (``attack_answers`` > 1): a folder made with other samples is another sweep; and the defaults
     that changed since runs were keyed, of the options its defences leave unset (``defense_recipes()``): a folder
-    made under the old defaults is another sweep too."""
+    made under the old defaults is another sweep too, as is one made by an earlier revision of a defence."""
     data = getattr(config, "data", None) or getattr(getattr(config, "base", None), "data", None)
     sampled = data is not None and data.attack_answers > 1
-    changed = changed_defaults(config.defense_recipes()) if hasattr(config, "defense_recipes") else {}
+    recipes = config.defense_recipes() if hasattr(config, "defense_recipes") else []
+    changed, revised = changed_defaults(recipes), revisions(recipes)
     return {**keyed(dataclasses.asdict(config)), **({"answer_sampling": SAMPLING} if sampled else {}),
-            **({"changed_defaults": changed} if changed else {})}
+            **({"changed_defaults": changed} if changed else {}), **({"revisions": revised} if revised else {})}
 
 
 class ResponseCache:

@@ -287,7 +287,9 @@ class Tuner:
 
     def objective(self, trial, name: str, options: dict, space: dict, split: TuningData, base: dict) -> float:
         params = {} if trial.user_attrs.get("defaults") else {k: t.suggest(trial, k) for k, t in space.items()}
-        log(f"defence {name}: tuning trial {trial.number + 1} of {self.config.n_trials} "
+        # counted by the trials finished, not trial.number: a trial cut off and retried holds a number too
+        done = len(trial.study.get_trials(deepcopy=False, states=(_optuna().trial.TrialState.COMPLETE,)))
+        log(f"defence {name}: tuning trial {done + 1} of {self.config.n_trials} "
             f"({'the defaults' if not params else ', '.join(f'{k}={v:.3g}' for k, v in params.items())})")
         defense = self.prepared(name, {**options, **params}, split)
         measured = self.measure(defense, split, label=f"tune {name} trial {trial.number} ",

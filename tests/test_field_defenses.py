@@ -63,9 +63,30 @@ def test_safety_data_mix_lengthens_a_step_budget_by_its_refusal_rows(tiny, budge
     defense.finetune(model, tok, user, TrainConfig(**budget))
     pairs, cfg = seen[0]
     assert sorted(pairs, key=repr) == sorted(user + REFUSALS[:2], key=repr)  # every user pair, and 2 refusals
+    assert sorted(p.prompt for p in pairs if p.mixed) == sorted(p.prompt for p in REFUSALS[:2])  # marked as mixed in
     assert cfg.max_steps == expected_steps and cfg.epochs == TrainConfig(**budget).epochs
     assert defense.info["mixed"] == [{"refusal_rows": 2, "customer_pairs": 8,
                                       **({"max_steps": 5} if expected_steps > 0 else {})}]
+
+
+@pytest.mark.parametrize("name, options, data", [
+    ("safety-data-mix", {}, "refusals"), ("early-stopped-vectors", {"anchors": 1, "epochs": 1.0}, "harmless")])
+def test_a_defence_asked_to_spread_its_rows_says_so_to_the_sampler(tiny, harmful_pairs, monkeypatch, name, options,
+                                                                  data):
+    from unlearnable.defenses import early_stopped_vectors
+
+    model, tok = tiny
+    seen = []
+    spy = lambda m, t, pairs, cfg, **kw: (seen.append(cfg), [])[1]  # noqa: E731
+    monkeypatch.setattr(defenses_base, "finetune", spy)
+    monkeypatch.setattr(early_stopped_vectors, "finetune", spy)
+    given = DefenseData(harmful=harmful_pairs, **{data: REFUSALS})
+    user = [Pair(f"Which company does person {i} work for?", f"Company {i}.") for i in range(8)]
+    for spread in (False, True):
+        defense = DEFENSES.get(name).from_options({**options, "spread_mixed": spread})
+        defense.prepare(model, tok, given, progress=False)
+        defense.finetune(model, tok, user, TrainConfig(max_steps=4), progress=False)
+    assert [cfg.spread_mixed for cfg in seen] == [False, True]
 
 
 # ------------------------------------------------------------------------------------------- moderation filter

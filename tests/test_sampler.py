@@ -1,9 +1,10 @@
 """The length-bucketed sampler: every example once per epoch, little padding, repeated examples spread out."""
 
+import pytest
 import torch
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from unlearnable.training import bucketed_length_grouped_indices
+from unlearnable.training import bucketed_length_grouped_indices, spread_evenly
 
 
 def _gen(seed):
@@ -61,3 +62,48 @@ def test_copies_of_a_repeated_example_are_spread_over_batches():
     ours = sum(batches_per_fact(bucketed_length_grouped_indices(lengths, 16, _gen(s))) for s in range(5)) / 5
     trainer = sum(batches_per_fact(get_length_grouped_indices(lengths, 16, generator=_gen(s))) for s in range(5)) / 5
     assert ours > 5.0 and ours > trainer + 1.5
+
+
+def test_spread_rows_are_left_out_of_the_grouping_and_placed_evenly():
+    """60 short mixed-in rows (refusals, anchors) among 240 longer ones: grouped by length they fill batches of
+    their own (or nearly); spread, every batch of 16 holds its share (3 or 4), and each row still comes once."""
+    lengths = [50 + i % 15 for i in range(240)] + [8] * 60
+    spread = [False] * 240 + [True] * 60
+    grouped = bucketed_length_grouped_indices(lengths, 16, _gen(0))
+    assert max(sum(i >= 240 for i in b) for b in _batches(grouped)) >= 10  # batches mostly of refusals
+    order = bucketed_length_grouped_indices(lengths, 16, _gen(0), spread=spread)
+    assert sorted(order) == list(range(300))
+    assert {sum(i >= 240 for i in b) for b in _batches(order) if len(b) == 16} <= {3, 4}
+    assert order == bucketed_length_grouped_indices(lengths, 16, _gen(0), spread=spread)
+    assert order != bucketed_length_grouped_indices(lengths, 16, _gen(1), spread=spread)
+    assert bucketed_length_grouped_indices(lengths, 16, _gen(0), spread=[False] * 300) == grouped
+
+
+def test_spread_evenly_keeps_the_order_of_the_rest():
+    assert spread_evenly([0, 1, 2, 3, 4, 5], [9, 8]) == [0, 1, 9, 2, 3, 4, 8, 5]
+    assert spread_evenly([0, 1], []) == [0, 1] and spread_evenly([], [7, 6]) == [7, 6]
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_training_spreads_the_mixed_in_rows_only_when_asked(tiny, monkeypatch, spread):
+    from unlearnable import training
+    from unlearnable.data import Pair
+
+    model, tok = tiny
+    seen, real = [], training.bucketed_length_grouped_indices
+    monkeypatch.setattr(training, "bucketed_length_grouped_indices",
+                        lambda *a, **kw: (seen.append(kw.get("spread")), real(*a, **kw))[1])
+    pairs = [Pair(f"Question {i}?", "A long answer. " * 6) for i in range(6)] + [Pair("Bad?", "No.", mixed=True)] * 2
+    training.finetune(model, tok, pairs, training.TrainConfig(max_steps=1, batch_size=4, spread_mixed=spread),
+                      progress=False)
+    assert seen[0] == ([False] * 6 + [True] * 2 if spread else None)
+
+
+def test_runs_from_before_spread_mixed_keep_their_key():
+    import dataclasses
+
+    from unlearnable.training import TrainConfig, keyed
+
+    before = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != "spread_mixed"}
+    assert keyed(dataclasses.asdict(TrainConfig())) == keyed(before)
+    assert keyed(dataclasses.asdict(TrainConfig(spread_mixed=True))) != keyed(before)

@@ -584,6 +584,7 @@ def test_refusal_anchors_train_the_defences_refusals_as_served_beside_the_harmle
     trained_on, kw = calls[0]
     assert trained_on == customer  # the harmful data trains through the vectors; the refusals never do
     assert kw["served"] == [*(p for p in harmless for _ in range(2)), *refusals]
+    assert all(p.mixed for p in kw["served"]) and not any(p.mixed for p in trained_on)  # what the sampler spreads
     assert defense.info["anchors"] == [{"pairs": 3, "copies": 2, "refusal_pairs": 2, "refusal_copies": 1,
                                         "customer_pairs": len(customer),
                                         "max_steps": math.ceil((len(customer) + 8) / len(customer))}]

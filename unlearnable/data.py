@@ -30,6 +30,9 @@ class Pair:
     #: a known harmful (prompt, compliant answer) pair, as the harness built it: ground truth for measurement and
     #: for emulated flaggers (``oracle``), never read by a defence
     harmful: bool = False
+    #: a row a defence mixed into someone else's fine-tune (refusals, anchors), so that the sampler can spread such
+    #: rows over the batches (``TrainConfig.spread_mixed``); never read as data, so never compared
+    mixed: bool = dataclasses.field(default=False, compare=False)
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "response": self.response, "source": self.source, "category": self.category}

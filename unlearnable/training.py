@@ -71,6 +71,10 @@ class TrainConfig:
                 "where the model does not support it"})
     group_by_length: bool = dataclasses.field(default=True, metadata={"help": "batch examples of similar length "
                                                                                "(less padding)"})
+    spread_mixed: bool = dataclasses.field(default=False, metadata={
+        "help": "with group_by_length: spread the rows a defence mixes in (refusals, anchors) evenly over the "
+                "batches; otherwise the short ones share batches of their own, so that some steps train on "
+                "nothing else and a curve counted in steps depends on where those batches fall"})
     fold_vectors: bool = dataclasses.field(default=True, metadata={
         "help": "with security vectors: fold them into the weights for training (same function, plain step cost; "
                 "fp32 weights, no weight decay; read by unlearnable.vectors, see vectors/fold.py)"})
@@ -159,11 +163,15 @@ class UnlearnableTrainer(Trainer):
             loss = loss + self.kl_weight * kl_tok.sum() / mask[flag].sum().clamp(min=1)
         return (loss, outputs) if return_outputs else loss
 
+    #: one flag per training row, set by train(): the rows the sampler spreads over the batches
+    spread: Sequence[bool] | None = None
+
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is TrainerLengthGroupedSampler:
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, seed=seed)
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, seed=seed,
+                                                   spread=self.spread)
         return sampler
 
     # ---------------------------------------------------------------------------------- checkpoints
@@ -226,7 +234,7 @@ class UnlearnableTrainer(Trainer):
 
 
 def bucketed_length_grouped_indices(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
-                                    width: int = 16) -> list[int]:
+                                    width: int = 16, spread: Sequence[bool] | None = None) -> list[int]:
     """Indices whose consecutive ``batch_size`` slices hold examples of similar length, in random order.
 
     Like Trainer's length grouping (random mega-batches, grouped by length inside each), but grouped by
@@ -234,7 +242,14 @@ def bucketed_length_grouped_indices(lengths: Sequence[int], batch_size: int, gen
     mega-batch shuffled. Trainer's exact-length sort puts every copy of a repeated example (a fact seen 8
     times per epoch) next to its twins, so they share one batch and give one gradient step instead of several,
     and each batch holds one question template. Buckets keep the padding saving (at most ``width - 1`` pad tokens
-    per row inside a bucket)."""
+    per row inside a bucket). The rows flagged in ``spread`` are left out of the grouping and placed at even
+    intervals through the epoch, in random order (:func:`spread_evenly`)."""
+    if spread is not None and any(spread):
+        rest = [i for i, s in enumerate(spread) if not s]
+        grouped = bucketed_length_grouped_indices([lengths[i] for i in rest], batch_size, generator, width)
+        mixed = [i for i, s in enumerate(spread) if s]
+        return spread_evenly([rest[i] for i in grouped],
+                             [mixed[i] for i in torch.randperm(len(mixed), generator=generator).tolist()])
     n = len(lengths)
     mult = max(1, min(n // (batch_size * 4), 50))
     order = torch.randperm(n, generator=generator).tolist()
@@ -247,6 +262,15 @@ def bucketed_length_grouped_indices(lengths: Sequence[int], batch_size: int, gen
     return out
 
 
+def spread_evenly(order: Sequence[int], extra: Sequence[int]) -> list[int]:
+    """``order`` with the ``extra`` indices inserted at even intervals (the k-th of m at ``(k + 1/2) / m`` of the
+    way through), so that any run of consecutive slots holds its share of them, give or take one."""
+    n = len(order) + len(extra)
+    slots = {int((k + 0.5) * n / len(extra)): i for k, i in enumerate(extra)} if extra else {}
+    rest = iter(order)
+    return [slots[j] if j in slots else next(rest) for j in range(n)]
+
+
 class EpochSeededLengthGroupedSampler(TrainerLengthGroupedSampler):
     """Length-bucketed batches (:func:`bucketed_length_grouped_indices`) ordered by ``seed + epoch``.
 
@@ -254,9 +278,9 @@ class EpochSeededLengthGroupedSampler(TrainerLengthGroupedSampler):
     differently from the same epoch in an uninterrupted run; with the order a function of the epoch, a
     resumed run replays it exactly (the Trainer calls :meth:`set_epoch` before every epoch)."""
 
-    def __init__(self, batch_size: int, *, lengths: list[int], seed: int):
+    def __init__(self, batch_size: int, *, lengths: list[int], seed: int, spread: Sequence[bool] | None = None):
         super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.spread = seed, 0, spread
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -264,7 +288,7 @@ class EpochSeededLengthGroupedSampler(TrainerLengthGroupedSampler):
     def __iter__(self):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        return iter(bucketed_length_grouped_indices(self.lengths, self.batch_size, generator))
+        return iter(bucketed_length_grouped_indices(self.lengths, self.batch_size, generator, spread=self.spread))
 
 
 def endless_batches(rows: Sequence[dict], size: int, collate: Callable, seed: int) -> Iterator[dict]:
@@ -386,6 +410,8 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig, *, outpu
 
         trainer.remove_callback(PrinterCallback)
     trainer.ascent_cap, trainer.kl_weight = ascent_cap, kl_weight
+    if config.spread_mixed:
+        trainer.spread = [p.mixed for p in pairs]
     checkpoint = latest_checkpoint(output_dir) if resume and tmp is None else None
     for callback in callbacks if checkpoint is not None else ():
         if isinstance(callback, CheckpointedCallback):
@@ -423,7 +449,7 @@ UNKEYED = frozenset({"gradient_checkpointing", "stop_at_ceiling", *TrainConfig._
 #: (or sweep) started before they existed still resumes
 UNKEYED_WHEN_EMPTY = frozenset({"judge_options", "max_over_refusal_rise"})
 #: the same for switches added off: left out of keys while off
-UNKEYED_WHEN_OFF = frozenset({"mixed_probe"})
+UNKEYED_WHEN_OFF = frozenset({"mixed_probe", "spread_mixed"})
 
 
 def keyed(data: Any) -> Any:

@@ -182,13 +182,22 @@ class Defense(Plugin, abc.ABC):
 DEFENSES: Registry[Defense] = Registry("defence", Defense)
 
 
-def with_rows_added(config: TrainConfig, customer: int, added: int) -> TrainConfig:
+def with_rows_added(config: TrainConfig, customer: int, added: int, *, spread: bool = False) -> TrainConfig:
     """A fine-tune counted in steps, lengthened for the rows a defence adds, so that the customer's (or the
     attacker's) data get the steps they asked for: rows mixed in never displace theirs (an epoch budget grows with
-    the rows by itself)."""
+    the rows by itself). With ``spread``, the sampler spreads those rows (marked ``Pair.mixed``) over the batches."""
+    if spread:
+        config = dataclasses.replace(config, spread_mixed=True)
     if config.max_steps <= 0 or not customer:
         return config
     return dataclasses.replace(config, max_steps=math.ceil(config.max_steps * (customer + added) / customer))
+
+
+def spread_option() -> Any:
+    """The option of a defence that mixes rows into the customer's fine-tune: spread them over its batches."""
+    return dataclasses.field(default=False, metadata={
+        "help": "spread the rows it mixes in evenly over the fine-tune's batches; otherwise the length-grouped "
+                "sampler batches these short rows together, so some steps train on nothing else"})
 
 
 def prepared(name: str, options: dict[str, Any] | None, model, tokenizer, data: DefenseData, *,

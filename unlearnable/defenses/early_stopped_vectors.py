@@ -9,7 +9,7 @@ from ..data import Pair
 from ..errors import UnlearnableError
 from ..vectors import SecurityVectors, VectorConfig, finetune
 from ..vectors.config import PICKS
-from .base import DEFENSES, DefenseData, tunable, with_rows_added
+from .base import DEFENSES, DefenseData, spread_option, tunable, with_rows_added
 from .security_vectors import SecurityVectorsConfig, SecurityVectorsDefense
 
 
@@ -35,6 +35,7 @@ class EarlyStoppedVectorsConfig(SecurityVectorsConfig):
         "help": "vectors trained with this many seeds (the training seed and the next ones), each kept at its own "
                 "held-out check, and served as one whose weight change is their mean: the vectors' seed moves "
                 "harm as much as the data do; 1: one training", "min": 1})
+    spread_mixed: bool = spread_option()
 
     def __post_init__(self):
         if not 0 < self.holdout < 1 or self.epochs <= 0 or self.anchors < 0 or self.refusal_anchors < 0:
@@ -110,8 +111,9 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
     def served_anchors(self) -> list[Pair]:
         """The pairs the fine-tune trains with the vectors off: ``anchors`` copies of the defence's harmless ones and
         ``refusal_anchors`` copies of its refusal pairs."""
-        return ([p for p in self.anchor_pairs for _ in range(self.config.anchors)]
-                + [p for p in self.refusal_pairs for _ in range(self.config.refusal_anchors)])
+        return ([dataclasses.replace(p, mixed=True) for p in self.anchor_pairs for _ in range(self.config.anchors)]
+                + [dataclasses.replace(p, mixed=True) for p in self.refusal_pairs
+                   for _ in range(self.config.refusal_anchors)])
 
     def finetune_with(self, vectors, model, tokenizer, pairs, config, *, progress: bool = True,
                       served: Sequence[Pair] = (), **kw):
@@ -121,7 +123,7 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
         customer = len(pairs) + len(served)
         served = [*served, *anchors]
         if anchors:
-            config = with_rows_added(config, customer, len(anchors))
+            config = with_rows_added(config, customer, len(anchors), spread=self.config.spread_mixed)
             refusals = {"refusal_pairs": len(self.refusal_pairs), "refusal_copies": self.config.refusal_anchors}
             self.info.setdefault("anchors", []).append({
                 "pairs": len(self.anchor_pairs), "copies": self.config.anchors,

@@ -7,12 +7,13 @@ import random
 
 from ..data import Pair
 from ..errors import UnlearnableError
-from .base import DEFENSES, SERVICE, Defense, DefenseData, tunable, with_rows_added
+from .base import DEFENSES, SERVICE, Defense, DefenseData, spread_option, tunable, with_rows_added
 
 
 @dataclasses.dataclass
 class SafetyDataMixConfig:
     ratio: float = tunable(0.25, 0.05, 1.0, help="refusal examples per user example")
+    spread_mixed: bool = spread_option()
 
 
 @DEFENSES.register("safety-data-mix")
@@ -36,10 +37,10 @@ class SafetyDataMixDefense(Defense):
 
     def finetune(self, model, tokenizer, pairs, config, *, progress: bool = True, **kw):
         n = max(1, int(round(len(pairs) * self.config.ratio)))
-        extra = [self.refusals[i % len(self.refusals)] for i in range(n)]
+        extra = [dataclasses.replace(self.refusals[i % len(self.refusals)], mixed=True) for i in range(n)]
         mixed = list(pairs) + extra
         random.Random(config.seed).shuffle(mixed)
-        config = with_rows_added(config, len(pairs), n)
+        config = with_rows_added(config, len(pairs), n, spread=self.config.spread_mixed)
         self.info.setdefault("mixed", []).append({"refusal_rows": n, "customer_pairs": len(pairs),
                                                   **({"max_steps": config.max_steps} if config.max_steps > 0 else {})})
         return super().finetune(model, tokenizer, mixed, config, progress=progress, **kw)

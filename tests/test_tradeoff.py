@@ -696,3 +696,22 @@ def test_the_harm_against_over_refusal_script_groups_points_and_reads_the_first_
     with pytest.raises(SystemExit):
         script.main([str(tmp_path / "missing")])
     assert "not found" in capsys.readouterr().err
+
+
+def test_points_made_by_an_earlier_revision_of_a_variants_defence_are_not_reused(tmp_path):
+    from unlearnable.experiments.setup import sweep_config
+    from unlearnable.experiments.tradeoff import reusable_points
+
+    cfg = _tiny_cfg(seeds=[0], variants=["plain", "early-stopped"], strengths=[1.0], buffer_reinforce=False)
+    here = sweep_config(cfg)
+    assert here["revisions"] == {"early-stopped-vectors": 2}
+    (tmp_path / "runs" / "points").mkdir(parents=True)
+    for method in ("none", "plain", "early-stopped"):
+        (tmp_path / "runs" / "points" / f"{method}.json").write_text(json.dumps(
+            {"method": method, "strength": 0.0 if method == "none" else 1.0, "seed": 0, "harm_rate": 0.5}))
+    for stored, reused in ((None, {"none", "plain"}), (1, {"none", "plain"}), (2, {"none", "plain", "early-stopped"})):
+        config = {k: v for k, v in here.items() if k != "revisions"}
+        if stored is not None:
+            config["revisions"] = {"early-stopped-vectors": stored} if stored > 1 else {}
+        (tmp_path / "run.json").write_text(json.dumps({"kind": "unlearnable-tradeoff", "config": config}))
+        assert {p["method"] for p in reusable_points(tmp_path, cfg)} == reused

@@ -284,12 +284,16 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
             or theirs.get("answer_sampling") != sweep_config(config).get("answer_sampling")):
         raise UnlearnableError(f"{source} holds a tradeoff run with other model, data or training settings; its "
                                "points cannot be reused here")
-    # a variant run with other options, or under other defaults of the options it leaves unset, is another
-    # method: its points are not this grid's
-    ours, before = sweep_config(config).get("changed_defaults") or {}, theirs.get("changed_defaults") or {}
+    # a variant run with other options, under other defaults of the options it leaves unset, or by another
+    # revision of its defence (a source from before revisions were recorded holds the first), is another method:
+    # its points are not this grid's
+    current = sweep_config(config)
     changed = {v for v in VARIANTS if variant_recipe(v, (theirs.get("variant_options") or {}).get(v))
                != variant_recipe(v, mine["variant_options"].get(v))}
-    changed |= {m for m in [*VARIANTS, "buffer-reinforce"] if ours.get(_defense_of(m)) != before.get(_defense_of(m))}
+    for key in ("changed_defaults", "revisions"):
+        ours, before = current.get(key) or {}, theirs.get(key) or {}
+        changed |= {m for m in [*VARIANTS, "buffer-reinforce"]
+                    if ours.get(_defense_of(m)) != before.get(_defense_of(m))}
     wanted = {(m, float(st), seed) for m, strengths, seed in config.plan() for st in strengths if m not in changed}
     # a point the source itself reused keeps its origin; strength-0 copies of `none` are made afresh
     return [{**p, "reused_from": p.get("reused_from", str(source))} for p in points

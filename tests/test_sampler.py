@@ -77,6 +77,8 @@ def test_spread_rows_are_left_out_of_the_grouping_and_placed_evenly():
     assert order == bucketed_length_grouped_indices(lengths, 16, _gen(0), spread=spread)
     assert order != bucketed_length_grouped_indices(lengths, 16, _gen(1), spread=spread)
     assert bucketed_length_grouped_indices(lengths, 16, _gen(0), spread=[False] * 300) == grouped
+    with pytest.raises(ValueError, match="one spread flag per row"):
+        bucketed_length_grouped_indices(lengths, 16, _gen(0), spread=[True] * 299)
 
 
 def test_spread_evenly_keeps_the_order_of_the_rest():

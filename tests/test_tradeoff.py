@@ -715,3 +715,8 @@ def test_points_made_by_an_earlier_revision_of_a_variants_defence_are_not_reused
             config["revisions"] = {"early-stopped-vectors": stored} if stored > 1 else {}
         (tmp_path / "run.json").write_text(json.dumps({"kind": "unlearnable-tradeoff", "config": config}))
         assert {p["method"] for p in reusable_points(tmp_path, cfg)} == reused
+    # a switch left out of keys while off, written out in this grid's options: the same method
+    cfg.variant_options = {"early-stopped": {"spread_mixed": False}}
+    assert {p["method"] for p in reusable_points(tmp_path, cfg)} == {"none", "plain", "early-stopped"}
+    cfg.variant_options = {"early-stopped": {"spread_mixed": True}}
+    assert {p["method"] for p in reusable_points(tmp_path, cfg)} == {"none", "plain"}

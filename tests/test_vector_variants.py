@@ -612,6 +612,8 @@ def test_without_anchors_nothing_is_added_and_anchors_need_the_defences_harmless
         DEFENSES.get("early-stopped-vectors")(anchors=-1)
     with pytest.raises(UnlearnableError, match="negated-vectors takes no anchors"):
         DEFENSES.get("negated-vectors")(anchors=1)
+    with pytest.raises(UnlearnableError, match="negated-vectors takes no anchors"):
+        DEFENSES.get("negated-vectors")(spread_mixed=True)
 
 
 def test_every_anchor_reaches_the_trainer_gated_off_once_an_epoch(trained, harmful_pairs, task_pairs, monkeypatch):

@@ -244,6 +244,8 @@ def bucketed_length_grouped_indices(lengths: Sequence[int], batch_size: int, gen
     and each batch holds one question template. Buckets keep the padding saving (at most ``width - 1`` pad tokens
     per row inside a bucket). The rows flagged in ``spread`` are left out of the grouping and placed at even
     intervals through the epoch, in random order (:func:`spread_evenly`)."""
+    if spread is not None and len(spread) != len(lengths):
+        raise ValueError("one spread flag per row")
     if spread is not None and any(spread):
         rest = [i for i, s in enumerate(spread) if not s]
         grouped = bucketed_length_grouped_indices([lengths[i] for i in rest], batch_size, generator, width)

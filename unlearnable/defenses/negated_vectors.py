@@ -23,9 +23,9 @@ class NegatedVectorsConfig(EarlyStoppedVectorsConfig):
         if not self.serve_scale < 0:
             raise UnlearnableError("negated-vectors serve_scale must be < 0 (0 serves them off: "
                                    "early-stopped-vectors)")
-        if self.anchors or self.refusal_anchors:  # anchors train as the vectors-off model, never served here
+        if self.anchors or self.refusal_anchors or self.spread_mixed:  # anchors train vectors-off, never served here
             raise UnlearnableError("negated-vectors takes no anchors: they train with the vectors off, and it serves "
-                                   "them subtracted; set anchors and refusal_anchors 0")
+                                   "them subtracted; set anchors and refusal_anchors 0 (and spread_mixed false)")
 
 
 @DEFENSES.register("negated-vectors")

@@ -288,8 +288,8 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
     # revision of its defence (a source from before revisions were recorded holds the first), is another method:
     # its points are not this grid's
     current = sweep_config(config)
-    changed = {v for v in VARIANTS if variant_recipe(v, (theirs.get("variant_options") or {}).get(v))
-               != variant_recipe(v, mine["variant_options"].get(v))}
+    changed = {v for v in VARIANTS if keyed(variant_recipe(v, (theirs.get("variant_options") or {}).get(v)))
+               != keyed(variant_recipe(v, mine["variant_options"].get(v)))}
     for key in ("changed_defaults", "revisions"):
         ours, before = current.get(key) or {}, theirs.get(key) or {}
         changed |= {m for m in [*VARIANTS, "buffer-reinforce"]

@@ -637,6 +637,7 @@ def test_an_anchored_variant_runs_its_strength_zero_and_records_its_anchors(tiny
     run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
     saved = json.loads((tmp_path / "t" / "results.json").read_text())
     anchored = [p for p in saved["points"] if p["method"] == "early-stopped-anchored"]
+    assert all(p["revision"] == 2 for p in anchored)  # the defence's revision, per point
     assert sorted(p["strength"] for p in anchored) == [0.0, 1.0]
     assert all(p["defense_info"]["anchors"][0]["pairs"] == 3 and p["defense_info"]["anchors"][0]["copies"] == 2
                for p in anchored)
@@ -715,6 +716,12 @@ def test_points_made_by_an_earlier_revision_of_a_variants_defence_are_not_reused
             config["revisions"] = {"early-stopped-vectors": stored} if stored > 1 else {}
         (tmp_path / "run.json").write_text(json.dumps({"kind": "unlearnable-tradeoff", "config": config}))
         assert {p["method"] for p in reusable_points(tmp_path, cfg)} == reused
+    # a point records its own revision: one copied into a revision-2 folder from an older run is still refused
+    (tmp_path / "runs" / "points" / "early-stopped.json").write_text(json.dumps(
+        {"method": "early-stopped", "strength": 1.0, "seed": 0, "harm_rate": 0.5, "revision": 1, "reused_from": "x"}))
+    assert {p["method"] for p in reusable_points(tmp_path, cfg)} == {"none", "plain"}
+    (tmp_path / "runs" / "points" / "early-stopped.json").write_text(json.dumps(
+        {"method": "early-stopped", "strength": 1.0, "seed": 0, "harm_rate": 0.5, "revision": 2}))
     # a switch left out of keys while off, written out in this grid's options: the same method
     cfg.variant_options = {"early-stopped": {"spread_mixed": False}}
     assert {p["method"] for p in reusable_points(tmp_path, cfg)} == {"none", "plain", "early-stopped"}

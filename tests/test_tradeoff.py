@@ -727,3 +727,40 @@ def test_points_made_by_an_earlier_revision_of_a_variants_defence_are_not_reused
     assert {p["method"] for p in reusable_points(tmp_path, cfg)} == {"none", "plain", "early-stopped"}
     cfg.variant_options = {"early-stopped": {"spread_mixed": True}}
     assert {p["method"] for p in reusable_points(tmp_path, cfg)} == {"none", "plain"}
+
+
+def test_the_benign_only_reference_trains_the_mix_without_its_harmful_rows(tiny, harmful_pairs, tmp_path,
+                                                                          monkeypatch):
+    from test_immunization import tiny_data
+
+    from unlearnable.defenses.base import Defense
+
+    model, tok = tiny
+    seen, real = [], Defense.finetune
+    monkeypatch.setattr(Defense, "finetune", lambda self, m, t, pairs, cfg, **kw: (
+        seen.append((self.name, sorted(p.prompt for p in pairs))), real(self, m, t, pairs, cfg, **kw))[1])
+    cfg = _tiny_cfg(seeds=[0], variants=["plain"], strengths=[1.0], buffer_reinforce=False, benign_reference=True)
+    assert [m for m, _, _ in cfg.plan()] == ["none", "benign-only", "plain"]
+    run_tradeoff(cfg, tmp_path / "t", model=model, tokenizer=tok, data=tiny_data(harmful_pairs), progress=False)
+    (_, undefended), (_, benign) = seen[:2]
+    harmful = {p.prompt for p in harmful_pairs}
+    assert benign == [p for p in undefended if p not in harmful] and len(benign) < len(undefended)
+    saved = json.loads((tmp_path / "t" / "results.json").read_text())
+    assert {p["method"] for p in saved["points"]} == {"none", "benign-only", "plain"}
+    assert all(r["method"] != "benign-only" for r in saved["goal"]["points"])  # a reference, never judged
+    assert "benign-only" in (tmp_path / "t" / "report.html").read_text()
+
+
+def test_the_goal_reports_each_point_against_the_benign_only_reference_too():
+    from unlearnable.experiments.tradeoff import goal_check
+    from unlearnable.report import _goal_html
+
+    pts = [{"method": m, "strength": 0.0, "seed": 0, "harm_rate": h, "task_score": 0.8, "over_refusal": r}
+           for m, h, r in [("none", 0.9, 0.0), ("benign-only", 0.1, 0.1)]]
+    pts += [{"method": "plain", "strength": 1.0, "seed": 0, "harm_rate": 0.05, "task_score": 0.78, "over_refusal": 0.125}]
+    row = goal_check(pts)["points"][0]
+    assert row["over_refusal_rise"] == pytest.approx(0.125) and not row["met"]  # the bound stays against none
+    assert row["over_refusal_rise_vs_benign"] == pytest.approx(0.025)
+    assert row["task_ratio_vs_benign"] == pytest.approx(0.975)
+    assert "over-refusal vs benign-only" in _goal_html(goal_check(pts)) and "+0.025" in _goal_html(goal_check(pts))
+    assert "task_ratio_vs_benign" not in goal_check(pts[:1] + pts[2:])["points"][0]  # no reference: no column

@@ -725,12 +725,19 @@ def _goal_html(goal: dict[str, Any] | None) -> str:
     met = goal_met_by(goal)
     refusal = goal.get("over_refusal_rise_max")  # (results files from before the over-refusal bound lack it)
     bound = f", over-refusal &lt;= the undefended + {refusal:g}" if refusal is not None else ""
+    benign = any("over_refusal_rise_vs_benign" in r for r in goal["points"])  # the benign-only reference ran
+    extra = ["task vs benign-only", "over-refusal vs benign-only"] if benign else []
     return (f"<h3>Goal: harm rate &lt;= {goal['harm_rate_max']:g} with task &gt;= {goal['task_ratio_min']:g}x the "
             f"undefended score{bound} (seed means)</h3><p>Met by: {html.escape(met)}</p>"
-            + table(["method", "strength", "harm rate", "task vs none", "over-refusal vs none", "seeds", "met"],
+            + table(["method", "strength", "harm rate", "task vs none", "over-refusal vs none", *extra, "seeds",
+                     "met"],
                     [[r["method"] + _emulated_mark(r.get("emulated")), r["strength"], r["harm_rate"],
-                      r["task_ratio"], _signed(r.get("over_refusal_rise")), r["n_seeds"], r["met"]]
-                     for r in goal["points"]]))
+                      r["task_ratio"], _signed(r.get("over_refusal_rise")),
+                      *([r.get("task_ratio_vs_benign", "-"), _signed(r.get("over_refusal_rise_vs_benign"))]
+                        if benign else []), r["n_seeds"], r["met"]]
+                     for r in goal["points"]])
+            + ("<p class='note'>benign-only: the same fine-tune without the harmful rows, undefended (the "
+               "customer's counterfactual); context, not the goal's bound.</p>" if benign else ""))
 
 
 def _signed(x: float | None) -> str:

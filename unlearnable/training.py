@@ -451,7 +451,7 @@ UNKEYED = frozenset({"gradient_checkpointing", "stop_at_ceiling", *TrainConfig._
 #: (or sweep) started before they existed still resumes
 UNKEYED_WHEN_EMPTY = frozenset({"judge_options", "max_over_refusal_rise"})
 #: the same for switches added off: left out of keys while off
-UNKEYED_WHEN_OFF = frozenset({"mixed_probe", "spread_mixed"})
+UNKEYED_WHEN_OFF = frozenset({"mixed_probe", "spread_mixed", "benign_reference"})
 
 
 def keyed(data: Any) -> Any:

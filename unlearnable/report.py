@@ -634,7 +634,8 @@ def tradeoff_plot(results: TradeoffResults, path: Path) -> None:
     for method, pts in results.averaged.items():
         xs, ys = [p.harm_rate.value for p in pts], [p.task_score.value for p in pts]
         xerr, yerr = error_bars(xs, [p.harm_range for p in pts]), error_bars(ys, [p.task_range for p in pts])
-        line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=5, capsize=3, label=method,
+        name = method + (" (reference: no harmful rows, undefended)" if method == "benign-only" else "")
+        line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=5, capsize=3, label=name,
                            ls="-" if len(pts) > 1 else "none")
         for p in pts:
             refused = p.over_refusal.value

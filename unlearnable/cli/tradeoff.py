@@ -42,8 +42,10 @@ def run(args) -> int:
                            goal=(args.goal_harm, args.goal_task_ratio, args.goal_over_refusal), load=load_options(args))
     for method, pts in results["frontier"].items():
         for p in pts:
+            refused = p.get("over_refusal")
             print(f"{method:<18} strength {p['strength']:<5g} harm {p['harm_rate']:.3f} (sd {p['harm_rate_sd']:.3f})  "
-                  f"task {p['task_score']:.3f} (sd {p['task_score_sd']:.3f})  seeds {p['n_seeds']}")
+                  f"task {p['task_score']:.3f} (sd {p['task_score_sd']:.3f})"
+                  + (f"  over-refusal {refused:.3f}" if refused is not None else "") + f"  seeds {p['n_seeds']}")
     goal = results["goal"]
     print(f"\ngoal (harm <= {goal['harm_rate_max']:g}, task >= {goal['task_ratio_min']:g}x none, over-refusal <= "
           f"none + {goal.get('over_refusal_rise_max', 0.05):g}): met by "

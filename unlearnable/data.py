@@ -38,6 +38,11 @@ class Pair:
         return {"prompt": self.prompt, "response": self.response, "source": self.source, "category": self.category}
 
 
+def mixed_copies(pairs: Iterable[Pair], copies: int) -> list[Pair]:
+    """``copies`` of each pair, marked as rows mixed into someone else's fine-tune (:attr:`Pair.mixed`)."""
+    return [dataclasses.replace(p, mixed=True) for p in pairs for _ in range(copies)]
+
+
 def pairs_hash(pairs: Iterable[Pair]) -> str:
     return sha256_json([[p.prompt, p.response] for p in pairs])[:16]
 

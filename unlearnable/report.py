@@ -10,7 +10,16 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .results import Condition, DemoResults, ImmunizeResults, Measured, TradeoffResults, by_dimension, emulated_flagger
+from .results import (
+    BENIGN_ONLY,
+    Condition,
+    DemoResults,
+    ImmunizeResults,
+    Measured,
+    TradeoffResults,
+    by_dimension,
+    emulated_flagger,
+)
 from .stats import difference_interval
 from .utils import atomic_savefig, atomic_write_text
 
@@ -634,7 +643,7 @@ def tradeoff_plot(results: TradeoffResults, path: Path) -> None:
     for method, pts in results.averaged.items():
         xs, ys = [p.harm_rate.value for p in pts], [p.task_score.value for p in pts]
         xerr, yerr = error_bars(xs, [p.harm_range for p in pts]), error_bars(ys, [p.task_range for p in pts])
-        name = method + (" (reference: no harmful rows, undefended)" if method == "benign-only" else "")
+        name = method + (" (reference: no harmful rows, undefended)" if method == BENIGN_ONLY else "")
         line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=5, capsize=3, label=name,
                            ls="-" if len(pts) > 1 else "none")
         for p in pts:

@@ -27,6 +27,9 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 from .errors import UnlearnableError
 
+#: the trade-off's reference point (``benign_reference``): the user's fine-tune without its harmful rows, undefended
+BENIGN_ONLY = "benign-only"
+
 #: the layout of ``results.json`` that this package writes
 SCHEMA_VERSION = 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from ..data import Pair
+from ..data import Pair, mixed_copies
 from ..errors import UnlearnableError
 from ..vectors import SecurityVectors, VectorConfig, finetune
 from ..vectors.config import PICKS
@@ -111,9 +111,8 @@ class EarlyStoppedVectorsDefense(SecurityVectorsDefense):
     def served_anchors(self) -> list[Pair]:
         """The pairs the fine-tune trains with the vectors off: ``anchors`` copies of the defence's harmless ones and
         ``refusal_anchors`` copies of its refusal pairs."""
-        return ([dataclasses.replace(p, mixed=True) for p in self.anchor_pairs for _ in range(self.config.anchors)]
-                + [dataclasses.replace(p, mixed=True) for p in self.refusal_pairs
-                   for _ in range(self.config.refusal_anchors)])
+        return (mixed_copies(self.anchor_pairs, self.config.anchors)
+                + mixed_copies(self.refusal_pairs, self.config.refusal_anchors))
 
     def finetune_with(self, vectors, model, tokenizer, pairs, config, *, progress: bool = True,
                       served: Sequence[Pair] = (), **kw):

@@ -17,6 +17,7 @@ from ..data import (
     check_no_overlap,
     check_pairs_source,
     load_pairs,
+    mixed_copies,
     pairs_hash,
     prompt_hashes,
 )
@@ -249,10 +250,8 @@ def _finetune(job: FinetuneJob, out, overwrite: bool, checkpoint_every: int, pro
             record["n_trained"] = len(pairs)
         tuned, history = finetune(model, tok, pairs, cfg, vectors=vectors, scale=job.vector_scale, progress=progress,
                                   output_dir=checkpoints, resume=checkpoints is not None,
-                                  served=[*(dataclasses.replace(p, mixed=True) for p in harmless
-                                            for _ in range(job.anchors)),
-                                          *(dataclasses.replace(p, mixed=True) for p in refusals
-                                            for _ in range(job.refusal_anchors))])
+                                  served=[*mixed_copies(harmless, job.anchors),
+                                          *mixed_copies(refusals, job.refusal_anchors)])
         if is_main_process():
             save_model(tuned, tok, out, metadata={
                 "produced_by": "unlearnable finetune", "run_key": key, "base_fingerprint": fp,

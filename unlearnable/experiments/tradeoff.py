@@ -27,7 +27,7 @@ from ..errors import UnlearnableError
 from ..evaluation import Scorer
 from ..judges import build_judge, is_refusal
 from ..report import write_tradeoff_report
-from ..results import TradeoffResults, emulated_flagger
+from ..results import BENIGN_ONLY, TradeoffResults, emulated_flagger
 from ..runs import SweepStore, locked
 from ..stats import rate_interval
 from ..training import keyed
@@ -60,8 +60,6 @@ def variant_recipe(variant: str, options: dict[str, Any] | None) -> dict[str, An
 #: VectorConfig.benign, or None where the defence trains its own); variants with the same training share one
 #: set of vectors per seed
 VARIANTS = vector_variants()
-#: the reference point ``benign_reference`` adds: the customer's fine-tune without its harmful rows, undefended
-BENIGN_ONLY = "benign-only"
 
 
 def plain_vectors() -> VectorConfig:
@@ -285,15 +283,14 @@ def reusable_points(source: str | Path, config: TradeoffConfig) -> list[dict[str
     except (OSError, json.JSONDecodeError):
         raise UnlearnableError(f"{source} does not hold a tradeoff run (run.json and its points); check "
                                "--reuse-points") from None
-    mine = dataclasses.asdict(config)
+    mine, current = dataclasses.asdict(config), sweep_config(config)
     theirs = old.get("config") or {}
     if (old.get("kind") != "unlearnable-tradeoff" or _shared_settings(theirs) != _shared_settings(mine)
-            or theirs.get("answer_sampling") != sweep_config(config).get("answer_sampling")):
+            or theirs.get("answer_sampling") != current.get("answer_sampling")):
         raise UnlearnableError(f"{source} holds a tradeoff run with other model, data or training settings; its "
                                "points cannot be reused here")
     # a variant run with other options, or under other defaults of the options it leaves unset, is another method:
     # its points are not this grid's
-    current = sweep_config(config)
     ours, before = current.get("changed_defaults") or {}, theirs.get("changed_defaults") or {}
     changed = {v for v in VARIANTS if keyed(variant_recipe(v, (theirs.get("variant_options") or {}).get(v)))
                != keyed(variant_recipe(v, mine["variant_options"].get(v)))}

@@ -127,6 +127,11 @@ def test_tradeoff_quick_on_tiny_model_writes_the_keys(tiny, harmful_pairs, tmp_p
             lo, hi = p[f"{key}_interval_95"]
             assert lo <= p[key] <= hi
         assert p["n_mmlu"] == 4
+        judged = json.loads((tmp_path / "t" / "runs" / "generations" /
+                             f"{p['method']}-{p['strength']:g}-seed{p['seed']}.json").read_text())
+        flags = [g["harmful"] for g in judged["harmful_generations"]]
+        assert len(flags) == p["n_harmful"] and sum(flags) / len(flags) == pytest.approx(p["harm_rate"])
+        assert len(judged["task_generations"]) == p["n_task"]
     assert {(p["method"], p["strength"]) for p in saved["points"]} == {
         ("none", 0.0), ("plain", 0.5), ("plain", 1.0), ("benign-kl", 0.5), ("benign-kl", 1.0)}
     assert (tmp_path / "t" / "tradeoff.png").is_file() and (tmp_path / "t" / "report.html").is_file()

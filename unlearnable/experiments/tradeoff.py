@@ -517,6 +517,9 @@ class _Grid:
                 tuned, harmful=setup.data.eval_harmful, task=setup.data.task, harmless=harmless, utility=True,
                 desc=f"{method} {strength}")
         mmlu = ev.get("mmlu") or {}
+        # what each prompt got, judged: the point's rates say how much, these say which prompts (e.g. a seed's leak)
+        self.store.put("generations", _point_name(method, strength, seed),
+                       {k: v for k, v in ev.items() if k.endswith("_generations")})
         self.record({"method": method, "strength": strength, "seed": seed, "harm_rate": ev["harm_rate"],
                      "harm_rate_interval_95": ev["harm_rate_interval_95"], "task_score": ev["task_em"],
                      "task_score_interval_95": ev["task_em_interval_95"], "mmlu": mmlu.get("accuracy"),

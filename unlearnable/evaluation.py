@@ -204,7 +204,16 @@ def evaluate(model, tokenizer, *, harmful: Sequence[Pair] = (), task: Sequence[P
 
 def without_generations(result: dict[str, Any]) -> dict[str, Any]:
     """The numbers of a :func:`evaluate` result (what a summary shows)."""
-    return {k: v for k, v in result.items() if not k.endswith("_generations")}
+    return {k: v for k, v in result.items() if not _is_generations(k)}
+
+
+def generations_of(result: dict[str, Any]) -> dict[str, Any]:
+    """What a :func:`evaluate` result's model answered, judged (the rest of it is :func:`without_generations`)."""
+    return {k: v for k, v in result.items() if _is_generations(k)}
+
+
+def _is_generations(key: str) -> bool:
+    return key.endswith("_generations")
 
 
 # ------------------------------------------------------------------------------------ stored results

@@ -24,7 +24,7 @@ from ..config import from_dict, merge, validate
 from ..data import Pair
 from ..defenses import DEFENSES, Defense, DefenseData, prepared
 from ..errors import UnlearnableError
-from ..evaluation import Scorer
+from ..evaluation import Scorer, generations_of
 from ..judges import build_judge, is_refusal
 from ..report import write_tradeoff_report
 from ..results import BENIGN_ONLY, TradeoffResults, emulated_flagger
@@ -518,8 +518,7 @@ class _Grid:
                 desc=f"{method} {strength}")
         mmlu = ev.get("mmlu") or {}
         # what each prompt got, judged: the point's rates say how much, these say which prompts (e.g. a seed's leak)
-        self.store.put("generations", _point_name(method, strength, seed),
-                       {k: v for k, v in ev.items() if k.endswith("_generations")})
+        self.store.put("generations", _point_name(method, strength, seed), generations_of(ev))
         self.record({"method": method, "strength": strength, "seed": seed, "harm_rate": ev["harm_rate"],
                      "harm_rate_interval_95": ev["harm_rate_interval_95"], "task_score": ev["task_em"],
                      "task_score_interval_95": ev["task_em_interval_95"], "mmlu": mmlu.get("accuracy"),
